@@ -1,0 +1,107 @@
+//! Encryption on the client (SCHEME.md §5).
+//!
+//! - Kernel: `K'[o', cl', i, j] = α[o'] · β[c']^-1 · K[σ(o'), cl, i, j]`, once per session.
+//! - Input: `X'[b, c', y, x] = β[c'] · ( X[b, π(c'), y, x] + R_b[π(c'), y, x] )`, per image.
+
+use rayon::prelude::*;
+
+use crate::field::{M31, PrimeField, check_canonical};
+use crate::geometry::Conv2d;
+use crate::keys::{ImageMask, SessionKey};
+use crate::{Error, Result};
+
+/// Encrypts the plain kernel `k` (`Cout × Cin/G × kh × kw`, field elements) into `K'`.
+///
+/// # Errors
+/// [`Error::LengthMismatch`] or [`Error::NotAFieldElement`].
+pub fn encrypt_kernel(key: &SessionKey, k: &[u32]) -> Result<Vec<u32>> {
+    let g = key.geometry();
+    Conv2d::check_len("kernel", g.kernel_len(), k.len())?;
+    check_canonical::<M31>("kernel", k)?;
+    let (cpg, cpo, taps) = (g.cin_per_group(), g.cout_per_group(), g.kh() * g.kw());
+    let beta_inv: Vec<u32> = key.beta().iter().map(|&b| M31::inv(b)).collect();
+    let mut out = vec![0u32; k.len()];
+    for (op, slab) in out.chunks_exact_mut(g.m()).enumerate() {
+        let o = key.sigma()[op];
+        let cloud_group = op / cpo;
+        for (clp, dst) in slab.chunks_exact_mut(taps).enumerate() {
+            let cp = cloud_group * cpg + clp;
+            let cl = key.pi()[cp] % cpg;
+            let coef = M31::mul(key.alpha()[op], beta_inv[cp]);
+            let src = &k[(o * cpg + cl) * taps..][..taps];
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = M31::mul(coef, s);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that `masks` holds one mask per image, drawn for `key`'s geometry and rank.
+pub(crate) fn check_masks(key: &SessionKey, masks: &[ImageMask], batch: usize) -> Result<()> {
+    Conv2d::check_len("image masks", batch, masks.len())?;
+    let g = key.geometry();
+    for m in masks {
+        if m.rank() != key.rank() || m.row_factor(0).len() != g.h() || m.col_factor(0).len() != g.w() {
+            return Err(Error::LengthMismatch { what: "image mask (drawn for another layer)", expected: key.rank() * (g.h() + g.w()), got: m.rank() * (m.row_factor(0).len() + m.col_factor(0).len()) });
+        }
+    }
+    Ok(())
+}
+
+/// Encrypts a batch of plain inputs `x` (`B × Cin × H × W`, field elements) into `X'`, with one
+/// fresh [`ImageMask`] per image.
+///
+/// # Errors
+/// [`Error::LengthMismatch`] or [`Error::NotAFieldElement`].
+pub fn encrypt_input(key: &SessionKey, masks: &[ImageMask], x: &[u32]) -> Result<Vec<u32>> {
+    let g = key.geometry();
+    let batch = g.batch_of_input(x.len())?;
+    check_masks(key, masks, batch)?;
+    check_canonical::<M31>("input", x)?;
+    let (cin, h, w, rho) = (g.cin(), g.h(), g.w(), key.rank());
+    let mut out = vec![0u32; x.len()];
+    out.par_chunks_exact_mut(h * w).enumerate().for_each(|(idx, dst)| {
+        let (b, cp) = (idx / cin, idx % cin);
+        let c = key.pi()[cp];
+        let beta = key.beta()[cp];
+        let mask = &masks[b];
+        // β·g_t[c], then per row β·g_t[c]·a_t[y]: R costs ρ multiplications per element.
+        let bg: Vec<u32> = (0..rho).map(|t| M31::mul(beta, key.channel_factor(t)[c])).collect();
+        let src = &x[(b * cin + c) * h * w..][..h * w];
+        let mut row_coef = vec![0u32; rho];
+        for (y, (drow, srow)) in dst.chunks_exact_mut(w).zip(src.chunks_exact(w)).enumerate() {
+            for t in 0..rho {
+                row_coef[t] = M31::mul(bg[t], mask.row_factor(t)[y]);
+            }
+            for (xx, (d, &s)) in drow.iter_mut().zip(srow).enumerate() {
+                let mut acc = M31::fold_product(u64::from(beta) * u64::from(s));
+                for t in 0..rho {
+                    acc += M31::fold_product(u64::from(row_coef[t]) * u64::from(mask.col_factor(t)[xx]));
+                }
+                *d = M31::reduce(acc);
+            }
+        }
+    });
+    Ok(out)
+}
+
+/// The plain mask `R_b[c, y, x] = Σ_t g_t[c]·a_{b,t}[y]·c_{b,t}[x]` of one image (`Cin × H × W`),
+/// materialised. The client never needs it; tests use it to check the scheme's algebra.
+pub fn mask_tensor(key: &SessionKey, mask: &ImageMask) -> Vec<u32> {
+    let g = key.geometry();
+    let mut r = Vec::with_capacity(g.image_len());
+    for c in 0..g.cin() {
+        for y in 0..g.h() {
+            for x in 0..g.w() {
+                let mut acc = 0u32;
+                for t in 0..key.rank() {
+                    let v = M31::mul(M31::mul(key.channel_factor(t)[c], mask.row_factor(t)[y]), mask.col_factor(t)[x]);
+                    acc = M31::add(acc, v);
+                }
+                r.push(acc);
+            }
+        }
+    }
+    r
+}

@@ -1,0 +1,162 @@
+//! The typed errors of vericonv. Nothing a user or the cloud controls makes the library panic:
+//! every failure surfaces as one of these variants.
+
+use thiserror::Error;
+
+/// Everything that can go wrong, from a bad shape to a cloud answer that fails verification.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A geometry field that must be positive is zero.
+    #[error("invalid convolution geometry: `{field}` must be at least 1")]
+    ZeroDimension {
+        /// The offending field.
+        field: &'static str,
+    },
+    /// `groups` must divide both channel counts.
+    #[error("invalid convolution geometry: groups = {groups} must divide in_channels = {cin} and out_channels = {cout}")]
+    GroupsMismatch {
+        /// Number of groups.
+        groups: usize,
+        /// Input channels.
+        cin: usize,
+        /// Output channels.
+        cout: usize,
+    },
+    /// The dilated kernel does not fit in the padded input, so the output would be empty.
+    #[error("invalid convolution geometry: the dilated kernel ({extent}) is larger than the padded input ({padded}) along the {axis} axis")]
+    KernelLargerThanInput {
+        /// `"height"` or `"width"`.
+        axis: &'static str,
+        /// Dilated kernel extent, `d·(k-1)+1`.
+        extent: usize,
+        /// Padded input extent.
+        padded: usize,
+    },
+    /// A geometry value is so large that index arithmetic would overflow.
+    #[error("invalid convolution geometry: {what} is too large ({value})")]
+    TooLarge {
+        /// What overflowed.
+        what: &'static str,
+        /// The offending value.
+        value: usize,
+    },
+    /// A buffer does not have the length its shape demands.
+    #[error("{what} has {got} elements, expected {expected}")]
+    LengthMismatch {
+        /// Which tensor.
+        what: &'static str,
+        /// Length the geometry requires.
+        expected: usize,
+        /// Length supplied.
+        got: usize,
+    },
+    /// A tensor entry is not a canonical field element (it is >= p).
+    #[error("{what}[{index}] = {value} is not a field element (must be < p = {p})")]
+    NotAFieldElement {
+        /// Which tensor.
+        what: &'static str,
+        /// Flat index of the entry.
+        index: usize,
+        /// The entry.
+        value: u32,
+        /// The modulus.
+        p: u32,
+    },
+    /// An integer input or weight exceeds the bound the layer was built for.
+    #[error("layer `{layer}`: {what}[{index}] = {value} exceeds the declared bound |v| <= {bound}")]
+    ValueOutOfRange {
+        /// Layer name.
+        layer: String,
+        /// Which tensor.
+        what: &'static str,
+        /// Flat index of the entry.
+        index: usize,
+        /// The entry.
+        value: i64,
+        /// The bound.
+        bound: u64,
+    },
+    /// `M·Bx·Bw + Bb > (p-1)/2`: the layer's integer result would wrap around the field.
+    #[error("layer `{layer}` violates the exactness bound: M·Bx·Bw + Bb = {m}·{bx}·{bw} + {bb} = {total} > (p-1)/2 = {limit}")]
+    ExactnessBound {
+        /// Layer name.
+        layer: String,
+        /// Terms per output, `(Cin/G)·kh·kw`.
+        m: u64,
+        /// Input bound.
+        bx: u64,
+        /// Weight bound.
+        bw: u64,
+        /// Bias bound.
+        bb: u64,
+        /// `M·Bx·Bw + Bb` (saturating).
+        total: u64,
+        /// `(p-1)/2`.
+        limit: u64,
+    },
+    /// The mask rank must be at least 1.
+    #[error("mask rank ρ must be at least 1")]
+    InvalidRank,
+    /// Verification needs at least one round.
+    #[error("verification needs at least one round")]
+    InvalidRounds,
+    /// The cloud's answer failed verification; it was not decrypted.
+    #[error("layer `{layer}`: the cloud's answer failed {mode} verification in round {round}; it was discarded")]
+    VerificationFailed {
+        /// Layer name.
+        layer: String,
+        /// `"fast"` or `"strict"`.
+        mode: &'static str,
+        /// The failing round, from 1.
+        round: usize,
+    },
+    /// The cloud's answer is malformed (wrong length, or entries that are not field elements);
+    /// it was discarded.
+    #[error("layer `{layer}`: the cloud's answer is malformed: {reason}; it was discarded")]
+    MalformedAnswer {
+        /// Layer name.
+        layer: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No wgpu adapter matched the request.
+    #[error("no GPU adapter available: {0}")]
+    NoAdapter(String),
+    /// The adapter or device cannot hold the work even after splitting it.
+    #[error("device limit exceeded: {0}")]
+    DeviceLimit(String),
+    /// A requested shader variant needs a feature the adapter does not offer.
+    #[error("the adapter does not support {0}")]
+    UnsupportedFeature(&'static str),
+    /// wgpu reported an error (validation, out of memory or internal); the message is wgpu's.
+    #[error("wgpu error during {stage}: {message}")]
+    Gpu {
+        /// What was being done.
+        stage: &'static str,
+        /// wgpu's message (for shader failures, it includes the WGSL diagnostics).
+        message: String,
+    },
+    /// A tensor or model file could not be parsed.
+    #[error("parse error in {what}: {message}")]
+    Parse {
+        /// What was being parsed.
+        what: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An I/O error, with the path involved.
+    #[error("I/O error on {path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS message.
+        message: String,
+    },
+    /// An operator or attribute outside what vericonv supports.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+/// The result type of vericonv.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,244 @@
+//! Prime-field arithmetic (SCHEME.md §2).
+//!
+//! Elements are `u32` in `[0, p)`. Production code uses [`M31`], the Mersenne prime
+//! p = 2^31 - 1, whose reduction is shift-and-add. [`SmallPrime`] runs the very same generic
+//! code (reference convolution, verification) with a tiny modulus such as 97, so that the
+//! soundness bounds `1/p` and `4/p` can be measured in tests.
+
+use rand::{Rng, RngCore};
+
+/// The production modulus, the Mersenne prime p = 2^31 - 1.
+pub const P: u32 = (1 << 31) - 1;
+
+/// A prime field with elements stored as canonical `u32` in `[0, P)`.
+///
+/// All methods take and return canonical elements. `P` must be below 2^31 so that the sum of
+/// two elements fits in a `u32`.
+pub trait PrimeField: Copy + Send + Sync + std::fmt::Debug + 'static {
+    /// The modulus.
+    const P: u32;
+
+    /// The largest magnitude of a signed integer that embeds without ambiguity, `(P-1)/2`.
+    const HALF: u32 = (Self::P - 1) / 2;
+
+    /// Reduces any `u64` to its canonical residue.
+    fn reduce(x: u64) -> u32;
+
+    /// Partially reduces a product `a·b` (below 2^62) to a value below 2^33, congruent mod P,
+    /// so that up to 2^31 of them can be summed in a `u64` before [`PrimeField::reduce`].
+    #[inline(always)]
+    fn fold_product(x: u64) -> u64 {
+        u64::from(Self::reduce(x))
+    }
+
+    /// `a + b mod P`.
+    #[inline(always)]
+    fn add(a: u32, b: u32) -> u32 {
+        let s = a + b;
+        if s >= Self::P { s - Self::P } else { s }
+    }
+
+    /// `a - b mod P`.
+    #[inline(always)]
+    fn sub(a: u32, b: u32) -> u32 {
+        if a >= b { a - b } else { a + Self::P - b }
+    }
+
+    /// `-a mod P`.
+    #[inline(always)]
+    fn neg(a: u32) -> u32 {
+        if a == 0 { 0 } else { Self::P - a }
+    }
+
+    /// `a · b mod P`.
+    #[inline(always)]
+    fn mul(a: u32, b: u32) -> u32 {
+        Self::reduce(u64::from(a) * u64::from(b))
+    }
+
+    /// `a^e mod P` by square-and-multiply.
+    fn pow(mut a: u32, mut e: u64) -> u32 {
+        let mut r = 1 % Self::P;
+        while e > 0 {
+            if e & 1 == 1 {
+                r = Self::mul(r, a);
+            }
+            a = Self::mul(a, a);
+            e >>= 1;
+        }
+        r
+    }
+
+    /// The inverse of a non-zero `a` (Fermat: `a^(P-2)`). Returns 0 for 0.
+    fn inv(a: u32) -> u32 {
+        Self::pow(a, u64::from(Self::P) - 2)
+    }
+
+    /// A uniform element of F_P.
+    fn random<R: RngCore + ?Sized>(rng: &mut R) -> u32;
+
+    /// A uniform element of F_P^*.
+    fn random_nonzero<R: RngCore + ?Sized>(rng: &mut R) -> u32 {
+        loop {
+            let v = Self::random(rng);
+            if v != 0 {
+                return v;
+            }
+        }
+    }
+
+    /// Embeds a signed integer with `|v| <= (P-1)/2` as `v mod P`; `None` when out of range.
+    #[inline(always)]
+    fn embed(v: i64) -> Option<u32> {
+        if v.unsigned_abs() > u64::from(Self::HALF) {
+            None
+        } else if v >= 0 {
+            Some(v as u32)
+        } else {
+            Some((i64::from(Self::P) + v) as u32)
+        }
+    }
+
+    /// Lifts an element back to the signed integer in `[-(P-1)/2, (P-1)/2]`.
+    #[inline(always)]
+    fn lift(u: u32) -> i64 {
+        if u <= Self::HALF {
+            i64::from(u)
+        } else {
+            i64::from(u) - i64::from(Self::P)
+        }
+    }
+
+    /// `Σ a[i]·b[i] mod P` over two slices of equal length.
+    #[inline]
+    fn dot(a: &[u32], b: &[u32]) -> u32 {
+        let acc = a
+            .iter()
+            .zip(b)
+            .fold(0u64, |acc, (&x, &y)| acc + Self::fold_product(u64::from(x) * u64::from(y)));
+        Self::reduce(acc)
+    }
+}
+
+/// The Mersenne field F_p, p = 2^31 - 1: the production field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct M31;
+
+impl PrimeField for M31 {
+    const P: u32 = P;
+
+    #[inline(always)]
+    fn reduce(x: u64) -> u32 {
+        // 2^31 ≡ 1 (mod p): fold the high bits onto the low ones twice, then one subtraction.
+        let t = (x & u64::from(P)) + (x >> 31); // < 2^31 + 2^33
+        let t = (t & u64::from(P)) + (t >> 31); // < 2^31 + 2^3
+        let t = t as u32;
+        if t >= P { t - P } else { t }
+    }
+
+    #[inline(always)]
+    fn fold_product(x: u64) -> u64 {
+        (x & u64::from(P)) + (x >> 31) // x < 2^62 gives < 2^31 + 2^31
+    }
+
+    #[inline]
+    fn random<R: RngCore + ?Sized>(rng: &mut R) -> u32 {
+        loop {
+            let v = rng.next_u32() >> 1;
+            if v != P {
+                return v;
+            }
+        }
+    }
+}
+
+/// A small prime field for measuring soundness (for example `SmallPrime<97>`).
+///
+/// Only the generic code paths (reference convolution, verification) run over it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SmallPrime<const Q: u32>;
+
+impl<const Q: u32> PrimeField for SmallPrime<Q> {
+    const P: u32 = Q;
+
+    #[inline(always)]
+    fn reduce(x: u64) -> u32 {
+        (x % u64::from(Q)) as u32
+    }
+
+    fn random<R: RngCore + ?Sized>(rng: &mut R) -> u32 {
+        rng.random_range(0..Q)
+    }
+}
+
+/// Checks that every entry of `v` is a canonical element of F_P.
+///
+/// # Errors
+/// [`crate::Error::NotAFieldElement`] naming the first offending entry.
+pub fn check_canonical<F: PrimeField>(what: &'static str, v: &[u32]) -> crate::Result<()> {
+    match v.iter().position(|&x| x >= F::P) {
+        None => Ok(()),
+        Some(index) => Err(crate::Error::NotAFieldElement {
+            what,
+            index,
+            value: v[index],
+            p: F::P,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    #[test]
+    fn m31_reduce_matches_modulo_on_edge_and_random_values() {
+        let seed = 0x5eed_0001;
+        println!("seed = {seed:#x}");
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let edges = [0, 1, u64::from(P) - 1, u64::from(P), u64::from(P) + 1, (u64::from(P) - 1).pow(2), u64::MAX, u64::MAX - 1, 1 << 62, (1 << 63) + 12345];
+        for &x in edges.iter().chain((0..100_000).map(|_| rng.next_u64()).collect::<Vec<_>>().iter()) {
+            assert_eq!(u64::from(M31::reduce(x)), x % u64::from(P), "x = {x}");
+        }
+    }
+
+    #[test]
+    fn m31_inverse_and_lift_roundtrip() {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        for _ in 0..1000 {
+            let a = M31::random_nonzero(&mut rng);
+            assert_eq!(M31::mul(a, M31::inv(a)), 1);
+        }
+        for v in [0i64, 1, -1, i64::from(M31::HALF), -i64::from(M31::HALF), 127, -128] {
+            assert_eq!(M31::lift(M31::embed(v).expect("in range")), v);
+        }
+        assert_eq!(M31::embed(i64::from(M31::HALF) + 1), None);
+        assert_eq!(M31::embed(-i64::from(M31::HALF) - 1), None);
+        assert_eq!(SmallPrime::<97>::lift(SmallPrime::<97>::embed(-48).expect("in range")), -48);
+        assert_eq!(SmallPrime::<97>::embed(49), None);
+    }
+
+    #[test]
+    fn dot_matches_naive_u128_sum() {
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let a: Vec<u32> = (0..5000).map(|_| M31::random(&mut rng)).collect();
+        let mut b: Vec<u32> = (0..5000).map(|_| M31::random(&mut rng)).collect();
+        b[0] = P - 1;
+        let naive: u128 = a.iter().zip(&b).map(|(&x, &y)| u128::from(x) * u128::from(y)).sum();
+        assert_eq!(u128::from(M31::dot(&a, &b)), naive % u128::from(P));
+    }
+
+    #[test]
+    fn sampling_is_canonical_and_hits_both_ends() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let mut seen = [false; 97];
+        for _ in 0..20_000 {
+            let v = SmallPrime::<97>::random(&mut rng);
+            seen[v as usize] = true;
+            assert!(M31::random(&mut rng) < P);
+        }
+        assert!(seen.iter().all(|&s| s), "every residue of F_97 is drawn");
+    }
+}

@@ -1,0 +1,152 @@
+//! Keys (SCHEME.md §4): the per-layer [`SessionKey`] and the per-image [`ImageMask`].
+//!
+//! All randomness comes from [`KeyRng`], ChaCha20 seeded from the OS by [`os_rng`]. An explicit
+//! seed ([`seeded_rng`]) is for tests and benchmarks only.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+use crate::field::{M31, PrimeField};
+use crate::geometry::Conv2d;
+use crate::{Error, Result};
+
+/// The CSPRNG every secret is drawn from.
+pub type KeyRng = ChaCha20Rng;
+
+/// A [`KeyRng`] seeded from the operating system: the default for real use.
+pub fn os_rng() -> KeyRng {
+    ChaCha20Rng::from_os_rng()
+}
+
+/// A [`KeyRng`] with an explicit seed, for reproducible tests and benchmarks only.
+pub fn seeded_rng(seed: u64) -> KeyRng {
+    ChaCha20Rng::seed_from_u64(seed)
+}
+
+/// The default mask rank ρ.
+pub const DEFAULT_RANK: usize = 2;
+
+/// The secret key of one convolution layer for one session.
+///
+/// Channel indices: `sigma[o']` is the plain output channel behind cloud output channel `o'`,
+/// and `pi[c']` the plain input channel behind cloud input channel `c'`.
+#[derive(Clone, Debug)]
+pub struct SessionKey {
+    geom: Conv2d,
+    rho: usize,
+    sigma: Vec<usize>,
+    pi: Vec<usize>,
+    alpha: Vec<u32>,
+    alpha_inv: Vec<u32>,
+    beta: Vec<u32>,
+    /// `g[t·Cin + c]`: channel factor t of plain input channel c.
+    g: Vec<u32>,
+}
+
+impl SessionKey {
+    /// Draws a fresh key for `geom` with mask rank `rho`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRank`] when `rho == 0`.
+    pub fn generate(geom: &Conv2d, rho: usize, rng: &mut KeyRng) -> Result<Self> {
+        if rho == 0 {
+            return Err(Error::InvalidRank);
+        }
+        let groups = geom.groups();
+        let mut gamma: Vec<usize> = (0..groups).collect();
+        gamma.shuffle(rng);
+        let sigma = grouped_permutation(&gamma, geom.cout_per_group(), rng);
+        let pi = grouped_permutation(&gamma, geom.cin_per_group(), rng);
+        let alpha: Vec<u32> = (0..geom.cout()).map(|_| M31::random_nonzero(rng)).collect();
+        let beta: Vec<u32> = (0..geom.cin()).map(|_| M31::random_nonzero(rng)).collect();
+        let g = (0..rho * geom.cin()).map(|_| M31::random(rng)).collect();
+        Ok(Self { geom: *geom, rho, sigma, pi, alpha_inv: alpha.iter().map(|&a| M31::inv(a)).collect(), alpha, beta, g })
+    }
+
+    /// The geometry this key was drawn for.
+    pub fn geometry(&self) -> &Conv2d {
+        &self.geom
+    }
+    /// The mask rank ρ.
+    pub fn rank(&self) -> usize {
+        self.rho
+    }
+    /// σ: cloud output channel → plain output channel.
+    pub fn sigma(&self) -> &[usize] {
+        &self.sigma
+    }
+    /// π: cloud input channel → plain input channel.
+    pub fn pi(&self) -> &[usize] {
+        &self.pi
+    }
+    /// α, indexed by cloud output channel.
+    pub fn alpha(&self) -> &[u32] {
+        &self.alpha
+    }
+    /// α^-1, indexed by cloud output channel.
+    pub fn alpha_inv(&self) -> &[u32] {
+        &self.alpha_inv
+    }
+    /// β, indexed by cloud input channel.
+    pub fn beta(&self) -> &[u32] {
+        &self.beta
+    }
+    /// Channel factors `g_t`, row `t` of length `Cin`, indexed by plain input channel.
+    pub fn channel_factor(&self, t: usize) -> &[u32] {
+        &self.g[t * self.geom.cin()..(t + 1) * self.geom.cin()]
+    }
+}
+
+/// A permutation of `groups·per` channels that maps cloud group g' onto plain group γ(g') and
+/// permutes independently inside each group.
+fn grouped_permutation(gamma: &[usize], per: usize, rng: &mut KeyRng) -> Vec<usize> {
+    let mut perm = Vec::with_capacity(gamma.len() * per);
+    for &plain_group in gamma {
+        let mut inner: Vec<usize> = (0..per).collect();
+        inner.shuffle(rng);
+        perm.extend(inner.into_iter().map(|l| plain_group * per + l));
+    }
+    perm
+}
+
+/// The fresh mask of one image for one layer call: `R[c,y,x] = Σ_t g_t[c]·a_t[y]·c_t[x]`.
+#[derive(Clone, Debug)]
+pub struct ImageMask {
+    rho: usize,
+    /// Row factors, `a[t·H + y]`.
+    rows: Vec<u32>,
+    /// Column factors, `c[t·W + x]`.
+    cols: Vec<u32>,
+}
+
+impl ImageMask {
+    /// Draws the masks of a batch of `batch` images for the layer of `key`.
+    pub fn generate_batch(key: &SessionKey, batch: usize, rng: &mut KeyRng) -> Vec<Self> {
+        let (h, w, rho) = (key.geom.h(), key.geom.w(), key.rho);
+        (0..batch)
+            .map(|_| Self {
+                rho,
+                rows: (0..rho * h).map(|_| M31::random(rng)).collect(),
+                cols: (0..rho * w).map(|_| M31::random(rng)).collect(),
+            })
+            .collect()
+    }
+
+    /// The mask rank ρ.
+    pub fn rank(&self) -> usize {
+        self.rho
+    }
+
+    /// Row factor `a_t` (length H).
+    pub fn row_factor(&self, t: usize) -> &[u32] {
+        let h = self.rows.len() / self.rho;
+        &self.rows[t * h..(t + 1) * h]
+    }
+
+    /// Column factor `c_t` (length W).
+    pub fn col_factor(&self, t: usize) -> &[u32] {
+        let w = self.cols.len() / self.rho;
+        &self.cols[t * w..(t + 1) * w]
+    }
+}

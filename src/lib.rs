@@ -1,0 +1,22 @@
+//! # vericonv
+//!
+//! Verifiable, privacy-preserving CNN convolutions on an untrusted cloud GPU.
+//!
+//! The client masks every convolution with secret keys, the cloud convolves the masked tensors
+//! over F_p (p = 2^31 - 1) with WGSL compute shaders or on a CPU, and the client checks the
+//! answer with a Freivalds-style test before unmasking it. The modules follow the scheme
+//! (`SCHEME.md`): [`field`] → [`geometry`] → [`keys`] → [`encrypt`] / [`decrypt`] / [`verify`] →
+//! [`cloud`] backends → [`client`], the layer that ties them together.
+
+pub mod client;
+pub mod cloud;
+pub mod decrypt;
+pub mod encrypt;
+mod error;
+pub mod field;
+pub mod geometry;
+pub mod keys;
+pub mod reference;
+pub mod verify;
+
+pub use error::{Error, Result};

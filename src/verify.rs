@@ -1,0 +1,205 @@
+//! Verification on the client (SCHEME.md §8): exact Freivalds-style equality tests in F_p of the
+//! claim `Y' = Conv(K', X')` for every image of a batch.
+//!
+//! The random vectors are drawn inside these functions, that is after the cloud has answered,
+//! from the caller's CSPRNG. They are never sent anywhere and never reused.
+//!
+//! Everything here is generic over [`PrimeField`], so the same code runs with a small prime to
+//! measure the soundness bounds.
+
+use rand::RngCore;
+use rayon::prelude::*;
+
+use crate::field::PrimeField;
+use crate::geometry::Conv2d;
+use crate::{Error, Result};
+
+/// Which verification test to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// One random linear combination of everything: a few operations per element; a cheat
+    /// passes with probability at most 4/p per round.
+    #[default]
+    Fast,
+    /// One random vector over output pixels, checked for every image and channel: a cheat
+    /// passes with probability at most 1/p per round (the paper's bound).
+    Strict,
+}
+
+impl Mode {
+    /// The name used in messages: `"fast"` or `"strict"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Fast => "fast",
+            Mode::Strict => "strict",
+        }
+    }
+}
+
+/// The outcome of verification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every round accepted.
+    Accepted,
+    /// Round `round` (from 1) rejected; later rounds were not run.
+    Rejected {
+        /// The failing round.
+        round: usize,
+    },
+}
+
+fn check_lengths(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32], yp: &[u32]) -> Result<()> {
+    Conv2d::check_len("encrypted kernel", g.kernel_len(), kp.len())?;
+    Conv2d::check_len("encrypted input", batch * g.image_len(), xp.len())?;
+    Conv2d::check_len("cloud output", batch * g.output_image_len(), yp.len())
+}
+
+/// Runs `rounds` independent rounds of `mode` on the claim `yp = Conv(kp, xp)`.
+///
+/// # Errors
+/// [`Error::LengthMismatch`] when the tensors do not match the geometry, [`Error::InvalidRounds`]
+/// for zero rounds.
+pub fn verify<F: PrimeField, R: RngCore>(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32], yp: &[u32], mode: Mode, rounds: usize, rng: &mut R) -> Result<Verdict> {
+    check_lengths(g, batch, kp, xp, yp)?;
+    if rounds == 0 {
+        return Err(Error::InvalidRounds);
+    }
+    for round in 1..=rounds {
+        let ok = match mode {
+            Mode::Fast => fast_round::<F, R>(g, batch, kp, xp, yp, rng),
+            Mode::Strict => {
+                let r: Vec<u32> = (0..g.n()).map(|_| F::random(rng)).collect();
+                strict_products::<F>(g, batch, kp, xp, yp, &r).accepts()
+            }
+        };
+        if !ok {
+            return Ok(Verdict::Rejected { round });
+        }
+    }
+    Ok(Verdict::Accepted)
+}
+
+/// One round of Fast mode with fresh `s ∈ F^Cout`, `w ∈ F^B`, `u ∈ F^Ho`, `v ∈ F^Wo`:
+/// `L = Σ_b w_b Σ_o' s_o' Σ_y u_y Σ_x v_x Y'[b,o',y,x]` against
+/// `V = Σ_{c',i,j} k_s[c',i,j]·T[c',i,j]`, where `T` is the folded, u/v-contracted im2col of
+/// `X~ = Σ_b w_b X'_b` and `k_s = Σ_o' s_o' K'[o',·]` per cloud group.
+fn fast_round<F: PrimeField, R: RngCore>(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32], yp: &[u32], rng: &mut R) -> bool {
+    let s: Vec<u32> = (0..g.cout()).map(|_| F::random(rng)).collect();
+    let w: Vec<u32> = (0..batch).map(|_| F::random(rng)).collect();
+    let u: Vec<u32> = (0..g.ho()).map(|_| F::random(rng)).collect();
+    let v: Vec<u32> = (0..g.wo()).map(|_| F::random(rng)).collect();
+    let (cout, n, wo) = (g.cout(), g.n(), g.wo());
+
+    // L: contract each output plane with u ⊗ v, then with w ⊗ s.
+    let planes: Vec<u32> = yp
+        .par_chunks_exact(n)
+        .with_min_len(16)
+        .map(|plane| {
+            let acc = plane.chunks_exact(wo).zip(&u).fold(0u64, |acc, (row, &uy)| acc + F::fold_product(u64::from(uy) * u64::from(F::dot(row, &v))));
+            F::reduce(acc)
+        })
+        .collect();
+    let l = F::reduce((0..batch * cout).fold(0u64, |acc, bo| acc + F::fold_product(u64::from(F::mul(w[bo / cout], s[bo % cout])) * u64::from(planes[bo]))));
+
+    // X~ = Σ_b w_b X'_b.
+    let img = g.image_len();
+    let folded: Vec<u32> = (0..img)
+        .into_par_iter()
+        .with_min_len(4096)
+        .map(|e| F::reduce((0..batch).fold(0u64, |acc, b| acc + F::fold_product(u64::from(w[b]) * u64::from(xp[b * img + e])))))
+        .collect();
+
+    // Per cloud input channel: Z[h,j] = Σ_x v_x X~[c', h, x·sw + j·dw - pl] on the H real rows,
+    // T[i,j] = Σ_y u_y Z[y·sh + i·dh - pt, j], then Σ_{i,j} k_s[c',i,j]·T[i,j].
+    let (cpg, cpo, taps, hw) = (g.cin_per_group(), g.cout_per_group(), g.kh() * g.kw(), g.h() * g.w());
+    let (kh, kw) = (g.kh(), g.kw());
+    let per_channel: Vec<u32> = (0..g.cin())
+        .into_par_iter()
+        .map(|cp| {
+            let plane = &folded[cp * hw..][..hw];
+            let mut z = vec![0u32; g.h() * kw];
+            for (r, zrow) in z.chunks_exact_mut(kw).enumerate() {
+                let xrow = &plane[r * g.w()..][..g.w()];
+                for (j, zv) in zrow.iter_mut().enumerate() {
+                    let acc = (0..wo).fold(0u64, |acc, x| match g.in_col(x, j) {
+                        Some(col) => acc + F::fold_product(u64::from(v[x]) * u64::from(xrow[col])),
+                        None => acc,
+                    });
+                    *zv = F::reduce(acc);
+                }
+            }
+            let (grp, clp) = (cp / cpg, cp % cpg);
+            let mut acc = 0u64;
+            for i in 0..kh {
+                for j in 0..kw {
+                    let t = F::reduce((0..g.ho()).fold(0u64, |acc, y| match g.in_row(y, i) {
+                        Some(r) => acc + F::fold_product(u64::from(u[y]) * u64::from(z[r * kw + j])),
+                        None => acc,
+                    }));
+                    let ks = F::reduce((grp * cpo..(grp + 1) * cpo).fold(0u64, |acc, op| acc + F::fold_product(u64::from(s[op]) * u64::from(kp[(op * cpg + clp) * taps + i * kw + j]))));
+                    acc += F::fold_product(u64::from(ks) * u64::from(t));
+                }
+            }
+            F::reduce(acc)
+        })
+        .collect();
+    let vv = F::reduce(per_channel.iter().map(|&x| u64::from(x)).sum());
+    l == vv
+}
+
+/// The three products of Strict mode for a whole batch, for one vector `r ∈ F^(Ho×Wo)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StrictProducts {
+    /// `L[b,o'] = Σ_{y,x} r[y,x]·Y'[b,o',y,x]` (`B × Cout`).
+    pub l: Vec<u32>,
+    /// `T_b[c',i,j] = Σ_{y,x} r[y,x]·X'pad[b,c',y·sh+i·dh,x·sw+j·dw]` (`B × Cin × kh × kw`).
+    pub t: Vec<u32>,
+    /// `V[b,o'] = Σ_{cl',i,j} K'[o',cl',i,j]·T_b[g'(o')·Cin/G + cl', i, j]` (`B × Cout`).
+    pub v: Vec<u32>,
+}
+
+impl StrictProducts {
+    /// Strict mode accepts if and only if `L = V` in every entry.
+    pub fn accepts(&self) -> bool {
+        self.l == self.v
+    }
+}
+
+/// The batched verification matrix-vector product of Strict mode on the CPU: `Y'_b·r`,
+/// `im2col(X'_b)·r` and `K'·T_b` for every image. The GPU kernel computes the same, bit for bit.
+///
+/// Lengths must already match the geometry (see [`verify`]); `r.len()` must be `Ho·Wo`.
+pub fn strict_products<F: PrimeField>(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32], yp: &[u32], r: &[u32]) -> StrictProducts {
+    let (n, hw, taps, wo) = (g.n(), g.h() * g.w(), g.kh() * g.kw(), g.wo());
+    let l: Vec<u32> = yp.par_chunks_exact(n).with_min_len(16).map(|plane| F::dot(plane, r)).collect();
+    let t: Vec<u32> = (0..batch * g.cin() * taps)
+        .into_par_iter()
+        .with_min_len(16)
+        .map(|idx| {
+            let (bc, ij) = (idx / taps, idx % taps);
+            let (i, j) = (ij / g.kw(), ij % g.kw());
+            let plane = &xp[bc * hw..][..hw];
+            let mut acc = 0u64;
+            for y in 0..g.ho() {
+                let Some(row) = g.in_row(y, i) else { continue };
+                for x in 0..wo {
+                    if let Some(col) = g.in_col(x, j) {
+                        acc += F::fold_product(u64::from(r[y * wo + x]) * u64::from(plane[row * g.w() + col]));
+                    }
+                }
+            }
+            F::reduce(acc)
+        })
+        .collect();
+    let m = g.m();
+    let v: Vec<u32> = (0..batch * g.cout())
+        .into_par_iter()
+        .with_min_len(16)
+        .map(|bo| {
+            let (b, op) = (bo / g.cout(), bo % g.cout());
+            let tg = &t[(b * g.cin() + g.group_of_output(op) * g.cin_per_group()) * taps..][..m];
+            F::dot(&kp[op * m..][..m], tg)
+        })
+        .collect();
+    StrictProducts { l, t, v }
+}
