@@ -14,12 +14,12 @@ fn acc_zero() -> Acc {
 // acc + a·b, with the product folded (2^31 ≡ 1 mod p) to below 2^32.
 fn acc_mac(acc: Acc, a: u32, b: u32) -> Acc {
     let prod = u64(a) * u64(b);
-    return acc + (prod & P64) + (prod >> 31lu);
+    return acc + (prod & P64) + (prod >> 31u);
 }
 
 fn acc_finish(acc: Acc) -> u32 {
-    var t = (acc & P64) + (acc >> 31lu);
-    t = (t & P64) + (t >> 31lu);
+    var t = (acc & P64) + (acc >> 31u);
+    t = (t & P64) + (t >> 31u);
     let r = u32(t);
     return select(r, r - P, r >= P);
 }

@@ -16,6 +16,7 @@ mod error;
 pub mod field;
 pub mod geometry;
 pub mod keys;
+pub mod onnx;
 pub mod reference;
 pub mod verify;
 

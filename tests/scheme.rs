@@ -1,0 +1,148 @@
+//! The scheme's algebra on the CPU backend: encryption, decryption, the mask identity, keys,
+//! and end-to-end exactness on every test shape.
+
+mod common;
+
+use common::{conv_shapes, ints, rng};
+use rand::Rng;
+use vericonv::client::{LayerConfig, PrivateConv};
+use vericonv::cloud::{CloudBackend, CpuBackend};
+use vericonv::decrypt::{MaskKernel, mask_conv};
+use vericonv::encrypt::{encrypt_input, encrypt_kernel, mask_tensor};
+use vericonv::field::{M31, PrimeField};
+use vericonv::keys::{ImageMask, SessionKey, seeded_rng};
+use vericonv::reference::{conv_field, conv_i64};
+use vericonv::verify::Mode;
+
+fn embed(v: &[i32]) -> Vec<u32> {
+    v.iter().map(|&x| M31::embed(i64::from(x)).expect("small")).collect()
+}
+
+#[test]
+fn decrypt_inverts_encrypt_for_every_shape_on_cpu() {
+    let seed = 0xdec0de;
+    let mut r = rng(seed);
+    let cpu = CpuBackend::new();
+    for (idx, (g, batch)) in conv_shapes(seed, 50).into_iter().enumerate() {
+        let k = ints(&mut r, g.kernel_len(), 127);
+        let bias = ints(&mut r, g.cout(), 1000);
+        let x = ints(&mut r, batch * g.image_len(), 127);
+        let mode = if idx % 2 == 0 { Mode::Fast } else { Mode::Strict };
+        let cfg = LayerConfig { name: format!("shape{idx}"), mode, rank: 1 + idx % 3, ..LayerConfig::default() };
+        let mut key_rng = seeded_rng(seed + idx as u64);
+        let mut layer = PrivateConv::new(g, &k, Some(&bias), cfg, &mut key_rng).expect("layer builds");
+        let (y, _) = layer.run(&cpu, &x, &mut key_rng).unwrap_or_else(|e| panic!("shape {idx} {g:?}: {e}"));
+        let k64: Vec<i64> = k.iter().map(|&v| i64::from(v)).collect();
+        let x64: Vec<i64> = x.iter().map(|&v| i64::from(v)).collect();
+        let mut expected = conv_i64(&g, batch, &k64, &x64).expect("lengths");
+        for (plane, &b) in expected.chunks_exact_mut(g.n()).zip(bias.iter().cycle()) {
+            plane.iter_mut().for_each(|v| *v += i64::from(b));
+        }
+        let got: Vec<i64> = y.iter().map(|&v| i64::from(v)).collect();
+        assert_eq!(got, expected, "shape {idx}: {g:?} batch {batch}");
+    }
+}
+
+#[test]
+fn cpu_backend_equals_reference_field_convolution() {
+    let seed = 0xc0;
+    let mut r = rng(seed);
+    let cpu = CpuBackend::with_threads(2).expect("pool");
+    for (g, batch) in conv_shapes(seed, 40) {
+        let k: Vec<u32> = (0..g.kernel_len()).map(|_| M31::random(&mut r)).collect();
+        let x: Vec<u32> = (0..batch * g.image_len()).map(|_| M31::random(&mut r)).collect();
+        assert_eq!(cpu.conv(&g, batch, &k, &x).expect("conv"), conv_field::<M31>(&g, batch, &k, &x).expect("conv"), "{g:?}");
+    }
+}
+
+#[test]
+fn cloud_output_is_alpha_times_plain_plus_mask_conv_in_sigma_order() {
+    let seed = 0xa1fa;
+    let mut r = rng(seed);
+    for (g, batch) in conv_shapes(seed, 10) {
+        let mut key_rng = seeded_rng(r.random());
+        let key = SessionKey::generate(&g, 2, &mut key_rng).expect("rank 2");
+        let k = embed(&ints(&mut r, g.kernel_len(), 127));
+        let x = embed(&ints(&mut r, batch * g.image_len(), 127));
+        let masks = ImageMask::generate_batch(&key, batch, &mut key_rng);
+        let yp = conv_field::<M31>(&g, batch, &encrypt_kernel(&key, &k).expect("k"), &encrypt_input(&key, &masks, &x).expect("x")).expect("conv");
+        let y = conv_field::<M31>(&g, batch, &k, &x).expect("conv");
+        let mk = MaskKernel::new(&key, &k).expect("kg");
+        for b in 0..batch {
+            let r_b = mask_tensor(&key, &masks[b]);
+            let direct = conv_field::<M31>(&g, 1, &k, &r_b).expect("conv");
+            assert_eq!(mask_conv(&key, &mk, &masks[b]), direct, "separable Mk_b equals Conv(K, R_b)");
+            for op in 0..g.cout() {
+                let o = key.sigma()[op];
+                for e in 0..g.n() {
+                    let lhs = yp[(b * g.cout() + op) * g.n() + e];
+                    let rhs = M31::mul(key.alpha()[op], M31::add(y[(b * g.cout() + o) * g.n() + e], direct[o * g.n() + e]));
+                    assert_eq!(lhs, rhs);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn kernel_and_input_encryption_follow_the_formulas() {
+    let seed = 0xe5c;
+    let mut r = rng(seed);
+    let g = vericonv::geometry::Conv2d::builder(6, 9, (5, 4), (2, 3)).groups(3).build().expect("valid");
+    let mut key_rng = seeded_rng(seed);
+    let key = SessionKey::generate(&g, 3, &mut key_rng).expect("rank");
+    let k = embed(&ints(&mut r, g.kernel_len(), 127));
+    let kp = encrypt_kernel(&key, &k).expect("k");
+    let (cpg, cpo) = (g.cin_per_group(), g.cout_per_group());
+    for op in 0..g.cout() {
+        let gp = op / cpo;
+        assert_eq!(key.sigma()[op] / cpo, key.pi()[gp * cpg] / cpg, "σ and π map cloud group g' to the same plain group");
+        for clp in 0..cpg {
+            let cp = gp * cpg + clp;
+            let cl = key.pi()[cp] % cpg;
+            for t in 0..6 {
+                let want = M31::mul(M31::mul(key.alpha()[op], M31::inv(key.beta()[cp])), k[(key.sigma()[op] * cpg + cl) * 6 + t]);
+                assert_eq!(kp[(op * cpg + clp) * 6 + t], want);
+            }
+        }
+    }
+    let x = embed(&ints(&mut r, 2 * g.image_len(), 127));
+    let masks = ImageMask::generate_batch(&key, 2, &mut key_rng);
+    let xp = encrypt_input(&key, &masks, &x).expect("x");
+    for b in 0..2 {
+        let r_b = mask_tensor(&key, &masks[b]);
+        for cp in 0..g.cin() {
+            let c = key.pi()[cp];
+            for e in 0..20 {
+                let want = M31::mul(key.beta()[cp], M31::add(x[(b * 6 + c) * 20 + e], r_b[c * 20 + e]));
+                assert_eq!(xp[(b * 6 + cp) * 20 + e], want);
+            }
+        }
+    }
+    let mut sorted = key.sigma().to_vec();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..g.cout()).collect::<Vec<_>>(), "σ is a permutation");
+    assert!(key.alpha().iter().chain(key.beta()).all(|&v| v != 0 && v < M31::P), "α, β ∈ F_p*");
+}
+
+#[test]
+fn session_keys_rotate_after_the_policy_and_still_decrypt() {
+    let seed = 0x707;
+    let mut r = rng(seed);
+    let g = vericonv::geometry::Conv2d::builder(2, 3, (6, 6), (3, 3)).build().expect("valid");
+    let k = ints(&mut r, g.kernel_len(), 127);
+    let cfg = LayerConfig { rotate_after_images: Some(2), ..LayerConfig::default() };
+    let mut key_rng = seeded_rng(seed);
+    let mut layer = PrivateConv::new(g, &k, None, cfg, &mut key_rng).expect("layer");
+    let first = layer.encrypted_kernel().to_vec();
+    let cpu = CpuBackend::new();
+    let k64: Vec<i64> = k.iter().map(|&v| i64::from(v)).collect();
+    for call in 0..4 {
+        let x = ints(&mut r, g.image_len(), 127);
+        let (y, t) = layer.run(&cpu, &x, &mut key_rng).expect("run");
+        let x64: Vec<i64> = x.iter().map(|&v| i64::from(v)).collect();
+        assert_eq!(y.iter().map(|&v| i64::from(v)).collect::<Vec<_>>(), conv_i64(&g, 1, &k64, &x64).expect("conv"));
+        assert_eq!(t.keygen.is_zero(), call == 1 || call == 3, "setup reported at session starts only (call {call})");
+    }
+    assert_ne!(layer.encrypted_kernel(), first.as_slice(), "K' changed after rotation");
+}

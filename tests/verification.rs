@@ -1,0 +1,138 @@
+//! Verification: every cheating strategy is caught, and the false-accept rate of one round
+//! matches the bounds 1/p (Strict) and 4/p (Fast) when measured with p = 97.
+
+mod common;
+
+use common::{ints, rng};
+use rand::Rng;
+use vericonv::client::{LayerConfig, PrivateConv};
+use vericonv::cloud::{CpuBackend, Tamper, TamperingBackend};
+use vericonv::field::{PrimeField, SmallPrime};
+use vericonv::geometry::{Conv2d, Padding};
+use vericonv::keys::seeded_rng;
+use vericonv::reference::conv_field;
+use vericonv::verify::{Mode, Verdict, verify};
+use vericonv::Error;
+
+const TRIALS: usize = 1000;
+
+#[test]
+fn every_tampering_strategy_is_rejected_in_both_modes() {
+    let seed = 0x7a3;
+    let mut r = rng(seed);
+    let g = Conv2d::builder(4, 6, (7, 6), (3, 3)).stride(2, 1).padding(Padding::new(1, 0, 2, 1)).groups(2).build().expect("valid");
+    let k = ints(&mut r, g.kernel_len(), 127);
+    for mode in [Mode::Fast, Mode::Strict] {
+        for strategy in Tamper::ALL {
+            let cloud = TamperingBackend::new(CpuBackend::new(), &[strategy], 1.0, seed ^ strategy as u64);
+            let mut key_rng = seeded_rng(r.random());
+            let cfg = LayerConfig { name: "tampered".into(), mode, ..LayerConfig::default() };
+            let mut layer = PrivateConv::new(g, &k, None, cfg, &mut key_rng).expect("layer");
+            let mut rejected = 0;
+            for _ in 0..TRIALS {
+                let x = ints(&mut r, 2 * g.image_len(), 127);
+                match layer.run(&cloud, &x, &mut key_rng) {
+                    Err(Error::VerificationFailed { layer, mode: m, round }) => {
+                        assert_eq!((layer.as_str(), m, round), ("tampered", mode.name(), 1));
+                        rejected += 1;
+                    }
+                    other => panic!("{strategy:?} in {mode:?} mode was not rejected: {:?}", other.map(|(y, _)| y.len())),
+                }
+            }
+            assert_eq!(cloud.corrupted(), TRIALS as u64);
+            assert_eq!(rejected, TRIALS, "{strategy:?} / {mode:?}");
+        }
+    }
+}
+
+#[test]
+fn honest_answers_are_accepted_with_many_rounds() {
+    let seed = 0x600d;
+    let mut r = rng(seed);
+    let g = Conv2d::builder(3, 4, (6, 6), (3, 3)).padding(Padding::uniform(1)).build().expect("valid");
+    let k = ints(&mut r, g.kernel_len(), 127);
+    for mode in [Mode::Fast, Mode::Strict] {
+        let mut key_rng = seeded_rng(seed);
+        let mut layer = PrivateConv::new(g, &k, None, LayerConfig { mode, rounds: 5, ..LayerConfig::default() }, &mut key_rng).expect("layer");
+        for _ in 0..50 {
+            layer.run(&CpuBackend::new(), &ints(&mut r, 3 * g.image_len(), 127), &mut key_rng).expect("honest cloud accepted");
+        }
+    }
+}
+
+type F97 = SmallPrime<97>;
+
+/// Measures the one-round false-accept rate over `trials` wrong answers. `dense` spreads a
+/// random error over every entry; otherwise one random entry gets a random non-zero error.
+fn false_accept_rate(mode: Mode, trials: usize, dense: bool, seed: u64) -> f64 {
+    let mut r = rng(seed);
+    let g = Conv2d::builder(4, 4, (5, 5), (3, 3)).padding(Padding::new(1, 0, 1, 2)).groups(2).build().expect("valid");
+    let batch = 2;
+    let mut vrng = seeded_rng(seed);
+    let mut accepted = 0usize;
+    let mut kp = Vec::new();
+    let mut xp = Vec::new();
+    let mut honest = Vec::new();
+    for trial in 0..trials {
+        if trial % 1000 == 0 {
+            kp = (0..g.kernel_len()).map(|_| F97::random(&mut r)).collect();
+            xp = (0..batch * g.image_len()).map(|_| F97::random(&mut r)).collect();
+            honest = conv_field::<F97>(&g, batch, &kp, &xp).expect("conv");
+        }
+        let mut yp = honest.clone();
+        if dense {
+            loop {
+                let mut changed = false;
+                for v in yp.iter_mut() {
+                    let e = F97::random(&mut r);
+                    changed |= e != 0;
+                    *v = F97::add(*v, e);
+                }
+                if changed {
+                    break;
+                }
+            }
+        } else {
+            let i = r.random_range(0..yp.len());
+            yp[i] = F97::add(yp[i], F97::random_nonzero(&mut r));
+        }
+        if verify::<F97, _>(&g, batch, &kp, &xp, &yp, mode, 1, &mut vrng).expect("lengths") == Verdict::Accepted {
+            accepted += 1;
+        }
+    }
+    accepted as f64 / trials as f64
+}
+
+/// Asserts `|observed - expected| <= 5σ` for a binomial proportion over `n` trials.
+fn assert_rate(observed: f64, expected: f64, n: usize, what: &str) {
+    let sigma = (expected * (1.0 - expected) / n as f64).sqrt();
+    println!("{what}: observed {observed:.5}, expected {expected:.5} ± {:.5} (5σ)", 5.0 * sigma);
+    assert!((observed - expected).abs() <= 5.0 * sigma, "{what}: observed {observed} is not within 5σ of {expected}");
+}
+
+#[test]
+fn strict_mode_false_accept_rate_is_one_over_p() {
+    let p = f64::from(F97::P);
+    let n = 100_000;
+    // A single wrong entry is missed exactly when r is zero there: probability 1/p.
+    assert_rate(false_accept_rate(Mode::Strict, n, false, 0x51), 1.0 / p, n, "strict, one wrong entry");
+    let dense = false_accept_rate(Mode::Strict, n, true, 0x52);
+    let sigma = (1.0 / p / n as f64).sqrt();
+    println!("strict, dense errors: observed {dense:.5} <= 1/p = {:.5}", 1.0 / p);
+    assert!(dense <= 1.0 / p + 5.0 * sigma, "dense errors pass strict mode too often: {dense}");
+}
+
+#[test]
+fn fast_mode_false_accept_rate_is_within_four_over_p() {
+    let p = f64::from(F97::P);
+    let n = 100_000;
+    // A single wrong entry e at (b,o,y,x) is missed exactly when w_b·s_o·u_y·v_x = 0:
+    // probability 1 - (1 - 1/p)^4, just below the Schwartz–Zippel bound 4/p.
+    let exact = 1.0 - (1.0 - 1.0 / p).powi(4);
+    assert_rate(false_accept_rate(Mode::Fast, n, false, 0xf1), exact, n, "fast, one wrong entry");
+    assert!(exact <= 4.0 / p);
+    let dense = false_accept_rate(Mode::Fast, n, true, 0xf2);
+    let sigma = (4.0 / p / n as f64).sqrt();
+    println!("fast, dense errors: observed {dense:.5} <= 4/p = {:.5}", 4.0 / p);
+    assert!(dense <= 4.0 / p + 5.0 * sigma, "dense errors pass fast mode too often: {dense}");
+}
