@@ -9,7 +9,7 @@ use crate::encrypt::{encrypt_input, encrypt_kernel};
 use crate::field::{M31, PrimeField};
 use crate::geometry::Conv2d;
 use crate::keys::{DEFAULT_RANK, ImageMask, KeyRng, SessionKey};
-use crate::verify::{Mode, Verdict, verify};
+use crate::verify::{Claim, Mode, Verdict, verify};
 use crate::{Error, Result};
 
 /// Settings of one private layer.
@@ -32,7 +32,14 @@ pub struct LayerConfig {
 
 impl Default for LayerConfig {
     fn default() -> Self {
-        Self { name: "conv".into(), rank: DEFAULT_RANK, mode: Mode::Fast, rounds: 1, input_bound: 127, rotate_after_images: None }
+        Self {
+            name: "conv".into(),
+            rank: DEFAULT_RANK,
+            mode: Mode::Fast,
+            rounds: 1,
+            input_bound: 127,
+            rotate_after_images: None,
+        }
     }
 }
 
@@ -86,7 +93,9 @@ pub struct PrivateConv {
 fn check_bound(layer: &str, what: &'static str, v: &[i32], bound: u64) -> Result<()> {
     match v.iter().position(|&x| u64::from(x.unsigned_abs()) > bound) {
         None => Ok(()),
-        Some(index) => Err(Error::ValueOutOfRange { layer: layer.into(), what, index, value: i64::from(v[index]), bound }),
+        Some(index) => {
+            Err(Error::ValueOutOfRange { layer: layer.into(), what, index, value: i64::from(v[index]), bound })
+        }
     }
 }
 
@@ -125,7 +134,17 @@ impl PrivateConv {
         let key = SessionKey::generate(&geom, cfg.rank, rng)?;
         let kernel_enc = encrypt_kernel(&key, &kernel)?;
         let mask_kernel = MaskKernel::new(&key, &kernel)?;
-        Ok(Self { cfg, geom, kernel, bias: bias.map(<[i32]>::to_vec), key, kernel_enc, mask_kernel, images_in_session: 0, setup_time: start.elapsed() })
+        Ok(Self {
+            cfg,
+            geom,
+            kernel,
+            bias: bias.map(<[i32]>::to_vec),
+            key,
+            kernel_enc,
+            mask_kernel,
+            images_in_session: 0,
+            setup_time: start.elapsed(),
+        })
     }
 
     /// Draws a new session key and re-encrypts the kernel; returns the time it took.
@@ -189,7 +208,8 @@ impl PrivateConv {
         self.check_answer(batch, &yp)?;
 
         let start = Instant::now();
-        let verdict = verify::<M31, _>(&self.geom, batch, &self.kernel_enc, &xp, &yp, self.cfg.mode, self.cfg.rounds, rng)?;
+        let claim = Claim::new(&self.geom, batch, &self.kernel_enc, &xp, &yp)?;
+        let verdict = verify::<M31, _>(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
         t.verify = start.elapsed();
         if let Verdict::Rejected { round } = verdict {
             return Err(Error::VerificationFailed { layer: self.cfg.name.clone(), mode: self.cfg.mode.name(), round });

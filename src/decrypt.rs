@@ -7,11 +7,11 @@
 
 use rayon::prelude::*;
 
+use crate::Result;
 use crate::encrypt::check_masks;
 use crate::field::{M31, PrimeField, check_canonical};
 use crate::geometry::Conv2d;
 use crate::keys::{ImageMask, SessionKey};
-use crate::Result;
 
 /// The per-session part of the mask correction, `KG_t` for t = 1..ρ (`ρ × Cout × kh × kw`,
 /// indexed by plain output channel).
@@ -37,7 +37,9 @@ impl MaskKernel {
                 let c0 = g.group_of_output(o) * cpg;
                 let dst = &mut kg[(t * g.cout() + o) * taps..][..taps];
                 for (ij, d) in dst.iter_mut().enumerate() {
-                    let acc = (0..cpg).fold(0u64, |acc, cl| acc + M31::fold_product(u64::from(k[(o * cpg + cl) * taps + ij]) * u64::from(gt[c0 + cl])));
+                    let acc = (0..cpg).fold(0u64, |acc, cl| {
+                        acc + M31::fold_product(u64::from(k[(o * cpg + cl) * taps + ij]) * u64::from(gt[c0 + cl]))
+                    });
                     *d = M31::reduce(acc);
                 }
             }
@@ -78,10 +80,31 @@ impl ImageTables {
     }
 }
 
-/// Calls `emit(y, mk_row)` for every output row y of `Mk[o,·,·]`, plain output channel `o`.
-/// `q` is scratch of `ρ·kh·Wo`, `row` of `Wo`.
-fn mask_channel(g: &Conv2d, rho: usize, mk: &MaskKernel, tab: &ImageTables, o: usize, q: &mut [u32], row: &mut [u64], mut emit: impl FnMut(usize, &[u64])) {
+/// Working memory of [`mask_channel`]: `Q_t[i,x]` (`ρ·kh·Wo`) and one unreduced row (`Wo`).
+struct Scratch {
+    q: Vec<u32>,
+    row: Vec<u64>,
+}
+
+impl Scratch {
+    fn new(g: &Conv2d, rho: usize) -> Self {
+        Self { q: vec![0; rho * g.kh() * g.wo()], row: vec![0; g.wo()] }
+    }
+}
+
+/// Calls `emit(y, mk_row)` for every output row y of `Mk[o,·,·]`, plain output channel `o`;
+/// `mk_row` holds partially reduced values.
+fn mask_channel(
+    g: &Conv2d,
+    rho: usize,
+    mk: &MaskKernel,
+    tab: &ImageTables,
+    o: usize,
+    scratch: &mut Scratch,
+    mut emit: impl FnMut(usize, &[u64]),
+) {
     let (kh, kw, ho, wo) = (g.kh(), g.kw(), g.ho(), g.wo());
+    let Scratch { q, row } = scratch;
     for t in 0..rho {
         let kg = &mk.kg[(t * g.cout() + o) * kh * kw..][..kh * kw];
         for i in 0..kh {
@@ -104,7 +127,7 @@ fn mask_channel(g: &Conv2d, rho: usize, mk: &MaskKernel, tab: &ImageTables, o: u
                 }
             }
         }
-        emit(y, row);
+        emit(y, row.as_slice());
     }
 }
 
@@ -114,10 +137,9 @@ pub fn mask_conv(key: &SessionKey, mk: &MaskKernel, mask: &ImageMask) -> Vec<u32
     let g = key.geometry();
     let tab = ImageTables::new(g, mask);
     let mut out = vec![0u32; g.output_image_len()];
-    let mut q = vec![0u32; key.rank() * g.kh() * g.wo()];
-    let mut row = vec![0u64; g.wo()];
+    let mut scratch = Scratch::new(g, key.rank());
     for (o, dst) in out.chunks_exact_mut(g.n()).enumerate() {
-        mask_channel(g, key.rank(), mk, &tab, o, &mut q, &mut row, |y, r| {
+        mask_channel(g, key.rank(), mk, &tab, o, &mut scratch, |y, r| {
             for (d, &v) in dst[y * g.wo()..][..g.wo()].iter_mut().zip(r) {
                 *d = M31::reduce(v);
             }
@@ -145,13 +167,13 @@ pub fn decrypt(key: &SessionKey, mk: &MaskKernel, masks: &[ImageMask], y_cloud: 
     let (n, wo) = (g.n(), g.wo());
     let mut out = vec![0i32; y_cloud.len()];
     out.par_chunks_exact_mut(n).enumerate().for_each_init(
-        || (vec![0u32; key.rank() * g.kh() * wo], vec![0u64; wo]),
-        |(q, row), (idx, dst)| {
+        || Scratch::new(g, key.rank()),
+        |scratch, (idx, dst)| {
             let (b, o) = (idx / g.cout(), idx % g.cout());
             let op = sigma_inv[o];
             let ainv = u64::from(key.alpha_inv()[op]);
             let src = &y_cloud[(b * g.cout() + op) * n..][..n];
-            mask_channel(g, key.rank(), mk, &tables[b], o, q, row, |y, mkrow| {
+            mask_channel(g, key.rank(), mk, &tables[b], o, scratch, |y, mkrow| {
                 let (d, s) = (&mut dst[y * wo..][..wo], &src[y * wo..][..wo]);
                 for ((d, &yv), &m) in d.iter_mut().zip(s).zip(mkrow) {
                     let unscaled = M31::reduce(ainv * u64::from(yv));

@@ -43,7 +43,11 @@ pub(crate) fn check_masks(key: &SessionKey, masks: &[ImageMask], batch: usize) -
     let g = key.geometry();
     for m in masks {
         if m.rank() != key.rank() || m.row_factor(0).len() != g.h() || m.col_factor(0).len() != g.w() {
-            return Err(Error::LengthMismatch { what: "image mask (drawn for another layer)", expected: key.rank() * (g.h() + g.w()), got: m.rank() * (m.row_factor(0).len() + m.col_factor(0).len()) });
+            return Err(Error::LengthMismatch {
+                what: "image mask (drawn for another layer)",
+                expected: key.rank() * (g.h() + g.w()),
+                got: m.rank() * (m.row_factor(0).len() + m.col_factor(0).len()),
+            });
         }
     }
     Ok(())
@@ -71,13 +75,13 @@ pub fn encrypt_input(key: &SessionKey, masks: &[ImageMask], x: &[u32]) -> Result
         let src = &x[(b * cin + c) * h * w..][..h * w];
         let mut row_coef = vec![0u32; rho];
         for (y, (drow, srow)) in dst.chunks_exact_mut(w).zip(src.chunks_exact(w)).enumerate() {
-            for t in 0..rho {
-                row_coef[t] = M31::mul(bg[t], mask.row_factor(t)[y]);
+            for (t, (rc, &b)) in row_coef.iter_mut().zip(&bg).enumerate() {
+                *rc = M31::mul(b, mask.row_factor(t)[y]);
             }
             for (xx, (d, &s)) in drow.iter_mut().zip(srow).enumerate() {
                 let mut acc = M31::fold_product(u64::from(beta) * u64::from(s));
-                for t in 0..rho {
-                    acc += M31::fold_product(u64::from(row_coef[t]) * u64::from(mask.col_factor(t)[xx]));
+                for (t, &rc) in row_coef.iter().enumerate() {
+                    acc += M31::fold_product(u64::from(rc) * u64::from(mask.col_factor(t)[xx]));
                 }
                 *d = M31::reduce(acc);
             }

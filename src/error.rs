@@ -14,7 +14,9 @@ pub enum Error {
         field: &'static str,
     },
     /// `groups` must divide both channel counts.
-    #[error("invalid convolution geometry: groups = {groups} must divide in_channels = {cin} and out_channels = {cout}")]
+    #[error(
+        "invalid convolution geometry: groups = {groups} must divide in_channels = {cin} and out_channels = {cout}"
+    )]
     GroupsMismatch {
         /// Number of groups.
         groups: usize,
@@ -24,7 +26,9 @@ pub enum Error {
         cout: usize,
     },
     /// The dilated kernel does not fit in the padded input, so the output would be empty.
-    #[error("invalid convolution geometry: the dilated kernel ({extent}) is larger than the padded input ({padded}) along the {axis} axis")]
+    #[error(
+        "invalid convolution geometry: the dilated kernel ({extent}) is larger than the padded input ({padded}) along the {axis} axis"
+    )]
     KernelLargerThanInput {
         /// `"height"` or `"width"`.
         axis: &'static str,
@@ -78,7 +82,9 @@ pub enum Error {
         bound: u64,
     },
     /// `M·Bx·Bw + Bb > (p-1)/2`: the layer's integer result would wrap around the field.
-    #[error("layer `{layer}` violates the exactness bound: M·Bx·Bw + Bb = {m}·{bx}·{bw} + {bb} = {total} > (p-1)/2 = {limit}")]
+    #[error(
+        "layer `{layer}` violates the exactness bound: M·Bx·Bw + Bb = {m}·{bx}·{bw} + {bb} = {total} > (p-1)/2 = {limit}"
+    )]
     ExactnessBound {
         /// Layer name.
         layer: String,

@@ -102,20 +102,13 @@ pub trait PrimeField: Copy + Send + Sync + std::fmt::Debug + 'static {
     /// Lifts an element back to the signed integer in `[-(P-1)/2, (P-1)/2]`.
     #[inline(always)]
     fn lift(u: u32) -> i64 {
-        if u <= Self::HALF {
-            i64::from(u)
-        } else {
-            i64::from(u) - i64::from(Self::P)
-        }
+        if u <= Self::HALF { i64::from(u) } else { i64::from(u) - i64::from(Self::P) }
     }
 
     /// `Σ a[i]·b[i] mod P` over two slices of equal length.
     #[inline]
     fn dot(a: &[u32], b: &[u32]) -> u32 {
-        let acc = a
-            .iter()
-            .zip(b)
-            .fold(0u64, |acc, (&x, &y)| acc + Self::fold_product(u64::from(x) * u64::from(y)));
+        let acc = a.iter().zip(b).fold(0u64, |acc, (&x, &y)| acc + Self::fold_product(u64::from(x) * u64::from(y)));
         Self::reduce(acc)
     }
 }
@@ -178,12 +171,7 @@ impl<const Q: u32> PrimeField for SmallPrime<Q> {
 pub fn check_canonical<F: PrimeField>(what: &'static str, v: &[u32]) -> crate::Result<()> {
     match v.iter().position(|&x| x >= F::P) {
         None => Ok(()),
-        Some(index) => Err(crate::Error::NotAFieldElement {
-            what,
-            index,
-            value: v[index],
-            p: F::P,
-        }),
+        Some(index) => Err(crate::Error::NotAFieldElement { what, index, value: v[index], p: F::P }),
     }
 }
 
@@ -198,7 +186,18 @@ mod tests {
         let seed = 0x5eed_0001;
         println!("seed = {seed:#x}");
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let edges = [0, 1, u64::from(P) - 1, u64::from(P), u64::from(P) + 1, (u64::from(P) - 1).pow(2), u64::MAX, u64::MAX - 1, 1 << 62, (1 << 63) + 12345];
+        let edges = [
+            0,
+            1,
+            u64::from(P) - 1,
+            u64::from(P),
+            u64::from(P) + 1,
+            (u64::from(P) - 1).pow(2),
+            u64::MAX,
+            u64::MAX - 1,
+            1 << 62,
+            (1 << 63) + 12345,
+        ];
         for &x in edges.iter().chain((0..100_000).map(|_| rng.next_u64()).collect::<Vec<_>>().iter()) {
             assert_eq!(u64::from(M31::reduce(x)), x % u64::from(P), "x = {x}");
         }

@@ -195,8 +195,12 @@ impl Conv2d {
     /// [`Error::LengthMismatch`] when `len` is not a positive multiple of `Cin·H·W`.
     pub fn batch_of_input(&self, len: usize) -> Result<usize> {
         let per = self.image_len();
-        if len == 0 || len % per != 0 {
-            return Err(Error::LengthMismatch { what: "input (not a positive multiple of Cin·H·W)", expected: per, got: len });
+        if len == 0 || !len.is_multiple_of(per) {
+            return Err(Error::LengthMismatch {
+                what: "input (not a positive multiple of Cin·H·W)",
+                expected: per,
+                got: len,
+            });
         }
         Ok(len / per)
     }
@@ -256,7 +260,7 @@ impl Conv2dBuilder {
                 return Err(Error::TooLarge { what, value: v });
             }
         }
-        if g.cin % g.groups != 0 || g.cout % g.groups != 0 {
+        if !g.cin.is_multiple_of(g.groups) || !g.cout.is_multiple_of(g.groups) {
             return Err(Error::GroupsMismatch { groups: g.groups, cin: g.cin, cout: g.cout });
         }
         g.ho = out_extent("height", g.h, g.pad.top + g.pad.bottom, g.kh, g.stride.0, g.dilation.0)?;
@@ -264,7 +268,13 @@ impl Conv2dBuilder {
         for (what, len) in [
             ("Cin·H·W", g.cin.checked_mul(g.h).and_then(|v| v.checked_mul(g.w))),
             ("Cout·Ho·Wo", g.cout.checked_mul(g.ho).and_then(|v| v.checked_mul(g.wo))),
-            ("Cout·(Cin/G)·kh·kw", g.cout.checked_mul(g.cin / g.groups).and_then(|v| v.checked_mul(g.kh)).and_then(|v| v.checked_mul(g.kw))),
+            (
+                "Cout·(Cin/G)·kh·kw",
+                g.cout
+                    .checked_mul(g.cin / g.groups)
+                    .and_then(|v| v.checked_mul(g.kh))
+                    .and_then(|v| v.checked_mul(g.kw)),
+            ),
             ("padded H·W", g.padded_h().checked_mul(g.padded_w())),
         ] {
             match len {
@@ -279,7 +289,10 @@ impl Conv2dBuilder {
 /// `floor((n + pads - d·(k-1) - 1) / s) + 1`, or an error when the kernel does not fit.
 fn out_extent(axis: &'static str, n: usize, pads: usize, k: usize, s: usize, d: usize) -> Result<usize> {
     let padded = n + pads;
-    let extent = (k - 1).checked_mul(d).and_then(|v| v.checked_add(1)).ok_or(Error::TooLarge { what: "dilated kernel", value: k })?;
+    let extent = (k - 1)
+        .checked_mul(d)
+        .and_then(|v| v.checked_add(1))
+        .ok_or(Error::TooLarge { what: "dilated kernel", value: k })?;
     if extent > padded {
         return Err(Error::KernelLargerThanInput { axis, extent, padded });
     }
@@ -292,7 +305,12 @@ mod tests {
 
     #[test]
     fn output_size_follows_the_scheme_formula() {
-        let g = Conv2d::builder(3, 8, (7, 9), (3, 2)).stride(2, 3).padding(Padding::new(1, 0, 2, 1)).dilation(2, 1).build().expect("valid");
+        let g = Conv2d::builder(3, 8, (7, 9), (3, 2))
+            .stride(2, 3)
+            .padding(Padding::new(1, 0, 2, 1))
+            .dilation(2, 1)
+            .build()
+            .expect("valid");
         assert_eq!(g.ho(), (7 + 1 + 2 - 2 * 2 - 1) / 2 + 1);
         assert_eq!(g.wo(), (9 + 1 - 1 - 1) / 3 + 1);
         assert_eq!(g.m(), 3 * 3 * 2);
@@ -301,11 +319,26 @@ mod tests {
     #[test]
     fn every_bad_geometry_has_its_typed_error() {
         assert_eq!(Conv2d::builder(0, 1, (4, 4), (1, 1)).build(), Err(Error::ZeroDimension { field: "in_channels" }));
-        assert_eq!(Conv2d::builder(1, 1, (4, 4), (1, 1)).stride(1, 0).build(), Err(Error::ZeroDimension { field: "stride_w" }));
-        assert_eq!(Conv2d::builder(1, 1, (4, 4), (1, 1)).dilation(0, 1).build(), Err(Error::ZeroDimension { field: "dilation_h" }));
-        assert_eq!(Conv2d::builder(4, 6, (4, 4), (1, 1)).groups(4).build(), Err(Error::GroupsMismatch { groups: 4, cin: 4, cout: 6 }));
-        assert_eq!(Conv2d::builder(1, 1, (4, 4), (5, 1)).build(), Err(Error::KernelLargerThanInput { axis: "height", extent: 5, padded: 4 }));
-        assert_eq!(Conv2d::builder(1, 1, (4, 4), (3, 3)).dilation(1, 2).build(), Err(Error::KernelLargerThanInput { axis: "width", extent: 5, padded: 4 }));
+        assert_eq!(
+            Conv2d::builder(1, 1, (4, 4), (1, 1)).stride(1, 0).build(),
+            Err(Error::ZeroDimension { field: "stride_w" })
+        );
+        assert_eq!(
+            Conv2d::builder(1, 1, (4, 4), (1, 1)).dilation(0, 1).build(),
+            Err(Error::ZeroDimension { field: "dilation_h" })
+        );
+        assert_eq!(
+            Conv2d::builder(4, 6, (4, 4), (1, 1)).groups(4).build(),
+            Err(Error::GroupsMismatch { groups: 4, cin: 4, cout: 6 })
+        );
+        assert_eq!(
+            Conv2d::builder(1, 1, (4, 4), (5, 1)).build(),
+            Err(Error::KernelLargerThanInput { axis: "height", extent: 5, padded: 4 })
+        );
+        assert_eq!(
+            Conv2d::builder(1, 1, (4, 4), (3, 3)).dilation(1, 2).build(),
+            Err(Error::KernelLargerThanInput { axis: "width", extent: 5, padded: 4 })
+        );
         assert!(matches!(Conv2d::builder(1 << 20, 1 << 20, (4, 4), (1, 1)).build(), Err(Error::TooLarge { .. })));
         assert!(matches!(Conv2d::builder(1, 1, (4, 4), (usize::MAX, 1)).build(), Err(Error::TooLarge { .. })));
         let g = Conv2d::builder(2, 2, (3, 3), (1, 1)).build().expect("valid");

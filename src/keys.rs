@@ -3,8 +3,8 @@
 //! All randomness comes from [`KeyRng`], ChaCha20 seeded from the OS by [`os_rng`]. An explicit
 //! seed ([`seeded_rng`]) is for tests and benchmarks only.
 
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
 
 use crate::field::{M31, PrimeField};
@@ -61,7 +61,16 @@ impl SessionKey {
         let alpha: Vec<u32> = (0..geom.cout()).map(|_| M31::random_nonzero(rng)).collect();
         let beta: Vec<u32> = (0..geom.cin()).map(|_| M31::random_nonzero(rng)).collect();
         let g = (0..rho * geom.cin()).map(|_| M31::random(rng)).collect();
-        Ok(Self { geom: *geom, rho, sigma, pi, alpha_inv: alpha.iter().map(|&a| M31::inv(a)).collect(), alpha, beta, g })
+        Ok(Self {
+            geom: *geom,
+            rho,
+            sigma,
+            pi,
+            alpha_inv: alpha.iter().map(|&a| M31::inv(a)).collect(),
+            alpha,
+            beta,
+            g,
+        })
     }
 
     /// The geometry this key was drawn for.

@@ -1,16 +1,23 @@
 //! The direct convolution of SCHEME.md §3, written as literally as possible. It is the oracle
 //! every faster path is tested against, over any [`PrimeField`], over `i64` and over `f32`.
 
+use crate::Result;
 use crate::field::PrimeField;
 use crate::geometry::Conv2d;
-use crate::Result;
 
 /// `Y[b,o,y,x] = Σ_cl Σ_i Σ_j K[o,cl,i,j] · X[b, grp(o)·Cin/G + cl, y·sh + i·dh - pt, x·sw + j·dw - pl]`
 /// with a caller-supplied multiply-accumulate `mac(acc, k, x)`.
 ///
 /// # Errors
 /// [`crate::Error::LengthMismatch`] when `k` or `x` do not match the geometry and batch.
-pub fn conv_with<T: Copy>(g: &Conv2d, batch: usize, k: &[T], x: &[T], zero: T, mac: impl Fn(T, T, T) -> T) -> Result<Vec<T>> {
+pub fn conv_with<T: Copy>(
+    g: &Conv2d,
+    batch: usize,
+    k: &[T],
+    x: &[T],
+    zero: T,
+    mac: impl Fn(T, T, T) -> T,
+) -> Result<Vec<T>> {
     Conv2d::check_len("kernel", g.kernel_len(), k.len())?;
     Conv2d::check_len("input", batch * g.image_len(), x.len())?;
     let (cpg, hw) = (g.cin_per_group(), g.h() * g.w());

@@ -48,28 +48,65 @@ pub enum Verdict {
     },
 }
 
-fn check_lengths(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32], yp: &[u32]) -> Result<()> {
-    Conv2d::check_len("encrypted kernel", g.kernel_len(), kp.len())?;
-    Conv2d::check_len("encrypted input", batch * g.image_len(), xp.len())?;
-    Conv2d::check_len("cloud output", batch * g.output_image_len(), yp.len())
+/// The claim the client checks: `output = Conv(kernel, input)` over F_p for a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Claim<'a> {
+    geom: &'a Conv2d,
+    batch: usize,
+    kernel: &'a [u32],
+    input: &'a [u32],
+    output: &'a [u32],
 }
 
-/// Runs `rounds` independent rounds of `mode` on the claim `yp = Conv(kp, xp)`.
+impl<'a> Claim<'a> {
+    /// Binds `K'` (`Cout × Cin/G × kh × kw`), `X'` (`batch × Cin × H × W`) and the cloud's
+    /// `Y'` (`batch × Cout × Ho × Wo`) to a geometry.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`] when a tensor does not match the geometry and batch.
+    pub fn new(geom: &'a Conv2d, batch: usize, kernel: &'a [u32], input: &'a [u32], output: &'a [u32]) -> Result<Self> {
+        Conv2d::check_len("encrypted kernel", geom.kernel_len(), kernel.len())?;
+        Conv2d::check_len("encrypted input", batch * geom.image_len(), input.len())?;
+        Conv2d::check_len("cloud output", batch * geom.output_image_len(), output.len())?;
+        Ok(Self { geom, batch, kernel, input, output })
+    }
+
+    /// The geometry.
+    pub fn geometry(&self) -> &'a Conv2d {
+        self.geom
+    }
+    /// The batch size.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    /// `K'`.
+    pub fn kernel(&self) -> &'a [u32] {
+        self.kernel
+    }
+    /// `X'`.
+    pub fn input(&self) -> &'a [u32] {
+        self.input
+    }
+    /// `Y'`.
+    pub fn output(&self) -> &'a [u32] {
+        self.output
+    }
+}
+
+/// Runs `rounds` independent rounds of `mode` on `claim`, each with fresh random vectors.
 ///
 /// # Errors
-/// [`Error::LengthMismatch`] when the tensors do not match the geometry, [`Error::InvalidRounds`]
-/// for zero rounds.
-pub fn verify<F: PrimeField, R: RngCore>(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32], yp: &[u32], mode: Mode, rounds: usize, rng: &mut R) -> Result<Verdict> {
-    check_lengths(g, batch, kp, xp, yp)?;
+/// [`Error::InvalidRounds`] for zero rounds.
+pub fn verify<F: PrimeField, R: RngCore>(claim: &Claim<'_>, mode: Mode, rounds: usize, rng: &mut R) -> Result<Verdict> {
     if rounds == 0 {
         return Err(Error::InvalidRounds);
     }
     for round in 1..=rounds {
         let ok = match mode {
-            Mode::Fast => fast_round::<F, R>(g, batch, kp, xp, yp, rng),
+            Mode::Fast => fast_round::<F, R>(claim, rng),
             Mode::Strict => {
-                let r: Vec<u32> = (0..g.n()).map(|_| F::random(rng)).collect();
-                strict_products::<F>(g, batch, kp, xp, yp, &r).accepts()
+                let r: Vec<u32> = (0..claim.geom.n()).map(|_| F::random(rng)).collect();
+                strict_products::<F>(claim, &r)?.accepts()
             }
         };
         if !ok {
@@ -83,7 +120,8 @@ pub fn verify<F: PrimeField, R: RngCore>(g: &Conv2d, batch: usize, kp: &[u32], x
 /// `L = Σ_b w_b Σ_o' s_o' Σ_y u_y Σ_x v_x Y'[b,o',y,x]` against
 /// `V = Σ_{c',i,j} k_s[c',i,j]·T[c',i,j]`, where `T` is the folded, u/v-contracted im2col of
 /// `X~ = Σ_b w_b X'_b` and `k_s = Σ_o' s_o' K'[o',·]` per cloud group.
-fn fast_round<F: PrimeField, R: RngCore>(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32], yp: &[u32], rng: &mut R) -> bool {
+fn fast_round<F: PrimeField, R: RngCore>(claim: &Claim<'_>, rng: &mut R) -> bool {
+    let (g, batch, kp, xp, yp) = (claim.geom, claim.batch, claim.kernel, claim.input, claim.output);
     let s: Vec<u32> = (0..g.cout()).map(|_| F::random(rng)).collect();
     let w: Vec<u32> = (0..batch).map(|_| F::random(rng)).collect();
     let u: Vec<u32> = (0..g.ho()).map(|_| F::random(rng)).collect();
@@ -95,18 +133,27 @@ fn fast_round<F: PrimeField, R: RngCore>(g: &Conv2d, batch: usize, kp: &[u32], x
         .par_chunks_exact(n)
         .with_min_len(16)
         .map(|plane| {
-            let acc = plane.chunks_exact(wo).zip(&u).fold(0u64, |acc, (row, &uy)| acc + F::fold_product(u64::from(uy) * u64::from(F::dot(row, &v))));
+            let acc = plane
+                .chunks_exact(wo)
+                .zip(&u)
+                .fold(0u64, |acc, (row, &uy)| acc + F::fold_product(u64::from(uy) * u64::from(F::dot(row, &v))));
             F::reduce(acc)
         })
         .collect();
-    let l = F::reduce((0..batch * cout).fold(0u64, |acc, bo| acc + F::fold_product(u64::from(F::mul(w[bo / cout], s[bo % cout])) * u64::from(planes[bo]))));
+    let l = F::reduce((0..batch * cout).fold(0u64, |acc, bo| {
+        acc + F::fold_product(u64::from(F::mul(w[bo / cout], s[bo % cout])) * u64::from(planes[bo]))
+    }));
 
     // X~ = Σ_b w_b X'_b.
     let img = g.image_len();
     let folded: Vec<u32> = (0..img)
         .into_par_iter()
         .with_min_len(4096)
-        .map(|e| F::reduce((0..batch).fold(0u64, |acc, b| acc + F::fold_product(u64::from(w[b]) * u64::from(xp[b * img + e])))))
+        .map(|e| {
+            F::reduce(
+                (0..batch).fold(0u64, |acc, b| acc + F::fold_product(u64::from(w[b]) * u64::from(xp[b * img + e]))),
+            )
+        })
         .collect();
 
     // Per cloud input channel: Z[h,j] = Σ_x v_x X~[c', h, x·sw + j·dw - pl] on the H real rows,
@@ -136,7 +183,9 @@ fn fast_round<F: PrimeField, R: RngCore>(g: &Conv2d, batch: usize, kp: &[u32], x
                         Some(r) => acc + F::fold_product(u64::from(u[y]) * u64::from(z[r * kw + j])),
                         None => acc,
                     }));
-                    let ks = F::reduce((grp * cpo..(grp + 1) * cpo).fold(0u64, |acc, op| acc + F::fold_product(u64::from(s[op]) * u64::from(kp[(op * cpg + clp) * taps + i * kw + j]))));
+                    let ks = F::reduce((grp * cpo..(grp + 1) * cpo).fold(0u64, |acc, op| {
+                        acc + F::fold_product(u64::from(s[op]) * u64::from(kp[(op * cpg + clp) * taps + i * kw + j]))
+                    }));
                     acc += F::fold_product(u64::from(ks) * u64::from(t));
                 }
             }
@@ -168,8 +217,11 @@ impl StrictProducts {
 /// The batched verification matrix-vector product of Strict mode on the CPU: `Y'_b·r`,
 /// `im2col(X'_b)·r` and `K'·T_b` for every image. The GPU kernel computes the same, bit for bit.
 ///
-/// Lengths must already match the geometry (see [`verify`]); `r.len()` must be `Ho·Wo`.
-pub fn strict_products<F: PrimeField>(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32], yp: &[u32], r: &[u32]) -> StrictProducts {
+/// # Errors
+/// [`Error::LengthMismatch`] when `r` does not have `Ho·Wo` entries.
+pub fn strict_products<F: PrimeField>(claim: &Claim<'_>, r: &[u32]) -> Result<StrictProducts> {
+    let (g, batch, kp, xp, yp) = (claim.geom, claim.batch, claim.kernel, claim.input, claim.output);
+    Conv2d::check_len("verification vector r", g.n(), r.len())?;
     let (n, hw, taps, wo) = (g.n(), g.h() * g.w(), g.kh() * g.kw(), g.wo());
     let l: Vec<u32> = yp.par_chunks_exact(n).with_min_len(16).map(|plane| F::dot(plane, r)).collect();
     let t: Vec<u32> = (0..batch * g.cin() * taps)
@@ -201,5 +253,5 @@ pub fn strict_products<F: PrimeField>(g: &Conv2d, batch: usize, kp: &[u32], xp: 
             F::dot(&kp[op * m..][..m], tg)
         })
         .collect();
-    StrictProducts { l, t, v }
+    Ok(StrictProducts { l, t, v })
 }

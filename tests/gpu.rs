@@ -9,7 +9,7 @@ use vericonv::cloud::{CloudBackend, CpuBackend, GpuOptions, ShaderVariant};
 use vericonv::field::{M31, PrimeField};
 use vericonv::keys::seeded_rng;
 use vericonv::reference::{conv_f32, conv_i64};
-use vericonv::verify::strict_products;
+use vericonv::verify::{Claim, strict_products};
 
 fn variants() -> Vec<ShaderVariant> {
     vec![ShaderVariant::U64, ShaderVariant::U32]
@@ -47,7 +47,11 @@ fn private_inference_on_gpu_equals_plaintext_on_every_shape() {
         let (y, _) = layer.run(&gpu, &x, &mut key_rng).expect("verified");
         let k64: Vec<i64> = k.iter().map(|&v| i64::from(v)).collect();
         let x64: Vec<i64> = x.iter().map(|&v| i64::from(v)).collect();
-        assert_eq!(y.iter().map(|&v| i64::from(v)).collect::<Vec<_>>(), conv_i64(&g, batch, &k64, &x64).expect("conv"), "{g:?}");
+        assert_eq!(
+            y.iter().map(|&v| i64::from(v)).collect::<Vec<_>>(),
+            conv_i64(&g, batch, &k64, &x64).expect("conv"),
+            "{g:?}"
+        );
     }
 }
 
@@ -57,16 +61,22 @@ fn gpu_splits_work_that_exceeds_binding_and_dispatch_limits() {
     let cpu = CpuBackend::new();
     // 2 KiB bindings and at most 2 workgroups per dimension force channel, row-band and image
     // chunks on every shape below.
-    let opts = GpuOptions { max_binding_size: Some(2048), max_workgroups_per_dimension: Some(2), ..GpuOptions::default() };
+    let opts =
+        GpuOptions { max_binding_size: Some(2048), max_workgroups_per_dimension: Some(2), ..GpuOptions::default() };
     let Some(gpu) = gpu_or_skip(&opts) else { return };
     let mut r = rng(seed);
     let mut shapes = conv_shapes(seed, 8);
-    shapes.retain(|(g, _)| g.m() <= 512 && g.wo() <= 128 && g.cin() * g.w() * ((g.kh() - 1) * g.dilation().0 + 1) <= 512);
+    shapes
+        .retain(|(g, _)| g.m() <= 512 && g.wo() <= 128 && g.cin() * g.w() * ((g.kh() - 1) * g.dilation().0 + 1) <= 512);
     assert!(shapes.len() >= 10, "enough shapes survive the filter");
     for (g, batch) in shapes {
         let k: Vec<u32> = (0..g.kernel_len()).map(|_| M31::random(&mut r)).collect();
         let x: Vec<u32> = (0..batch * g.image_len()).map(|_| M31::random(&mut r)).collect();
-        assert_eq!(gpu.conv(&g, batch, &k, &x).expect("split conv"), cpu.conv(&g, batch, &k, &x).expect("cpu"), "{g:?}");
+        assert_eq!(
+            gpu.conv(&g, batch, &k, &x).expect("split conv"),
+            cpu.conv(&g, batch, &k, &x).expect("cpu"),
+            "{g:?}"
+        );
     }
     // A kernel row larger than a binding cannot be split: a typed error, not a panic.
     let g = vericonv::geometry::Conv2d::builder(64, 2, (4, 4), (3, 3)).build().expect("valid");
@@ -81,13 +91,15 @@ fn gpu_strict_verification_products_equal_the_cpu_path() {
         let Some(gpu) = gpu_or_skip(&GpuOptions { variant: Some(variant), ..GpuOptions::default() }) else { return };
         let mut r = rng(seed);
         for (g, batch) in conv_shapes(seed, 20) {
-            let rand_vec = |r: &mut rand_chacha::ChaCha20Rng, n: usize| -> Vec<u32> { (0..n).map(|_| M31::random(r)).collect() };
+            let rand_vec =
+                |r: &mut rand_chacha::ChaCha20Rng, n: usize| -> Vec<u32> { (0..n).map(|_| M31::random(r)).collect() };
             let kp = rand_vec(&mut r, g.kernel_len());
             let xp = rand_vec(&mut r, batch * g.image_len());
             let yp = rand_vec(&mut r, batch * g.output_image_len());
             let rv = rand_vec(&mut r, g.n());
-            let want = strict_products::<M31>(&g, batch, &kp, &xp, &yp, &rv);
-            assert_eq!(gpu.strict_products(&g, batch, &kp, &xp, &yp, &rv).expect("gpu"), want, "{variant:?} {g:?}");
+            let claim = Claim::new(&g, batch, &kp, &xp, &yp).expect("lengths");
+            let want = strict_products::<M31>(&claim, &rv).expect("cpu");
+            assert_eq!(gpu.strict_products(&claim, &rv).expect("gpu"), want, "{variant:?} {g:?}");
         }
     }
 }
@@ -110,6 +122,11 @@ fn gpu_rejects_mismatched_lengths_with_typed_errors() {
     let Some(gpu) = gpu_or_skip(&GpuOptions::default()) else { return };
     let g = vericonv::geometry::Conv2d::builder(2, 2, (4, 4), (3, 3)).build().expect("valid");
     assert!(matches!(gpu.conv(&g, 1, &[0; 3], &vec![0; g.image_len()]), Err(vericonv::Error::LengthMismatch { .. })));
-    assert!(matches!(gpu.conv(&g, 2, &vec![0; g.kernel_len()], &vec![0; g.image_len()]), Err(vericonv::Error::LengthMismatch { .. })));
-    assert!(matches!(gpu.strict_products(&g, 1, &vec![0; g.kernel_len()], &vec![0; g.image_len()], &[0; 5], &[0; 4]), Err(vericonv::Error::LengthMismatch { .. })));
+    assert!(matches!(
+        gpu.conv(&g, 2, &vec![0; g.kernel_len()], &vec![0; g.image_len()]),
+        Err(vericonv::Error::LengthMismatch { .. })
+    ));
+    let (k, x, y) = (vec![0; g.kernel_len()], vec![0; g.image_len()], vec![0; g.output_image_len()]);
+    let claim = Claim::new(&g, 1, &k, &x, &y).expect("lengths");
+    assert!(matches!(gpu.strict_products(&claim, &[0; 3]), Err(vericonv::Error::LengthMismatch { .. })));
 }

@@ -30,7 +30,10 @@ fn data_root() -> Option<PathBuf> {
     if root.is_dir() {
         return Some(root);
     }
-    assert!(std::env::var("VERICONV_REQUIRE_GPU").is_err(), "{ROOT} is missing: install Debian's libonnx-testdata (.ci/run does)");
+    assert!(
+        std::env::var("VERICONV_REQUIRE_GPU").is_err(),
+        "{ROOT} is missing: install Debian's libonnx-testdata (.ci/run does)"
+    );
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED: {ROOT} is missing; install Debian's libonnx-testdata");
     None

@@ -51,7 +51,11 @@ fn cpu_backend_equals_reference_field_convolution() {
     for (g, batch) in conv_shapes(seed, 40) {
         let k: Vec<u32> = (0..g.kernel_len()).map(|_| M31::random(&mut r)).collect();
         let x: Vec<u32> = (0..batch * g.image_len()).map(|_| M31::random(&mut r)).collect();
-        assert_eq!(cpu.conv(&g, batch, &k, &x).expect("conv"), conv_field::<M31>(&g, batch, &k, &x).expect("conv"), "{g:?}");
+        assert_eq!(
+            cpu.conv(&g, batch, &k, &x).expect("conv"),
+            conv_field::<M31>(&g, batch, &k, &x).expect("conv"),
+            "{g:?}"
+        );
     }
 }
 
@@ -65,7 +69,13 @@ fn cloud_output_is_alpha_times_plain_plus_mask_conv_in_sigma_order() {
         let k = embed(&ints(&mut r, g.kernel_len(), 127));
         let x = embed(&ints(&mut r, batch * g.image_len(), 127));
         let masks = ImageMask::generate_batch(&key, batch, &mut key_rng);
-        let yp = conv_field::<M31>(&g, batch, &encrypt_kernel(&key, &k).expect("k"), &encrypt_input(&key, &masks, &x).expect("x")).expect("conv");
+        let yp = conv_field::<M31>(
+            &g,
+            batch,
+            &encrypt_kernel(&key, &k).expect("k"),
+            &encrypt_input(&key, &masks, &x).expect("x"),
+        )
+        .expect("conv");
         let y = conv_field::<M31>(&g, batch, &k, &x).expect("conv");
         let mk = MaskKernel::new(&key, &k).expect("kg");
         for b in 0..batch {
@@ -76,7 +86,8 @@ fn cloud_output_is_alpha_times_plain_plus_mask_conv_in_sigma_order() {
                 let o = key.sigma()[op];
                 for e in 0..g.n() {
                     let lhs = yp[(b * g.cout() + op) * g.n() + e];
-                    let rhs = M31::mul(key.alpha()[op], M31::add(y[(b * g.cout() + o) * g.n() + e], direct[o * g.n() + e]));
+                    let rhs =
+                        M31::mul(key.alpha()[op], M31::add(y[(b * g.cout() + o) * g.n() + e], direct[o * g.n() + e]));
                     assert_eq!(lhs, rhs);
                 }
             }
@@ -96,12 +107,19 @@ fn kernel_and_input_encryption_follow_the_formulas() {
     let (cpg, cpo) = (g.cin_per_group(), g.cout_per_group());
     for op in 0..g.cout() {
         let gp = op / cpo;
-        assert_eq!(key.sigma()[op] / cpo, key.pi()[gp * cpg] / cpg, "σ and π map cloud group g' to the same plain group");
+        assert_eq!(
+            key.sigma()[op] / cpo,
+            key.pi()[gp * cpg] / cpg,
+            "σ and π map cloud group g' to the same plain group"
+        );
         for clp in 0..cpg {
             let cp = gp * cpg + clp;
             let cl = key.pi()[cp] % cpg;
             for t in 0..6 {
-                let want = M31::mul(M31::mul(key.alpha()[op], M31::inv(key.beta()[cp])), k[(key.sigma()[op] * cpg + cl) * 6 + t]);
+                let want = M31::mul(
+                    M31::mul(key.alpha()[op], M31::inv(key.beta()[cp])),
+                    k[(key.sigma()[op] * cpg + cl) * 6 + t],
+                );
                 assert_eq!(kp[(op * cpg + clp) * 6 + t], want);
             }
         }

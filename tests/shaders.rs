@@ -22,7 +22,12 @@ fn every_shader_program_parses_and_validates() {
             l.update(module.to_ctx()).expect("layout");
             l
         };
-        let workgroup_bytes: u32 = module.global_variables.iter().filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup).map(|(_, v)| layouter[v.ty].size).sum();
+        let workgroup_bytes: u32 = module
+            .global_variables
+            .iter()
+            .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
+            .map(|(_, v)| layouter[v.ty].size)
+            .sum();
         assert!(workgroup_bytes <= 16 * 1024, "{program:?} uses {workgroup_bytes} bytes of workgroup memory");
     }
 }

@@ -5,14 +5,14 @@ mod common;
 
 use common::{ints, rng};
 use rand::Rng;
+use vericonv::Error;
 use vericonv::client::{LayerConfig, PrivateConv};
 use vericonv::cloud::{CpuBackend, Tamper, TamperingBackend};
 use vericonv::field::{PrimeField, SmallPrime};
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::seeded_rng;
 use vericonv::reference::conv_field;
-use vericonv::verify::{Mode, Verdict, verify};
-use vericonv::Error;
+use vericonv::verify::{Claim, Mode, Verdict, verify};
 
 const TRIALS: usize = 1000;
 
@@ -20,7 +20,12 @@ const TRIALS: usize = 1000;
 fn every_tampering_strategy_is_rejected_in_both_modes() {
     let seed = 0x7a3;
     let mut r = rng(seed);
-    let g = Conv2d::builder(4, 6, (7, 6), (3, 3)).stride(2, 1).padding(Padding::new(1, 0, 2, 1)).groups(2).build().expect("valid");
+    let g = Conv2d::builder(4, 6, (7, 6), (3, 3))
+        .stride(2, 1)
+        .padding(Padding::new(1, 0, 2, 1))
+        .groups(2)
+        .build()
+        .expect("valid");
     let k = ints(&mut r, g.kernel_len(), 127);
     for mode in [Mode::Fast, Mode::Strict] {
         for strategy in Tamper::ALL {
@@ -36,7 +41,9 @@ fn every_tampering_strategy_is_rejected_in_both_modes() {
                         assert_eq!((layer.as_str(), m, round), ("tampered", mode.name(), 1));
                         rejected += 1;
                     }
-                    other => panic!("{strategy:?} in {mode:?} mode was not rejected: {:?}", other.map(|(y, _)| y.len())),
+                    other => {
+                        panic!("{strategy:?} in {mode:?} mode was not rejected: {:?}", other.map(|(y, _)| y.len()))
+                    }
                 }
             }
             assert_eq!(cloud.corrupted(), TRIALS as u64);
@@ -53,9 +60,13 @@ fn honest_answers_are_accepted_with_many_rounds() {
     let k = ints(&mut r, g.kernel_len(), 127);
     for mode in [Mode::Fast, Mode::Strict] {
         let mut key_rng = seeded_rng(seed);
-        let mut layer = PrivateConv::new(g, &k, None, LayerConfig { mode, rounds: 5, ..LayerConfig::default() }, &mut key_rng).expect("layer");
+        let mut layer =
+            PrivateConv::new(g, &k, None, LayerConfig { mode, rounds: 5, ..LayerConfig::default() }, &mut key_rng)
+                .expect("layer");
         for _ in 0..50 {
-            layer.run(&CpuBackend::new(), &ints(&mut r, 3 * g.image_len(), 127), &mut key_rng).expect("honest cloud accepted");
+            layer
+                .run(&CpuBackend::new(), &ints(&mut r, 3 * g.image_len(), 127), &mut key_rng)
+                .expect("honest cloud accepted");
         }
     }
 }
@@ -96,7 +107,10 @@ fn false_accept_rate(mode: Mode, trials: usize, dense: bool, seed: u64) -> f64 {
             let i = r.random_range(0..yp.len());
             yp[i] = F97::add(yp[i], F97::random_nonzero(&mut r));
         }
-        if verify::<F97, _>(&g, batch, &kp, &xp, &yp, mode, 1, &mut vrng).expect("lengths") == Verdict::Accepted {
+        if verify::<F97, _>(&Claim::new(&g, batch, &kp, &xp, &yp).expect("lengths"), mode, 1, &mut vrng)
+            .expect("lengths")
+            == Verdict::Accepted
+        {
             accepted += 1;
         }
     }

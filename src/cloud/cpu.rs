@@ -3,9 +3,9 @@
 use rayon::prelude::*;
 
 use super::{CloudBackend, check_conv_args};
+use crate::Result;
 use crate::field::{M31, PrimeField};
 use crate::geometry::Conv2d;
-use crate::Result;
 
 /// Output pixels per task: the im2col tile gathered on the fly is `M × TILE_N`.
 const TILE_N: usize = 64;
@@ -29,7 +29,10 @@ impl CpuBackend {
     /// [`crate::Error::Gpu`] is never returned; [`crate::Error::Unsupported`] when the pool cannot
     /// be built.
     pub fn with_threads(threads: usize) -> Result<Self> {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| crate::Error::Unsupported(format!("thread pool: {e}")))?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| crate::Error::Unsupported(format!("thread pool: {e}")))?;
         Ok(Self { pool: Some(pool) })
     }
 }

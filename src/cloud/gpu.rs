@@ -16,7 +16,7 @@ use wgpu::util::DeviceExt;
 
 use super::{CloudBackend, check_conv_args};
 use crate::geometry::Conv2d;
-use crate::verify::StrictProducts;
+use crate::verify::{Claim, StrictProducts};
 use crate::{Error, Result};
 
 const FIELD_U64: &str = include_str!("../../shaders/field_u64.wgsl");
@@ -204,6 +204,29 @@ fn preference(t: wgpu::DeviceType) -> u8 {
     }
 }
 
+/// Every adapter wgpu can see with the backends allowed by `WGPU_BACKEND`, one line each.
+pub fn list_adapters() -> Vec<String> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    pollster::block_on(instance.enumerate_adapters(backends))
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            let int64 =
+                if a.features().contains(wgpu::Features::SHADER_INT64) { "SHADER_INT64" } else { "no SHADER_INT64" };
+            format!(
+                "{} ({:?}, {:?}, driver {} {}; {int64}; max storage binding {} bytes)",
+                i.name,
+                i.backend,
+                i.device_type,
+                i.driver,
+                i.driver_info,
+                a.limits().max_storage_buffer_binding_size
+            )
+        })
+        .collect()
+}
+
 /// Runs `f` inside validation, out-of-memory and internal error scopes and returns the first
 /// error any of them caught.
 fn scoped<T>(device: &wgpu::Device, stage: &'static str, f: impl FnOnce() -> T) -> Result<T> {
@@ -211,7 +234,8 @@ fn scoped<T>(device: &wgpu::Device, stage: &'static str, f: impl FnOnce() -> T) 
     let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
     let value = f();
-    let errors = [pollster::block_on(internal.pop()), pollster::block_on(oom.pop()), pollster::block_on(validation.pop())];
+    let errors =
+        [pollster::block_on(internal.pop()), pollster::block_on(oom.pop()), pollster::block_on(validation.pop())];
     match errors.into_iter().flatten().next() {
         Some(e) => Err(Error::Gpu { stage, message: e.to_string() }),
         None => Ok(value),
@@ -234,7 +258,8 @@ impl GpuBackend {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
         let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-        let names: Vec<String> = adapters.iter().map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend)).collect();
+        let names: Vec<String> =
+            adapters.iter().map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend)).collect();
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
             Ok(wanted) => {
                 let wanted = wanted.to_lowercase();
@@ -247,7 +272,9 @@ impl GpuBackend {
         let ainfo = adapter.get_info();
         let has_int64 = adapter.features().contains(wgpu::Features::SHADER_INT64);
         let variant = match opts.variant {
-            Some(ShaderVariant::U64) if !has_int64 => return Err(Error::UnsupportedFeature("SHADER_INT64 (needed by the u64 shader variant)")),
+            Some(ShaderVariant::U64) if !has_int64 => {
+                return Err(Error::UnsupportedFeature("SHADER_INT64 (needed by the u64 shader variant)"));
+            }
             Some(v) => v,
             None if has_int64 => ShaderVariant::U64,
             None => ShaderVariant::U32,
@@ -274,34 +301,69 @@ impl GpuBackend {
             driver: format!("{} {}", ainfo.driver, ainfo.driver_info).trim().to_string(),
             shader_int64: has_int64,
             max_binding_size: opts.max_binding_size.map_or(device_binding, |m| m.min(device_binding)).max(4),
-            max_workgroups_per_dimension: opts.max_workgroups_per_dimension.map_or(limits.max_compute_workgroups_per_dimension, |m| m.min(limits.max_compute_workgroups_per_dimension)).max(1),
+            max_workgroups_per_dimension: opts
+                .max_workgroups_per_dimension
+                .map_or(limits.max_compute_workgroups_per_dimension, |m| {
+                    m.min(limits.max_compute_workgroups_per_dimension)
+                })
+                .max(1),
         };
 
         let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only }, has_dynamic_offset: false, min_binding_size: None },
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
             count: None,
         };
         let uniform = wgpu::BindGroupLayoutEntry {
             binding: 0,
             visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None },
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
             count: None,
         };
         let (conv_layout, strict_layout) = scoped(&device, "bind group layout creation", || {
-            let conv = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("conv"), entries: &[uniform, storage(1, true), storage(2, true), storage(3, false)] });
+            let conv = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("conv"),
+                entries: &[uniform, storage(1, true), storage(2, true), storage(3, false)],
+            });
             let strict = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some("strict"),
-                entries: &[uniform, storage(1, true), storage(2, true), storage(3, true), storage(4, true), storage(5, false), storage(6, false), storage(7, false)],
+                entries: &[
+                    uniform,
+                    storage(1, true),
+                    storage(2, true),
+                    storage(3, true),
+                    storage(4, true),
+                    storage(5, false),
+                    storage(6, false),
+                    storage(7, false),
+                ],
             });
             (conv, strict)
         })?;
-        let pipeline = |program: ShaderProgram, layout: &wgpu::BindGroupLayout, entries: &[&str]| -> Result<Vec<wgpu::ComputePipeline>> {
+        let pipeline = |program: ShaderProgram,
+                        layout: &wgpu::BindGroupLayout,
+                        entries: &[&str]|
+         -> Result<Vec<wgpu::ComputePipeline>> {
             let source = program.source();
             scoped(&device, "shader compilation", || {
-                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some("vericonv"), source: wgpu::ShaderSource::Wgsl(source.as_str().into()) });
-                let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: None, bind_group_layouts: &[Some(layout)], immediate_size: 0 });
+                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some("vericonv"),
+                    source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
+                });
+                let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: None,
+                    bind_group_layouts: &[Some(layout)],
+                    immediate_size: 0,
+                });
                 entries
                     .iter()
                     .map(|entry| {
@@ -317,7 +379,9 @@ impl GpuBackend {
                     .collect()
             })
             .map_err(|e| match e {
-                Error::Gpu { stage, message } => Error::Gpu { stage, message: format!("{message}\n--- WGSL of {program:?} ---\n{source}") },
+                Error::Gpu { stage, message } => {
+                    Error::Gpu { stage, message: format!("{message}\n--- WGSL of {program:?} ---\n{source}") }
+                }
                 other => other,
             })
         };
@@ -351,20 +415,39 @@ impl GpuBackend {
     }
 
     fn storage_buffer<T: Pod>(&self, label: &str, data: &[T], writable: bool) -> wgpu::Buffer {
-        let usage = if writable { wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC } else { wgpu::BufferUsages::STORAGE };
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytemuck::cast_slice(data), usage })
+        let usage = if writable {
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC
+        } else {
+            wgpu::BufferUsages::STORAGE
+        };
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::cast_slice(data),
+            usage,
+        })
     }
 
     /// Records `record` into one submission, copies `outputs` to staging buffers and reads them
     /// back, all inside error scopes.
-    fn submit_and_read<T: Pod>(&self, stage: &'static str, outputs: &[&wgpu::Buffer], record: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<Vec<Vec<T>>> {
+    fn submit_and_read<T: Pod>(
+        &self,
+        stage: &'static str,
+        outputs: &[&wgpu::Buffer],
+        record: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Result<Vec<Vec<T>>> {
         let staging = scoped(&self.device, stage, || {
-            let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(stage) });
+            let mut encoder =
+                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(stage) });
             record(&mut encoder);
             let staging: Vec<wgpu::Buffer> = outputs
                 .iter()
                 .map(|out| {
-                    let st = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("staging"), size: out.size(), usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+                    let st = self.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("staging"),
+                        size: out.size(),
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    });
                     encoder.copy_buffer_to_buffer(out, 0, &st, 0, out.size());
                     st
                 })
@@ -379,7 +462,9 @@ impl GpuBackend {
             slice.map_async(wgpu::MapMode::Read, move |r| {
                 let _ = tx.send(r);
             });
-            self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu { stage, message: e.to_string() })?;
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Gpu { stage, message: e.to_string() })?;
             match rx.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(Error::Gpu { stage, message: format!("buffer mapping failed: {e}") }),
@@ -402,14 +487,24 @@ impl GpuBackend {
         let max = self.info.max_workgroups_per_dimension as usize;
         let (x, y) = if groups <= max { (groups, 1) } else { (max, groups.div_ceil(max)) };
         if y > max {
-            return Err(Error::DeviceLimit(format!("{invocations} invocations exceed the dispatch limit of {max}×{max} workgroups")));
+            return Err(Error::DeviceLimit(format!(
+                "{invocations} invocations exceed the dispatch limit of {max}×{max} workgroups"
+            )));
         }
         Ok((u(x), u(y)))
     }
 
     /// Runs a convolution pipeline over `T` elements, split into chunks that fit the limits.
-    fn run_conv<T: Pod + Default>(&self, pipeline: &wgpu::ComputePipeline, g: &Conv2d, batch: usize, kernel: &[T], input: &[T]) -> Result<Vec<T>> {
-        let plan = ConvPlan::new(g, batch, self.info.max_binding_size / 4, self.info.max_workgroups_per_dimension as usize)?;
+    fn run_conv<T: Pod + Default>(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        g: &Conv2d,
+        batch: usize,
+        kernel: &[T],
+        input: &[T],
+    ) -> Result<Vec<T>> {
+        let plan =
+            ConvPlan::new(g, batch, self.info.max_binding_size / 4, self.info.max_workgroups_per_dimension as usize)?;
         let (n, wo, hw) = (g.n(), g.wo(), g.h() * g.w());
         let mut out = vec![T::default(); batch * g.output_image_len()];
         for o0 in (0..g.cout()).step_by(plan.channels) {
@@ -457,9 +552,18 @@ impl GpuBackend {
                     };
                     let chunk_out = nb * oc * rows * wo;
                     let (ubuf, xbuf, ybuf) = scoped(&self.device, "buffer upload", || {
-                        let ubuf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: bytemuck::bytes_of(&params), usage: wgpu::BufferUsages::UNIFORM });
+                        let ubuf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                            label: Some("params"),
+                            contents: bytemuck::bytes_of(&params),
+                            usage: wgpu::BufferUsages::UNIFORM,
+                        });
                         let xbuf = self.storage_buffer("input", &xband, false);
-                        let ybuf = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("output"), size: (chunk_out * 4) as u64, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC, mapped_at_creation: false });
+                        let ybuf = self.device.create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("output"),
+                            size: (chunk_out * 4) as u64,
+                            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                            mapped_at_creation: false,
+                        });
                         (ubuf, xbuf, ybuf)
                     })?;
                     let bind = scoped(&self.device, "bind group creation", || {
@@ -475,7 +579,10 @@ impl GpuBackend {
                         })
                     })?;
                     let mut res = self.submit_and_read::<T>("convolution", &[&ybuf], |enc| {
-                        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("conv"), timestamp_writes: None });
+                        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some("conv"),
+                            timestamp_writes: None,
+                        });
                         pass.set_pipeline(pipeline);
                         pass.set_bind_group(0, &bind, &[]);
                         pass.dispatch_workgroups(u((rows * wo).div_ceil(WORKGROUP_X)), u(oc), u(nb));
@@ -496,22 +603,30 @@ impl GpuBackend {
     /// only when the GPU is the client's own, never the cloud's.
     ///
     /// # Errors
-    /// [`Error::LengthMismatch`], [`Error::DeviceLimit`] when one image does not fit a binding,
+    /// [`Error::LengthMismatch`] for a bad `r`, [`Error::DeviceLimit`] when one image does not fit a binding,
     /// [`Error::Gpu`].
-    pub fn strict_products(&self, g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32], yp: &[u32], r: &[u32]) -> Result<StrictProducts> {
-        check_conv_args(g, batch, kp, xp)?;
-        Conv2d::check_len("cloud output", batch * g.output_image_len(), yp.len())?;
+    pub fn strict_products(&self, claim: &Claim<'_>, r: &[u32]) -> Result<StrictProducts> {
+        let (g, batch) = (claim.geometry(), claim.batch());
+        let (kp, xp, yp) = (claim.kernel(), claim.input(), claim.output());
         Conv2d::check_len("verification vector r", g.n(), r.len())?;
         let taps = g.kh() * g.kw();
         let max_elems = (self.info.max_binding_size / 4) as usize;
         let per_image = g.image_len().max(g.output_image_len()).max(g.cin() * taps);
         if per_image > max_elems || g.kernel_len() > max_elems {
-            return Err(Error::DeviceLimit(format!("one image of this layer needs {} bytes in one binding; the device allows {}", per_image.max(g.kernel_len()) * 4, self.info.max_binding_size)));
+            return Err(Error::DeviceLimit(format!(
+                "one image of this layer needs {} bytes in one binding; the device allows {}",
+                per_image.max(g.kernel_len()) * 4,
+                self.info.max_binding_size
+            )));
         }
         let images = (max_elems / per_image).clamp(1, batch);
         let kbuf = self.storage_buffer("kernel", kp, false);
         let rbuf = self.storage_buffer("r", r, false);
-        let mut products = StrictProducts { l: Vec::with_capacity(batch * g.cout()), t: Vec::with_capacity(batch * g.cin() * taps), v: Vec::with_capacity(batch * g.cout()) };
+        let mut products = StrictProducts {
+            l: Vec::with_capacity(batch * g.cout()),
+            t: Vec::with_capacity(batch * g.cin() * taps),
+            v: Vec::with_capacity(batch * g.cout()),
+        };
         for b0 in (0..batch).step_by(images) {
             let nb = images.min(batch - b0);
             let params = StrictParams {
@@ -534,12 +649,28 @@ impl GpuBackend {
                 cpo: u(g.cout_per_group()),
                 pad: [0; 3],
             };
-            let out_buf = |label: &str, len: usize| self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (len * 4) as u64, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC, mapped_at_creation: false });
+            let out_buf = |label: &str, len: usize| {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: (len * 4) as u64,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                })
+            };
             let (bind, lbuf, tbuf, vbuf) = scoped(&self.device, "buffer upload", || {
-                let ubuf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: bytemuck::bytes_of(&params), usage: wgpu::BufferUsages::UNIFORM });
+                let ubuf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("params"),
+                    contents: bytemuck::bytes_of(&params),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
                 let xbuf = self.storage_buffer("input", &xp[b0 * g.image_len()..(b0 + nb) * g.image_len()], false);
-                let ybuf = self.storage_buffer("answer", &yp[b0 * g.output_image_len()..(b0 + nb) * g.output_image_len()], false);
-                let (lbuf, tbuf, vbuf) = (out_buf("L", nb * g.cout()), out_buf("T", nb * g.cin() * taps), out_buf("V", nb * g.cout()));
+                let ybuf = self.storage_buffer(
+                    "answer",
+                    &yp[b0 * g.output_image_len()..(b0 + nb) * g.output_image_len()],
+                    false,
+                );
+                let (lbuf, tbuf, vbuf) =
+                    (out_buf("L", nb * g.cout()), out_buf("T", nb * g.cin() * taps), out_buf("V", nb * g.cout()));
                 let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("strict"),
                     layout: &self.strict_layout,
@@ -556,11 +687,15 @@ impl GpuBackend {
                 });
                 (bind, lbuf, tbuf, vbuf)
             })?;
-            let grids = [self.grid_1d(nb * g.cout())?, self.grid_1d(nb * g.cin() * taps)?, self.grid_1d(nb * g.cout())?];
+            let grids =
+                [self.grid_1d(nb * g.cout())?, self.grid_1d(nb * g.cin() * taps)?, self.grid_1d(nb * g.cout())?];
             let mut res = self.submit_and_read::<u32>("strict verification", &[&lbuf, &tbuf, &vbuf], |enc| {
                 for (pipeline, (x, y)) in self.strict.iter().zip(grids) {
                     // One pass per stage: `kt` must see everything `im2col_r` wrote.
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("strict"), timestamp_writes: None });
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("strict"),
+                        timestamp_writes: None,
+                    });
                     pass.set_pipeline(pipeline);
                     pass.set_bind_group(0, &bind, &[]);
                     pass.dispatch_workgroups(x, y, 1);
@@ -601,10 +736,18 @@ impl ConvPlan {
     fn new(g: &Conv2d, batch: usize, max_elems: u64, max_groups: usize) -> Result<Self> {
         let max_elems = usize::try_from(max_elems).unwrap_or(usize::MAX);
         if g.m() > max_elems {
-            return Err(Error::DeviceLimit(format!("one kernel row ({} weights) exceeds the storage binding limit of {} bytes", g.m(), max_elems * 4)));
+            return Err(Error::DeviceLimit(format!(
+                "one kernel row ({} weights) exceeds the storage binding limit of {} bytes",
+                g.m(),
+                max_elems * 4
+            )));
         }
         let band_rows = |rows: usize| g.h().min((rows - 1) * g.stride().0 + (g.kh() - 1) * g.dilation().0 + 1);
-        let fits = |rows: usize| rows * g.wo() <= max_elems && g.cin() * band_rows(rows) * g.w() <= max_elems && (rows * g.wo()).div_ceil(WORKGROUP_X) <= max_groups;
+        let fits = |rows: usize| {
+            rows * g.wo() <= max_elems
+                && g.cin() * band_rows(rows) * g.w() <= max_elems
+                && (rows * g.wo()).div_ceil(WORKGROUP_X) <= max_groups
+        };
         let mut rows = g.ho();
         while !fits(rows) {
             if rows == 1 {
@@ -638,7 +781,8 @@ struct Band {
 impl Band {
     fn new(g: &Conv2d, y0: usize, rows: usize) -> Self {
         let start = (y0 * g.stride().0) as isize - g.padding().top as isize;
-        let end = ((y0 + rows - 1) * g.stride().0 + (g.kh() - 1) * g.dilation().0) as isize - g.padding().top as isize + 1;
+        let end =
+            ((y0 + rows - 1) * g.stride().0 + (g.kh() - 1) * g.dilation().0) as isize - g.padding().top as isize + 1;
         let h = g.h() as isize;
         let in_lo = start.clamp(0, h);
         let in_hi = end.clamp(0, h);
@@ -662,7 +806,12 @@ mod tests {
 
     #[test]
     fn band_is_a_convolution_with_its_own_top_padding() {
-        let g = Conv2d::builder(1, 1, (10, 4), (3, 1)).stride(2, 1).padding(Padding::new(2, 0, 2, 0)).dilation(2, 1).build().expect("valid");
+        let g = Conv2d::builder(1, 1, (10, 4), (3, 1))
+            .stride(2, 1)
+            .padding(Padding::new(2, 0, 2, 0))
+            .dilation(2, 1)
+            .build()
+            .expect("valid");
         let b = Band::new(&g, 0, 2);
         assert_eq!((b.in_lo, b.in_hi, b.pad_top), (0, 5, 2));
     }

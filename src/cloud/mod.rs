@@ -9,11 +9,11 @@ mod gpu;
 mod tamper;
 
 pub use cpu::CpuBackend;
-pub use gpu::{GpuBackend, GpuInfo, GpuOptions, ShaderProgram, ShaderVariant};
+pub use gpu::{GpuBackend, GpuInfo, GpuOptions, ShaderProgram, ShaderVariant, list_adapters};
 pub use tamper::{Tamper, TamperingBackend};
 
-use crate::geometry::Conv2d;
 use crate::Result;
+use crate::geometry::Conv2d;
 
 /// A cloud that convolves masked tensors over F_p, p = 2^31 - 1.
 pub trait CloudBackend: Send + Sync {
@@ -33,4 +33,14 @@ pub trait CloudBackend: Send + Sync {
 pub(crate) fn check_conv_args(geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<()> {
     Conv2d::check_len("encrypted kernel", geom.kernel_len(), kernel.len())?;
     Conv2d::check_len("encrypted input", batch * geom.image_len(), input.len())
+}
+
+impl<B: CloudBackend + ?Sized> CloudBackend for Box<B> {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+
+    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
+        (**self).conv(geom, batch, kernel, input)
+    }
 }

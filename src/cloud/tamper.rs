@@ -6,10 +6,10 @@ use std::sync::Mutex;
 use rand::Rng;
 
 use super::CloudBackend;
+use crate::Result;
 use crate::field::{M31, PrimeField};
 use crate::geometry::Conv2d;
 use crate::keys::{KeyRng, seeded_rng};
-use crate::Result;
 
 /// How the cloud cheats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -34,7 +34,16 @@ pub enum Tamper {
 
 impl Tamper {
     /// Every strategy.
-    pub const ALL: [Tamper; 8] = [Tamper::AddOne, Tamper::AddHalf, Tamper::Noise, Tamper::ZeroChannel, Tamper::SwapChannels, Tamper::OtherInput, Tamper::OtherKernel, Tamper::AllZeros];
+    pub const ALL: [Tamper; 8] = [
+        Tamper::AddOne,
+        Tamper::AddHalf,
+        Tamper::Noise,
+        Tamper::ZeroChannel,
+        Tamper::SwapChannels,
+        Tamper::OtherInput,
+        Tamper::OtherKernel,
+        Tamper::AllZeros,
+    ];
 }
 
 /// Wraps an honest backend and corrupts each call with probability `rate`, with strategies

@@ -45,7 +45,8 @@ fn read_bytes(path: &std::path::Path) -> Result<Vec<u8>> {
 pub fn read_tensor(path: impl AsRef<std::path::Path>) -> Result<Tensor> {
     let path = path.as_ref();
     let bytes = read_bytes(path)?;
-    let proto = TensorProto::decode(bytes.as_slice()).map_err(|e| parse_err(&path.display().to_string(), e.to_string()))?;
+    let proto =
+        TensorProto::decode(bytes.as_slice()).map_err(|e| parse_err(&path.display().to_string(), e.to_string()))?;
     Tensor::from_proto(&proto)
 }
 
@@ -56,7 +57,8 @@ pub fn read_tensor(path: impl AsRef<std::path::Path>) -> Result<Tensor> {
 pub fn read_model(path: impl AsRef<std::path::Path>) -> Result<ModelProto> {
     let path = path.as_ref();
     let bytes = read_bytes(path)?;
-    let model = ModelProto::decode(bytes.as_slice()).map_err(|e| parse_err(&path.display().to_string(), e.to_string()))?;
+    let model =
+        ModelProto::decode(bytes.as_slice()).map_err(|e| parse_err(&path.display().to_string(), e.to_string()))?;
     if model.graph.is_none() {
         return Err(parse_err(&path.display().to_string(), "the model has no graph"));
     }
@@ -71,29 +73,53 @@ impl Tensor {
     /// for non-numeric element types.
     pub fn from_proto(t: &TensorProto) -> Result<Self> {
         let what = format!("tensor `{}`", t.name);
-        let dims: Vec<usize> = t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| parse_err(&what, format!("negative dimension {d}")))).collect::<Result<_>>()?;
-        let count = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| parse_err(&what, "shape overflows"))?;
+        let dims: Vec<usize> = t
+            .dims
+            .iter()
+            .map(|&d| usize::try_from(d).map_err(|_| parse_err(&what, format!("negative dimension {d}"))))
+            .collect::<Result<_>>()?;
+        let count = dims
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| parse_err(&what, "shape overflows"))?;
         let raw = &t.raw_data;
         let from_raw = |size: usize| -> Result<std::slice::ChunksExact<'_, u8>> {
             if raw.len() != count * size {
-                return Err(parse_err(&what, format!("raw_data has {} bytes, shape needs {}", raw.len(), count * size)));
+                return Err(parse_err(
+                    &what,
+                    format!("raw_data has {} bytes, shape needs {}", raw.len(), count * size),
+                ));
             }
             Ok(raw.chunks_exact(size))
         };
         let use_raw = !raw.is_empty();
         let data = match t.data_type {
-            1 if use_raw => TensorData::Float(from_raw(4)?.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+            1 if use_raw => {
+                TensorData::Float(from_raw(4)?.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            }
             1 => TensorData::Float(t.float_data.clone()),
-            10 if use_raw => TensorData::Float(from_raw(2)?.map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+            10 if use_raw => {
+                TensorData::Float(from_raw(2)?.map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
+            }
             10 => TensorData::Float(t.int32_data.iter().map(|&b| half::f16::from_bits(b as u16).to_f32()).collect()),
-            11 if use_raw => TensorData::Float(from_raw(8)?.map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect()),
+            11 if use_raw => TensorData::Float(
+                from_raw(8)?.map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
+            ),
             11 => TensorData::Float(t.double_data.iter().map(|&v| v as f32).collect()),
             2 if use_raw => TensorData::Int(from_raw(1)?.map(|c| i64::from(c[0])).collect()),
             3 if use_raw => TensorData::Int(from_raw(1)?.map(|c| i64::from(c[0] as i8)).collect()),
-            4 if use_raw => TensorData::Int(from_raw(2)?.map(|c| i64::from(u16::from_le_bytes([c[0], c[1]]))).collect()),
-            5 if use_raw => TensorData::Int(from_raw(2)?.map(|c| i64::from(i16::from_le_bytes([c[0], c[1]]))).collect()),
-            6 if use_raw => TensorData::Int(from_raw(4)?.map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()),
-            7 if use_raw => TensorData::Int(from_raw(8)?.map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect()),
+            4 if use_raw => {
+                TensorData::Int(from_raw(2)?.map(|c| i64::from(u16::from_le_bytes([c[0], c[1]]))).collect())
+            }
+            5 if use_raw => {
+                TensorData::Int(from_raw(2)?.map(|c| i64::from(i16::from_le_bytes([c[0], c[1]]))).collect())
+            }
+            6 if use_raw => {
+                TensorData::Int(from_raw(4)?.map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect())
+            }
+            7 if use_raw => {
+                TensorData::Int(from_raw(8)?.map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+            }
             9 if use_raw => TensorData::Int(from_raw(1)?.map(|c| i64::from(c[0] != 0)).collect()),
             2..=6 | 9 => TensorData::Int(t.int32_data.iter().map(|&v| i64::from(v)).collect()),
             7 => TensorData::Int(t.int64_data.clone()),
@@ -119,7 +145,13 @@ impl Tensor {
             TensorData::Int(v) => Ok(v.clone()),
             TensorData::Float(v) => v
                 .iter()
-                .map(|&f| if f.fract() == 0.0 && f.abs() < 9.0e18 { Ok(f as i64) } else { Err(parse_err(&format!("tensor `{}`", self.name), format!("value {f} is not an integer"))) })
+                .map(|&f| {
+                    if f.fract() == 0.0 && f.abs() < 9.0e18 {
+                        Ok(f as i64)
+                    } else {
+                        Err(parse_err(&format!("tensor `{}`", self.name), format!("value {f} is not an integer")))
+                    }
+                })
                 .collect(),
         }
     }
@@ -135,7 +167,10 @@ fn usize_pair(node: &NodeProto, name: &str, default: usize) -> Result<(usize, us
         None => Ok((default, default)),
         Some(a) => match a.ints.as_slice() {
             &[x, y] if x >= 0 && y >= 0 => Ok((x as usize, y as usize)),
-            other => Err(Error::Unsupported(format!("node `{}` ({}): attribute {name} = {other:?} (2-D only)", node.name, node.op_type))),
+            other => Err(Error::Unsupported(format!(
+                "node `{}` ({}): attribute {name} = {other:?} (2-D only)",
+                node.name, node.op_type
+            ))),
         },
     }
 }
@@ -168,21 +203,28 @@ pub fn conv_geometry(node: &NodeProto, x_dims: &[usize], w_dims: &[usize]) -> Re
         Some(a) => usize::try_from(a.i).map_err(|_| unsupported(format!("group = {}", a.i)))?,
     };
     if groups == 0 || cg * groups != c {
-        return Err(unsupported(format!("weight has {cg} input channels per group, input has {c} channels and group = {groups}")));
+        return Err(unsupported(format!(
+            "weight has {cg} input channels per group, input has {c} channels and group = {groups}"
+        )));
     }
     let stride = usize_pair(node, "strides", 1)?;
     let dilation = usize_pair(node, "dilations", 1)?;
-    let auto_pad = attribute(node, "auto_pad").map(|a| String::from_utf8_lossy(&a.s).to_string()).unwrap_or_else(|| "NOTSET".into());
+    let auto_pad = attribute(node, "auto_pad")
+        .map(|a| String::from_utf8_lossy(&a.s).to_string())
+        .unwrap_or_else(|| "NOTSET".into());
     let pad = match auto_pad.as_str() {
         "NOTSET" => match attribute(node, "pads").map(|a| a.ints.as_slice()) {
             None => Padding::default(),
-            Some(&[t, l, b, r]) if [t, l, b, r].iter().all(|&p| p >= 0) => Padding::new(t as usize, l as usize, b as usize, r as usize),
+            Some(&[t, l, b, r]) if [t, l, b, r].iter().all(|&p| p >= 0) => {
+                Padding::new(t as usize, l as usize, b as usize, r as usize)
+            }
             Some(other) => return Err(unsupported(format!("pads = {other:?}"))),
         },
         "VALID" => Padding::default(),
         "SAME_UPPER" | "SAME_LOWER" => {
             let same = |len: usize, k: usize, s: usize, d: usize| {
-                let total = ((len.div_ceil(s.max(1)).saturating_sub(1)) * s + (k.saturating_sub(1)) * d + 1).saturating_sub(len);
+                let total = ((len.div_ceil(s.max(1)).saturating_sub(1)) * s + (k.saturating_sub(1)) * d + 1)
+                    .saturating_sub(len);
                 let small = total / 2;
                 if auto_pad == "SAME_UPPER" { (small, total - small) } else { (total - small, small) }
             };
@@ -192,6 +234,11 @@ pub fn conv_geometry(node: &NodeProto, x_dims: &[usize], w_dims: &[usize]) -> Re
         }
         other => return Err(unsupported(format!("auto_pad = {other}"))),
     };
-    let geom = Conv2d::builder(c, m, (h, w), (kh, kw)).stride(stride.0, stride.1).dilation(dilation.0, dilation.1).padding(pad).groups(groups).build()?;
+    let geom = Conv2d::builder(c, m, (h, w), (kh, kw))
+        .stride(stride.0, stride.1)
+        .dilation(dilation.0, dilation.1)
+        .padding(pad)
+        .groups(groups)
+        .build()?;
     Ok((geom, n))
 }

@@ -19,8 +19,22 @@ pub fn ints(rng: &mut impl Rng, len: usize, bound: i32) -> Vec<i32> {
     (0..len).map(|_| rng.random_range(-bound..=bound)).collect()
 }
 
-fn conv(cin: usize, cout: usize, hw: (usize, usize), k: (usize, usize), s: (usize, usize), pad: Padding, d: (usize, usize), groups: usize) -> Conv2d {
-    Conv2d::builder(cin, cout, hw, k).stride(s.0, s.1).padding(pad).dilation(d.0, d.1).groups(groups).build().expect("fixed test shape is valid")
+/// A fixed shape: `(cin, cout, groups)`, input, kernel, stride, padding, dilation.
+fn conv(
+    ch: (usize, usize, usize),
+    hw: (usize, usize),
+    k: (usize, usize),
+    s: (usize, usize),
+    pad: Padding,
+    d: (usize, usize),
+) -> Conv2d {
+    Conv2d::builder(ch.0, ch.1, hw, k)
+        .stride(s.0, s.1)
+        .padding(pad)
+        .dilation(d.0, d.1)
+        .groups(ch.2)
+        .build()
+        .expect("fixed test shape is valid")
 }
 
 /// At least `12 + random` convolution shapes with their batch sizes: a fixed list that covers
@@ -30,32 +44,35 @@ fn conv(cin: usize, cout: usize, hw: (usize, usize), k: (usize, usize), s: (usiz
 pub fn conv_shapes(seed: u64, random: usize) -> Vec<(Conv2d, usize)> {
     let p = Padding::new;
     let mut shapes = vec![
-        (conv(3, 5, (9, 7), (1, 1), (1, 1), p(0, 0, 0, 0), (1, 1), 1), 2),
-        (conv(2, 3, (12, 13), (7, 7), (1, 1), p(3, 3, 3, 3), (1, 1), 1), 1),
-        (conv(3, 4, (11, 10), (3, 3), (2, 2), p(1, 1, 1, 1), (1, 1), 1), 2),
-        (conv(2, 3, (8, 9), (3, 3), (1, 1), p(0, 1, 2, 3), (1, 1), 1), 1),
-        (conv(3, 2, (10, 10), (3, 3), (1, 1), p(2, 2, 2, 2), (2, 2), 1), 1),
-        (conv(4, 6, (7, 7), (3, 3), (1, 1), p(1, 1, 1, 1), (1, 1), 2), 3),
-        (conv(5, 5, (9, 8), (3, 3), (1, 1), p(1, 1, 1, 1), (1, 1), 5), 2),
-        (conv(4, 8, (6, 6), (3, 3), (2, 1), p(1, 0, 1, 0), (1, 1), 4), 1),
-        (conv(17, 33, (5, 5), (3, 3), (1, 1), p(1, 1, 1, 1), (1, 1), 1), 1),
-        (conv(6, 9, (9, 11), (3, 5), (2, 1), p(2, 0, 1, 3), (1, 2), 3), 2),
-        (conv(3, 2, (5, 6), (5, 6), (1, 1), p(0, 0, 0, 0), (1, 1), 1), 4),
-        (conv(2, 3, (4, 4), (1, 1), (3, 2), p(3, 0, 4, 1), (1, 1), 1), 1),
+        (conv((3, 5, 1), (9, 7), (1, 1), (1, 1), p(0, 0, 0, 0), (1, 1)), 2),
+        (conv((2, 3, 1), (12, 13), (7, 7), (1, 1), p(3, 3, 3, 3), (1, 1)), 1),
+        (conv((3, 4, 1), (11, 10), (3, 3), (2, 2), p(1, 1, 1, 1), (1, 1)), 2),
+        (conv((2, 3, 1), (8, 9), (3, 3), (1, 1), p(0, 1, 2, 3), (1, 1)), 1),
+        (conv((3, 2, 1), (10, 10), (3, 3), (1, 1), p(2, 2, 2, 2), (2, 2)), 1),
+        (conv((4, 6, 2), (7, 7), (3, 3), (1, 1), p(1, 1, 1, 1), (1, 1)), 3),
+        (conv((5, 5, 5), (9, 8), (3, 3), (1, 1), p(1, 1, 1, 1), (1, 1)), 2),
+        (conv((4, 8, 4), (6, 6), (3, 3), (2, 1), p(1, 0, 1, 0), (1, 1)), 1),
+        (conv((17, 33, 1), (5, 5), (3, 3), (1, 1), p(1, 1, 1, 1), (1, 1)), 1),
+        (conv((6, 9, 3), (9, 11), (3, 5), (2, 1), p(2, 0, 1, 3), (1, 2)), 2),
+        (conv((3, 2, 1), (5, 6), (5, 6), (1, 1), p(0, 0, 0, 0), (1, 1)), 4),
+        (conv((2, 3, 1), (4, 4), (1, 1), (3, 2), p(3, 0, 4, 1), (1, 1)), 1),
     ];
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     while shapes.len() < 12 + random {
         let groups = [1, 1, 2, 3][rng.random_range(0..4)];
         let depthwise = rng.random_bool(0.15);
         let cin = if depthwise { rng.random_range(1..=8) } else { groups * rng.random_range(1..=5) };
-        let (groups, cout) = if depthwise { (cin, cin * rng.random_range(1..=2)) } else { (groups, groups * rng.random_range(1..=5)) };
+        let (groups, cout) =
+            if depthwise { (cin, cin * rng.random_range(1..=2)) } else { (groups, groups * rng.random_range(1..=5)) };
         let k = ([1, 2, 3, 5, 7][rng.random_range(0..5)], [1, 2, 3, 5, 7][rng.random_range(0..5)]);
         let hw = (rng.random_range(1..=16), rng.random_range(1..=16));
         let s = (rng.random_range(1..=3), rng.random_range(1..=3));
         let d = (rng.random_range(1..=2), rng.random_range(1..=2));
         let pad = p(rng.random_range(0..=3), rng.random_range(0..=3), rng.random_range(0..=3), rng.random_range(0..=3));
         let batch = rng.random_range(1..=3);
-        if let Ok(g) = Conv2d::builder(cin, cout, hw, k).stride(s.0, s.1).padding(pad).dilation(d.0, d.1).groups(groups).build() {
+        if let Ok(g) =
+            Conv2d::builder(cin, cout, hw, k).stride(s.0, s.1).padding(pad).dilation(d.0, d.1).groups(groups).build()
+        {
             shapes.push((g, batch));
         }
     }
@@ -70,10 +87,15 @@ pub fn gpu_or_skip(opts: &GpuOptions) -> Option<GpuBackend> {
             println!("GPU: {}", gpu.info());
             Some(gpu)
         }
-        Err(e) if std::env::var("VERICONV_REQUIRE_GPU").is_ok_and(|v| v == "1") => panic!("VERICONV_REQUIRE_GPU=1 but the GPU backend is unavailable: {e}"),
+        Err(e) if std::env::var("VERICONV_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("VERICONV_REQUIRE_GPU=1 but the GPU backend is unavailable: {e}")
+        }
         Err(e) => {
             // Written to the raw stderr handle so that the test harness does not swallow it.
-            let _ = writeln!(std::io::stderr(), "SKIPPED: no GPU backend ({e}); set VERICONV_REQUIRE_GPU=1 to make this a failure");
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: no GPU backend ({e}); set VERICONV_REQUIRE_GPU=1 to make this a failure"
+            );
             None
         }
     }
