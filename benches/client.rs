@@ -1,1 +1,82 @@
-fn main() {}
+//! Client phases in time per element: kernel setup (per session), input encryption, Fast and
+//! Strict verification, decryption. Every benchmark first checks that the pipeline it times
+//! is correct (verified and equal to the plaintext convolution).
+
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use rand::Rng;
+use vericonv::cloud::{CloudBackend, CpuBackend};
+use vericonv::decrypt::{MaskKernel, decrypt};
+use vericonv::encrypt::{encrypt_input, encrypt_kernel};
+use vericonv::field::{M31, PrimeField};
+use vericonv::geometry::{Conv2d, Padding};
+use vericonv::keys::{ImageMask, SessionKey, seeded_rng};
+use vericonv::reference::conv_i64;
+use vericonv::verify::{Claim, Mode, Verdict, verify};
+
+fn shapes() -> Vec<(&'static str, Conv2d)> {
+    let p = Padding::uniform;
+    vec![
+        ("lenet_conv2", Conv2d::builder(6, 16, (14, 14), (5, 5)).build().expect("valid")),
+        ("resnet_56x56x64", Conv2d::builder(64, 64, (56, 56), (3, 3)).padding(p(1)).build().expect("valid")),
+        ("resnet_14x14x256", Conv2d::builder(256, 256, (14, 14), (3, 3)).padding(p(1)).build().expect("valid")),
+    ]
+}
+
+fn client_phases(c: &mut Criterion) {
+    let mut group = c.benchmark_group("client");
+    group.sample_size(10).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(300));
+    for (name, g) in shapes() {
+        let mut rng = seeded_rng(42);
+        let k: Vec<i32> = (0..g.kernel_len()).map(|_| rng.random_range(-127..=127)).collect();
+        let x: Vec<i32> = (0..g.image_len()).map(|_| rng.random_range(-127..=127)).collect();
+        let embed = |v: &[i32]| -> Vec<u32> { v.iter().map(|&a| M31::embed(i64::from(a)).expect("8-bit")).collect() };
+        let (ke, xe) = (embed(&k), embed(&x));
+        let key = SessionKey::generate(&g, 2, &mut rng).expect("key");
+        let kp = encrypt_kernel(&key, &ke).expect("k");
+        let mk = MaskKernel::new(&key, &ke).expect("kg");
+        let masks = ImageMask::generate_batch(&key, 1, &mut rng);
+        let xp = encrypt_input(&key, &masks, &xe).expect("x");
+        let yp = CpuBackend::new().conv(&g, 1, &kp, &xp).expect("cloud");
+        // Check before timing.
+        let claim = Claim::new(&g, 1, &kp, &xp, &yp).expect("lengths");
+        for mode in [Mode::Fast, Mode::Strict] {
+            assert_eq!(verify::<M31, _>(&claim, mode, 1, &mut rng).expect("verify"), Verdict::Accepted);
+        }
+        let y = decrypt(&key, &mk, &masks, &yp).expect("decrypt");
+        let plain = conv_i64(
+            &g,
+            1,
+            &k.iter().map(|&v| i64::from(v)).collect::<Vec<_>>(),
+            &x.iter().map(|&v| i64::from(v)).collect::<Vec<_>>(),
+        )
+        .expect("conv");
+        assert!(y.iter().zip(&plain).all(|(&a, &b)| i64::from(a) == b), "{name}: decryption is exact");
+
+        group.throughput(Throughput::Elements(g.kernel_len() as u64));
+        group.bench_function(BenchmarkId::new("session_setup_per_weight", name), |b| {
+            b.iter(|| (encrypt_kernel(&key, &ke).expect("k"), MaskKernel::new(&key, &ke).expect("kg")))
+        });
+        group.throughput(Throughput::Elements(g.image_len() as u64));
+        group.bench_function(BenchmarkId::new("encrypt_per_input", name), |b| {
+            b.iter(|| {
+                let masks = ImageMask::generate_batch(&key, 1, &mut rng);
+                encrypt_input(&key, &masks, &xe).expect("x")
+            })
+        });
+        group.throughput(Throughput::Elements(g.output_image_len() as u64));
+        for mode in [Mode::Fast, Mode::Strict] {
+            group.bench_function(BenchmarkId::new(format!("verify_{}_per_output", mode.name()), name), |b| {
+                b.iter(|| verify::<M31, _>(&claim, mode, 1, &mut rng).expect("verify"))
+            });
+        }
+        group.bench_function(BenchmarkId::new("decrypt_per_output", name), |b| {
+            b.iter(|| decrypt(&key, &mk, &masks, &yp).expect("decrypt"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, client_phases);
+criterion_main!(benches);

@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rand::Rng;
 
 use vericonv::client::{LayerConfig, PrivateConv, Timings};
-use vericonv::cloud::{CloudBackend, CpuBackend, GpuBackend, GpuOptions, Tamper, TamperingBackend, list_adapters};
+use vericonv::cloud::{CloudBackend, CpuBackend, Tamper, TamperingBackend};
+#[cfg(feature = "gpu")]
+use vericonv::cloud::{GpuBackend, GpuOptions, list_adapters};
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::{KeyRng, os_rng, seeded_rng};
 use vericonv::reference::conv_i64;
@@ -68,6 +70,7 @@ struct DemoArgs {
 }
 
 /// Picks the cloud backend and explains the choice.
+#[cfg(feature = "gpu")]
 fn select_backend(choice: BackendChoice) -> Result<(Box<dyn CloudBackend>, String), vericonv::Error> {
     match choice {
         BackendChoice::Cpu => Ok((Box::new(CpuBackend::new()), "requested".into())),
@@ -84,6 +87,33 @@ fn select_backend(choice: BackendChoice) -> Result<(Box<dyn CloudBackend>, Strin
             Err(e) => Ok((Box::new(CpuBackend::new()), format!("auto: no usable GPU ({e})"))),
         },
     }
+}
+
+/// Without the `gpu` feature only the CPU backend exists.
+#[cfg(not(feature = "gpu"))]
+fn select_backend(choice: BackendChoice) -> Result<(Box<dyn CloudBackend>, String), vericonv::Error> {
+    match choice {
+        BackendChoice::Gpu => {
+            Err(vericonv::Error::Unsupported("this build has no GPU backend (rebuild with the `gpu` feature)".into()))
+        }
+        _ => Ok((Box::new(CpuBackend::new()), "this build has no GPU backend".into())),
+    }
+}
+
+#[cfg(feature = "gpu")]
+fn adapters() {
+    let adapters = list_adapters();
+    if adapters.is_empty() {
+        println!(
+            "no wgpu adapter found (install a GPU driver, or Mesa's lavapipe: apt-get install mesa-vulkan-drivers)"
+        );
+    }
+    adapters.iter().for_each(|a| println!("{a}"));
+}
+
+#[cfg(not(feature = "gpu"))]
+fn adapters() {
+    println!("this build has no GPU backend (rebuild with the `gpu` feature)");
 }
 
 fn ms(d: Duration) -> String {
@@ -190,13 +220,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Demo(args) => demo(args),
         Command::Adapters => {
-            let adapters = list_adapters();
-            if adapters.is_empty() {
-                println!(
-                    "no wgpu adapter found (install a GPU driver, or Mesa's lavapipe: apt-get install mesa-vulkan-drivers)"
-                );
-            }
-            adapters.iter().for_each(|a| println!("{a}"));
+            adapters();
             Ok(())
         }
     };

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, CpuBackend, GpuOptions};
+use vericonv::cloud::{CloudBackend, CpuBackend};
 use vericonv::keys::seeded_rng;
 use vericonv::onnx::{TensorData, conv_geometry, read_model, read_tensor};
 
@@ -88,6 +88,16 @@ fn run_case(dir: &Path, cloud: &dyn CloudBackend) -> usize {
     y.len()
 }
 
+#[cfg(feature = "gpu")]
+fn gpu() -> Option<Box<dyn CloudBackend>> {
+    common::gpu_or_skip(&vericonv::cloud::GpuOptions::default()).map(|g| Box::new(g) as Box<dyn CloudBackend>)
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu() -> Option<Box<dyn CloudBackend>> {
+    None
+}
+
 #[test]
 fn every_conformance_case_is_present() {
     let Some(root) = data_root() else { return };
@@ -100,13 +110,12 @@ fn every_conformance_case_is_present() {
 fn onnx_conv_node_tests_are_reproduced_exactly_through_the_private_path() {
     let Some(root) = data_root() else { return };
     let cpu = CpuBackend::new();
-    let gpu = common::gpu_or_skip(&GpuOptions::default());
-    for case in CASES {
-        let n = run_case(&root.join(case), &cpu);
-        println!("{case}: {n} outputs equal on cpu");
-        if let Some(gpu) = &gpu {
-            run_case(&root.join(case), gpu);
-            println!("{case}: {n} outputs equal on gpu");
+    let clouds: Vec<Box<dyn CloudBackend>> =
+        std::iter::once(Box::new(cpu) as Box<dyn CloudBackend>).chain(gpu()).collect();
+    for cloud in &clouds {
+        for case in CASES {
+            let n = run_case(&root.join(case), cloud.as_ref());
+            println!("{case}: {n} outputs equal on {}", cloud.name());
         }
     }
 }

@@ -5,10 +5,12 @@
 //! shaders through wgpu.
 
 mod cpu;
+#[cfg(feature = "gpu")]
 mod gpu;
 mod tamper;
 
 pub use cpu::CpuBackend;
+#[cfg(feature = "gpu")]
 pub use gpu::{GpuBackend, GpuInfo, GpuOptions, ShaderProgram, ShaderVariant, list_adapters};
 pub use tamper::{Tamper, TamperingBackend};
 

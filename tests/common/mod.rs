@@ -1,10 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use std::io::Write;
-
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+#[cfg(feature = "gpu")]
 use vericonv::cloud::{GpuBackend, GpuOptions};
 use vericonv::geometry::{Conv2d, Padding};
 
@@ -79,6 +78,7 @@ pub fn conv_shapes(seed: u64, random: usize) -> Vec<(Conv2d, usize)> {
     shapes
 }
 
+#[cfg(feature = "gpu")]
 /// The GPU backend, or `None` with the reason printed. With `VERICONV_REQUIRE_GPU=1`, a missing
 /// adapter fails the test instead.
 pub fn gpu_or_skip(opts: &GpuOptions) -> Option<GpuBackend> {
@@ -91,6 +91,7 @@ pub fn gpu_or_skip(opts: &GpuOptions) -> Option<GpuBackend> {
             panic!("VERICONV_REQUIRE_GPU=1 but the GPU backend is unavailable: {e}")
         }
         Err(e) => {
+            use std::io::Write;
             // Written to the raw stderr handle so that the test harness does not swallow it.
             let _ = writeln!(
                 std::io::stderr(),
