@@ -99,6 +99,19 @@ fn check_bound(layer: &str, what: &'static str, v: &[i32], bound: u64) -> Result
     }
 }
 
+/// Checks the exactness bound of SCHEME.md §2, `M·Bx·Bw + Bb <= (p-1)/2`, for layer `layer`.
+///
+/// # Errors
+/// [`Error::ExactnessBound`] naming the layer and every term.
+pub fn check_exactness(layer: &str, m: u64, bx: u64, bw: u64, bb: u64) -> Result<()> {
+    let total = m.saturating_mul(bx).saturating_mul(bw).saturating_add(bb);
+    let limit = u64::from(M31::HALF);
+    if total > limit {
+        return Err(Error::ExactnessBound { layer: layer.into(), m, bx, bw, bb, total, limit });
+    }
+    Ok(())
+}
+
 fn embed_all(v: &[i32]) -> Vec<u32> {
     v.iter().map(|&x| if x < 0 { (i64::from(x) + i64::from(M31::P)) as u32 } else { x as u32 }).collect()
 }
@@ -123,12 +136,7 @@ impl PrivateConv {
         }
         let bw = kernel.iter().map(|&k| u64::from(k.unsigned_abs())).max().unwrap_or(0);
         let bb = bias.map_or(0, |b| b.iter().map(|&v| u64::from(v.unsigned_abs())).max().unwrap_or(0));
-        let (m, bx) = (geom.m() as u64, u64::from(cfg.input_bound));
-        let total = m.saturating_mul(bx).saturating_mul(bw).saturating_add(bb);
-        let limit = u64::from(M31::HALF);
-        if total > limit {
-            return Err(Error::ExactnessBound { layer: cfg.name.clone(), m, bx, bw, bb, total, limit });
-        }
+        check_exactness(&cfg.name, geom.m() as u64, u64::from(cfg.input_bound), bw, bb)?;
         let kernel = embed_all(kernel);
         let start = Instant::now();
         let key = SessionKey::generate(&geom, cfg.rank, rng)?;

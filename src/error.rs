@@ -159,6 +159,16 @@ pub enum Error {
         /// The OS message.
         message: String,
     },
+    /// An input tensor contains NaN or an infinity.
+    #[error("{what}[{index}] is {value}: inputs must be finite")]
+    NonFinite {
+        /// Which tensor.
+        what: String,
+        /// Flat index of the entry.
+        index: usize,
+        /// The value, as text (`NaN`, `inf`, `-inf`).
+        value: String,
+    },
     /// An operator or attribute outside what vericonv supports.
     #[error("unsupported: {0}")]
     Unsupported(String),

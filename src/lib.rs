@@ -10,12 +10,15 @@
 
 pub mod client;
 pub mod cloud;
+pub mod data;
 pub mod decrypt;
 pub mod encrypt;
 mod error;
+pub mod eval;
 pub mod field;
 pub mod geometry;
 pub mod keys;
+pub mod model;
 pub mod onnx;
 pub mod reference;
 pub mod verify;

@@ -1,21 +1,27 @@
 //! The `vericonv` command-line tool.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use rand::Rng;
 
+use indicatif::{ProgressBar, ProgressStyle};
 use vericonv::client::{LayerConfig, PrivateConv, Timings};
 use vericonv::cloud::{CloudBackend, CpuBackend, Tamper, TamperingBackend};
 #[cfg(feature = "gpu")]
 use vericonv::cloud::{GpuBackend, GpuOptions, list_adapters};
+use vericonv::data::Dataset;
+use vericonv::eval::{EvalOptions, evaluate};
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::{KeyRng, os_rng, seeded_rng};
+use vericonv::model::quant::{PlainExecutor, PrivateConfig, PrivateExecutor, QuantConfig, QuantModel};
+use vericonv::model::{Model, argmax};
 use vericonv::reference::conv_i64;
 use vericonv::verify::Mode;
 
-/// Verifiable, privacy-preserving convolutions on an untrusted cloud (GPU via wgpu, or CPU).
+/// Verifiable, privacy-preserving CNN inference on an untrusted cloud (GPU via wgpu, or CPU).
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -25,8 +31,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one private, verified convolution on a built-in example (no files needed).
+    /// Private, verified LeNet-5 inference on 16 MNIST test images (built in: no files needed).
     Demo(DemoArgs),
+    /// One private, verified convolution layer with per-phase timings.
+    ConvDemo(ConvDemoArgs),
+    /// Evaluate a model on a data set: float, quantized and private accuracy, agreement, timings.
+    Eval(EvalArgs),
     /// List the wgpu adapters this machine offers.
     Adapters,
 }
@@ -47,8 +57,18 @@ enum ModeChoice {
     Strict,
 }
 
+impl From<ModeChoice> for Mode {
+    fn from(m: ModeChoice) -> Self {
+        match m {
+            ModeChoice::Fast => Mode::Fast,
+            ModeChoice::Strict => Mode::Strict,
+        }
+    }
+}
+
+/// Options shared by every command that runs the protocol.
 #[derive(clap::Args)]
-struct DemoArgs {
+struct ProtocolArgs {
     /// Where the untrusted cloud runs.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
@@ -64,9 +84,74 @@ struct DemoArgs {
     /// Seed the client's CSPRNG (for reproducible runs only; the default seeds from the OS).
     #[arg(long)]
     seed: Option<u64>,
+}
+
+impl ProtocolArgs {
+    fn rng(&self) -> (KeyRng, String) {
+        match self.seed {
+            Some(s) => (seeded_rng(s), format!("seeded with {s} (reproducible; not for real use)")),
+            None => (os_rng(), "seeded from the OS".into()),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    protocol: ProtocolArgs,
+    /// Let the cloud corrupt this fraction of layer calls, to watch verification catch them.
+    #[arg(long, default_value_t = 0.0)]
+    tamper_rate: f64,
+}
+
+#[derive(clap::Args)]
+struct ConvDemoArgs {
+    #[command(flatten)]
+    protocol: ProtocolArgs,
     /// Let the cloud cheat (add 1 to one output entry) to watch verification reject it.
     #[arg(long)]
     tamper: bool,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// The model: a native `.json` (with its `.safetensors` beside it) or an `.onnx` file.
+    #[arg(long)]
+    model: PathBuf,
+    /// mnist, fashion-mnist, digits (test splits under --data-dir), idx:IMAGES,LABELS,
+    /// cifar10:FILE[,FILE…], cifar100:FILE[,FILE…] or folder:DIR.
+    #[arg(long)]
+    dataset: String,
+    /// Evaluate only the first N images.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Images per batch (one private call per layer per batch).
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[command(flatten)]
+    protocol: ProtocolArgs,
+    /// Weight bits.
+    #[arg(long, default_value_t = 8)]
+    weight_bits: u32,
+    /// Activation bits.
+    #[arg(long, default_value_t = 8)]
+    act_bits: u32,
+    /// Calibrate activation scales on the first N training images (for the built-in sets; other
+    /// sets use their own first N images) instead of computing them per image.
+    #[arg(long)]
+    calibrate: Option<usize>,
+    /// Outsource linear layers too (weaker masks; SCHEME.md §9).
+    #[arg(long)]
+    outsource_linear: bool,
+    /// Let the cloud corrupt this fraction of layer calls; every one must be detected.
+    #[arg(long, default_value_t = 0.0)]
+    tamper_rate: f64,
+    /// Where the built-in data sets live.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Write the JSON report here (default: reports/<model>-<dataset>.json).
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 /// Picks the cloud backend and explains the choice.
@@ -120,29 +205,249 @@ fn ms(d: Duration) -> String {
     format!("{:>9.3} ms", d.as_secs_f64() * 1e3)
 }
 
+/// The built-in LeNet-5 for MNIST and 16 MNIST test images.
+const DEMO_MODEL: &[u8] = include_bytes!("../models/lenet5-mnist.json");
+const DEMO_WEIGHTS: &[u8] = include_bytes!("../models/lenet5-mnist.safetensors");
+const DEMO_IMAGES: &[u8] = include_bytes!("../models/demo/mnist-t10k-16-images.idx");
+const DEMO_LABELS: &[u8] = include_bytes!("../models/demo/mnist-t10k-16-labels.idx");
+
 fn demo(args: &DemoArgs) -> Result<(), vericonv::Error> {
+    let p = &args.protocol;
+    let model = Model::from_bytes(DEMO_MODEL, DEMO_WEIGHTS)?;
+    let data = Dataset::from_idx_bytes("mnist (first 16 test images)", DEMO_IMAGES, DEMO_LABELS)?;
+    let qm = QuantModel::new(&model, QuantConfig::default())?;
+    let (backend, why) = select_backend(p.backend)?;
+    let tamper = maybe_tampering(backend, args.tamper_rate, p.seed);
+    let (rng, seed_note) = p.rng();
+    println!("vericonv demo: private, verified LeNet-5 inference on {} MNIST test images", data.len());
+    println!("  cloud   : {}", tamper.name());
+    println!("            ({why})");
+    println!(
+        "  client  : CSPRNG ChaCha20 {seed_note}; mask rank {}, {} verification, {} round(s); 8-bit weights and activations",
+        p.rank,
+        Mode::from(p.mode).name(),
+        p.rounds
+    );
+    let opts = EvalOptions {
+        batch: data.len(),
+        private: PrivateConfig { mode: p.mode.into(), rounds: p.rounds, rank: p.rank, ..PrivateConfig::default() },
+    };
+    // One batch: predictions of all three models for the same images.
+    let (images, labels) = data.slice(0..data.len());
+    let classes = model.num_classes();
+    let float_pred = argmax(&model.forward_float(images)?, classes);
+    let (quant_logits, _) = qm.forward(images, &mut PlainExecutor)?;
+    let mut exec = PrivateExecutor::new(&qm, &tamper, &opts.private, rng)?;
+    let start = Instant::now();
+    let private = qm.forward(images, &mut exec);
+    let total = start.elapsed();
+    println!("  layers  :");
+    for s in exec.stats() {
+        if !s.outsourced {
+            println!(
+                "    {:<6} computed by the client in {} (linear layers stay local by default)",
+                s.name,
+                ms(s.client_compute)
+            );
+            continue;
+        }
+        let verdict = if s.rejected > 0 {
+            "REJECTED by verification".to_string()
+        } else if s.verified > 0 {
+            format!("verified ({} call)", s.verified)
+        } else {
+            "not reached".to_string()
+        };
+        let t = &s.timings;
+        println!(
+            "    {:<6} keygen {} encrypt {} cloud {} verify {} decrypt {}  {verdict}",
+            s.name,
+            ms(t.keygen),
+            ms(t.encrypt),
+            ms(t.cloud),
+            ms(t.verify),
+            ms(t.decrypt)
+        );
+    }
+    let (logits, times) = match private {
+        Ok(v) => v,
+        Err(e) => {
+            println!("  verdict : the cloud cheated and was caught; no prediction is reported");
+            return Err(e);
+        }
+    };
+    let pred = argmax(&logits, classes);
+    println!("  predictions (private / true):");
+    let line: Vec<String> =
+        pred.iter().zip(labels).map(|(p, l)| format!("{p}/{l}{}", if p == l { "" } else { "✗" })).collect();
+    println!("    {}", line.join("  "));
+    let correct = pred.iter().zip(labels).filter(|(p, l)| p == l).count();
+    let bit_equal = logits.iter().zip(&quant_logits).all(|(a, b)| a.to_bits() == b.to_bits());
+    let client: Duration = exec.stats().map(|s| s.timings.client() + s.client_compute).sum::<Duration>()
+        + times.nonlinear
+        + times.quantize;
+    let cloud: Duration = exec.stats().map(|s| s.timings.cloud).sum();
+    println!(
+        "  accuracy: {correct}/{} private; float model {}/{}",
+        labels.len(),
+        float_pred.iter().zip(labels).filter(|(p, l)| p == l).count(),
+        labels.len()
+    );
+    println!(
+        "  time    : total {}; client {} (keys, masking, verification, non-linear layers); cloud {}",
+        ms(total),
+        ms(client),
+        ms(cloud)
+    );
+    println!(
+        "  agreement with the quantized plaintext model: logits {}",
+        if bit_equal { "bit-identical for every image" } else { "DIFFER (a bug: please report it)" }
+    );
+    if bit_equal {
+        Ok(())
+    } else {
+        Err(vericonv::Error::Unsupported("private logits differ from the quantized plaintext model".into()))
+    }
+}
+
+/// Wraps the cloud in a [`TamperingBackend`] that corrupts `rate` of its answers (none at 0).
+fn maybe_tampering(
+    backend: Box<dyn CloudBackend>,
+    rate: f64,
+    seed: Option<u64>,
+) -> TamperingBackend<Box<dyn CloudBackend>> {
+    TamperingBackend::new(backend, &Tamper::ALL, rate, seed.unwrap_or_else(|| os_rng().random()))
+}
+
+fn load_model(path: &Path) -> Result<Model, vericonv::Error> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("onnx") => vericonv::onnx::import::import_model(path),
+        _ => Model::load(path),
+    }
+}
+
+fn eval(args: &EvalArgs) -> Result<(), vericonv::Error> {
+    let p = &args.protocol;
+    let model = load_model(&args.model)?;
+    let i = &model.input;
+    let mut data = Dataset::open(&args.dataset, &args.data_dir, false, i.channels, i.height, i.width)?;
+    let mut qm = QuantModel::new(&model, QuantConfig { weight_bits: args.weight_bits, act_bits: args.act_bits })?;
+    if let Some(n) = args.calibrate {
+        let sample = Dataset::open(&args.dataset, &args.data_dir, true, i.channels, i.height, i.width)?;
+        qm.calibrate(sample.slice(0..n).0)?;
+    }
+    if let Some(n) = args.limit {
+        data.truncate(n);
+    }
+    let (backend, why) = select_backend(p.backend)?;
+    let cloud = maybe_tampering(backend, args.tamper_rate, p.seed);
+    let (rng, seed_note) = p.rng();
+    eprintln!(
+        "model {} ({} layers), data set {} ({} images); cloud {} ({why}); CSPRNG {seed_note}",
+        model.name,
+        model.nodes().len(),
+        data.name,
+        data.len(),
+        cloud.name()
+    );
+    let opts = EvalOptions {
+        batch: args.batch,
+        private: PrivateConfig {
+            mode: p.mode.into(),
+            rounds: p.rounds,
+            rank: p.rank,
+            outsource_linear: args.outsource_linear,
+            rotate_after_images: None,
+        },
+    };
+    let bar = ProgressBar::new(data.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images [{elapsed_precise} < {eta_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut report = evaluate(&qm, &data, &cloud, &opts, rng, |done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    report.corrupted_calls = cloud.corrupted();
+    let pct = |x: f64| format!("{:6.2}%", 100.0 * x);
+    println!(
+        "{} on {} ({} images, {} weights / {} activations bits, {} activation scales)",
+        report.model,
+        report.dataset,
+        report.images,
+        args.weight_bits,
+        args.act_bits,
+        if qm.is_calibrated() { "calibrated" } else { "dynamic" }
+    );
+    println!(
+        "  accuracy   float {}   quantized {}   private {}   (drop quantized vs float {:+.2} pp)",
+        pct(report.float_accuracy),
+        pct(report.quantized_accuracy),
+        pct(report.private_accuracy),
+        100.0 * (report.quantized_accuracy - report.float_accuracy)
+    );
+    println!(
+        "  agreement  {}/{} private predictions equal the quantized plaintext ones; {}/{} logits bit-identical",
+        report.prediction_agreement, report.private_answered, report.logits_bit_identical, report.private_answered
+    );
+    if args.tamper_rate > 0.0 || report.private_rejected > 0 {
+        let rejected: u64 = report.layers.iter().map(|l| l.rejected).sum();
+        println!(
+            "  tampering  {} corrupted cloud answers, {rejected} rejected by verification; {} images reported as errors, none as predictions",
+            report.corrupted_calls, report.private_rejected
+        );
+    }
+    println!(
+        "  client     masking {:.3} s, verification {:.3} s, non-linear layers {:.3} s, quantization {:.3} s, local linear layers {:.3} s",
+        report.client_masking_s,
+        report.client_verify_s,
+        report.client_nonlinear_s,
+        report.client_quantize_s,
+        report.client_linear_s
+    );
+    println!("  cloud      {:.3} s on {}", report.cloud_s, report.backend);
+    println!(
+        "  plaintext  float model on this CPU {:.3} s; quantized model on this CPU {:.3} s",
+        report.float_plaintext_s, report.quantized_plaintext_s
+    );
+    let path = args.report.clone().unwrap_or_else(|| {
+        PathBuf::from(format!("reports/{}-{}.json", report.model, report.dataset.replace(['/', ':', ','], "_")))
+    });
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| vericonv::Error::Io { path: dir.display().to_string(), message: e.to_string() })?;
+    }
+    let json = serde_json::to_string_pretty(&report)
+        .map_err(|e| vericonv::Error::Parse { what: "report".into(), message: e.to_string() })?;
+    std::fs::write(&path, json)
+        .map_err(|e| vericonv::Error::Io { path: path.display().to_string(), message: e.to_string() })?;
+    println!("  report     {}", path.display());
+    let detected = report.layers.iter().map(|l| l.rejected).sum::<u64>() == report.corrupted_calls;
+    let exact = report.logits_bit_identical == report.private_answered;
+    if exact && detected {
+        Ok(())
+    } else {
+        Err(vericonv::Error::Unsupported("private inference disagreed with the quantized model or missed a corrupted answer (a bug: please report it)".into()))
+    }
+}
+
+fn conv_demo(args: &ConvDemoArgs) -> Result<(), vericonv::Error> {
     // LeNet-5's second convolution on a batch of 4 images of 8-bit activations.
     let geom = Conv2d::builder(6, 16, (14, 14), (5, 5)).padding(Padding::uniform(0)).build()?;
     let batch = 4;
-    let (mut rng, seed_note): (KeyRng, String) = match args.seed {
-        Some(s) => (seeded_rng(s), format!("seeded with {s} (reproducible; not for real use)")),
-        None => (os_rng(), "seeded from the OS".into()),
-    };
+    let p = &args.protocol;
+    let (mut rng, seed_note) = p.rng();
     let kernel: Vec<i32> = (0..geom.kernel_len()).map(|_| rng.random_range(-127..=127)).collect();
     let bias: Vec<i32> = (0..geom.cout()).map(|_| rng.random_range(-1000..=1000)).collect();
     let x: Vec<i32> = (0..batch * geom.image_len()).map(|_| rng.random_range(-127..=127)).collect();
 
-    let (backend, why) = select_backend(args.backend)?;
+    let (backend, why) = select_backend(p.backend)?;
     let cloud: Box<dyn CloudBackend> = if args.tamper {
         Box::new(TamperingBackend::new(backend, &[Tamper::AddOne], 1.0, rng.random()))
     } else {
         backend
     };
-    let mode = match args.mode {
-        ModeChoice::Fast => Mode::Fast,
-        ModeChoice::Strict => Mode::Strict,
-    };
-    println!("vericonv demo: one private, verified convolution");
+    let mode = Mode::from(p.mode);
+    println!("vericonv conv-demo: one private, verified convolution");
     println!("  cloud   : {}", cloud.name());
     println!("            ({why})");
     println!(
@@ -161,18 +466,13 @@ fn demo(args: &DemoArgs) -> Result<(), vericonv::Error> {
     );
     println!(
         "  client  : CSPRNG ChaCha20 {seed_note}; mask rank {}, {} verification, {} round(s)",
-        args.rank,
+        p.rank,
         mode.name(),
-        args.rounds
+        p.rounds
     );
 
-    let cfg = LayerConfig {
-        name: "lenet.conv2".into(),
-        rank: args.rank,
-        mode,
-        rounds: args.rounds,
-        ..LayerConfig::default()
-    };
+    let cfg =
+        LayerConfig { name: "lenet.conv2".into(), rank: p.rank, mode, rounds: p.rounds, ..LayerConfig::default() };
     let mut layer = PrivateConv::new(geom, &kernel, Some(&bias), cfg, &mut rng)?;
     let result = layer.run(cloud.as_ref(), &x, &mut rng);
 
@@ -219,6 +519,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Demo(args) => demo(args),
+        Command::ConvDemo(args) => conv_demo(args),
+        Command::Eval(args) => eval(args),
         Command::Adapters => {
             adapters();
             Ok(())

@@ -69,7 +69,11 @@ impl<B: CloudBackend> TamperingBackend<B> {
 
 impl<B: CloudBackend> CloudBackend for TamperingBackend<B> {
     fn name(&self) -> String {
-        format!("tampering({:.0}%) {}", self.rate * 100.0, self.inner.name())
+        if self.rate > 0.0 {
+            format!("{} (corrupting {}% of answers)", self.inner.name(), self.rate * 100.0)
+        } else {
+            self.inner.name()
+        }
     }
 
     fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {

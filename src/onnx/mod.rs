@@ -1,6 +1,7 @@
-//! Reading ONNX files: tensors (`.pb`), models (`.onnx`) and the geometry of `Conv` and
-//! `ConvInteger` nodes, including `auto_pad`.
+//! ONNX files: tensors (`.pb`), models (`.onnx`), the geometry of `Conv` and `ConvInteger`
+//! nodes (including `auto_pad`), and model import and export ([`import`]).
 
+pub mod import;
 pub mod proto;
 
 use prost::Message;

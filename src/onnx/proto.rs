@@ -165,6 +165,17 @@ pub struct OperatorSetIdProto {
     pub version: i64,
 }
 
+/// `StringStringEntryProto`: one metadata entry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StringStringEntryProto {
+    /// Key.
+    #[prost(string, tag = "1")]
+    pub key: String,
+    /// Value.
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
 /// `ModelProto`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ModelProto {
@@ -180,4 +191,7 @@ pub struct ModelProto {
     /// Operator sets.
     #[prost(message, repeated, tag = "8")]
     pub opset_import: Vec<OperatorSetIdProto>,
+    /// Metadata; vericonv stores its input normalisation here.
+    #[prost(message, repeated, tag = "14")]
+    pub metadata_props: Vec<StringStringEntryProto>,
 }
