@@ -119,3 +119,57 @@ fn onnx_conv_node_tests_are_reproduced_exactly_through_the_private_path() {
         }
     }
 }
+
+/// Client-side operators (pooling with padding and ceil mode, global average pooling,
+/// Flatten) reproduce ONNX's own expected outputs when imported as one-node graphs.
+#[test]
+fn onnx_pooling_relu_and_flatten_node_tests_match_through_the_importer() {
+    let Some(root) = data_root() else { return };
+    let cases = [
+        "test_maxpool_2d_default",
+        "test_maxpool_2d_ceil",
+        "test_maxpool_2d_pads",
+        "test_maxpool_2d_precomputed_pads",
+        "test_maxpool_2d_precomputed_strides",
+        "test_maxpool_2d_strides",
+        "test_averagepool_2d_default",
+        "test_averagepool_2d_ceil",
+        "test_averagepool_2d_pads",
+        "test_averagepool_2d_pads_count_include_pad",
+        "test_averagepool_2d_precomputed_pads",
+        "test_averagepool_2d_precomputed_pads_count_include_pad",
+        "test_averagepool_2d_precomputed_strides",
+        "test_averagepool_2d_strides",
+        "test_globalaveragepool",
+        "test_globalaveragepool_precomputed",
+        "test_flatten_default_axis",
+        "test_flatten_axis1",
+    ];
+    for case in cases {
+        let dir = root.join(case);
+        let proto = read_model(dir.join("model.onnx")).expect("model parses");
+        let model = vericonv::onnx::import::import_proto(&proto, case).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let x = read_tensor(dir.join("test_data_set_0/input_0.pb")).expect("input");
+        let TensorData::Float(xv) = x.data else { panic!("{case}: float input expected") };
+        let want = read_tensor(dir.join("test_data_set_0/output_0.pb")).expect("output");
+        let TensorData::Float(wv) = want.data else { panic!("{case}: float output expected") };
+        let got = model.forward_float(&xv).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(got.len(), wv.len(), "{case}");
+        for (i, (g, w)) in got.iter().zip(&wv).enumerate() {
+            assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{case}[{i}]: got {g}, ONNX expects {w}");
+        }
+        println!("{case}: {} outputs match", got.len());
+    }
+}
+
+#[test]
+fn unsupported_onnx_operators_are_named() {
+    let Some(root) = data_root() else { return };
+    for (case, op) in
+        [("test_lrn", "LRN"), ("test_globalmaxpool", "GlobalMaxPool"), ("test_maxpool_2d_dilations", "dilated")]
+    {
+        let proto = read_model(root.join(case).join("model.onnx")).expect("model parses");
+        let err = vericonv::onnx::import::import_proto(&proto, case).expect_err("unsupported");
+        assert!(matches!(err, vericonv::Error::Unsupported(ref m) if m.contains(op)), "{case}: {err}");
+    }
+}

@@ -157,7 +157,9 @@ pub fn import_proto(model: &ModelProto, name: &str) -> Result<Model> {
         std: meta("vericonv.std").unwrap_or_else(|| vec![1.0]),
     };
     let mut b = GraphBuilder::new(spec)?;
-    b.alias(&input.name, Source::Input)?;
+    if input.name != "input" {
+        b.alias(&input.name, Source::Input)?;
+    }
     for node in &graph.node {
         if !(node.domain.is_empty() || node.domain == "ai.onnx") {
             return Err(unsupported(node, format!("domain `{}`", node.domain)));

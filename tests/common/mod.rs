@@ -101,3 +101,37 @@ pub fn gpu_or_skip(opts: &GpuOptions) -> Option<GpuBackend> {
         }
     }
 }
+
+/// The data folder of `scripts/fetch-data.sh`, or `None` with the reason printed. With
+/// `VERICONV_REQUIRE_DATA=1` (as in `.ci/run`) missing data fails the test instead.
+pub fn data_dir_or_skip() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    if dir.join("mnist/t10k-images-idx3-ubyte").is_file() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("VERICONV_REQUIRE_DATA").as_deref() != Ok("1"),
+        "VERICONV_REQUIRE_DATA=1 but {} has no data: run scripts/fetch-data.sh",
+        dir.display()
+    );
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {} has no data; run scripts/fetch-data.sh", dir.display());
+    None
+}
+
+/// Every committed model (`models/*.json`) with the built-in data set it was made for.
+pub fn committed_models() -> Vec<(std::path::PathBuf, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let mut v: Vec<_> = std::fs::read_dir(&dir)
+        .expect("models/ exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let stem = p.file_stem().expect("file name").to_string_lossy().to_string();
+            let dataset = stem.split_once('-').expect("<arch>-<dataset>").1.to_string();
+            (p, dataset)
+        })
+        .collect();
+    v.sort();
+    v
+}

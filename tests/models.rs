@@ -1,0 +1,286 @@
+//! Whole CNNs: private inference equals the quantized plaintext model bit for bit on every
+//! committed model, on the CPU backend (hundreds of images) and the GPU backend (a handful);
+//! the models survive an ONNX round trip; a hand-built ONNX graph imports with the right
+//! semantics; bad models and inputs get typed errors.
+
+mod common;
+
+use common::{committed_models, data_dir_or_skip};
+use prost::Message;
+use vericonv::Error;
+use vericonv::cloud::{CloudBackend, CpuBackend};
+use vericonv::data::Dataset;
+use vericonv::eval::{EvalOptions, evaluate};
+use vericonv::keys::seeded_rng;
+use vericonv::model::Model;
+use vericonv::model::quant::{PlainExecutor, QuantConfig, QuantModel};
+use vericonv::onnx::import::{export_model, import_proto};
+
+fn check_private_run(path: &std::path::Path, dataset: &str, images: usize, cloud: &dyn CloudBackend, seed: u64) {
+    let Some(data_dir) = data_dir_or_skip() else { return };
+    let model = Model::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let i = &model.input;
+    let mut data = Dataset::open(dataset, &data_dir, false, i.channels, i.height, i.width).expect("data set");
+    data.truncate(images);
+    let qm = QuantModel::new(&model, QuantConfig::default()).expect("quantizes");
+    println!("{} on {dataset}, {images} images, cloud {}: seed {seed:#x}", model.name, cloud.name());
+    let report =
+        evaluate(&qm, &data, cloud, &EvalOptions { batch: 25, ..EvalOptions::default() }, seeded_rng(seed), |_| {})
+            .expect("evaluates");
+    println!(
+        "  float {:.4}, quantized {:.4}, private {:.4}",
+        report.float_accuracy, report.quantized_accuracy, report.private_accuracy
+    );
+    assert_eq!(report.private_answered, data.len(), "every batch verified");
+    assert_eq!(report.private_rejected, 0);
+    assert_eq!(
+        report.logits_bit_identical,
+        data.len(),
+        "{}: private logits are bit-identical to the quantized model",
+        model.name
+    );
+    assert_eq!(report.prediction_agreement, data.len());
+    assert_eq!(report.private_accuracy, report.quantized_accuracy);
+    assert!(report.layers.iter().any(|l| l.outsourced && l.verified > 0), "convolutions really went to the cloud");
+}
+
+#[test]
+fn private_inference_equals_quantized_plaintext_on_every_committed_model_on_cpu() {
+    let models = committed_models();
+    assert!(models.len() >= 4, "models/ holds the trained and converted models");
+    for (idx, (path, dataset)) in models.iter().enumerate() {
+        check_private_run(path, dataset, 300, &CpuBackend::new(), 0x30de1 + idx as u64);
+    }
+}
+
+#[cfg(feature = "gpu")]
+#[test]
+fn private_inference_equals_quantized_plaintext_on_every_committed_model_on_gpu() {
+    let Some(gpu) = common::gpu_or_skip(&vericonv::cloud::GpuOptions::default()) else { return };
+    for (idx, (path, dataset)) in committed_models().iter().enumerate() {
+        check_private_run(path, dataset, 6, &gpu, 0x69de1 + idx as u64);
+    }
+}
+
+#[test]
+fn every_committed_model_round_trips_through_onnx_with_identical_logits() {
+    let Some(data_dir) = data_dir_or_skip() else { return };
+    for (path, dataset) in committed_models() {
+        let model = Model::load(&path).expect("loads");
+        let bytes = export_model(&model).encode_to_vec();
+        let proto = vericonv::onnx::proto::ModelProto::decode(bytes.as_slice()).expect("decodes");
+        let back = import_proto(&proto, &model.name).unwrap_or_else(|e| panic!("{}: {e}", model.name));
+        let i = &model.input;
+        let mut data = Dataset::open(&dataset, &data_dir, false, i.channels, i.height, i.width).expect("data");
+        data.truncate(20);
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        assert_eq!(
+            bits(back.forward_float(&data.images).expect("float")),
+            bits(model.forward_float(&data.images).expect("float")),
+            "{}",
+            model.name
+        );
+        let (q1, q2) = (
+            QuantModel::new(&model, QuantConfig::default()).expect("q"),
+            QuantModel::new(&back, QuantConfig::default()).expect("q"),
+        );
+        assert_eq!(
+            bits(q2.forward(&data.images, &mut PlainExecutor).expect("q").0),
+            bits(q1.forward(&data.images, &mut PlainExecutor).expect("q").0)
+        );
+        println!("{}: {} bytes of ONNX, identical logits", model.name, bytes.len());
+    }
+}
+
+/// A hand-built ONNX graph exercising Conv + BatchNormalization, AveragePool with padding and
+/// ceil mode, Constant + Reshape, MatMul + Add, Identity and Gemm (alpha, beta, untransposed B),
+/// checked against a direct computation.
+#[test]
+fn hand_built_onnx_graph_imports_with_onnx_semantics() {
+    use vericonv::onnx::proto::*;
+    let t = |name: &str, dims: &[i64], v: Vec<f32>| TensorProto {
+        dims: dims.to_vec(),
+        data_type: 1,
+        float_data: v,
+        name: name.into(),
+        ..Default::default()
+    };
+    let ints =
+        |name: &str, v: &[i64]| AttributeProto { name: name.into(), ints: v.to_vec(), r#type: 7, ..Default::default() };
+    let int = |name: &str, v: i64| AttributeProto { name: name.into(), i: v, r#type: 2, ..Default::default() };
+    let float = |name: &str, v: f32| AttributeProto { name: name.into(), f: v, r#type: 1, ..Default::default() };
+    let node = |op: &str, inputs: &[&str], out: &str, attribute: Vec<AttributeProto>| NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.into()],
+        name: out.into(),
+        op_type: op.into(),
+        attribute,
+        domain: String::new(),
+    };
+    let seq = |n: usize, k: f32| (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) * k).collect::<Vec<f32>>();
+    let (cw, cb) = (seq(18, 0.1), vec![0.5, -0.25]);
+    let (g, be, mu, var) = (vec![1.5, 0.5], vec![0.1, -0.2], vec![0.3, -0.1], vec![2.0, 0.5]);
+    let (mw, mb) = (seq(18 * 4, 0.05), vec![0.1, 0.2, 0.3, 0.4]);
+    let (gw, gc) = (seq(4 * 3, 0.2), vec![1.0, -1.0, 0.5]);
+    let shape = TensorProto {
+        dims: vec![2],
+        data_type: 7,
+        int64_data: vec![1, -1],
+        name: "shape".into(),
+        ..Default::default()
+    };
+    let graph = GraphProto {
+        node: vec![
+            node("Conv", &["x", "cw", "cb"], "conv", vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])]),
+            node("BatchNormalization", &["conv", "g", "be", "mu", "var"], "bn", vec![float("epsilon", 1e-3)]),
+            node("Relu", &["bn"], "relu", vec![]),
+            node(
+                "AveragePool",
+                &["relu"],
+                "pool",
+                vec![
+                    ints("kernel_shape", &[2, 2]),
+                    ints("strides", &[2, 2]),
+                    ints("pads", &[1, 1, 0, 0]),
+                    int("ceil_mode", 1),
+                ],
+            ),
+            NodeProto {
+                attribute: vec![AttributeProto {
+                    name: "value".into(),
+                    t: Some(shape),
+                    r#type: 4,
+                    ..Default::default()
+                }],
+                ..node("Constant", &[], "target", vec![])
+            },
+            node("Reshape", &["pool", "target"], "flat", vec![]),
+            node("MatMul", &["flat", "mw"], "mm", vec![]),
+            node("Add", &["mm", "mb"], "fc1", vec![]),
+            node("Identity", &["fc1"], "same", vec![]),
+            node("Gemm", &["same", "gw", "gc"], "out", vec![float("alpha", 0.5), float("beta", 2.0)]),
+        ],
+        name: "hand".into(),
+        initializer: vec![
+            t("cw", &[2, 1, 3, 3], cw.clone()),
+            t("cb", &[2], cb.clone()),
+            t("g", &[2], g.clone()),
+            t("be", &[2], be.clone()),
+            t("mu", &[2], mu.clone()),
+            t("var", &[2], var.clone()),
+            t("mw", &[18, 4], mw.clone()),
+            t("mb", &[4], mb.clone()),
+            t("gw", &[4, 3], gw.clone()),
+            t("gc", &[3], gc.clone()),
+        ],
+        input: vec![ValueInfoProto {
+            name: "x".into(),
+            r#type: Some(TypeProto {
+                tensor_type: Some(TensorTypeProto {
+                    elem_type: 1,
+                    shape: Some(TensorShapeProto {
+                        dim: [None, Some(1), Some(5), Some(5)]
+                            .iter()
+                            .map(|&v| Dimension { dim_value: v, dim_param: v.is_none().then(|| "N".into()) })
+                            .collect(),
+                    }),
+                }),
+            }),
+        }],
+        output: vec![ValueInfoProto { name: "out".into(), r#type: None }],
+    };
+    let model = import_proto(&ModelProto { graph: Some(graph), ..Default::default() }, "hand").expect("imports");
+    assert_eq!(model.num_classes(), 3);
+    let x: Vec<f32> = (0..25).map(|i| (i as f32 * 0.37).sin()).collect();
+    let got = model.forward_float(&x).expect("runs");
+
+    // The same network computed directly.
+    let mut act = vec![0f32; 2 * 25];
+    for o in 0..2 {
+        for y in 0..5i32 {
+            for xx in 0..5i32 {
+                let mut acc = cb[o];
+                for i in 0..3i32 {
+                    for j in 0..3i32 {
+                        let (r, c) = (y + i - 1, xx + j - 1);
+                        if (0..5).contains(&r) && (0..5).contains(&c) {
+                            acc += cw[o * 9 + (i * 3 + j) as usize] * x[(r * 5 + c) as usize];
+                        }
+                    }
+                }
+                let bn = (acc - mu[o]) / (var[o] + 1e-3).sqrt() * g[o] + be[o];
+                act[o * 25 + (y * 5 + xx) as usize] = bn.max(0.0);
+            }
+        }
+    }
+    // AveragePool 2×2/2 with pads (1,1,0,0) and ceil mode on 5×5: 3×3 outputs; padding excluded.
+    let mut pooled = Vec::new();
+    for o in 0..2 {
+        for py in 0..3i32 {
+            for px in 0..3i32 {
+                let (mut s, mut n) = (0.0, 0.0);
+                for r in (py * 2 - 1)..(py * 2 + 1) {
+                    for c in (px * 2 - 1)..(px * 2 + 1) {
+                        if (0..5).contains(&r) && (0..5).contains(&c) {
+                            s += act[o * 25 + (r * 5 + c) as usize];
+                            n += 1.0;
+                        }
+                    }
+                }
+                pooled.push(s / n);
+            }
+        }
+    }
+    let fc1: Vec<f32> = (0..4).map(|k| mb[k] + (0..18).map(|i| pooled[i] * mw[i * 4 + k]).sum::<f32>()).collect();
+    let want: Vec<f32> =
+        (0..3).map(|k| 0.5 * (0..4).map(|i| fc1[i] * gw[i * 3 + k]).sum::<f32>() + 2.0 * gc[k]).collect();
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-4, "got {got:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn corrupt_model_files_and_bad_inputs_get_typed_errors() {
+    let dir = std::env::temp_dir().join(format!("vericonv-models-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lenet5-mnist");
+    let json = std::fs::read(src.with_extension("json")).expect("json");
+    let weights = std::fs::read(src.with_extension("safetensors")).expect("weights");
+    assert!(Model::from_bytes(&json, &weights).is_ok());
+    // Truncated weights, truncated JSON, garbage.
+    assert!(matches!(Model::from_bytes(&json, &weights[..weights.len() / 2]), Err(Error::Parse { .. })));
+    assert!(matches!(Model::from_bytes(&json[..json.len() / 2], &weights), Err(Error::Parse { .. })));
+    assert!(matches!(Model::from_bytes(b"{}", &weights), Err(Error::Parse { .. })));
+    // An unknown operator, a missing weight, a layer that does not fit.
+    let text = String::from_utf8(json.clone()).expect("utf8");
+    let err = Model::from_bytes(text.replacen("\"relu\"", "\"gelu\"", 1).as_bytes(), &weights).expect_err("unknown op");
+    assert!(err.to_string().contains("gelu"), "{err}");
+    let err =
+        Model::from_bytes(text.replacen("\"conv1\"", "\"convX\"", 1).as_bytes(), &weights).expect_err("missing weight");
+    assert!(err.to_string().contains("convX"), "{err}");
+    let err = Model::from_bytes(text.replacen("\"out_channels\": 16", "\"out_channels\": 17", 1).as_bytes(), &weights)
+        .expect_err("weight size");
+    assert!(err.to_string().contains("conv2"), "{err}");
+    // Missing files.
+    assert!(matches!(Model::load(dir.join("nope.json")), Err(Error::Io { .. })));
+    // NaN and infinite inputs, wrong input sizes.
+    let model = Model::from_bytes(&json, &weights).expect("model");
+    let mut x = vec![0.5f32; 784];
+    x[100] = f32::NAN;
+    assert!(matches!(model.forward_float(&x), Err(Error::NonFinite { index: 100, .. })));
+    x[100] = f32::INFINITY;
+    let qm = QuantModel::new(&model, QuantConfig::default()).expect("q");
+    assert!(matches!(qm.forward(&x, &mut PlainExecutor), Err(Error::NonFinite { .. })));
+    assert!(matches!(model.forward_float(&[0.5; 700]), Err(Error::LengthMismatch { .. })));
+    // A data set whose images do not fit the model.
+    let digits =
+        Dataset { name: "wrong".into(), channels: 1, height: 8, width: 8, images: vec![0.0; 64], labels: vec![0] };
+    let err = evaluate(&qm, &digits, &CpuBackend::new(), &EvalOptions::default(), seeded_rng(1), |_| {})
+        .expect_err("shape mismatch");
+    assert!(matches!(err, Error::LengthMismatch { .. }), "{err}");
+    // 16-bit weights and activations break the exactness bound; the error names the layer.
+    let err = QuantModel::new(&model, QuantConfig { weight_bits: 16, act_bits: 16 }).expect_err("bound");
+    assert!(matches!(&err, Error::ExactnessBound { layer, .. } if layer == "conv1"), "{err}");
+    assert!(matches!(QuantModel::new(&model, QuantConfig { weight_bits: 1, act_bits: 8 }), Err(Error::Unsupported(_))));
+    let _ = std::fs::remove_dir_all(&dir);
+}
