@@ -195,7 +195,7 @@ fn hand_built_onnx_graph_imports_with_onnx_semantics() {
     let got = model.forward_float(&x).expect("runs");
 
     // The same network computed directly.
-    let mut act = vec![0f32; 2 * 25];
+    let mut act = [0f32; 2 * 25];
     for o in 0..2 {
         for y in 0..5i32 {
             for xx in 0..5i32 {
