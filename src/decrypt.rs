@@ -30,17 +30,22 @@ impl MaskKernel {
         Conv2d::check_len("kernel", g.kernel_len(), k.len())?;
         check_canonical::<M31>("kernel", k)?;
         let (cpg, taps) = (g.cin_per_group(), g.kh() * g.kw());
+        // Row by row over K: KG_t[o, ·] = Σ_cl g_t[grp(o)·Cin/G + cl]·K[o, cl, ·].
         let mut kg = vec![0u32; key.rank() * g.cout() * taps];
+        let mut acc = vec![0u64; taps];
         for t in 0..key.rank() {
             let gt = key.channel_factor(t);
             for o in 0..g.cout() {
                 let c0 = g.group_of_output(o) * cpg;
-                let dst = &mut kg[(t * g.cout() + o) * taps..][..taps];
-                for (ij, d) in dst.iter_mut().enumerate() {
-                    let acc = (0..cpg).fold(0u64, |acc, cl| {
-                        acc + M31::fold_product(u64::from(k[(o * cpg + cl) * taps + ij]) * u64::from(gt[c0 + cl]))
-                    });
-                    *d = M31::reduce(acc);
+                acc.fill(0);
+                for (cl, row) in k[o * cpg * taps..][..cpg * taps].chunks_exact(taps).enumerate() {
+                    let gv = u64::from(gt[c0 + cl]);
+                    for (a, &kv) in acc.iter_mut().zip(row) {
+                        *a += M31::fold_product(gv * u64::from(kv));
+                    }
+                }
+                for (d, &a) in kg[(t * g.cout() + o) * taps..][..taps].iter_mut().zip(&acc) {
+                    *d = M31::reduce(a);
                 }
             }
         }

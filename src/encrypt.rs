@@ -72,18 +72,23 @@ pub fn encrypt_input(key: &SessionKey, masks: &[ImageMask], x: &[u32]) -> Result
         let mask = &masks[b];
         // β·g_t[c], then per row β·g_t[c]·a_t[y]: R costs ρ multiplications per element.
         let bg: Vec<u32> = (0..rho).map(|t| M31::mul(beta, key.channel_factor(t)[c])).collect();
+        let cols: Vec<&[u32]> = (0..rho).map(|t| mask.col_factor(t)).collect();
+        let rows: Vec<&[u32]> = (0..rho).map(|t| mask.row_factor(t)).collect();
         let src = &x[(b * cin + c) * h * w..][..h * w];
-        let mut row_coef = vec![0u32; rho];
+        let mut acc = vec![0u64; w];
+        let b64 = u64::from(beta);
         for (y, (drow, srow)) in dst.chunks_exact_mut(w).zip(src.chunks_exact(w)).enumerate() {
-            for (t, (rc, &b)) in row_coef.iter_mut().zip(&bg).enumerate() {
-                *rc = M31::mul(b, mask.row_factor(t)[y]);
+            for (a, &s) in acc.iter_mut().zip(srow) {
+                *a = M31::fold_product(b64 * u64::from(s));
             }
-            for (xx, (d, &s)) in drow.iter_mut().zip(srow).enumerate() {
-                let mut acc = M31::fold_product(u64::from(beta) * u64::from(s));
-                for (t, &rc) in row_coef.iter().enumerate() {
-                    acc += M31::fold_product(u64::from(rc) * u64::from(mask.col_factor(t)[xx]));
+            for (t, col) in cols.iter().enumerate() {
+                let rc = u64::from(M31::mul(bg[t], rows[t][y]));
+                for (a, &cv) in acc.iter_mut().zip(col.iter()) {
+                    *a += M31::fold_product(rc * u64::from(cv));
                 }
-                *d = M31::reduce(acc);
+            }
+            for (d, &a) in drow.iter_mut().zip(&acc) {
+                *d = M31::reduce(a);
             }
         }
     });

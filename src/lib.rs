@@ -8,6 +8,7 @@
 //! (`SCHEME.md`): [`field`] → [`geometry`] → [`keys`] → [`encrypt`] / [`decrypt`] / [`verify`] →
 //! [`cloud`] backends → [`client`], the layer that ties them together.
 
+pub mod bench;
 pub mod client;
 pub mod cloud;
 pub mod data;

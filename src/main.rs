@@ -37,8 +37,43 @@ enum Command {
     ConvDemo(ConvDemoArgs),
     /// Evaluate a model on a data set: float, quantized and private accuracy, agreement, timings.
     Eval(EvalArgs),
+    /// Benchmark the client against plaintext convolutions on a suite of CNN layers.
+    Bench(BenchArgs),
     /// List the wgpu adapters this machine offers.
     Adapters,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SuiteChoice {
+    /// LeNet-5, VGG-16 at 32×32 and 224×224, ResNet-18, MobileNet-v1.
+    Full,
+    /// A few small layers.
+    Quick,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Which layers.
+    #[arg(long, value_enum, default_value_t = SuiteChoice::Full)]
+    suite: SuiteChoice,
+    /// Only layers whose "network layer" name contains this text.
+    #[arg(long)]
+    only: Option<String>,
+    /// Batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    batches: Vec<usize>,
+    /// Thread counts (0 means all cores); both the client and the baselines use them.
+    #[arg(long, value_delimiter = ',', default_value = "1,0")]
+    threads: Vec<usize>,
+    /// Session length over which kernel encryption and KG are amortized.
+    #[arg(long, default_value_t = 64)]
+    session: usize,
+    /// Where to write bench.csv, bench.json and speedup-*.svg.
+    #[arg(long, default_value = "reports/bench")]
+    out: PathBuf,
+    /// Seed for the random layer data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -319,6 +354,97 @@ fn maybe_tampering(
     TamperingBackend::new(backend, &Tamper::ALL, rate, seed.unwrap_or_else(|| os_rng().random()))
 }
 
+fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
+    use vericonv::bench::{BenchOptions, full_suite, plot_speedups, quick_suite, run_layer, write_csv};
+    let suite = match args.suite {
+        SuiteChoice::Full => full_suite()?,
+        SuiteChoice::Quick => quick_suite()?,
+    };
+    let suite: Vec<_> = suite
+        .into_iter()
+        .filter(|l| args.only.as_ref().is_none_or(|o| format!("{} {}", l.network, l.layer).contains(o.as_str())))
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut threads: Vec<usize> = args.threads.iter().map(|&t| if t == 0 { cores } else { t }).collect();
+    threads.dedup();
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| vericonv::Error::Io { path: args.out.display().to_string(), message: e.to_string() })?;
+    let total = suite.len() * args.batches.len() * threads.len();
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} configurations [{elapsed_precise}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut rows = Vec::new();
+    for l in &suite {
+        for &batch in &args.batches {
+            for &t in &threads {
+                bar.set_message(format!("{} {} batch {batch}, {t} thread(s)", l.network, l.layer));
+                rows.push(run_layer(
+                    l,
+                    &BenchOptions { batch, threads: t, session: args.session, ..BenchOptions::default() },
+                    args.seed,
+                )?);
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let s = |v: f64| if v >= 1.0 { format!("{v:8.2} s") } else { format!("{:8.2} ms", v * 1e3) };
+    println!(
+        "{:<13} {:<16} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>7} | {:>8} {:>8} {:>9}",
+        "network",
+        "layer",
+        "batch",
+        "thr",
+        "(a) naive",
+        "(b) gemm",
+        "(c) tract",
+        "client",
+        "session",
+        "/floor",
+        "speedup",
+        "1-batch",
+        "vs naive"
+    );
+    for r in &rows {
+        let opt = |v: Option<f64>| v.map_or_else(|| format!("{:>11}", "-"), s);
+        println!(
+            "{:<13} {:<16} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>6.1}x | {:>7.1}x {:>7.1}x {:>9}",
+            r.network,
+            r.layer,
+            r.batch,
+            r.threads,
+            opt(r.naive_s),
+            s(r.im2col_gemm_s),
+            opt(r.tract_s),
+            s(r.client_amortized_s),
+            s(r.session_s),
+            r.client_over_floor,
+            r.speedup,
+            r.speedup_unamortized,
+            r.speedup_vs_naive.map_or_else(|| "-".to_string(), |v| format!("{v:.1}x (naive)"))
+        );
+    }
+    println!(
+        "client = quantize + encrypt + verify (fast, 1 round) + decrypt + de-quantize per batch, plus the session's kernel work amortized over {} images;",
+        args.session
+    );
+    println!(
+        "speedup = best of (b) and (c) / client; 1-batch = the same with an unamortized session; /floor = client per-batch work / memcpy of X, X', Y', Y."
+    );
+    write_csv(&rows, &args.out.join("bench.csv"))?;
+    let json = serde_json::to_string_pretty(&rows)
+        .map_err(|e| vericonv::Error::Parse { what: "bench report".into(), message: e.to_string() })?;
+    std::fs::write(args.out.join("bench.json"), json)
+        .map_err(|e| vericonv::Error::Io { path: args.out.display().to_string(), message: e.to_string() })?;
+    for &t in &threads {
+        plot_speedups(&rows, t, &args.out.join(format!("speedup-{t}t.svg")))?;
+    }
+    println!("wrote {}/bench.csv, bench.json and speedup-*.svg", args.out.display());
+    Ok(())
+}
+
 fn load_model(path: &Path) -> Result<Model, vericonv::Error> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("onnx") => vericonv::onnx::import::import_model(path),
@@ -521,6 +647,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
         Command::ConvDemo(args) => conv_demo(args),
         Command::Eval(args) => eval(args),
+        Command::Bench(args) => bench(args),
         Command::Adapters => {
             adapters();
             Ok(())

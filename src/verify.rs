@@ -144,53 +144,68 @@ fn fast_round<F: PrimeField, R: RngCore>(claim: &Claim<'_>, rng: &mut R) -> bool
         acc + F::fold_product(u64::from(F::mul(w[bo / cout], s[bo % cout])) * u64::from(planes[bo]))
     }));
 
-    // X~ = Σ_b w_b X'_b.
+    // X~ = Σ_b w_b X'_b, one channel plane at a time.
+    let (cpg, cpo, taps, hw) = (g.cin_per_group(), g.cout_per_group(), g.kh() * g.kw(), g.h() * g.w());
+    let (kh, kw) = (g.kh(), g.kw());
     let img = g.image_len();
-    let folded: Vec<u32> = (0..img)
+    let mut folded = vec![0u32; img];
+    folded.par_chunks_mut(hw).enumerate().for_each(|(c, plane)| {
+        let mut acc = vec![0u64; hw];
+        for (b, &wb) in w.iter().enumerate() {
+            let src = &xp[b * img + c * hw..][..hw];
+            for (a, &x) in acc.iter_mut().zip(src) {
+                *a += F::fold_product(u64::from(wb) * u64::from(x));
+            }
+        }
+        plane.iter_mut().zip(&acc).for_each(|(d, &a)| *d = F::reduce(a));
+    });
+
+    // k_s[c', ·] = Σ_{o' in the cloud group of c'} s_o' K'[o', cl', ·]: K' streamed row by row.
+    let ks: Vec<u32> = (0..g.groups())
         .into_par_iter()
-        .with_min_len(4096)
-        .map(|e| {
-            F::reduce(
-                (0..batch).fold(0u64, |acc, b| acc + F::fold_product(u64::from(w[b]) * u64::from(xp[b * img + e]))),
-            )
+        .flat_map_iter(|grp| {
+            let mut acc = vec![0u64; cpg * taps];
+            for op in grp * cpo..(grp + 1) * cpo {
+                let so = u64::from(s[op]);
+                for (a, &k) in acc.iter_mut().zip(&kp[op * cpg * taps..][..cpg * taps]) {
+                    *a += F::fold_product(so * u64::from(k));
+                }
+            }
+            acc.into_iter().map(F::reduce)
         })
         .collect();
 
     // Per cloud input channel: Z[h,j] = Σ_x v_x X~[c', h, x·sw + j·dw - pl] on the H real rows,
     // T[i,j] = Σ_y u_y Z[y·sh + i·dh - pt, j], then Σ_{i,j} k_s[c',i,j]·T[i,j].
-    let (cpg, cpo, taps, hw) = (g.cin_per_group(), g.cout_per_group(), g.kh() * g.kw(), g.h() * g.w());
-    let (kh, kw) = (g.kh(), g.kw());
     let per_channel: Vec<u32> = (0..g.cin())
         .into_par_iter()
-        .map(|cp| {
-            let plane = &folded[cp * hw..][..hw];
-            let mut z = vec![0u32; g.h() * kw];
-            for (r, zrow) in z.chunks_exact_mut(kw).enumerate() {
-                let xrow = &plane[r * g.w()..][..g.w()];
-                for (j, zv) in zrow.iter_mut().enumerate() {
-                    let acc = (0..wo).fold(0u64, |acc, x| match g.in_col(x, j) {
-                        Some(col) => acc + F::fold_product(u64::from(v[x]) * u64::from(xrow[col])),
-                        None => acc,
-                    });
-                    *zv = F::reduce(acc);
+        .map_init(
+            || vec![0u32; g.h() * kw],
+            |z, cp| {
+                let plane = &folded[cp * hw..][..hw];
+                for (r, zrow) in z.chunks_exact_mut(kw).enumerate() {
+                    let xrow = &plane[r * g.w()..][..g.w()];
+                    for (j, zv) in zrow.iter_mut().enumerate() {
+                        let acc = (0..wo).fold(0u64, |acc, x| match g.in_col(x, j) {
+                            Some(col) => acc + F::fold_product(u64::from(v[x]) * u64::from(xrow[col])),
+                            None => acc,
+                        });
+                        *zv = F::reduce(acc);
+                    }
                 }
-            }
-            let (grp, clp) = (cp / cpg, cp % cpg);
-            let mut acc = 0u64;
-            for i in 0..kh {
-                for j in 0..kw {
-                    let t = F::reduce((0..g.ho()).fold(0u64, |acc, y| match g.in_row(y, i) {
-                        Some(r) => acc + F::fold_product(u64::from(u[y]) * u64::from(z[r * kw + j])),
-                        None => acc,
-                    }));
-                    let ks = F::reduce((grp * cpo..(grp + 1) * cpo).fold(0u64, |acc, op| {
-                        acc + F::fold_product(u64::from(s[op]) * u64::from(kp[(op * cpg + clp) * taps + i * kw + j]))
-                    }));
-                    acc += F::fold_product(u64::from(ks) * u64::from(t));
+                let mut acc = 0u64;
+                for i in 0..kh {
+                    for j in 0..kw {
+                        let t = F::reduce((0..g.ho()).fold(0u64, |acc, y| match g.in_row(y, i) {
+                            Some(r) => acc + F::fold_product(u64::from(u[y]) * u64::from(z[r * kw + j])),
+                            None => acc,
+                        }));
+                        acc += F::fold_product(u64::from(ks[cp * taps + i * kw + j]) * u64::from(t));
+                    }
                 }
-            }
-            F::reduce(acc)
-        })
+                F::reduce(acc)
+            },
+        )
         .collect();
     let vv = F::reduce(per_channel.iter().map(|&x| u64::from(x)).sum());
     l == vv

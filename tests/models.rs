@@ -284,3 +284,36 @@ fn corrupt_model_files_and_bad_inputs_get_typed_errors() {
     assert!(matches!(QuantModel::new(&model, QuantConfig { weight_bits: 1, act_bits: 8 }), Err(Error::Unsupported(_))));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn f16_weights_load_and_give_nearly_the_same_logits() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lenet5-mnist");
+    let json = std::fs::read(src.with_extension("json")).expect("json");
+    let weights = std::fs::read(src.with_extension("safetensors")).expect("weights");
+    let st = safetensors::SafeTensors::deserialize(&weights).expect("safetensors");
+    let halves: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let bytes = view
+                .data()
+                .chunks_exact(4)
+                .flat_map(|c| half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
+                .collect();
+            (name, view.shape().to_vec(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = halves
+        .iter()
+        .map(|(n, s, b)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), b).expect("view"))
+        })
+        .collect();
+    let f16_bytes = safetensors::serialize(views, None).expect("serialize");
+    let (m32, m16) =
+        (Model::from_bytes(&json, &weights).expect("f32"), Model::from_bytes(&json, &f16_bytes).expect("f16"));
+    let x: Vec<f32> = (0..2 * 784).map(|i| ((i * 31 % 97) as f32) / 97.0).collect();
+    let (a, b) = (m32.forward_float(&x).expect("f32"), m16.forward_float(&x).expect("f16"));
+    assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 0.05 * p.abs().max(1.0)), "{a:?} vs {b:?}");
+    assert_eq!(vericonv::model::argmax(&a, 10), vericonv::model::argmax(&b, 10));
+}

@@ -1,0 +1,606 @@
+//! The layer benchmark behind `vericonv bench`: for each convolution of a named suite, the
+//! client's private-inference cost against the strongest plaintext baseline on the same CPU,
+//! and against the memory floor.
+//!
+//! - Baselines: (a) a direct naive convolution, (b) im2col + the `gemm` crate's f32 GEMM,
+//!   (c) tract's convolution (feature `tract`). Speedups use the faster of (b) and (c).
+//! - Client time per batch: quantize the input, encrypt it, verify the answer (Fast mode, one
+//!   round), decrypt, de-quantize. Kernel encryption and `KG` are per session: reported
+//!   unamortized, and amortized over `session` images.
+//! - The memory floor: a `memcpy` of the bytes the client must read and write (X in, X' out,
+//!   Y' in, Y out), timed in the same run.
+//!
+//! Every configuration first checks its own outputs: the decrypted result equals the exact
+//! integer convolution, and the baselines agree with each other.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde::Serialize;
+
+use crate::cloud::{CloudBackend, CpuBackend};
+use crate::decrypt::{MaskKernel, decrypt};
+use crate::encrypt::{encrypt_input, encrypt_kernel};
+use crate::field::{M31, PrimeField};
+use crate::geometry::{Conv2d, Padding};
+use crate::keys::{ImageMask, SessionKey, seeded_rng};
+use crate::model::ops;
+use crate::reference;
+use crate::verify::{Claim, Mode, Verdict, verify};
+use crate::{Error, Result};
+
+/// One layer of a suite.
+#[derive(Clone, Debug)]
+pub struct BenchLayer {
+    /// Network, e.g. `ResNet-18`.
+    pub network: &'static str,
+    /// Layer, e.g. `conv3_3`.
+    pub layer: &'static str,
+    /// Geometry.
+    pub geom: Conv2d,
+}
+
+/// `(cin, cout, hw, k, stride, pad, groups)` of a square layer.
+type Square = (usize, usize, usize, usize, usize, usize, usize);
+
+fn layer(
+    network: &'static str,
+    layer: &'static str,
+    (cin, cout, hw, k, stride, pad, groups): Square,
+) -> Result<BenchLayer> {
+    let geom = Conv2d::builder(cin, cout, (hw, hw), (k, k))
+        .stride(stride, stride)
+        .padding(Padding::uniform(pad))
+        .groups(groups)
+        .build()?;
+    Ok(BenchLayer { network, layer, geom })
+}
+
+/// The full suite of the issue: LeNet-5, VGG-16 at 32×32 and 224×224, ResNet-18 at 224×224,
+/// MobileNet-v1 at 56×56.
+///
+/// # Errors
+/// Never, for these fixed shapes.
+pub fn full_suite() -> Result<Vec<BenchLayer>> {
+    Ok(vec![
+        layer("LeNet-5", "conv1", (1, 6, 28, 5, 1, 2, 1))?,
+        layer("LeNet-5", "conv2", (6, 16, 14, 5, 1, 0, 1))?,
+        layer("VGG-16/32", "conv1_2", (64, 64, 32, 3, 1, 1, 1))?,
+        layer("VGG-16/32", "conv2_2", (128, 128, 16, 3, 1, 1, 1))?,
+        layer("VGG-16/32", "conv3_3", (256, 256, 8, 3, 1, 1, 1))?,
+        layer("VGG-16/32", "conv4_3", (512, 512, 4, 3, 1, 1, 1))?,
+        layer("VGG-16/32", "conv5_3", (512, 512, 2, 3, 1, 1, 1))?,
+        layer("VGG-16/224", "conv1_2", (64, 64, 224, 3, 1, 1, 1))?,
+        layer("VGG-16/224", "conv2_2", (128, 128, 112, 3, 1, 1, 1))?,
+        layer("VGG-16/224", "conv3_3", (256, 256, 56, 3, 1, 1, 1))?,
+        layer("VGG-16/224", "conv4_3", (512, 512, 28, 3, 1, 1, 1))?,
+        layer("VGG-16/224", "conv5_3", (512, 512, 14, 3, 1, 1, 1))?,
+        layer("ResNet-18", "conv1", (3, 64, 224, 7, 2, 3, 1))?,
+        layer("ResNet-18", "3x3@56x56x64", (64, 64, 56, 3, 1, 1, 1))?,
+        layer("ResNet-18", "3x3@28x28x128", (128, 128, 28, 3, 1, 1, 1))?,
+        layer("ResNet-18", "3x3@14x14x256", (256, 256, 14, 3, 1, 1, 1))?,
+        layer("ResNet-18", "3x3@7x7x512", (512, 512, 7, 3, 1, 1, 1))?,
+        layer("MobileNet-v1", "dw3x3@56x56x128", (128, 128, 56, 3, 1, 1, 128))?,
+        layer("MobileNet-v1", "pw1x1@56x56x128", (128, 128, 56, 1, 1, 0, 1))?,
+    ])
+}
+
+/// A quick suite for smoke tests: LeNet-5 and the small ResNet-18 and VGG-16/32 layers.
+///
+/// # Errors
+/// Never, for these fixed shapes.
+pub fn quick_suite() -> Result<Vec<BenchLayer>> {
+    Ok(full_suite()?
+        .into_iter()
+        .filter(|l| {
+            l.network == "LeNet-5" || l.layer == "3x3@7x7x512" || l.layer == "conv3_3" && l.network == "VGG-16/32"
+        })
+        .collect())
+}
+
+/// Settings of [`run_layer`].
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Images per batch.
+    pub batch: usize,
+    /// Threads for both the client and the baselines.
+    pub threads: usize,
+    /// Session length over which the per-session kernel work is amortized.
+    pub session: usize,
+    /// Skip the naive baseline above this many multiply-accumulates (it is slow).
+    pub naive_max_macs: u64,
+    /// Minimum time spent measuring each quantity (the median of the repetitions is kept).
+    pub min_time: Duration,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self { batch: 1, threads: 1, session: 64, naive_max_macs: 2_000_000_000, min_time: Duration::from_millis(300) }
+    }
+}
+
+/// One measured configuration. Times are in seconds per batch.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    /// Network.
+    pub network: String,
+    /// Layer.
+    pub layer: String,
+    /// `Cin×H×W -> Cout×Ho×Wo, k×k/s, groups`.
+    pub shape: String,
+    /// Images per batch.
+    pub batch: usize,
+    /// Threads.
+    pub threads: usize,
+    /// Multiply-accumulates per batch.
+    pub macs: u64,
+    /// (a) direct naive convolution (None: skipped, too slow).
+    pub naive_s: Option<f64>,
+    /// (b) im2col + `gemm` f32.
+    pub im2col_gemm_s: f64,
+    /// (c) tract (None: built without the `tract` feature).
+    pub tract_s: Option<f64>,
+    /// The faster of (b) and (c).
+    pub best_plaintext_s: f64,
+    /// Which baseline that was.
+    pub best_plaintext: String,
+    /// Client per-batch work: quantize, encrypt, verify, decrypt, de-quantize.
+    pub client_s: f64,
+    /// Of which quantize + de-quantize.
+    pub client_quantize_s: f64,
+    /// Of which encryption (masks included).
+    pub client_encrypt_s: f64,
+    /// Of which verification (Fast, one round).
+    pub client_verify_s: f64,
+    /// Of which decryption.
+    pub client_decrypt_s: f64,
+    /// Per-session kernel work (K' and KG), unamortized.
+    pub session_s: f64,
+    /// Session length used for amortization.
+    pub session_images: usize,
+    /// Client time with the session work amortized.
+    pub client_amortized_s: f64,
+    /// memcpy of X in, X' out, Y' in, Y out.
+    pub floor_s: f64,
+    /// `client_s / floor_s`.
+    pub client_over_floor: f64,
+    /// `best_plaintext_s / client_amortized_s`.
+    pub speedup: f64,
+    /// `best_plaintext_s / (client_s + session_s)`: a one-batch session.
+    pub speedup_unamortized: f64,
+    /// `naive_s / client_amortized_s` (naive baseline).
+    pub speedup_vs_naive: Option<f64>,
+    /// The f32 rate of baseline (b) on this layer, in GFLOP/s.
+    pub gemm_gflops: f64,
+}
+
+/// Median wall time of `f`, repeated until `min_time` has passed (at least 3 runs).
+fn time<T>(min_time: Duration, mut f: impl FnMut() -> T) -> f64 {
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while samples.len() < 3 || start.elapsed() < min_time {
+        let t = Instant::now();
+        std::hint::black_box(f());
+        samples.push(t.elapsed().as_secs_f64());
+        if samples.len() >= 1000 {
+            break;
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn close(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-3 * x.abs().max(y.abs()).max(1.0))
+}
+
+/// im2col + `gemm` f32, `threads` threads: baseline (b).
+fn conv_gemm(g: &Conv2d, batch: usize, w: &[f32], x: &[f32], threads: usize) -> Vec<f32> {
+    let (cpo, m, n) = (g.cout_per_group(), g.m(), g.n());
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let mut y = vec![0f32; batch * g.output_image_len()];
+    for b in 0..batch {
+        let img = &x[b * g.image_len()..][..g.image_len()];
+        for grp in 0..g.groups() {
+            let col = ops::im2col(g, img, grp);
+            let a = &w[grp * cpo * m..][..cpo * m];
+            let out = &mut y[(b * g.cout() + grp * cpo) * n..][..cpo * n];
+            // SAFETY: a is cpo×m, col is m×n, out is cpo×n, all row-major with the strides given.
+            unsafe {
+                gemm::gemm(
+                    cpo,
+                    n,
+                    m,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    m as isize,
+                    col.as_ptr(),
+                    1,
+                    n as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+        }
+    }
+    y
+}
+
+#[cfg(feature = "tract")]
+mod tract_baseline {
+    use prost::Message;
+    use tract_onnx::prelude::*;
+
+    use crate::geometry::Conv2d;
+    use crate::onnx::proto::*;
+    use crate::{Error, Result};
+
+    fn err(e: impl std::fmt::Display) -> Error {
+        Error::Unsupported(format!("tract: {e}"))
+    }
+
+    /// A runnable tract plan of one `Conv` node with a fixed batch.
+    pub struct TractConv(std::sync::Arc<TypedRunnableModel>);
+
+    impl TractConv {
+        pub fn new(g: &Conv2d, batch: usize, w: &[f32]) -> Result<Self> {
+            let ints = |name: &str, v: &[usize]| AttributeProto {
+                name: name.into(),
+                ints: v.iter().map(|&x| x as i64).collect(),
+                r#type: 7,
+                ..Default::default()
+            };
+            let p = g.padding();
+            let dims = |v: &[usize]| {
+                Some(TypeProto {
+                    tensor_type: Some(TensorTypeProto {
+                        elem_type: 1,
+                        shape: Some(TensorShapeProto {
+                            dim: v.iter().map(|&d| Dimension { dim_value: Some(d as i64), dim_param: None }).collect(),
+                        }),
+                    }),
+                })
+            };
+            let graph = GraphProto {
+                node: vec![NodeProto {
+                    input: vec!["x".into(), "w".into()],
+                    output: vec!["y".into()],
+                    name: "conv".into(),
+                    op_type: "Conv".into(),
+                    attribute: vec![
+                        ints("kernel_shape", &[g.kh(), g.kw()]),
+                        ints("strides", &[g.stride().0, g.stride().1]),
+                        ints("pads", &[p.top, p.left, p.bottom, p.right]),
+                        ints("dilations", &[g.dilation().0, g.dilation().1]),
+                        AttributeProto { name: "group".into(), i: g.groups() as i64, r#type: 2, ..Default::default() },
+                    ],
+                    domain: String::new(),
+                }],
+                name: "bench".into(),
+                initializer: vec![TensorProto {
+                    dims: [g.cout(), g.cin_per_group(), g.kh(), g.kw()].iter().map(|&d| d as i64).collect(),
+                    data_type: 1,
+                    float_data: w.to_vec(),
+                    name: "w".into(),
+                    ..Default::default()
+                }],
+                input: vec![ValueInfoProto { name: "x".into(), r#type: dims(&[batch, g.cin(), g.h(), g.w()]) }],
+                output: vec![ValueInfoProto { name: "y".into(), r#type: None }],
+            };
+            let bytes = ModelProto {
+                ir_version: 8,
+                graph: Some(graph),
+                opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 13 }],
+                ..Default::default()
+            }
+            .encode_to_vec();
+            let plan = tract_onnx::onnx()
+                .model_for_read(&mut bytes.as_slice())
+                .map_err(err)?
+                .into_optimized()
+                .map_err(err)?
+                .into_runnable()
+                .map_err(err)?;
+            Ok(Self(plan))
+        }
+
+        pub fn run(&self, shape: &[usize], x: &[f32], threads: usize) -> Result<Vec<f32>> {
+            let input = Tensor::from_shape(shape, x).map_err(err)?;
+            let exec = if threads > 1 {
+                tract_linalg::multithread::Executor::multithread(threads)
+            } else {
+                tract_linalg::multithread::Executor::SingleThread
+            };
+            let out = tract_linalg::multithread::multithread_tract_scope(exec, || self.0.run(tvec!(input.into())))
+                .map_err(err)?;
+            let view = out[0].to_plain_array_view::<f32>().map_err(err)?;
+            Ok(view.iter().copied().collect())
+        }
+    }
+}
+
+/// Quantizes f32 activations to `|q| <= 127` with one scale for the batch.
+fn quantize(x: &[f32]) -> (Vec<u32>, f32) {
+    let m = x.iter().fold(0f32, |m, &v| m.max(v.abs()));
+    let scale = if m > 0.0 { m / 127.0 } else { 1.0 };
+    let q = x.iter().map(|&v| {
+        let i = (v / scale).round() as i32;
+        if i < 0 { (i + M31::P as i32) as u32 } else { i as u32 }
+    });
+    (q.collect(), scale)
+}
+
+/// Measures one layer at one batch size and thread count.
+///
+/// # Errors
+/// [`Error::Unsupported`] when a self-check fails (a bug) or tract cannot run the layer.
+pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<BenchRow> {
+    let g = &l.geom;
+    let b = opts.batch;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .build()
+        .map_err(|e| Error::Unsupported(format!("thread pool: {e}")))?;
+    let mut rng = seeded_rng(seed);
+    let wq: Vec<i32> = (0..g.kernel_len()).map(|_| rng.random_range(-127..=127)).collect();
+    let wf: Vec<f32> = wq.iter().map(|&v| v as f32 / 127.0).collect();
+    let xf: Vec<f32> = (0..b * g.image_len()).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let macs = (b * g.output_image_len() * g.m()) as u64;
+
+    // Plaintext baselines, checked against each other (and the naive one when it runs).
+    let gemm_out = pool.install(|| conv_gemm(g, b, &wf, &xf, opts.threads));
+    let im2col_gemm_s = pool.install(|| time(opts.min_time, || conv_gemm(g, b, &wf, &xf, opts.threads)));
+    let naive_s = if macs <= opts.naive_max_macs {
+        let naive = reference::conv_f32(g, b, &wf, &xf)?;
+        if !close(&naive, &gemm_out) {
+            return Err(Error::Unsupported(format!(
+                "{} {}: im2col+gemm disagrees with the naive convolution",
+                l.network, l.layer
+            )));
+        }
+        // One timed run: the naive convolution is slow and steady.
+        let t = Instant::now();
+        std::hint::black_box(reference::conv_f32(g, b, &wf, &xf)?);
+        Some(t.elapsed().as_secs_f64())
+    } else {
+        None
+    };
+    #[cfg(feature = "tract")]
+    let tract_s = {
+        let t = tract_baseline::TractConv::new(g, b, &wf)?;
+        let shape = [b, g.cin(), g.h(), g.w()];
+        if !close(&t.run(&shape, &xf, opts.threads)?, &gemm_out) {
+            return Err(Error::Unsupported(format!("{} {}: tract disagrees with im2col+gemm", l.network, l.layer)));
+        }
+        let mut err = None;
+        let s = time(opts.min_time, || t.run(&shape, &xf, opts.threads).map_err(|e| err = Some(e)));
+        if let Some(e) = err {
+            return Err(e);
+        }
+        Some(s)
+    };
+    #[cfg(not(feature = "tract"))]
+    let tract_s: Option<f64> = None;
+    let (best_plaintext_s, best_plaintext) = match tract_s {
+        Some(t) if t < im2col_gemm_s => (t, "tract"),
+        _ => (im2col_gemm_s, "im2col+gemm"),
+    };
+
+    // The private path, checked end to end before timing.
+    let key = SessionKey::generate(g, crate::keys::DEFAULT_RANK, &mut rng)?;
+    let k_field: Vec<u32> = wq.iter().map(|&v| M31::embed(i64::from(v)).unwrap_or(0)).collect();
+    let session_s =
+        pool.install(|| time(opts.min_time, || (encrypt_kernel(&key, &k_field), MaskKernel::new(&key, &k_field))));
+    let kp = encrypt_kernel(&key, &k_field)?;
+    let mk = MaskKernel::new(&key, &k_field)?;
+    let (xq, _) = quantize(&xf);
+    let masks = ImageMask::generate_batch(&key, b, &mut rng);
+    let xp = encrypt_input(&key, &masks, &xq)?;
+    let yp = CpuBackend::new().conv(g, b, &kp, &xp)?;
+    let claim = Claim::new(g, b, &kp, &xp, &yp)?;
+    if verify::<M31, _>(&claim, Mode::Fast, 1, &mut rng)? != Verdict::Accepted {
+        return Err(Error::Unsupported(format!("{} {}: an honest answer failed verification", l.network, l.layer)));
+    }
+    let y = decrypt(&key, &mk, &masks, &yp)?;
+    let xi: Vec<i32> = xq.iter().map(|&v| M31::lift(v) as i32).collect();
+    let exact = ops::conv_int(g, b, &wq.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), &xi);
+    if y != exact {
+        return Err(Error::Unsupported(format!(
+            "{} {}: decryption differs from the integer convolution",
+            l.network, l.layer
+        )));
+    }
+    let wscale = 1.0f32 / 127.0;
+    let (quant_s, encrypt_s, verify_s, decrypt_s) = pool.install(|| {
+        let q = time(opts.min_time, || {
+            let (q, s) = quantize(&xf);
+            let y: Vec<f32> = y.iter().map(|&v| v as f32 * (s * wscale)).collect();
+            (q, y)
+        });
+        let mut r = seeded_rng(seed ^ 1);
+        let e = time(opts.min_time, || {
+            let masks = ImageMask::generate_batch(&key, b, &mut r);
+            encrypt_input(&key, &masks, &xq)
+        });
+        let v = time(opts.min_time, || verify::<M31, _>(&claim, Mode::Fast, 1, &mut r));
+        let d = time(opts.min_time, || decrypt(&key, &mk, &masks, &yp));
+        (q, e, v, d)
+    });
+    let client_s = quant_s + encrypt_s + verify_s + decrypt_s;
+
+    // The memory floor: X (f32) in, X' (u32) out, Y' (u32) in, Y (f32) out.
+    // Both are 4-byte elements, so u32 buffers copy exactly the bytes in question.
+    let (mut xo, mut yo) = (vec![0u32; xp.len()], vec![0u32; yp.len()]);
+    let xbits: Vec<u32> = xf.iter().map(|v| v.to_bits()).collect();
+    let floor_s = time(opts.min_time, || {
+        xo.copy_from_slice(&xbits);
+        yo.copy_from_slice(&yp);
+        (xo[0], yo[0])
+    });
+
+    let client_amortized_s = client_s + session_s * b as f64 / opts.session as f64;
+    Ok(BenchRow {
+        network: l.network.into(),
+        layer: l.layer.into(),
+        shape: format!(
+            "{}×{}×{} -> {}×{}×{}, {}×{}/{}{}",
+            g.cin(),
+            g.h(),
+            g.w(),
+            g.cout(),
+            g.ho(),
+            g.wo(),
+            g.kh(),
+            g.kw(),
+            g.stride().0,
+            if g.groups() > 1 { format!(", groups {}", g.groups()) } else { String::new() }
+        ),
+        batch: b,
+        threads: opts.threads,
+        macs,
+        naive_s,
+        im2col_gemm_s,
+        tract_s,
+        best_plaintext_s,
+        best_plaintext: best_plaintext.into(),
+        client_s,
+        client_quantize_s: quant_s,
+        client_encrypt_s: encrypt_s,
+        client_verify_s: verify_s,
+        client_decrypt_s: decrypt_s,
+        session_s,
+        session_images: opts.session,
+        client_amortized_s,
+        floor_s,
+        client_over_floor: client_s / floor_s,
+        speedup: best_plaintext_s / client_amortized_s,
+        speedup_unamortized: best_plaintext_s / (client_s + session_s),
+        speedup_vs_naive: naive_s.map(|n| n / client_amortized_s),
+        gemm_gflops: 2.0 * macs as f64 / im2col_gemm_s / 1e9,
+    })
+}
+
+/// Writes the rows as CSV.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn write_csv(rows: &[BenchRow], path: &std::path::Path) -> Result<()> {
+    let opt = |v: Option<f64>| v.map_or_else(String::new, |x| format!("{x:.6e}"));
+    let mut out = String::from(
+        "network,layer,shape,batch,threads,macs,naive_s,im2col_gemm_s,tract_s,best_plaintext,best_plaintext_s,client_s,client_quantize_s,client_encrypt_s,client_verify_s,client_decrypt_s,session_s,session_images,client_amortized_s,floor_s,client_over_floor,speedup,speedup_unamortized,speedup_vs_naive,gemm_gflops\n",
+    );
+    for r in rows {
+        out += &format!(
+            "{},{},\"{}\",{},{},{},{},{:.6e},{},{},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{},{:.6e},{:.6e},{:.3},{:.3},{:.3},{},{:.2}\n",
+            r.network,
+            r.layer,
+            r.shape,
+            r.batch,
+            r.threads,
+            r.macs,
+            opt(r.naive_s),
+            r.im2col_gemm_s,
+            opt(r.tract_s),
+            r.best_plaintext,
+            r.best_plaintext_s,
+            r.client_s,
+            r.client_quantize_s,
+            r.client_encrypt_s,
+            r.client_verify_s,
+            r.client_decrypt_s,
+            r.session_s,
+            r.session_images,
+            r.client_amortized_s,
+            r.floor_s,
+            r.client_over_floor,
+            r.speedup,
+            r.speedup_unamortized,
+            opt(r.speedup_vs_naive),
+            r.gemm_gflops
+        );
+    }
+    std::fs::write(path, out).map_err(|e| Error::Io { path: path.display().to_string(), message: e.to_string() })
+}
+
+/// Plots the client speedup over the best plaintext baseline per layer (one bar per batch
+/// size, for `threads` threads) on a log axis, with the paper's 26× and 87× marked, as SVG.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be written.
+pub fn plot_speedups(rows: &[BenchRow], threads: usize, path: &std::path::Path) -> Result<()> {
+    use plotters::prelude::*;
+    let rows: Vec<&BenchRow> = rows.iter().filter(|r| r.threads == threads).collect();
+    let mut layers: Vec<String> = Vec::new();
+    for r in &rows {
+        let name = format!("{} {}", r.network, r.layer);
+        if !layers.contains(&name) {
+            layers.push(name);
+        }
+    }
+    let mut batches: Vec<usize> = rows.iter().map(|r| r.batch).collect();
+    batches.sort_unstable();
+    batches.dedup();
+    let io = |e: &dyn std::fmt::Display| Error::Io { path: path.display().to_string(), message: e.to_string() };
+    let ymax = rows.iter().map(|r| r.speedup).fold(100f64, f64::max) * 1.5;
+    let ymin = rows.iter().map(|r| r.speedup).fold(1f64, f64::min).max(1e-2) / 1.5;
+    let root = SVGBackend::new(path, (1200, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| io(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "vericonv client speedup over the best plaintext convolution ({threads} thread{})",
+                if threads > 1 { "s" } else { "" }
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(190)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..layers.len() as f64, (ymin..ymax).log_scale())
+        .map_err(|e| io(&e))?;
+    let labels = layers.clone();
+    chart
+        .configure_mesh()
+        .x_labels(layers.len())
+        .x_label_formatter(&|x| {
+            labels.get(x.floor() as usize).filter(|_| (x.fract() - 0.5).abs() < 1e-9).cloned().unwrap_or_default()
+        })
+        .x_label_style(("sans-serif", 13).into_font().transform(FontTransform::Rotate90))
+        .y_desc("speedup (plaintext time / client time)")
+        .draw()
+        .map_err(|e| io(&e))?;
+    let colors = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44)];
+    let width = 0.8 / batches.len().max(1) as f64;
+    for (bi, &batch) in batches.iter().enumerate() {
+        let color = colors[bi % colors.len()];
+        let bars = rows.iter().filter(|r| r.batch == batch).filter_map(|r| {
+            let x = layers.iter().position(|l| *l == format!("{} {}", r.network, r.layer))? as f64
+                + 0.1
+                + width * bi as f64;
+            Some(Rectangle::new([(x, ymin), (x + width * 0.95, r.speedup)], color.filled()))
+        });
+        chart
+            .draw_series(bars)
+            .map_err(|e| io(&e))?
+            .label(format!("batch {batch}"))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    for (target, color) in [(26.0, RED), (87.0, MAGENTA)] {
+        chart
+            .draw_series(LineSeries::new([(0.0, target), (layers.len() as f64, target)], color.stroke_width(2)))
+            .map_err(|e| io(&e))?
+            .label(format!("{target}× (paper)"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], color.stroke_width(2)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| io(&e))?;
+    root.present().map_err(|e| io(&e))?;
+    Ok(())
+}

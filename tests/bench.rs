@@ -1,0 +1,44 @@
+//! The `vericonv bench` harness: each configuration checks its own outputs (decryption equals
+//! the integer convolution, baselines agree) before timing, and the reports are written.
+
+use std::time::Duration;
+
+use vericonv::bench::{BenchOptions, full_suite, plot_speedups, quick_suite, run_layer, write_csv};
+
+#[test]
+fn bench_rows_are_self_checked_and_reported() {
+    let suite = full_suite().expect("suite builds");
+    assert_eq!(suite.len(), 19, "LeNet-5 ×2, VGG-16/32 ×5, VGG-16/224 ×5, ResNet-18 ×5, MobileNet-v1 ×2");
+    let quick = quick_suite().expect("quick suite");
+    let opts = BenchOptions {
+        batch: 2,
+        threads: 1,
+        session: 64,
+        min_time: Duration::from_millis(5),
+        ..BenchOptions::default()
+    };
+    let mut rows = Vec::new();
+    for l in quick.iter().filter(|l| l.network == "LeNet-5") {
+        let r = run_layer(l, &opts, 3).unwrap_or_else(|e| panic!("{} {}: {e}", l.network, l.layer));
+        assert_eq!(r.macs, (2 * l.geom.output_image_len() * l.geom.m()) as u64);
+        assert!(r.naive_s.is_some(), "small layers run the naive baseline");
+        assert!(r.tract_s.is_some() == cfg!(feature = "tract"));
+        assert!(r.best_plaintext_s <= r.im2col_gemm_s);
+        for v in [r.client_s, r.session_s, r.floor_s, r.speedup, r.client_over_floor] {
+            assert!(v.is_finite() && v > 0.0, "{r:?}");
+        }
+        assert!(
+            (r.client_s - (r.client_quantize_s + r.client_encrypt_s + r.client_verify_s + r.client_decrypt_s)).abs()
+                < 1e-12
+        );
+        rows.push(r);
+    }
+    let dir = std::env::temp_dir().join(format!("vericonv-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    write_csv(&rows, &dir.join("bench.csv")).expect("csv");
+    plot_speedups(&rows, 1, &dir.join("speedup.svg")).expect("svg");
+    let csv = std::fs::read_to_string(dir.join("bench.csv")).expect("csv");
+    assert_eq!(csv.lines().count(), 1 + rows.len());
+    assert!(std::fs::read_to_string(dir.join("speedup.svg")).expect("svg").contains("<svg"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
