@@ -10,8 +10,11 @@ rows=()
 for json in models/*.json; do
   name="$(basename "$json" .json)"
   dataset="${name#*-}"
-  ./target/release/vericonv eval --model "$json" --dataset "$dataset" --backend cpu \
-    --report "reports/$name.json" >&2
+  # A report newer than the model and the binary is reused.
+  if [ ! "reports/$name.json" -nt "$json" ] || [ ! "reports/$name.json" -nt target/release/vericonv ]; then
+    ./target/release/vericonv eval --model "$json" --dataset "$dataset" --backend cpu \
+      --report "reports/$name.json" >&2
+  fi
   rows+=("reports/$name.json")
 done
 python3 - "${rows[@]}" <<'PY'

@@ -4,33 +4,8 @@
 // appended to: F_p with u64 or u32 arithmetic, or plaintext f32.
 //
 // One invocation computes one output element; this is the simple kernel, the test oracle.
-// The host splits work that exceeds the device limits into chunks: `o_base` is the first
-// output channel of the chunk, and the geometry may describe a band of output rows.
+// The geometry uniform `params` comes from params.wgsl.
 
-struct Params {
-    cin: u32,       // input channels of the whole layer
-    h: u32,         // input rows present in `input` (a band of the image)
-    w: u32,
-    cout: u32,      // output channels in this chunk
-    kh: u32,
-    kw: u32,
-    sh: u32,
-    sw: u32,
-    dh: u32,
-    dw: u32,
-    pt: u32,        // zero rows above the band
-    pl: u32,
-    ho: u32,        // output rows in this chunk
-    wo: u32,
-    cpg: u32,       // Cin / G
-    cpo: u32,       // Cout / G of the whole layer
-    o_base: u32,    // first output channel of this chunk
-    batch: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> kernel: array<Elem>;
 @group(0) @binding(2) var<storage, read> input: array<Elem>;
 @group(0) @binding(3) var<storage, read_write> output: array<Elem>;

@@ -22,6 +22,7 @@ use crate::{Error, Result};
 const FIELD_U64: &str = include_str!("../../shaders/field_u64.wgsl");
 const FIELD_U32: &str = include_str!("../../shaders/field_u32.wgsl");
 const PLAIN_F32: &str = include_str!("../../shaders/plain_f32.wgsl");
+const PARAMS: &str = include_str!("../../shaders/params.wgsl");
 const CONV_BODY: &str = include_str!("../../shaders/conv.wgsl");
 const STRICT_BODY: &str = include_str!("../../shaders/verify_strict.wgsl");
 
@@ -65,9 +66,9 @@ impl ShaderProgram {
             ShaderVariant::U32 => FIELD_U32,
         };
         match self {
-            ShaderProgram::ConvField(v) => format!("{}\n{CONV_BODY}", prelude(v)),
-            ShaderProgram::ConvF32 => format!("{PLAIN_F32}\n{CONV_BODY}"),
-            ShaderProgram::Strict(v) => format!("{}\n{STRICT_BODY}", prelude(v)),
+            ShaderProgram::ConvField(v) => format!("{}\n{PARAMS}\n{CONV_BODY}", prelude(v)),
+            ShaderProgram::ConvF32 => format!("{PLAIN_F32}\n{PARAMS}\n{CONV_BODY}"),
+            ShaderProgram::Strict(v) => format!("{}\n{PARAMS}\n{STRICT_BODY}", prelude(v)),
         }
     }
 
@@ -121,10 +122,10 @@ impl std::fmt::Display for GpuInfo {
     }
 }
 
-/// Uniform block of `conv.wgsl` (20 × u32).
+/// The geometry uniform of every shader (`shaders/params.wgsl`, 20 × u32).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct ConvParams {
+struct Params {
     cin: u32,
     h: u32,
     w: u32,
@@ -146,28 +147,31 @@ struct ConvParams {
     pad: [u32; 2],
 }
 
-/// Uniform block of `verify_strict.wgsl` (20 × u32).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct StrictParams {
-    batch: u32,
-    cin: u32,
-    h: u32,
-    w: u32,
-    cout: u32,
-    kh: u32,
-    kw: u32,
-    sh: u32,
-    sw: u32,
-    dh: u32,
-    dw: u32,
-    pt: u32,
-    pl: u32,
-    ho: u32,
-    wo: u32,
-    cpg: u32,
-    cpo: u32,
-    pad: [u32; 3],
+impl Params {
+    /// The whole layer for `batch` images.
+    fn whole(g: &Conv2d, batch: usize) -> Self {
+        Self {
+            cin: u(g.cin()),
+            h: u(g.h()),
+            w: u(g.w()),
+            cout: u(g.cout()),
+            kh: u(g.kh()),
+            kw: u(g.kw()),
+            sh: u(g.stride().0),
+            sw: u(g.stride().1),
+            dh: u(g.dilation().0),
+            dw: u(g.dilation().1),
+            pt: u(g.padding().top),
+            pl: u(g.padding().left),
+            ho: u(g.ho()),
+            wo: u(g.wo()),
+            cpg: u(g.cin_per_group()),
+            cpo: u(g.cout_per_group()),
+            o_base: 0,
+            batch: u(batch),
+            pad: [0; 2],
+        }
+    }
 }
 
 /// All geometry values fit in `u32`: [`Conv2d`] bounds every tensor below 2^31 elements.
@@ -529,26 +533,13 @@ impl GpuBackend {
                         }
                         v.into()
                     };
-                    let params = ConvParams {
-                        cin: u(g.cin()),
+                    let params = Params {
                         h: u(band_h),
-                        w: u(g.w()),
                         cout: u(oc),
-                        kh: u(g.kh()),
-                        kw: u(g.kw()),
-                        sh: u(g.stride().0),
-                        sw: u(g.stride().1),
-                        dh: u(g.dilation().0),
-                        dw: u(g.dilation().1),
                         pt: u(band.pad_top),
-                        pl: u(g.padding().left),
                         ho: u(rows),
-                        wo: u(wo),
-                        cpg: u(g.cin_per_group()),
-                        cpo: u(g.cout_per_group()),
                         o_base: u(o0),
-                        batch: u(nb),
-                        pad: [0; 2],
+                        ..Params::whole(g, nb)
                     };
                     let chunk_out = nb * oc * rows * wo;
                     let (ubuf, xbuf, ybuf) = scoped(&self.device, "buffer upload", || {
@@ -629,26 +620,7 @@ impl GpuBackend {
         };
         for b0 in (0..batch).step_by(images) {
             let nb = images.min(batch - b0);
-            let params = StrictParams {
-                batch: u(nb),
-                cin: u(g.cin()),
-                h: u(g.h()),
-                w: u(g.w()),
-                cout: u(g.cout()),
-                kh: u(g.kh()),
-                kw: u(g.kw()),
-                sh: u(g.stride().0),
-                sw: u(g.stride().1),
-                dh: u(g.dilation().0),
-                dw: u(g.dilation().1),
-                pt: u(g.padding().top),
-                pl: u(g.padding().left),
-                ho: u(g.ho()),
-                wo: u(g.wo()),
-                cpg: u(g.cin_per_group()),
-                cpo: u(g.cout_per_group()),
-                pad: [0; 3],
-            };
+            let params = Params::whole(g, nb);
             let out_buf = |label: &str, len: usize| {
                 self.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(label),
