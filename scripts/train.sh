@@ -16,4 +16,4 @@ $py scripts/train.py --arch lenet5 --dataset digits --epochs 60 --batch 64 --see
 $py scripts/train.py --arch vgg --dataset mnist --epochs 2 --seed 0
 $py scripts/train.py --arch vgg --dataset fashion-mnist --epochs 3 --seed 0
 $py scripts/train.py --arch resnet --dataset mnist --epochs 2 --seed 0
-$py scripts/train.py --arch resnet --dataset fashion-mnist --epochs 2 --seed 0
+$py scripts/train.py --arch resnet --dataset fashion-mnist --epochs 1 --seed 0
