@@ -194,10 +194,10 @@ pub fn conv_geometry(node: &NodeProto, x_dims: &[usize], w_dims: &[usize]) -> Re
     let (&[n, c, h, w], &[m, cg, kh, kw]) = (x_dims, w_dims) else {
         return Err(unsupported(format!("input {x_dims:?} and weight {w_dims:?} are not 4-D")));
     };
-    if let Some(k) = attribute(node, "kernel_shape") {
-        if k.ints != [kh as i64, kw as i64] {
-            return Err(unsupported(format!("kernel_shape {:?} differs from the weight's {kh}×{kw}", k.ints)));
-        }
+    if let Some(k) = attribute(node, "kernel_shape")
+        && k.ints != [kh as i64, kw as i64]
+    {
+        return Err(unsupported(format!("kernel_shape {:?} differs from the weight's {kh}×{kw}", k.ints)));
     }
     let groups = match attribute(node, "group") {
         None => 1,
