@@ -810,7 +810,7 @@ pub(crate) fn float_linear_op(node: &Node, a: &Activation) -> Activation {
             y
         }
         Op::Linear { in_features, out_features, weight, bias } => {
-            let mut y = ops::linear_f32(a.batch, *in_features, *out_features, weight, &a.data);
+            let mut y = ops::linear(a.batch, *in_features, *out_features, weight, &a.data);
             for row in y.chunks_exact_mut(*out_features) {
                 row.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
             }

@@ -26,77 +26,88 @@ pub fn im2col<T: Copy + Default>(g: &Conv2d, img: &[T], grp: usize) -> Vec<T> {
     col
 }
 
-/// `c[m×n] = a[m×k]·b[k×n]`, row-major, in f32.
-pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm operand sizes");
+/// The element types of the client's GEMMs (f32 for float models, f64 for exact integers).
+pub trait GemmElem: Copy + Default {
+    /// `c = a·b` for `m × k` and `k × n` operands with the given (row, column) strides, as
+    /// `matrixmultiply` defines them.
+    ///
+    /// # Safety
+    /// Every index the strides reach must lie inside the three buffers.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        sa: (isize, isize),
+        b: *const Self,
+        sb: (isize, isize),
+        c: *mut Self,
+        sc: (isize, isize),
+    );
+}
+
+impl GemmElem for f32 {
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        sa: (isize, isize),
+        b: *const Self,
+        sb: (isize, isize),
+        c: *mut Self,
+        sc: (isize, isize),
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, sa.0, sa.1, b, sb.0, sb.1, 0.0, c, sc.0, sc.1) }
+    }
+}
+
+impl GemmElem for f64 {
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        sa: (isize, isize),
+        b: *const Self,
+        sb: (isize, isize),
+        c: *mut Self,
+        sc: (isize, isize),
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { matrixmultiply::dgemm(m, k, n, 1.0, a, sa.0, sa.1, b, sb.0, sb.1, 0.0, c, sc.0, sc.1) }
+    }
+}
+
+/// `c[m×n] = a[m×k]·b[k×n]`, row-major.
+pub fn gemm<T: GemmElem>(m: usize, k: usize, n: usize, a: &[T], b: &[T], c: &mut [T]) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm operand sizes");
     // SAFETY: the asserted lengths cover every row-major index the strides reach.
     unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            k as isize,
-            1,
-            b.as_ptr(),
-            n as isize,
-            1,
-            0.0,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
+        T::gemm_raw(m, k, n, a.as_ptr(), (k as isize, 1), b.as_ptr(), (n as isize, 1), c.as_mut_ptr(), (n as isize, 1))
     }
 }
 
-/// `c[m×n] = a[m×k]·b[k×n]`, row-major, in f64.
-pub fn dgemm(m: usize, k: usize, n: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "dgemm operand sizes");
-    // SAFETY: as for `sgemm`.
-    unsafe {
-        matrixmultiply::dgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            k as isize,
-            1,
-            b.as_ptr(),
-            n as isize,
-            1,
-            0.0,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
-}
-
-/// `y[batch×out] = x[batch×in]·Wᵀ` for `W` of `out × in`, in f32: a whole batch through a
-/// linear layer in one GEMM.
-pub fn linear_f32(batch: usize, in_f: usize, out_f: usize, w: &[f32], x: &[f32]) -> Vec<f32> {
+/// `y[batch×out] = x[batch×in]·Wᵀ` for `W` of `out × in`: a whole batch through a linear
+/// layer in one GEMM.
+pub fn linear<T: GemmElem>(batch: usize, in_f: usize, out_f: usize, w: &[T], x: &[T]) -> Vec<T> {
     assert!(w.len() >= out_f * in_f && x.len() >= batch * in_f, "linear operand sizes");
-    let mut y = vec![0f32; batch * out_f];
+    let mut y = vec![T::default(); batch * out_f];
     // SAFETY: Wᵀ is read with row stride 1 and column stride `in_f` inside the asserted length.
     unsafe {
-        matrixmultiply::sgemm(
+        T::gemm_raw(
             batch,
             in_f,
             out_f,
-            1.0,
             x.as_ptr(),
-            in_f as isize,
-            1,
+            (in_f as isize, 1),
             w.as_ptr(),
-            1,
-            in_f as isize,
-            0.0,
+            (1, in_f as isize),
             y.as_mut_ptr(),
-            out_f as isize,
-            1,
-        );
+            (out_f as isize, 1),
+        )
     }
     y
 }
@@ -110,7 +121,7 @@ pub fn conv_f32(g: &Conv2d, batch: usize, weight: &[f32], x: &[f32]) -> Vec<f32>
         for grp in 0..g.groups() {
             let col = im2col(g, img, grp);
             let out = &mut y[(b * g.cout() + grp * cpo) * n..][..cpo * n];
-            sgemm(cpo, m, n, &weight[grp * cpo * m..][..cpo * m], &col, out);
+            gemm(cpo, m, n, &weight[grp * cpo * m..][..cpo * m], &col, out);
         }
     }
     y
@@ -124,29 +135,7 @@ pub fn conv_int(g: &Conv2d, batch: usize, weight: &[f64], x: &[i32]) -> Vec<i32>
     let (cpo, m, n) = (g.cout_per_group(), g.m(), g.n());
     let xf: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
     if n == 1 && g.groups() == 1 && g.kh() == 1 && g.kw() == 1 {
-        let (in_f, out_f) = (g.cin(), g.cout());
-        assert!(weight.len() >= out_f * in_f && xf.len() >= batch * in_f, "linear operand sizes");
-        let mut y = vec![0f64; batch * out_f];
-        // SAFETY: as for `linear_f32`.
-        unsafe {
-            matrixmultiply::dgemm(
-                batch,
-                in_f,
-                out_f,
-                1.0,
-                xf.as_ptr(),
-                in_f as isize,
-                1,
-                weight.as_ptr(),
-                1,
-                in_f as isize,
-                0.0,
-                y.as_mut_ptr(),
-                out_f as isize,
-                1,
-            );
-        }
-        return y.into_iter().map(|v| v as i32).collect();
+        return linear(batch, g.cin(), g.cout(), weight, &xf).into_iter().map(|v| v as i32).collect();
     }
     let mut y = vec![0i32; batch * g.output_image_len()];
     let mut out = vec![0f64; cpo * n];
@@ -154,7 +143,7 @@ pub fn conv_int(g: &Conv2d, batch: usize, weight: &[f64], x: &[i32]) -> Vec<i32>
         let img = &xf[b * g.image_len()..][..g.image_len()];
         for grp in 0..g.groups() {
             let col = im2col(g, img, grp);
-            dgemm(cpo, m, n, &weight[grp * cpo * m..][..cpo * m], &col, &mut out);
+            gemm(cpo, m, n, &weight[grp * cpo * m..][..cpo * m], &col, &mut out);
             for (d, &v) in y[(b * g.cout() + grp * cpo) * n..][..cpo * n].iter_mut().zip(&out) {
                 *d = v as i32;
             }
