@@ -8,6 +8,8 @@
 //! (`SCHEME.md`): [`field`] → [`geometry`] → [`keys`] → [`encrypt`] / [`decrypt`] / [`verify`] →
 //! [`cloud`] backends → [`client`], the layer that ties them together.
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod client;
 pub mod cloud;
