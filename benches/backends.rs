@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use vericonv::cloud::{CloudBackend, CpuBackend, GpuBackend, GpuOptions, ShaderVariant};
+use vericonv::cloud::{CloudBackend, ConvKernel, CpuBackend, GpuBackend, GpuOptions, ShaderVariant};
 use vericonv::field::{M31, PrimeField};
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::seeded_rng;
@@ -73,9 +73,12 @@ fn backends(c: &mut Criterion) {
             if variant == ShaderVariant::U64 {
                 let kf: Vec<f32> = k.iter().map(|&v| (v % 7) as f32).collect();
                 let xf: Vec<f32> = x.iter().map(|&v| (v % 7) as f32).collect();
-                assert_eq!(gpu.conv_f32(&g, 1, &kf, &xf).expect("gpu"), conv_f32(&g, 1, &kf, &xf).expect("ref"));
+                assert_eq!(
+                    gpu.conv_f32(ConvKernel::Tiled, &g, 1, &kf, &xf).expect("gpu"),
+                    conv_f32(&g, 1, &kf, &xf).expect("ref")
+                );
                 group.bench_function(BenchmarkId::new("gpu_f32_plaintext", name), |b| {
-                    b.iter(|| gpu.conv_f32(&g, 1, &kf, &xf).expect("gpu"))
+                    b.iter(|| gpu.conv_f32(ConvKernel::Tiled, &g, 1, &kf, &xf).expect("gpu"))
                 });
             }
         }

@@ -21,7 +21,7 @@ struct Params {
     cpo: u32,       // Cout / G of the whole layer
     o_base: u32,    // first output channel of this chunk
     batch: u32,     // images in this chunk
-    _pad0: u32,
+    kstride4: u32,  // kernel row length in vec4s (tiled kernel: rows padded to a multiple of 4)
     _pad1: u32,
 }
 

@@ -26,7 +26,7 @@ use crate::geometry::{Conv2d, Padding};
 use crate::keys::{ImageMask, SessionKey, seeded_rng};
 use crate::model::ops;
 use crate::reference;
-use crate::verify::{Claim, Mode, Verdict, verify};
+use crate::verify::{Claim, Mode, Verdict, kernel_fold, verify};
 use crate::{Error, Result};
 
 /// One layer of a suite.
@@ -152,6 +152,8 @@ pub struct BenchRow {
     pub client_encrypt_s: f64,
     /// Of which verification (Fast, one round).
     pub client_verify_s: f64,
+    /// Of which Fast verification's kernel term `k_s = sᵀK'` (reads all of `K'` per batch).
+    pub client_verify_kernel_s: f64,
     /// Of which decryption.
     pub client_decrypt_s: f64,
     /// Per-session kernel work (K' and KG), unamortized.
@@ -164,6 +166,8 @@ pub struct BenchRow {
     pub floor_s: f64,
     /// `client_s / floor_s`.
     pub client_over_floor: f64,
+    /// The per-image work over the floor: `(client_s - client_verify_kernel_s) / floor_s`.
+    pub image_over_floor: f64,
     /// `best_plaintext_s / client_amortized_s`.
     pub speedup: f64,
     /// `best_plaintext_s / (client_s + session_s)`: a one-batch session.
@@ -327,7 +331,25 @@ mod tract_baseline {
     }
 }
 
+/// `Cin×H×W -> Cout×Ho×Wo, kh×kw/stride[, groups G]`.
+fn shape_label(g: &Conv2d) -> String {
+    format!(
+        "{}×{}×{} -> {}×{}×{}, {}×{}/{}{}",
+        g.cin(),
+        g.h(),
+        g.w(),
+        g.cout(),
+        g.ho(),
+        g.wo(),
+        g.kh(),
+        g.kw(),
+        g.stride().0,
+        if g.groups() > 1 { format!(", groups {}", g.groups()) } else { String::new() }
+    )
+}
+
 /// Quantizes f32 activations to `|q| <= 127` with one scale for the batch.
+#[multiversion::multiversion(targets("x86_64+avx2", "aarch64+neon"))]
 fn quantize(x: &[f32]) -> (Vec<u32>, f32) {
     let m = x.iter().fold(0f32, |m, &v| m.max(v.abs()));
     let scale = if m > 0.0 { m / 127.0 } else { 1.0 };
@@ -431,9 +453,12 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Bench
             encrypt_input(&key, &masks, &xq)
         });
         let v = time(opts.min_time, || verify::<M31, _>(&claim, Mode::Fast, 1, &mut r));
+        let s: Vec<u32> = (0..g.cout()).map(|_| M31::random(&mut r)).collect();
+        let vk = time(opts.min_time, || kernel_fold::<M31>(g, &kp, &s));
         let d = time(opts.min_time, || decrypt(&key, &mk, &masks, &yp));
-        (q, e, v, d)
+        (q, e, (v, vk), d)
     });
+    let (verify_s, verify_kernel_s) = verify_s;
     let client_s = quant_s + encrypt_s + verify_s + decrypt_s;
 
     // The memory floor: X (f32) in, X' (u32) out, Y' (u32) in, Y (f32) out.
@@ -450,19 +475,7 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Bench
     Ok(BenchRow {
         network: l.network.into(),
         layer: l.layer.into(),
-        shape: format!(
-            "{}×{}×{} -> {}×{}×{}, {}×{}/{}{}",
-            g.cin(),
-            g.h(),
-            g.w(),
-            g.cout(),
-            g.ho(),
-            g.wo(),
-            g.kh(),
-            g.kw(),
-            g.stride().0,
-            if g.groups() > 1 { format!(", groups {}", g.groups()) } else { String::new() }
-        ),
+        shape: shape_label(g),
         batch: b,
         threads: opts.threads,
         macs,
@@ -475,12 +488,14 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Bench
         client_quantize_s: quant_s,
         client_encrypt_s: encrypt_s,
         client_verify_s: verify_s,
+        client_verify_kernel_s: verify_kernel_s,
         client_decrypt_s: decrypt_s,
         session_s,
         session_images: opts.session,
         client_amortized_s,
         floor_s,
         client_over_floor: client_s / floor_s,
+        image_over_floor: (client_s - verify_kernel_s).max(0.0) / floor_s,
         speedup: best_plaintext_s / client_amortized_s,
         speedup_unamortized: best_plaintext_s / (client_s + session_s),
         speedup_vs_naive: naive_s.map(|n| n / client_amortized_s),
@@ -495,11 +510,11 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Bench
 pub fn write_csv(rows: &[BenchRow], path: &std::path::Path) -> Result<()> {
     let opt = |v: Option<f64>| v.map_or_else(String::new, |x| format!("{x:.6e}"));
     let mut out = String::from(
-        "network,layer,shape,batch,threads,macs,naive_s,im2col_gemm_s,tract_s,best_plaintext,best_plaintext_s,client_s,client_quantize_s,client_encrypt_s,client_verify_s,client_decrypt_s,session_s,session_images,client_amortized_s,floor_s,client_over_floor,speedup,speedup_unamortized,speedup_vs_naive,gemm_gflops\n",
+        "network,layer,shape,batch,threads,macs,naive_s,im2col_gemm_s,tract_s,best_plaintext,best_plaintext_s,client_s,client_quantize_s,client_encrypt_s,client_verify_s,client_verify_kernel_s,client_decrypt_s,session_s,session_images,client_amortized_s,floor_s,client_over_floor,image_over_floor,speedup,speedup_unamortized,speedup_vs_naive,gemm_gflops\n",
     );
     for r in rows {
         out += &format!(
-            "{},{},\"{}\",{},{},{},{},{:.6e},{},{},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{},{:.6e},{:.6e},{:.3},{:.3},{:.3},{},{:.2}\n",
+            "{},{},\"{}\",{},{},{},{},{:.6e},{},{},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{},{:.6e},{:.6e},{:.3},{:.3},{:.3},{:.3},{},{:.2}\n",
             r.network,
             r.layer,
             r.shape,
@@ -515,12 +530,14 @@ pub fn write_csv(rows: &[BenchRow], path: &std::path::Path) -> Result<()> {
             r.client_quantize_s,
             r.client_encrypt_s,
             r.client_verify_s,
+            r.client_verify_kernel_s,
             r.client_decrypt_s,
             r.session_s,
             r.session_images,
             r.client_amortized_s,
             r.floor_s,
             r.client_over_floor,
+            r.image_over_floor,
             r.speedup,
             r.speedup_unamortized,
             opt(r.speedup_vs_naive),
@@ -604,4 +621,108 @@ pub fn plot_speedups(rows: &[BenchRow], threads: usize, path: &std::path::Path) 
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| io(&e))?;
     root.present().map_err(|e| io(&e))?;
     Ok(())
+}
+
+/// One layer's convolution kernels timed on a GPU adapter (`vericonv bench --backend gpu`).
+/// Times are seconds per batch; GOP/s counts a multiply-accumulate as two operations.
+#[cfg(feature = "gpu")]
+#[derive(Clone, Debug, Serialize)]
+pub struct GpuBenchRow {
+    /// Network.
+    pub network: String,
+    /// Layer.
+    pub layer: String,
+    /// `Cin×H×W -> Cout×Ho×Wo, k×k/s, groups`.
+    pub shape: String,
+    /// Images per batch.
+    pub batch: usize,
+    /// Multiply-accumulates per batch.
+    pub macs: u64,
+    /// The adapter.
+    pub adapter: String,
+    /// The F_p shader variant (`U64` or `U32`).
+    pub variant: String,
+    /// Whether the tiled kernel applies (ungrouped layers); otherwise both rows are the simple one.
+    pub tiled: bool,
+    /// Timed on the GPU clock (timestamp queries) rather than wall clock.
+    pub gpu_clock: bool,
+    /// F_p, tiled kernel.
+    pub field_tiled_s: f64,
+    /// F_p, simple kernel (the oracle).
+    pub field_simple_s: f64,
+    /// Plaintext f32, tiled kernel.
+    pub f32_tiled_s: f64,
+    /// Plaintext f32, simple kernel.
+    pub f32_simple_s: f64,
+    /// GOP/s of the F_p tiled kernel.
+    pub field_tiled_gops: f64,
+    /// GOP/s of the f32 tiled kernel.
+    pub f32_tiled_gops: f64,
+    /// `field_tiled_s / f32_tiled_s`: the cost of exact F_p arithmetic over plaintext f32.
+    pub field_over_f32: f64,
+}
+
+/// Checks every convolution kernel of `gpu` on one layer, then times them.
+///
+/// The F_p kernels must equal the CPU backend bit for bit, and the f32 kernels must equal
+/// im2col + GEMM exactly on small-integer data (every partial sum is exact in f32).
+///
+/// # Errors
+/// [`Error::Unsupported`] when a check fails, and the errors of [`GpuBackend::time_conv`].
+///
+/// [`GpuBackend::time_conv`]: crate::cloud::GpuBackend::time_conv
+#[cfg(feature = "gpu")]
+pub fn run_gpu_layer(
+    l: &BenchLayer,
+    gpu: &crate::cloud::GpuBackend,
+    batch: usize,
+    reps: usize,
+    seed: u64,
+) -> Result<GpuBenchRow> {
+    use crate::cloud::{Arithmetic, ConvKernel};
+    let g = &l.geom;
+    let mut rng = seeded_rng(seed);
+    let k: Vec<u32> = (0..g.kernel_len()).map(|_| M31::random(&mut rng)).collect();
+    let x: Vec<u32> = (0..batch * g.image_len()).map(|_| M31::random(&mut rng)).collect();
+    let kf: Vec<f32> = (0..k.len()).map(|_| rng.random_range(-7i8..=7).into()).collect();
+    let xf: Vec<f32> = (0..x.len()).map(|_| rng.random_range(-7i8..=7).into()).collect();
+    let want = CpuBackend::new().conv(g, batch, &k, &x)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let want_f32 = conv_gemm(g, batch, &kf, &xf, cores);
+    let kernels = [ConvKernel::Tiled, ConvKernel::Simple];
+    for kernel in kernels {
+        let fails = |what: &str| {
+            Error::Unsupported(format!("{} {}: the {kernel:?} {what} kernel is wrong", l.network, l.layer))
+        };
+        if gpu.conv_field(kernel, g, batch, &k, &x)? != want {
+            return Err(fails("F_p"));
+        }
+        if gpu.conv_f32(kernel, g, batch, &kf, &xf)? != want_f32 {
+            return Err(fails("f32"));
+        }
+    }
+    let field = Arithmetic::Field(gpu.variant());
+    let [field_tiled, field_simple] = kernels.map(|kern| gpu.time_conv(field, kern, g, batch, &k, &x, reps));
+    let [f32_tiled, f32_simple] = kernels.map(|kern| gpu.time_conv(Arithmetic::F32, kern, g, batch, &kf, &xf, reps));
+    let (field_tiled, field_simple, f32_tiled, f32_simple) = (field_tiled?, field_simple?, f32_tiled?, f32_simple?);
+    let macs = (batch * g.output_image_len() * g.m()) as u64;
+    let gops = |s: f64| 2.0 * macs as f64 / s / 1e9;
+    Ok(GpuBenchRow {
+        network: l.network.into(),
+        layer: l.layer.into(),
+        shape: shape_label(g),
+        batch,
+        macs,
+        adapter: gpu.info().name.clone(),
+        variant: format!("{:?}", gpu.variant()),
+        tiled: g.groups() == 1,
+        gpu_clock: field_tiled.gpu_clock,
+        field_tiled_s: field_tiled.seconds,
+        field_simple_s: field_simple.seconds,
+        f32_tiled_s: f32_tiled.seconds,
+        f32_simple_s: f32_simple.seconds,
+        field_tiled_gops: gops(field_tiled.seconds),
+        f32_tiled_gops: gops(f32_tiled.seconds),
+        field_over_f32: field_tiled.seconds / f32_tiled.seconds,
+    })
 }

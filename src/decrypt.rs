@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::Result;
 use crate::encrypt::check_masks;
-use crate::field::{M31, PrimeField, check_canonical};
+use crate::field::{M31, PrimeField, check_canonical, slices};
 use crate::geometry::Conv2d;
 use crate::keys::{ImageMask, SessionKey};
 
@@ -53,8 +53,9 @@ impl MaskKernel {
     }
 }
 
-/// The per-image tables `A_t[y,i]` (`ρ × Ho × kh`) and `C_t[x,j]` (`ρ × Wo × kw`), zero where the
-/// index falls in the padding.
+/// The per-image tables `A_t[y,i]` (`ρ × Ho × kh`) and `C_t[x,j]`, stored transposed
+/// (`ρ × kw × Wo`) so that `Q` is computed along output rows; zero where the index falls in the
+/// padding.
 struct ImageTables {
     a: Vec<u32>,
     c: Vec<u32>,
@@ -73,10 +74,10 @@ impl ImageTables {
                     }
                 }
             }
-            for x in 0..g.wo() {
-                for j in 0..g.kw() {
+            for j in 0..g.kw() {
+                for x in 0..g.wo() {
                     if let Some(col) = g.in_col(x, j) {
-                        c[(t * g.wo() + x) * g.kw() + j] = mask.col_factor(t)[col];
+                        c[(t * g.kw() + j) * g.wo() + x] = mask.col_factor(t)[col];
                     }
                 }
             }
@@ -113,22 +114,20 @@ fn mask_channel(
     for t in 0..rho {
         let kg = &mk.kg[(t * g.cout() + o) * kh * kw..][..kh * kw];
         for i in 0..kh {
-            let kgi = &kg[i * kw..][..kw];
-            for x in 0..wo {
-                q[(t * kh + i) * wo + x] = M31::dot(kgi, &tab.c[(t * wo + x) * kw..][..kw]);
+            row.fill(0);
+            for j in 0..kw {
+                M31::mul_acc(row, kg[i * kw + j], &tab.c[(t * kw + j) * wo..][..wo]);
             }
+            M31::reduce_into(&mut q[(t * kh + i) * wo..][..wo], row);
         }
     }
     for y in 0..ho {
         row.fill(0);
         for t in 0..rho {
             for i in 0..kh {
-                let ayi = u64::from(tab.a[(t * ho + y) * kh + i]);
-                if ayi == 0 {
-                    continue;
-                }
-                for (r, &qv) in row.iter_mut().zip(&q[(t * kh + i) * wo..][..wo]) {
-                    *r += M31::fold_product(ayi * u64::from(qv));
+                let ayi = tab.a[(t * ho + y) * kh + i];
+                if ayi != 0 {
+                    M31::mul_acc(row, ayi, &q[(t * kh + i) * wo..][..wo]);
                 }
             }
         }
@@ -145,9 +144,7 @@ pub fn mask_conv(key: &SessionKey, mk: &MaskKernel, mask: &ImageMask) -> Vec<u32
     let mut scratch = Scratch::new(g, key.rank());
     for (o, dst) in out.chunks_exact_mut(g.n()).enumerate() {
         mask_channel(g, key.rank(), mk, &tab, o, &mut scratch, |y, r| {
-            for (d, &v) in dst[y * g.wo()..][..g.wo()].iter_mut().zip(r) {
-                *d = M31::reduce(v);
-            }
+            M31::reduce_into(&mut dst[y * g.wo()..][..g.wo()], r);
         });
     }
     out
@@ -176,14 +173,10 @@ pub fn decrypt(key: &SessionKey, mk: &MaskKernel, masks: &[ImageMask], y_cloud: 
         |scratch, (idx, dst)| {
             let (b, o) = (idx / g.cout(), idx % g.cout());
             let op = sigma_inv[o];
-            let ainv = u64::from(key.alpha_inv()[op]);
+            let ainv = key.alpha_inv()[op];
             let src = &y_cloud[(b * g.cout() + op) * n..][..n];
             mask_channel(g, key.rank(), mk, &tables[b], o, scratch, |y, mkrow| {
-                let (d, s) = (&mut dst[y * wo..][..wo], &src[y * wo..][..wo]);
-                for ((d, &yv), &m) in d.iter_mut().zip(s).zip(mkrow) {
-                    let unscaled = M31::reduce(ainv * u64::from(yv));
-                    *d = M31::lift(M31::sub(unscaled, M31::reduce(m))) as i32;
-                }
+                slices::unmask(&mut dst[y * wo..][..wo], &src[y * wo..][..wo], ainv, mkrow);
             });
         },
     );

@@ -76,20 +76,13 @@ pub fn encrypt_input(key: &SessionKey, masks: &[ImageMask], x: &[u32]) -> Result
         let rows: Vec<&[u32]> = (0..rho).map(|t| mask.row_factor(t)).collect();
         let src = &x[(b * cin + c) * h * w..][..h * w];
         let mut acc = vec![0u64; w];
-        let b64 = u64::from(beta);
         for (y, (drow, srow)) in dst.chunks_exact_mut(w).zip(src.chunks_exact(w)).enumerate() {
-            for (a, &s) in acc.iter_mut().zip(srow) {
-                *a = M31::fold_product(b64 * u64::from(s));
-            }
+            acc.fill(0);
+            M31::mul_acc(&mut acc, beta, srow);
             for (t, col) in cols.iter().enumerate() {
-                let rc = u64::from(M31::mul(bg[t], rows[t][y]));
-                for (a, &cv) in acc.iter_mut().zip(col.iter()) {
-                    *a += M31::fold_product(rc * u64::from(cv));
-                }
+                M31::mul_acc(&mut acc, M31::mul(bg[t], rows[t][y]), col);
             }
-            for (d, &a) in drow.iter_mut().zip(&acc) {
-                *d = M31::reduce(a);
-            }
+            M31::reduce_into(drow, &acc);
         }
     });
     Ok(out)

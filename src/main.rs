@@ -53,15 +53,19 @@ enum SuiteChoice {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Which layers.
-    #[arg(long, value_enum, default_value_t = SuiteChoice::Full)]
-    suite: SuiteChoice,
+    /// `cpu`: the client against plaintext CPU convolutions. `gpu`: the GPU kernels (F_p tiled
+    /// and simple, f32 tiled and simple) timed on the selected adapter.
+    #[arg(long, value_enum, default_value_t = BenchBackend::Cpu)]
+    backend: BenchBackend,
+    /// Which layers [default: full; quick for --backend gpu on a CPU rasteriser].
+    #[arg(long, value_enum)]
+    suite: Option<SuiteChoice>,
     /// Only layers whose "network layer" name contains this text.
     #[arg(long)]
     only: Option<String>,
-    /// Batch sizes.
-    #[arg(long, value_delimiter = ',', default_value = "1,16")]
-    batches: Vec<usize>,
+    /// Batch sizes [default: 1,16; 1 for --backend gpu on a CPU rasteriser].
+    #[arg(long, value_delimiter = ',')]
+    batches: Option<Vec<usize>>,
     /// Thread counts (0 means all cores); both the client and the baselines use them.
     #[arg(long, value_delimiter = ',', default_value = "1,0")]
     threads: Vec<usize>,
@@ -74,6 +78,48 @@ struct BenchArgs {
     /// Seed for the random layer data.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Timed runs per GPU kernel (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BenchBackend {
+    /// The client's work against plaintext convolutions on the CPU.
+    Cpu,
+    /// The convolution kernels on the wgpu adapter.
+    Gpu,
+}
+
+impl BenchArgs {
+    /// The selected layers of the suite (`default` when --suite is not given).
+    fn layers(&self, default: SuiteChoice) -> Result<Vec<vericonv::bench::BenchLayer>, vericonv::Error> {
+        let suite = match self.suite.unwrap_or(default) {
+            SuiteChoice::Full => vericonv::bench::full_suite()?,
+            SuiteChoice::Quick => vericonv::bench::quick_suite()?,
+        };
+        Ok(suite
+            .into_iter()
+            .filter(|l| self.only.as_ref().is_none_or(|o| format!("{} {}", l.network, l.layer).contains(o.as_str())))
+            .collect())
+    }
+
+    /// A progress bar over `total` configurations.
+    fn progress(total: usize) -> ProgressBar {
+        let bar = ProgressBar::new(total as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} configurations [{elapsed_precise}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    }
+
+    /// Creates the output directory.
+    fn out_dir(&self) -> Result<&Path, vericonv::Error> {
+        std::fs::create_dir_all(&self.out)
+            .map_err(|e| vericonv::Error::Io { path: self.out.display().to_string(), message: e.to_string() })?;
+        Ok(&self.out)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -355,29 +401,20 @@ fn maybe_tampering(
 }
 
 fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
-    use vericonv::bench::{BenchOptions, full_suite, plot_speedups, quick_suite, run_layer, write_csv};
-    let suite = match args.suite {
-        SuiteChoice::Full => full_suite()?,
-        SuiteChoice::Quick => quick_suite()?,
-    };
-    let suite: Vec<_> = suite
-        .into_iter()
-        .filter(|l| args.only.as_ref().is_none_or(|o| format!("{} {}", l.network, l.layer).contains(o.as_str())))
-        .collect();
+    use vericonv::bench::{BenchOptions, plot_speedups, run_layer, write_csv};
+    if args.backend == BenchBackend::Gpu {
+        return bench_gpu(args);
+    }
+    let suite = args.layers(SuiteChoice::Full)?;
+    let batches = args.batches.clone().unwrap_or_else(|| vec![1, 16]);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads: Vec<usize> = args.threads.iter().map(|&t| if t == 0 { cores } else { t }).collect();
     threads.dedup();
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| vericonv::Error::Io { path: args.out.display().to_string(), message: e.to_string() })?;
-    let total = suite.len() * args.batches.len() * threads.len();
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} configurations [{elapsed_precise}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let out = args.out_dir()?;
+    let bar = BenchArgs::progress(suite.len() * batches.len() * threads.len());
     let mut rows = Vec::new();
     for l in &suite {
-        for &batch in &args.batches {
+        for &batch in &batches {
             for &t in &threads {
                 bar.set_message(format!("{} {} batch {batch}, {t} thread(s)", l.network, l.layer));
                 rows.push(run_layer(
@@ -392,7 +429,7 @@ fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
     bar.finish_and_clear();
     let s = |v: f64| if v >= 1.0 { format!("{v:8.2} s") } else { format!("{:8.2} ms", v * 1e3) };
     println!(
-        "{:<13} {:<16} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>7} | {:>8} {:>8} {:>9}",
+        "{:<13} {:<16} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>7} {:>9} | {:>8} {:>8} {:>9}",
         "network",
         "layer",
         "batch",
@@ -403,6 +440,7 @@ fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
         "client",
         "session",
         "/floor",
+        "img/floor",
         "speedup",
         "1-batch",
         "vs naive"
@@ -410,7 +448,7 @@ fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
     for r in &rows {
         let opt = |v: Option<f64>| v.map_or_else(|| format!("{:>11}", "-"), s);
         println!(
-            "{:<13} {:<16} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>6.1}x | {:>7.1}x {:>7.1}x {:>9}",
+            "{:<13} {:<16} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>6.1}x {:>8.1}x | {:>7.1}x {:>7.1}x {:>9}",
             r.network,
             r.layer,
             r.batch,
@@ -421,6 +459,7 @@ fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
             s(r.client_amortized_s),
             s(r.session_s),
             r.client_over_floor,
+            r.image_over_floor,
             r.speedup,
             r.speedup_unamortized,
             r.speedup_vs_naive.map_or_else(|| "-".to_string(), |v| format!("{v:.1}x (naive)"))
@@ -431,18 +470,82 @@ fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
         args.session
     );
     println!(
-        "speedup = best of (b) and (c) / client; 1-batch = the same with an unamortized session; /floor = client per-batch work / memcpy of X, X', Y', Y."
+        "speedup = best of (b) and (c) / client; 1-batch = the same with an unamortized session; /floor = client per-batch work / memcpy of X, X', Y', Y;\nimg/floor = the same without fast verification's sᵀK' term, which reads all of K' once per batch."
     );
-    write_csv(&rows, &args.out.join("bench.csv"))?;
-    let json = serde_json::to_string_pretty(&rows)
-        .map_err(|e| vericonv::Error::Parse { what: "bench report".into(), message: e.to_string() })?;
-    std::fs::write(args.out.join("bench.json"), json)
-        .map_err(|e| vericonv::Error::Io { path: args.out.display().to_string(), message: e.to_string() })?;
+    write_csv(&rows, &out.join("bench.csv"))?;
+    write_json(&rows, &out.join("bench.json"))?;
     for &t in &threads {
-        plot_speedups(&rows, t, &args.out.join(format!("speedup-{t}t.svg")))?;
+        plot_speedups(&rows, t, &out.join(format!("speedup-{t}t.svg")))?;
     }
-    println!("wrote {}/bench.csv, bench.json and speedup-*.svg", args.out.display());
+    println!("wrote {}/bench.csv, bench.json and speedup-*.svg", out.display());
     Ok(())
+}
+
+/// Writes `rows` as pretty JSON.
+fn write_json<T: serde::Serialize>(rows: &[T], path: &Path) -> Result<(), vericonv::Error> {
+    let json = serde_json::to_string_pretty(rows)
+        .map_err(|e| vericonv::Error::Parse { what: "bench report".into(), message: e.to_string() })?;
+    std::fs::write(path, json)
+        .map_err(|e| vericonv::Error::Io { path: path.display().to_string(), message: e.to_string() })
+}
+
+/// `vericonv bench --backend gpu`: every kernel checked, then timed, on the selected adapter.
+#[cfg(feature = "gpu")]
+fn bench_gpu(args: &BenchArgs) -> Result<(), vericonv::Error> {
+    let gpu = GpuBackend::new(&GpuOptions::default())?;
+    let slow = gpu.info().is_cpu();
+    let suite = args.layers(if slow { SuiteChoice::Quick } else { SuiteChoice::Full })?;
+    let batches = args.batches.clone().unwrap_or_else(|| if slow { vec![1] } else { vec![1, 16] });
+    println!("adapter : {} [{:?} shaders]", gpu.info(), gpu.variant());
+    if slow && (args.suite.is_none() || args.batches.is_none()) {
+        println!(
+            "          a CPU rasteriser: defaulting to the quick suite at batch 1 (pass --suite/--batches to override)"
+        );
+    }
+    let clock = if gpu.info().timestamps { "GPU timestamp queries" } else { "wall clock (no TIMESTAMP_QUERY)" };
+    println!("timing  : median of {} runs after a warm-up, on the {clock}", args.reps.max(1));
+    let out = args.out_dir()?;
+    let bar = BenchArgs::progress(suite.len() * batches.len());
+    let mut rows = Vec::new();
+    for l in &suite {
+        for &batch in &batches {
+            bar.set_message(format!("{} {} batch {batch}", l.network, l.layer));
+            rows.push(vericonv::bench::run_gpu_layer(l, &gpu, batch, args.reps, args.seed)?);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let s = |v: f64| if v >= 1.0 { format!("{v:8.2} s") } else { format!("{:8.2} ms", v * 1e3) };
+    println!(
+        "{:<13} {:<16} {:>5} | {:>11} {:>8} {:>11} | {:>11} {:>8} {:>11} | {:>8}",
+        "network", "layer", "batch", "F_p tiled", "GOP/s", "F_p simple", "f32 tiled", "GOP/s", "f32 simple", "F_p/f32"
+    );
+    for r in &rows {
+        println!(
+            "{:<13} {:<16} {:>5} | {:>11} {:>8.3} {:>11} | {:>11} {:>8.3} {:>11} | {:>7.2}x{}",
+            r.network,
+            r.layer,
+            r.batch,
+            s(r.field_tiled_s),
+            r.field_tiled_gops,
+            s(r.field_simple_s),
+            s(r.f32_tiled_s),
+            r.f32_tiled_gops,
+            s(r.f32_simple_s),
+            r.field_over_f32,
+            if r.tiled { "" } else { " (grouped: simple kernel)" }
+        );
+    }
+    println!("every kernel was first checked: F_p bit-identical to the CPU backend, f32 exact on small integers.");
+    write_json(&rows, &out.join("bench-gpu.json"))?;
+    println!("wrote {}/bench-gpu.json", out.display());
+    Ok(())
+}
+
+/// Without the `gpu` feature there is nothing to time on a GPU.
+#[cfg(not(feature = "gpu"))]
+fn bench_gpu(_args: &BenchArgs) -> Result<(), vericonv::Error> {
+    Err(vericonv::Error::Unsupported("built without the `gpu` feature".into()))
 }
 
 fn load_model(path: &Path) -> Result<Model, vericonv::Error> {

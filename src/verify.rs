@@ -145,35 +145,30 @@ fn fast_round<F: PrimeField, R: RngCore>(claim: &Claim<'_>, rng: &mut R) -> bool
     }));
 
     // X~ = Σ_b w_b X'_b, one channel plane at a time.
-    let (cpg, cpo, taps, hw) = (g.cin_per_group(), g.cout_per_group(), g.kh() * g.kw(), g.h() * g.w());
+    let (taps, hw) = (g.kh() * g.kw(), g.h() * g.w());
     let (kh, kw) = (g.kh(), g.kw());
     let img = g.image_len();
     let mut folded = vec![0u32; img];
     folded.par_chunks_mut(hw).enumerate().for_each(|(c, plane)| {
         let mut acc = vec![0u64; hw];
         for (b, &wb) in w.iter().enumerate() {
-            let src = &xp[b * img + c * hw..][..hw];
-            for (a, &x) in acc.iter_mut().zip(src) {
-                *a += F::fold_product(u64::from(wb) * u64::from(x));
-            }
+            F::mul_acc(&mut acc, wb, &xp[b * img + c * hw..][..hw]);
         }
-        plane.iter_mut().zip(&acc).for_each(|(d, &a)| *d = F::reduce(a));
+        F::reduce_into(plane, &acc);
     });
 
-    // k_s[c', ·] = Σ_{o' in the cloud group of c'} s_o' K'[o', cl', ·]: K' streamed row by row.
-    let ks: Vec<u32> = (0..g.groups())
-        .into_par_iter()
-        .flat_map_iter(|grp| {
-            let mut acc = vec![0u64; cpg * taps];
-            for op in grp * cpo..(grp + 1) * cpo {
-                let so = u64::from(s[op]);
-                for (a, &k) in acc.iter_mut().zip(&kp[op * cpg * taps..][..cpg * taps]) {
-                    *a += F::fold_product(so * u64::from(k));
-                }
+    let ks = kernel_fold::<F>(g, kp, &s);
+
+    // v spread onto input columns, one row per tap column j: vj[j, col] = v[x] where
+    // col = x·sw + j·dw - pl (zero where no x lands), so that Z is a dot product per row.
+    let mut vj = vec![0u32; kw * g.w()];
+    for (j, row) in vj.chunks_exact_mut(g.w()).enumerate() {
+        for (x, &vx) in v.iter().enumerate() {
+            if let Some(col) = g.in_col(x, j) {
+                row[col] = vx;
             }
-            acc.into_iter().map(F::reduce)
-        })
-        .collect();
+        }
+    }
 
     // Per cloud input channel: Z[h,j] = Σ_x v_x X~[c', h, x·sw + j·dw - pl] on the H real rows,
     // T[i,j] = Σ_y u_y Z[y·sh + i·dh - pt, j], then Σ_{i,j} k_s[c',i,j]·T[i,j].
@@ -183,14 +178,9 @@ fn fast_round<F: PrimeField, R: RngCore>(claim: &Claim<'_>, rng: &mut R) -> bool
             || vec![0u32; g.h() * kw],
             |z, cp| {
                 let plane = &folded[cp * hw..][..hw];
-                for (r, zrow) in z.chunks_exact_mut(kw).enumerate() {
-                    let xrow = &plane[r * g.w()..][..g.w()];
-                    for (j, zv) in zrow.iter_mut().enumerate() {
-                        let acc = (0..wo).fold(0u64, |acc, x| match g.in_col(x, j) {
-                            Some(col) => acc + F::fold_product(u64::from(v[x]) * u64::from(xrow[col])),
-                            None => acc,
-                        });
-                        *zv = F::reduce(acc);
+                for (zrow, xrow) in z.chunks_exact_mut(kw).zip(plane.chunks_exact(g.w())) {
+                    for (zv, vrow) in zrow.iter_mut().zip(vj.chunks_exact(g.w())) {
+                        *zv = F::dot(xrow, vrow);
                     }
                 }
                 let mut acc = 0u64;
@@ -209,6 +199,25 @@ fn fast_round<F: PrimeField, R: RngCore>(claim: &Claim<'_>, rng: &mut R) -> bool
         .collect();
     let vv = F::reduce(per_channel.iter().map(|&x| u64::from(x)).sum());
     l == vv
+}
+
+/// Fast mode's kernel term `k_s[c', ·] = Σ_{o' in the cloud group of c'} s_o'·K'[o', cl', ·]`
+/// (`Cin × kh × kw`), with `K'` streamed row by row.
+///
+/// This is the one part of a Fast round that does not scale with the batch: it reads all of
+/// `K'` for every fresh `s`, so it is reported apart from the per-image work in benchmarks.
+pub fn kernel_fold<F: PrimeField>(g: &Conv2d, kp: &[u32], s: &[u32]) -> Vec<u32> {
+    let (cpg, cpo, taps) = (g.cin_per_group(), g.cout_per_group(), g.kh() * g.kw());
+    (0..g.groups())
+        .into_par_iter()
+        .flat_map_iter(|grp| {
+            let mut acc = vec![0u64; cpg * taps];
+            for (op, row) in kp.chunks_exact(cpg * taps).enumerate().skip(grp * cpo).take(cpo) {
+                F::mul_acc(&mut acc, s[op], row);
+            }
+            acc.into_iter().map(F::reduce)
+        })
+        .collect()
 }
 
 /// The three products of Strict mode for a whole batch, for one vector `r ∈ F^(Ho×Wo)`.

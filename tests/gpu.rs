@@ -5,7 +5,7 @@ mod common;
 
 use common::{conv_shapes, gpu_or_skip, ints, rng};
 use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, CpuBackend, GpuOptions, ShaderVariant};
+use vericonv::cloud::{CloudBackend, ConvKernel, CpuBackend, GpuOptions, ShaderVariant};
 use vericonv::field::{M31, PrimeField};
 use vericonv::keys::seeded_rng;
 use vericonv::reference::{conv_f32, conv_i64};
@@ -15,8 +15,10 @@ fn variants() -> Vec<ShaderVariant> {
     vec![ShaderVariant::U64, ShaderVariant::U32]
 }
 
+const KERNELS: [ConvKernel; 2] = [ConvKernel::Simple, ConvKernel::Tiled];
+
 #[test]
-fn gpu_matches_cpu_bit_for_bit_on_every_shape_in_both_variants() {
+fn gpu_matches_cpu_bit_for_bit_on_every_shape_in_both_variants_and_kernels() {
     let seed = 0x69_0001;
     let shapes = conv_shapes(seed, 40);
     assert!(shapes.len() >= 50);
@@ -29,7 +31,43 @@ fn gpu_matches_cpu_bit_for_bit_on_every_shape_in_both_variants() {
             let k: Vec<u32> = (0..g.kernel_len()).map(|_| M31::random(&mut r)).collect();
             let x: Vec<u32> = (0..batch * g.image_len()).map(|_| M31::random(&mut r)).collect();
             let want = cpu.conv(g, *batch, &k, &x).expect("cpu");
-            assert_eq!(gpu.conv(g, *batch, &k, &x).expect("gpu"), want, "{variant:?} {g:?} batch {batch}");
+            for kernel in KERNELS {
+                let got = gpu.conv_field(kernel, g, *batch, &k, &x).expect("gpu");
+                assert_eq!(got, want, "{variant:?} {kernel:?} {g:?} batch {batch}");
+            }
+        }
+    }
+}
+
+#[test]
+fn tiled_kernel_equals_the_simple_oracle_across_tile_edges_and_at_the_largest_elements() {
+    let seed = 0x69_0006;
+    println!("seed = {seed:#x}");
+    let p = vericonv::geometry::Padding::new;
+    // Several 32×32 output tiles and 16-deep reduction steps, with partial tiles everywhere:
+    // Cout 40 (32 + 8), 11×13 = 143 pixels (4×32 + 15), m = 5·9 = 45 (not a multiple of 4).
+    let shapes = [
+        vericonv::geometry::Conv2d::builder(5, 40, (11, 13), (3, 3)).padding(p(1, 1, 1, 1)).build().expect("valid"),
+        vericonv::geometry::Conv2d::builder(33, 65, (9, 9), (1, 1)).build().expect("valid"),
+        vericonv::geometry::Conv2d::builder(3, 8, (20, 18), (7, 7))
+            .stride(2, 2)
+            .padding(p(3, 3, 3, 3))
+            .build()
+            .expect("valid"),
+    ];
+    for variant in variants() {
+        let Some(gpu) = gpu_or_skip(&GpuOptions { variant: Some(variant), ..GpuOptions::default() }) else { return };
+        let mut r = rng(seed);
+        for g in &shapes {
+            let random: Vec<u32> = (0..2 * g.image_len()).map(|_| M31::random(&mut r)).collect();
+            let kr: Vec<u32> = (0..g.kernel_len()).map(|_| M31::random(&mut r)).collect();
+            let (kmax, xmax) = (vec![M31::P - 1; g.kernel_len()], vec![M31::P - 1; 2 * g.image_len()]);
+            for (k, x) in [(&kr, &random), (&kmax, &xmax)] {
+                let oracle = gpu.conv_field(ConvKernel::Simple, g, 2, k, x).expect("simple");
+                let tiled = gpu.conv_field(ConvKernel::Tiled, g, 2, k, x).expect("tiled");
+                assert_eq!(tiled, oracle, "{variant:?} {g:?}");
+                assert_eq!(tiled, vericonv::reference::conv_field::<M31>(g, 2, k, x).expect("reference"));
+            }
         }
     }
 }
@@ -113,7 +151,10 @@ fn gpu_f32_baseline_matches_the_reference_on_integer_data() {
         // Small integers keep every f32 partial sum exact, so any summation order agrees.
         let k: Vec<f32> = ints(&mut r, g.kernel_len(), 7).into_iter().map(|v| v as f32).collect();
         let x: Vec<f32> = ints(&mut r, batch * g.image_len(), 7).into_iter().map(|v| v as f32).collect();
-        assert_eq!(gpu.conv_f32(&g, batch, &k, &x).expect("gpu"), conv_f32(&g, batch, &k, &x).expect("ref"), "{g:?}");
+        let want = conv_f32(&g, batch, &k, &x).expect("ref");
+        for kernel in KERNELS {
+            assert_eq!(gpu.conv_f32(kernel, &g, batch, &k, &x).expect("gpu"), want, "{kernel:?} {g:?}");
+        }
     }
 }
 

@@ -60,6 +60,20 @@ fn cpu_backend_equals_reference_field_convolution() {
 }
 
 #[test]
+fn cpu_backend_is_exact_at_the_largest_elements_and_long_sums() {
+    // Every product is (p-1)^2, the largest there is, summed over m = 603 terms: the lazy
+    // reduction must not overflow. Cout = 7 leaves a partial row block, 11×13 a partial tile.
+    let g = vericonv::geometry::Conv2d::builder(67, 7, (11, 13), (3, 3))
+        .padding(vericonv::geometry::Padding::new(1, 1, 1, 1))
+        .build()
+        .expect("geometry");
+    let cpu = CpuBackend::with_threads(2).expect("pool");
+    let k = vec![M31::P - 1; g.kernel_len()];
+    let x = vec![M31::P - 1; 2 * g.image_len()];
+    assert_eq!(cpu.conv(&g, 2, &k, &x).expect("conv"), conv_field::<M31>(&g, 2, &k, &x).expect("conv"));
+}
+
+#[test]
 fn cloud_output_is_alpha_times_plain_plus_mask_conv_in_sigma_order() {
     let seed = 0xa1fa;
     let mut r = rng(seed);

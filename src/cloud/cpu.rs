@@ -1,5 +1,6 @@
 //! The CPU cloud: exact F_p convolution as an implicit-im2col GEMM, parallel with rayon.
 
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::{CloudBackend, check_conv_args};
@@ -53,27 +54,23 @@ impl CloudBackend for CpuBackend {
 }
 
 /// `Y'[b, o, n] = Σ_m K'[o, m]·col_b[m, n]` per group, with the im2col tile of `TILE_N` output
-/// pixels gathered on the fly and `u64` lazy reduction (fold every 3 products).
+/// pixels gathered on the fly and multiplied by row blocks of `K'` in [`gemm_tile`].
 fn conv_m31(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32]) -> Vec<u32> {
     let (m, n, cpo, groups) = (g.m(), g.n(), g.cout_per_group(), g.groups());
     let tiles = n.div_ceil(TILE_N);
+    let packed: Vec<Vec<u32>> = (0..groups).map(|grp| pack_rows(&kp[grp * cpo * m..][..cpo * m], m)).collect();
     let mut out = vec![0u32; batch * g.output_image_len()];
     // One task per (image, group, pixel tile); each yields a cpo × TILE_N block.
     let blocks: Vec<Vec<u32>> = (0..batch * groups * tiles)
         .into_par_iter()
         .map_init(
-            || (vec![0u32; m * TILE_N], [0u64; TILE_N]),
-            |(col, acc), task| {
+            || vec![0u32; m * TILE_N],
+            |col, task| {
                 let (bg, tile) = (task / tiles, task % tiles);
                 let (b, grp) = (bg / groups, bg % groups);
                 gather_tile(g, xp, b, grp, tile * TILE_N, col);
                 let mut block = vec![0u32; cpo * TILE_N];
-                for (ol, dst) in block.chunks_exact_mut(TILE_N).enumerate() {
-                    gemm_row(&kp[(grp * cpo + ol) * m..][..m], col, acc);
-                    for (d, &a) in dst.iter_mut().zip(acc.iter()) {
-                        *d = M31::reduce(a);
-                    }
-                }
+                gemm_tile(&packed[grp], m, col, &mut block);
                 block
             },
         )
@@ -86,6 +83,26 @@ fn conv_m31(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32]) -> Vec<u32> {
         for (ol, src) in block.chunks_exact(TILE_N).enumerate() {
             let o = grp * cpo + ol;
             out[(b * g.cout() + o) * n + n0..][..width].copy_from_slice(&src[..width]);
+        }
+    }
+    out
+}
+
+/// Rows of the micro-kernel: output channels computed together, so that each loaded im2col
+/// value feeds `MR` products.
+const MR: usize = 4;
+/// Columns of the micro-kernel: output pixels per accumulator row (`MR × NR` accumulators live
+/// in vector registers).
+const NR: usize = 8;
+
+/// Packs the `rows × m` matrix `k` by blocks of `MR` rows, interleaved along `m`
+/// (`[block][m][MR]`); the last block holds the `rows % MR` leftover rows unpadded.
+fn pack_rows(k: &[u32], m: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(k.len());
+    for block in k.chunks(MR * m) {
+        let r = block.len() / m;
+        for mm in 0..m {
+            out.extend((0..r).map(|row| block[row * m + mm]));
         }
     }
     out
@@ -116,20 +133,42 @@ fn gather_tile(g: &Conv2d, xp: &[u32], b: usize, grp: usize, n0: usize, col: &mu
     }
 }
 
-/// `acc[t] = Σ_m k[m]·col[m·TILE_N + t]` with lazy reduction: three products below 2^62 each
-/// fit on top of a folded accumulator below 2^34.
-#[inline]
-fn gemm_row(k: &[u32], col: &[u32], acc: &mut [u64; TILE_N]) {
-    acc.fill(0);
-    for (kc, cc) in k.chunks(3).zip(col.chunks(3 * TILE_N)) {
-        for (&kv, crow) in kc.iter().zip(cc.chunks_exact(TILE_N)) {
-            let kv = u64::from(kv);
-            for (a, &c) in acc.iter_mut().zip(crow) {
-                *a += kv * u64::from(c);
+/// `block[o, t] = Σ_m K'[o, m]·col[m·TILE_N + t]` for a group's rows packed by [`pack_rows`].
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+fn gemm_tile(packed: &[u32], m: usize, col: &[u32], block: &mut [u32]) {
+    for (kb, out) in packed.chunks(MR * m).zip(block.chunks_mut(MR * TILE_N)) {
+        match kb.len() / m {
+            MR => micro::<MR>(kb, col, out),
+            1 => micro::<1>(kb, col, out),
+            2 => micro::<2>(kb, col, out),
+            _ => micro::<3>(kb, col, out),
+        }
+    }
+}
+
+/// `R` output rows of a tile, `NR` pixels at a time, with `u64` lazy reduction: three products
+/// below 2^62 each fit on top of an accumulator folded below 2^33.
+#[inline(always)]
+fn micro<const R: usize>(kb: &[u32], col: &[u32], out: &mut [u32]) {
+    for t0 in (0..TILE_N).step_by(NR) {
+        let mut acc = [[0u64; NR]; R];
+        for (k3, c3) in kb.chunks(3 * R).zip(col.chunks(3 * TILE_N)) {
+            for (kc, cc) in k3.chunks_exact(R).zip(c3.chunks_exact(TILE_N)) {
+                let cv: &[u32; NR] = cc[t0..t0 + NR].try_into().unwrap_or(&[0; NR]);
+                for (a, &kv) in acc.iter_mut().zip(kc) {
+                    for (al, &c) in a.iter_mut().zip(cv) {
+                        *al += u64::from(kv) * u64::from(c);
+                    }
+                }
+            }
+            for al in acc.iter_mut().flatten() {
+                *al = M31::fold_product(*al);
             }
         }
-        for a in acc.iter_mut() {
-            *a = M31::fold_product(*a);
+        for (r, a) in acc.iter().enumerate() {
+            for (d, &al) in out[r * TILE_N + t0..][..NR].iter_mut().zip(a) {
+                *d = M31::reduce(al);
+            }
         }
     }
 }

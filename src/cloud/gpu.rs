@@ -24,10 +24,13 @@ const FIELD_U32: &str = include_str!("../../shaders/field_u32.wgsl");
 const PLAIN_F32: &str = include_str!("../../shaders/plain_f32.wgsl");
 const PARAMS: &str = include_str!("../../shaders/params.wgsl");
 const CONV_BODY: &str = include_str!("../../shaders/conv.wgsl");
+const TILED_BODY: &str = include_str!("../../shaders/conv_tiled.wgsl");
 const STRICT_BODY: &str = include_str!("../../shaders/verify_strict.wgsl");
 
-/// Invocations per workgroup along x in every shader.
+/// Invocations per workgroup along x in the simple kernels.
 const WORKGROUP_X: usize = 64;
+/// Output channels × output pixels per workgroup of the tiled kernel (`conv_tiled.wgsl`).
+const TILE: usize = 32;
 
 /// How the F_p shaders multiply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,44 +41,89 @@ pub enum ShaderVariant {
     U32,
 }
 
+/// Which convolution kernel runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ConvKernel {
+    /// One invocation per output element (`conv.wgsl`): the test oracle, and the kernel for
+    /// grouped and depthwise convolutions.
+    Simple,
+    /// The tiled implicit-im2col GEMM (`conv_tiled.wgsl`): 32×32 output tiles staged through
+    /// workgroup memory, 4×4 register blocks, vec4 kernel loads. Used for ungrouped layers.
+    #[default]
+    Tiled,
+}
+
+/// The element arithmetic of a convolution kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arithmetic {
+    /// Exact F_p, with the given shader variant.
+    Field(ShaderVariant),
+    /// Plaintext f32: the cloud-side baseline.
+    F32,
+}
+
 /// A complete WGSL program: an arithmetic prelude followed by a kernel body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ShaderProgram {
-    /// The masked implicit-im2col GEMM convolution over F_p.
-    ConvField(ShaderVariant),
-    /// The plaintext f32 convolution, the cloud-side baseline.
-    ConvF32,
+    /// An implicit-im2col GEMM convolution.
+    Conv(Arithmetic, ConvKernel),
     /// The batched Strict-mode verification matrix-vector products.
     Strict(ShaderVariant),
 }
 
 impl ShaderProgram {
     /// Every program the backend may compile.
-    pub const ALL: [ShaderProgram; 5] = [
-        ShaderProgram::ConvField(ShaderVariant::U64),
-        ShaderProgram::ConvField(ShaderVariant::U32),
-        ShaderProgram::ConvF32,
+    pub const ALL: [ShaderProgram; 8] = [
+        ShaderProgram::Conv(Arithmetic::Field(ShaderVariant::U64), ConvKernel::Simple),
+        ShaderProgram::Conv(Arithmetic::Field(ShaderVariant::U32), ConvKernel::Simple),
+        ShaderProgram::Conv(Arithmetic::F32, ConvKernel::Simple),
+        ShaderProgram::Conv(Arithmetic::Field(ShaderVariant::U64), ConvKernel::Tiled),
+        ShaderProgram::Conv(Arithmetic::Field(ShaderVariant::U32), ConvKernel::Tiled),
+        ShaderProgram::Conv(Arithmetic::F32, ConvKernel::Tiled),
         ShaderProgram::Strict(ShaderVariant::U64),
         ShaderProgram::Strict(ShaderVariant::U32),
     ];
 
     /// The WGSL source, exactly as it is handed to wgpu.
     pub fn source(self) -> String {
-        let prelude = |v| match v {
-            ShaderVariant::U64 => FIELD_U64,
-            ShaderVariant::U32 => FIELD_U32,
+        let prelude = |a| match a {
+            Arithmetic::Field(ShaderVariant::U64) => FIELD_U64,
+            Arithmetic::Field(ShaderVariant::U32) => FIELD_U32,
+            Arithmetic::F32 => PLAIN_F32,
         };
+        let (arith, body) = match self {
+            ShaderProgram::Conv(a, ConvKernel::Simple) => (a, CONV_BODY),
+            ShaderProgram::Conv(a, ConvKernel::Tiled) => (a, TILED_BODY),
+            ShaderProgram::Strict(v) => (Arithmetic::Field(v), STRICT_BODY),
+        };
+        format!("{}\n{PARAMS}\n{body}", prelude(arith))
+    }
+
+    /// The compute entry points of the program.
+    pub fn entry_points(self) -> &'static [&'static str] {
         match self {
-            ShaderProgram::ConvField(v) => format!("{}\n{PARAMS}\n{CONV_BODY}", prelude(v)),
-            ShaderProgram::ConvF32 => format!("{PLAIN_F32}\n{PARAMS}\n{CONV_BODY}"),
-            ShaderProgram::Strict(v) => format!("{}\n{PARAMS}\n{STRICT_BODY}", prelude(v)),
+            ShaderProgram::Conv(_, ConvKernel::Simple) => &["conv_main"],
+            ShaderProgram::Conv(_, ConvKernel::Tiled) => &["conv_tiled"],
+            ShaderProgram::Strict(_) => &["ydot", "im2col_r", "kt"],
         }
     }
 
     /// Whether the program needs `Features::SHADER_INT64`.
     pub fn needs_int64(self) -> bool {
-        matches!(self, ShaderProgram::ConvField(ShaderVariant::U64) | ShaderProgram::Strict(ShaderVariant::U64))
+        matches!(
+            self,
+            ShaderProgram::Conv(Arithmetic::Field(ShaderVariant::U64), _) | ShaderProgram::Strict(ShaderVariant::U64)
+        )
     }
+}
+
+/// The result of [`GpuBackend::time_conv`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KernelTiming {
+    /// Median seconds per run.
+    pub seconds: f64,
+    /// True when measured with timestamp queries on the GPU clock, false for wall clock.
+    pub gpu_clock: bool,
 }
 
 /// Options for [`GpuBackend::new`]. The defaults pick everything automatically.
@@ -88,6 +136,9 @@ pub struct GpuOptions {
     pub max_binding_size: Option<u64>,
     /// Use at most this many workgroups per dispatch dimension (below the device limit).
     pub max_workgroups_per_dimension: Option<u32>,
+    /// The convolution kernel of [`CloudBackend::conv`] (default: tiled). Grouped and depthwise
+    /// layers always use the simple kernel.
+    pub kernel: ConvKernel,
 }
 
 /// What was selected, for reports.
@@ -103,6 +154,8 @@ pub struct GpuInfo {
     pub driver: String,
     /// Whether the adapter offers `SHADER_INT64`.
     pub shader_int64: bool,
+    /// Whether the adapter offers `TIMESTAMP_QUERY` (kernel timing on the GPU clock).
+    pub timestamps: bool,
     /// The storage-binding size used for splitting, in bytes.
     pub max_binding_size: u64,
     /// The workgroups-per-dimension limit used for splitting.
@@ -144,7 +197,8 @@ struct Params {
     cpo: u32,
     o_base: u32,
     batch: u32,
-    pad: [u32; 2],
+    kstride4: u32,
+    pad: u32,
 }
 
 impl Params {
@@ -169,7 +223,8 @@ impl Params {
             cpo: u(g.cout_per_group()),
             o_base: 0,
             batch: u(batch),
-            pad: [0; 2],
+            kstride4: u(g.m().div_ceil(4)),
+            pad: 0,
         }
     }
 }
@@ -185,8 +240,9 @@ pub struct GpuBackend {
     queue: wgpu::Queue,
     info: GpuInfo,
     variant: ShaderVariant,
-    conv_field: wgpu::ComputePipeline,
-    conv_f32: wgpu::ComputePipeline,
+    kernel: ConvKernel,
+    /// Convolution pipelines: `[field, f32][simple, tiled]`.
+    conv: [[wgpu::ComputePipeline; 2]; 2],
     strict: [wgpu::ComputePipeline; 3],
     strict_layout: wgpu::BindGroupLayout,
 }
@@ -283,7 +339,7 @@ impl GpuBackend {
             None if has_int64 => ShaderVariant::U64,
             None => ShaderVariant::U32,
         };
-        let required_features = if has_int64 { wgpu::Features::SHADER_INT64 } else { wgpu::Features::empty() };
+        let required_features = adapter.features() & (wgpu::Features::SHADER_INT64 | wgpu::Features::TIMESTAMP_QUERY);
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("vericonv"),
@@ -304,6 +360,7 @@ impl GpuBackend {
             device_type: ainfo.device_type,
             driver: format!("{} {}", ainfo.driver, ainfo.driver_info).trim().to_string(),
             shader_int64: has_int64,
+            timestamps: required_features.contains(wgpu::Features::TIMESTAMP_QUERY),
             max_binding_size: opts.max_binding_size.map_or(device_binding, |m| m.min(device_binding)).max(4),
             max_workgroups_per_dimension: opts
                 .max_workgroups_per_dimension
@@ -353,10 +410,7 @@ impl GpuBackend {
             });
             (conv, strict)
         })?;
-        let pipeline = |program: ShaderProgram,
-                        layout: &wgpu::BindGroupLayout,
-                        entries: &[&str]|
-         -> Result<Vec<wgpu::ComputePipeline>> {
+        let pipeline = |program: ShaderProgram, layout: &wgpu::BindGroupLayout| -> Result<Vec<wgpu::ComputePipeline>> {
             let source = program.source();
             scoped(&device, "shader compilation", || {
                 let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -368,7 +422,8 @@ impl GpuBackend {
                     bind_group_layouts: &[Some(layout)],
                     immediate_size: 0,
                 });
-                entries
+                program
+                    .entry_points()
                     .iter()
                     .map(|entry| {
                         device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -389,13 +444,26 @@ impl GpuBackend {
                 other => other,
             })
         };
-        let conv_field = pipeline(ShaderProgram::ConvField(variant), &conv_layout, &["conv_main"])?.remove(0);
-        let conv_f32 = pipeline(ShaderProgram::ConvF32, &conv_layout, &["conv_main"])?.remove(0);
-        let mut s = pipeline(ShaderProgram::Strict(variant), &strict_layout, &["ydot", "im2col_r", "kt"])?.into_iter();
+        let conv_pipeline = |a, k| Ok::<_, Error>(pipeline(ShaderProgram::Conv(a, k), &conv_layout)?.remove(0));
+        let field = Arithmetic::Field(variant);
+        let conv = [
+            [conv_pipeline(field, ConvKernel::Simple)?, conv_pipeline(field, ConvKernel::Tiled)?],
+            [conv_pipeline(Arithmetic::F32, ConvKernel::Simple)?, conv_pipeline(Arithmetic::F32, ConvKernel::Tiled)?],
+        ];
+        let mut s = pipeline(ShaderProgram::Strict(variant), &strict_layout)?.into_iter();
         let (Some(ydot), Some(im2col_r), Some(kt)) = (s.next(), s.next(), s.next()) else {
             return Err(Error::Gpu { stage: "shader compilation", message: "missing strict-mode entry point".into() });
         };
-        Ok(Self { device, queue, info, variant, conv_field, conv_f32, strict: [ydot, im2col_r, kt], strict_layout })
+        Ok(Self {
+            device,
+            queue,
+            info,
+            variant,
+            kernel: opts.kernel,
+            conv,
+            strict: [ydot, im2col_r, kt],
+            strict_layout,
+        })
     }
 
     /// The adapter in use.
@@ -408,14 +476,61 @@ impl GpuBackend {
         self.variant
     }
 
-    /// The plaintext f32 convolution on the GPU: the cloud-side baseline.
+    /// The plaintext f32 convolution on the GPU with the given kernel: the cloud-side baseline.
     ///
     /// # Errors
     /// As [`CloudBackend::conv`].
-    pub fn conv_f32(&self, geom: &Conv2d, batch: usize, kernel: &[f32], input: &[f32]) -> Result<Vec<f32>> {
-        Conv2d::check_len("kernel", geom.kernel_len(), kernel.len())?;
+    pub fn conv_f32(
+        &self,
+        kernel: ConvKernel,
+        geom: &Conv2d,
+        batch: usize,
+        weights: &[f32],
+        input: &[f32],
+    ) -> Result<Vec<f32>> {
+        Conv2d::check_len("kernel", geom.kernel_len(), weights.len())?;
         Conv2d::check_len("input", batch * geom.image_len(), input.len())?;
-        self.run_conv(&self.conv_f32, geom, batch, kernel, input)
+        self.run_conv(Arithmetic::F32, kernel, geom, batch, weights, input)
+    }
+
+    /// The F_p convolution with an explicit kernel choice (the tests compare the tiled kernel
+    /// with the simple one, its oracle).
+    ///
+    /// # Errors
+    /// As [`CloudBackend::conv`].
+    pub fn conv_field(
+        &self,
+        kernel: ConvKernel,
+        geom: &Conv2d,
+        batch: usize,
+        weights: &[u32],
+        input: &[u32],
+    ) -> Result<Vec<u32>> {
+        check_conv_args(geom, batch, weights, input)?;
+        self.run_conv(Arithmetic::Field(self.variant), kernel, geom, batch, weights, input)
+    }
+
+    /// The pipeline for `arith` and `kernel`; grouped layers always get the simple kernel.
+    fn conv_pipeline(&self, arith: Arithmetic, kernel: ConvKernel, g: &Conv2d) -> (&wgpu::ComputePipeline, ConvKernel) {
+        let kernel = if g.groups() > 1 { ConvKernel::Simple } else { kernel };
+        let a = usize::from(arith == Arithmetic::F32);
+        (&self.conv[a][usize::from(kernel == ConvKernel::Tiled)], kernel)
+    }
+
+    /// The kernel buffer a pipeline reads: rows of `K` as they are for the simple kernel,
+    /// zero-padded to a multiple of 4 for the vec4 loads of the tiled one.
+    fn kernel_buffer<T: Pod + Default>(&self, kernel: ConvKernel, m: usize, rows: &[T]) -> wgpu::Buffer {
+        match kernel {
+            ConvKernel::Simple => self.storage_buffer("kernel", rows, false),
+            ConvKernel::Tiled => {
+                let m4 = m.div_ceil(4) * 4;
+                let mut padded = vec![T::default(); rows.len() / m * m4];
+                for (dst, src) in padded.chunks_exact_mut(m4).zip(rows.chunks_exact(m)) {
+                    dst[..m].copy_from_slice(src);
+                }
+                self.storage_buffer("kernel", &padded, false)
+            }
+        }
     }
 
     fn storage_buffer<T: Pod>(&self, label: &str, data: &[T], writable: bool) -> wgpu::Buffer {
@@ -498,22 +613,29 @@ impl GpuBackend {
         Ok((u(x), u(y)))
     }
 
-    /// Runs a convolution pipeline over `T` elements, split into chunks that fit the limits.
+    /// Runs a convolution over `T` elements, split into chunks that fit the limits.
     fn run_conv<T: Pod + Default>(
         &self,
-        pipeline: &wgpu::ComputePipeline,
+        arith: Arithmetic,
+        kernel_choice: ConvKernel,
         g: &Conv2d,
         batch: usize,
         kernel: &[T],
         input: &[T],
     ) -> Result<Vec<T>> {
-        let plan =
-            ConvPlan::new(g, batch, self.info.max_binding_size / 4, self.info.max_workgroups_per_dimension as usize)?;
+        let (pipeline, kernel_choice) = self.conv_pipeline(arith, kernel_choice, g);
+        let plan = ConvPlan::new(
+            g,
+            batch,
+            self.info.max_binding_size / 4,
+            self.info.max_workgroups_per_dimension as usize,
+            kernel_choice,
+        )?;
         let (n, wo, hw) = (g.n(), g.wo(), g.h() * g.w());
         let mut out = vec![T::default(); batch * g.output_image_len()];
         for o0 in (0..g.cout()).step_by(plan.channels) {
             let oc = plan.channels.min(g.cout() - o0);
-            let kbuf = self.storage_buffer("kernel", &kernel[o0 * g.m()..(o0 + oc) * g.m()], false);
+            let kbuf = self.kernel_buffer(kernel_choice, g.m(), &kernel[o0 * g.m()..(o0 + oc) * g.m()]);
             for y0 in (0..g.ho()).step_by(plan.rows) {
                 let rows = plan.rows.min(g.ho() - y0);
                 let band = Band::new(g, y0, rows);
@@ -576,7 +698,8 @@ impl GpuBackend {
                         });
                         pass.set_pipeline(pipeline);
                         pass.set_bind_group(0, &bind, &[]);
-                        pass.dispatch_workgroups(u((rows * wo).div_ceil(WORKGROUP_X)), u(oc), u(nb));
+                        let (x, y) = ConvPlan::workgroups(kernel_choice, rows * wo, oc);
+                        pass.dispatch_workgroups(u(x), u(y), u(nb));
                     })?;
                     let chunk = res.remove(0);
                     for (idx, src) in chunk.chunks_exact(rows * wo).enumerate() {
@@ -587,6 +710,127 @@ impl GpuBackend {
             }
         }
         Ok(out)
+    }
+
+    /// Times one convolution kernel on this adapter: one warm-up run, then the median of `reps`
+    /// runs, on the GPU clock (timestamp queries) when the adapter offers it, else wall clock
+    /// around submit-and-wait. The output is not read back; check it with
+    /// [`GpuBackend::conv_field`] or [`GpuBackend::conv_f32`] first.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`], [`Error::Unsupported`] for a field variant other than the
+    /// backend's, [`Error::DeviceLimit`] when the layer needs several dispatches, [`Error::Gpu`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn time_conv<T: Pod + Default>(
+        &self,
+        arith: Arithmetic,
+        kernel: ConvKernel,
+        g: &Conv2d,
+        batch: usize,
+        weights: &[T],
+        input: &[T],
+        reps: usize,
+    ) -> Result<KernelTiming> {
+        Conv2d::check_len("kernel", g.kernel_len(), weights.len())?;
+        Conv2d::check_len("input", batch * g.image_len(), input.len())?;
+        if let Arithmetic::Field(v) = arith
+            && v != self.variant
+        {
+            return Err(Error::Unsupported(format!("this backend runs {:?} shaders, not {v:?}", self.variant)));
+        }
+        let (pipeline, kernel) = self.conv_pipeline(arith, kernel, g);
+        let max_groups = self.info.max_workgroups_per_dimension as usize;
+        let plan = ConvPlan::new(g, batch, self.info.max_binding_size / 4, max_groups, kernel)?;
+        if plan != (ConvPlan { channels: g.cout(), rows: g.ho(), images: batch }) {
+            return Err(Error::DeviceLimit(format!(
+                "this layer at batch {batch} needs several dispatches on this adapter; time a smaller batch"
+            )));
+        }
+        let params = Params::whole(g, batch);
+        let bind = scoped(&self.device, "buffer upload", || {
+            let ubuf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::bytes_of(&params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+            let kbuf = self.kernel_buffer(kernel, g.m(), weights);
+            let xbuf = self.storage_buffer("input", input, false);
+            let ybuf = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("output"),
+                size: (batch * g.output_image_len() * 4) as u64,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("timed conv"),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &[
+                    wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 1, resource: kbuf.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 2, resource: xbuf.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 3, resource: ybuf.as_entire_binding() },
+                ],
+            })
+        })?;
+        let (x, y) = ConvPlan::workgroups(kernel, g.n(), g.cout());
+        let timestamps = self.info.timestamps.then(|| {
+            let qs = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("timing"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            });
+            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamps"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            (qs, resolve)
+        });
+        let record = |enc: &mut wgpu::CommandEncoder, timed: bool| {
+            let writes = timestamps.as_ref().filter(|_| timed).map(|(qs, _)| wgpu::ComputePassTimestampWrites {
+                query_set: qs,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("timed conv"),
+                    timestamp_writes: writes,
+                });
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, &bind, &[]);
+                pass.dispatch_workgroups(u(x), u(y), u(batch));
+            }
+            if let Some((qs, resolve)) = timestamps.as_ref().filter(|_| timed) {
+                enc.resolve_query_set(qs, 0..2, resolve, 0);
+            }
+        };
+        let wait = || {
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Gpu { stage: "kernel timing", message: e.to_string() })
+        };
+        self.submit_and_read::<u32>("kernel timing warm-up", &[], |enc| record(enc, false))?;
+        wait()?;
+        let mut samples = Vec::with_capacity(reps.max(1));
+        for _ in 0..reps.max(1) {
+            let start = std::time::Instant::now();
+            match &timestamps {
+                Some((_, resolve)) => {
+                    let ticks = self.submit_and_read::<u64>("kernel timing", &[resolve], |enc| record(enc, true))?;
+                    let [t0, t1] = ticks.first().and_then(|t| t.get(..2)).map_or([0, 0], |t| [t[0], t[1]]);
+                    samples.push(t1.saturating_sub(t0) as f64 * f64::from(self.queue.get_timestamp_period()) * 1e-9);
+                }
+                None => {
+                    self.submit_and_read::<u32>("kernel timing", &[], |enc| record(enc, true))?;
+                    wait()?;
+                    samples.push(start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        samples.sort_by(f64::total_cmp);
+        Ok(KernelTiming { seconds: samples[samples.len() / 2], gpu_clock: timestamps.is_some() })
     }
 
     /// The batched Strict-mode products on this GPU (`Y'_b·r`, `im2col(X'_b)·r`, `K'·T_b`),
@@ -690,8 +934,7 @@ impl CloudBackend for GpuBackend {
     }
 
     fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
-        check_conv_args(geom, batch, kernel, input)?;
-        self.run_conv(&self.conv_field, geom, batch, kernel, input)
+        self.conv_field(self.kernel, geom, batch, kernel, input)
     }
 }
 
@@ -705,9 +948,18 @@ struct ConvPlan {
 }
 
 impl ConvPlan {
-    fn new(g: &Conv2d, batch: usize, max_elems: u64, max_groups: usize) -> Result<Self> {
+    /// Workgroups along x (output pixels) and y (output channels) for `pixels` outputs per
+    /// channel and `channels` channels.
+    fn workgroups(kernel: ConvKernel, pixels: usize, channels: usize) -> (usize, usize) {
+        match kernel {
+            ConvKernel::Simple => (pixels.div_ceil(WORKGROUP_X), channels),
+            ConvKernel::Tiled => (pixels.div_ceil(TILE), channels.div_ceil(TILE)),
+        }
+    }
+
+    fn new(g: &Conv2d, batch: usize, max_elems: u64, max_groups: usize, kernel: ConvKernel) -> Result<Self> {
         let max_elems = usize::try_from(max_elems).unwrap_or(usize::MAX);
-        if g.m() > max_elems {
+        if g.m().div_ceil(4) * 4 > max_elems {
             return Err(Error::DeviceLimit(format!(
                 "one kernel row ({} weights) exceeds the storage binding limit of {} bytes",
                 g.m(),
@@ -718,7 +970,7 @@ impl ConvPlan {
         let fits = |rows: usize| {
             rows * g.wo() <= max_elems
                 && g.cin() * band_rows(rows) * g.w() <= max_elems
-                && (rows * g.wo()).div_ceil(WORKGROUP_X) <= max_groups
+                && Self::workgroups(kernel, rows * g.wo(), 1).0 <= max_groups
         };
         let mut rows = g.ho();
         while !fits(rows) {
@@ -735,7 +987,9 @@ impl ConvPlan {
             }
             rows = rows.div_ceil(2);
         }
-        let channels = g.cout().min(max_elems / g.m()).min(max_elems / (rows * g.wo())).min(max_groups).max(1);
+        // The tiled kernel pads kernel rows to a multiple of 4.
+        let m = g.m().div_ceil(4) * 4;
+        let channels = g.cout().min(max_elems / m).min(max_elems / (rows * g.wo())).min(max_groups).max(1);
         let per_image = (channels * rows * g.wo()).max(g.cin() * band_rows(rows) * g.w());
         let images = batch.min(max_elems / per_image).min(max_groups).max(1);
         Ok(Self { channels, rows, images })
@@ -770,10 +1024,16 @@ mod tests {
     #[test]
     fn plan_splits_channels_rows_and_images_to_fit_limits() {
         let g = Conv2d::builder(4, 8, (16, 16), (3, 3)).padding(Padding::uniform(1)).build().expect("valid");
-        assert_eq!(ConvPlan::new(&g, 5, 1 << 30, 65535).expect("fits"), ConvPlan { channels: 8, rows: 16, images: 5 });
-        let p = ConvPlan::new(&g, 5, 300, 65535).expect("fits after splitting");
+        assert_eq!(
+            ConvPlan::new(&g, 5, 1 << 30, 65535, ConvKernel::Tiled).expect("fits"),
+            ConvPlan { channels: 8, rows: 16, images: 5 }
+        );
+        let p = ConvPlan::new(&g, 5, 300, 65535, ConvKernel::Simple).expect("fits after splitting");
         assert!(p.channels * p.rows * g.wo() <= 300 && p.rows < 16);
-        assert!(ConvPlan::new(&g, 1, 20, 65535).is_err(), "a kernel row of 36 weights cannot fit 20 elements");
+        assert!(
+            ConvPlan::new(&g, 1, 20, 65535, ConvKernel::Simple).is_err(),
+            "a kernel row of 36 weights cannot fit 20 elements"
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ mod tamper;
 
 pub use cpu::CpuBackend;
 #[cfg(feature = "gpu")]
-pub use gpu::{GpuBackend, GpuInfo, GpuOptions, ShaderProgram, ShaderVariant, list_adapters};
+pub use gpu::{
+    Arithmetic, ConvKernel, GpuBackend, GpuInfo, GpuOptions, KernelTiming, ShaderProgram, ShaderVariant, list_adapters,
+};
 pub use tamper::{Tamper, TamperingBackend};
 
 use crate::Result;

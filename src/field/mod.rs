@@ -7,6 +7,8 @@
 
 use rand::{Rng, RngCore};
 
+pub mod slices;
+
 /// The production modulus, the Mersenne prime p = 2^31 - 1.
 pub const P: u32 = (1 << 31) - 1;
 
@@ -108,8 +110,54 @@ pub trait PrimeField: Copy + Send + Sync + std::fmt::Debug + 'static {
     /// `Σ a[i]·b[i] mod P` over two slices of equal length.
     #[inline]
     fn dot(a: &[u32], b: &[u32]) -> u32 {
-        let acc = a.iter().zip(b).fold(0u64, |acc, (&x, &y)| acc + Self::fold_product(u64::from(x) * u64::from(y)));
-        Self::reduce(acc)
+        reference::dot::<Self>(a, b)
+    }
+
+    /// Lazy accumulation `acc[i] += fold_product(c·x[i])`; at most 2^31 calls on a zeroed `acc`
+    /// before [`PrimeField::reduce_into`].
+    #[inline]
+    fn mul_acc(acc: &mut [u64], c: u32, x: &[u32]) {
+        reference::mul_acc::<Self>(acc, c, x);
+    }
+
+    /// `out[i] = reduce(acc[i])`.
+    #[inline]
+    fn reduce_into(out: &mut [u32], acc: &[u64]) {
+        reference::reduce_into::<Self>(out, acc);
+    }
+}
+
+/// The scalar specification of the slice operations of [`PrimeField`], generic over the field.
+///
+/// They are the default implementations; [`M31`] overrides them with the vectorised
+/// [`slices`] kernels, and tests check that both agree bit for bit.
+pub mod reference {
+    use super::PrimeField;
+
+    /// `Σ a[i]·b[i] mod P`.
+    pub fn dot<F: PrimeField>(a: &[u32], b: &[u32]) -> u32 {
+        F::reduce(a.iter().zip(b).fold(0u64, |acc, (&x, &y)| acc + F::fold_product(u64::from(x) * u64::from(y))))
+    }
+
+    /// `acc[i] += fold_product(c·x[i])`.
+    pub fn mul_acc<F: PrimeField>(acc: &mut [u64], c: u32, x: &[u32]) {
+        for (a, &v) in acc.iter_mut().zip(x) {
+            *a += F::fold_product(u64::from(c) * u64::from(v));
+        }
+    }
+
+    /// `out[i] = reduce(acc[i])`.
+    pub fn reduce_into<F: PrimeField>(out: &mut [u32], acc: &[u64]) {
+        for (o, &a) in out.iter_mut().zip(acc) {
+            *o = F::reduce(a);
+        }
+    }
+
+    /// `out[i] = lift(c·y[i] - reduce(mk[i]))`: decryption's last step.
+    pub fn unmask<F: PrimeField>(out: &mut [i32], y: &[u32], c: u32, mk: &[u64]) {
+        for ((o, &yv), &m) in out.iter_mut().zip(y).zip(mk) {
+            *o = F::lift(F::sub(F::mul(c, yv), F::reduce(m))) as i32;
+        }
     }
 }
 
@@ -132,6 +180,21 @@ impl PrimeField for M31 {
     #[inline(always)]
     fn fold_product(x: u64) -> u64 {
         (x & u64::from(P)) + (x >> 31) // x < 2^62 gives < 2^31 + 2^31
+    }
+
+    #[inline]
+    fn dot(a: &[u32], b: &[u32]) -> u32 {
+        slices::dot(a, b)
+    }
+
+    #[inline]
+    fn mul_acc(acc: &mut [u64], c: u32, x: &[u32]) {
+        slices::mul_acc(acc, c, x);
+    }
+
+    #[inline]
+    fn reduce_into(out: &mut [u32], acc: &[u64]) {
+        slices::reduce_into(out, acc);
     }
 
     #[inline]
@@ -227,6 +290,43 @@ mod tests {
         b[0] = P - 1;
         let naive: u128 = a.iter().zip(&b).map(|(&x, &y)| u128::from(x) * u128::from(y)).sum();
         assert_eq!(u128::from(M31::dot(&a, &b)), naive % u128::from(P));
+    }
+
+    /// Random elements with the edge values 0, 1, p-2 and p-1 mixed in, of an odd length so
+    /// that the vector loops' tails run too.
+    fn elements(rng: &mut ChaCha20Rng, n: usize) -> Vec<u32> {
+        (0..n).map(|i| if i % 7 == 3 { [0, 1, P - 2, P - 1][i % 4] } else { M31::random(rng) }).collect()
+    }
+
+    #[test]
+    fn vectorised_slices_match_the_scalar_reference_bit_for_bit() {
+        let seed = 0x5eed_0002;
+        println!("seed = {seed:#x}");
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        for n in [0, 1, 7, 8, 9, 31, 1000, 4099] {
+            let (a, b) = (elements(&mut rng, n), elements(&mut rng, n));
+            assert_eq!(slices::dot(&a, &b), reference::dot::<M31>(&a, &b), "dot, n = {n}");
+            let all_max = vec![P - 1; n];
+            assert_eq!(slices::dot(&all_max, &all_max), reference::dot::<M31>(&all_max, &all_max), "dot max");
+            for c in [0, 1, P - 1, M31::random(&mut rng)] {
+                // Accumulators that already hold large partial sums.
+                let start: Vec<u64> = (0..n).map(|_| rng.next_u64() >> 2).collect();
+                let (mut fast, mut slow) = (start.clone(), start);
+                slices::mul_acc(&mut fast, c, &a);
+                reference::mul_acc::<M31>(&mut slow, c, &a);
+                assert_eq!(fast, slow, "mul_acc, n = {n}, c = {c}");
+                let mut big = fast.clone();
+                big.iter_mut().enumerate().for_each(|(i, v)| *v |= if i % 5 == 0 { u64::MAX << 40 } else { 0 });
+                let (mut r1, mut r2) = (vec![0u32; n], vec![0u32; n]);
+                slices::reduce_into(&mut r1, &big);
+                reference::reduce_into::<M31>(&mut r2, &big);
+                assert_eq!(r1, r2, "reduce_into, n = {n}");
+                let (mut u1, mut u2) = (vec![0i32; n], vec![0i32; n]);
+                slices::unmask(&mut u1, &b, c, &big);
+                reference::unmask::<M31>(&mut u2, &b, c, &big);
+                assert_eq!(u1, u2, "unmask, n = {n}, c = {c}");
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,68 @@
+//! Vectorised slice kernels for [`M31`](super::M31), the client's hot loops.
+//!
+//! Every kernel is written once as plain scalar Rust and compiled several times by
+//! [`multiversion`]: for AVX2 on x86-64, for NEON on aarch64, and for the baseline target; the
+//! best version the CPU supports is picked at run time, so one binary runs everywhere. The
+//! 32×32→64-bit products vectorise to `vpmuludq` (four per AVX2 instruction), and the Mersenne
+//! reduction is shifts, masks and adds, so the whole kernel stays in vector registers.
+//!
+//! The generic scalar implementations in [`super::reference`] are the specification: tests check
+//! that every kernel here matches them bit for bit.
+
+use multiversion::multiversion;
+
+use super::P;
+
+const P64: u64 = P as u64;
+
+/// `x mod 2^31 + x / 2^31`: below 2^32 for a product of two elements (below 2^62).
+#[inline(always)]
+fn fold(x: u64) -> u64 {
+    (x & P64) + (x >> 31)
+}
+
+/// The canonical residue of any `u64`, without branches.
+#[inline(always)]
+fn reduce(x: u64) -> u32 {
+    let t = fold(fold(x)) as u32; // below 2^31 + 8
+    t.min(t.wrapping_sub(P))
+}
+
+/// `Σ a[i]·b[i] mod p` over the common length.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub fn dot(a: &[u32], b: &[u32]) -> u32 {
+    // Each folded product is below 2^32, so 2^32 of them fit in the u64 sum.
+    reduce(a.iter().zip(b).fold(0u64, |acc, (&x, &y)| acc + fold(u64::from(x) * u64::from(y))))
+}
+
+/// `acc[i] += fold(c·x[i])`: lazy accumulation; `acc` must stay below 2^64, which allows 2^32
+/// calls on a zeroed accumulator.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub fn mul_acc(acc: &mut [u64], c: u32, x: &[u32]) {
+    let c = u64::from(c);
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a += fold(c * u64::from(v));
+    }
+}
+
+/// `out[i] = acc[i] mod p`.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub fn reduce_into(out: &mut [u32], acc: &[u64]) {
+    for (o, &a) in out.iter_mut().zip(acc) {
+        *o = reduce(a);
+    }
+}
+
+/// Decryption's last step: `out[i] = lift(c·y[i] - (mk[i] mod p))`, the signed integer in
+/// `[-(p-1)/2, (p-1)/2]`.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub fn unmask(out: &mut [i32], y: &[u32], c: u32, mk: &[u64]) {
+    let c = u64::from(c);
+    for ((o, &yv), &m) in out.iter_mut().zip(y).zip(mk) {
+        let d = reduce(c * u64::from(yv)) + P - reduce(m); // in [1, 2p)
+        let d = d.min(d.wrapping_sub(P)); // canonical
+        // Elements above (p-1)/2 stand for negative integers: subtract p (wrapping in i32).
+        let neg = if d > (P - 1) / 2 { P } else { 0 };
+        *o = d.wrapping_sub(neg) as i32;
+    }
+}
