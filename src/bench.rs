@@ -19,8 +19,8 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::cloud::{CloudBackend, CpuBackend};
-use crate::decrypt::{MaskKernel, decrypt};
-use crate::encrypt::{encrypt_input, encrypt_kernel};
+use crate::decrypt::{MaskKernel, decrypt, decrypt_into};
+use crate::encrypt::{encrypt_input, encrypt_input_into, encrypt_kernel};
 use crate::field::{M31, PrimeField};
 use crate::geometry::{Conv2d, Padding};
 use crate::keys::{ImageMask, SessionKey, seeded_rng};
@@ -348,16 +348,38 @@ fn shape_label(g: &Conv2d) -> String {
     )
 }
 
-/// Quantizes f32 activations to `|q| <= 127` with one scale for the batch.
+/// Quantizes f32 activations to `|q| <= 127` with one scale for the batch, into field
+/// elements in `out`; returns the scale.
 #[multiversion::multiversion(targets("x86_64+avx2", "aarch64+neon"))]
-fn quantize(x: &[f32]) -> (Vec<u32>, f32) {
-    let m = x.iter().fold(0f32, |m, &v| m.max(v.abs()));
+fn quantize_into(x: &[f32], out: &mut [u32]) -> f32 {
+    // Eight running maxima, so that the reduction vectorises.
+    let mut lanes = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v.abs());
+        }
+    }
+    let m = tail.iter().map(|v| v.abs()).chain(lanes).fold(0f32, f32::max);
     let scale = if m > 0.0 { m / 127.0 } else { 1.0 };
-    let q = x.iter().map(|&v| {
-        let i = (v / scale).round() as i32;
-        if i < 0 { (i + M31::P as i32) as u32 } else { i as u32 }
-    });
-    (q.collect(), scale)
+    let inv = 1.0 / scale;
+    // Round to nearest (ties to even) by adding 1.5·2^23: for |v·inv| <= 2^22 the integer lands
+    // in the low mantissa bits. Branch-free, so it vectorises (a float-to-int cast does not).
+    const MAGIC: f32 = 12_582_912.0;
+    for (o, &v) in out.iter_mut().zip(x) {
+        let i = ((v * inv + MAGIC).to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+        *o = (i + ((i >> 31) & M31::P as i32)) as u32; // v mod p
+    }
+    scale
+}
+
+/// De-quantizes integer results with the product of the activation and weight scales.
+#[multiversion::multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+fn dequantize_into(y: &[i32], scale: f32, out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(y) {
+        *o = v as f32 * scale;
+    }
 }
 
 /// Measures one layer at one batch size and thread count.
@@ -423,7 +445,8 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Bench
         pool.install(|| time(opts.min_time, || (encrypt_kernel(&key, &k_field), MaskKernel::new(&key, &k_field))));
     let kp = encrypt_kernel(&key, &k_field)?;
     let mk = MaskKernel::new(&key, &k_field)?;
-    let (xq, _) = quantize(&xf);
+    let mut xq = vec![0u32; xf.len()];
+    quantize_into(&xf, &mut xq);
     let masks = ImageMask::generate_batch(&key, b, &mut rng);
     let xp = encrypt_input(&key, &masks, &xq)?;
     let yp = CpuBackend::new().conv(g, b, &kp, &xp)?;
@@ -441,21 +464,23 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Bench
         )));
     }
     let wscale = 1.0f32 / 127.0;
+    // The client's buffers are allocated once and reused, as a stream of batches would.
+    let (mut x_buf, mut xp_buf) = (vec![0u32; xq.len()], vec![0u32; xq.len()]);
+    let (mut y_buf, mut yf_buf) = (vec![0i32; yp.len()], vec![0f32; yp.len()]);
     let (quant_s, encrypt_s, verify_s, decrypt_s) = pool.install(|| {
         let q = time(opts.min_time, || {
-            let (q, s) = quantize(&xf);
-            let y: Vec<f32> = y.iter().map(|&v| v as f32 * (s * wscale)).collect();
-            (q, y)
+            let s = quantize_into(&xf, &mut x_buf);
+            dequantize_into(&y, s * wscale, &mut yf_buf);
         });
         let mut r = seeded_rng(seed ^ 1);
         let e = time(opts.min_time, || {
             let masks = ImageMask::generate_batch(&key, b, &mut r);
-            encrypt_input(&key, &masks, &xq)
+            encrypt_input_into(&key, &masks, &xq, &mut xp_buf)
         });
         let v = time(opts.min_time, || verify::<M31, _>(&claim, Mode::Fast, 1, &mut r));
         let s: Vec<u32> = (0..g.cout()).map(|_| M31::random(&mut r)).collect();
         let vk = time(opts.min_time, || kernel_fold::<M31>(g, &kp, &s));
-        let d = time(opts.min_time, || decrypt(&key, &mk, &masks, &yp));
+        let d = time(opts.min_time, || decrypt_into(&key, &mk, &masks, &yp, &mut y_buf));
         (q, e, (v, vk), d)
     });
     let (verify_s, verify_kernel_s) = verify_s;

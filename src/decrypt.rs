@@ -53,13 +53,21 @@ impl MaskKernel {
     }
 }
 
-/// The per-image tables `A_t[y,i]` (`ρ × Ho × kh`) and `C_t[x,j]`, stored transposed
-/// (`ρ × kw × Wo`) so that `Q` is computed along output rows; zero where the index falls in the
-/// padding.
+/// The per-image tables `A_t[y,i]` (stored `Ho × ρ × kh`, so that the coefficients of one
+/// output row are contiguous) and `C_t[x,j]` (stored transposed, `ρ × kw × Wo`, so that `Q` is
+/// computed along output rows); zero where the index falls in the padding.
 struct ImageTables {
     a: Vec<u32>,
     c: Vec<u32>,
+    /// For outputs narrower than [`MIN_ROW_WIDTH`]: the planes `B_{t,i,j} = A_t[·,i] ⊗ C_t[·,j]`
+    /// (`ρ·kh·kw × Ho × Wo`), so that `Mk[o] = Σ_{t,i,j} KG_t[o,i,j]·B_{t,i,j}` is one fused pass
+    /// per plane. Empty for wider outputs, which are computed row by row.
+    basis: Vec<u32>,
 }
+
+/// Output rows at least this wide are unmasked row by row (`ρ·kh` products per element);
+/// narrower ones as whole planes (`ρ·kh·kw` products per element, but no per-row overhead).
+const MIN_ROW_WIDTH: usize = 32;
 
 impl ImageTables {
     fn new(g: &Conv2d, mask: &ImageMask) -> Self {
@@ -70,7 +78,7 @@ impl ImageTables {
             for y in 0..g.ho() {
                 for i in 0..g.kh() {
                     if let Some(r) = g.in_row(y, i) {
-                        a[(t * g.ho() + y) * g.kh() + i] = mask.row_factor(t)[r];
+                        a[(y * rho + t) * g.kh() + i] = mask.row_factor(t)[r];
                     }
                 }
             }
@@ -82,56 +90,58 @@ impl ImageTables {
                 }
             }
         }
-        Self { a, c }
+        let mut basis = Vec::new();
+        if g.wo() < MIN_ROW_WIDTH {
+            let (kh, kw, wo) = (g.kh(), g.kw(), g.wo());
+            basis = vec![0u32; rho * kh * kw * g.n()];
+            for (tij, plane) in basis.chunks_exact_mut(g.n()).enumerate() {
+                let (t, i, j) = (tij / (kh * kw), tij / kw % kh, tij % kw);
+                let crow = &c[(t * kw + j) * wo..][..wo];
+                for (y, row) in plane.chunks_exact_mut(wo).enumerate() {
+                    slices::combine_into(row, &[(a[(y * rho + t) * kh + i], crow)]);
+                }
+            }
+        }
+        Self { a, c, basis }
     }
 }
 
-/// Working memory of [`mask_channel`]: `Q_t[i,x]` (`ρ·kh·Wo`) and one unreduced row (`Wo`).
-struct Scratch {
-    q: Vec<u32>,
-    row: Vec<u64>,
-}
-
-impl Scratch {
-    fn new(g: &Conv2d, rho: usize) -> Self {
-        Self { q: vec![0; rho * g.kh() * g.wo()], row: vec![0; g.wo()] }
-    }
-}
-
-/// Calls `emit(y, mk_row)` for every output row y of `Mk[o,·,·]`, plain output channel `o`;
-/// `mk_row` holds partially reduced values.
+/// Calls `emit(range, terms)` for pieces of the plane `Mk[o,·,·]` (plain output channel `o`,
+/// elements `range` of the plane), each the linear combination `Σ_k c_k·q_k` of
+/// `terms = [(c_k, q_k)]`: whole planes `Σ KG_t[o,i,j]·B_{t,i,j}` for narrow outputs, else rows
+/// y with `c = A_t[y,i]` and `q = Q_t[i,·]`. `q` is working memory of `ρ·kh·Wo` elements.
 fn mask_channel(
     g: &Conv2d,
     rho: usize,
     mk: &MaskKernel,
     tab: &ImageTables,
     o: usize,
-    scratch: &mut Scratch,
-    mut emit: impl FnMut(usize, &[u64]),
+    q: &mut [u32],
+    mut emit: impl FnMut(std::ops::Range<usize>, &[(u32, &[u32])]),
 ) {
-    let (kh, kw, ho, wo) = (g.kh(), g.kw(), g.ho(), g.wo());
-    let Scratch { q, row } = scratch;
-    for t in 0..rho {
+    let (kh, kw, wo) = (g.kh(), g.kw(), g.wo());
+    if !tab.basis.is_empty() {
+        let terms: Vec<(u32, &[u32])> = (0..rho)
+            .flat_map(|t| &mk.kg[(t * g.cout() + o) * kh * kw..][..kh * kw])
+            .zip(tab.basis.chunks_exact(g.n()))
+            .map(|(&k, plane)| (k, plane))
+            .collect();
+        emit(0..g.n(), &terms);
+        return;
+    }
+    let mut terms: Vec<(u32, &[u32])> = Vec::with_capacity(rho * kh.max(kw));
+    for (t, qt) in q.chunks_exact_mut(kh * wo).enumerate() {
         let kg = &mk.kg[(t * g.cout() + o) * kh * kw..][..kh * kw];
-        for i in 0..kh {
-            row.fill(0);
-            for j in 0..kw {
-                M31::mul_acc(row, kg[i * kw + j], &tab.c[(t * kw + j) * wo..][..wo]);
-            }
-            M31::reduce_into(&mut q[(t * kh + i) * wo..][..wo], row);
+        for (qrow, kgi) in qt.chunks_exact_mut(wo).zip(kg.chunks_exact(kw)) {
+            terms.clear();
+            terms.extend(kgi.iter().enumerate().map(|(j, &k)| (k, &tab.c[(t * kw + j) * wo..][..wo])));
+            slices::combine_into(qrow, &terms);
         }
     }
-    for y in 0..ho {
-        row.fill(0);
-        for t in 0..rho {
-            for i in 0..kh {
-                let ayi = tab.a[(t * ho + y) * kh + i];
-                if ayi != 0 {
-                    M31::mul_acc(row, ayi, &q[(t * kh + i) * wo..][..wo]);
-                }
-            }
-        }
-        emit(y, row.as_slice());
+    for (y, coefs) in tab.a.chunks_exact(rho * kh).enumerate() {
+        terms.clear();
+        terms.extend(coefs.iter().zip(q.chunks_exact(wo)).filter(|(c, _)| **c != 0).map(|(&c, qrow)| (c, qrow)));
+        emit(y * wo..(y + 1) * wo, &terms);
     }
 }
 
@@ -141,10 +151,10 @@ pub fn mask_conv(key: &SessionKey, mk: &MaskKernel, mask: &ImageMask) -> Vec<u32
     let g = key.geometry();
     let tab = ImageTables::new(g, mask);
     let mut out = vec![0u32; g.output_image_len()];
-    let mut scratch = Scratch::new(g, key.rank());
+    let mut q = vec![0u32; key.rank() * g.kh() * g.wo()];
     for (o, dst) in out.chunks_exact_mut(g.n()).enumerate() {
-        mask_channel(g, key.rank(), mk, &tab, o, &mut scratch, |y, r| {
-            M31::reduce_into(&mut dst[y * g.wo()..][..g.wo()], r);
+        mask_channel(g, key.rank(), mk, &tab, o, &mut q, |range, terms| {
+            slices::combine_into(&mut dst[range], terms);
         });
     }
     out
@@ -156,29 +166,46 @@ pub fn mask_conv(key: &SessionKey, mk: &MaskKernel, mask: &ImageMask) -> Vec<u32
 /// # Errors
 /// [`crate::Error::LengthMismatch`] or [`crate::Error::NotAFieldElement`].
 pub fn decrypt(key: &SessionKey, mk: &MaskKernel, masks: &[ImageMask], y_cloud: &[u32]) -> Result<Vec<i32>> {
+    let mut out = vec![0i32; y_cloud.len()];
+    decrypt_into(key, mk, masks, y_cloud, &mut out)?;
+    Ok(out)
+}
+
+/// [`decrypt`] into a caller-owned buffer of `y_cloud.len()` elements, so that a stream of
+/// batches reuses one allocation.
+///
+/// # Errors
+/// [`crate::Error::LengthMismatch`] (also for `out`) or [`crate::Error::NotAFieldElement`].
+pub fn decrypt_into(
+    key: &SessionKey,
+    mk: &MaskKernel,
+    masks: &[ImageMask],
+    y_cloud: &[u32],
+    out: &mut [i32],
+) -> Result<()> {
     let g = key.geometry();
     let batch = masks.len();
     check_masks(key, masks, batch)?;
     Conv2d::check_len("cloud output", batch * g.output_image_len(), y_cloud.len())?;
+    Conv2d::check_len("decrypted output buffer", y_cloud.len(), out.len())?;
     check_canonical::<M31>("cloud output", y_cloud)?;
     let mut sigma_inv = vec![0usize; g.cout()];
     for (op, &o) in key.sigma().iter().enumerate() {
         sigma_inv[o] = op;
     }
     let tables: Vec<ImageTables> = masks.iter().map(|m| ImageTables::new(g, m)).collect();
-    let (n, wo) = (g.n(), g.wo());
-    let mut out = vec![0i32; y_cloud.len()];
+    let n = g.n();
     out.par_chunks_exact_mut(n).enumerate().for_each_init(
-        || Scratch::new(g, key.rank()),
-        |scratch, (idx, dst)| {
+        || vec![0u32; key.rank() * g.kh() * g.wo()],
+        |q, (idx, dst)| {
             let (b, o) = (idx / g.cout(), idx % g.cout());
             let op = sigma_inv[o];
             let ainv = key.alpha_inv()[op];
             let src = &y_cloud[(b * g.cout() + op) * n..][..n];
-            mask_channel(g, key.rank(), mk, &tables[b], o, scratch, |y, mkrow| {
-                slices::unmask(&mut dst[y * wo..][..wo], &src[y * wo..][..wo], ainv, mkrow);
+            mask_channel(g, key.rank(), mk, &tables[b], o, q, |range, terms| {
+                slices::unmask_into(&mut dst[range.clone()], &src[range], ainv, terms);
             });
         },
     );
-    Ok(out)
+    Ok(())
 }

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::field::{M31, PrimeField, check_canonical};
+use crate::field::{M31, PrimeField, check_canonical, slices};
 use crate::geometry::Conv2d;
 use crate::keys::{ImageMask, SessionKey};
 use crate::{Error, Result};
@@ -59,33 +59,42 @@ pub(crate) fn check_masks(key: &SessionKey, masks: &[ImageMask], batch: usize) -
 /// # Errors
 /// [`Error::LengthMismatch`] or [`Error::NotAFieldElement`].
 pub fn encrypt_input(key: &SessionKey, masks: &[ImageMask], x: &[u32]) -> Result<Vec<u32>> {
+    let mut out = vec![0u32; x.len()];
+    encrypt_input_into(key, masks, x, &mut out)?;
+    Ok(out)
+}
+
+/// [`encrypt_input`] into a caller-owned buffer of `x.len()` elements, so that a stream of
+/// batches reuses one allocation.
+///
+/// # Errors
+/// [`Error::LengthMismatch`] (also for `out`) or [`Error::NotAFieldElement`].
+pub fn encrypt_input_into(key: &SessionKey, masks: &[ImageMask], x: &[u32], out: &mut [u32]) -> Result<()> {
     let g = key.geometry();
     let batch = g.batch_of_input(x.len())?;
     check_masks(key, masks, batch)?;
+    Conv2d::check_len("encrypted input buffer", x.len(), out.len())?;
     check_canonical::<M31>("input", x)?;
-    let (cin, h, w, rho) = (g.cin(), g.h(), g.w(), key.rank());
-    let mut out = vec![0u32; x.len()];
-    out.par_chunks_exact_mut(h * w).enumerate().for_each(|(idx, dst)| {
-        let (b, cp) = (idx / cin, idx % cin);
-        let c = key.pi()[cp];
-        let beta = key.beta()[cp];
-        let mask = &masks[b];
-        // β·g_t[c], then per row β·g_t[c]·a_t[y]: R costs ρ multiplications per element.
-        let bg: Vec<u32> = (0..rho).map(|t| M31::mul(beta, key.channel_factor(t)[c])).collect();
-        let cols: Vec<&[u32]> = (0..rho).map(|t| mask.col_factor(t)).collect();
-        let rows: Vec<&[u32]> = (0..rho).map(|t| mask.row_factor(t)).collect();
-        let src = &x[(b * cin + c) * h * w..][..h * w];
-        let mut acc = vec![0u64; w];
-        for (y, (drow, srow)) in dst.chunks_exact_mut(w).zip(src.chunks_exact(w)).enumerate() {
-            acc.fill(0);
-            M31::mul_acc(&mut acc, beta, srow);
-            for (t, col) in cols.iter().enumerate() {
-                M31::mul_acc(&mut acc, M31::mul(bg[t], rows[t][y]), col);
-            }
-            M31::reduce_into(drow, &acc);
+    let (cin, hw, rho) = (g.cin(), g.h() * g.w(), key.rank());
+    // The spatial factors S_{b,t} = a_{b,t} ⊗ c_{b,t} (B × ρ × H × W), once per image, so that
+    // every channel plane is one fused pass: X' = β·X + Σ_t (β·g_t[c])·S_{b,t}.
+    let mut spatial = vec![0u32; batch * rho * hw];
+    spatial.par_chunks_exact_mut(hw).enumerate().for_each(|(bt, plane)| {
+        let (mask, t) = (&masks[bt / rho], bt % rho);
+        for (row, &a) in plane.chunks_exact_mut(g.w()).zip(mask.row_factor(t)) {
+            slices::combine_into(row, &[(a, mask.col_factor(t))]);
         }
     });
-    Ok(out)
+    out.par_chunks_exact_mut(hw).enumerate().for_each(|(idx, dst)| {
+        let (b, cp) = (idx / cin, idx % cin);
+        let (c, beta) = (key.pi()[cp], key.beta()[cp]);
+        let mut terms: Vec<(u32, &[u32])> = Vec::with_capacity(rho + 1);
+        terms.push((beta, &x[(b * cin + c) * hw..][..hw]));
+        terms
+            .extend((0..rho).map(|t| (M31::mul(beta, key.channel_factor(t)[c]), &spatial[(b * rho + t) * hw..][..hw])));
+        slices::combine_into(dst, &terms);
+    });
+    Ok(())
 }
 
 /// The plain mask `R_b[c, y, x] = Σ_t g_t[c]·a_{b,t}[y]·c_{b,t}[x]` of one image (`Cin × H × W`),

@@ -144,18 +144,9 @@ fn fast_round<F: PrimeField, R: RngCore>(claim: &Claim<'_>, rng: &mut R) -> bool
         acc + F::fold_product(u64::from(F::mul(w[bo / cout], s[bo % cout])) * u64::from(planes[bo]))
     }));
 
-    // X~ = Σ_b w_b X'_b, one channel plane at a time.
     let (taps, hw) = (g.kh() * g.kw(), g.h() * g.w());
     let (kh, kw) = (g.kh(), g.kw());
     let img = g.image_len();
-    let mut folded = vec![0u32; img];
-    folded.par_chunks_mut(hw).enumerate().for_each(|(c, plane)| {
-        let mut acc = vec![0u64; hw];
-        for (b, &wb) in w.iter().enumerate() {
-            F::mul_acc(&mut acc, wb, &xp[b * img + c * hw..][..hw]);
-        }
-        F::reduce_into(plane, &acc);
-    });
 
     let ks = kernel_fold::<F>(g, kp, &s);
 
@@ -170,14 +161,28 @@ fn fast_round<F: PrimeField, R: RngCore>(claim: &Claim<'_>, rng: &mut R) -> bool
         }
     }
 
-    // Per cloud input channel: Z[h,j] = Σ_x v_x X~[c', h, x·sw + j·dw - pl] on the H real rows,
-    // T[i,j] = Σ_y u_y Z[y·sh + i·dh - pt, j], then Σ_{i,j} k_s[c',i,j]·T[i,j].
+    // Per cloud input channel: X~[c'] = Σ_b w_b X'_b[c'] (a batch of one is used as it is, and
+    // w_0 applied to the total instead: the map is linear), Z[h,j] = Σ_x v_x X~[c', h, x·sw +
+    // j·dw - pl] on the H real rows, T[i,j] = Σ_y u_y Z[y·sh + i·dh - pt, j], then
+    // Σ_{i,j} k_s[c',i,j]·T[i,j].
     let per_channel: Vec<u32> = (0..g.cin())
         .into_par_iter()
         .map_init(
-            || vec![0u32; g.h() * kw],
-            |z, cp| {
-                let plane = &folded[cp * hw..][..hw];
+            || {
+                let fold_len = if batch > 1 { hw } else { 0 };
+                (vec![0u32; g.h() * kw], vec![0u32; fold_len], vec![0u64; fold_len])
+            },
+            |(z, folded, wide), cp| {
+                let plane = if batch > 1 {
+                    wide.fill(0);
+                    for (b, &wb) in w.iter().enumerate() {
+                        F::mul_acc(wide, wb, &xp[b * img + cp * hw..][..hw]);
+                    }
+                    F::reduce_into(folded, wide);
+                    folded.as_slice()
+                } else {
+                    &xp[cp * hw..][..hw]
+                };
                 for (zrow, xrow) in z.chunks_exact_mut(kw).zip(plane.chunks_exact(g.w())) {
                     for (zv, vrow) in zrow.iter_mut().zip(vj.chunks_exact(g.w())) {
                         *zv = F::dot(xrow, vrow);
@@ -198,6 +203,7 @@ fn fast_round<F: PrimeField, R: RngCore>(claim: &Claim<'_>, rng: &mut R) -> bool
         )
         .collect();
     let vv = F::reduce(per_channel.iter().map(|&x| u64::from(x)).sum());
+    let vv = if batch > 1 { vv } else { F::mul(vv, w[0]) };
     l == vv
 }
 

@@ -153,10 +153,19 @@ pub mod reference {
         }
     }
 
-    /// `out[i] = lift(c·y[i] - reduce(mk[i]))`: decryption's last step.
-    pub fn unmask<F: PrimeField>(out: &mut [i32], y: &[u32], c: u32, mk: &[u64]) {
-        for ((o, &yv), &m) in out.iter_mut().zip(y).zip(mk) {
-            *o = F::lift(F::sub(F::mul(c, yv), F::reduce(m))) as i32;
+    /// `out[i] = Σ_k c_k·x_k[i] mod P` for `terms = [(c_k, x_k)]`.
+    pub fn combine_into<F: PrimeField>(out: &mut [u32], terms: &[(u32, &[u32])]) {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = terms.iter().fold(0, |acc, &(c, x)| x.get(i).map_or(acc, |&v| F::add(acc, F::mul(c, v))));
+        }
+    }
+
+    /// `out[i] = lift(c·y[i] - Σ_k c_k·x_k[i])`: decryption's last step.
+    pub fn unmask_into<F: PrimeField>(out: &mut [i32], y: &[u32], c: u32, terms: &[(u32, &[u32])]) {
+        let mut mk = vec![0u32; out.len()];
+        combine_into::<F>(&mut mk, terms);
+        for ((o, &yv), &m) in out.iter_mut().zip(y).zip(&mk) {
+            *o = F::lift(F::sub(F::mul(c, yv), m)) as i32;
         }
     }
 }
@@ -321,10 +330,23 @@ mod tests {
                 slices::reduce_into(&mut r1, &big);
                 reference::reduce_into::<M31>(&mut r2, &big);
                 assert_eq!(r1, r2, "reduce_into, n = {n}");
-                let (mut u1, mut u2) = (vec![0i32; n], vec![0i32; n]);
-                slices::unmask(&mut u1, &b, c, &big);
-                reference::unmask::<M31>(&mut u2, &b, c, &big);
-                assert_eq!(u1, u2, "unmask, n = {n}, c = {c}");
+                // Up to 20 terms, with a short one, as encryption and decryption use them.
+                let rows: Vec<Vec<u32>> = (0..20).map(|k| elements(&mut rng, if k == 3 { n / 2 } else { n })).collect();
+                for count in [0, 1, 3, 20] {
+                    let terms: Vec<(u32, &[u32])> = rows[..count]
+                        .iter()
+                        .enumerate()
+                        .map(|(k, r)| (if k == 0 { c } else { P - 1 - k as u32 }, r.as_slice()))
+                        .collect();
+                    let (mut c1, mut c2) = (vec![0u32; n], vec![0u32; n]);
+                    slices::combine_into(&mut c1, &terms);
+                    reference::combine_into::<M31>(&mut c2, &terms);
+                    assert_eq!(c1, c2, "combine_into, n = {n}, c = {c}, {count} terms");
+                    let (mut u1, mut u2) = (vec![0i32; n], vec![0i32; n]);
+                    slices::unmask_into(&mut u1, &b, c, &terms);
+                    reference::unmask_into::<M31>(&mut u2, &b, c, &terms);
+                    assert_eq!(u1, u2, "unmask_into, n = {n}, c = {c}, {count} terms");
+                }
             }
         }
     }

@@ -53,16 +53,53 @@ pub fn reduce_into(out: &mut [u32], acc: &[u64]) {
     }
 }
 
-/// Decryption's last step: `out[i] = lift(c·y[i] - (mk[i] mod p))`, the signed integer in
-/// `[-(p-1)/2, (p-1)/2]`.
+/// Output elements per block of the fused kernels: a `u64` accumulator of this many lanes
+/// stays in L1 while every term is added to it.
+const BLOCK: usize = 64;
+
+/// Adds `Σ_k fold(c_k·x_k[start + i])` to `acc[i]`.
+#[inline(always)]
+fn accumulate(acc: &mut [u64], terms: &[(u32, &[u32])], start: usize) {
+    for &(c, x) in terms {
+        let c = u64::from(c);
+        for (a, &v) in acc.iter_mut().zip(x.iter().skip(start)) {
+            *a += fold(c * u64::from(v));
+        }
+    }
+}
+
+/// A fused linear combination: `out[i] = Σ_k c_k·x_k[i] mod p` for `terms = [(c_k, x_k)]`, in
+/// one pass over `out` (at most 2^32 terms; a term shorter than `out` contributes over its
+/// length only).
 #[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
-pub fn unmask(out: &mut [i32], y: &[u32], c: u32, mk: &[u64]) {
+pub fn combine_into(out: &mut [u32], terms: &[(u32, &[u32])]) {
+    let mut acc = [0u64; BLOCK];
+    for (blk, o) in out.chunks_mut(BLOCK).enumerate() {
+        let acc = &mut acc[..o.len()];
+        acc.fill(0);
+        accumulate(acc, terms, blk * BLOCK);
+        for (d, &a) in o.iter_mut().zip(acc.iter()) {
+            *d = reduce(a);
+        }
+    }
+}
+
+/// Decryption's last step, fused: `out[i] = lift(c·y[i] - Σ_k c_k·x_k[i])`, the signed integer
+/// in `[-(p-1)/2, (p-1)/2]`, for `terms = [(c_k, x_k)]` (the mask row).
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub fn unmask_into(out: &mut [i32], y: &[u32], c: u32, terms: &[(u32, &[u32])]) {
+    let mut acc = [0u64; BLOCK];
     let c = u64::from(c);
-    for ((o, &yv), &m) in out.iter_mut().zip(y).zip(mk) {
-        let d = reduce(c * u64::from(yv)) + P - reduce(m); // in [1, 2p)
-        let d = d.min(d.wrapping_sub(P)); // canonical
-        // Elements above (p-1)/2 stand for negative integers: subtract p (wrapping in i32).
-        let neg = if d > (P - 1) / 2 { P } else { 0 };
-        *o = d.wrapping_sub(neg) as i32;
+    for (blk, (o, yb)) in out.chunks_mut(BLOCK).zip(y.chunks(BLOCK)).enumerate() {
+        let acc = &mut acc[..o.len()];
+        acc.fill(0);
+        accumulate(acc, terms, blk * BLOCK);
+        for ((o, &yv), &m) in o.iter_mut().zip(yb).zip(acc.iter()) {
+            let d = reduce(c * u64::from(yv)) + P - reduce(m); // in [1, 2p)
+            let d = d.min(d.wrapping_sub(P)); // canonical
+            // Elements above (p-1)/2 stand for negative integers: subtract p (wrapping in i32).
+            let neg = if d > (P - 1) / 2 { P } else { 0 };
+            *o = d.wrapping_sub(neg) as i32;
+        }
     }
 }

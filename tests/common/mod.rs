@@ -36,7 +36,7 @@ fn conv(
         .expect("fixed test shape is valid")
 }
 
-/// At least `12 + random` convolution shapes with their batch sizes: a fixed list that covers
+/// At least `13 + random` convolution shapes with their batch sizes: a fixed list that covers
 /// every feature (1×1 and 7×7 kernels, stride 2, asymmetric padding, dilation 2, groups,
 /// depthwise, batch > 1, channel counts off the tile sizes, padding-only output rows), then
 /// random valid shapes. Every shape stays small enough for lavapipe.
@@ -55,9 +55,11 @@ pub fn conv_shapes(seed: u64, random: usize) -> Vec<(Conv2d, usize)> {
         (conv((6, 9, 3), (9, 11), (3, 5), (2, 1), p(2, 0, 1, 3), (1, 2)), 2),
         (conv((3, 2, 1), (5, 6), (5, 6), (1, 1), p(0, 0, 0, 0), (1, 1)), 4),
         (conv((2, 3, 1), (4, 4), (1, 1), (3, 2), p(3, 0, 4, 1), (1, 1)), 1),
+        // Outputs at least 32 wide: decryption's row-by-row path.
+        (conv((2, 3, 1), (5, 37), (3, 3), (1, 1), p(1, 1, 1, 1), (1, 1)), 2),
     ];
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    while shapes.len() < 12 + random {
+    while shapes.len() < 13 + random {
         let groups = [1, 1, 2, 3][rng.random_range(0..4)];
         let depthwise = rng.random_bool(0.15);
         let cin = if depthwise { rng.random_range(1..=8) } else { groups * rng.random_range(1..=5) };
