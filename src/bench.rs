@@ -176,6 +176,10 @@ pub struct BenchRow {
     pub speedup_vs_naive: Option<f64>,
     /// The f32 rate of baseline (b) on this layer, in GFLOP/s.
     pub gemm_gflops: f64,
+    /// The exact F_p convolution of the CPU cloud backend, same threads.
+    pub cloud_cpu_s: f64,
+    /// `cloud_cpu_s / im2col_gemm_s`: the cost of exact F_p over f32 on this CPU.
+    pub cloud_cpu_over_gemm: f64,
 }
 
 /// Median wall time of `f`, repeated until `min_time` has passed (at least 3 runs).
@@ -449,7 +453,13 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Bench
     quantize_into(&xf, &mut xq);
     let masks = ImageMask::generate_batch(&key, b, &mut rng);
     let xp = encrypt_input(&key, &masks, &xq)?;
-    let yp = CpuBackend::new().conv(g, b, &kp, &xp)?;
+    let cloud = CpuBackend::with_threads(opts.threads)?;
+    let yp = cloud.conv(g, b, &kp, &xp)?;
+    let mut cloud_err = None;
+    let cloud_cpu_s = time(opts.min_time, || cloud.conv(g, b, &kp, &xp).map_err(|e| cloud_err = Some(e)));
+    if let Some(e) = cloud_err {
+        return Err(e);
+    }
     let claim = Claim::new(g, b, &kp, &xp, &yp)?;
     if verify::<M31, _>(&claim, Mode::Fast, 1, &mut rng)? != Verdict::Accepted {
         return Err(Error::Unsupported(format!("{} {}: an honest answer failed verification", l.network, l.layer)));
@@ -525,6 +535,8 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Bench
         speedup_unamortized: best_plaintext_s / (client_s + session_s),
         speedup_vs_naive: naive_s.map(|n| n / client_amortized_s),
         gemm_gflops: 2.0 * macs as f64 / im2col_gemm_s / 1e9,
+        cloud_cpu_s,
+        cloud_cpu_over_gemm: cloud_cpu_s / im2col_gemm_s,
     })
 }
 
@@ -535,11 +547,11 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Bench
 pub fn write_csv(rows: &[BenchRow], path: &std::path::Path) -> Result<()> {
     let opt = |v: Option<f64>| v.map_or_else(String::new, |x| format!("{x:.6e}"));
     let mut out = String::from(
-        "network,layer,shape,batch,threads,macs,naive_s,im2col_gemm_s,tract_s,best_plaintext,best_plaintext_s,client_s,client_quantize_s,client_encrypt_s,client_verify_s,client_verify_kernel_s,client_decrypt_s,session_s,session_images,client_amortized_s,floor_s,client_over_floor,image_over_floor,speedup,speedup_unamortized,speedup_vs_naive,gemm_gflops\n",
+        "network,layer,shape,batch,threads,macs,naive_s,im2col_gemm_s,tract_s,best_plaintext,best_plaintext_s,client_s,client_quantize_s,client_encrypt_s,client_verify_s,client_verify_kernel_s,client_decrypt_s,session_s,session_images,client_amortized_s,floor_s,client_over_floor,image_over_floor,speedup,speedup_unamortized,speedup_vs_naive,gemm_gflops,cloud_cpu_s,cloud_cpu_over_gemm\n",
     );
     for r in rows {
         out += &format!(
-            "{},{},\"{}\",{},{},{},{},{:.6e},{},{},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{},{:.6e},{:.6e},{:.3},{:.3},{:.3},{:.3},{},{:.2}\n",
+            "{},{},\"{}\",{},{},{},{},{:.6e},{},{},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{},{:.6e},{:.6e},{:.3},{:.3},{:.3},{:.3},{},{:.2},{:.6e},{:.3}\n",
             r.network,
             r.layer,
             r.shape,
@@ -566,7 +578,9 @@ pub fn write_csv(rows: &[BenchRow], path: &std::path::Path) -> Result<()> {
             r.speedup,
             r.speedup_unamortized,
             opt(r.speedup_vs_naive),
-            r.gemm_gflops
+            r.gemm_gflops,
+            r.cloud_cpu_s,
+            r.cloud_cpu_over_gemm
         );
     }
     std::fs::write(path, out).map_err(|e| Error::Io { path: path.display().to_string(), message: e.to_string() })

@@ -429,7 +429,7 @@ fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
     bar.finish_and_clear();
     let s = |v: f64| if v >= 1.0 { format!("{v:8.2} s") } else { format!("{:8.2} ms", v * 1e3) };
     println!(
-        "{:<13} {:<16} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>7} {:>9} | {:>8} {:>8} {:>9}",
+        "{:<13} {:<16} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>7} {:>9} | {:>8} {:>8} {:>9} | {:>11} {:>8}",
         "network",
         "layer",
         "batch",
@@ -443,12 +443,14 @@ fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
         "img/floor",
         "speedup",
         "1-batch",
-        "vs naive"
+        "vs naive",
+        "cloud cpu",
+        "/(b)"
     );
     for r in &rows {
         let opt = |v: Option<f64>| v.map_or_else(|| format!("{:>11}", "-"), s);
         println!(
-            "{:<13} {:<16} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>6.1}x {:>8.1}x | {:>7.1}x {:>7.1}x {:>9}",
+            "{:<13} {:<16} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>6.1}x {:>8.1}x | {:>7.1}x {:>7.1}x {:>9} | {:>11} {:>7.1}x",
             r.network,
             r.layer,
             r.batch,
@@ -462,7 +464,9 @@ fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
             r.image_over_floor,
             r.speedup,
             r.speedup_unamortized,
-            r.speedup_vs_naive.map_or_else(|| "-".to_string(), |v| format!("{v:.1}x (naive)"))
+            r.speedup_vs_naive.map_or_else(|| "-".to_string(), |v| format!("{v:.1}x (naive)")),
+            s(r.cloud_cpu_s),
+            r.cloud_cpu_over_gemm
         );
     }
     println!(
@@ -470,7 +474,7 @@ fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
         args.session
     );
     println!(
-        "speedup = best of (b) and (c) / client; 1-batch = the same with an unamortized session; /floor = client per-batch work / memcpy of X, X', Y', Y;\nimg/floor = the same without fast verification's sᵀK' term, which reads all of K' once per batch."
+        "speedup = best of (b) and (c) / client; 1-batch = the same with an unamortized session; /floor = client per-batch work / memcpy of X, X', Y', Y;\nimg/floor = the same without fast verification's sᵀK' term, which reads all of K' once per batch;\ncloud cpu = the exact F_p convolution of the CPU cloud backend (same threads), /(b) = its time over baseline (b)."
     );
     write_csv(&rows, &out.join("bench.csv"))?;
     write_json(&rows, &out.join("bench.json"))?;

@@ -90,7 +90,7 @@ fn conv_m31(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32]) -> Vec<u32> {
 
 /// Rows of the micro-kernel: output channels computed together, so that each loaded im2col
 /// value feeds `MR` products.
-const MR: usize = 4;
+const MR: usize = 6;
 /// Columns of the micro-kernel: output pixels per accumulator row (`MR × NR` accumulators live
 /// in vector registers).
 const NR: usize = 8;
@@ -141,7 +141,9 @@ fn gemm_tile(packed: &[u32], m: usize, col: &[u32], block: &mut [u32]) {
             MR => micro::<MR>(kb, col, out),
             1 => micro::<1>(kb, col, out),
             2 => micro::<2>(kb, col, out),
-            _ => micro::<3>(kb, col, out),
+            3 => micro::<3>(kb, col, out),
+            4 => micro::<4>(kb, col, out),
+            _ => micro::<5>(kb, col, out),
         }
     }
 }
@@ -152,22 +154,33 @@ fn gemm_tile(packed: &[u32], m: usize, col: &[u32], block: &mut [u32]) {
 fn micro<const R: usize>(kb: &[u32], col: &[u32], out: &mut [u32]) {
     for t0 in (0..TILE_N).step_by(NR) {
         let mut acc = [[0u64; NR]; R];
-        for (k3, c3) in kb.chunks(3 * R).zip(col.chunks(3 * TILE_N)) {
-            for (kc, cc) in k3.chunks_exact(R).zip(c3.chunks_exact(TILE_N)) {
-                let cv: &[u32; NR] = cc[t0..t0 + NR].try_into().unwrap_or(&[0; NR]);
-                for (a, &kv) in acc.iter_mut().zip(kc) {
-                    for (al, &c) in a.iter_mut().zip(cv) {
-                        *al += u64::from(kv) * u64::from(c);
-                    }
+        let steps = kb.chunks_exact(3 * R).zip(col.chunks_exact(3 * TILE_N));
+        let (k_rest, c_rest) = (kb.chunks_exact(3 * R).remainder(), col.chunks_exact(3 * TILE_N).remainder());
+        for (k3, c3) in steps {
+            mac::<R>(&mut acc, k3, c3, t0);
+            for a in acc.iter_mut() {
+                for al in a.iter_mut() {
+                    *al = M31::fold_product(*al);
                 }
             }
-            for al in acc.iter_mut().flatten() {
-                *al = M31::fold_product(*al);
-            }
         }
+        mac::<R>(&mut acc, k_rest, c_rest, t0);
         for (r, a) in acc.iter().enumerate() {
             for (d, &al) in out[r * TILE_N + t0..][..NR].iter_mut().zip(a) {
                 *d = M31::reduce(al);
+            }
+        }
+    }
+}
+
+/// `acc[r][l] += Σ_s k[s·R + r]·col[s·TILE_N + t0 + l]` over the (up to three) steps given.
+#[inline(always)]
+fn mac<const R: usize>(acc: &mut [[u64; NR]; R], k: &[u32], col: &[u32], t0: usize) {
+    for (kc, cc) in k.chunks_exact(R).zip(col.chunks_exact(TILE_N)) {
+        let cv = &cc[t0..t0 + NR];
+        for (a, &kv) in acc.iter_mut().zip(kc) {
+            for (al, &c) in a.iter_mut().zip(cv) {
+                *al += u64::from(kv) * u64::from(c);
             }
         }
     }

@@ -62,7 +62,7 @@ const BLOCK: usize = 64;
 fn accumulate(acc: &mut [u64], terms: &[(u32, &[u32])], start: usize) {
     for &(c, x) in terms {
         let c = u64::from(c);
-        for (a, &v) in acc.iter_mut().zip(x.iter().skip(start)) {
+        for (a, &v) in acc.iter_mut().zip(x.get(start..).unwrap_or_default()) {
             *a += fold(c * u64::from(v));
         }
     }
