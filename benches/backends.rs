@@ -65,21 +65,22 @@ fn backends(c: &mut Criterion) {
         };
         for (name, g) in lenet() {
             let (k, x) = (random(g.kernel_len(), 1), random(g.image_len(), 2));
-            assert_eq!(gpu.conv(&g, 1, &k, &x).expect("gpu"), cpu.conv(&g, 1, &k, &x).expect("cpu"), "{name}");
+            let want = cpu.conv(&g, 1, &k, &x).expect("cpu");
+            let kf: Vec<f32> = k.iter().map(|&v| (v % 7) as f32).collect();
+            let xf: Vec<f32> = x.iter().map(|&v| (v % 7) as f32).collect();
+            let want_f32 = conv_f32(&g, 1, &kf, &xf).expect("ref");
             group.throughput(Throughput::Elements(macs(&g)));
-            group.bench_function(BenchmarkId::new(format!("gpu_fp_{variant:?}"), name), |b| {
-                b.iter(|| gpu.conv(&g, 1, &k, &x).expect("gpu"))
-            });
-            if variant == ShaderVariant::U64 {
-                let kf: Vec<f32> = k.iter().map(|&v| (v % 7) as f32).collect();
-                let xf: Vec<f32> = x.iter().map(|&v| (v % 7) as f32).collect();
-                assert_eq!(
-                    gpu.conv_f32(ConvKernel::Tiled, &g, 1, &kf, &xf).expect("gpu"),
-                    conv_f32(&g, 1, &kf, &xf).expect("ref")
-                );
-                group.bench_function(BenchmarkId::new("gpu_f32_plaintext", name), |b| {
-                    b.iter(|| gpu.conv_f32(ConvKernel::Tiled, &g, 1, &kf, &xf).expect("gpu"))
+            for kernel in [ConvKernel::Simple, ConvKernel::Tiled] {
+                assert_eq!(gpu.conv_field(kernel, &g, 1, &k, &x).expect("gpu"), want, "{name} {kernel:?}");
+                group.bench_function(BenchmarkId::new(format!("gpu_fp_{variant:?}_{kernel:?}"), name), |b| {
+                    b.iter(|| gpu.conv_field(kernel, &g, 1, &k, &x).expect("gpu"))
                 });
+                if variant == ShaderVariant::U64 {
+                    assert_eq!(gpu.conv_f32(kernel, &g, 1, &kf, &xf).expect("gpu"), want_f32, "{name} {kernel:?}");
+                    group.bench_function(BenchmarkId::new(format!("gpu_f32_plaintext_{kernel:?}"), name), |b| {
+                        b.iter(|| gpu.conv_f32(kernel, &g, 1, &kf, &xf).expect("gpu"))
+                    });
+                }
             }
         }
     }

@@ -7,9 +7,9 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rand::Rng;
 use vericonv::cloud::{CloudBackend, CpuBackend};
-use vericonv::decrypt::{MaskKernel, decrypt};
-use vericonv::encrypt::{encrypt_input, encrypt_kernel};
-use vericonv::field::{M31, PrimeField};
+use vericonv::decrypt::{MaskKernel, decrypt, decrypt_into};
+use vericonv::encrypt::{encrypt_input, encrypt_input_into, encrypt_kernel};
+use vericonv::field::{M31, PrimeField, reference, slices};
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::{ImageMask, SessionKey, seeded_rng};
 use vericonv::reference::conv_i64;
@@ -59,10 +59,12 @@ fn client_phases(c: &mut Criterion) {
             b.iter(|| (encrypt_kernel(&key, &ke).expect("k"), MaskKernel::new(&key, &ke).expect("kg")))
         });
         group.throughput(Throughput::Elements(g.image_len() as u64));
+        // Output buffers are reused across iterations, as a stream of batches would.
+        let mut xp_buf = vec![0u32; xe.len()];
         group.bench_function(BenchmarkId::new("encrypt_per_input", name), |b| {
             b.iter(|| {
                 let masks = ImageMask::generate_batch(&key, 1, &mut rng);
-                encrypt_input(&key, &masks, &xe).expect("x")
+                encrypt_input_into(&key, &masks, &xe, &mut xp_buf).expect("x")
             })
         });
         group.throughput(Throughput::Elements(g.output_image_len() as u64));
@@ -71,12 +73,36 @@ fn client_phases(c: &mut Criterion) {
                 b.iter(|| verify::<M31, _>(&claim, mode, 1, &mut rng).expect("verify"))
             });
         }
+        let mut y_buf = vec![0i32; yp.len()];
         group.bench_function(BenchmarkId::new("decrypt_per_output", name), |b| {
-            b.iter(|| decrypt(&key, &mk, &masks, &yp).expect("decrypt"))
+            b.iter(|| decrypt_into(&key, &mk, &masks, &yp, &mut y_buf).expect("decrypt"))
         });
     }
     group.finish();
 }
 
-criterion_group!(benches, client_phases);
+/// The vectorised M31 kernels against their scalar reference (the same results, checked first).
+fn field_kernels(c: &mut Criterion) {
+    let mut group = c.benchmark_group("field");
+    group.sample_size(20).measurement_time(Duration::from_secs(1)).warm_up_time(Duration::from_millis(200));
+    let mut rng = seeded_rng(7);
+    let n = 224 * 224;
+    let rows: Vec<Vec<u32>> = (0..3).map(|_| (0..n).map(|_| M31::random(&mut rng)).collect()).collect();
+    let terms: Vec<(u32, &[u32])> = rows.iter().map(|r| (M31::random(&mut rng), r.as_slice())).collect();
+    let (mut fast, mut slow) = (vec![0u32; n], vec![0u32; n]);
+    slices::combine_into(&mut fast, &terms);
+    reference::combine_into::<M31>(&mut slow, &terms);
+    assert_eq!(fast, slow);
+    group.throughput(Throughput::Elements((n * terms.len()) as u64));
+    group.bench_function("combine_into_3_terms/vectorised", |b| b.iter(|| slices::combine_into(&mut fast, &terms)));
+    group.bench_function("combine_into_3_terms/scalar_reference", |b| {
+        b.iter(|| reference::combine_into::<M31>(&mut slow, &terms))
+    });
+    group.throughput(Throughput::Elements(n as u64));
+    group.bench_function("dot/vectorised", |b| b.iter(|| slices::dot(&rows[0], &rows[1])));
+    group.bench_function("dot/scalar_reference", |b| b.iter(|| reference::dot::<M31>(&rows[0], &rows[1])));
+    group.finish();
+}
+
+criterion_group!(benches, client_phases, field_kernels);
 criterion_main!(benches);
