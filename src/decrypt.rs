@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::Result;
 use crate::encrypt::check_masks;
-use crate::field::{M31, PrimeField, check_canonical, slices};
+use crate::field::{M31, check_canonical, slices};
 use crate::geometry::Conv2d;
 use crate::keys::{ImageMask, SessionKey};
 
@@ -30,25 +30,21 @@ impl MaskKernel {
         Conv2d::check_len("kernel", g.kernel_len(), k.len())?;
         check_canonical::<M31>("kernel", k)?;
         let (cpg, taps) = (g.cin_per_group(), g.kh() * g.kw());
-        // Row by row over K: KG_t[o, ·] = Σ_cl g_t[grp(o)·Cin/G + cl]·K[o, cl, ·].
+        // Row by row over K: KG_t[o, ·] = Σ_cl g_t[grp(o)·Cin/G + cl]·K[o, cl, ·], one fused
+        // linear combination of Cin/G taps-long rows per (t, o).
         let mut kg = vec![0u32; key.rank() * g.cout() * taps];
-        let mut acc = vec![0u64; taps];
-        for t in 0..key.rank() {
-            let gt = key.channel_factor(t);
-            for o in 0..g.cout() {
+        kg.par_chunks_exact_mut(taps).enumerate().for_each_init(
+            || Vec::with_capacity(cpg),
+            |terms: &mut Vec<(u32, &[u32])>, (to, dst)| {
+                let (gt, o) = (key.channel_factor(to / g.cout()), to % g.cout());
                 let c0 = g.group_of_output(o) * cpg;
-                acc.fill(0);
-                for (cl, row) in k[o * cpg * taps..][..cpg * taps].chunks_exact(taps).enumerate() {
-                    let gv = u64::from(gt[c0 + cl]);
-                    for (a, &kv) in acc.iter_mut().zip(row) {
-                        *a += M31::fold_product(gv * u64::from(kv));
-                    }
-                }
-                for (d, &a) in kg[(t * g.cout() + o) * taps..][..taps].iter_mut().zip(&acc) {
-                    *d = M31::reduce(a);
-                }
-            }
-        }
+                terms.clear();
+                terms.extend(
+                    k[o * cpg * taps..][..cpg * taps].chunks_exact(taps).zip(&gt[c0..]).map(|(row, &gv)| (gv, row)),
+                );
+                slices::combine_into(dst, terms);
+            },
+        );
         Ok(Self { kg })
     }
 }

@@ -19,21 +19,19 @@ pub fn encrypt_kernel(key: &SessionKey, k: &[u32]) -> Result<Vec<u32>> {
     Conv2d::check_len("kernel", g.kernel_len(), k.len())?;
     check_canonical::<M31>("kernel", k)?;
     let (cpg, cpo, taps) = (g.cin_per_group(), g.cout_per_group(), g.kh() * g.kw());
-    let beta_inv: Vec<u32> = key.beta().iter().map(|&b| M31::inv(b)).collect();
+    // β[c']^-1 spread over a kernel row: binv[c'·kh·kw + ij] (Cin × kh × kw, cloud order).
+    let binv: Vec<u32> = key.beta().iter().flat_map(|&b| std::iter::repeat_n(M31::inv(b), taps)).collect();
     let mut out = vec![0u32; k.len()];
-    for (op, slab) in out.chunks_exact_mut(g.m()).enumerate() {
+    out.par_chunks_exact_mut(g.m()).enumerate().for_each(|(op, row)| {
         let o = key.sigma()[op];
         let cloud_group = op / cpo;
-        for (clp, dst) in slab.chunks_exact_mut(taps).enumerate() {
-            let cp = cloud_group * cpg + clp;
-            let cl = key.pi()[cp] % cpg;
-            let coef = M31::mul(key.alpha()[op], beta_inv[cp]);
-            let src = &k[(o * cpg + cl) * taps..][..taps];
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = M31::mul(coef, s);
-            }
+        // Gather K[σ(o'), cl(c'), ·] in cloud channel order, then scale by α[o']·β[c']^-1.
+        for (clp, dst) in row.chunks_exact_mut(taps).enumerate() {
+            let cl = key.pi()[cloud_group * cpg + clp] % cpg;
+            dst.copy_from_slice(&k[(o * cpg + cl) * taps..][..taps]);
         }
-    }
+        slices::scale_mul_assign(row, key.alpha()[op], &binv[cloud_group * g.m()..][..g.m()]);
+    });
     Ok(out)
 }
 

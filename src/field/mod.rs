@@ -160,6 +160,13 @@ pub mod reference {
         }
     }
 
+    /// `x[i] = c·x[i]·b[i] mod P`.
+    pub fn scale_mul_assign<F: PrimeField>(x: &mut [u32], c: u32, b: &[u32]) {
+        for (v, &bv) in x.iter_mut().zip(b) {
+            *v = F::mul(c, F::mul(*v, bv));
+        }
+    }
+
     /// `out[i] = lift(c·y[i] - Σ_k c_k·x_k[i])`: decryption's last step.
     pub fn unmask_into<F: PrimeField>(out: &mut [i32], y: &[u32], c: u32, terms: &[(u32, &[u32])]) {
         let mut mk = vec![0u32; out.len()];
@@ -326,6 +333,10 @@ mod tests {
                 assert_eq!(fast, slow, "mul_acc, n = {n}, c = {c}");
                 let mut big = fast.clone();
                 big.iter_mut().enumerate().for_each(|(i, v)| *v |= if i % 5 == 0 { u64::MAX << 40 } else { 0 });
+                let (mut s1, mut s2) = (a.clone(), a.clone());
+                slices::scale_mul_assign(&mut s1, c, &b);
+                reference::scale_mul_assign::<M31>(&mut s2, c, &b);
+                assert_eq!(s1, s2, "scale_mul_assign, n = {n}, c = {c}");
                 let (mut r1, mut r2) = (vec![0u32; n], vec![0u32; n]);
                 slices::reduce_into(&mut r1, &big);
                 reference::reduce_into::<M31>(&mut r2, &big);

@@ -53,6 +53,15 @@ pub fn reduce_into(out: &mut [u32], acc: &[u64]) {
     }
 }
 
+/// `x[i] = c·x[i]·b[i] mod p`: two products per element.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub fn scale_mul_assign(x: &mut [u32], c: u32, b: &[u32]) {
+    let c = u64::from(c);
+    for (v, &bv) in x.iter_mut().zip(b) {
+        *v = reduce(c * u64::from(reduce(u64::from(*v) * u64::from(bv))));
+    }
+}
+
 /// Output elements per block of the fused kernels: a `u64` accumulator of this many lanes
 /// stays in L1 while every term is added to it.
 const BLOCK: usize = 64;
