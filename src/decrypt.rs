@@ -63,7 +63,7 @@ struct ImageTables {
 
 /// Output rows at least this wide are unmasked row by row (`ρ·kh` products per element);
 /// narrower ones as whole planes (`ρ·kh·kw` products per element, but no per-row overhead).
-const MIN_ROW_WIDTH: usize = 32;
+const MIN_ROW_WIDTH: usize = 16;
 
 impl ImageTables {
     fn new(g: &Conv2d, mask: &ImageMask) -> Self {

@@ -1,6 +1,8 @@
 //! The `vericonv bench` harness: each configuration checks its own outputs (decryption equals
 //! the integer convolution, baselines agree) before timing, and the reports are written.
 
+mod common;
+
 use std::time::Duration;
 
 use vericonv::bench::{BenchOptions, full_suite, plot_speedups, quick_suite, run_layer, write_csv};
@@ -24,9 +26,10 @@ fn bench_rows_are_self_checked_and_reported() {
         assert!(r.naive_s.is_some(), "small layers run the naive baseline");
         assert!(r.tract_s.is_some() == cfg!(feature = "tract"));
         assert!(r.best_plaintext_s <= r.im2col_gemm_s);
-        for v in [r.client_s, r.session_s, r.floor_s, r.speedup, r.client_over_floor] {
+        for v in [r.client_s, r.session_s, r.floor_s, r.speedup, r.client_over_floor, r.cloud_cpu_s] {
             assert!(v.is_finite() && v > 0.0, "{r:?}");
         }
+        assert!(r.client_verify_kernel_s > 0.0 && r.image_over_floor <= r.client_over_floor);
         assert!(
             (r.client_s - (r.client_quantize_s + r.client_encrypt_s + r.client_verify_s + r.client_decrypt_s)).abs()
                 < 1e-12
@@ -41,4 +44,21 @@ fn bench_rows_are_self_checked_and_reported() {
     assert_eq!(csv.lines().count(), 1 + rows.len());
     assert!(std::fs::read_to_string(dir.join("speedup.svg")).expect("svg").contains("<svg"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(feature = "gpu")]
+#[test]
+fn gpu_bench_checks_every_kernel_then_times_it() {
+    let Some(gpu) = common::gpu_or_skip(&vericonv::cloud::GpuOptions::default()) else { return };
+    let suite = quick_suite().expect("quick suite");
+    for l in suite.iter().filter(|l| l.network == "LeNet-5") {
+        let r = vericonv::bench::run_gpu_layer(l, &gpu, 2, 2, 5).unwrap_or_else(|e| panic!("{}: {e}", l.layer));
+        assert_eq!(r.macs, (2 * l.geom.output_image_len() * l.geom.m()) as u64);
+        assert_eq!(r.gpu_clock, gpu.info().timestamps);
+        for v in
+            [r.field_tiled_s, r.field_simple_s, r.f32_tiled_s, r.f32_simple_s, r.field_tiled_gops, r.field_over_f32]
+        {
+            assert!(v.is_finite() && v > 0.0, "{r:?}");
+        }
+    }
 }
