@@ -70,7 +70,7 @@ fn conv_m31(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32]) -> Vec<u32> {
                 let (b, grp) = (bg / groups, bg % groups);
                 gather_tile(g, xp, b, grp, tile * TILE_N, col);
                 let mut block = vec![0u32; cpo * TILE_N];
-                gemm_tile(&packed[grp], m, col, &mut block);
+                gemm_tile(&packed[grp], m, col, &mut block, (n - tile * TILE_N).min(TILE_N));
                 block
             },
         )
@@ -133,17 +133,18 @@ fn gather_tile(g: &Conv2d, xp: &[u32], b: usize, grp: usize, n0: usize, col: &mu
     }
 }
 
-/// `block[o, t] = Σ_m K'[o, m]·col[m·TILE_N + t]` for a group's rows packed by [`pack_rows`].
+/// `block[o, t] = Σ_m K'[o, m]·col[m·TILE_N + t]` for a group's rows packed by [`pack_rows`],
+/// for the first `width` pixels of the tile (rounded up to `NR`; the rest stays zero).
 #[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
-fn gemm_tile(packed: &[u32], m: usize, col: &[u32], block: &mut [u32]) {
+fn gemm_tile(packed: &[u32], m: usize, col: &[u32], block: &mut [u32], width: usize) {
     for (kb, out) in packed.chunks(MR * m).zip(block.chunks_mut(MR * TILE_N)) {
         match kb.len() / m {
-            MR => micro::<MR>(kb, col, out),
-            1 => micro::<1>(kb, col, out),
-            2 => micro::<2>(kb, col, out),
-            3 => micro::<3>(kb, col, out),
-            4 => micro::<4>(kb, col, out),
-            _ => micro::<5>(kb, col, out),
+            MR => micro::<MR>(kb, col, out, width),
+            1 => micro::<1>(kb, col, out, width),
+            2 => micro::<2>(kb, col, out, width),
+            3 => micro::<3>(kb, col, out, width),
+            4 => micro::<4>(kb, col, out, width),
+            _ => micro::<5>(kb, col, out, width),
         }
     }
 }
@@ -151,8 +152,8 @@ fn gemm_tile(packed: &[u32], m: usize, col: &[u32], block: &mut [u32]) {
 /// `R` output rows of a tile, `NR` pixels at a time, with `u64` lazy reduction: three products
 /// below 2^62 each fit on top of an accumulator folded below 2^33.
 #[inline(always)]
-fn micro<const R: usize>(kb: &[u32], col: &[u32], out: &mut [u32]) {
-    for t0 in (0..TILE_N).step_by(NR) {
+fn micro<const R: usize>(kb: &[u32], col: &[u32], out: &mut [u32], width: usize) {
+    for t0 in (0..width.div_ceil(NR) * NR).step_by(NR) {
         let mut acc = [[0u64; NR]; R];
         let steps = kb.chunks_exact(3 * R).zip(col.chunks_exact(3 * TILE_N));
         let (k_rest, c_rest) = (kb.chunks_exact(3 * R).remainder(), col.chunks_exact(3 * TILE_N).remainder());
