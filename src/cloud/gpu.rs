@@ -517,6 +517,43 @@ impl GpuBackend {
         (&self.conv[a][usize::from(kernel == ConvKernel::Tiled)], kernel)
     }
 
+    /// Uploads the uniform and the input, creates an output buffer of `out_elems` elements and
+    /// binds them with `kbuf` for a convolution pipeline.
+    fn conv_bindings<T: Pod>(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        params: &Params,
+        kbuf: &wgpu::Buffer,
+        input: &[T],
+        out_elems: usize,
+    ) -> Result<(wgpu::BindGroup, wgpu::Buffer)> {
+        scoped(&self.device, "buffer upload", || {
+            let ubuf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::bytes_of(params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+            let xbuf = self.storage_buffer("input", input, false);
+            let ybuf = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("output"),
+                size: (out_elems * 4) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("conv"),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &[
+                    wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 1, resource: kbuf.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 2, resource: xbuf.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 3, resource: ybuf.as_entire_binding() },
+                ],
+            });
+            (bind, ybuf)
+        })
+    }
+
     /// The kernel buffer a pipeline reads: rows of `K` as they are for the simple kernel,
     /// zero-padded to a multiple of 4 for the vec4 loads of the tiled one.
     fn kernel_buffer<T: Pod + Default>(&self, kernel: ConvKernel, m: usize, rows: &[T]) -> wgpu::Buffer {
@@ -635,7 +672,9 @@ impl GpuBackend {
         let mut out = vec![T::default(); batch * g.output_image_len()];
         for o0 in (0..g.cout()).step_by(plan.channels) {
             let oc = plan.channels.min(g.cout() - o0);
-            let kbuf = self.kernel_buffer(kernel_choice, g.m(), &kernel[o0 * g.m()..(o0 + oc) * g.m()]);
+            let kbuf = scoped(&self.device, "buffer upload", || {
+                self.kernel_buffer(kernel_choice, g.m(), &kernel[o0 * g.m()..(o0 + oc) * g.m()])
+            })?;
             for y0 in (0..g.ho()).step_by(plan.rows) {
                 let rows = plan.rows.min(g.ho() - y0);
                 let band = Band::new(g, y0, rows);
@@ -663,34 +702,7 @@ impl GpuBackend {
                         o_base: u(o0),
                         ..Params::whole(g, nb)
                     };
-                    let chunk_out = nb * oc * rows * wo;
-                    let (ubuf, xbuf, ybuf) = scoped(&self.device, "buffer upload", || {
-                        let ubuf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                            label: Some("params"),
-                            contents: bytemuck::bytes_of(&params),
-                            usage: wgpu::BufferUsages::UNIFORM,
-                        });
-                        let xbuf = self.storage_buffer("input", &xband, false);
-                        let ybuf = self.device.create_buffer(&wgpu::BufferDescriptor {
-                            label: Some("output"),
-                            size: (chunk_out * 4) as u64,
-                            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-                            mapped_at_creation: false,
-                        });
-                        (ubuf, xbuf, ybuf)
-                    })?;
-                    let bind = scoped(&self.device, "bind group creation", || {
-                        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                            label: Some("conv"),
-                            layout: &pipeline.get_bind_group_layout(0),
-                            entries: &[
-                                wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() },
-                                wgpu::BindGroupEntry { binding: 1, resource: kbuf.as_entire_binding() },
-                                wgpu::BindGroupEntry { binding: 2, resource: xbuf.as_entire_binding() },
-                                wgpu::BindGroupEntry { binding: 3, resource: ybuf.as_entire_binding() },
-                            ],
-                        })
-                    })?;
+                    let (bind, ybuf) = self.conv_bindings(pipeline, &params, &kbuf, &xband, nb * oc * rows * wo)?;
                     let mut res = self.submit_and_read::<T>("convolution", &[&ybuf], |enc| {
                         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                             label: Some("conv"),
@@ -746,32 +758,9 @@ impl GpuBackend {
                 "this layer at batch {batch} needs several dispatches on this adapter; time a smaller batch"
             )));
         }
-        let params = Params::whole(g, batch);
-        let bind = scoped(&self.device, "buffer upload", || {
-            let ubuf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::bytes_of(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-            let kbuf = self.kernel_buffer(kernel, g.m(), weights);
-            let xbuf = self.storage_buffer("input", input, false);
-            let ybuf = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("output"),
-                size: (batch * g.output_image_len() * 4) as u64,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            });
-            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("timed conv"),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &[
-                    wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 1, resource: kbuf.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 2, resource: xbuf.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 3, resource: ybuf.as_entire_binding() },
-                ],
-            })
-        })?;
+        let kbuf = scoped(&self.device, "buffer upload", || self.kernel_buffer(kernel, g.m(), weights))?;
+        let (bind, _) =
+            self.conv_bindings(pipeline, &Params::whole(g, batch), &kbuf, input, batch * g.output_image_len())?;
         let (x, y) = ConvPlan::workgroups(kernel, g.n(), g.cout());
         let timestamps = self.info.timestamps.then(|| {
             let qs = self.device.create_query_set(&wgpu::QuerySetDescriptor {
