@@ -58,7 +58,7 @@ impl CloudBackend for CpuBackend {
 fn conv_m31(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32]) -> Vec<u32> {
     let (m, n, cpo, groups) = (g.m(), g.n(), g.cout_per_group(), g.groups());
     let tiles = n.div_ceil(TILE_N);
-    let packed: Vec<Vec<u32>> = (0..groups).map(|grp| pack_rows(&kp[grp * cpo * m..][..cpo * m], m)).collect();
+    let packed: Vec<Vec<u64>> = (0..groups).map(|grp| pack_rows(&kp[grp * cpo * m..][..cpo * m], m)).collect();
     let mut out = vec![0u32; batch * g.output_image_len()];
     // One task per (image, group, pixel tile); each yields a cpo × TILE_N block.
     let blocks: Vec<Vec<u32>> = (0..batch * groups * tiles)
@@ -96,37 +96,57 @@ const MR: usize = 6;
 const NR: usize = 8;
 
 /// Packs the `rows × m` matrix `k` by blocks of `MR` rows, interleaved along `m`
-/// (`[block][m][MR]`); the last block holds the `rows % MR` leftover rows unpadded.
-fn pack_rows(k: &[u32], m: usize) -> Vec<u32> {
+/// (`[block][m][MR]`); the last block holds the `rows % MR` leftover rows unpadded. Entries are
+/// widened to `u64` so that the micro-kernel broadcasts them straight from memory.
+fn pack_rows(k: &[u32], m: usize) -> Vec<u64> {
     let mut out = Vec::with_capacity(k.len());
     for block in k.chunks(MR * m) {
         let r = block.len() / m;
         for mm in 0..m {
-            out.extend((0..r).map(|row| block[row * m + mm]));
+            out.extend((0..r).map(|row| u64::from(block[row * m + mm])));
         }
     }
     out
 }
 
 /// Gathers `col[m·TILE_N + t] = X'pad[b, grp·Cin/G + cl, y·sh + i·dh, x·sw + j·dw]` for the
-/// output pixels `n0 + t` (zero past the end and in the padding).
+/// output pixels `n0 + t` (zero past the end and in the padding), one output-row segment at a
+/// time; with stride 1 a segment is a contiguous copy.
 fn gather_tile(g: &Conv2d, xp: &[u32], b: usize, grp: usize, n0: usize, col: &mut [u32]) {
-    let (cpg, kh, kw, wo, n, hw) = (g.cin_per_group(), g.kh(), g.kw(), g.wo(), g.n(), g.h() * g.w());
+    let (cpg, kh, kw, wo, w, hw) = (g.cin_per_group(), g.kh(), g.kw(), g.wo(), g.w(), g.h() * g.w());
+    let width = TILE_N.min(g.n() - n0);
     for cl in 0..cpg {
         let plane = &xp[(b * g.cin() + grp * cpg + cl) * hw..][..hw];
         for i in 0..kh {
             for j in 0..kw {
                 let dst = &mut col[((cl * kh + i) * kw + j) * TILE_N..][..TILE_N];
-                for (t, d) in dst.iter_mut().enumerate() {
-                    let p = n0 + t;
-                    *d = if p < n {
-                        match (g.in_row(p / wo, i), g.in_col(p % wo, j)) {
-                            (Some(r), Some(c)) => plane[r * g.w() + c],
-                            _ => 0,
-                        }
-                    } else {
-                        0
+                dst[width..].fill(0);
+                let mut t = 0;
+                while t < width {
+                    let (y, x0) = ((n0 + t) / wo, (n0 + t) % wo);
+                    let seg = (wo - x0).min(width - t);
+                    let d = &mut dst[t..t + seg];
+                    t += seg;
+                    let Some(r) = g.in_row(y, i) else {
+                        d.fill(0);
+                        continue;
                     };
+                    let row = &plane[r * w..][..w];
+                    if g.stride().1 == 1 {
+                        // Input column x + off for x in [x0, x0 + seg), valid where in [0, w).
+                        let off = (j * g.dilation().1) as isize - g.padding().left as isize;
+                        let lo = (-off).clamp(x0 as isize, (x0 + seg) as isize) as usize - x0;
+                        let hi = (w as isize - off).clamp((x0 + lo) as isize, (x0 + seg) as isize) as usize - x0;
+                        d[..lo].fill(0);
+                        if hi > lo {
+                            d[lo..hi].copy_from_slice(&row[(x0 + lo).wrapping_add_signed(off)..][..hi - lo]);
+                        }
+                        d[hi..].fill(0);
+                    } else {
+                        for (k, v) in d.iter_mut().enumerate() {
+                            *v = g.in_col(x0 + k, j).map_or(0, |c| row[c]);
+                        }
+                    }
                 }
             }
         }
@@ -136,7 +156,7 @@ fn gather_tile(g: &Conv2d, xp: &[u32], b: usize, grp: usize, n0: usize, col: &mu
 /// `block[o, t] = Σ_m K'[o, m]·col[m·TILE_N + t]` for a group's rows packed by [`pack_rows`],
 /// for the first `width` pixels of the tile (rounded up to `NR`; the rest stays zero).
 #[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
-fn gemm_tile(packed: &[u32], m: usize, col: &[u32], block: &mut [u32], width: usize) {
+fn gemm_tile(packed: &[u64], m: usize, col: &[u32], block: &mut [u32], width: usize) {
     for (kb, out) in packed.chunks(MR * m).zip(block.chunks_mut(MR * TILE_N)) {
         match kb.len() / m {
             MR => micro::<MR>(kb, col, out, width),
@@ -152,7 +172,7 @@ fn gemm_tile(packed: &[u32], m: usize, col: &[u32], block: &mut [u32], width: us
 /// `R` output rows of a tile, `NR` pixels at a time, with `u64` lazy reduction: three products
 /// below 2^62 each fit on top of an accumulator folded below 2^33.
 #[inline(always)]
-fn micro<const R: usize>(kb: &[u32], col: &[u32], out: &mut [u32], width: usize) {
+fn micro<const R: usize>(kb: &[u64], col: &[u32], out: &mut [u32], width: usize) {
     for t0 in (0..width.div_ceil(NR) * NR).step_by(NR) {
         let mut acc = [[0u64; NR]; R];
         let steps = kb.chunks_exact(3 * R).zip(col.chunks_exact(3 * TILE_N));
@@ -176,12 +196,12 @@ fn micro<const R: usize>(kb: &[u32], col: &[u32], out: &mut [u32], width: usize)
 
 /// `acc[r][l] += Σ_s k[s·R + r]·col[s·TILE_N + t0 + l]` over the (up to three) steps given.
 #[inline(always)]
-fn mac<const R: usize>(acc: &mut [[u64; NR]; R], k: &[u32], col: &[u32], t0: usize) {
+fn mac<const R: usize>(acc: &mut [[u64; NR]; R], k: &[u64], col: &[u32], t0: usize) {
     for (kc, cc) in k.chunks_exact(R).zip(col.chunks_exact(TILE_N)) {
         let cv = &cc[t0..t0 + NR];
         for (a, &kv) in acc.iter_mut().zip(kc) {
             for (al, &c) in a.iter_mut().zip(cv) {
-                *al += u64::from(kv) * u64::from(c);
+                *al += (kv & 0xffff_ffff) * u64::from(c); // provably 32-bit: one vpmuludq
             }
         }
     }
