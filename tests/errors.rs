@@ -170,6 +170,13 @@ fn low_level_functions_check_lengths_masks_and_field_elements() {
     assert!(matches!(verify::<M31, _>(&claim, Mode::Fast, 0, &mut r), Err(Error::InvalidRounds)));
     assert!(matches!(strict_products::<M31>(&claim, &[1, 2]), Err(Error::LengthMismatch { .. })));
     assert!(matches!(CpuBackend::new().conv(&g, 2, &k, &x[1..]), Err(Error::LengthMismatch { .. })));
+    // Backends accept canonical elements only (their lazy reductions rely on it).
+    let mut bad = x.clone();
+    bad[3] = u32::MAX;
+    assert!(matches!(
+        CpuBackend::new().conv(&g, 2, &k, &bad),
+        Err(Error::NotAFieldElement { what: "encrypted input", index: 3, .. })
+    ));
 }
 
 #[test]

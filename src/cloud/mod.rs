@@ -36,7 +36,10 @@ pub trait CloudBackend: Send + Sync {
 /// Checks the tensor lengths every backend receives.
 pub(crate) fn check_conv_args(geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<()> {
     Conv2d::check_len("encrypted kernel", geom.kernel_len(), kernel.len())?;
-    Conv2d::check_len("encrypted input", batch * geom.image_len(), input.len())
+    Conv2d::check_len("encrypted input", batch * geom.image_len(), input.len())?;
+    // The backends' lazy reductions rely on canonical elements.
+    crate::field::check_canonical::<crate::field::M31>("encrypted kernel", kernel)?;
+    crate::field::check_canonical::<crate::field::M31>("encrypted input", input)
 }
 
 impl<B: CloudBackend + ?Sized> CloudBackend for Box<B> {
