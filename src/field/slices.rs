@@ -1,8 +1,9 @@
 //! Vectorised slice kernels for [`M31`](super::M31), the client's hot loops.
 //!
 //! Every kernel is written once as plain scalar Rust and compiled several times by
-//! [`multiversion`]: for AVX2 on x86-64, for NEON on aarch64, and for the baseline target; the
-//! best version the CPU supports is picked at run time, so one binary runs everywhere. The
+//! [`multiversion`](mod@multiversion): for AVX2 on x86-64, for NEON on aarch64, and for the
+//! baseline target; the best version the CPU supports is picked at run time, so one binary runs
+//! everywhere. The
 //! 32×32→64-bit products vectorise to `vpmuludq` (four per AVX2 instruction), and the Mersenne
 //! reduction is shifts, masks and adds, so the whole kernel stays in vector registers.
 //!
