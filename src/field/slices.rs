@@ -3,9 +3,9 @@
 //! Every kernel is written once as plain scalar Rust and compiled several times by
 //! [`multiversion`](mod@multiversion): for AVX2 on x86-64, for NEON on aarch64, and for the
 //! baseline target; the best version the CPU supports is picked at run time, so one binary runs
-//! everywhere. The
-//! 32×32→64-bit products vectorise to `vpmuludq` (four per AVX2 instruction), and the Mersenne
-//! reduction is shifts, masks and adds, so the whole kernel stays in vector registers.
+//! everywhere. The 32×32→64-bit products vectorise to `vpmuludq` (four per AVX2 instruction),
+//! and the Mersenne reduction is shifts, masks and adds, so the whole kernel stays in vector
+//! registers.
 //!
 //! The generic scalar implementations in [`super::reference`] are the specification: tests check
 //! that every kernel here matches them bit for bit.
