@@ -81,6 +81,17 @@ struct BenchArgs {
     /// Timed runs per GPU kernel (the median is reported).
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// The F_p shader variant for --backend gpu [default: u64 when the adapter has SHADER_INT64].
+    #[arg(long, value_enum)]
+    variant: Option<VariantChoice>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum VariantChoice {
+    /// Native 64-bit integers (needs SHADER_INT64).
+    U64,
+    /// 32-bit integers only (any adapter).
+    U32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -496,7 +507,12 @@ fn write_json<T: serde::Serialize>(rows: &[T], path: &Path) -> Result<(), verico
 /// `vericonv bench --backend gpu`: every kernel checked, then timed, on the selected adapter.
 #[cfg(feature = "gpu")]
 fn bench_gpu(args: &BenchArgs) -> Result<(), vericonv::Error> {
-    let gpu = GpuBackend::new(&GpuOptions::default())?;
+    use vericonv::cloud::ShaderVariant;
+    let variant = args.variant.map(|v| match v {
+        VariantChoice::U64 => ShaderVariant::U64,
+        VariantChoice::U32 => ShaderVariant::U32,
+    });
+    let gpu = GpuBackend::new(&GpuOptions { variant, ..GpuOptions::default() })?;
     let slow = gpu.info().is_cpu();
     let suite = args.layers(if slow { SuiteChoice::Quick } else { SuiteChoice::Full })?;
     let batches = args.batches.clone().unwrap_or_else(|| if slow { vec![1] } else { vec![1, 16] });
