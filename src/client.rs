@@ -1,14 +1,18 @@
 //! The client side of one private convolution layer: it owns the plain kernel and every secret,
-//! and runs keygen → encrypt → (cloud) → verify → decrypt for each batch.
+//! and runs keygen → encrypt → (cloud) → verify → decrypt for each batch, in any of the three
+//! privacy modes ([`Privacy`]).
 
 use std::time::{Duration, Instant};
 
-use crate::cloud::CloudBackend;
-use crate::decrypt::{MaskKernel, decrypt};
-use crate::encrypt::{encrypt_input, encrypt_kernel};
-use crate::field::{M31, PrimeField};
+use crate::cloud::{Cheater, CloudBackend, Clouds};
+use crate::decrypt::{MaskKernel, decrypt, decrypt_padded_into, decrypt_sum_into};
+use crate::encrypt::{encrypt_input_into, encrypt_kernel, encrypt_padded_into, encrypt_shares_into};
+use crate::field::{M31, PrimeField, slices};
 use crate::geometry::Conv2d;
-use crate::keys::{DEFAULT_RANK, ImageMask, KeyRng, SessionKey};
+use crate::keys::{ImageMask, KeyRng, SessionKey};
+use crate::pad::PadPool;
+use crate::privacy::Privacy;
+use crate::share::ShareSeed;
 use crate::verify::{Claim, Mode, Verdict, verify};
 use crate::{Error, Result};
 
@@ -17,8 +21,8 @@ use crate::{Error, Result};
 pub struct LayerConfig {
     /// Name used in errors and reports.
     pub name: String,
-    /// Mask rank ρ (default 2).
-    pub rank: usize,
+    /// How inputs are masked (default `lowrank` with ρ = 2, the paper's scheme).
+    pub privacy: Privacy,
     /// Verification mode (default Fast).
     pub mode: Mode,
     /// Independent verification rounds (default 1).
@@ -34,7 +38,7 @@ impl Default for LayerConfig {
     fn default() -> Self {
         Self {
             name: "conv".into(),
-            rank: DEFAULT_RANK,
+            privacy: Privacy::default(),
             mode: Mode::Fast,
             rounds: 1,
             input_bound: 127,
@@ -48,13 +52,15 @@ impl Default for LayerConfig {
 pub struct Timings {
     /// Session setup: key generation, kernel encryption and `KG` (only when a session starts).
     pub keygen: Duration,
-    /// Per-image mask generation and input encryption.
+    /// Per-image mask generation and input encryption (in mode `two-server`: expanding cloud
+    /// A's share and forming cloud B's).
     pub encrypt: Duration,
     /// The cloud's convolution, transfers included.
     pub cloud: Duration,
     /// Verification of the answer.
     pub verify: Duration,
-    /// Decryption (mask correction and lift) and bias.
+    /// Decryption (mask correction and lift; in mode `two-server` also the sum of the two
+    /// answers) and bias.
     pub decrypt: Duration,
 }
 
@@ -75,8 +81,17 @@ impl std::ops::AddAssign for Timings {
     }
 }
 
-/// One convolution layer run privately on an untrusted [`CloudBackend`].
-#[derive(Debug)]
+/// The per-session secrets that depend on the privacy mode.
+enum Masking {
+    /// `KG_t` for the separable mask correction.
+    LowRank(MaskKernel),
+    /// Nothing beyond the key.
+    TwoServer,
+    /// The precomputed pads of the current session key.
+    Pad(Option<PadPool>),
+}
+
+/// One convolution layer run privately on untrusted clouds.
 pub struct PrivateConv {
     cfg: LayerConfig,
     geom: Conv2d,
@@ -84,9 +99,19 @@ pub struct PrivateConv {
     bias: Option<Vec<i32>>,
     key: SessionKey,
     kernel_enc: Vec<u32>,
-    mask_kernel: MaskKernel,
+    masking: Masking,
     images_in_session: u64,
     setup_time: Duration,
+}
+
+impl std::fmt::Debug for PrivateConv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivateConv")
+            .field("name", &self.cfg.name)
+            .field("privacy", &self.cfg.privacy)
+            .field("geom", &self.geom)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Checks `|v| <= bound` for every entry, naming the first offender.
@@ -116,12 +141,21 @@ fn embed_all(v: &[i32]) -> Vec<u32> {
     v.iter().map(|&x| if x < 0 { (i64::from(x) + i64::from(M31::P)) as u32 } else { x as u32 }).collect()
 }
 
+/// Runs `rounds` of `mode` on `claim`: `Ok(None)` when accepted, `Ok(Some(round))` when rejected.
+fn check_claim(claim: &Claim<'_>, mode: Mode, rounds: usize, rng: &mut KeyRng) -> Result<Option<usize>> {
+    Ok(match verify::<M31, _>(claim, mode, rounds, rng)? {
+        Verdict::Accepted => None,
+        Verdict::Rejected { round } => Some(round),
+    })
+}
+
 impl PrivateConv {
     /// Builds the layer: checks the exactness bound `M·Bx·Bw + Bb <= (p-1)/2` (SCHEME.md §2),
     /// draws the first session key and encrypts the kernel.
     ///
     /// `kernel` is `Cout × Cin/G × kh × kw` integers; `bias`, if any, has `Cout` integers and is
-    /// added by the client after decryption.
+    /// added by the client after decryption. In mode `pad`, the layer starts without pads: add
+    /// them with [`PrivateConv::generate_pads`] and [`PrivateConv::add_pads`].
     ///
     /// # Errors
     /// [`Error::LengthMismatch`], [`Error::ExactnessBound`], [`Error::InvalidRank`],
@@ -139,9 +173,7 @@ impl PrivateConv {
         check_exactness(&cfg.name, geom.m() as u64, u64::from(cfg.input_bound), bw, bb)?;
         let kernel = embed_all(kernel);
         let start = Instant::now();
-        let key = SessionKey::generate(&geom, cfg.rank, rng)?;
-        let kernel_enc = encrypt_kernel(&key, &kernel)?;
-        let mask_kernel = MaskKernel::new(&key, &kernel)?;
+        let (key, kernel_enc, masking) = Self::session(&geom, cfg.privacy, &kernel, rng)?;
         Ok(Self {
             cfg,
             geom,
@@ -149,21 +181,37 @@ impl PrivateConv {
             bias: bias.map(<[i32]>::to_vec),
             key,
             kernel_enc,
-            mask_kernel,
+            masking,
             images_in_session: 0,
             setup_time: start.elapsed(),
         })
     }
 
-    /// Draws a new session key and re-encrypts the kernel; returns the time it took.
+    /// A fresh session: key, `K'` and the mode's per-session secrets.
+    fn session(
+        geom: &Conv2d,
+        privacy: Privacy,
+        kernel: &[u32],
+        rng: &mut KeyRng,
+    ) -> Result<(SessionKey, Vec<u32>, Masking)> {
+        let key = SessionKey::generate_for(geom, privacy, rng)?;
+        let kernel_enc = encrypt_kernel(&key, kernel)?;
+        let masking = match privacy {
+            Privacy::LowRank { .. } => Masking::LowRank(MaskKernel::new(&key, kernel)?),
+            Privacy::TwoServer => Masking::TwoServer,
+            Privacy::Pad => Masking::Pad(None),
+        };
+        Ok((key, kernel_enc, masking))
+    }
+
+    /// Draws a new session key and re-encrypts the kernel; returns the time it took. In mode
+    /// `pad` the pads of the old key are dropped: they are bound to it.
     ///
     /// # Errors
     /// Only on internal inconsistency (never for a layer built by [`PrivateConv::new`]).
     pub fn rotate(&mut self, rng: &mut KeyRng) -> Result<Duration> {
         let start = Instant::now();
-        self.key = SessionKey::generate(&self.geom, self.cfg.rank, rng)?;
-        self.kernel_enc = encrypt_kernel(&self.key, &self.kernel)?;
-        self.mask_kernel = MaskKernel::new(&self.key, &self.kernel)?;
+        (self.key, self.kernel_enc, self.masking) = Self::session(&self.geom, self.cfg.privacy, &self.kernel, rng)?;
         self.images_in_session = 0;
         Ok(start.elapsed())
     }
@@ -185,16 +233,84 @@ impl PrivateConv {
         &self.kernel_enc
     }
 
-    /// Runs a batch `x` (`B × Cin × H × W` integers with `|x| <= Bx`) privately on `cloud`.
+    /// Mode `pad`, offline: precomputes `count` pads for this layer and its current key, with
+    /// `U = Conv(K, R)` on `backend`, the client's own CPU or GPU backend (SCHEME.md §12).
+    ///
+    /// # Errors
+    /// [`Error::WrongPrivacyMode`] outside mode `pad`, and the errors of [`PadPool::generate`].
+    pub fn generate_pads(&self, count: usize, backend: &dyn CloudBackend, rng: &mut KeyRng) -> Result<PadPool> {
+        self.require_pad_mode("generating pads")?;
+        PadPool::generate(&self.cfg.name, &self.key, &self.kernel, count, backend, rng)
+    }
+
+    /// Mode `pad`: adds a pool of pads made by [`PrivateConv::generate_pads`] for this layer and
+    /// its current key.
+    ///
+    /// # Errors
+    /// [`Error::WrongPrivacyMode`] outside mode `pad`; [`Error::PadMismatch`] for pads made for
+    /// another layer or key (they are dropped).
+    pub fn add_pads(&mut self, pool: PadPool) -> Result<()> {
+        self.require_pad_mode("adding pads")?;
+        pool.check_binding(&self.cfg.name, &self.key)?;
+        if let Masking::Pad(slot) = &mut self.masking {
+            match slot {
+                Some(existing) => existing.append(pool)?,
+                None => *slot = Some(pool),
+            }
+        }
+        Ok(())
+    }
+
+    /// Pads left (mode `pad`; 0 in the other modes).
+    pub fn pads_available(&self) -> usize {
+        match &self.masking {
+            Masking::Pad(Some(pool)) => pool.len(),
+            _ => 0,
+        }
+    }
+
+    fn require_pad_mode(&self, what: &'static str) -> Result<()> {
+        if self.cfg.privacy == Privacy::Pad {
+            Ok(())
+        } else {
+            Err(Error::WrongPrivacyMode {
+                layer: self.cfg.name.clone(),
+                what,
+                needed: Privacy::Pad.name(),
+                actual: self.cfg.privacy.name(),
+            })
+        }
+    }
+
+    /// Runs a batch `x` (`B × Cin × H × W` integers with `|x| <= Bx`) privately on `clouds`:
+    /// one cloud for modes `lowrank` and `pad` (a `&CpuBackend` or any other backend converts
+    /// into [`Clouds`]), [`Clouds::Two`] for mode `two-server`.
     ///
     /// Returns the exact integer convolution plus bias, `B × Cout × Ho × Wo`, and the time of
     /// each phase. The first call of a session also reports the session setup as `keygen`.
     ///
     /// # Errors
-    /// [`Error::LengthMismatch`] and [`Error::ValueOutOfRange`] for bad input; the cloud's own
-    /// errors; [`Error::MalformedAnswer`] or [`Error::VerificationFailed`] for a wrong answer,
-    /// which is never decrypted.
-    pub fn run(&mut self, cloud: &dyn CloudBackend, x: &[i32], rng: &mut KeyRng) -> Result<(Vec<i32>, Timings)> {
+    /// [`Error::LengthMismatch`] and [`Error::ValueOutOfRange`] for bad input;
+    /// [`Error::CloudCount`] and [`Error::SameCloudTwice`] for the wrong clouds;
+    /// [`Error::PadPoolExhausted`] in mode `pad` without enough pads (the pads of a call are
+    /// consumed even when it fails); the cloud's own errors; [`Error::MalformedAnswer`] or
+    /// [`Error::VerificationFailed`] for a wrong answer, which is never decrypted.
+    pub fn run<'c>(
+        &mut self,
+        clouds: impl Into<Clouds<'c>>,
+        x: &[i32],
+        rng: &mut KeyRng,
+    ) -> Result<(Vec<i32>, Timings)> {
+        let clouds = clouds.into();
+        let privacy = self.cfg.privacy;
+        if clouds.count() != privacy.clouds() {
+            return Err(Error::CloudCount { mode: privacy.name(), needed: privacy.clouds(), got: clouds.count() });
+        }
+        if let Clouds::Two(a, b) = clouds
+            && std::ptr::addr_eq(a, b)
+        {
+            return Err(Error::SameCloudTwice(a.name()));
+        }
         let batch = self.geom.batch_of_input(x.len())?;
         check_bound(&self.cfg.name, "input", x, u64::from(self.cfg.input_bound))?;
         let mut t = Timings::default();
@@ -204,37 +320,145 @@ impl PrivateConv {
             t.keygen = self.setup_time;
         }
         self.images_in_session += batch as u64;
-
+        let x = embed_all(x);
+        let mut y = match clouds {
+            Clouds::One(cloud) => self.run_one(cloud, batch, &x, rng, &mut t)?,
+            Clouds::Two(a, b) => self.run_two(a, b, batch, &x, rng, &mut t)?,
+        };
         let start = Instant::now();
-        let masks = ImageMask::generate_batch(&self.key, batch, rng);
-        let xp = encrypt_input(&self.key, &masks, &embed_all(x))?;
-        t.encrypt = start.elapsed();
-
-        let start = Instant::now();
-        let yp = cloud.conv(&self.geom, batch, &self.kernel_enc, &xp)?;
-        t.cloud = start.elapsed();
-        self.check_answer(batch, &yp)?;
-
-        let start = Instant::now();
-        let claim = Claim::new(&self.geom, batch, &self.kernel_enc, &xp, &yp)?;
-        let verdict = verify::<M31, _>(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
-        t.verify = start.elapsed();
-        if let Verdict::Rejected { round } = verdict {
-            return Err(Error::VerificationFailed { layer: self.cfg.name.clone(), mode: self.cfg.mode.name(), round });
-        }
-
-        let start = Instant::now();
-        let mut y = decrypt(&self.key, &self.mask_kernel, &masks, &yp)?;
         if let Some(bias) = &self.bias {
             for (plane, &b) in y.chunks_exact_mut(self.geom.n()).zip(bias.iter().cycle()) {
                 plane.iter_mut().for_each(|v| *v += b);
             }
         }
-        t.decrypt = start.elapsed();
+        t.decrypt += start.elapsed();
         Ok((y, t))
     }
 
-    fn check_answer(&self, batch: usize, yp: &[u32]) -> Result<()> {
+    /// Modes `lowrank` and `pad`: one cloud.
+    fn run_one(
+        &mut self,
+        cloud: &dyn CloudBackend,
+        batch: usize,
+        x: &[u32],
+        rng: &mut KeyRng,
+        t: &mut Timings,
+    ) -> Result<Vec<i32>> {
+        let start = Instant::now();
+        let mut xp = vec![0u32; x.len()];
+        let secrets = match &mut self.masking {
+            Masking::LowRank(_) => {
+                let masks = ImageMask::generate_batch(&self.key, batch, rng);
+                encrypt_input_into(&self.key, &masks, x, &mut xp)?;
+                OneCloudSecrets::Masks(masks)
+            }
+            Masking::Pad(pool) => {
+                let pads = match pool {
+                    Some(pool) => pool.take(batch)?,
+                    None => {
+                        return Err(Error::PadPoolExhausted {
+                            layer: self.cfg.name.clone(),
+                            needed: batch,
+                            available: 0,
+                        });
+                    }
+                };
+                encrypt_padded_into(&self.key, &pads, x, &mut xp)?;
+                OneCloudSecrets::Pads(pads)
+            }
+            Masking::TwoServer => return Err(mode_mismatch(&self.cfg.name)),
+        };
+        t.encrypt = start.elapsed();
+
+        let start = Instant::now();
+        let yp = cloud.conv(&self.geom, batch, &self.kernel_enc, &xp)?;
+        t.cloud = start.elapsed();
+        self.check_answer(batch, &yp, None)?;
+
+        let start = Instant::now();
+        let claim = Claim::new(&self.geom, batch, &self.kernel_enc, &xp, &yp)?;
+        let rejected = check_claim(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
+        t.verify = start.elapsed();
+        if let Some(round) = rejected {
+            return Err(self.rejected(round, Cheater::TheCloud));
+        }
+
+        let start = Instant::now();
+        let y = match (&self.masking, secrets) {
+            (Masking::LowRank(mk), OneCloudSecrets::Masks(masks)) => decrypt(&self.key, mk, &masks, &yp)?,
+            (_, OneCloudSecrets::Pads(pads)) => {
+                let mut y = vec![0i32; yp.len()];
+                decrypt_padded_into(&self.key, &pads, &yp, &mut y)?;
+                y
+            }
+            (_, OneCloudSecrets::Masks(_)) => return Err(mode_mismatch(&self.cfg.name)),
+        };
+        t.decrypt = start.elapsed();
+        Ok(y)
+    }
+
+    /// Mode `two-server`: cloud A convolves `G(seed)`, cloud B `β·X[π] - G(seed)`; the client
+    /// verifies the sum, and on failure each share alone, to name the cheater.
+    fn run_two(
+        &mut self,
+        a: &dyn CloudBackend,
+        b: &dyn CloudBackend,
+        batch: usize,
+        x: &[u32],
+        rng: &mut KeyRng,
+        t: &mut Timings,
+    ) -> Result<Vec<i32>> {
+        let start = Instant::now();
+        let seed = ShareSeed::generate(rng);
+        let (mut xp, mut xb) = (vec![0u32; x.len()], vec![0u32; x.len()]);
+        encrypt_shares_into(&self.key, &seed, x, &mut xp, &mut xb)?;
+        t.encrypt = start.elapsed();
+
+        let start = Instant::now();
+        let (geom, kp) = (&self.geom, &self.kernel_enc);
+        let (ya, yb) = std::thread::scope(|s| {
+            let from_a = s.spawn(|| a.conv_share(geom, batch, kp, &seed));
+            let yb = b.conv(geom, batch, kp, &xb);
+            (from_a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), yb)
+        });
+        let (mut ya, yb) = (ya?, yb?);
+        t.cloud = start.elapsed();
+        self.check_answer(batch, &ya, Some("cloud A"))?;
+        self.check_answer(batch, &yb, Some("cloud B"))?;
+
+        let start = Instant::now();
+        slices::add_assign(&mut ya, &yb);
+        let sum = ya;
+        let claim = Claim::new(&self.geom, batch, kp, &xp, &sum)?;
+        let rejected = check_claim(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
+        if let Some(round) = rejected {
+            // Re-check each share with fresh vectors (the sum is wrong, so at least one is).
+            let xa = seed.expand(x.len());
+            let ya = sum.iter().zip(&yb).map(|(&s, &v)| M31::sub(s, v)).collect::<Vec<_>>();
+            let bad_a = check_claim(&Claim::new(geom, batch, kp, &xa, &ya)?, self.cfg.mode, self.cfg.rounds, rng)?;
+            let bad_b = check_claim(&Claim::new(geom, batch, kp, &xb, &yb)?, self.cfg.mode, self.cfg.rounds, rng)?;
+            let cheater = match (bad_a.is_some(), bad_b.is_some()) {
+                (true, true) => Cheater::BothClouds,
+                (true, false) => Cheater::CloudA,
+                (false, true) => Cheater::CloudB,
+                (false, false) => Cheater::Unidentified,
+            };
+            return Err(self.rejected(round, cheater));
+        }
+        t.verify = start.elapsed();
+
+        let start = Instant::now();
+        let mut y = vec![0i32; sum.len()];
+        decrypt_sum_into(&self.key, &sum, &mut y)?;
+        t.decrypt = start.elapsed();
+        Ok(y)
+    }
+
+    fn rejected(&self, round: usize, cheater: Cheater) -> Error {
+        Error::VerificationFailed { layer: self.cfg.name.clone(), mode: self.cfg.mode.name(), round, cheater }
+    }
+
+    fn check_answer(&self, batch: usize, yp: &[u32], cloud: Option<&str>) -> Result<()> {
         let expected = batch * self.geom.output_image_len();
         let reason = if yp.len() != expected {
             format!("{} elements, expected {expected}", yp.len())
@@ -243,6 +467,23 @@ impl PrivateConv {
         } else {
             return Ok(());
         };
+        let reason = match cloud {
+            Some(c) => format!("{c}: {reason}"),
+            None => reason,
+        };
         Err(Error::MalformedAnswer { layer: self.cfg.name.clone(), reason })
     }
+}
+
+/// What the client keeps between encryption and decryption of one call in modes `lowrank` and
+/// `pad`.
+enum OneCloudSecrets {
+    Masks(Vec<ImageMask>),
+    Pads(Vec<crate::pad::Pad>),
+}
+
+/// A two-server layer never reaches the one-cloud path ([`PrivateConv::run`] checks the cloud
+/// count first); should it, this error is returned rather than a panic.
+fn mode_mismatch(layer: &str) -> Error {
+    Error::Unsupported(format!("layer `{layer}`: internal error: privacy mode mismatch"))
 }

@@ -4,6 +4,10 @@
 //! `R_b` is a sum of channel ⊗ row ⊗ column terms, `Mk_b` separates:
 //! - per session: `KG_t[o,i,j] = Σ_cl K[o,cl,i,j]·g_t[grp(o)·Cin/G + cl]` ([`MaskKernel`]);
 //! - per image: `Q_t[o,i,x] = Σ_j KG_t[o,i,j]·C_t[x,j]`, then `Mk[o,y,x] = Σ_t Σ_i A_t[y,i]·Q_t[o,i,x]`.
+//!
+//! Mode `two-server` (§11) needs no mask correction: `Y = lift(α^-1·(Y'_A + Y'_B))`
+//! ([`decrypt_sum_into`]); mode `pad` (§12) subtracts the precomputed `U = Conv(K, R)`
+//! ([`decrypt_padded_into`]).
 
 use rayon::prelude::*;
 
@@ -12,6 +16,7 @@ use crate::encrypt::check_masks;
 use crate::field::{M31, check_canonical, slices};
 use crate::geometry::Conv2d;
 use crate::keys::{ImageMask, SessionKey};
+use crate::pad::Pad;
 
 /// The per-session part of the mask correction, `KG_t` for t = 1..ρ (`ρ × Cout × kh × kw`,
 /// indexed by plain output channel).
@@ -185,10 +190,7 @@ pub fn decrypt_into(
     Conv2d::check_len("cloud output", batch * g.output_image_len(), y_cloud.len())?;
     Conv2d::check_len("decrypted output buffer", y_cloud.len(), out.len())?;
     check_canonical::<M31>("cloud output", y_cloud)?;
-    let mut sigma_inv = vec![0usize; g.cout()];
-    for (op, &o) in key.sigma().iter().enumerate() {
-        sigma_inv[o] = op;
-    }
+    let sigma_inv = sigma_inverse(key);
     let tables: Vec<ImageTables> = masks.iter().map(|m| ImageTables::new(g, m)).collect();
     let n = g.n();
     out.par_chunks_exact_mut(n).enumerate().for_each_init(
@@ -203,5 +205,63 @@ pub fn decrypt_into(
             });
         },
     );
+    Ok(())
+}
+
+/// `σ^-1`: plain output channel → cloud output channel.
+fn sigma_inverse(key: &SessionKey) -> Vec<usize> {
+    let mut sigma_inv = vec![0usize; key.sigma().len()];
+    for (op, &o) in key.sigma().iter().enumerate() {
+        sigma_inv[o] = op;
+    }
+    sigma_inv
+}
+
+/// Checks a cloud answer and the output buffer against the key's geometry; returns the batch.
+fn check_answer_len(key: &SessionKey, y_cloud: &[u32], out: &[i32]) -> Result<usize> {
+    let g = key.geometry();
+    let batch = y_cloud.len() / g.output_image_len();
+    Conv2d::check_len("cloud output", batch * g.output_image_len(), y_cloud.len())?;
+    Conv2d::check_len("decrypted output buffer", y_cloud.len(), out.len())?;
+    check_canonical::<M31>("cloud output", y_cloud)?;
+    Ok(batch)
+}
+
+/// Mode `two-server` (SCHEME.md §11): decrypts the verified sum of the shares' answers,
+/// `Y[b,σ(o'),y,x] = lift(α[o']^-1·(Y'_A + Y'_B)[b,o',y,x])`, into a caller-owned buffer.
+///
+/// # Errors
+/// [`crate::Error::LengthMismatch`] or [`crate::Error::NotAFieldElement`].
+pub fn decrypt_sum_into(key: &SessionKey, y_sum: &[u32], out: &mut [i32]) -> Result<()> {
+    check_answer_len(key, y_sum, out)?;
+    let (g, sigma_inv) = (key.geometry(), sigma_inverse(key));
+    let n = g.n();
+    out.par_chunks_exact_mut(n).enumerate().for_each(|(idx, dst)| {
+        let (b, o) = (idx / g.cout(), idx % g.cout());
+        let op = sigma_inv[o];
+        slices::unmask_into(dst, &y_sum[(b * g.cout() + op) * n..][..n], key.alpha_inv()[op], &[]);
+    });
+    Ok(())
+}
+
+/// Mode `pad` (SCHEME.md §12): `Y[b,σ(o'),y,x] = lift(α[o']^-1·Y'[b,o',y,x] - U_b[σ(o'),y,x])`
+/// with the pads the input was encrypted with, into a caller-owned buffer.
+///
+/// # Errors
+/// [`crate::Error::LengthMismatch`] (also for the pads) or [`crate::Error::NotAFieldElement`].
+pub fn decrypt_padded_into(key: &SessionKey, pads: &[Pad], y_cloud: &[u32], out: &mut [i32]) -> Result<()> {
+    let batch = check_answer_len(key, y_cloud, out)?;
+    let (g, sigma_inv) = (key.geometry(), sigma_inverse(key));
+    Conv2d::check_len("pads", batch, pads.len())?;
+    for p in pads {
+        Conv2d::check_len("pad mask convolution", g.output_image_len(), p.mask_conv().len())?;
+    }
+    let n = g.n();
+    out.par_chunks_exact_mut(n).enumerate().for_each(|(idx, dst)| {
+        let (b, o) = (idx / g.cout(), idx % g.cout());
+        let op = sigma_inv[o];
+        let u = &pads[b].mask_conv()[o * n..][..n];
+        slices::unmask_into(dst, &y_cloud[(b * g.cout() + op) * n..][..n], key.alpha_inv()[op], &[(1, u)]);
+    });
     Ok(())
 }

@@ -1,13 +1,17 @@
 //! Encryption on the client (SCHEME.md §5).
 //!
 //! - Kernel: `K'[o', cl', i, j] = α[o'] · β[c']^-1 · K[σ(o'), cl, i, j]`, once per session.
-//! - Input: `X'[b, c', y, x] = β[c'] · ( X[b, π(c'), y, x] + R_b[π(c'), y, x] )`, per image.
+//! - Input: `X'[b, c', y, x] = β[c'] · ( X[b, π(c'), y, x] + R_b[π(c'), y, x] )`, per image,
+//!   with `R_b` the rank-ρ mask (mode `lowrank`) or a one-time pad (mode `pad`, §12); mode
+//!   `two-server` (§11) splits `β·X[π]` into two additive shares instead.
 
 use rayon::prelude::*;
 
 use crate::field::{M31, PrimeField, check_canonical, slices};
 use crate::geometry::Conv2d;
 use crate::keys::{ImageMask, SessionKey};
+use crate::pad::Pad;
+use crate::share::ShareSeed;
 use crate::{Error, Result};
 
 /// Encrypts the plain kernel `k` (`Cout × Cin/G × kh × kw`, field elements) into `K'`.
@@ -113,4 +117,53 @@ pub fn mask_tensor(key: &SessionKey, mask: &ImageMask) -> Vec<u32> {
         }
     }
     r
+}
+
+/// Mode `two-server` (SCHEME.md §11): writes `X' = β·X[π]` into `scaled` and cloud B's share
+/// `X'_B = X' - G(seed)` into `share_b`, in one pass per channel plane after expanding `G(seed)`.
+///
+/// # Errors
+/// [`Error::LengthMismatch`] (also for the buffers) or [`Error::NotAFieldElement`].
+pub fn encrypt_shares_into(
+    key: &SessionKey,
+    seed: &ShareSeed,
+    x: &[u32],
+    scaled: &mut [u32],
+    share_b: &mut [u32],
+) -> Result<()> {
+    let g = key.geometry();
+    g.batch_of_input(x.len())?;
+    Conv2d::check_len("encrypted input buffer", x.len(), scaled.len())?;
+    Conv2d::check_len("share buffer", x.len(), share_b.len())?;
+    check_canonical::<M31>("input", x)?;
+    crate::share::expand_into(seed.as_bytes(), share_b);
+    let (cin, hw) = (g.cin(), g.h() * g.w());
+    scaled.par_chunks_exact_mut(hw).zip(share_b.par_chunks_exact_mut(hw)).enumerate().for_each(|(idx, (xp, xb))| {
+        let (b, cp) = (idx / cin, idx % cin);
+        slices::scale_and_split(xp, xb, key.beta()[cp], &x[(b * cin + key.pi()[cp]) * hw..][..hw]);
+    });
+    Ok(())
+}
+
+/// Mode `pad` (SCHEME.md §12): `X'[b,c'] = β[c']·(X[b,π(c')] + R_b[π(c')])` with one pad per
+/// image.
+///
+/// # Errors
+/// [`Error::LengthMismatch`] (also for `out` and the pads) or [`Error::NotAFieldElement`].
+pub fn encrypt_padded_into(key: &SessionKey, pads: &[Pad], x: &[u32], out: &mut [u32]) -> Result<()> {
+    let g = key.geometry();
+    let batch = g.batch_of_input(x.len())?;
+    Conv2d::check_len("pads", batch, pads.len())?;
+    for p in pads {
+        Conv2d::check_len("pad mask", g.image_len(), p.mask().len())?;
+    }
+    Conv2d::check_len("encrypted input buffer", x.len(), out.len())?;
+    check_canonical::<M31>("input", x)?;
+    let (cin, hw) = (g.cin(), g.h() * g.w());
+    out.par_chunks_exact_mut(hw).enumerate().for_each(|(idx, dst)| {
+        let (b, cp) = (idx / cin, idx % cin);
+        let (c, beta) = (key.pi()[cp], key.beta()[cp]);
+        slices::combine_into(dst, &[(beta, &x[(b * cin + c) * hw..][..hw]), (beta, &pads[b].mask()[c * hw..][..hw])]);
+    });
+    Ok(())
 }

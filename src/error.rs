@@ -108,7 +108,7 @@ pub enum Error {
     #[error("verification needs at least one round")]
     InvalidRounds,
     /// The cloud's answer failed verification; it was not decrypted.
-    #[error("layer `{layer}`: the cloud's answer failed {mode} verification in round {round}; it was discarded")]
+    #[error("layer `{layer}`: {cheater} failed {mode} verification in round {round}; the answer was discarded")]
     VerificationFailed {
         /// Layer name.
         layer: String,
@@ -116,6 +116,51 @@ pub enum Error {
         mode: &'static str,
         /// The failing round, from 1.
         round: usize,
+        /// Which cloud's answer was wrong (in mode `two-server`, from a re-check of each share).
+        cheater: crate::cloud::Cheater,
+    },
+    /// The privacy mode needs another number of clouds than it was given.
+    #[error("privacy mode `{mode}` needs {needed} cloud(s), got {got}")]
+    CloudCount {
+        /// The mode's name.
+        mode: &'static str,
+        /// Clouds the mode needs.
+        needed: usize,
+        /// Clouds supplied.
+        got: usize,
+    },
+    /// Mode `two-server` was given the same cloud twice: one party would see both shares.
+    #[error("privacy mode `two-server` needs two different clouds; both shares would go to {0}")]
+    SameCloudTwice(String),
+    /// A pad (mode `pad`) is bound to another layer or session key.
+    #[error("layer `{layer}`: pad rejected: {reason}")]
+    PadMismatch {
+        /// Layer name.
+        layer: String,
+        /// What differs.
+        reason: String,
+    },
+    /// Mode `pad` ran out of precomputed pads.
+    #[error("layer `{layer}`: the pad pool holds {available} pad(s), the call needs {needed}; precompute more offline")]
+    PadPoolExhausted {
+        /// Layer name.
+        layer: String,
+        /// Pads the call needs (one per image).
+        needed: usize,
+        /// Pads left.
+        available: usize,
+    },
+    /// An operation that exists only in another privacy mode.
+    #[error("layer `{layer}`: {what} needs privacy mode `{needed}`, the layer runs in `{actual}`")]
+    WrongPrivacyMode {
+        /// Layer name.
+        layer: String,
+        /// The operation.
+        what: &'static str,
+        /// The mode it needs.
+        needed: &'static str,
+        /// The layer's mode.
+        actual: &'static str,
     },
     /// The cloud's answer is malformed (wrong length, or entries that are not field elements);
     /// it was discarded.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cloud::CloudBackend;
+use crate::cloud::{Clouds, CpuBackend};
 use crate::data::Dataset;
 use crate::keys::KeyRng;
 use crate::model::argmax;
@@ -33,6 +33,8 @@ pub struct LayerReport {
     pub cloud_s: f64,
     /// Client time computing the layer itself (layers not outsourced), in seconds.
     pub client_compute_s: f64,
+    /// Mode `pad`: client time precomputing pads offline, in seconds.
+    pub offline_s: f64,
 }
 
 /// The result of [`evaluate`].
@@ -42,7 +44,9 @@ pub struct EvalReport {
     pub model: String,
     /// Data set name.
     pub dataset: String,
-    /// Cloud backend.
+    /// The privacy mode, with its rank in mode `lowrank`.
+    pub privacy: String,
+    /// Cloud backend (both clouds in mode `two-server`).
     pub backend: String,
     /// Images evaluated.
     pub images: usize,
@@ -74,6 +78,9 @@ pub struct EvalReport {
     pub client_linear_s: f64,
     /// Cloud time (seconds).
     pub cloud_s: f64,
+    /// Mode `pad`: client time precomputing pads offline, not part of the client times above
+    /// (seconds).
+    pub client_offline_s: f64,
     /// The float plaintext model on this CPU (seconds).
     pub float_plaintext_s: f64,
     /// The quantized plaintext model on this CPU (seconds).
@@ -100,7 +107,9 @@ impl Default for EvalOptions {
 }
 
 /// Evaluates `qm` on `data` in batches: the float model, the quantized model on the client,
-/// and the private protocol on `cloud`. `progress(done)` is called after each batch.
+/// and the private protocol on `clouds`. `progress(done)` is called after each batch. In mode
+/// `pad`, each batch's pads are precomputed on the client's CPU just before it runs, and that
+/// time is reported apart as offline time.
 ///
 /// # Errors
 /// [`Error::LengthMismatch`] when the data does not fit the model, and any non-verification
@@ -109,7 +118,7 @@ impl Default for EvalOptions {
 pub fn evaluate(
     qm: &QuantModel,
     data: &Dataset,
-    cloud: &dyn CloudBackend,
+    clouds: Clouds<'_>,
     opts: &EvalOptions,
     rng: KeyRng,
     mut progress: impl FnMut(usize),
@@ -123,7 +132,8 @@ pub fn evaluate(
         });
     }
     let classes = model.num_classes();
-    let mut exec = PrivateExecutor::new(qm, cloud, &opts.private, rng)?;
+    let mut exec = PrivateExecutor::new(qm, clouds, &opts.private, rng)?;
+    let own_cpu = CpuBackend::new();
     let (mut float_ok, mut quant_ok, mut private_ok) = (0usize, 0usize, 0usize);
     let (mut answered, mut rejected, mut agree, mut bits_equal) = (0usize, 0usize, 0usize, 0usize);
     let (mut float_time, mut quant_time) = (Duration::ZERO, Duration::ZERO);
@@ -141,6 +151,7 @@ pub fn evaluate(
         let quant_pred = argmax(&quant_logits, classes);
         float_ok += float_pred.iter().zip(labels).filter(|(p, l)| p == l).count();
         quant_ok += quant_pred.iter().zip(labels).filter(|(p, l)| p == l).count();
+        exec.prepare_pads(labels.len(), &own_cpu)?;
         match qm.forward(images, &mut exec) {
             Ok((logits, times)) => {
                 private_times += times;
@@ -175,13 +186,15 @@ pub fn evaluate(
             verify_s: secs(s.timings.verify),
             cloud_s: secs(s.timings.cloud),
             client_compute_s: secs(s.client_compute),
+            offline_s: secs(s.offline),
         })
         .collect();
     let n = data.len().max(1) as f64;
     Ok(EvalReport {
         model: model.name.clone(),
         dataset: data.name.clone(),
-        backend: cloud.name(),
+        privacy: opts.private.privacy.label(),
+        backend: clouds.name(),
         images: data.len(),
         float_accuracy: float_ok as f64 / n,
         quantized_accuracy: quant_ok as f64 / n,
@@ -197,6 +210,7 @@ pub fn evaluate(
         client_quantize_s: secs(private_times.quantize),
         client_linear_s: layers.iter().map(|l| l.client_compute_s).sum(),
         cloud_s: layers.iter().map(|l| l.cloud_s).sum(),
+        client_offline_s: layers.iter().map(|l| l.offline_s).sum(),
         float_plaintext_s: secs(float_time),
         quantized_plaintext_s: secs(quant_time),
         layers,

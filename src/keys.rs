@@ -3,12 +3,13 @@
 //! All randomness comes from [`KeyRng`], ChaCha20 seeded from the OS by [`os_rng`]. An explicit
 //! seed ([`seeded_rng`]) is for tests and benchmarks only.
 
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::field::{M31, PrimeField};
 use crate::geometry::Conv2d;
+use crate::privacy::Privacy;
 use crate::{Error, Result};
 
 /// The CSPRNG every secret is drawn from.
@@ -33,6 +34,8 @@ pub const DEFAULT_RANK: usize = 2;
 /// and `pi[c']` the plain input channel behind cloud input channel `c'`.
 #[derive(Clone, Debug)]
 pub struct SessionKey {
+    /// A random identifier: what pads (SCHEME.md §12) are bound to.
+    id: u64,
     geom: Conv2d,
     rho: usize,
     sigma: Vec<usize>,
@@ -45,7 +48,7 @@ pub struct SessionKey {
 }
 
 impl SessionKey {
-    /// Draws a fresh key for `geom` with mask rank `rho`.
+    /// Draws a fresh key for `geom` with mask rank `rho` (mode `lowrank`).
     ///
     /// # Errors
     /// [`Error::InvalidRank`] when `rho == 0`.
@@ -53,6 +56,22 @@ impl SessionKey {
         if rho == 0 {
             return Err(Error::InvalidRank);
         }
+        Ok(Self::draw(geom, rho, rng))
+    }
+
+    /// Draws a fresh key for `geom` in the given privacy mode: with channel factors of rank ρ
+    /// for `lowrank`, with none for `two-server` and `pad` (their masks do not use them).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRank`] for `lowrank` with rank 0.
+    pub fn generate_for(geom: &Conv2d, privacy: Privacy, rng: &mut KeyRng) -> Result<Self> {
+        match privacy {
+            Privacy::LowRank { rank } => Self::generate(geom, rank, rng),
+            Privacy::TwoServer | Privacy::Pad => Ok(Self::draw(geom, 0, rng)),
+        }
+    }
+
+    fn draw(geom: &Conv2d, rho: usize, rng: &mut KeyRng) -> Self {
         let groups = geom.groups();
         let mut gamma: Vec<usize> = (0..groups).collect();
         gamma.shuffle(rng);
@@ -61,7 +80,8 @@ impl SessionKey {
         let alpha: Vec<u32> = (0..geom.cout()).map(|_| M31::random_nonzero(rng)).collect();
         let beta: Vec<u32> = (0..geom.cin()).map(|_| M31::random_nonzero(rng)).collect();
         let g = (0..rho * geom.cin()).map(|_| M31::random(rng)).collect();
-        Ok(Self {
+        Self {
+            id: rng.next_u64(),
             geom: *geom,
             rho,
             sigma,
@@ -70,14 +90,19 @@ impl SessionKey {
             alpha,
             beta,
             g,
-        })
+        }
+    }
+
+    /// The key's random identifier (pads are bound to it).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The geometry this key was drawn for.
     pub fn geometry(&self) -> &Conv2d {
         &self.geom
     }
-    /// The mask rank ρ.
+    /// The mask rank ρ (0 for a key without channel factors, modes `two-server` and `pad`).
     pub fn rank(&self) -> usize {
         self.rho
     }

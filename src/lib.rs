@@ -5,8 +5,9 @@
 //! The client masks every convolution with secret keys, the cloud convolves the masked tensors
 //! over F_p (p = 2^31 - 1) with WGSL compute shaders or on a CPU, and the client checks the
 //! answer with a Freivalds-style test before unmasking it. The modules follow the scheme
-//! (`SCHEME.md`): [`field`] → [`geometry`] → [`keys`] → [`encrypt`] / [`decrypt`] / [`verify`] →
-//! [`cloud`] backends → [`client`], the layer that ties them together.
+//! (`SCHEME.md`): [`field`] → [`geometry`] → [`keys`] / [`privacy`] ([`share`], [`pad`]) →
+//! [`encrypt`] / [`decrypt`] / [`verify`] → [`cloud`] backends → [`client`], the layer that ties
+//! them together → [`model`].
 
 #![warn(missing_docs)]
 
@@ -23,7 +24,10 @@ pub mod geometry;
 pub mod keys;
 pub mod model;
 pub mod onnx;
+pub mod pad;
+pub mod privacy;
 pub mod reference;
+pub mod share;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -4,12 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::builder::TypedValueParser;
 use clap::{Parser, Subcommand, ValueEnum};
 use rand::Rng;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use vericonv::client::{LayerConfig, PrivateConv, Timings};
-use vericonv::cloud::{CloudBackend, CpuBackend, Tamper, TamperingBackend};
+use vericonv::cloud::{CloudBackend, Clouds, CpuBackend, Tamper, TamperingBackend};
 #[cfg(feature = "gpu")]
 use vericonv::cloud::{GpuBackend, GpuOptions, list_adapters};
 use vericonv::data::Dataset;
@@ -18,6 +19,7 @@ use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::{KeyRng, os_rng, seeded_rng};
 use vericonv::model::quant::{PlainExecutor, PrivateConfig, PrivateExecutor, QuantConfig, QuantModel};
 use vericonv::model::{Model, argmax};
+use vericonv::privacy::{LOWRANK_WARNING, Privacy};
 use vericonv::reference::conv_i64;
 use vericonv::verify::Mode;
 
@@ -158,22 +160,58 @@ impl From<ModeChoice> for Mode {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PrivacyChoice {
+    /// The paper's rank-ρ mask (default). Its input privacy does not hold on structured data.
+    Lowrank,
+    /// Additive shares to two non-colluding clouds (SCHEME.md §11).
+    TwoServer,
+    /// One-time pads precomputed offline by the client (SCHEME.md §12).
+    Pad,
+}
+
+/// The privacy mode and its parameter, shared by every command that masks inputs.
+#[derive(clap::Args)]
+struct PrivacyArgs {
+    /// How inputs are masked: lowrank (the paper's scheme, broken on structured inputs),
+    /// two-server (two non-colluding clouds) or pad (one-time pads precomputed offline).
+    #[arg(long, value_enum, default_value_t = PrivacyChoice::Lowrank)]
+    privacy: PrivacyChoice,
+    /// Mask rank ρ of mode lowrank.
+    #[arg(long, default_value_t = vericonv::keys::DEFAULT_RANK, value_parser = clap::value_parser!(u16).range(1..=64).map(usize::from))]
+    rank: usize,
+}
+
+impl PrivacyArgs {
+    fn privacy(&self) -> Privacy {
+        match self.privacy {
+            PrivacyChoice::Lowrank => Privacy::LowRank { rank: self.rank },
+            PrivacyChoice::TwoServer => Privacy::TwoServer,
+            PrivacyChoice::Pad => Privacy::Pad,
+        }
+    }
+}
+
 /// Options shared by every command that runs the protocol.
 #[derive(clap::Args)]
 struct ProtocolArgs {
-    /// Where the untrusted cloud runs.
+    /// Where the untrusted cloud runs (cloud A in mode two-server).
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
+    /// Where cloud B runs in mode two-server.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    backend_b: BackendChoice,
+    #[command(flatten)]
+    privacy: PrivacyArgs,
     /// Verification mode.
     #[arg(long, value_enum, default_value_t = ModeChoice::Fast)]
     mode: ModeChoice,
     /// Independent verification rounds.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64).map(usize::from))]
     rounds: usize,
-    /// Mask rank ρ.
-    #[arg(long, default_value_t = vericonv::keys::DEFAULT_RANK)]
-    rank: usize,
-    /// Seed the client's CSPRNG (for reproducible runs only; the default seeds from the OS).
+    /// Seed the client's CSPRNG, for reproducible runs only: keys, masks, pads and
+    /// verification vectors all become predictable to anyone who knows the seed. The default
+    /// seeds from the OS.
     #[arg(long)]
     seed: Option<u64>,
 }
@@ -185,6 +223,87 @@ impl ProtocolArgs {
             None => (os_rng(), "seeded from the OS".into()),
         }
     }
+
+    fn privacy(&self) -> Privacy {
+        self.privacy.privacy()
+    }
+
+    /// The private-inference settings these options select.
+    fn private_config(&self, outsource_linear: bool) -> PrivateConfig {
+        PrivateConfig {
+            mode: self.mode.into(),
+            rounds: self.rounds,
+            privacy: self.privacy(),
+            outsource_linear,
+            rotate_after_images: None,
+        }
+    }
+
+    /// The cloud(s) of the selected privacy mode, each wrapped in a [`TamperingBackend`] that
+    /// corrupts `tamper_rate` of its answers (cloud A, B or both in mode two-server), and the
+    /// reason for the backend choice.
+    fn clouds(&self, tamper_rate: f64, tamper: TamperChoice) -> Result<CloudSetup, vericonv::Error> {
+        let (a, why) = select_backend(self.backend)?;
+        // The cheating clouds draw from their own streams, never the client's.
+        let stream = |k: u64| self.seed.map_or_else(|| os_rng().random(), |s| s.rotate_left(17) ^ k);
+        let rate_a = if tamper != TamperChoice::B { tamper_rate } else { 0.0 };
+        let a = TamperingBackend::new(a, &Tamper::ALL, rate_a, stream(0xA11CE));
+        if self.privacy() != Privacy::TwoServer {
+            return Ok(CloudSetup { a, b: None, why });
+        }
+        let (b, why_b) = select_backend(self.backend_b)?;
+        let rate_b = if tamper != TamperChoice::A { tamper_rate } else { 0.0 };
+        let b = TamperingBackend::new(b, &Tamper::ALL, rate_b, stream(0xB0B));
+        Ok(CloudSetup { a, b: Some(b), why: format!("A: {why}; B: {why_b}") })
+    }
+}
+
+/// Which cloud cheats in mode two-server when a tamper rate is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TamperChoice {
+    /// Cloud A only.
+    A,
+    /// Cloud B only.
+    B,
+    /// Both clouds, independently.
+    Both,
+}
+
+/// The clouds of one run (each possibly cheating on purpose).
+struct CloudSetup {
+    a: TamperingBackend<Box<dyn CloudBackend>>,
+    b: Option<TamperingBackend<Box<dyn CloudBackend>>>,
+    why: String,
+}
+
+impl CloudSetup {
+    fn clouds(&self) -> Clouds<'_> {
+        match &self.b {
+            Some(b) => Clouds::Two(&self.a, b),
+            None => Clouds::One(&self.a),
+        }
+    }
+
+    /// Answers corrupted so far, over all clouds.
+    fn corrupted(&self) -> u64 {
+        self.a.corrupted() + self.b.as_ref().map_or(0, TamperingBackend::corrupted)
+    }
+}
+
+/// Prints the one-line warning of mode lowrank (SCHEME.md §9) to stderr.
+fn warn_if_lowrank(privacy: Privacy) {
+    if matches!(privacy, Privacy::LowRank { .. }) {
+        eprintln!("{LOWRANK_WARNING}");
+    }
+}
+
+/// A fraction in [0, 1].
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} is not in [0, 1]")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(clap::Args)]
@@ -192,8 +311,11 @@ struct DemoArgs {
     #[command(flatten)]
     protocol: ProtocolArgs,
     /// Let the cloud corrupt this fraction of layer calls, to watch verification catch them.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     tamper_rate: f64,
+    /// In mode two-server: which cloud cheats.
+    #[arg(long, value_enum, default_value_t = TamperChoice::Both)]
+    tamper_cloud: TamperChoice,
 }
 
 #[derive(clap::Args)]
@@ -203,6 +325,9 @@ struct ConvDemoArgs {
     /// Let the cloud cheat (add 1 to one output entry) to watch verification reject it.
     #[arg(long)]
     tamper: bool,
+    /// In mode two-server: which cloud cheats.
+    #[arg(long, value_enum, default_value_t = TamperChoice::A)]
+    tamper_cloud: TamperChoice,
 }
 
 #[derive(clap::Args)]
@@ -236,8 +361,11 @@ struct EvalArgs {
     #[arg(long)]
     outsource_linear: bool,
     /// Let the cloud corrupt this fraction of layer calls; every one must be detected.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     tamper_rate: f64,
+    /// In mode two-server: which cloud cheats.
+    #[arg(long, value_enum, default_value_t = TamperChoice::Both)]
+    tamper_cloud: TamperChoice,
     /// Where the built-in data sets live.
     #[arg(long, default_value = "data")]
     data_dir: PathBuf,
@@ -308,28 +436,33 @@ fn demo(args: &DemoArgs) -> Result<(), vericonv::Error> {
     let model = Model::from_bytes(DEMO_MODEL, DEMO_WEIGHTS)?;
     let data = Dataset::from_idx_bytes("mnist (first 16 test images)", DEMO_IMAGES, DEMO_LABELS)?;
     let qm = QuantModel::new(&model, QuantConfig::default())?;
-    let (backend, why) = select_backend(p.backend)?;
-    let tamper = maybe_tampering(backend, args.tamper_rate, p.seed);
+    let setup = p.clouds(args.tamper_rate, args.tamper_cloud)?;
     let (rng, seed_note) = p.rng();
+    warn_if_lowrank(p.privacy());
     println!("vericonv demo: private, verified LeNet-5 inference on {} MNIST test images", data.len());
-    println!("  cloud   : {}", tamper.name());
-    println!("            ({why})");
+    println!("  cloud   : {}", setup.clouds().name());
+    println!("            ({})", setup.why);
     println!(
-        "  client  : CSPRNG ChaCha20 {seed_note}; mask rank {}, {} verification, {} round(s); 8-bit weights and activations",
-        p.rank,
+        "  client  : CSPRNG ChaCha20 {seed_note}; privacy {}, {} verification, {} round(s); 8-bit weights and activations",
+        p.privacy().label(),
         Mode::from(p.mode).name(),
         p.rounds
     );
-    let opts = EvalOptions {
-        batch: data.len(),
-        private: PrivateConfig { mode: p.mode.into(), rounds: p.rounds, rank: p.rank, ..PrivateConfig::default() },
-    };
+    let private = p.private_config(false);
     // One batch: predictions of all three models for the same images.
     let (images, labels) = data.slice(0..data.len());
     let classes = model.num_classes();
     let float_pred = argmax(&model.forward_float(images)?, classes);
     let (quant_logits, _) = qm.forward(images, &mut PlainExecutor)?;
-    let mut exec = PrivateExecutor::new(&qm, &tamper, &opts.private, rng)?;
+    let mut exec = PrivateExecutor::new(&qm, setup.clouds(), &private, rng)?;
+    if p.privacy() == Privacy::Pad {
+        let offline = exec.prepare_pads(data.len(), &CpuBackend::new())?;
+        println!(
+            "  offline : {} one-time pads per layer precomputed in {} (Conv(K, R) on the client's own CPU: a full convolution)",
+            data.len(),
+            ms(offline)
+        );
+    }
     let start = Instant::now();
     let private = qm.forward(images, &mut exec);
     let total = start.elapsed();
@@ -379,6 +512,7 @@ fn demo(args: &DemoArgs) -> Result<(), vericonv::Error> {
         + times.nonlinear
         + times.quantize;
     let cloud: Duration = exec.stats().map(|s| s.timings.cloud).sum();
+    let offline: Duration = exec.stats().map(|s| s.offline).sum();
     println!(
         "  accuracy: {correct}/{} private; float model {}/{}",
         labels.len(),
@@ -386,10 +520,11 @@ fn demo(args: &DemoArgs) -> Result<(), vericonv::Error> {
         labels.len()
     );
     println!(
-        "  time    : total {}; client {} (keys, masking, verification, non-linear layers); cloud {}",
+        "  time    : total {}; client {} (keys, masking, verification, non-linear layers); cloud {}{}",
         ms(total),
         ms(client),
-        ms(cloud)
+        ms(cloud),
+        if offline.is_zero() { String::new() } else { format!("; offline pads {} (not in the total)", ms(offline)) }
     );
     println!(
         "  agreement with the quantized plaintext model: logits {}",
@@ -400,15 +535,6 @@ fn demo(args: &DemoArgs) -> Result<(), vericonv::Error> {
     } else {
         Err(vericonv::Error::Unsupported("private logits differ from the quantized plaintext model".into()))
     }
-}
-
-/// Wraps the cloud in a [`TamperingBackend`] that corrupts `rate` of its answers (none at 0).
-fn maybe_tampering(
-    backend: Box<dyn CloudBackend>,
-    rate: f64,
-    seed: Option<u64>,
-) -> TamperingBackend<Box<dyn CloudBackend>> {
-    TamperingBackend::new(backend, &Tamper::ALL, rate, seed.unwrap_or_else(|| os_rng().random()))
 }
 
 fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
@@ -588,41 +714,35 @@ fn eval(args: &EvalArgs) -> Result<(), vericonv::Error> {
     if let Some(n) = args.limit {
         data.truncate(n);
     }
-    let (backend, why) = select_backend(p.backend)?;
-    let cloud = maybe_tampering(backend, args.tamper_rate, p.seed);
+    let setup = p.clouds(args.tamper_rate, args.tamper_cloud)?;
     let (rng, seed_note) = p.rng();
+    warn_if_lowrank(p.privacy());
     eprintln!(
-        "model {} ({} layers), data set {} ({} images); cloud {} ({why}); CSPRNG {seed_note}",
+        "model {} ({} layers), data set {} ({} images); privacy {}; cloud {} ({}); CSPRNG {seed_note}",
         model.name,
         model.nodes().len(),
         data.name,
         data.len(),
-        cloud.name()
+        p.privacy().label(),
+        setup.clouds().name(),
+        setup.why
     );
-    let opts = EvalOptions {
-        batch: args.batch,
-        private: PrivateConfig {
-            mode: p.mode.into(),
-            rounds: p.rounds,
-            rank: p.rank,
-            outsource_linear: args.outsource_linear,
-            rotate_after_images: None,
-        },
-    };
+    let opts = EvalOptions { batch: args.batch, private: p.private_config(args.outsource_linear) };
     let bar = ProgressBar::new(data.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} images [{elapsed_precise} < {eta_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut report = evaluate(&qm, &data, &cloud, &opts, rng, |done| bar.set_position(done as u64))?;
+    let mut report = evaluate(&qm, &data, setup.clouds(), &opts, rng, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
-    report.corrupted_calls = cloud.corrupted();
+    report.corrupted_calls = setup.corrupted();
     let pct = |x: f64| format!("{:6.2}%", 100.0 * x);
     println!(
-        "{} on {} ({} images, {} weights / {} activations bits, {} activation scales)",
+        "{} on {} ({} images, privacy {}, {} weights / {} activations bits, {} activation scales)",
         report.model,
         report.dataset,
         report.images,
+        report.privacy,
         args.weight_bits,
         args.act_bits,
         if qm.is_calibrated() { "calibrated" } else { "dynamic" }
@@ -654,6 +774,12 @@ fn eval(args: &EvalArgs) -> Result<(), vericonv::Error> {
         report.client_linear_s
     );
     println!("  cloud      {:.3} s on {}", report.cloud_s, report.backend);
+    if p.privacy() == Privacy::Pad {
+        println!(
+            "  offline    {:.3} s precomputing one-time pads (Conv(K, R) for every image and layer, on the client's CPU; not in the client time above)",
+            report.client_offline_s
+        );
+    }
     println!(
         "  plaintext  float model on this CPU {:.3} s; quantized model on this CPU {:.3} s",
         report.float_plaintext_s, report.quantized_plaintext_s
@@ -689,16 +815,13 @@ fn conv_demo(args: &ConvDemoArgs) -> Result<(), vericonv::Error> {
     let bias: Vec<i32> = (0..geom.cout()).map(|_| rng.random_range(-1000..=1000)).collect();
     let x: Vec<i32> = (0..batch * geom.image_len()).map(|_| rng.random_range(-127..=127)).collect();
 
-    let (backend, why) = select_backend(p.backend)?;
-    let cloud: Box<dyn CloudBackend> = if args.tamper {
-        Box::new(TamperingBackend::new(backend, &[Tamper::AddOne], 1.0, rng.random()))
-    } else {
-        backend
-    };
+    // With --tamper every answer is corrupted; the first strategy is "add 1 to one entry".
+    let setup = p.clouds(if args.tamper { 1.0 } else { 0.0 }, args.tamper_cloud)?;
     let mode = Mode::from(p.mode);
+    warn_if_lowrank(p.privacy());
     println!("vericonv conv-demo: one private, verified convolution");
-    println!("  cloud   : {}", cloud.name());
-    println!("            ({why})");
+    println!("  cloud   : {}", setup.clouds().name());
+    println!("            ({})", setup.why);
     println!(
         "  layer   : LeNet-5 conv2, input {batch}×{}×{}×{}, kernel {}×{}×{}×{}, stride 1, no padding -> output {batch}×{}×{}×{} (M = {} terms per output)",
         geom.cin(),
@@ -714,16 +837,30 @@ fn conv_demo(args: &ConvDemoArgs) -> Result<(), vericonv::Error> {
         geom.m()
     );
     println!(
-        "  client  : CSPRNG ChaCha20 {seed_note}; mask rank {}, {} verification, {} round(s)",
-        p.rank,
+        "  client  : CSPRNG ChaCha20 {seed_note}; privacy {}, {} verification, {} round(s)",
+        p.privacy().label(),
         mode.name(),
         p.rounds
     );
 
-    let cfg =
-        LayerConfig { name: "lenet.conv2".into(), rank: p.rank, mode, rounds: p.rounds, ..LayerConfig::default() };
+    let cfg = LayerConfig {
+        name: "lenet.conv2".into(),
+        privacy: p.privacy(),
+        mode,
+        rounds: p.rounds,
+        ..LayerConfig::default()
+    };
     let mut layer = PrivateConv::new(geom, &kernel, Some(&bias), cfg, &mut rng)?;
-    let result = layer.run(cloud.as_ref(), &x, &mut rng);
+    if p.privacy() == Privacy::Pad {
+        let start = Instant::now();
+        let pool = layer.generate_pads(batch, &CpuBackend::new(), &mut rng)?;
+        layer.add_pads(pool)?;
+        println!(
+            "  offline : {batch} one-time pads in {} (R uniform, U = Conv(K, R) on the client's own CPU)",
+            ms(start.elapsed())
+        );
+    }
+    let result = layer.run(setup.clouds(), &x, &mut rng);
 
     let start = Instant::now();
     let k64: Vec<i64> = kernel.iter().map(|&v| i64::from(v)).collect();
@@ -741,12 +878,21 @@ fn conv_demo(args: &ConvDemoArgs) -> Result<(), vericonv::Error> {
             return Err(e);
         }
     };
+    let (encrypt, cloud, decrypt) = match p.privacy() {
+        Privacy::LowRank { .. } => ("masks and X'", "Y' = Conv(K', X')", "mask correction, lift, bias"),
+        Privacy::TwoServer => (
+            "X' = βX, A's share from a seed, B's = X' - A's",
+            "A: Conv(K', G(seed)), B: Conv(K', X'_B), concurrently",
+            "sum of the shares, lift, bias",
+        ),
+        Privacy::Pad => ("X' = β(X + R)", "Y' = Conv(K', X')", "subtract U, lift, bias"),
+    };
     println!("  phases  :");
-    println!("    keygen  {}  (per session: keys, K' and KG)", ms(t.keygen));
-    println!("    encrypt {}  (per image: masks and X')", ms(t.encrypt));
-    println!("    cloud   {}  (untrusted: Y' = Conv(K', X') over F_p)", ms(t.cloud));
+    println!("    keygen  {}  (per session: keys and K')", ms(t.keygen));
+    println!("    encrypt {}  (per image: {encrypt})", ms(t.encrypt));
+    println!("    cloud   {}  (untrusted: {cloud} over F_p)", ms(t.cloud));
     println!("    verify  {}  verdict: ACCEPTED", ms(t.verify));
-    println!("    decrypt {}  (mask correction, lift, bias)", ms(t.decrypt));
+    println!("    decrypt {}  ({decrypt})", ms(t.decrypt));
     println!(
         "  client total {} (session setup included); plaintext direct convolution on this CPU {}",
         ms(t.client()),

@@ -32,7 +32,14 @@ fn layer_construction_rejects_bad_kernels_bounds_and_settings() {
         Err(Error::LengthMismatch { what: "bias", .. })
     ));
     assert_eq!(
-        PrivateConv::new(g, &k, None, LayerConfig { rank: 0, ..LayerConfig::default() }, &mut r).err(),
+        PrivateConv::new(
+            g,
+            &k,
+            None,
+            LayerConfig { privacy: vericonv::privacy::Privacy::LowRank { rank: 0 }, ..LayerConfig::default() },
+            &mut r
+        )
+        .err(),
         Some(Error::InvalidRank)
     );
     assert_eq!(

@@ -24,9 +24,15 @@ fn check_private_run(path: &std::path::Path, dataset: &str, images: usize, cloud
     data.truncate(images);
     let qm = QuantModel::new(&model, QuantConfig::default()).expect("quantizes");
     println!("{} on {dataset}, {images} images, cloud {}: seed {seed:#x}", model.name, cloud.name());
-    let report =
-        evaluate(&qm, &data, cloud, &EvalOptions { batch: 25, ..EvalOptions::default() }, seeded_rng(seed), |_| {})
-            .expect("evaluates");
+    let report = evaluate(
+        &qm,
+        &data,
+        cloud.into(),
+        &EvalOptions { batch: 25, ..EvalOptions::default() },
+        seeded_rng(seed),
+        |_| {},
+    )
+    .expect("evaluates");
     println!(
         "  float {:.4}, quantized {:.4}, private {:.4}",
         report.float_accuracy, report.quantized_accuracy, report.private_accuracy
@@ -275,7 +281,7 @@ fn corrupt_model_files_and_bad_inputs_get_typed_errors() {
     // A data set whose images do not fit the model.
     let digits =
         Dataset { name: "wrong".into(), channels: 1, height: 8, width: 8, images: vec![0.0; 64], labels: vec![0] };
-    let err = evaluate(&qm, &digits, &CpuBackend::new(), &EvalOptions::default(), seeded_rng(1), |_| {})
+    let err = evaluate(&qm, &digits, (&CpuBackend::new()).into(), &EvalOptions::default(), seeded_rng(1), |_| {})
         .expect_err("shape mismatch");
     assert!(matches!(err, Error::LengthMismatch { .. }), "{err}");
     // 16-bit weights and activations break the exactness bound; the error names the layer.

@@ -11,6 +11,7 @@ use vericonv::decrypt::{MaskKernel, mask_conv};
 use vericonv::encrypt::{encrypt_input, encrypt_kernel, mask_tensor};
 use vericonv::field::{M31, PrimeField};
 use vericonv::keys::{ImageMask, SessionKey, seeded_rng};
+use vericonv::privacy::Privacy;
 use vericonv::reference::{conv_field, conv_i64};
 use vericonv::verify::Mode;
 
@@ -28,7 +29,12 @@ fn decrypt_inverts_encrypt_for_every_shape_on_cpu() {
         let bias = ints(&mut r, g.cout(), 1000);
         let x = ints(&mut r, batch * g.image_len(), 127);
         let mode = if idx % 2 == 0 { Mode::Fast } else { Mode::Strict };
-        let cfg = LayerConfig { name: format!("shape{idx}"), mode, rank: 1 + idx % 3, ..LayerConfig::default() };
+        let cfg = LayerConfig {
+            name: format!("shape{idx}"),
+            mode,
+            privacy: Privacy::LowRank { rank: 1 + idx % 3 },
+            ..LayerConfig::default()
+        };
         let mut key_rng = seeded_rng(seed + idx as u64);
         let mut layer = PrivateConv::new(g, &k, Some(&bias), cfg, &mut key_rng).expect("layer builds");
         let (y, _) = layer.run(&cpu, &x, &mut key_rng).unwrap_or_else(|e| panic!("shape {idx} {g:?}: {e}"));

@@ -37,7 +37,7 @@ fn every_tampering_strategy_is_rejected_in_both_modes() {
             for _ in 0..TRIALS {
                 let x = ints(&mut r, 2 * g.image_len(), 127);
                 match layer.run(&cloud, &x, &mut key_rng) {
-                    Err(Error::VerificationFailed { layer, mode: m, round }) => {
+                    Err(Error::VerificationFailed { layer, mode: m, round, .. }) => {
                         assert_eq!((layer.as_str(), m, round), ("tampered", mode.name(), 1));
                         rejected += 1;
                     }

@@ -167,6 +167,21 @@ pub mod reference {
         }
     }
 
+    /// `a[i] = a[i] + b[i] mod P`.
+    pub fn add_assign<F: PrimeField>(a: &mut [u32], b: &[u32]) {
+        for (x, &y) in a.iter_mut().zip(b) {
+            *x = F::add(*x, y);
+        }
+    }
+
+    /// `scaled[i] = c·x[i]` and `share[i] = scaled[i] - share[i] mod P`.
+    pub fn scale_and_split<F: PrimeField>(scaled: &mut [u32], share: &mut [u32], c: u32, x: &[u32]) {
+        for ((s, d), &v) in scaled.iter_mut().zip(share.iter_mut()).zip(x) {
+            *s = F::mul(c, v);
+            *d = F::sub(*s, *d);
+        }
+    }
+
     /// `out[i] = lift(c·y[i] - Σ_k c_k·x_k[i])`: decryption's last step.
     pub fn unmask_into<F: PrimeField>(out: &mut [i32], y: &[u32], c: u32, terms: &[(u32, &[u32])]) {
         let mut mk = vec![0u32; out.len()];
@@ -337,6 +352,14 @@ mod tests {
                 slices::scale_mul_assign(&mut s1, c, &b);
                 reference::scale_mul_assign::<M31>(&mut s2, c, &b);
                 assert_eq!(s1, s2, "scale_mul_assign, n = {n}, c = {c}");
+                let (mut a1, mut a2) = (a.clone(), a.clone());
+                slices::add_assign(&mut a1, &b);
+                reference::add_assign::<M31>(&mut a2, &b);
+                assert_eq!(a1, a2, "add_assign, n = {n}");
+                let (mut x1, mut x2, mut d1, mut d2) = (vec![0u32; n], vec![0u32; n], b.clone(), b.clone());
+                slices::scale_and_split(&mut x1, &mut d1, c, &a);
+                reference::scale_and_split::<M31>(&mut x2, &mut d2, c, &a);
+                assert_eq!((x1, d1), (x2, d2), "scale_and_split, n = {n}, c = {c}");
                 let (mut r1, mut r2) = (vec![0u32; n], vec![0u32; n]);
                 slices::reduce_into(&mut r1, &big);
                 reference::reduce_into::<M31>(&mut r2, &big);

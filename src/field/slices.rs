@@ -63,6 +63,28 @@ pub fn scale_mul_assign(x: &mut [u32], c: u32, b: &[u32]) {
     }
 }
 
+/// `out[i] = a[i] + b[i] mod p`: the sum of two shares.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub fn add_assign(a: &mut [u32], b: &[u32]) {
+    for (x, &y) in a.iter_mut().zip(b) {
+        let s = *x + y; // both below 2^31: no overflow
+        *x = s.min(s.wrapping_sub(P));
+    }
+}
+
+/// Splits a plane into two shares in one pass: `scaled[i] = c·x[i]` and
+/// `share[i] = scaled[i] - share[i] mod p` (on entry `share` holds the other share).
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub fn scale_and_split(scaled: &mut [u32], share: &mut [u32], c: u32, x: &[u32]) {
+    let c = u64::from(c);
+    for ((s, d), &v) in scaled.iter_mut().zip(share.iter_mut()).zip(x) {
+        let y = reduce(c * u64::from(v));
+        *s = y;
+        let t = y + P - *d; // in [1, 2p)
+        *d = t.min(t.wrapping_sub(P));
+    }
+}
+
 /// Output elements per block of the fused kernels: a `u64` accumulator of this many lanes
 /// stays in L1 while every term is added to it.
 const BLOCK: usize = 64;

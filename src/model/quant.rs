@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use super::{Activation, Model, Node, Op, float_linear_op, ops};
 use crate::client::{LayerConfig, PrivateConv, Timings, check_exactness};
-use crate::cloud::CloudBackend;
+use crate::cloud::{CloudBackend, Clouds};
 use crate::geometry::Conv2d;
 use crate::keys::KeyRng;
+use crate::privacy::Privacy;
 use crate::verify::Mode;
 use crate::{Error, Result};
 
@@ -259,8 +260,8 @@ pub struct PrivateConfig {
     pub mode: Mode,
     /// Verification rounds (default 1).
     pub rounds: usize,
-    /// Mask rank ρ (default 2).
-    pub rank: usize,
+    /// How inputs are masked (default `lowrank` with ρ = 2).
+    pub privacy: Privacy,
     /// Outsource `Linear` layers too (default false: SCHEME.md §9, their masks are weaker).
     pub outsource_linear: bool,
     /// Rotate each layer's session key after this many images (default: never).
@@ -270,7 +271,7 @@ pub struct PrivateConfig {
 impl Default for PrivateConfig {
     fn default() -> Self {
         let d = LayerConfig::default();
-        Self { mode: d.mode, rounds: d.rounds, rank: d.rank, outsource_linear: false, rotate_after_images: None }
+        Self { mode: d.mode, rounds: d.rounds, privacy: d.privacy, outsource_linear: false, rotate_after_images: None }
     }
 }
 
@@ -289,25 +290,43 @@ pub struct LayerStats {
     pub rejected: u64,
     /// Phase times summed over calls.
     pub timings: Timings,
+    /// Mode `pad`: time spent precomputing pads offline (not part of any call).
+    pub offline: Duration,
     /// Client time for layers it computes itself.
     pub client_compute: Duration,
 }
 
-/// Runs every `Conv` (and optionally `Linear`) layer through the private protocol on an
-/// untrusted cloud; the client computes the remaining `Linear` layers itself.
+/// Runs every `Conv` (and optionally `Linear`) layer through the private protocol on untrusted
+/// clouds; the client computes the remaining `Linear` layers itself.
 pub struct PrivateExecutor<'a> {
-    cloud: &'a dyn CloudBackend,
+    clouds: Clouds<'a>,
     rng: KeyRng,
     layers: Vec<Option<PrivateConv>>,
     stats: Vec<LayerStats>,
 }
 
 impl<'a> PrivateExecutor<'a> {
-    /// Sets up one session per outsourced layer: keys, `K'` and `KG`.
+    /// Sets up one session per outsourced layer: keys, `K'` and the mode's secrets. `clouds` is
+    /// one cloud, or [`Clouds::Two`] for mode `two-server`. In mode `pad`, call
+    /// [`PrivateExecutor::prepare_pads`] before each forward pass.
     ///
     /// # Errors
+    /// [`Error::CloudCount`] and [`Error::SameCloudTwice`] for the wrong clouds,
     /// [`Error::ExactnessBound`] and the settings errors of [`PrivateConv::new`].
-    pub fn new(qm: &QuantModel, cloud: &'a dyn CloudBackend, cfg: &PrivateConfig, mut rng: KeyRng) -> Result<Self> {
+    pub fn new(qm: &QuantModel, clouds: impl Into<Clouds<'a>>, cfg: &PrivateConfig, mut rng: KeyRng) -> Result<Self> {
+        let clouds = clouds.into();
+        if clouds.count() != cfg.privacy.clouds() {
+            return Err(Error::CloudCount {
+                mode: cfg.privacy.name(),
+                needed: cfg.privacy.clouds(),
+                got: clouds.count(),
+            });
+        }
+        if let Clouds::Two(a, b) = clouds
+            && std::ptr::addr_eq(a, b)
+        {
+            return Err(Error::SameCloudTwice(a.name()));
+        }
         let mut layers: Vec<Option<PrivateConv>> = (0..qm.layers.len()).map(|_| None).collect();
         let mut stats: Vec<LayerStats> = qm
             .layers
@@ -323,7 +342,7 @@ impl<'a> PrivateExecutor<'a> {
             }
             let lc = LayerConfig {
                 name: layer.name.clone(),
-                rank: cfg.rank,
+                privacy: cfg.privacy,
                 mode: cfg.mode,
                 rounds: cfg.rounds,
                 input_bound: qmax(qm.cfg.act_bits) as u32,
@@ -332,7 +351,28 @@ impl<'a> PrivateExecutor<'a> {
             layers[layer.node] = Some(PrivateConv::new(layer.geom, &layer.weight, None, lc, &mut rng)?);
             stats[layer.node].outsourced = true;
         }
-        Ok(Self { cloud, rng, layers, stats })
+        Ok(Self { clouds, rng, layers, stats })
+    }
+
+    /// Mode `pad`, offline: precomputes `images` pads for every outsourced layer, with the mask
+    /// convolutions on `backend`, the client's own (SCHEME.md §12). Returns the time it took,
+    /// which is also added to each layer's [`LayerStats::offline`]. Does nothing in the other
+    /// modes.
+    ///
+    /// # Errors
+    /// The errors of [`PrivateConv::generate_pads`].
+    pub fn prepare_pads(&mut self, images: usize, backend: &dyn CloudBackend) -> Result<Duration> {
+        let mut total = Duration::ZERO;
+        for (layer, stats) in self.layers.iter_mut().zip(self.stats.iter_mut()) {
+            let Some(layer) = layer.as_mut().filter(|l| l.config().privacy == Privacy::Pad) else { continue };
+            let start = Instant::now();
+            let pool = layer.generate_pads(images, backend, &mut self.rng)?;
+            layer.add_pads(pool)?;
+            let t = start.elapsed();
+            stats.offline += t;
+            total += t;
+        }
+        Ok(total)
     }
 
     /// Per-layer statistics so far (quantized layers only).
@@ -340,9 +380,9 @@ impl<'a> PrivateExecutor<'a> {
         self.stats.iter().filter(|s| !s.name.is_empty())
     }
 
-    /// The cloud in use.
-    pub fn cloud(&self) -> &dyn CloudBackend {
-        self.cloud
+    /// The clouds in use.
+    pub fn clouds(&self) -> Clouds<'a> {
+        self.clouds
     }
 }
 
@@ -356,7 +396,7 @@ impl IntegerExecutor for PrivateExecutor<'_> {
             return Ok(y);
         };
         stats.calls += 1;
-        match private.run(self.cloud, x, &mut self.rng) {
+        match private.run(self.clouds, x, &mut self.rng) {
             Ok((y, t)) => {
                 stats.verified += 1;
                 stats.timings += t;
