@@ -7,10 +7,11 @@
 //! answer with a Freivalds-style test before unmasking it. The modules follow the scheme
 //! (`SCHEME.md`): [`field`] → [`geometry`] → [`keys`] / [`privacy`] ([`share`], [`pad`]) →
 //! [`encrypt`] / [`decrypt`] / [`verify`] → [`cloud`] backends → [`client`], the layer that ties
-//! them together → [`model`].
+//! them together → [`model`] → [`attack`], which measures what a curious cloud recovers.
 
 #![warn(missing_docs)]
 
+pub mod attack;
 pub mod bench;
 pub mod client;
 pub mod cloud;

@@ -1,0 +1,550 @@
+//! Input recovery against mode `lowrank` (SCHEME.md §9), from `X'` alone.
+//!
+//! Each cloud channel plane of one image is `P_c = β_c·X_c + A·D_c·Cᵀ`, where the row factors
+//! `A = [a_1..a_ρ]` and column factors `C = [c_1..c_ρ]` are shared by every channel of the image.
+//! Wherever `X_c` equals a constant `q_c` (background, post-ReLU zeros) the plane equals the
+//! low-rank part `L_c = β_c·q_c·J + A·D_c·Cᵀ`, whose rows lie in `V̄ = span(1, c_t)` and whose
+//! columns lie in `Ū = span(1, a_t)`. The attack:
+//!
+//! 1. **Locates constant lines.** In a square block of lines (a channel plane, or lines drawn
+//!    from several channels), more than `dim V̄` constant lines make the block singular, and the
+//!    left null space is supported on them: foreground lines are independent of each other and of
+//!    `V̄`, but for rare coincidences (two foreground lines equal up to the mask). These are the
+//!    vanishing minors, found all at once by one elimination.
+//! 2. **Recovers the factor spaces** `V̄` (from constant rows) and `Ū` (from constant columns),
+//!    pooled over the channels, which share them: the span of a few candidate lines that holds
+//!    the most lines of the image, at the smallest dimension where a span holds more than the
+//!    lines that make it (which also rules out the coincidences). Every constant line of every
+//!    channel then passes a membership test.
+//! 3. **Subtracts them.** Each row of `L_c` is a combination of `V̄`'s basis whose coefficients
+//!    follow from the constant columns (exactly), or, lacking those, from the combination that
+//!    zeroes the most entries of the row (a randomised search, exact in F_p). The same holds for
+//!    columns with `Ū`. Then `P_c - L_c = β_c·(X_c - q_c)`.
+//! 4. **Removes the offset and fixes β.** `L_c - β_c·q_c·J` has rank ρ, one less than `L_c`: the
+//!    matrix determinant lemma gives `β_c·q_c` from one invertible block. `β_c` is the scalar
+//!    that maps the plane onto the smallest integers within the activation bound; the sign, which
+//!    `X'` cannot fix (`-β`, `-X` and `-R` give the same `X'`), is the one that makes a plane
+//!    non-negative when one does (post-ReLU activations), else the one that makes the foreground
+//!    brighter than the most common value (images on a dark background).
+//!
+//! The attacker needs neither ρ nor any secret: the dimensions come out of the data.
+
+use rand::Rng;
+use rand::seq::index::sample_weighted;
+
+use super::linalg::{Matrix, Subspace, inverse, solve_left};
+use crate::field::{M31, PrimeField};
+
+/// Random square blocks of lines drawn across channels, per orientation.
+const MIXED_TRIALS: usize = 48;
+/// Candidate spans tried per dimension.
+const SPACE_TRIALS: usize = 300;
+/// The span search of one dimension stops this many trials after its last improvement.
+const SPACE_PATIENCE: usize = 16;
+/// The most candidate combinations tried for one line of the randomised search.
+const MAX_LINE_TRIALS: usize = 400;
+/// The search stops this many trials after its last improvement.
+const PATIENCE: usize = 40;
+
+/// What the attack recovered from one image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputRecovery {
+    /// Per pixel of `Cin × H × W`, in cloud channel order: the recovered integer, or `None`
+    /// where the attack found nothing.
+    pub pixels: Vec<Option<i32>>,
+    /// Dimension of the recovered row-factor space `V̄` (0 when not found).
+    pub row_space_dim: usize,
+    /// Dimension of the recovered column-factor space `Ū` (0 when not found).
+    pub col_space_dim: usize,
+}
+
+/// The lines of every channel plane of one image in one orientation.
+struct Lines {
+    /// `channels × per_channel` vectors of length `len`.
+    data: Vec<Vec<u32>>,
+    per_channel: usize,
+    len: usize,
+}
+
+impl Lines {
+    fn rows(xp: &[u32], cin: usize, h: usize, w: usize) -> Self {
+        let data = (0..cin * h).map(|cy| xp[cy * w..(cy + 1) * w].to_vec()).collect();
+        Self { data, per_channel: h, len: w }
+    }
+
+    fn cols(xp: &[u32], cin: usize, h: usize, w: usize) -> Self {
+        let data = (0..cin * w).map(|cx| (0..h).map(|y| xp[(cx / w * h + y) * w + cx % w]).collect()).collect();
+        Self { data, per_channel: w, len: h }
+    }
+}
+
+/// The lines among `idx` that take part in a dependency of their block: the support of its left
+/// null space. Constant lines, and the rare foreground lines that happen to be dependent.
+fn dependent_lines(lines: &Lines, idx: &[usize]) -> Vec<usize> {
+    let m = Matrix::from_rows(lines.len, idx.iter().map(|&i| lines.data[i].as_slice()));
+    let null = m.left_null_space();
+    (0..idx.len()).filter(|&k| null.iter().any(|z| z[k] != 0)).map(|k| idx[k]).collect()
+}
+
+/// Step 1–2: the space spanned by the constant lines of one orientation, pooled over channels.
+///
+/// Candidates are the dependent lines of square blocks (each channel plane, and blocks drawn
+/// across channels). A few foreground lines may be among them, so the space is the span of `d`
+/// candidates that contains the most lines of the whole image, for the smallest `d` at which some
+/// span contains at least two lines beyond its own `d`: below the true dimension a span of
+/// generic constant lines holds no other line, at it the span holds every constant line.
+fn factor_space(lines: &Lines, channels: usize, rng: &mut impl Rng) -> Option<Subspace> {
+    let n = lines.len;
+    let mut cand: Vec<usize> = Vec::new();
+    for c in 0..channels {
+        let idx: Vec<usize> = (c * lines.per_channel..(c + 1) * lines.per_channel).collect();
+        if idx.len() <= n {
+            cand.extend(dependent_lines(lines, &idx));
+        }
+    }
+    let total = lines.data.len();
+    if channels > 1 {
+        for _ in 0..MIXED_TRIALS {
+            let idx = rand::seq::index::sample(rng, total, n.min(total)).into_vec();
+            cand.extend(dependent_lines(lines, &idx));
+        }
+    }
+    cand.sort_unstable();
+    cand.dedup();
+    let max_dim = Subspace::span(n, cand.iter().map(|&i| lines.data[i].as_slice())).dim().min(n.saturating_sub(2));
+    // The attacker's prior: lines near the edges of a plane are more often background.
+    let weight: Vec<f64> = cand
+        .iter()
+        .map(|&i| {
+            let k = i % lines.per_channel;
+            let edge = k.min(lines.per_channel - 1 - k) as f64;
+            1.0 / (1.0 + edge).powi(2)
+        })
+        .collect();
+    for d in 1..=max_dim {
+        let mut best: Option<(Subspace, usize)> = None;
+        let mut since = 0;
+        for _ in 0..SPACE_TRIALS {
+            since += 1;
+            let Ok(pick) = sample_weighted(rng, cand.len(), |k| weight[k], d) else { break };
+            let space = Subspace::span(n, pick.iter().map(|k| lines.data[cand[k]].as_slice()));
+            if space.dim() < d {
+                continue;
+            }
+            let members = lines.data.iter().filter(|v| space.contains(v)).count();
+            if members >= d + 2 && best.as_ref().is_none_or(|(_, m)| members > *m) {
+                best = Some((space, members));
+                since = 0;
+            }
+            if best.is_some() && since >= SPACE_PATIENCE {
+                break;
+            }
+        }
+        if let Some((space, _)) = best {
+            return Some(space);
+        }
+    }
+    None
+}
+
+/// The basis a line is fitted in: the mask space, plus the all-ones direction when the space
+/// does not hold it.
+struct LineBasis {
+    vectors: Vec<Vec<u32>>,
+    /// True when the space found was the pure mask space `span(c_t)`: the last vector is then
+    /// the all-ones direction, which belongs to the data (each line's own constant), not to the
+    /// mask. False when the space already held the ones direction (`span(1, c_t)`, a single
+    /// constant everywhere), whose share of each line is then fixed by [`offset`].
+    pure: bool,
+}
+
+impl LineBasis {
+    /// The basis for lines in `space`, found from `lines`. When `space` holds the ones direction
+    /// (`span(1, c_t)`), the pure mask space is recovered from the constant lines of the channel
+    /// with the most of them: removing their common constant `κ = β·q` lowers their rank by one
+    /// and leaves `span(c_t)`.
+    fn new(lines: &Lines, space: &Subspace) -> Self {
+        let n = space.len();
+        let ones = vec![1u32; n];
+        let basis_of = |s: &Subspace| -> Vec<Vec<u32>> { (0..s.dim()).map(|k| s.basis_vector(k).to_vec()).collect() };
+        if !space.contains(&ones) {
+            let mut vectors = basis_of(space);
+            vectors.push(ones);
+            return Self { vectors, pure: true };
+        }
+        let channels = lines.data.len() / lines.per_channel;
+        let best = (0..channels)
+            .map(|c| {
+                let members: Vec<&[u32]> = lines.data[c * lines.per_channel..(c + 1) * lines.per_channel]
+                    .iter()
+                    .filter(|v| space.contains(v))
+                    .map(Vec::as_slice)
+                    .collect();
+                members
+            })
+            .max_by_key(Vec::len)
+            .unwrap_or_default();
+        let m = Matrix::from_rows(n, best.iter().copied());
+        let kappa = offset(&m);
+        let shifted: Vec<Vec<u32>> = best.iter().map(|v| v.iter().map(|&x| M31::sub(x, kappa)).collect()).collect();
+        let pure = Subspace::span(n, shifted.iter().map(Vec::as_slice));
+        if kappa != 0 && !pure.contains(&ones) && pure.dim() + 1 == space.dim() {
+            let mut vectors = basis_of(&pure);
+            vectors.push(ones);
+            Self { vectors, pure: true }
+        } else {
+            Self { vectors: basis_of(space), pure: false }
+        }
+    }
+
+    /// The mask's share of a line with coefficients `coef`, at position `j`.
+    fn mask_at(&self, coef: &[u32], j: usize) -> u32 {
+        let k = if self.pure { self.vectors.len() - 1 } else { self.vectors.len() };
+        (0..k).fold(0, |acc, i| M31::add(acc, M31::mul(coef[i], self.vectors[i][j])))
+    }
+}
+
+/// Fits line `v` in `basis`: the coefficients that reproduce `v` at the most positions (at least
+/// `dim + 1`, one more than were fitted, so that a coincidence is negligible), from `dim`-subsets
+/// of positions drawn with `weights`. Those positions are where the data is constant along the
+/// line. Returns the coefficients and the positions reproduced.
+fn fit_line(v: &[u32], basis: &LineBasis, weights: &[f64], rng: &mut impl Rng) -> Option<(Vec<u32>, Vec<bool>)> {
+    let (d, n) = (basis.vectors.len(), v.len());
+    if d + 1 > n {
+        return None;
+    }
+    let value = |coef: &[u32], j: usize| {
+        coef.iter().enumerate().fold(0, |acc, (i, &c)| M31::add(acc, M31::mul(c, basis.vectors[i][j])))
+    };
+    let mut best: Option<(Vec<u32>, usize)> = None;
+    let mut since = 0;
+    for _ in 0..MAX_LINE_TRIALS {
+        let Ok(pos) = sample_weighted(rng, n, |i| weights[i], d) else { return None };
+        let a: Vec<Vec<u32>> = basis.vectors.iter().map(|b| pos.iter().map(|p| b[p]).collect()).collect();
+        let rhs: Vec<u32> = pos.iter().map(|p| v[p]).collect();
+        since += 1;
+        if let Some(coef) = solve_left(&a, &rhs) {
+            let hits = (0..n).filter(|&j| value(&coef, j) == v[j]).count();
+            if best.as_ref().is_none_or(|(_, z)| hits > *z) {
+                best = Some((coef, hits));
+                since = 0;
+            }
+        }
+        let good = best.as_ref().map_or(0, |(_, z)| *z);
+        if good == n || (since >= PATIENCE && good > d) {
+            break;
+        }
+    }
+    let (coef, hits) = best?;
+    if hits <= d {
+        return None;
+    }
+    let hit = (0..n).map(|j| value(&coef, j) == v[j]).collect();
+    Some((coef, hit))
+}
+
+/// One orientation's recovery of a plane: `data[i] = β·X[i]` (or `β·(X[i] - q)` when the basis
+/// was not pure) where `known[i]`.
+struct Recovered {
+    data: Vec<u32>,
+    known: Vec<bool>,
+    /// The coefficients of each fitted line, in its basis.
+    coefs: Vec<Option<Vec<u32>>>,
+}
+
+/// Step 3 for one channel plane `p` (`h × w`), line by line along rows (`rows`) or columns,
+/// favouring positions that were constant in the lines fitted before.
+fn recover_plane(p: &[u32], h: usize, w: usize, basis: &LineBasis, rows: bool, rng: &mut impl Rng) -> Recovered {
+    let (count, len) = if rows { (h, w) } else { (w, h) };
+    let at = |i: usize, j: usize| if rows { i * w + j } else { j * w + i };
+    let mut out = Recovered { data: vec![0; h * w], known: vec![false; h * w], coefs: vec![None; count] };
+    let mut weights = vec![1.0f64; len];
+    for i in 0..count {
+        let v: Vec<u32> = (0..len).map(|j| p[at(i, j)]).collect();
+        let Some((coef, hit)) = fit_line(&v, basis, &weights, rng) else { continue };
+        for (j, &z) in hit.iter().enumerate() {
+            if z {
+                weights[j] += 4.0;
+            }
+            out.data[at(i, j)] = M31::sub(v[j], basis.mask_at(&coef, j));
+            out.known[at(i, j)] = true;
+        }
+        out.coefs[i] = Some(coef);
+    }
+    out
+}
+
+/// Completes a plane whose rows were fitted in the pure row basis: the mask is
+/// `U_m·N·V_mᵀ` with the column basis `U_m`, so the mask coefficients `λ_y = U_m[y]·N` of `ρ`
+/// fitted rows with independent `U_m[y]` give `N`, and with it the mask of every row, those the
+/// fit missed included. `None` when no such rows exist or the result disagrees with the fit.
+fn complete(p: &[u32], h: usize, w: usize, rec: &Recovered, rows: &LineBasis, cols: &LineBasis) -> Option<Recovered> {
+    let (ru, rv) = (cols.vectors.len() - 1, rows.vectors.len() - 1);
+    let u = |y: usize| -> Vec<u32> { (0..ru).map(|i| cols.vectors[i][y]).collect() };
+    let mut chosen: Vec<usize> = Vec::new();
+    for (y, coef) in rec.coefs.iter().enumerate() {
+        if coef.is_some() && chosen.len() < ru {
+            let mut trial: Vec<Vec<u32>> = chosen.iter().map(|&k| u(k)).collect();
+            trial.push(u(y));
+            if Matrix::from_rows(ru, trial.iter().map(Vec::as_slice)).rank() == trial.len() {
+                chosen.push(y);
+            }
+        }
+    }
+    if chosen.len() < ru {
+        return None;
+    }
+    let a = Matrix::from_rows(ru, chosen.iter().map(|&y| u(y)).collect::<Vec<_>>().iter().map(Vec::as_slice));
+    let inv = inverse(&a)?;
+    // N[i][j] = Σ_k inv[i][k]·λ_{chosen k}[j].
+    let lambda = |k: usize, j: usize| rec.coefs[chosen[k]].as_ref().map_or(0, |c| c[j]);
+    let n: Vec<Vec<u32>> = (0..ru)
+        .map(|i| (0..rv).map(|j| (0..ru).fold(0, |acc, k| M31::add(acc, M31::mul(inv.get(i, k), lambda(k, j))))).collect())
+        .collect();
+    let mut out = Recovered { data: vec![0; h * w], known: vec![true; h * w], coefs: rec.coefs.clone() };
+    for y in 0..h {
+        let uy = u(y);
+        let coef: Vec<u32> = (0..rv).map(|j| (0..ru).fold(0, |acc, i| M31::add(acc, M31::mul(uy[i], n[i][j])))).collect();
+        for x in 0..w {
+            let d = M31::sub(p[y * w + x], rows.mask_at(&coef, x));
+            if rec.known[y * w + x] && rec.data[y * w + x] != d {
+                return None;
+            }
+            out.data[y * w + x] = d;
+        }
+    }
+    Some(out)
+}
+
+/// Step 4a: `κ = β·q`, the constant whose removal from the low-rank matrix `m` (whose lines are
+/// mask plus `β·q`) lowers its rank by one (the matrix determinant lemma on one invertible
+/// block), or 0 when there is none.
+fn offset(m: &Matrix) -> u32 {
+    let pcols = m.clone().rref();
+    let prows = m.transpose().rref();
+    let r = pcols.len();
+    if r == 0 {
+        return 0;
+    }
+    let mut a = Matrix::zeros(r, r);
+    for (i, &pr) in prows.iter().enumerate() {
+        for (j, &pc) in pcols.iter().enumerate() {
+            a.set(i, j, m.get(pr, pc));
+        }
+    }
+    let Some(inv) = inverse(&a) else { return 0 };
+    // det(A - κ·J) = det(A)·(1 - κ·1ᵀA⁻¹1): zero at κ = 1 / (1ᵀA⁻¹1).
+    let s = (0..r).fold(0, |acc, i| (0..r).fold(acc, |acc, j| M31::add(acc, inv.get(i, j))));
+    if s == 0 {
+        return 0;
+    }
+    let kappa = M31::inv(s);
+    let mut shifted = m.clone();
+    for i in 0..m.rows() {
+        for j in 0..m.cols() {
+            shifted.set(i, j, M31::sub(m.get(i, j), kappa));
+        }
+    }
+    if shifted.rank() + 1 == r { kappa } else { 0 }
+}
+
+/// The low-rank part `P - data` of the lines of one plane that were fully recovered.
+fn low_rank_lines(p: &[u32], rec: &Recovered, h: usize, w: usize, rows: bool) -> Matrix {
+    let (count, len) = if rows { (h, w) } else { (w, h) };
+    let at = |i: usize, j: usize| if rows { i * w + j } else { j * w + i };
+    let lines: Vec<Vec<u32>> = (0..count)
+        .filter(|&i| (0..len).all(|j| rec.known[at(i, j)]))
+        .map(|i| (0..len).map(|j| M31::sub(p[at(i, j)], rec.data[at(i, j)])).collect())
+        .collect();
+    Matrix::from_rows(len, lines.iter().map(Vec::as_slice))
+}
+
+/// The pure basis across `primary`'s lines, from the mask `P - data` of the channels whose every
+/// line `primary` (along rows if `rows`) fits: the lines across span the other mask space.
+fn derive_basis(
+    xp: &[u32],
+    cin: usize,
+    h: usize,
+    w: usize,
+    primary: Option<&LineBasis>,
+    rows: bool,
+    rng: &mut impl Rng,
+) -> Option<LineBasis> {
+    let primary = primary?;
+    let want = primary.vectors.len() - 1;
+    let (count, len) = if rows { (w, h) } else { (h, w) };
+    let across = |i: usize, j: usize| if rows { j * w + i } else { i * w + j };
+    let mut lines: Vec<Vec<u32>> = Vec::new();
+    for c in 0..cin {
+        let p = &xp[c * h * w..(c + 1) * h * w];
+        let rec = recover_plane(p, h, w, primary, rows, rng);
+        if !rec.known.iter().all(|&k| k) {
+            continue;
+        }
+        lines.extend((0..count).map(|i| (0..len).map(|j| M31::sub(p[across(i, j)], rec.data[across(i, j)])).collect()));
+        let space = Subspace::span(len, lines.iter().map(Vec::as_slice));
+        if space.dim() >= want {
+            let basis = LineBasis::new(&Lines { data: Vec::new(), per_channel: 1, len }, &space);
+            return (space.dim() == want && basis.pure).then_some(basis);
+        }
+    }
+    None
+}
+
+/// Step 3–4a for one plane: `β·X` where known, from the rows and then the columns.
+fn scaled_plane(
+    p: &[u32],
+    h: usize,
+    w: usize,
+    row_basis: Option<&LineBasis>,
+    col_basis: Option<&LineBasis>,
+    rng: &mut impl Rng,
+) -> Recovered {
+    // Both spaces pure and of one dimension: fit the rows, then complete the plane through the
+    // rank-ρ structure of the mask.
+    if let (Some(rb), Some(cb)) = (row_basis, col_basis)
+        && rb.pure
+        && cb.pure
+        && rb.vectors.len() == cb.vectors.len()
+    {
+        let rec = recover_plane(p, h, w, rb, true, rng);
+        if let Some(full) = complete(p, h, w, &rec, rb, cb) {
+            return full;
+        }
+    }
+    let mut out = Recovered { data: vec![0; h * w], known: vec![false; h * w], coefs: Vec::new() };
+    // A space that a coincidence of foreground lines inflated is larger than the true one: the
+    // smaller space goes first, and the other only fills what it left.
+    let mut order = [(row_basis, true), (col_basis, false)];
+    order.sort_by_key(|(b, _)| b.map_or(usize::MAX, |b| b.vectors.len()));
+    for (basis, rows) in order {
+        let Some(basis) = basis else { continue };
+        if out.known.iter().all(|&k| k) {
+            break;
+        }
+        let mut rec = recover_plane(p, h, w, basis, rows, rng);
+        if !basis.pure {
+            // Each line's data lost the common constant β·q to the fit: add it back.
+            let kappa = offset(&low_rank_lines(p, &rec, h, w, rows));
+            rec.data.iter_mut().for_each(|v| *v = M31::add(*v, kappa));
+        }
+        for i in 0..h * w {
+            if rec.known[i] && !out.known[i] {
+                out.data[i] = rec.data[i];
+                out.known[i] = true;
+            }
+        }
+    }
+    out
+}
+
+/// Step 4b: the integers `x` with `z = β·x` for one unknown `β`, `|x| <= bound`, the smallest
+/// such, with the sign that makes them non-negative when one does (post-ReLU activations), else
+/// the one that makes the foreground brighter than the most common value (images). `None` when
+/// no scalar fits (or the plane is a non-zero constant, whose scale cannot be known).
+pub fn decode_scaled(z: &[u32], bound: u32) -> Option<Vec<i32>> {
+    let Some(&z0) = z.iter().find(|&&v| v != 0) else { return Some(vec![0; z.len()]) };
+    let mut best: Option<(Vec<i32>, u32)> = None;
+    for x0 in 1..=bound {
+        // β = z0 / x0, so x = z·x0 / z0.
+        let f = M31::mul(x0, M31::inv(z0));
+        let mut xs = Vec::with_capacity(z.len());
+        let mut max = 0;
+        let mut ok = true;
+        for &v in z {
+            let x = M31::lift(M31::mul(v, f));
+            if x.unsigned_abs() > u64::from(bound) {
+                ok = false;
+                break;
+            }
+            max = max.max(x.unsigned_abs() as u32);
+            xs.push(x as i32);
+        }
+        if ok && best.as_ref().is_none_or(|(_, m)| max < *m) {
+            best = Some((xs, max));
+        }
+    }
+    let (mut xs, _) = best?;
+    let distinct = {
+        let mut s = xs.clone();
+        s.sort_unstable();
+        s.dedup();
+        s.len()
+    };
+    if distinct == 1 && xs[0] != 0 {
+        return None;
+    }
+    // Post-ReLU activations are non-negative: when one sign makes every value so, take it.
+    // Otherwise (normalised pixels of a first layer) the foreground is the brighter side.
+    let (min, max) = (xs.iter().min().copied().unwrap_or(0), xs.iter().max().copied().unwrap_or(0));
+    let flip = if min >= 0 || max <= 0 {
+        max <= 0 && min < 0
+    } else {
+        let mode = most_common(&xs);
+        xs.iter().map(|&x| i64::from(x) - i64::from(mode)).sum::<i64>() < 0
+    };
+    if flip {
+        xs.iter_mut().for_each(|x| *x = -*x);
+    }
+    Some(xs)
+}
+
+fn most_common(xs: &[i32]) -> i32 {
+    let mut s = xs.to_vec();
+    s.sort_unstable();
+    let (mut best, mut best_n, mut i) = (s[0], 0, 0);
+    while i < s.len() {
+        let j = s[i..].iter().position(|&v| v != s[i]).map_or(s.len(), |k| i + k);
+        if j - i > best_n {
+            (best, best_n) = (s[i], j - i);
+        }
+        i = j;
+    }
+    best
+}
+
+/// Runs the attack on one image's `X'` (`cin × h × w`, cloud channel order), for integer inputs
+/// bounded by `bound`. `rng` drives the attacker's own random choices.
+pub fn recover_image(xp: &[u32], cin: usize, h: usize, w: usize, bound: u32, rng: &mut impl Rng) -> InputRecovery {
+    let (rows, cols) = (Lines::rows(xp, cin, h, w), Lines::cols(xp, cin, h, w));
+    let row_space = factor_space(&rows, cin, rng);
+    let col_space = factor_space(&cols, cin, rng);
+    let mut row_basis = row_space.as_ref().map(|s| LineBasis::new(&rows, s));
+    let mut col_basis = col_space.as_ref().map(|s| LineBasis::new(&cols, s));
+    // Constant rows can be rare where constant columns abound (and the other way round): a
+    // missing space, or one that foreground coincidences inflated, is derived from the mask that
+    // the other space recovers on a channel whose every line it fits.
+    let dim = |b: &Option<LineBasis>| b.as_ref().filter(|b| b.pure).map(|b| b.vectors.len());
+    match (dim(&row_basis), dim(&col_basis)) {
+        (Some(r), c) if c.is_none_or(|c| c > r) => {
+            if let Some(b) = derive_basis(xp, cin, h, w, row_basis.as_ref(), true, rng) {
+                col_basis = Some(b);
+            }
+        }
+        (r, Some(c)) if r.is_none_or(|r| r > c) => {
+            if let Some(b) = derive_basis(xp, cin, h, w, col_basis.as_ref(), false, rng) {
+                row_basis = Some(b);
+            }
+        }
+        _ => {}
+    }
+    let mut pixels = vec![None; cin * h * w];
+    for c in 0..cin {
+        let plane = &xp[c * h * w..(c + 1) * h * w];
+        let rec = scaled_plane(plane, h, w, row_basis.as_ref(), col_basis.as_ref(), rng);
+        let idx: Vec<usize> = (0..h * w).filter(|&i| rec.known[i]).collect();
+        let z: Vec<u32> = idx.iter().map(|&i| rec.data[i]).collect();
+        let dec = decode_scaled(&z, bound);
+        if std::env::var("DBG").is_ok() { eprintln!("c{c} known {} rows {:?} cols {:?} pure {:?} dec {:?}", idx.len(), row_space.as_ref().map(Subspace::dim), col_space.as_ref().map(Subspace::dim), row_basis.as_ref().map(|b| b.pure), dec.as_ref().map(|d| (d.iter().min().copied(), d.iter().max().copied()))); }
+        if let Some(xs) = dec {
+            for (&i, x) in idx.iter().zip(xs) {
+                pixels[c * h * w + i] = Some(x);
+            }
+        }
+    }
+    InputRecovery {
+        pixels,
+        row_space_dim: row_space.as_ref().map_or(0, Subspace::dim),
+        col_space_dim: col_space.as_ref().map_or(0, Subspace::dim),
+    }
+}
