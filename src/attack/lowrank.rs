@@ -86,6 +86,13 @@ fn dependent_lines(lines: &Lines, idx: &[usize]) -> Vec<usize> {
     (0..idx.len()).filter(|&k| null.iter().any(|z| z[k] != 0)).map(|k| idx[k]).collect()
 }
 
+/// The attacker's prior: lines near the edges of a plane (line `k` of `count`) are more often
+/// background.
+fn edge_weight(k: usize, count: usize) -> f64 {
+    let edge = k.min(count - 1 - k) as f64;
+    1.0 / (1.0 + edge).powi(2)
+}
+
 /// Step 1–2: the space spanned by the constant lines of one orientation, pooled over channels.
 ///
 /// Candidates are the dependent lines of square blocks (each channel plane, and blocks drawn
@@ -104,23 +111,23 @@ fn factor_space(lines: &Lines, channels: usize, rng: &mut impl Rng) -> Option<Su
     }
     let total = lines.data.len();
     if channels > 1 {
-        for _ in 0..MIXED_TRIALS {
-            let idx = rand::seq::index::sample(rng, total, n.min(total)).into_vec();
+        // Half the blocks favour lines near the edges, where constant lines are likelier.
+        for trial in 0..MIXED_TRIALS {
+            let idx = if trial % 2 == 0 {
+                rand::seq::index::sample(rng, total, n.min(total)).into_vec()
+            } else {
+                match sample_weighted(rng, total, |i| edge_weight(i % lines.per_channel, lines.per_channel), n.min(total)) {
+                    Ok(idx) => idx.into_vec(),
+                    Err(_) => continue,
+                }
+            };
             cand.extend(dependent_lines(lines, &idx));
         }
     }
     cand.sort_unstable();
     cand.dedup();
     let max_dim = Subspace::span(n, cand.iter().map(|&i| lines.data[i].as_slice())).dim().min(n.saturating_sub(2));
-    // The attacker's prior: lines near the edges of a plane are more often background.
-    let weight: Vec<f64> = cand
-        .iter()
-        .map(|&i| {
-            let k = i % lines.per_channel;
-            let edge = k.min(lines.per_channel - 1 - k) as f64;
-            1.0 / (1.0 + edge).powi(2)
-        })
-        .collect();
+    let weight: Vec<f64> = cand.iter().map(|&i| edge_weight(i % lines.per_channel, lines.per_channel)).collect();
     for d in 1..=max_dim {
         let mut best: Option<(Subspace, usize)> = None;
         let mut since = 0;
@@ -159,42 +166,44 @@ struct LineBasis {
 }
 
 impl LineBasis {
-    /// The basis for lines in `space`, found from `lines`. When `space` holds the ones direction
-    /// (`span(1, c_t)`), the pure mask space is recovered from the constant lines of the channel
-    /// with the most of them: removing their common constant `κ = β·q` lowers their rank by one
-    /// and leaves `span(c_t)`.
-    fn new(lines: &Lines, space: &Subspace) -> Self {
+    /// The basis for lines in `space`, found from `lines`.
+    ///
+    /// The member lines of a channel are its data content (a constant, or any content that
+    /// repeats along the channel, such as a background band between padding rings) plus mask, so
+    /// their differences are pure mask: the differences within each channel span the mask space
+    /// `span(c_t)`. When they span all of `space`, `space` is pure; when they span one dimension
+    /// less, `space` held one data direction and the differences are the pure space. With too
+    /// few members to tell, both readings are returned, the smaller first; a space with the ones
+    /// direction and no smaller reading is taken as holding a single constant, which [`offset`]
+    /// removes.
+    fn candidates(lines: &Lines, space: &Subspace) -> Vec<Self> {
         let n = space.len();
         let ones = vec![1u32; n];
         let basis_of = |s: &Subspace| -> Vec<Vec<u32>> { (0..s.dim()).map(|k| s.basis_vector(k).to_vec()).collect() };
-        if !space.contains(&ones) {
-            let mut vectors = basis_of(space);
-            vectors.push(ones);
-            return Self { vectors, pure: true };
-        }
-        let channels = lines.data.len() / lines.per_channel;
-        let best = (0..channels)
-            .map(|c| {
-                let members: Vec<&[u32]> = lines.data[c * lines.per_channel..(c + 1) * lines.per_channel]
-                    .iter()
-                    .filter(|v| space.contains(v))
-                    .map(Vec::as_slice)
-                    .collect();
-                members
-            })
-            .max_by_key(Vec::len)
-            .unwrap_or_default();
-        let m = Matrix::from_rows(n, best.iter().copied());
-        let kappa = offset(&m);
-        let shifted: Vec<Vec<u32>> = best.iter().map(|v| v.iter().map(|&x| M31::sub(x, kappa)).collect()).collect();
-        let pure = Subspace::span(n, shifted.iter().map(Vec::as_slice));
-        if kappa != 0 && !pure.contains(&ones) && pure.dim() + 1 == space.dim() {
-            let mut vectors = basis_of(&pure);
-            vectors.push(ones);
+        let pure = |s: &Subspace| {
+            let mut vectors = basis_of(s);
+            vectors.push(ones.clone());
             Self { vectors, pure: true }
+        };
+        let mut diffs: Vec<Vec<u32>> = Vec::new();
+        for channel in lines.data.chunks(lines.per_channel) {
+            let members: Vec<&Vec<u32>> = channel.iter().filter(|v| space.contains(v)).collect();
+            if let Some((first, rest)) = members.split_first() {
+                diffs.extend(rest.iter().map(|v| v.iter().zip(first.iter()).map(|(&a, &b)| M31::sub(a, b)).collect()));
+            }
+        }
+        let d = space.dim();
+        let mask = Subspace::span(n, diffs.iter().map(Vec::as_slice));
+        let smaller = mask.dim() + 1 == d && !mask.is_empty() && !mask.contains(&ones);
+        if smaller && diffs.len() >= d {
+            return vec![pure(&mask)];
+        }
+        let whole = if mask.dim() == d || !space.contains(&ones) {
+            pure(space)
         } else {
             Self { vectors: basis_of(space), pure: false }
-        }
+        };
+        if smaller { vec![pure(&mask), whole] } else { vec![whole] }
     }
 
     /// The mask's share of a line with coefficients `coef`, at position `j`.
@@ -274,48 +283,6 @@ fn recover_plane(p: &[u32], h: usize, w: usize, basis: &LineBasis, rows: bool, r
     out
 }
 
-/// Completes a plane whose rows were fitted in the pure row basis: the mask is
-/// `U_m·N·V_mᵀ` with the column basis `U_m`, so the mask coefficients `λ_y = U_m[y]·N` of `ρ`
-/// fitted rows with independent `U_m[y]` give `N`, and with it the mask of every row, those the
-/// fit missed included. `None` when no such rows exist or the result disagrees with the fit.
-fn complete(p: &[u32], h: usize, w: usize, rec: &Recovered, rows: &LineBasis, cols: &LineBasis) -> Option<Recovered> {
-    let (ru, rv) = (cols.vectors.len() - 1, rows.vectors.len() - 1);
-    let u = |y: usize| -> Vec<u32> { (0..ru).map(|i| cols.vectors[i][y]).collect() };
-    let mut chosen: Vec<usize> = Vec::new();
-    for (y, coef) in rec.coefs.iter().enumerate() {
-        if coef.is_some() && chosen.len() < ru {
-            let mut trial: Vec<Vec<u32>> = chosen.iter().map(|&k| u(k)).collect();
-            trial.push(u(y));
-            if Matrix::from_rows(ru, trial.iter().map(Vec::as_slice)).rank() == trial.len() {
-                chosen.push(y);
-            }
-        }
-    }
-    if chosen.len() < ru {
-        return None;
-    }
-    let a = Matrix::from_rows(ru, chosen.iter().map(|&y| u(y)).collect::<Vec<_>>().iter().map(Vec::as_slice));
-    let inv = inverse(&a)?;
-    // N[i][j] = Σ_k inv[i][k]·λ_{chosen k}[j].
-    let lambda = |k: usize, j: usize| rec.coefs[chosen[k]].as_ref().map_or(0, |c| c[j]);
-    let n: Vec<Vec<u32>> = (0..ru)
-        .map(|i| (0..rv).map(|j| (0..ru).fold(0, |acc, k| M31::add(acc, M31::mul(inv.get(i, k), lambda(k, j))))).collect())
-        .collect();
-    let mut out = Recovered { data: vec![0; h * w], known: vec![true; h * w], coefs: rec.coefs.clone() };
-    for y in 0..h {
-        let uy = u(y);
-        let coef: Vec<u32> = (0..rv).map(|j| (0..ru).fold(0, |acc, i| M31::add(acc, M31::mul(uy[i], n[i][j])))).collect();
-        for x in 0..w {
-            let d = M31::sub(p[y * w + x], rows.mask_at(&coef, x));
-            if rec.known[y * w + x] && rec.data[y * w + x] != d {
-                return None;
-            }
-            out.data[y * w + x] = d;
-        }
-    }
-    Some(out)
-}
-
 /// Step 4a: `κ = β·q`, the constant whose removal from the low-rank matrix `m` (whose lines are
 /// mask plus `β·q`) lowers its rank by one (the matrix determinant lemma on one invertible
 /// block), or 0 when there is none.
@@ -359,83 +326,76 @@ fn low_rank_lines(p: &[u32], rec: &Recovered, h: usize, w: usize, rows: bool) ->
     Matrix::from_rows(len, lines.iter().map(Vec::as_slice))
 }
 
-/// The pure basis across `primary`'s lines, from the mask `P - data` of the channels whose every
-/// line `primary` (along rows if `rows`) fits: the lines across span the other mask space.
-fn derive_basis(
-    xp: &[u32],
-    cin: usize,
-    h: usize,
-    w: usize,
-    primary: Option<&LineBasis>,
-    rows: bool,
-    rng: &mut impl Rng,
-) -> Option<LineBasis> {
-    let primary = primary?;
-    let want = primary.vectors.len() - 1;
-    let (count, len) = if rows { (w, h) } else { (h, w) };
-    let across = |i: usize, j: usize| if rows { j * w + i } else { i * w + j };
-    let mut lines: Vec<Vec<u32>> = Vec::new();
-    for c in 0..cin {
-        let p = &xp[c * h * w..(c + 1) * h * w];
-        let rec = recover_plane(p, h, w, primary, rows, rng);
-        if !rec.known.iter().all(|&k| k) {
-            continue;
-        }
-        lines.extend((0..count).map(|i| (0..len).map(|j| M31::sub(p[across(i, j)], rec.data[across(i, j)])).collect()));
-        let space = Subspace::span(len, lines.iter().map(Vec::as_slice));
-        if space.dim() >= want {
-            let basis = LineBasis::new(&Lines { data: Vec::new(), per_channel: 1, len }, &space);
-            return (space.dim() == want && basis.pure).then_some(basis);
-        }
-    }
-    None
+/// The mask coefficients of a line fitted in a pure basis (its last coefficient is the line's
+/// constant, which belongs to the data).
+fn mask_coefs(coef: &[u32]) -> &[u32] {
+    &coef[..coef.len() - 1]
 }
 
-/// Step 3–4a for one plane: `β·X` where known, from the rows and then the columns.
-fn scaled_plane(
-    p: &[u32],
-    h: usize,
-    w: usize,
-    row_basis: Option<&LineBasis>,
-    col_basis: Option<&LineBasis>,
-    rng: &mut impl Rng,
-) -> Recovered {
-    // Both spaces pure and of one dimension: fit the rows, then complete the plane through the
-    // rank-ρ structure of the mask.
-    if let (Some(rb), Some(cb)) = (row_basis, col_basis)
-        && rb.pure
-        && cb.pure
-        && rb.vectors.len() == cb.vectors.len()
-    {
-        let rec = recover_plane(p, h, w, rb, true, rng);
-        if let Some(full) = complete(p, h, w, &rec, rb, cb) {
-            return full;
-        }
-    }
-    let mut out = Recovered { data: vec![0; h * w], known: vec![false; h * w], coefs: Vec::new() };
-    // A space that a coincidence of foreground lines inflated is larger than the true one: the
-    // smaller space goes first, and the other only fills what it left.
-    let mut order = [(row_basis, true), (col_basis, false)];
-    order.sort_by_key(|(b, _)| b.map_or(usize::MAX, |b| b.vectors.len()));
-    for (basis, rows) in order {
-        let Some(basis) = basis else { continue };
-        if out.known.iter().all(|&k| k) {
+/// `T` with `μ_a[i] = T·μ_b[i]` for every line `i` fitted in both channels, where `μ` are the
+/// lines' mask coefficients: both are `N_c·v_i` for the image's shared factor `v_i` and a
+/// per-channel `N_c`, so `T = N_a·N_b⁻¹`, solved on `ρ` common lines and checked on the rest.
+fn transfer_matrix(a: &Recovered, b: &Recovered, rho: usize) -> Option<Matrix> {
+    let common: Vec<usize> = (0..a.coefs.len()).filter(|&i| a.coefs[i].is_some() && b.coefs[i].is_some()).collect();
+    let mu = |r: &Recovered, i: usize| r.coefs[i].as_deref().map(mask_coefs).unwrap_or_default().to_vec();
+    let mut chosen: Vec<usize> = Vec::new();
+    for &i in &common {
+        if chosen.len() == rho {
             break;
         }
-        let mut rec = recover_plane(p, h, w, basis, rows, rng);
-        if !basis.pure {
-            // Each line's data lost the common constant β·q to the fit: add it back.
-            let kappa = offset(&low_rank_lines(p, &rec, h, w, rows));
-            rec.data.iter_mut().for_each(|v| *v = M31::add(*v, kappa));
+        let mut trial: Vec<Vec<u32>> = chosen.iter().map(|&k| mu(b, k)).collect();
+        trial.push(mu(b, i));
+        if Matrix::from_rows(rho, trial.iter().map(Vec::as_slice)).rank() == trial.len() {
+            chosen.push(i);
         }
-        for i in 0..h * w {
-            if rec.known[i] && !out.known[i] {
-                out.data[i] = rec.data[i];
-                out.known[i] = true;
+    }
+    if chosen.len() < rho {
+        return None;
+    }
+    // With the chosen μ_b as the rows of B and their μ_a as the rows of A: A = B·Tᵀ.
+    let rows_b: Vec<Vec<u32>> = chosen.iter().map(|&k| mu(b, k)).collect();
+    let inv_b = inverse(&Matrix::from_rows(rho, rows_b.iter().map(Vec::as_slice)))?;
+    let rows_a: Vec<Vec<u32>> = chosen.iter().map(|&k| mu(a, k)).collect();
+    let mut t = Matrix::zeros(rho, rho);
+    for i in 0..rho {
+        for j in 0..rho {
+            t.set(i, j, (0..rho).fold(0, |acc, k| M31::add(acc, M31::mul(inv_b.get(j, k), rows_a[k][i]))));
+        }
+    }
+    common.iter().all(|&i| apply(&t, &mu(b, i)) == mu(a, i)).then_some(t)
+}
+
+/// `T·m`.
+fn apply(t: &Matrix, m: &[u32]) -> Vec<u32> {
+    (0..t.rows()).map(|i| (0..t.cols()).fold(0, |acc, j| M31::add(acc, M31::mul(t.get(i, j), m[j])))).collect()
+}
+
+/// Fills the lines a channel's fit missed from another channel that fitted them: the mask of
+/// line `i` in channel `a` is `T·μ_b[i]` ([`transfer_matrix`]).
+fn transfer(planes: &[&[u32]], recs: &mut [Recovered], basis: &LineBasis, h: usize, w: usize, rows: bool) {
+    let rho = basis.vectors.len() - 1;
+    let (count, len) = if rows { (h, w) } else { (w, h) };
+    let at = |i: usize, j: usize| if rows { i * w + j } else { j * w + i };
+    for a in 0..recs.len() {
+        for b in 0..recs.len() {
+            let missing: Vec<usize> =
+                (0..count).filter(|&i| recs[a].coefs[i].is_none() && recs[b].coefs[i].is_some()).collect();
+            if a == b || missing.is_empty() {
+                continue;
+            }
+            let Some(t) = transfer_matrix(&recs[a], &recs[b], rho) else { continue };
+            for i in missing {
+                let mb = recs[b].coefs[i].as_deref().map(mask_coefs).unwrap_or_default().to_vec();
+                let mut coef = apply(&t, &mb);
+                coef.push(0);
+                for j in 0..len {
+                    recs[a].data[at(i, j)] = M31::sub(planes[a][at(i, j)], basis.mask_at(&coef, j));
+                    recs[a].known[at(i, j)] = true;
+                }
+                recs[a].coefs[i] = Some(coef);
             }
         }
     }
-    out
 }
 
 /// Step 4b: the integers `x` with `z = β·x` for one unknown `β`, `|x| <= bound`, the smallest
@@ -509,34 +469,41 @@ pub fn recover_image(xp: &[u32], cin: usize, h: usize, w: usize, bound: u32, rng
     let (rows, cols) = (Lines::rows(xp, cin, h, w), Lines::cols(xp, cin, h, w));
     let row_space = factor_space(&rows, cin, rng);
     let col_space = factor_space(&cols, cin, rng);
-    let mut row_basis = row_space.as_ref().map(|s| LineBasis::new(&rows, s));
-    let mut col_basis = col_space.as_ref().map(|s| LineBasis::new(&cols, s));
-    // Constant rows can be rare where constant columns abound (and the other way round): a
-    // missing space, or one that foreground coincidences inflated, is derived from the mask that
-    // the other space recovers on a channel whose every line it fits.
-    let dim = |b: &Option<LineBasis>| b.as_ref().filter(|b| b.pure).map(|b| b.vectors.len());
-    match (dim(&row_basis), dim(&col_basis)) {
-        (Some(r), c) if c.is_none_or(|c| c > r) => {
-            if let Some(b) = derive_basis(xp, cin, h, w, row_basis.as_ref(), true, rng) {
-                col_basis = Some(b);
+    // One orientation does the work: a pure basis before one that holds the ones direction,
+    // and the smaller before the larger (foreground coincidences can only inflate a space). A
+    // basis is kept when its fits, completed across channels, cover at least half the lines;
+    // the last one tried is kept in any case.
+    let mut order: Vec<(LineBasis, bool)> = Vec::new();
+    for (lines, space, along_rows) in [(&rows, &row_space, true), (&cols, &col_space, false)] {
+        if let Some(space) = space {
+            order.extend(LineBasis::candidates(lines, space).into_iter().map(|b| (b, along_rows)));
+        }
+    }
+    order.sort_by_key(|(b, _)| (!b.pure, b.vectors.len()));
+    let planes: Vec<&[u32]> = xp.chunks_exact(h * w).collect();
+    let mut recs: Vec<Recovered> = Vec::new();
+    for (k, (basis, along_rows)) in order.iter().enumerate() {
+        recs = planes.iter().map(|p| recover_plane(p, h, w, basis, *along_rows, rng)).collect();
+        if basis.pure {
+            transfer(&planes, &mut recs, basis, h, w, *along_rows);
+        } else {
+            // Each line's data lost the common constant β·q to the fit: add it back.
+            for (p, rec) in planes.iter().zip(recs.iter_mut()) {
+                let kappa = offset(&low_rank_lines(p, rec, h, w, *along_rows));
+                rec.data.iter_mut().for_each(|v| *v = M31::add(*v, kappa));
             }
         }
-        (r, Some(c)) if r.is_none_or(|r| r > c) => {
-            if let Some(b) = derive_basis(xp, cin, h, w, col_basis.as_ref(), false, rng) {
-                row_basis = Some(b);
-            }
+        let fitted: usize = recs.iter().map(|r| r.coefs.iter().filter(|c| c.is_some()).count()).sum();
+        let total: usize = recs.iter().map(|r| r.coefs.len()).sum();
+        if 2 * fitted >= total || k + 1 == order.len() {
+            break;
         }
-        _ => {}
     }
     let mut pixels = vec![None; cin * h * w];
-    for c in 0..cin {
-        let plane = &xp[c * h * w..(c + 1) * h * w];
-        let rec = scaled_plane(plane, h, w, row_basis.as_ref(), col_basis.as_ref(), rng);
+    for (c, rec) in recs.iter().enumerate() {
         let idx: Vec<usize> = (0..h * w).filter(|&i| rec.known[i]).collect();
         let z: Vec<u32> = idx.iter().map(|&i| rec.data[i]).collect();
-        let dec = decode_scaled(&z, bound);
-        if std::env::var("DBG").is_ok() { eprintln!("c{c} known {} rows {:?} cols {:?} pure {:?} dec {:?}", idx.len(), row_space.as_ref().map(Subspace::dim), col_space.as_ref().map(Subspace::dim), row_basis.as_ref().map(|b| b.pure), dec.as_ref().map(|d| (d.iter().min().copied(), d.iter().max().copied()))); }
-        if let Some(xs) = dec {
+        if let Some(xs) = decode_scaled(&z, bound) {
             for (&i, x) in idx.iter().zip(xs) {
                 pixels[c * h * w + i] = Some(x);
             }

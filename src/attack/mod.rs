@@ -299,13 +299,6 @@ fn attack_view(
     for (b, (img, plain)) in seen.chunks_exact(len).zip(truth.chunks_exact(len)).enumerate() {
         let rec = lowrank::recover_image(img, g.cin(), g.h(), g.w(), bound, rng);
         let hits = rec.pixels.iter().zip(plain).filter(|&(r, &t)| *r == Some(t)).count();
-        if std::env::var("DBG").is_ok() {
-            let hw = g.h() * g.w();
-            for c in 0..g.cin() {
-                let bad: Vec<(usize, Option<i32>, i32)> = (0..hw).filter(|&i| rec.pixels[c * hw + i] != Some(plain[c * hw + i])).map(|i| (i, rec.pixels[c * hw + i], plain[c * hw + i])).take(6).collect();
-                if !bad.is_empty() { eprintln!("img {b} ch {c}: {} wrong, e.g. {bad:?}", (0..hw).filter(|&i| rec.pixels[c * hw + i] != Some(plain[c * hw + i])).count()); }
-            }
-        }
         exact_pixels += hits as u64;
         exact_images += usize::from(hits == len);
         rows_found += usize::from(rec.row_space_dim > 0);
