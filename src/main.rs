@@ -866,7 +866,8 @@ fn attack(args: &AttackArgs) -> Result<(), vericonv::Error> {
         seed: args.seed,
         ..AttackOptions::default()
     };
-    let convs = qm.layers().filter(|l| !l.is_linear && args.layer.as_ref().is_none_or(|f| l.name.contains(f.as_str()))).count();
+    let convs =
+        qm.layers().filter(|l| !l.is_linear && args.layer.as_ref().is_none_or(|f| l.name.contains(f.as_str()))).count();
     let bar = ProgressBar::new((convs * data.len()) as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} layer-images [{elapsed_precise} < {eta_precise}] {msg}")
@@ -884,7 +885,10 @@ fn attack(args: &AttackArgs) -> Result<(), vericonv::Error> {
     })?;
     bar.finish_and_clear();
     if results.is_empty() {
-        return Err(vericonv::Error::Unsupported(format!("model {} has no convolution matching the --layer filter", model.name)));
+        return Err(vericonv::Error::Unsupported(format!(
+            "model {} has no convolution matching the --layer filter",
+            model.name
+        )));
     }
     let rows: Vec<_> = results.iter().map(|(r, _)| r.clone()).collect();
     print!("{}", format_table(&rows));
@@ -900,7 +904,10 @@ fn attack(args: &AttackArgs) -> Result<(), vericonv::Error> {
     for (_, ex) in &results {
         write_examples_png(ex, 127, &args.out.join(format!("{stem}-{}.png", file_safe(&ex.layer))))?;
     }
-    println!("wrote {}/{stem}.json and one PNG per layer (originals beside recoveries; red: not recovered)", args.out.display());
+    println!(
+        "wrote {}/{stem}.json and one PNG per layer (originals beside recoveries; red: not recovered)",
+        args.out.display()
+    );
     Ok(())
 }
 

@@ -3,11 +3,12 @@
 
 mod common;
 
-use common::{conv_shapes, gpu_or_skip, ints, rng};
+use common::{conv_shapes, exact_on_every_shape, gpu_or_skip, ints, rng};
 use vericonv::client::{LayerConfig, PrivateConv};
 use vericonv::cloud::{CloudBackend, ConvKernel, CpuBackend, GpuOptions, ShaderVariant};
 use vericonv::field::{M31, PrimeField};
 use vericonv::keys::seeded_rng;
+use vericonv::privacy::Privacy;
 use vericonv::reference::{conv_f32, conv_i64};
 use vericonv::verify::{Claim, strict_products};
 
@@ -91,6 +92,16 @@ fn private_inference_on_gpu_equals_plaintext_on_every_shape() {
             "{g:?}"
         );
     }
+}
+
+#[test]
+fn two_server_and_pad_on_gpu_equal_plaintext_on_every_shape() {
+    let Some(gpu) = gpu_or_skip(&GpuOptions::default()) else { return };
+    let cpu = CpuBackend::new();
+    // Cloud A on the GPU, cloud B on the CPU; then one GPU cloud with the pads' mask
+    // convolutions on the client's own GPU.
+    exact_on_every_shape(Privacy::TwoServer, &gpu, &cpu, &cpu, 0x69_0003, 40);
+    exact_on_every_shape(Privacy::Pad, &gpu, &gpu, &gpu, 0x69_0004, 40);
 }
 
 #[test]

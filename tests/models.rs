@@ -1,5 +1,6 @@
 //! Whole CNNs: private inference equals the quantized plaintext model bit for bit on every
-//! committed model, on the CPU backend (hundreds of images) and the GPU backend (a handful);
+//! committed model, on the CPU backend (hundreds of images, and fifty in modes `two-server`
+//! and `pad`) and the GPU backend (a handful);
 //! the models survive an ONNX round trip; a hand-built ONNX graph imports with the right
 //! semantics; bad models and inputs get typed errors.
 
@@ -8,31 +9,33 @@ mod common;
 use common::{committed_models, data_dir_or_skip};
 use prost::Message;
 use vericonv::Error;
-use vericonv::cloud::{CloudBackend, CpuBackend};
+use vericonv::cloud::{Clouds, CpuBackend};
 use vericonv::data::Dataset;
 use vericonv::eval::{EvalOptions, evaluate};
 use vericonv::keys::seeded_rng;
 use vericonv::model::Model;
-use vericonv::model::quant::{PlainExecutor, QuantConfig, QuantModel};
+use vericonv::model::quant::{PlainExecutor, PrivateConfig, QuantConfig, QuantModel};
 use vericonv::onnx::import::{export_model, import_proto};
+use vericonv::privacy::Privacy;
 
-fn check_private_run(path: &std::path::Path, dataset: &str, images: usize, cloud: &dyn CloudBackend, seed: u64) {
+fn check_private_run(
+    path: &std::path::Path,
+    dataset: &str,
+    images: usize,
+    clouds: Clouds<'_>,
+    privacy: Privacy,
+    seed: u64,
+) {
     let Some(data_dir) = data_dir_or_skip() else { return };
     let model = Model::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let i = &model.input;
     let mut data = Dataset::open(dataset, &data_dir, false, i.channels, i.height, i.width).expect("data set");
     data.truncate(images);
     let qm = QuantModel::new(&model, QuantConfig::default()).expect("quantizes");
-    println!("{} on {dataset}, {images} images, cloud {}: seed {seed:#x}", model.name, cloud.name());
-    let report = evaluate(
-        &qm,
-        &data,
-        cloud.into(),
-        &EvalOptions { batch: 25, ..EvalOptions::default() },
-        seeded_rng(seed),
-        |_| {},
-    )
-    .expect("evaluates");
+    println!("{} on {dataset}, {images} images, {privacy:?}, cloud {}: seed {seed:#x}", model.name, clouds.name());
+    let private = PrivateConfig { privacy, ..PrivateConfig::default() };
+    let report =
+        evaluate(&qm, &data, clouds, &EvalOptions { batch: 25, private }, seeded_rng(seed), |_| {}).expect("evaluates");
     println!(
         "  float {:.4}, quantized {:.4}, private {:.4}",
         report.float_accuracy, report.quantized_accuracy, report.private_accuracy
@@ -55,7 +58,23 @@ fn private_inference_equals_quantized_plaintext_on_every_committed_model_on_cpu(
     let models = committed_models();
     assert!(models.len() >= 4, "models/ holds the trained and converted models");
     for (idx, (path, dataset)) in models.iter().enumerate() {
-        check_private_run(path, dataset, 300, &CpuBackend::new(), 0x30de1 + idx as u64);
+        check_private_run(
+            path,
+            dataset,
+            300,
+            Clouds::One(&CpuBackend::new()),
+            Privacy::default(),
+            0x30de1 + idx as u64,
+        );
+    }
+}
+
+#[test]
+fn private_inference_in_modes_two_server_and_pad_equals_quantized_plaintext_on_every_committed_model() {
+    let (a, b) = (CpuBackend::new(), CpuBackend::with_threads(1).expect("pool"));
+    for (idx, (path, dataset)) in committed_models().iter().enumerate() {
+        check_private_run(path, dataset, 50, Clouds::Two(&a, &b), Privacy::TwoServer, 0x2de1 + idx as u64);
+        check_private_run(path, dataset, 50, Clouds::One(&a), Privacy::Pad, 0x9de1 + idx as u64);
     }
 }
 
@@ -64,7 +83,7 @@ fn private_inference_equals_quantized_plaintext_on_every_committed_model_on_cpu(
 fn private_inference_equals_quantized_plaintext_on_every_committed_model_on_gpu() {
     let Some(gpu) = common::gpu_or_skip(&vericonv::cloud::GpuOptions::default()) else { return };
     for (idx, (path, dataset)) in committed_models().iter().enumerate() {
-        check_private_run(path, dataset, 6, &gpu, 0x69de1 + idx as u64);
+        check_private_run(path, dataset, 6, Clouds::One(&gpu), Privacy::default(), 0x69de1 + idx as u64);
     }
 }
 

@@ -1,5 +1,6 @@
-//! Verification: every cheating strategy is caught, and the false-accept rate of one round
-//! matches the bounds 1/p (Strict) and 4/p (Fast) when measured with p = 97.
+//! Verification: every cheating strategy is caught in every privacy mode (in mode `two-server`
+//! with the cheating cloud named), and the false-accept rate of one round matches the bounds 1/p
+//! (Strict) and 4/p (Fast) when measured with p = 97.
 
 mod common;
 
@@ -7,10 +8,11 @@ use common::{ints, rng};
 use rand::Rng;
 use vericonv::Error;
 use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CpuBackend, Tamper, TamperingBackend};
+use vericonv::cloud::{Cheater, Clouds, CpuBackend, Tamper, TamperingBackend};
 use vericonv::field::{PrimeField, SmallPrime};
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::seeded_rng;
+use vericonv::privacy::Privacy;
 use vericonv::reference::conv_field;
 use vericonv::verify::{Claim, Mode, Verdict, verify};
 
@@ -48,6 +50,75 @@ fn every_tampering_strategy_is_rejected_in_both_modes() {
             }
             assert_eq!(cloud.corrupted(), TRIALS as u64);
             assert_eq!(rejected, TRIALS, "{strategy:?} / {mode:?}");
+        }
+    }
+}
+
+/// Who cheats in the tamper matrix of the new modes.
+#[derive(Clone, Copy, Debug)]
+enum Cheating {
+    Pad,
+    TwoServerA,
+    TwoServerB,
+    TwoServerBoth,
+}
+
+#[test]
+fn every_tampering_strategy_is_rejected_in_modes_pad_and_two_server_naming_the_cheater() {
+    const MODE_TRIALS: usize = 200;
+    let seed = 0x7a4;
+    let mut r = rng(seed);
+    let g = Conv2d::builder(4, 6, (7, 6), (3, 3))
+        .stride(2, 1)
+        .padding(Padding::new(1, 0, 2, 1))
+        .groups(2)
+        .build()
+        .expect("valid");
+    let k = ints(&mut r, g.kernel_len(), 127);
+    let own = CpuBackend::new();
+    for cheating in [Cheating::Pad, Cheating::TwoServerA, Cheating::TwoServerB, Cheating::TwoServerBoth] {
+        for mode in [Mode::Fast, Mode::Strict] {
+            for strategy in Tamper::ALL {
+                let tag = seed ^ strategy as u64;
+                let rate = |cheats: bool| if cheats { 1.0 } else { 0.0 };
+                let (cheats_a, cheats_b) = match cheating {
+                    Cheating::Pad | Cheating::TwoServerA => (true, false),
+                    Cheating::TwoServerB => (false, true),
+                    Cheating::TwoServerBoth => (true, true),
+                };
+                let a = TamperingBackend::new(CpuBackend::new(), &[strategy], rate(cheats_a), tag);
+                let b = TamperingBackend::new(CpuBackend::new(), &[strategy], rate(cheats_b), tag ^ 0xb);
+                let privacy = if matches!(cheating, Cheating::Pad) { Privacy::Pad } else { Privacy::TwoServer };
+                let (clouds, expected) = match cheating {
+                    Cheating::Pad => (Clouds::One(&a), Cheater::TheCloud),
+                    Cheating::TwoServerA => (Clouds::Two(&a, &b), Cheater::CloudA),
+                    Cheating::TwoServerB => (Clouds::Two(&a, &b), Cheater::CloudB),
+                    Cheating::TwoServerBoth => (Clouds::Two(&a, &b), Cheater::BothClouds),
+                };
+                let mut key_rng = seeded_rng(r.random());
+                let cfg = LayerConfig { name: "tampered".into(), mode, privacy, ..LayerConfig::default() };
+                let mut layer = PrivateConv::new(g, &k, None, cfg, &mut key_rng).expect("layer");
+                for _ in 0..MODE_TRIALS {
+                    if privacy == Privacy::Pad {
+                        let pool = layer.generate_pads(2, &own, &mut key_rng).expect("pads");
+                        layer.add_pads(pool).expect("binds");
+                    }
+                    let x = ints(&mut r, 2 * g.image_len(), 127);
+                    match layer.run(clouds, &x, &mut key_rng) {
+                        Err(Error::VerificationFailed { cheater, round: 1, .. }) => {
+                            assert_eq!(cheater, expected, "{strategy:?} / {cheating:?} / {mode:?}");
+                        }
+                        other => panic!(
+                            "{strategy:?} by {cheating:?} in {mode:?} mode was not rejected: {:?}",
+                            other.map(|(y, _)| y.len())
+                        ),
+                    }
+                }
+                assert_eq!(
+                    a.corrupted() + b.corrupted(),
+                    MODE_TRIALS as u64 * (u64::from(cheats_a) + u64::from(cheats_b))
+                );
+            }
         }
     }
 }

@@ -116,7 +116,12 @@ fn factor_space(lines: &Lines, channels: usize, rng: &mut impl Rng) -> Option<Su
             let idx = if trial % 2 == 0 {
                 rand::seq::index::sample(rng, total, n.min(total)).into_vec()
             } else {
-                match sample_weighted(rng, total, |i| edge_weight(i % lines.per_channel, lines.per_channel), n.min(total)) {
+                match sample_weighted(
+                    rng,
+                    total,
+                    |i| edge_weight(i % lines.per_channel, lines.per_channel),
+                    n.min(total),
+                ) {
                     Ok(idx) => idx.into_vec(),
                     Err(_) => continue,
                 }
@@ -356,10 +361,12 @@ fn transfer_matrix(a: &Recovered, b: &Recovered, rho: usize) -> Option<Matrix> {
     let rows_b: Vec<Vec<u32>> = chosen.iter().map(|&k| mu(b, k)).collect();
     let inv_b = inverse(&Matrix::from_rows(rho, rows_b.iter().map(Vec::as_slice)))?;
     let rows_a: Vec<Vec<u32>> = chosen.iter().map(|&k| mu(a, k)).collect();
+    let ma = Matrix::from_rows(rho, rows_a.iter().map(Vec::as_slice));
+    // T[i][j] = Tᵀ[j][i] = Σ_k B⁻¹[j][k]·A[k][i].
     let mut t = Matrix::zeros(rho, rho);
     for i in 0..rho {
         for j in 0..rho {
-            t.set(i, j, (0..rho).fold(0, |acc, k| M31::add(acc, M31::mul(inv_b.get(j, k), rows_a[k][i]))));
+            t.set(i, j, (0..rho).fold(0, |acc, k| M31::add(acc, M31::mul(inv_b.get(j, k), ma.get(k, i)))));
         }
     }
     common.iter().all(|&i| apply(&t, &mu(b, i)) == mu(a, i)).then_some(t)

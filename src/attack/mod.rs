@@ -130,8 +130,17 @@ pub struct Examples {
     pub layer: String,
     /// `(channels, height, width)` of the layer input.
     pub shape: (usize, usize, usize),
-    /// Per image: the plain input in cloud channel order, and what the best view recovered.
-    pub images: Vec<(Vec<i32>, Vec<Option<i32>>)>,
+    /// The first images of the view that gave the attacker the most.
+    pub images: Vec<Example>,
+}
+
+/// One image of [`Examples`].
+#[derive(Clone, Debug)]
+pub struct Example {
+    /// The plain input, in cloud channel order.
+    pub plain: Vec<i32>,
+    /// What the attack recovered (`None`: nothing).
+    pub recovered: Vec<Option<i32>>,
 }
 
 /// A cloud that computes honestly and keeps every input it receives: the attacker's view.
@@ -224,7 +233,10 @@ pub fn attack_model(
             let clouds = if opts.privacy == Privacy::TwoServer { Clouds::Two(&a, &b) } else { Clouds::One(&a) };
             let (y, _) = private.run(clouds, chunk, &mut client_rng)?;
             if y != PlainExecutor.run(layer, chunk, images)? {
-                return Err(Error::Unsupported(format!("layer `{}`: the private run is not exact (a bug)", layer.name)));
+                return Err(Error::Unsupported(format!(
+                    "layer `{}`: the private run is not exact (a bug)",
+                    layer.name
+                )));
             }
         }
         // The plaintext in cloud channel order: what each received element hides.
@@ -237,7 +249,7 @@ pub fn attack_model(
             })
             .collect();
         let mut views = Vec::new();
-        let mut best_examples: Option<(usize, Vec<(Vec<i32>, Vec<Option<i32>>)>)> = None;
+        let mut best_examples: Option<(usize, Vec<Example>)> = None;
         let received: Vec<(&str, Vec<u32>)> = if opts.privacy == Privacy::TwoServer {
             vec![("cloud A", a.take()), ("cloud B", b.take())]
         } else {
@@ -248,7 +260,7 @@ pub fn attack_model(
                 attack_view(name, &seen, &truth, &g, xbound, opts.examples, &mut attacker_rng, |done| {
                     progress(&layer.name, done, n);
                 });
-            if best_examples.as_ref().is_none_or(|(e, _)| view.exact_images > *e) || best_examples.is_none() {
+            if best_examples.as_ref().is_none_or(|(e, _)| view.exact_images > *e) {
                 best_examples = Some((view.exact_images, examples));
             }
             views.push(view);
@@ -290,7 +302,7 @@ fn attack_view(
     keep: usize,
     rng: &mut KeyRng,
     mut progress: impl FnMut(usize),
-) -> (CloudView, Vec<(Vec<i32>, Vec<Option<i32>>)>) {
+) -> (CloudView, Vec<Example>) {
     let len = g.image_len();
     let (mut exact_images, mut exact_pixels, mut rows_found, mut cols_found) = (0, 0u64, 0, 0);
     let mut examples = Vec::new();
@@ -304,7 +316,7 @@ fn attack_view(
         rows_found += usize::from(rec.row_space_dim > 0);
         cols_found += usize::from(rec.col_space_dim > 0);
         if examples.len() < keep {
-            examples.push((plain.to_vec(), rec.pixels));
+            examples.push(Example { plain: plain.to_vec(), recovered: rec.pixels });
         }
         progress(b + 1);
     }
@@ -415,7 +427,7 @@ pub fn write_examples_png(ex: &Examples, bound: u32, path: &std::path::Path) -> 
         let g = (t.clamp(0.0, 1.0) * 255.0).round() as u8;
         image::Rgb([g, g, g])
     };
-    for (row, (plain, rec)) in ex.images.iter().enumerate() {
+    for (row, Example { plain, recovered: rec }) in ex.images.iter().enumerate() {
         for c in 0..channels {
             for (k, pick) in [0usize, 1].iter().enumerate() {
                 let x0 = GAP + (2 * c + k) * cell_w;
@@ -423,11 +435,8 @@ pub fn write_examples_png(ex: &Examples, bound: u32, path: &std::path::Path) -> 
                 for y in 0..h {
                     for x in 0..w {
                         let i = (c * h + y) * w + x;
-                        let color = if *pick == 0 {
-                            grey(plain[i])
-                        } else {
-                            rec[i].map_or(image::Rgb([220, 30, 30]), grey)
-                        };
+                        let color =
+                            if *pick == 0 { grey(plain[i]) } else { rec[i].map_or(image::Rgb([220, 30, 30]), grey) };
                         for dy in 0..SCALE {
                             for dx in 0..SCALE {
                                 img.put_pixel((x0 + x * SCALE + dx) as u32, (y0 + y * SCALE + dy) as u32, color);

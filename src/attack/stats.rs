@@ -109,10 +109,7 @@ pub fn view_stats(received: &[u32], plain: &[i32], image_len: usize, h: usize, w
     let chi2_positions_dof = 3 * image_len;
     let planes: Vec<&[u32]> = received.chunks_exact(h * w).collect();
     let full = h.min(w);
-    let full_rank_planes = planes
-        .iter()
-        .filter(|p| Matrix::from_rows(w, p.chunks_exact(w)).rank() == full)
-        .count();
+    let full_rank_planes = planes.iter().filter(|p| Matrix::from_rows(w, p.chunks_exact(w)).rank() == full).count();
     ViewStats {
         elements: n,
         chi2_high_bits,

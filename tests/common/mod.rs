@@ -3,9 +3,15 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use vericonv::client::{LayerConfig, PrivateConv};
+use vericonv::cloud::{CloudBackend, Clouds};
 #[cfg(feature = "gpu")]
 use vericonv::cloud::{GpuBackend, GpuOptions};
 use vericonv::geometry::{Conv2d, Padding};
+use vericonv::keys::seeded_rng;
+use vericonv::privacy::Privacy;
+use vericonv::reference::conv_i64;
+use vericonv::verify::Mode;
 
 /// A seeded RNG; the seed is printed so a failure can be replayed.
 pub fn rng(seed: u64) -> ChaCha20Rng {
@@ -136,4 +142,49 @@ pub fn committed_models() -> Vec<(std::path::PathBuf, String)> {
         .collect();
     v.sort();
     v
+}
+
+/// The plaintext integer convolution plus bias.
+pub fn expected(g: &Conv2d, batch: usize, k: &[i32], x: &[i32], bias: &[i32]) -> Vec<i32> {
+    let k64: Vec<i64> = k.iter().map(|&v| i64::from(v)).collect();
+    let x64: Vec<i64> = x.iter().map(|&v| i64::from(v)).collect();
+    let mut y = conv_i64(g, batch, &k64, &x64).expect("lengths");
+    for (plane, &b) in y.chunks_exact_mut(g.n()).zip(bias.iter().cycle()) {
+        plane.iter_mut().for_each(|v| *v += i64::from(b));
+    }
+    y.into_iter().map(|v| i32::try_from(v).expect("fits")).collect()
+}
+
+/// Runs `privacy` on every shape of [`conv_shapes`], with `a` (and `b` for two-server) as the
+/// clouds and `own` as the client's backend for pads, and checks the decrypted result against
+/// the plaintext convolution.
+pub fn exact_on_every_shape(
+    privacy: Privacy,
+    a: &dyn CloudBackend,
+    b: &dyn CloudBackend,
+    own: &dyn CloudBackend,
+    seed: u64,
+    random: usize,
+) {
+    let mut r = rng(seed);
+    for (idx, (g, batch)) in conv_shapes(seed, random).into_iter().enumerate() {
+        let k = ints(&mut r, g.kernel_len(), 127);
+        let bias = ints(&mut r, g.cout(), 1000);
+        let x = ints(&mut r, batch * g.image_len(), 127);
+        let mode = if idx % 2 == 0 { Mode::Fast } else { Mode::Strict };
+        let cfg = LayerConfig { name: format!("shape{idx}"), mode, privacy, ..LayerConfig::default() };
+        let mut key_rng = seeded_rng(seed + idx as u64);
+        let mut layer = PrivateConv::new(g, &k, Some(&bias), cfg, &mut key_rng).expect("layer builds");
+        let clouds = match privacy {
+            Privacy::TwoServer => Clouds::Two(a, b),
+            _ => Clouds::One(a),
+        };
+        if privacy == Privacy::Pad {
+            let pool = layer.generate_pads(batch, own, &mut key_rng).expect("pads");
+            layer.add_pads(pool).expect("same layer and key");
+        }
+        let (y, _) = layer.run(clouds, &x, &mut key_rng).unwrap_or_else(|e| panic!("shape {idx} {g:?}: {e}"));
+        assert_eq!(y, expected(&g, batch, &k, &x, &bias), "{privacy:?}, shape {idx}: {g:?} batch {batch}");
+        assert_eq!(layer.pads_available(), 0, "every pad was used once");
+    }
 }

@@ -1,0 +1,115 @@
+//! Modes `two-server` (SCHEME.md §11) and `pad` (§12): exactness on every test shape, the share
+//! generator, the pad pool's rules, and every misuse as a typed error.
+
+mod common;
+
+use common::{exact_on_every_shape, ints, rng};
+use vericonv::Error;
+use vericonv::client::{LayerConfig, PrivateConv};
+use vericonv::cloud::{CloudBackend, Clouds, CpuBackend};
+use vericonv::field::{M31, PrimeField};
+use vericonv::geometry::{Conv2d, Padding};
+use vericonv::keys::seeded_rng;
+use vericonv::privacy::Privacy;
+use vericonv::share::{ShareSeed, expand_reference};
+
+#[test]
+fn two_server_decrypts_exactly_on_every_shape() {
+    let (a, b) = (CpuBackend::new(), CpuBackend::with_threads(1).expect("pool"));
+    exact_on_every_shape(Privacy::TwoServer, &a, &b, &CpuBackend::new(), 0x2ee, 50);
+}
+
+#[test]
+fn pad_decrypts_exactly_on_every_shape() {
+    let cpu = CpuBackend::new();
+    exact_on_every_shape(Privacy::Pad, &cpu, &cpu, &cpu, 0x9ad, 50);
+}
+
+#[test]
+fn share_generator_is_pinned_for_a_fixed_seed() {
+    // ChaCha12 with key bytes 0, 1, ..., 31, each word cut to 31 bits (SCHEME.md §11); the
+    // values were computed with rand_chacha 0.9.0 directly, outside this crate.
+    let seed: [u8; 32] = std::array::from_fn(|i| i as u8);
+    let pinned = [2147037682, 1590065873, 636683588, 708897239, 526390089, 1011269314, 1137361897, 907680473];
+    assert_eq!(ShareSeed::from_bytes(seed).expand(8), pinned);
+    assert_eq!(expand_reference(&seed, 8), pinned);
+    // Every element is canonical, and a long expansion starts with the short one.
+    let long = ShareSeed::from_bytes(seed).expand(200_000);
+    assert_eq!(long[..8], pinned);
+    assert!(long.iter().all(|&v| v < M31::P));
+}
+
+#[test]
+fn the_shares_add_up_to_the_scaled_input_and_the_seeded_cloud_equals_the_expanded_one() {
+    let mut r = rng(0x5a5e);
+    let g = Conv2d::builder(3, 4, (6, 5), (3, 3)).padding(Padding::uniform(1)).build().expect("valid");
+    let key = vericonv::keys::SessionKey::generate_for(&g, Privacy::TwoServer, &mut seeded_rng(1)).expect("key");
+    let x: Vec<u32> =
+        ints(&mut r, 2 * g.image_len(), 127).iter().map(|&v| M31::embed(i64::from(v)).expect("small")).collect();
+    let seed = ShareSeed::generate(&mut seeded_rng(2));
+    let (mut xp, mut xb) = (vec![0; x.len()], vec![0; x.len()]);
+    vericonv::encrypt::encrypt_shares_into(&key, &seed, &x, &mut xp, &mut xb).expect("encrypts");
+    let xa = seed.expand(x.len());
+    let hw = g.h() * g.w();
+    for (idx, ((&s, &a), &b)) in xp.iter().zip(&xa).zip(&xb).enumerate() {
+        assert_eq!(M31::add(a, b), s, "share sum at {idx}");
+        let (img, cp) = (idx / g.image_len(), idx % g.image_len() / hw);
+        let plain = x[img * g.image_len() + key.pi()[cp] * hw + idx % hw];
+        assert_eq!(s, M31::mul(key.beta()[cp], plain), "X' = β·X[π] at {idx}");
+    }
+    let k: Vec<u32> = (0..g.kernel_len()).map(|_| M31::random(&mut r)).collect();
+    let cpu = CpuBackend::new();
+    assert_eq!(cpu.conv_share(&g, 2, &k, &seed).expect("conv"), cpu.conv(&g, 2, &k, &xa).expect("conv"));
+}
+
+fn layer(privacy: Privacy, name: &str) -> (PrivateConv, Conv2d, Vec<i32>) {
+    let g = Conv2d::builder(2, 3, (5, 5), (3, 3)).build().expect("valid");
+    let k = ints(&mut rng(3), g.kernel_len(), 127);
+    let cfg = LayerConfig { name: name.into(), privacy, ..LayerConfig::default() };
+    (PrivateConv::new(g, &k, None, cfg, &mut seeded_rng(4)).expect("layer"), g, ints(&mut rng(5), g.image_len(), 127))
+}
+
+#[test]
+fn misuse_of_the_modes_gives_typed_errors() {
+    let (cpu, other) = (CpuBackend::new(), CpuBackend::new());
+    let mut r = seeded_rng(6);
+
+    // Two-server needs two clouds, and two different ones.
+    let (mut two, _, x) = layer(Privacy::TwoServer, "two");
+    assert!(matches!(two.run(&cpu, &x, &mut r), Err(Error::CloudCount { mode: "two-server", needed: 2, got: 1 })));
+    assert!(matches!(two.run(Clouds::Two(&cpu, &cpu), &x, &mut r), Err(Error::SameCloudTwice(_))));
+    two.run(Clouds::Two(&cpu, &other), &x, &mut r).expect("two different clouds");
+    // And the one-cloud modes refuse two.
+    let (mut low, _, _) = layer(Privacy::default(), "low");
+    assert!(matches!(low.run(Clouds::Two(&cpu, &other), &x, &mut r), Err(Error::CloudCount { needed: 1, got: 2, .. })));
+
+    // Pads: an empty pool, an exhausted one, and pads of another layer or key.
+    let (mut pad, _, x) = layer(Privacy::Pad, "pad");
+    assert!(matches!(pad.run(&cpu, &x, &mut r), Err(Error::PadPoolExhausted { needed: 1, available: 0, .. })));
+    let pool = pad.generate_pads(1, &cpu, &mut r).expect("pads");
+    pad.add_pads(pool).expect("binds");
+    pad.run(&cpu, &x, &mut r).expect("one pad, one image");
+    assert!(
+        matches!(pad.run(&cpu, &x, &mut r), Err(Error::PadPoolExhausted { available: 0, .. })),
+        "a pad is used once"
+    );
+    let (other_layer, _, _) = layer(Privacy::Pad, "other");
+    let foreign = other_layer.generate_pads(2, &cpu, &mut r).expect("pads");
+    assert!(matches!(pad.add_pads(foreign), Err(Error::PadMismatch { .. })), "pads of another layer");
+    let stale = pad.generate_pads(2, &cpu, &mut r).expect("pads");
+    pad.rotate(&mut r).expect("new key");
+    assert!(matches!(pad.add_pads(stale), Err(Error::PadMismatch { .. })), "pads of the old key");
+    // A pad taken by a call that then fails is gone too.
+    let pool = pad.generate_pads(1, &cpu, &mut r).expect("pads");
+    pad.add_pads(pool).expect("binds");
+    let too_big = vec![1000; x.len()];
+    assert!(matches!(pad.run(&cpu, &too_big, &mut r), Err(Error::ValueOutOfRange { .. })));
+    assert_eq!(pad.pads_available(), 1, "input checks run before a pad is taken");
+    let broken =
+        vericonv::cloud::TamperingBackend::new(CpuBackend::new(), &[vericonv::cloud::Tamper::AllZeros], 1.0, 7);
+    assert!(matches!(pad.run(&broken, &x, &mut r), Err(Error::VerificationFailed { .. })));
+    assert_eq!(pad.pads_available(), 0, "the failed call consumed its pad");
+
+    // Pads exist only in mode pad.
+    assert!(matches!(low.generate_pads(1, &cpu, &mut r), Err(Error::WrongPrivacyMode { needed: "pad", .. })));
+}
