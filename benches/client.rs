@@ -1,5 +1,5 @@
 //! Client phases in time per element: kernel setup (per session), input encryption, Fast and
-//! Strict verification, decryption. Every benchmark first checks that the pipeline it times
+//! Strict verification, decryption; the share generator of mode `two-server`. Every benchmark first checks that the pipeline it times
 //! is correct (verified and equal to the plaintext convolution).
 
 use std::time::Duration;
@@ -13,6 +13,7 @@ use vericonv::field::{M31, PrimeField, reference, slices};
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::{ImageMask, SessionKey, seeded_rng};
 use vericonv::reference::conv_i64;
+use vericonv::share::{expand_into, expand_reference};
 use vericonv::verify::{Claim, Mode, Verdict, verify};
 
 fn shapes() -> Vec<(&'static str, Conv2d)> {
@@ -104,5 +105,21 @@ fn field_kernels(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, client_phases, field_kernels);
+/// The share generator of mode `two-server` (SCHEME.md §11), in field elements per second,
+/// against its word-by-word definition (the same output, checked first).
+fn share_generator(c: &mut Criterion) {
+    let mut group = c.benchmark_group("share");
+    group.sample_size(10).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(300));
+    let n = 1 << 20;
+    let seed = [7u8; 32];
+    let mut out = vec![0u32; n];
+    expand_into(&seed, &mut out);
+    assert_eq!(out, expand_reference(&seed, n));
+    group.throughput(Throughput::Elements(n as u64));
+    group.bench_function("expand/blocks", |b| b.iter(|| expand_into(&seed, &mut out)));
+    group.bench_function("expand/word_by_word", |b| b.iter(|| expand_reference(&seed, n)));
+    group.finish();
+}
+
+criterion_group!(benches, client_phases, field_kernels, share_generator);
 criterion_main!(benches);

@@ -19,13 +19,16 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::cloud::{CloudBackend, CpuBackend};
-use crate::decrypt::{MaskKernel, decrypt, decrypt_into};
-use crate::encrypt::{encrypt_input, encrypt_input_into, encrypt_kernel};
+use crate::decrypt::{MaskKernel, decrypt_into, decrypt_padded_into, decrypt_sum_into};
+use crate::encrypt::{encrypt_input_into, encrypt_kernel, encrypt_padded_into, encrypt_shares_into};
 use crate::field::{M31, PrimeField};
 use crate::geometry::{Conv2d, Padding};
 use crate::keys::{ImageMask, SessionKey, seeded_rng};
 use crate::model::ops;
+use crate::pad::PadPool;
+use crate::privacy::Privacy;
 use crate::reference;
+use crate::share::ShareSeed;
 use crate::verify::{Claim, Mode, Verdict, kernel_fold, verify};
 use crate::{Error, Result};
 
@@ -111,11 +114,20 @@ pub struct BenchOptions {
     pub naive_max_macs: u64,
     /// Minimum time spent measuring each quantity (the median of the repetitions is kept).
     pub min_time: Duration,
+    /// The privacy modes to measure the client in.
+    pub privacy: Vec<Privacy>,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        Self { batch: 1, threads: 1, session: 64, naive_max_macs: 2_000_000_000, min_time: Duration::from_millis(300) }
+        Self {
+            batch: 1,
+            threads: 1,
+            session: 64,
+            naive_max_macs: 2_000_000_000,
+            min_time: Duration::from_millis(300),
+            privacy: vec![Privacy::default()],
+        }
     }
 }
 
@@ -128,6 +140,8 @@ pub struct BenchRow {
     pub layer: String,
     /// `Cin×H×W -> Cout×Ho×Wo, k×k/s, groups`.
     pub shape: String,
+    /// The privacy mode (with its rank in mode `lowrank`).
+    pub privacy: String,
     /// Images per batch.
     pub batch: usize,
     /// Threads.
@@ -156,10 +170,13 @@ pub struct BenchRow {
     pub client_verify_kernel_s: f64,
     /// Of which decryption.
     pub client_decrypt_s: f64,
-    /// Per-session kernel work (K' and KG), unamortized.
+    /// Per-session kernel work (`K'`, and `KG` in mode `lowrank`), unamortized.
     pub session_s: f64,
     /// Session length used for amortization.
     pub session_images: usize,
+    /// Mode `pad`: the offline work for one batch (pads drawn and `Conv(K, R)` on the client's
+    /// CPU with the same threads); not part of the client's online time.
+    pub offline_s: Option<f64>,
     /// Client time with the session work amortized.
     pub client_amortized_s: f64,
     /// memcpy of X in, X' out, Y' in, Y out.
@@ -176,7 +193,8 @@ pub struct BenchRow {
     pub speedup_vs_naive: Option<f64>,
     /// The f32 rate of baseline (b) on this layer, in GFLOP/s.
     pub gemm_gflops: f64,
-    /// The exact F_p convolution of the CPU cloud backend, same threads.
+    /// The exact F_p convolution of the CPU cloud backend, same threads (in mode `two-server`
+    /// the slower of the two clouds, which run concurrently).
     pub cloud_cpu_s: f64,
     /// `cloud_cpu_s / im2col_gemm_s`: the cost of exact F_p over f32 on this CPU.
     pub cloud_cpu_over_gemm: f64,
@@ -386,11 +404,12 @@ fn dequantize_into(y: &[i32], scale: f32, out: &mut [f32]) {
     }
 }
 
-/// Measures one layer at one batch size and thread count.
+/// Measures one layer at one batch size and thread count: the baselines once, then the client
+/// in each privacy mode of `opts.privacy` (one row per mode).
 ///
 /// # Errors
 /// [`Error::Unsupported`] when a self-check fails (a bug) or tract cannot run the layer.
-pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<BenchRow> {
+pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Vec<BenchRow>> {
     let g = &l.geom;
     let b = opts.batch;
     let pool = rayon::ThreadPoolBuilder::new()
@@ -442,101 +461,204 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Bench
         _ => (im2col_gemm_s, "im2col+gemm"),
     };
 
-    // The private path, checked end to end before timing.
-    let key = SessionKey::generate(g, crate::keys::DEFAULT_RANK, &mut rng)?;
+    // The private path of each mode, checked end to end before timing.
     let k_field: Vec<u32> = wq.iter().map(|&v| M31::embed(i64::from(v)).unwrap_or(0)).collect();
-    let session_s =
-        pool.install(|| time(opts.min_time, || (encrypt_kernel(&key, &k_field), MaskKernel::new(&key, &k_field))));
-    let kp = encrypt_kernel(&key, &k_field)?;
-    let mk = MaskKernel::new(&key, &k_field)?;
     let mut xq = vec![0u32; xf.len()];
     quantize_into(&xf, &mut xq);
-    let masks = ImageMask::generate_batch(&key, b, &mut rng);
-    let xp = encrypt_input(&key, &masks, &xq)?;
-    let cloud = CpuBackend::with_threads(opts.threads)?;
-    let yp = cloud.conv(g, b, &kp, &xp)?;
-    let mut cloud_err = None;
-    let cloud_cpu_s = time(opts.min_time, || cloud.conv(g, b, &kp, &xp).map_err(|e| cloud_err = Some(e)));
-    if let Some(e) = cloud_err {
-        return Err(e);
-    }
-    let claim = Claim::new(g, b, &kp, &xp, &yp)?;
-    if verify::<M31, _>(&claim, Mode::Fast, 1, &mut rng)? != Verdict::Accepted {
-        return Err(Error::Unsupported(format!("{} {}: an honest answer failed verification", l.network, l.layer)));
-    }
-    let y = decrypt(&key, &mk, &masks, &yp)?;
     let xi: Vec<i32> = xq.iter().map(|&v| M31::lift(v) as i32).collect();
     let exact = ops::conv_int(g, b, &wq.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), &xi);
-    if y != exact {
-        return Err(Error::Unsupported(format!(
-            "{} {}: decryption differs from the integer convolution",
-            l.network, l.layer
-        )));
-    }
+    let cloud = CpuBackend::with_threads(opts.threads)?;
     let wscale = 1.0f32 / 127.0;
-    // The client's buffers are allocated once and reused, as a stream of batches would.
-    let (mut x_buf, mut xp_buf) = (vec![0u32; xq.len()], vec![0u32; xq.len()]);
-    let (mut y_buf, mut yf_buf) = (vec![0i32; yp.len()], vec![0f32; yp.len()]);
-    let (quant_s, encrypt_s, verify_s, decrypt_s) = pool.install(|| {
-        let q = time(opts.min_time, || {
-            let s = quantize_into(&xf, &mut x_buf);
-            dequantize_into(&y, s * wscale, &mut yf_buf);
+    let mut costs = Vec::new();
+    for &privacy in &opts.privacy {
+        let cost = pool
+            .install(|| client_cost(g, b, privacy, &k_field, &xq, &exact, &cloud, opts, seed))
+            .map_err(|e| Error::Unsupported(format!("{} {} ({}): {e}", l.network, l.layer, privacy.name())))?;
+        // Quantizing X and de-quantizing Y, the same in every mode.
+        let (mut x_buf, mut yf_buf) = (vec![0u32; xq.len()], vec![0f32; exact.len()]);
+        let quant_s = pool.install(|| {
+            time(opts.min_time, || {
+                let s = quantize_into(&xf, &mut x_buf);
+                dequantize_into(&exact, s * wscale, &mut yf_buf);
+            })
         });
-        let mut r = seeded_rng(seed ^ 1);
-        let e = time(opts.min_time, || {
-            let masks = ImageMask::generate_batch(&key, b, &mut r);
-            encrypt_input_into(&key, &masks, &xq, &mut xp_buf)
-        });
-        let v = time(opts.min_time, || verify::<M31, _>(&claim, Mode::Fast, 1, &mut r));
-        let s: Vec<u32> = (0..g.cout()).map(|_| M31::random(&mut r)).collect();
-        let vk = time(opts.min_time, || kernel_fold::<M31>(g, &kp, &s));
-        let d = time(opts.min_time, || decrypt_into(&key, &mk, &masks, &yp, &mut y_buf));
-        (q, e, (v, vk), d)
-    });
-    let (verify_s, verify_kernel_s) = verify_s;
-    let client_s = quant_s + encrypt_s + verify_s + decrypt_s;
+        costs.push((privacy, quant_s, cost));
+    }
 
     // The memory floor: X (f32) in, X' (u32) out, Y' (u32) in, Y (f32) out.
     // Both are 4-byte elements, so u32 buffers copy exactly the bytes in question.
-    let (mut xo, mut yo) = (vec![0u32; xp.len()], vec![0u32; yp.len()]);
+    let (mut xo, mut yo) = (vec![0u32; xq.len()], vec![0u32; exact.len()]);
     let xbits: Vec<u32> = xf.iter().map(|v| v.to_bits()).collect();
+    let ybits: Vec<u32> = exact.iter().map(|&v| v as u32).collect();
     let floor_s = time(opts.min_time, || {
         xo.copy_from_slice(&xbits);
-        yo.copy_from_slice(&yp);
+        yo.copy_from_slice(&ybits);
         (xo[0], yo[0])
     });
 
-    let client_amortized_s = client_s + session_s * b as f64 / opts.session as f64;
-    Ok(BenchRow {
-        network: l.network.into(),
-        layer: l.layer.into(),
-        shape: shape_label(g),
-        batch: b,
-        threads: opts.threads,
-        macs,
-        naive_s,
-        im2col_gemm_s,
-        tract_s,
-        best_plaintext_s,
-        best_plaintext: best_plaintext.into(),
-        client_s,
-        client_quantize_s: quant_s,
-        client_encrypt_s: encrypt_s,
-        client_verify_s: verify_s,
-        client_verify_kernel_s: verify_kernel_s,
-        client_decrypt_s: decrypt_s,
-        session_s,
-        session_images: opts.session,
-        client_amortized_s,
-        floor_s,
-        client_over_floor: client_s / floor_s,
-        image_over_floor: (client_s - verify_kernel_s).max(0.0) / floor_s,
-        speedup: best_plaintext_s / client_amortized_s,
-        speedup_unamortized: best_plaintext_s / (client_s + session_s),
-        speedup_vs_naive: naive_s.map(|n| n / client_amortized_s),
-        gemm_gflops: 2.0 * macs as f64 / im2col_gemm_s / 1e9,
-        cloud_cpu_s,
-        cloud_cpu_over_gemm: cloud_cpu_s / im2col_gemm_s,
+    Ok(costs
+        .into_iter()
+        .map(|(privacy, quant_s, c)| {
+            let client_s = quant_s + c.encrypt_s + c.verify_s + c.decrypt_s;
+            let client_amortized_s = client_s + c.session_s * b as f64 / opts.session as f64;
+            BenchRow {
+                network: l.network.into(),
+                layer: l.layer.into(),
+                shape: shape_label(g),
+                privacy: privacy.label(),
+                batch: b,
+                threads: opts.threads,
+                macs,
+                naive_s,
+                im2col_gemm_s,
+                tract_s,
+                best_plaintext_s,
+                best_plaintext: best_plaintext.into(),
+                client_s,
+                client_quantize_s: quant_s,
+                client_encrypt_s: c.encrypt_s,
+                client_verify_s: c.verify_s,
+                client_verify_kernel_s: c.verify_kernel_s,
+                client_decrypt_s: c.decrypt_s,
+                session_s: c.session_s,
+                session_images: opts.session,
+                offline_s: c.offline_s,
+                client_amortized_s,
+                floor_s,
+                client_over_floor: client_s / floor_s,
+                image_over_floor: (client_s - c.verify_kernel_s).max(0.0) / floor_s,
+                speedup: best_plaintext_s / client_amortized_s,
+                speedup_unamortized: best_plaintext_s / (client_s + c.session_s),
+                speedup_vs_naive: naive_s.map(|n| n / client_amortized_s),
+                gemm_gflops: 2.0 * macs as f64 / im2col_gemm_s / 1e9,
+                cloud_cpu_s: c.cloud_s,
+                cloud_cpu_over_gemm: c.cloud_s / im2col_gemm_s,
+            }
+        })
+        .collect())
+}
+
+/// The client's cost of one mode on one layer, in seconds per batch.
+struct ClientCost {
+    session_s: f64,
+    encrypt_s: f64,
+    verify_s: f64,
+    verify_kernel_s: f64,
+    decrypt_s: f64,
+    offline_s: Option<f64>,
+    cloud_s: f64,
+}
+
+/// Times the client's per-batch phases in `privacy` (into buffers reused across batches, as a
+/// stream of batches would), after checking that the decrypted result equals `exact`. The
+/// cloud time is the CPU backend's (both clouds' in mode `two-server`, which run concurrently
+/// in a real deployment: the larger of the two is reported).
+#[allow(clippy::too_many_arguments)]
+fn client_cost(
+    g: &Conv2d,
+    b: usize,
+    privacy: Privacy,
+    k_field: &[u32],
+    xq: &[u32],
+    exact: &[i32],
+    cloud: &CpuBackend,
+    opts: &BenchOptions,
+    seed: u64,
+) -> Result<ClientCost> {
+    let mut rng = seeded_rng(seed ^ 0xC11E);
+    let key = SessionKey::generate_for(g, privacy, &mut rng)?;
+    let kp = encrypt_kernel(&key, k_field)?;
+    let (mut xp, mut xb) = (vec![0u32; xq.len()], vec![0u32; xq.len()]);
+    let mut y = vec![0i32; exact.len()];
+    let check = |y: &[i32]| {
+        if y == exact {
+            Ok(())
+        } else {
+            Err(Error::Unsupported("decryption differs from the integer convolution".into()))
+        }
+    };
+    let accepted = |claim: &Claim<'_>, rng: &mut crate::keys::KeyRng| -> Result<()> {
+        match verify::<M31, _>(claim, Mode::Fast, 1, rng)? {
+            Verdict::Accepted => Ok(()),
+            Verdict::Rejected { .. } => Err(Error::Unsupported("an honest answer failed verification".into())),
+        }
+    };
+    let s: Vec<u32> = (0..g.cout()).map(|_| M31::random(&mut rng)).collect();
+    let verify_kernel_s = time(opts.min_time, || kernel_fold::<M31>(g, &kp, &s));
+    let mut cloud_err = None;
+    let mut timed_conv =
+        |input: &[u32]| time(opts.min_time, || cloud.conv(g, b, &kp, input).map_err(|e| cloud_err = Some(e)));
+    Ok(match privacy {
+        Privacy::LowRank { .. } => {
+            let mk = MaskKernel::new(&key, k_field)?;
+            let session_s = time(opts.min_time, || (encrypt_kernel(&key, k_field), MaskKernel::new(&key, k_field)));
+            let masks = ImageMask::generate_batch(&key, b, &mut rng);
+            encrypt_input_into(&key, &masks, xq, &mut xp)?;
+            let yp = cloud.conv(g, b, &kp, &xp)?;
+            let claim = Claim::new(g, b, &kp, &xp, &yp)?;
+            accepted(&claim, &mut rng)?;
+            decrypt_into(&key, &mk, &masks, &yp, &mut y)?;
+            check(&y)?;
+            let cloud_s = timed_conv(&xp);
+            // Timed into the spare buffer: the claim keeps the X' the cloud answered for.
+            let encrypt_s = time(opts.min_time, || {
+                let masks = ImageMask::generate_batch(&key, b, &mut rng);
+                encrypt_input_into(&key, &masks, xq, &mut xb)
+            });
+            let verify_s = time(opts.min_time, || verify::<M31, _>(&claim, Mode::Fast, 1, &mut rng));
+            let decrypt_s = time(opts.min_time, || decrypt_into(&key, &mk, &masks, &yp, &mut y));
+            ClientCost { session_s, encrypt_s, verify_s, verify_kernel_s, decrypt_s, offline_s: None, cloud_s }
+        }
+        Privacy::TwoServer => {
+            let session_s = time(opts.min_time, || encrypt_kernel(&key, k_field));
+            let seed = ShareSeed::generate(&mut rng);
+            encrypt_shares_into(&key, &seed, xq, &mut xp, &mut xb)?;
+            let ya = cloud.conv_share(g, b, &kp, &seed)?;
+            let yb = cloud.conv(g, b, &kp, &xb)?;
+            let claim = Claim::with_parts(g, b, &kp, &xp, &ya, &yb)?;
+            accepted(&claim, &mut rng)?;
+            decrypt_sum_into(&key, &ya, &yb, &mut y)?;
+            check(&y)?;
+            let cloud_s = timed_conv(&xp).max(timed_conv(&xb));
+            // Timed into spare buffers: the claim keeps the X' the clouds answered for.
+            let mut spare = vec![0u32; xq.len()];
+            let encrypt_s = time(opts.min_time, || {
+                let seed = ShareSeed::generate(&mut rng);
+                encrypt_shares_into(&key, &seed, xq, &mut spare, &mut xb)
+            });
+            let verify_s = time(opts.min_time, || verify::<M31, _>(&claim, Mode::Fast, 1, &mut rng));
+            let decrypt_s = time(opts.min_time, || decrypt_sum_into(&key, &ya, &yb, &mut y));
+            ClientCost { session_s, encrypt_s, verify_s, verify_kernel_s, decrypt_s, offline_s: None, cloud_s }
+        }
+        Privacy::Pad => {
+            let session_s = time(opts.min_time, || encrypt_kernel(&key, k_field));
+            let offline_s = time(opts.min_time, || PadPool::generate("bench", &key, k_field, b, cloud, &mut rng));
+            let pads = PadPool::generate("bench", &key, k_field, b, cloud, &mut rng)?.take(b)?;
+            encrypt_padded_into(&key, &pads, xq, &mut xp)?;
+            let yp = cloud.conv(g, b, &kp, &xp)?;
+            let claim = Claim::new(g, b, &kp, &xp, &yp)?;
+            accepted(&claim, &mut rng)?;
+            decrypt_padded_into(&key, &pads, &yp, &mut y)?;
+            check(&y)?;
+            let cloud_s = timed_conv(&xp);
+            // Online work only; the same pads are reused for timing, never for real.
+            let encrypt_s = time(opts.min_time, || encrypt_padded_into(&key, &pads, xq, &mut xb));
+            let verify_s = time(opts.min_time, || verify::<M31, _>(&claim, Mode::Fast, 1, &mut rng));
+            let decrypt_s = time(opts.min_time, || decrypt_padded_into(&key, &pads, &yp, &mut y));
+            ClientCost {
+                session_s,
+                encrypt_s,
+                verify_s,
+                verify_kernel_s,
+                decrypt_s,
+                offline_s: Some(offline_s),
+                cloud_s,
+            }
+        }
+    })
+    .and_then(|c| match cloud_err {
+        Some(e) => Err(e),
+        None => Ok(c),
     })
 }
 
@@ -547,14 +669,15 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Bench
 pub fn write_csv(rows: &[BenchRow], path: &std::path::Path) -> Result<()> {
     let opt = |v: Option<f64>| v.map_or_else(String::new, |x| format!("{x:.6e}"));
     let mut out = String::from(
-        "network,layer,shape,batch,threads,macs,naive_s,im2col_gemm_s,tract_s,best_plaintext,best_plaintext_s,client_s,client_quantize_s,client_encrypt_s,client_verify_s,client_verify_kernel_s,client_decrypt_s,session_s,session_images,client_amortized_s,floor_s,client_over_floor,image_over_floor,speedup,speedup_unamortized,speedup_vs_naive,gemm_gflops,cloud_cpu_s,cloud_cpu_over_gemm\n",
+        "network,layer,shape,privacy,batch,threads,macs,naive_s,im2col_gemm_s,tract_s,best_plaintext,best_plaintext_s,client_s,client_quantize_s,client_encrypt_s,client_verify_s,client_verify_kernel_s,client_decrypt_s,session_s,session_images,offline_s,client_amortized_s,floor_s,client_over_floor,image_over_floor,speedup,speedup_unamortized,speedup_vs_naive,gemm_gflops,cloud_cpu_s,cloud_cpu_over_gemm\n",
     );
     for r in rows {
         out += &format!(
-            "{},{},\"{}\",{},{},{},{},{:.6e},{},{},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{},{:.6e},{:.6e},{:.3},{:.3},{:.3},{:.3},{},{:.2},{:.6e},{:.3}\n",
+            "{},{},\"{}\",{},{},{},{},{},{:.6e},{},{},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{},{},{:.6e},{:.6e},{:.3},{:.3},{:.3},{:.3},{},{:.2},{:.6e},{:.3}\n",
             r.network,
             r.layer,
             r.shape,
+            r.privacy,
             r.batch,
             r.threads,
             r.macs,
@@ -571,6 +694,7 @@ pub fn write_csv(rows: &[BenchRow], path: &std::path::Path) -> Result<()> {
             r.client_decrypt_s,
             r.session_s,
             r.session_images,
+            opt(r.offline_s),
             r.client_amortized_s,
             r.floor_s,
             r.client_over_floor,
@@ -587,13 +711,14 @@ pub fn write_csv(rows: &[BenchRow], path: &std::path::Path) -> Result<()> {
 }
 
 /// Plots the client speedup over the best plaintext baseline per layer (one bar per batch
-/// size, for `threads` threads) on a log axis, with the paper's 26× and 87× marked, as SVG.
+/// size, for `threads` threads, in the mode labelled `privacy`) on a log axis, with the paper's
+/// 26× and 87× marked, as SVG.
 ///
 /// # Errors
 /// [`Error::Io`] when the file cannot be written.
-pub fn plot_speedups(rows: &[BenchRow], threads: usize, path: &std::path::Path) -> Result<()> {
+pub fn plot_speedups(rows: &[BenchRow], threads: usize, privacy: &str, path: &std::path::Path) -> Result<()> {
     use plotters::prelude::*;
-    let rows: Vec<&BenchRow> = rows.iter().filter(|r| r.threads == threads).collect();
+    let rows: Vec<&BenchRow> = rows.iter().filter(|r| r.threads == threads && r.privacy == privacy).collect();
     let mut layers: Vec<String> = Vec::new();
     for r in &rows {
         let name = format!("{} {}", r.network, r.layer);

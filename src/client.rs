@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::cloud::{Cheater, CloudBackend, Clouds};
 use crate::decrypt::{MaskKernel, decrypt, decrypt_padded_into, decrypt_sum_into};
 use crate::encrypt::{encrypt_input_into, encrypt_kernel, encrypt_padded_into, encrypt_shares_into};
-use crate::field::{M31, PrimeField, slices};
+use crate::field::{M31, PrimeField};
 use crate::geometry::Conv2d;
 use crate::keys::{ImageMask, KeyRng, SessionKey};
 use crate::pad::PadPool;
@@ -421,20 +421,17 @@ impl PrivateConv {
             let yb = b.conv(geom, batch, kp, &xb);
             (from_a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), yb)
         });
-        let (mut ya, yb) = (ya?, yb?);
+        let (ya, yb) = (ya?, yb?);
         t.cloud = start.elapsed();
         self.check_answer(batch, &ya, Some("cloud A"))?;
         self.check_answer(batch, &yb, Some("cloud B"))?;
 
         let start = Instant::now();
-        slices::add_assign(&mut ya, &yb);
-        let sum = ya;
-        let claim = Claim::new(&self.geom, batch, kp, &xp, &sum)?;
+        let claim = Claim::with_parts(&self.geom, batch, kp, &xp, &ya, &yb)?;
         let rejected = check_claim(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
         if let Some(round) = rejected {
             // Re-check each share with fresh vectors (the sum is wrong, so at least one is).
             let xa = seed.expand(x.len());
-            let ya = sum.iter().zip(&yb).map(|(&s, &v)| M31::sub(s, v)).collect::<Vec<_>>();
             let bad_a = check_claim(&Claim::new(geom, batch, kp, &xa, &ya)?, self.cfg.mode, self.cfg.rounds, rng)?;
             let bad_b = check_claim(&Claim::new(geom, batch, kp, &xb, &yb)?, self.cfg.mode, self.cfg.rounds, rng)?;
             let cheater = match (bad_a.is_some(), bad_b.is_some()) {
@@ -448,8 +445,8 @@ impl PrivateConv {
         t.verify = start.elapsed();
 
         let start = Instant::now();
-        let mut y = vec![0i32; sum.len()];
-        decrypt_sum_into(&self.key, &sum, &mut y)?;
+        let mut y = vec![0i32; ya.len()];
+        decrypt_sum_into(&self.key, &ya, &yb, &mut y)?;
         t.decrypt = start.elapsed();
         Ok(y)
     }

@@ -227,19 +227,22 @@ fn check_answer_len(key: &SessionKey, y_cloud: &[u32], out: &[i32]) -> Result<us
     Ok(batch)
 }
 
-/// Mode `two-server` (SCHEME.md §11): decrypts the verified sum of the shares' answers,
-/// `Y[b,σ(o'),y,x] = lift(α[o']^-1·(Y'_A + Y'_B)[b,o',y,x])`, into a caller-owned buffer.
+/// Mode `two-server` (SCHEME.md §11): decrypts the verified answers of the two clouds,
+/// `Y[b,σ(o'),y,x] = lift(α[o']^-1·(Y'_A + Y'_B)[b,o',y,x])`, in one pass into a caller-owned
+/// buffer.
 ///
 /// # Errors
 /// [`crate::Error::LengthMismatch`] or [`crate::Error::NotAFieldElement`].
-pub fn decrypt_sum_into(key: &SessionKey, y_sum: &[u32], out: &mut [i32]) -> Result<()> {
-    check_answer_len(key, y_sum, out)?;
+pub fn decrypt_sum_into(key: &SessionKey, y_a: &[u32], y_b: &[u32], out: &mut [i32]) -> Result<()> {
+    check_answer_len(key, y_a, out)?;
+    check_answer_len(key, y_b, out)?;
     let (g, sigma_inv) = (key.geometry(), sigma_inverse(key));
     let n = g.n();
     out.par_chunks_exact_mut(n).enumerate().for_each(|(idx, dst)| {
         let (b, o) = (idx / g.cout(), idx % g.cout());
         let op = sigma_inv[o];
-        slices::unmask_into(dst, &y_sum[(b * g.cout() + op) * n..][..n], key.alpha_inv()[op], &[]);
+        let at = (b * g.cout() + op) * n;
+        slices::unmask_sum_into(dst, &y_a[at..][..n], &y_b[at..][..n], key.alpha_inv()[op]);
     });
     Ok(())
 }

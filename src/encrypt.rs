@@ -7,11 +7,11 @@
 
 use rayon::prelude::*;
 
-use crate::field::{M31, PrimeField, check_canonical, slices};
+use crate::field::{M31, P, PrimeField, check_canonical, slices};
 use crate::geometry::Conv2d;
 use crate::keys::{ImageMask, SessionKey};
 use crate::pad::Pad;
-use crate::share::ShareSeed;
+use crate::share::{self, ShareSeed};
 use crate::{Error, Result};
 
 /// Encrypts the plain kernel `k` (`Cout × Cin/G × kh × kw`, field elements) into `K'`.
@@ -119,8 +119,16 @@ pub fn mask_tensor(key: &SessionKey, mask: &ImageMask) -> Vec<u32> {
     r
 }
 
+/// Elements of cloud A's share generated at a time by [`encrypt_shares_into`] (16 KiB, in L1).
+const SHARE_BLOCK: usize = 4096;
+
 /// Mode `two-server` (SCHEME.md §11): writes `X' = β·X[π]` into `scaled` and cloud B's share
-/// `X'_B = X' - G(seed)` into `share_b`, in one pass per channel plane after expanding `G(seed)`.
+/// `X'_B = X' - G(seed)` into `share_b`, in one pass per channel plane.
+///
+/// Cloud A's share is never written out: each plane's part of `G(seed)` is generated a block at
+/// a time from the key stream at the plane's position and consumed at once. That is exact as
+/// long as no word was rejected (probability 2^-31 per element); if one was, the share is
+/// expanded in full, exactly, and the planes are split again.
 ///
 /// # Errors
 /// [`Error::LengthMismatch`] (also for the buffers) or [`Error::NotAFieldElement`].
@@ -131,17 +139,56 @@ pub fn encrypt_shares_into(
     scaled: &mut [u32],
     share_b: &mut [u32],
 ) -> Result<()> {
+    split_shares(key, seed, x, scaled, share_b, P)
+}
+
+/// [`encrypt_shares_into`] for a share generator that cuts words to `mask` and rejects `mask`
+/// (`G` is `mask = p`; tests use small masks to exercise the rejection path).
+fn split_shares(
+    key: &SessionKey,
+    seed: &ShareSeed,
+    x: &[u32],
+    scaled: &mut [u32],
+    share_b: &mut [u32],
+    mask: u32,
+) -> Result<()> {
     let g = key.geometry();
     g.batch_of_input(x.len())?;
     Conv2d::check_len("encrypted input buffer", x.len(), scaled.len())?;
     Conv2d::check_len("share buffer", x.len(), share_b.len())?;
     check_canonical::<M31>("input", x)?;
-    crate::share::expand_into(seed.as_bytes(), share_b);
     let (cin, hw) = (g.cin(), g.h() * g.w());
-    scaled.par_chunks_exact_mut(hw).zip(share_b.par_chunks_exact_mut(hw)).enumerate().for_each(|(idx, (xp, xb))| {
-        let (b, cp) = (idx / cin, idx % cin);
-        slices::scale_and_split(xp, xb, key.beta()[cp], &x[(b * cin + key.pi()[cp]) * hw..][..hw]);
-    });
+    let plane = |idx: usize| &x[(idx / cin * cin + key.pi()[idx % cin]) * hw..][..hw];
+    let rejected = scaled
+        .par_chunks_exact_mut(hw)
+        .zip(share_b.par_chunks_exact_mut(hw))
+        .enumerate()
+        .map_init(
+            || vec![0u32; SHARE_BLOCK.min(hw)],
+            |block, (idx, (xp, xb))| {
+                let mut stream = share::stream_at(seed.as_bytes(), idx * hw);
+                let beta = key.beta()[idx % cin];
+                for ((xp, xb), src) in
+                    xp.chunks_mut(SHARE_BLOCK).zip(xb.chunks_mut(SHARE_BLOCK)).zip(plane(idx).chunks(SHARE_BLOCK))
+                {
+                    let a = &mut block[..src.len()];
+                    if share::fill_masked(&mut stream, a, mask) {
+                        return true;
+                    }
+                    slices::scale_and_split(xp, xb, beta, src, a);
+                }
+                false
+            },
+        )
+        .reduce(|| false, |a, b| a | b);
+    if rejected {
+        let a = share::reference_masked(seed.as_bytes(), x.len(), mask);
+        scaled.par_chunks_exact_mut(hw).zip(share_b.par_chunks_exact_mut(hw)).enumerate().for_each(
+            |(idx, (xp, xb))| {
+                slices::scale_and_split(xp, xb, key.beta()[idx % cin], plane(idx), &a[idx * hw..][..hw]);
+            },
+        );
+    }
     Ok(())
 }
 
@@ -166,4 +213,34 @@ pub fn encrypt_padded_into(key: &SessionKey, pads: &[Pad], x: &[u32], out: &mut 
         slices::combine_into(dst, &[(beta, &x[(b * cin + c) * hw..][..hw]), (beta, &pads[b].mask()[c * hw..][..hw])]);
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::Padding;
+    use crate::keys::seeded_rng;
+    use crate::privacy::Privacy;
+
+    #[test]
+    fn shares_split_exactly_with_and_without_rejected_words() {
+        let g = Conv2d::builder(3, 2, (40, 50), (3, 3)).padding(Padding::uniform(1)).build().expect("valid");
+        let key = SessionKey::generate_for(&g, Privacy::TwoServer, &mut seeded_rng(1)).expect("key");
+        let mut rng = seeded_rng(2);
+        let x: Vec<u32> = (0..2 * g.image_len()).map(|_| M31::random(&mut rng)).collect();
+        let seed = ShareSeed::generate(&mut rng);
+        // 4-bit words with 15 rejected: the blocks meet rejections and the exact path runs.
+        for mask in [P, 0xF] {
+            let (mut xp, mut xb) = (vec![0u32; x.len()], vec![0u32; x.len()]);
+            split_shares(&key, &seed, &x, &mut xp, &mut xb, mask).expect("splits");
+            let a = share::reference_masked(seed.as_bytes(), x.len(), mask);
+            let hw = g.h() * g.w();
+            for (i, ((&s, &b), &av)) in xp.iter().zip(&xb).zip(&a).enumerate() {
+                let (img, cp) = (i / g.image_len(), i % g.image_len() / hw);
+                let plain = x[img * g.image_len() + key.pi()[cp] * hw + i % hw];
+                assert_eq!(s, M31::mul(key.beta()[cp], plain), "mask {mask:#x}, X' at {i}");
+                assert_eq!(b, M31::sub(s, av), "mask {mask:#x}, X'_B at {i}");
+            }
+        }
+    }
 }

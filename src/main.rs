@@ -86,6 +86,12 @@ struct BenchArgs {
     /// Timed runs per GPU kernel (the median is reported).
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// Privacy modes to measure the client in (--backend cpu), side by side when several.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "lowrank")]
+    privacy: Vec<PrivacyChoice>,
+    /// Mask rank ρ of mode lowrank.
+    #[arg(long, default_value_t = vericonv::keys::DEFAULT_RANK, value_parser = clap::value_parser!(u16).range(1..=64).map(usize::from))]
+    rank: usize,
     /// The F_p shader variant for --backend gpu [default: u64 when the adapter has SHADER_INT64].
     #[arg(long, value_enum)]
     variant: Option<VariantChoice>,
@@ -581,17 +587,26 @@ fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
     let mut threads: Vec<usize> = args.threads.iter().map(|&t| if t == 0 { cores } else { t }).collect();
     threads.dedup();
     let out = args.out_dir()?;
+    let mut privacy: Vec<Privacy> =
+        args.privacy.iter().map(|&p| PrivacyArgs { privacy: p, rank: args.rank }.privacy()).collect();
+    privacy.dedup();
+    if privacy.iter().any(|p| matches!(p, Privacy::LowRank { .. })) {
+        eprintln!("{LOWRANK_WARNING}");
+    }
     let bar = BenchArgs::progress(suite.len() * batches.len() * threads.len());
     let mut rows = Vec::new();
     for l in &suite {
         for &batch in &batches {
             for &t in &threads {
                 bar.set_message(format!("{} {} batch {batch}, {t} thread(s)", l.network, l.layer));
-                rows.push(run_layer(
-                    l,
-                    &BenchOptions { batch, threads: t, session: args.session, ..BenchOptions::default() },
-                    args.seed,
-                )?);
+                let opts = BenchOptions {
+                    batch,
+                    threads: t,
+                    session: args.session,
+                    privacy: privacy.clone(),
+                    ..BenchOptions::default()
+                };
+                rows.extend(run_layer(l, &opts, args.seed)?);
                 bar.inc(1);
             }
         }
@@ -599,9 +614,10 @@ fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
     bar.finish_and_clear();
     let s = |v: f64| if v >= 1.0 { format!("{v:8.2} s") } else { format!("{:8.2} ms", v * 1e3) };
     println!(
-        "{:<13} {:<16} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>7} {:>9} | {:>8} {:>8} {:>9} | {:>11} {:>8}",
+        "{:<13} {:<16} {:<16} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>7} {:>9} | {:>8} {:>8} {:>9} | {:>11} {:>8}",
         "network",
         "layer",
+        "privacy",
         "batch",
         "thr",
         "(a) naive",
@@ -620,9 +636,10 @@ fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
     for r in &rows {
         let opt = |v: Option<f64>| v.map_or_else(|| format!("{:>11}", "-"), s);
         println!(
-            "{:<13} {:<16} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>6.1}x {:>8.1}x | {:>7.1}x {:>7.1}x {:>9} | {:>11} {:>7.1}x",
+            "{:<13} {:<16} {:<16} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>6.1}x {:>8.1}x | {:>7.1}x {:>7.1}x {:>9} | {:>11} {:>7.1}x",
             r.network,
             r.layer,
+            r.privacy,
             r.batch,
             r.threads,
             opt(r.naive_s),
@@ -646,13 +663,55 @@ fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
     println!(
         "speedup = best of (b) and (c) / client; 1-batch = the same with an unamortized session; /floor = client per-batch work / memcpy of X, X', Y', Y;\nimg/floor = the same without fast verification's sᵀK' term, which reads all of K' once per batch;\ncloud cpu = the exact F_p convolution of the CPU cloud backend (same threads), /(b) = its time over baseline (b)."
     );
+    if privacy.len() > 1 {
+        print_modes_side_by_side(&rows, &privacy);
+    }
     write_csv(&rows, &out.join("bench.csv"))?;
     write_json(&rows, &out.join("bench.json"))?;
     for &t in &threads {
-        plot_speedups(&rows, t, &out.join(format!("speedup-{t}t.svg")))?;
+        for p in &privacy {
+            let suffix = if privacy.len() > 1 { format!("-{}", p.name()) } else { String::new() };
+            plot_speedups(&rows, t, &p.label(), &out.join(format!("speedup-{t}t{suffix}.svg")))?;
+        }
     }
     println!("wrote {}/bench.csv, bench.json and speedup-*.svg", out.display());
     Ok(())
+}
+
+/// The modes' online client times side by side, per layer, batch and thread count, with each
+/// mode's ratio to the first (`pad` also shows its offline work per batch).
+fn print_modes_side_by_side(rows: &[vericonv::bench::BenchRow], privacy: &[Privacy]) {
+    let s = |v: f64| if v >= 1.0 { format!("{v:8.2} s") } else { format!("{:8.2} ms", v * 1e3) };
+    let first = privacy[0].label();
+    println!(
+        "\nonline client time per batch (quantize, mask, verify, unmask; session amortized), each mode over {first}:"
+    );
+    let mut header = format!("{:<13} {:<16} {:>5} {:>3} |", "network", "layer", "batch", "thr");
+    for p in privacy {
+        header += &format!(" {:>18} {:>7} |", p.label(), "ratio");
+    }
+    println!("{header} {:>14}", "pad offline");
+    for base in rows.iter().filter(|r| r.privacy == first) {
+        let same = |r: &&vericonv::bench::BenchRow| {
+            r.network == base.network && r.layer == base.layer && r.batch == base.batch && r.threads == base.threads
+        };
+        let mut line = format!("{:<13} {:<16} {:>5} {:>3} |", base.network, base.layer, base.batch, base.threads);
+        let mut offline = None;
+        for p in privacy {
+            match rows.iter().filter(same).find(|r| r.privacy == p.label()) {
+                Some(r) => {
+                    line += &format!(
+                        " {:>18} {:>6.2}x |",
+                        s(r.client_amortized_s),
+                        r.client_amortized_s / base.client_amortized_s
+                    );
+                    offline = offline.or(r.offline_s);
+                }
+                None => line += &format!(" {:>18} {:>7} |", "-", "-"),
+            }
+        }
+        println!("{line} {:>14}", offline.map_or_else(|| "-".to_string(), s));
+    }
 }
 
 /// Writes `rows` as pretty JSON.

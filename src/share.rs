@@ -16,7 +16,7 @@ use rand_chacha::ChaCha12Rng;
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
-use crate::field::P;
+use crate::field::{P, slices};
 use crate::keys::KeyRng;
 
 /// Words per parallel chunk (256 KiB of key stream).
@@ -80,17 +80,7 @@ fn expand_masked(seed: &[u8; 32], out: &mut [u32], mask: u32) {
     let rejected = out
         .par_chunks_mut(CHUNK)
         .enumerate()
-        .map(|(i, chunk)| {
-            let mut rng = ChaCha12Rng::from_seed(*seed);
-            rng.set_word_pos((i * CHUNK) as u128);
-            rng.fill(chunk);
-            let mut hit = false;
-            for v in chunk.iter_mut() {
-                *v &= mask;
-                hit |= *v == mask;
-            }
-            hit
-        })
+        .map(|(i, chunk)| fill_masked(&mut stream_at(seed, i * CHUNK), chunk, mask))
         .reduce(|| false, |a, b| a | b);
     if !rejected {
         return;
@@ -114,7 +104,23 @@ fn expand_masked(seed: &[u8; 32], out: &mut [u32], mask: u32) {
     }
 }
 
-fn reference_masked(seed: &[u8; 32], len: usize, mask: u32) -> Vec<u32> {
+/// The key stream of `G(seed)` positioned at word `word`: the source of element `word` as long
+/// as no earlier word was rejected.
+pub(crate) fn stream_at(seed: &[u8; 32], word: usize) -> ChaCha12Rng {
+    let mut rng = ChaCha12Rng::from_seed(*seed);
+    rng.set_word_pos(word as u128);
+    rng
+}
+
+/// Fills `out` with the next words of `rng` cut to `mask`; true when one of them is `mask`
+/// itself, a word the generator rejects (the block then needs the exact, sequential path).
+pub(crate) fn fill_masked(rng: &mut ChaCha12Rng, out: &mut [u32], mask: u32) -> bool {
+    rng.fill(out);
+    // `mask` is the largest value a word can take: the maximum finds it.
+    !out.is_empty() && slices::mask_max(out, mask) == mask
+}
+
+pub(crate) fn reference_masked(seed: &[u8; 32], len: usize, mask: u32) -> Vec<u32> {
     let mut rng = ChaCha12Rng::from_seed(*seed);
     let mut out = Vec::with_capacity(len);
     while out.len() < len {

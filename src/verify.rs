@@ -48,7 +48,9 @@ pub enum Verdict {
     },
 }
 
-/// The claim the client checks: `output = Conv(kernel, input)` over F_p for a batch.
+/// The claim the client checks: `output = Conv(kernel, input)` over F_p for a batch, where the
+/// output may come in two additive parts (mode `two-server`: `Y' = Y'_A + Y'_B`, never summed
+/// into a buffer; both tests are linear in `Y'`).
 #[derive(Clone, Copy, Debug)]
 pub struct Claim<'a> {
     geom: &'a Conv2d,
@@ -56,6 +58,7 @@ pub struct Claim<'a> {
     kernel: &'a [u32],
     input: &'a [u32],
     output: &'a [u32],
+    output_b: Option<&'a [u32]>,
 }
 
 impl<'a> Claim<'a> {
@@ -68,7 +71,24 @@ impl<'a> Claim<'a> {
         Conv2d::check_len("encrypted kernel", geom.kernel_len(), kernel.len())?;
         Conv2d::check_len("encrypted input", batch * geom.image_len(), input.len())?;
         Conv2d::check_len("cloud output", batch * geom.output_image_len(), output.len())?;
-        Ok(Self { geom, batch, kernel, input, output })
+        Ok(Self { geom, batch, kernel, input, output, output_b: None })
+    }
+
+    /// The claim `output_a + output_b = Conv(kernel, input)`: the answers of clouds A and B in
+    /// mode `two-server`.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`] when a tensor does not match the geometry and batch.
+    pub fn with_parts(
+        geom: &'a Conv2d,
+        batch: usize,
+        kernel: &'a [u32],
+        input: &'a [u32],
+        output_a: &'a [u32],
+        output_b: &'a [u32],
+    ) -> Result<Self> {
+        Conv2d::check_len("cloud B output", batch * geom.output_image_len(), output_b.len())?;
+        Ok(Self { output_b: Some(output_b), ..Self::new(geom, batch, kernel, input, output_a)? })
     }
 
     /// The geometry.
@@ -87,9 +107,20 @@ impl<'a> Claim<'a> {
     pub fn input(&self) -> &'a [u32] {
         self.input
     }
-    /// `Y'`.
+    /// `Y'`, or its first part for a claim [`Claim::with_parts`].
     pub fn output(&self) -> &'a [u32] {
         self.output
+    }
+    /// The second part of `Y'` for a claim [`Claim::with_parts`].
+    pub fn output_b(&self) -> Option<&'a [u32]> {
+        self.output_b
+    }
+
+    /// `Σ_{y,x} r[y,x]·Y'[plane, y, x]` over both parts, for the flat plane index `plane`.
+    fn plane_dot<F: PrimeField>(&self, plane: usize, r: impl Fn(&[u32]) -> u32) -> u32 {
+        let n = self.geom.n();
+        let a = r(&self.output[plane * n..][..n]);
+        self.output_b.map_or(a, |b| F::add(a, r(&b[plane * n..][..n])))
     }
 }
 
@@ -129,17 +160,15 @@ fn fast_round<F: PrimeField, R: RngCore>(claim: &Claim<'_>, rng: &mut R) -> bool
     let (cout, n, wo) = (g.cout(), g.n(), g.wo());
 
     // L: contract each output plane with u ⊗ v, then with w ⊗ s.
-    let planes: Vec<u32> = yp
-        .par_chunks_exact(n)
-        .with_min_len(16)
-        .map(|plane| {
-            let acc = plane
-                .chunks_exact(wo)
-                .zip(&u)
-                .fold(0u64, |acc, (row, &uy)| acc + F::fold_product(u64::from(uy) * u64::from(F::dot(row, &v))));
-            F::reduce(acc)
-        })
-        .collect();
+    let uv = |plane: &[u32]| {
+        let acc = plane
+            .chunks_exact(wo)
+            .zip(&u)
+            .fold(0u64, |acc, (row, &uy)| acc + F::fold_product(u64::from(uy) * u64::from(F::dot(row, &v))));
+        F::reduce(acc)
+    };
+    let planes: Vec<u32> =
+        (0..yp.len() / n).into_par_iter().with_min_len(16).map(|p| claim.plane_dot::<F>(p, uv)).collect();
     let l = F::reduce((0..batch * cout).fold(0u64, |acc, bo| {
         acc + F::fold_product(u64::from(F::mul(w[bo / cout], s[bo % cout])) * u64::from(planes[bo]))
     }));
@@ -253,7 +282,11 @@ pub fn strict_products<F: PrimeField>(claim: &Claim<'_>, r: &[u32]) -> Result<St
     let (g, batch, kp, xp, yp) = (claim.geom, claim.batch, claim.kernel, claim.input, claim.output);
     Conv2d::check_len("verification vector r", g.n(), r.len())?;
     let (n, hw, taps, wo) = (g.n(), g.h() * g.w(), g.kh() * g.kw(), g.wo());
-    let l: Vec<u32> = yp.par_chunks_exact(n).with_min_len(16).map(|plane| F::dot(plane, r)).collect();
+    let l: Vec<u32> = (0..yp.len() / n)
+        .into_par_iter()
+        .with_min_len(16)
+        .map(|p| claim.plane_dot::<F>(p, |pl| F::dot(pl, r)))
+        .collect();
     let t: Vec<u32> = (0..batch * g.cin() * taps)
         .into_par_iter()
         .with_min_len(16)

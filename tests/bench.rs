@@ -1,11 +1,15 @@
 //! The `vericonv bench` harness: each configuration checks its own outputs (decryption equals
-//! the integer convolution, baselines agree) before timing, and the reports are written.
+//! the integer convolution in every privacy mode, baselines agree) before timing, and the
+//! reports are written.
 
 mod common;
 
 use std::time::Duration;
 
-use vericonv::bench::{BenchOptions, full_suite, plot_speedups, quick_suite, run_layer, write_csv};
+use vericonv::bench::{
+    BenchLayer, BenchOptions, BenchRow, full_suite, plot_speedups, quick_suite, run_layer, write_csv,
+};
+use vericonv::privacy::Privacy;
 
 #[test]
 fn bench_rows_are_self_checked_and_reported() {
@@ -17,11 +21,34 @@ fn bench_rows_are_self_checked_and_reported() {
         threads: 1,
         session: 64,
         min_time: Duration::from_millis(5),
+        privacy: vec![Privacy::default(), Privacy::TwoServer, Privacy::Pad],
         ..BenchOptions::default()
     };
     let mut rows = Vec::new();
     for l in quick.iter().filter(|l| l.network == "LeNet-5") {
-        let r = run_layer(l, &opts, 3).unwrap_or_else(|e| panic!("{} {}: {e}", l.network, l.layer));
+        let modes = run_layer(l, &opts, 3).unwrap_or_else(|e| panic!("{} {}: {e}", l.network, l.layer));
+        let labels: Vec<String> = modes.iter().map(|r| r.privacy.clone()).collect();
+        assert_eq!(labels, ["lowrank (rank 2)", "two-server", "pad"], "one row per mode, in order");
+        for r in modes {
+            // Only pad has offline work, reported apart from the online client time.
+            assert_eq!(r.offline_s.is_some(), r.privacy == "pad", "{r:?}");
+            assert!(r.offline_s.is_none_or(|o| o.is_finite() && o > 0.0));
+            check_row(l, &r);
+            rows.push(r);
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("vericonv-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    write_csv(&rows, &dir.join("bench.csv")).expect("csv");
+    plot_speedups(&rows, 1, "two-server", &dir.join("speedup.svg")).expect("svg");
+    let csv = std::fs::read_to_string(dir.join("bench.csv")).expect("csv");
+    assert_eq!(csv.lines().count(), 1 + rows.len());
+    assert!(std::fs::read_to_string(dir.join("speedup.svg")).expect("svg").contains("<svg"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn check_row(l: &BenchLayer, r: &BenchRow) {
+    {
         assert_eq!(r.macs, (2 * l.geom.output_image_len() * l.geom.m()) as u64);
         assert!(r.naive_s.is_some(), "small layers run the naive baseline");
         assert!(r.tract_s.is_some() == cfg!(feature = "tract"));
@@ -34,16 +61,7 @@ fn bench_rows_are_self_checked_and_reported() {
             (r.client_s - (r.client_quantize_s + r.client_encrypt_s + r.client_verify_s + r.client_decrypt_s)).abs()
                 < 1e-12
         );
-        rows.push(r);
     }
-    let dir = std::env::temp_dir().join(format!("vericonv-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
-    write_csv(&rows, &dir.join("bench.csv")).expect("csv");
-    plot_speedups(&rows, 1, &dir.join("speedup.svg")).expect("svg");
-    let csv = std::fs::read_to_string(dir.join("bench.csv")).expect("csv");
-    assert_eq!(csv.lines().count(), 1 + rows.len());
-    assert!(std::fs::read_to_string(dir.join("speedup.svg")).expect("svg").contains("<svg"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[cfg(feature = "gpu")]

@@ -15,6 +15,7 @@ use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
 use super::{CloudBackend, check_conv_args};
+use crate::field::{M31, PrimeField};
 use crate::geometry::Conv2d;
 use crate::verify::{Claim, StrictProducts};
 use crate::{Error, Result};
@@ -831,7 +832,16 @@ impl GpuBackend {
     /// [`Error::Gpu`].
     pub fn strict_products(&self, claim: &Claim<'_>, r: &[u32]) -> Result<StrictProducts> {
         let (g, batch) = (claim.geometry(), claim.batch());
-        let (kp, xp, yp) = (claim.kernel(), claim.input(), claim.output());
+        let (kp, xp) = (claim.kernel(), claim.input());
+        // A claim in two parts (mode two-server) is checked against their sum.
+        let summed: Vec<u32>;
+        let yp = match claim.output_b() {
+            Some(b) => {
+                summed = claim.output().iter().zip(b).map(|(&x, &y)| M31::add(x, y)).collect();
+                &summed
+            }
+            None => claim.output(),
+        };
         Conv2d::check_len("verification vector r", g.n(), r.len())?;
         let taps = g.kh() * g.kw();
         let max_elems = (self.info.max_binding_size / 4) as usize;

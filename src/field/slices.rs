@@ -63,25 +63,44 @@ pub fn scale_mul_assign(x: &mut [u32], c: u32, b: &[u32]) {
     }
 }
 
-/// `out[i] = a[i] + b[i] mod p`: the sum of two shares.
+/// The largest entry (0 for an empty slice): how every input is checked to be canonical.
 #[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
-pub fn add_assign(a: &mut [u32], b: &[u32]) {
-    for (x, &y) in a.iter_mut().zip(b) {
-        let s = *x + y; // both below 2^31: no overflow
-        *x = s.min(s.wrapping_sub(P));
-    }
+pub fn max(v: &[u32]) -> u32 {
+    v.iter().fold(0, |m, &x| m.max(x))
+}
+
+/// Cuts every entry to `mask` in place and returns the largest result: the share generator's
+/// words, of which the value `mask` is rejected.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub fn mask_max(v: &mut [u32], mask: u32) -> u32 {
+    v.iter_mut().fold(0, |m, x| {
+        *x &= mask;
+        m.max(*x)
+    })
 }
 
 /// Splits a plane into two shares in one pass: `scaled[i] = c·x[i]` and
-/// `share[i] = scaled[i] - share[i] mod p` (on entry `share` holds the other share).
+/// `share_b[i] = scaled[i] - share_a[i] mod p`.
 #[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
-pub fn scale_and_split(scaled: &mut [u32], share: &mut [u32], c: u32, x: &[u32]) {
+pub fn scale_and_split(scaled: &mut [u32], share_b: &mut [u32], c: u32, x: &[u32], share_a: &[u32]) {
     let c = u64::from(c);
-    for ((s, d), &v) in scaled.iter_mut().zip(share.iter_mut()).zip(x) {
+    for (((s, d), &v), &a) in scaled.iter_mut().zip(share_b.iter_mut()).zip(x).zip(share_a) {
         let y = reduce(c * u64::from(v));
         *s = y;
-        let t = y + P - *d; // in [1, 2p)
+        let t = y + P - a; // in [1, 2p)
         *d = t.min(t.wrapping_sub(P));
+    }
+}
+
+/// Mode `two-server`'s decryption, fused: `out[i] = lift(c·(a[i] + b[i]))`, the signed integer
+/// in `[-(p-1)/2, (p-1)/2]` behind the sum of the two clouds' answers.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub fn unmask_sum_into(out: &mut [i32], a: &[u32], b: &[u32], c: u32) {
+    let c = u64::from(c);
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        let d = reduce(c * u64::from(x + y)); // x + y < 2^32
+        let neg = if d > (P - 1) / 2 { P } else { 0 };
+        *o = d.wrapping_sub(neg) as i32;
     }
 }
 
