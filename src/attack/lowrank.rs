@@ -37,14 +37,21 @@ use crate::field::{M31, PrimeField};
 
 /// Random square blocks of lines drawn across channels, per orientation.
 const MIXED_TRIALS: usize = 48;
+/// Candidates sampled to pre-screen a span before counting its members among all of them.
+const PRESCREEN: usize = 48;
 /// Candidate spans tried per dimension.
 const SPACE_TRIALS: usize = 300;
 /// The span search of one dimension stops this many trials after its last improvement.
 const SPACE_PATIENCE: usize = 16;
+/// The largest mask rank the attack looks for (the client's ρ is secret, but a larger one costs
+/// it more than it buys: see the README).
+const MAX_DIM: usize = 16;
 /// The most candidate combinations tried for one line of the randomised search.
 const MAX_LINE_TRIALS: usize = 400;
 /// The search stops this many trials after its last improvement.
 const PATIENCE: usize = 40;
+/// A plane none of whose first lines fits is given up.
+const GIVE_UP: usize = 6;
 
 /// What the attack recovered from one image.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,7 +138,8 @@ fn factor_space(lines: &Lines, channels: usize, rng: &mut impl Rng) -> Option<Su
     }
     cand.sort_unstable();
     cand.dedup();
-    let max_dim = Subspace::span(n, cand.iter().map(|&i| lines.data[i].as_slice())).dim().min(n.saturating_sub(2));
+    let max_dim =
+        Subspace::span(n, cand.iter().map(|&i| lines.data[i].as_slice())).dim().min(n.saturating_sub(2)).min(MAX_DIM);
     let weight: Vec<f64> = cand.iter().map(|&i| edge_weight(i % lines.per_channel, lines.per_channel)).collect();
     for d in 1..=max_dim {
         let mut best: Option<(Subspace, usize)> = None;
@@ -143,7 +151,14 @@ fn factor_space(lines: &Lines, channels: usize, rng: &mut impl Rng) -> Option<Su
             if space.dim() < d {
                 continue;
             }
-            let members = lines.data.iter().filter(|v| space.contains(v)).count();
+            // The candidates hold most constant lines: counting among them ranks the spans. A
+            // span with no member among a sample of them beyond its own lines is passed over.
+            let sample = rand::seq::index::sample(rng, cand.len(), PRESCREEN.min(cand.len()));
+            let own = pick.iter().collect::<std::collections::HashSet<_>>();
+            if !sample.iter().any(|k| !own.contains(&k) && space.contains(&lines.data[cand[k]])) {
+                continue;
+            }
+            let members = cand.iter().filter(|&&i| space.contains(&lines.data[i])).count();
             if members >= d + 2 && best.as_ref().is_none_or(|(_, m)| members > *m) {
                 best = Some((space, members));
                 since = 0;
@@ -274,6 +289,10 @@ fn recover_plane(p: &[u32], h: usize, w: usize, basis: &LineBasis, rows: bool, r
     let mut out = Recovered { data: vec![0; h * w], known: vec![false; h * w], coefs: vec![None; count] };
     let mut weights = vec![1.0f64; len];
     for i in 0..count {
+        // A basis that fits none of the first lines fits none: give the plane up.
+        if i >= GIVE_UP && out.coefs.iter().all(Option::is_none) {
+            break;
+        }
         let v: Vec<u32> = (0..len).map(|j| p[at(i, j)]).collect();
         let Some((coef, hit)) = fit_line(&v, basis, &weights, rng) else { continue };
         for (j, &z) in hit.iter().enumerate() {
