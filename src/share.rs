@@ -189,7 +189,7 @@ impl KeyStream {
     pub(crate) fn at(seed: &[u8; 32], word: usize) -> Self {
         let key = std::array::from_fn(|i| u32::from_le_bytes([seed[4 * i], seed[4 * i + 1], seed[4 * i + 2], seed[4 * i + 3]]));
         let mut s = Self { key, next_block: (word / 16) as u64, buf: [0; 16 * LANES], pos: 16 * LANES };
-        if word % 16 != 0 {
+        if !word.is_multiple_of(16) {
             s.refill();
             s.pos = word % 16;
         }
