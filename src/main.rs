@@ -378,7 +378,7 @@ struct EvalArgs {
     /// Where the built-in data sets live.
     #[arg(long, default_value = "data")]
     data_dir: PathBuf,
-    /// Write the JSON report here (default: reports/<model>-<dataset>.json).
+    /// Write the JSON report here (default: reports/<model>-<dataset>-<privacy>.json).
     #[arg(long)]
     report: Option<PathBuf>,
 }
@@ -877,7 +877,10 @@ fn eval(args: &EvalArgs) -> Result<(), vericonv::Error> {
         report.float_plaintext_s, report.quantized_plaintext_s
     );
     let path = args.report.clone().unwrap_or_else(|| {
-        PathBuf::from(format!("reports/{}-{}.json", report.model, report.dataset.replace(['/', ':', ','], "_")))
+        PathBuf::from(format!(
+            "reports/{}.json",
+            file_safe(&format!("{}-{}-{}", report.model, report.dataset, p.privacy().name()))
+        ))
     });
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)

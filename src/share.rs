@@ -164,7 +164,10 @@ fn chacha12_blocks(key: &[u32; 8], counter: u64, out: &mut [u32; 16 * LANES]) {
         quarter_round!(x2, x7, x8, x13);
         quarter_round!(x3, x4, x9, x14);
     }
-    let init: [u32; 16] = [SIGMA[0], SIGMA[1], SIGMA[2], SIGMA[3], key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7], 0, 0, 0, 0];
+    let init: [u32; 16] = [
+        SIGMA[0], SIGMA[1], SIGMA[2], SIGMA[3], key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7], 0, 0,
+        0, 0,
+    ];
     let words = [x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15];
     for (l, block) in out.chunks_exact_mut(16).enumerate() {
         for (w, o) in block.iter_mut().enumerate() {
@@ -187,7 +190,9 @@ pub(crate) struct KeyStream {
 impl KeyStream {
     /// The stream of `seed` positioned at word `word`.
     pub(crate) fn at(seed: &[u8; 32], word: usize) -> Self {
-        let key = std::array::from_fn(|i| u32::from_le_bytes([seed[4 * i], seed[4 * i + 1], seed[4 * i + 2], seed[4 * i + 3]]));
+        let key = std::array::from_fn(|i| {
+            u32::from_le_bytes([seed[4 * i], seed[4 * i + 1], seed[4 * i + 2], seed[4 * i + 3]])
+        });
         let mut s = Self { key, next_block: (word / 16) as u64, buf: [0; 16 * LANES], pos: 16 * LANES };
         if !word.is_multiple_of(16) {
             s.refill();

@@ -18,16 +18,21 @@ use vericonv::verify::{Claim, Mode, Verdict, verify};
 
 const TRIALS: usize = 1000;
 
-#[test]
-fn every_tampering_strategy_is_rejected_in_both_modes() {
-    let seed = 0x7a3;
-    let mut r = rng(seed);
-    let g = Conv2d::builder(4, 6, (7, 6), (3, 3))
+/// The layer of the tamper matrices: stride 2, asymmetric padding, two groups.
+fn tamper_geometry() -> Conv2d {
+    Conv2d::builder(4, 6, (7, 6), (3, 3))
         .stride(2, 1)
         .padding(Padding::new(1, 0, 2, 1))
         .groups(2)
         .build()
-        .expect("valid");
+        .expect("valid")
+}
+
+#[test]
+fn every_tampering_strategy_is_rejected_in_both_modes() {
+    let seed = 0x7a3;
+    let mut r = rng(seed);
+    let g = tamper_geometry();
     let k = ints(&mut r, g.kernel_len(), 127);
     for mode in [Mode::Fast, Mode::Strict] {
         for strategy in Tamper::ALL {
@@ -68,12 +73,7 @@ fn every_tampering_strategy_is_rejected_in_modes_pad_and_two_server_naming_the_c
     const MODE_TRIALS: usize = 200;
     let seed = 0x7a4;
     let mut r = rng(seed);
-    let g = Conv2d::builder(4, 6, (7, 6), (3, 3))
-        .stride(2, 1)
-        .padding(Padding::new(1, 0, 2, 1))
-        .groups(2)
-        .build()
-        .expect("valid");
+    let g = tamper_geometry();
     let k = ints(&mut r, g.kernel_len(), 127);
     let own = CpuBackend::new();
     for cheating in [Cheating::Pad, Cheating::TwoServerA, Cheating::TwoServerB, Cheating::TwoServerBoth] {
