@@ -19,7 +19,7 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::cloud::{CloudBackend, CpuBackend};
-use crate::decrypt::{MaskKernel, decrypt_into, decrypt_padded_into, decrypt_sum_into};
+use crate::decrypt::{MaskKernel, decrypt_into, decrypt_padded_into, decrypt_sum_verified_into};
 use crate::encrypt::{encrypt_input_into, encrypt_kernel, encrypt_padded_into, encrypt_shares_into};
 use crate::field::{M31, PrimeField};
 use crate::geometry::{Conv2d, Padding};
@@ -29,7 +29,7 @@ use crate::pad::PadPool;
 use crate::privacy::Privacy;
 use crate::reference;
 use crate::share::ShareSeed;
-use crate::verify::{Claim, Mode, Verdict, kernel_fold, verify};
+use crate::verify::{Claim, FastRounds, Mode, Verdict, kernel_fold, verify};
 use crate::{Error, Result};
 
 /// One layer of a suite.
@@ -617,7 +617,10 @@ fn client_cost(
             let yb = cloud.conv(g, b, &kp, &xb)?;
             let claim = Claim::with_parts(g, b, &kp, &xp, &ya, &yb)?;
             accepted(&claim, &mut rng)?;
-            decrypt_sum_into(&key, &ya, &yb, &mut y)?;
+            let checks = FastRounds::draw::<M31, _>(&claim, 1, &mut rng)?;
+            if decrypt_sum_verified_into(&key, &checks, &ya, &yb, &mut y)? != Verdict::Accepted {
+                return Err(Error::Unsupported("an honest answer failed the fused verification".into()));
+            }
             check(&y)?;
             let cloud_s = timed_conv(&xp).max(timed_conv(&xb));
             // Timed into spare buffers: the claim keeps the X' the clouds answered for.
@@ -626,8 +629,11 @@ fn client_cost(
                 let seed = ShareSeed::generate(&mut rng);
                 encrypt_shares_into(&key, &seed, xq, &mut spare, &mut xb)
             });
-            let verify_s = time(opts.min_time, || verify::<M31, _>(&claim, Mode::Fast, 1, &mut rng));
-            let decrypt_s = time(opts.min_time, || decrypt_sum_into(&key, &ya, &yb, &mut y));
+            // Fast verification's output side runs inside the decryption pass (as the client
+            // does): verify = the input side, decrypt = unmasking plus the contraction.
+            let verify_s = time(opts.min_time, || FastRounds::draw::<M31, _>(&claim, 1, &mut rng));
+            let checks = FastRounds::draw::<M31, _>(&claim, 1, &mut rng)?;
+            let decrypt_s = time(opts.min_time, || decrypt_sum_verified_into(&key, &checks, &ya, &yb, &mut y));
             ClientCost { session_s, encrypt_s, verify_s, verify_kernel_s, decrypt_s, offline_s: None, cloud_s }
         }
         Privacy::Pad => {

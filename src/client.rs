@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::cloud::{Cheater, CloudBackend, Clouds};
-use crate::decrypt::{MaskKernel, decrypt, decrypt_padded_into, decrypt_sum_into};
+use crate::decrypt::{MaskKernel, decrypt, decrypt_padded_into, decrypt_sum_into, decrypt_sum_verified_into};
 use crate::encrypt::{encrypt_input_into, encrypt_kernel, encrypt_padded_into, encrypt_shares_into};
 use crate::field::{M31, PrimeField};
 use crate::geometry::Conv2d;
@@ -13,7 +13,7 @@ use crate::keys::{ImageMask, KeyRng, SessionKey};
 use crate::pad::PadPool;
 use crate::privacy::Privacy;
 use crate::share::ShareSeed;
-use crate::verify::{Claim, Mode, Verdict, verify};
+use crate::verify::{Claim, FastRounds, Mode, Verdict, verify};
 use crate::{Error, Result};
 
 /// Settings of one private layer.
@@ -59,8 +59,9 @@ pub struct Timings {
     pub cloud: Duration,
     /// Verification of the answer.
     pub verify: Duration,
-    /// Decryption (mask correction and lift; in mode `two-server` also the sum of the two
-    /// answers) and bias.
+    /// Decryption (mask correction and lift; in mode `two-server` the sum of the two answers,
+    /// and with Fast verification also the output side of verification, fused into the same
+    /// pass) and bias.
     pub decrypt: Duration,
 }
 
@@ -426,9 +427,31 @@ impl PrivateConv {
         self.check_answer(batch, &ya, Some("cloud A"))?;
         self.check_answer(batch, &yb, Some("cloud B"))?;
 
+        // Fast mode checks the two answers inside the decryption pass (their output side is
+        // contracted there, so each answer is read once); Strict mode checks, then decrypts.
         let start = Instant::now();
         let claim = Claim::with_parts(&self.geom, batch, kp, &xp, &ya, &yb)?;
-        let rejected = check_claim(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
+        let mut y = vec![0i32; ya.len()];
+        let rejected = if self.cfg.mode == Mode::Fast {
+            let checks = FastRounds::draw::<M31, _>(&claim, self.cfg.rounds, rng)?;
+            t.verify = start.elapsed();
+            let start = Instant::now();
+            let verdict = decrypt_sum_verified_into(&self.key, &checks, &ya, &yb, &mut y)?;
+            t.decrypt = start.elapsed();
+            match verdict {
+                Verdict::Accepted => None,
+                Verdict::Rejected { round } => Some(round),
+            }
+        } else {
+            let rejected = check_claim(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
+            t.verify = start.elapsed();
+            if rejected.is_none() {
+                let start = Instant::now();
+                decrypt_sum_into(&self.key, &ya, &yb, &mut y)?;
+                t.decrypt = start.elapsed();
+            }
+            rejected
+        };
         if let Some(round) = rejected {
             // Re-check each share with fresh vectors (the sum is wrong, so at least one is).
             let xa = seed.expand(x.len());
@@ -442,12 +465,6 @@ impl PrivateConv {
             };
             return Err(self.rejected(round, cheater));
         }
-        t.verify = start.elapsed();
-
-        let start = Instant::now();
-        let mut y = vec![0i32; ya.len()];
-        decrypt_sum_into(&self.key, &ya, &yb, &mut y)?;
-        t.decrypt = start.elapsed();
         Ok(y)
     }
 

@@ -13,10 +13,11 @@ use rayon::prelude::*;
 
 use crate::Result;
 use crate::encrypt::check_masks;
-use crate::field::{M31, check_canonical, slices};
+use crate::field::{M31, PrimeField, check_canonical, slices};
 use crate::geometry::Conv2d;
 use crate::keys::{ImageMask, SessionKey};
 use crate::pad::Pad;
+use crate::verify::{FastRounds, Verdict};
 
 /// The per-session part of the mask correction, `KG_t` for t = 1..ρ (`ρ × Cout × kh × kw`,
 /// indexed by plain output channel).
@@ -267,4 +268,43 @@ pub fn decrypt_padded_into(key: &SessionKey, pads: &[Pad], y_cloud: &[u32], out:
         slices::unmask_into(dst, &y_cloud[(b * g.cout() + op) * n..][..n], key.alpha_inv()[op], &[(1, u)]);
     });
     Ok(())
+}
+
+/// Mode `two-server` in Fast mode: verifies and decrypts in one pass over the two answers. Each
+/// output plane is unmasked into `out` and contracted for every round of `checks`; if any round
+/// rejects, `out` is zeroed and the verdict says which, so a rejected answer never leaves this
+/// function decrypted.
+///
+/// # Errors
+/// [`crate::Error::LengthMismatch`] or [`crate::Error::NotAFieldElement`].
+pub fn decrypt_sum_verified_into(
+    key: &SessionKey,
+    checks: &FastRounds,
+    y_a: &[u32],
+    y_b: &[u32],
+    out: &mut [i32],
+) -> Result<Verdict> {
+    check_answer_len(key, y_a, out)?;
+    check_answer_len(key, y_b, out)?;
+    let (g, sigma_inv) = (key.geometry(), sigma_inverse(key));
+    let n = g.n();
+    let terms: Vec<Vec<u32>> = out
+        .par_chunks_exact_mut(n)
+        .enumerate()
+        .map(|(idx, dst)| {
+            let (b, o) = (idx / g.cout(), idx % g.cout());
+            let op = sigma_inv[o];
+            let plane = b * g.cout() + op;
+            let (pa, pb) = (&y_a[plane * n..][..n], &y_b[plane * n..][..n]);
+            slices::unmask_sum_into(dst, pa, pb, key.alpha_inv()[op]);
+            checks.plane_terms::<M31>(plane, pa, pb)
+        })
+        .collect();
+    let rounds = terms.first().map_or(0, Vec::len);
+    let l: Vec<u32> = (0..rounds).map(|r| M31::reduce(terms.iter().map(|t| u64::from(t[r])).sum::<u64>())).collect();
+    let verdict = checks.verdict(&l);
+    if verdict != Verdict::Accepted {
+        out.fill(0);
+    }
+    Ok(verdict)
 }

@@ -147,32 +147,64 @@ pub fn verify<F: PrimeField, R: RngCore>(claim: &Claim<'_>, mode: Mode, rounds: 
     Ok(Verdict::Accepted)
 }
 
-/// One round of Fast mode with fresh `s ∈ F^Cout`, `w ∈ F^B`, `u ∈ F^Ho`, `v ∈ F^Wo`:
+/// The random vectors of one Fast round: `s ∈ F^Cout`, `w ∈ F^B`, `u ∈ F^Ho`, `v ∈ F^Wo`.
+struct FastVectors {
+    s: Vec<u32>,
+    w: Vec<u32>,
+    u: Vec<u32>,
+    v: Vec<u32>,
+}
+
+impl FastVectors {
+    fn draw<F: PrimeField, R: RngCore>(g: &Conv2d, batch: usize, rng: &mut R) -> Self {
+        let mut draw = |n: usize| (0..n).map(|_| F::random(rng)).collect::<Vec<u32>>();
+        let (s, w, u, v) = (draw(g.cout()), draw(batch), draw(g.ho()), draw(g.wo()));
+        Self { s, w, u, v }
+    }
+
+    /// `Σ_y u_y Σ_x v_x plane[y, x]` for one output plane.
+    fn contract<F: PrimeField>(&self, plane: &[u32]) -> u32 {
+        let wo = self.v.len();
+        let acc = plane
+            .chunks_exact(wo)
+            .zip(&self.u)
+            .fold(0u64, |acc, (row, &uy)| acc + F::fold_product(u64::from(uy) * u64::from(F::dot(row, &self.v))));
+        F::reduce(acc)
+    }
+
+    /// `w_b·s_o'` for the flat plane index `plane = b·Cout + o'`.
+    fn weight<F: PrimeField>(&self, plane: usize) -> u32 {
+        let cout = self.s.len();
+        F::mul(self.w[plane / cout], self.s[plane % cout])
+    }
+}
+
+/// One round of Fast mode with fresh vectors ([`FastVectors`]):
 /// `L = Σ_b w_b Σ_o' s_o' Σ_y u_y Σ_x v_x Y'[b,o',y,x]` against
 /// `V = Σ_{c',i,j} k_s[c',i,j]·T[c',i,j]`, where `T` is the folded, u/v-contracted im2col of
 /// `X~ = Σ_b w_b X'_b` and `k_s = Σ_o' s_o' K'[o',·]` per cloud group.
 fn fast_round<F: PrimeField, R: RngCore>(claim: &Claim<'_>, rng: &mut R) -> bool {
-    let (g, batch, kp, xp, yp) = (claim.geom, claim.batch, claim.kernel, claim.input, claim.output);
-    let s: Vec<u32> = (0..g.cout()).map(|_| F::random(rng)).collect();
-    let w: Vec<u32> = (0..batch).map(|_| F::random(rng)).collect();
-    let u: Vec<u32> = (0..g.ho()).map(|_| F::random(rng)).collect();
-    let v: Vec<u32> = (0..g.wo()).map(|_| F::random(rng)).collect();
-    let (cout, n, wo) = (g.cout(), g.n(), g.wo());
-
+    let vecs = FastVectors::draw::<F, R>(claim.geom, claim.batch, rng);
+    let n = claim.geom.n();
     // L: contract each output plane with u ⊗ v, then with w ⊗ s.
-    let uv = |plane: &[u32]| {
-        let acc = plane
-            .chunks_exact(wo)
-            .zip(&u)
-            .fold(0u64, |acc, (row, &uy)| acc + F::fold_product(u64::from(uy) * u64::from(F::dot(row, &v))));
-        F::reduce(acc)
-    };
-    let planes: Vec<u32> =
-        (0..yp.len() / n).into_par_iter().with_min_len(16).map(|p| claim.plane_dot::<F>(p, uv)).collect();
-    let l = F::reduce((0..batch * cout).fold(0u64, |acc, bo| {
-        acc + F::fold_product(u64::from(F::mul(w[bo / cout], s[bo % cout])) * u64::from(planes[bo]))
-    }));
+    let planes: Vec<u32> = (0..claim.output.len() / n)
+        .into_par_iter()
+        .with_min_len(16)
+        .map(|p| claim.plane_dot::<F>(p, |plane| vecs.contract::<F>(plane)))
+        .collect();
+    let l = F::reduce(
+        planes
+            .iter()
+            .enumerate()
+            .fold(0u64, |acc, (p, &c)| acc + F::fold_product(u64::from(vecs.weight::<F>(p)) * u64::from(c))),
+    );
+    l == fast_input_side::<F>(claim, &vecs)
+}
 
+/// `V` of a Fast round: everything but `Y'`.
+fn fast_input_side<F: PrimeField>(claim: &Claim<'_>, vecs: &FastVectors) -> u32 {
+    let (g, batch, kp, xp) = (claim.geom, claim.batch, claim.kernel, claim.input);
+    let (s, w, u, v) = (&vecs.s, &vecs.w, &vecs.u, &vecs.v);
     let (taps, hw) = (g.kh() * g.kw(), g.h() * g.w());
     let (kh, kw) = (g.kh(), g.kw());
     let img = g.image_len();
@@ -232,8 +264,54 @@ fn fast_round<F: PrimeField, R: RngCore>(claim: &Claim<'_>, rng: &mut R) -> bool
         )
         .collect();
     let vv = F::reduce(per_channel.iter().map(|&x| u64::from(x)).sum());
-    let vv = if batch > 1 { vv } else { F::mul(vv, w[0]) };
-    l == vv
+    if batch > 1 { vv } else { F::mul(vv, w[0]) }
+}
+
+/// Fast-mode rounds whose output side is evaluated by the caller, one output plane at a time,
+/// inside a pass it makes over `Y'` anyway: mode `two-server`'s decryption reads both answers
+/// once and contracts them on the way ([`crate::decrypt::decrypt_sum_verified_into`]). The
+/// vectors are drawn here, after the answers arrived, and never leave the client.
+pub struct FastRounds {
+    rounds: Vec<(FastVectors, u32)>,
+}
+
+impl FastRounds {
+    /// Draws `rounds` rounds of fresh vectors for `claim` (whose outputs are not read) and
+    /// evaluates their input side `V`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRounds`] for zero rounds.
+    pub fn draw<F: PrimeField, R: RngCore>(claim: &Claim<'_>, rounds: usize, rng: &mut R) -> Result<Self> {
+        if rounds == 0 {
+            return Err(Error::InvalidRounds);
+        }
+        let rounds = (0..rounds)
+            .map(|_| {
+                let vecs = FastVectors::draw::<F, R>(claim.geom, claim.batch, rng);
+                let v = fast_input_side::<F>(claim, &vecs);
+                (vecs, v)
+            })
+            .collect();
+        Ok(Self { rounds })
+    }
+
+    /// Each round's share of `L` from output plane `plane` (`b·Cout + o'`), whose two parts are
+    /// `a` and `b`: `w_b·s_o'·Σ_y u_y Σ_x v_x (a + b)[y, x]`.
+    pub fn plane_terms<F: PrimeField>(&self, plane: usize, a: &[u32], b: &[u32]) -> Vec<u32> {
+        self.rounds
+            .iter()
+            .map(|(vecs, _)| F::mul(vecs.weight::<F>(plane), F::add(vecs.contract::<F>(a), vecs.contract::<F>(b))))
+            .collect()
+    }
+
+    /// The verdict, given each round's `L` (the sums of [`FastRounds::plane_terms`] over all
+    /// planes).
+    pub fn verdict(&self, l: &[u32]) -> Verdict {
+        match self.rounds.iter().zip(l).position(|((_, v), l)| v != l) {
+            None => Verdict::Accepted,
+            Some(r) => Verdict::Rejected { round: r + 1 },
+        }
+    }
 }
 
 /// Fast mode's kernel term `k_s[c', ·] = Σ_{o' in the cloud group of c'} s_o'·K'[o', cl', ·]`

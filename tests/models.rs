@@ -1,6 +1,6 @@
 //! Whole CNNs: private inference equals the quantized plaintext model bit for bit on every
 //! committed model, on the CPU backend (hundreds of images, and fifty in modes `two-server`
-//! and `pad`) and the GPU backend (a handful);
+//! and `pad`) and the GPU backend (a handful, in every mode);
 //! the models survive an ONNX round trip; a hand-built ONNX graph imports with the right
 //! semantics; bad models and inputs get typed errors.
 
@@ -84,6 +84,9 @@ fn private_inference_equals_quantized_plaintext_on_every_committed_model_on_gpu(
     let Some(gpu) = common::gpu_or_skip(&vericonv::cloud::GpuOptions::default()) else { return };
     for (idx, (path, dataset)) in committed_models().iter().enumerate() {
         check_private_run(path, dataset, 6, Clouds::One(&gpu), Privacy::default(), 0x69de1 + idx as u64);
+        let cpu = CpuBackend::new();
+        check_private_run(path, dataset, 3, Clouds::Two(&gpu, &cpu), Privacy::TwoServer, 0x69de2 + idx as u64);
+        check_private_run(path, dataset, 3, Clouds::One(&gpu), Privacy::Pad, 0x69de3 + idx as u64);
     }
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{exact_on_every_shape, ints, rng};
+use common::{exact_on_every_shape, expected, ints, rng};
 use vericonv::Error;
 use vericonv::client::{LayerConfig, PrivateConv};
 use vericonv::cloud::{CloudBackend, Clouds, CpuBackend};
@@ -60,6 +60,37 @@ fn the_shares_add_up_to_the_scaled_input_and_the_seeded_cloud_equals_the_expande
     let k: Vec<u32> = (0..g.kernel_len()).map(|_| M31::random(&mut r)).collect();
     let cpu = CpuBackend::new();
     assert_eq!(cpu.conv_share(&g, 2, &k, &seed).expect("conv"), cpu.conv(&g, 2, &k, &xa).expect("conv"));
+}
+
+#[test]
+fn the_fused_two_server_pass_decrypts_an_honest_answer_and_withholds_a_wrong_one() {
+    let mut r = rng(0xf05e);
+    let g = Conv2d::builder(4, 6, (9, 7), (3, 3)).padding(Padding::uniform(1)).build().expect("valid");
+    let key = vericonv::keys::SessionKey::generate_for(&g, Privacy::TwoServer, &mut seeded_rng(1)).expect("key");
+    let k = ints(&mut r, g.kernel_len(), 127);
+    let x = ints(&mut r, 2 * g.image_len(), 127);
+    let embed = |v: &[i32]| -> Vec<u32> { v.iter().map(|&a| M31::embed(i64::from(a)).expect("small")).collect() };
+    let kp = vericonv::encrypt::encrypt_kernel(&key, &embed(&k)).expect("K'");
+    let seed = ShareSeed::generate(&mut r);
+    let (mut xp, mut xb) = (vec![0; x.len()], vec![0; x.len()]);
+    vericonv::encrypt::encrypt_shares_into(&key, &seed, &embed(&x), &mut xp, &mut xb).expect("shares");
+    let cpu = CpuBackend::new();
+    let ya = cpu.conv_share(&g, 2, &kp, &seed).expect("A");
+    let mut yb = cpu.conv(&g, 2, &kp, &xb).expect("B");
+    let mut y = vec![0i32; ya.len()];
+    for rounds in [1, 3] {
+        let claim = vericonv::verify::Claim::with_parts(&g, 2, &kp, &xp, &ya, &yb).expect("claim");
+        let checks = vericonv::verify::FastRounds::draw::<M31, _>(&claim, rounds, &mut r).expect("rounds");
+        let verdict = vericonv::decrypt::decrypt_sum_verified_into(&key, &checks, &ya, &yb, &mut y).expect("pass");
+        assert_eq!(verdict, vericonv::verify::Verdict::Accepted);
+        assert_eq!(y, expected(&g, 2, &k, &x, &[0]), "{rounds} round(s)");
+    }
+    yb[17] = M31::add(yb[17], 1);
+    let claim = vericonv::verify::Claim::with_parts(&g, 2, &kp, &xp, &ya, &yb).expect("claim");
+    let checks = vericonv::verify::FastRounds::draw::<M31, _>(&claim, 2, &mut r).expect("rounds");
+    let verdict = vericonv::decrypt::decrypt_sum_verified_into(&key, &checks, &ya, &yb, &mut y).expect("pass");
+    assert_eq!(verdict, vericonv::verify::Verdict::Rejected { round: 1 });
+    assert!(y.iter().all(|&v| v == 0), "a rejected answer is not left decrypted");
 }
 
 fn layer(privacy: Privacy, name: &str) -> (PrivateConv, Conv2d, Vec<i32>) {
