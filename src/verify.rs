@@ -209,7 +209,7 @@ fn fast_input_side<F: PrimeField>(claim: &Claim<'_>, vecs: &FastVectors) -> u32 
     let (kh, kw) = (g.kh(), g.kw());
     let img = g.image_len();
 
-    let ks = kernel_fold::<F>(g, kp, &s);
+    let ks = kernel_fold::<F>(g, kp, s);
 
     // v spread onto input columns, one row per tap column j: vj[j, col] = v[x] where
     // col = x·sw + j·dw - pl (zero where no x lands), so that Z is a dot product per row.
