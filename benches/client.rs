@@ -42,10 +42,11 @@ fn client_phases(c: &mut Criterion) {
         let yp = CpuBackend::new().conv(&g, 1, &kp, &xp).expect("cloud");
         // Check before timing.
         let claim = Claim::new(&g, 1, &kp, &xp, &yp).expect("lengths");
-        for mode in [Mode::Fast, Mode::Strict] {
-            assert_eq!(verify::<M31, _>(&claim, mode, 1, &mut rng).expect("verify"), Verdict::Accepted);
-        }
-        let y = decrypt(&key, &mk, &masks, &yp).expect("decrypt");
+        assert!(verify::<M31, _>(&claim, Mode::Strict, 1, &mut rng).expect("verify").is_accepted());
+        let Verdict::Accepted(answer) = verify::<M31, _>(&claim, Mode::Fast, 1, &mut rng).expect("verify") else {
+            panic!("{name}: an honest answer was rejected")
+        };
+        let y = decrypt(&key, &mk, &masks, &answer).expect("decrypt");
         let plain = conv_i64(
             &g,
             1,
@@ -76,7 +77,7 @@ fn client_phases(c: &mut Criterion) {
         }
         let mut y_buf = vec![0i32; yp.len()];
         group.bench_function(BenchmarkId::new("decrypt_per_output", name), |b| {
-            b.iter(|| decrypt_into(&key, &mk, &masks, &yp, &mut y_buf).expect("decrypt"))
+            b.iter(|| decrypt_into(&key, &mk, &masks, &answer, &mut y_buf).expect("decrypt"))
         });
     }
     group.finish();

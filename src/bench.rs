@@ -29,7 +29,7 @@ use crate::pad::PadPool;
 use crate::privacy::Privacy;
 use crate::reference;
 use crate::share::ShareSeed;
-use crate::verify::{Claim, FastRounds, Mode, Verdict, kernel_fold, verify};
+use crate::verify::{Claim, FastRounds, Mode, Verdict, Verified, kernel_fold, verify};
 use crate::{Error, Result};
 
 /// One layer of a suite.
@@ -577,12 +577,12 @@ fn client_cost(
             Err(Error::Unsupported("decryption differs from the integer convolution".into()))
         }
     };
-    let accepted = |claim: &Claim<'_>, rng: &mut crate::keys::KeyRng| -> Result<()> {
+    fn accepted<'a>(claim: &Claim<'a>, rng: &mut crate::keys::KeyRng) -> Result<Verified<'a>> {
         match verify::<M31, _>(claim, Mode::Fast, 1, rng)? {
-            Verdict::Accepted => Ok(()),
+            Verdict::Accepted(answer) => Ok(answer),
             Verdict::Rejected { .. } => Err(Error::Unsupported("an honest answer failed verification".into())),
         }
-    };
+    }
     let s: Vec<u32> = (0..g.cout()).map(|_| M31::random(&mut rng)).collect();
     let verify_kernel_s = time(opts.min_time, || kernel_fold::<M31>(g, &kp, &s));
     let mut cloud_err = None;
@@ -596,8 +596,8 @@ fn client_cost(
             encrypt_input_into(&key, &masks, xq, &mut xp)?;
             let yp = cloud.conv(g, b, &kp, &xp)?;
             let claim = Claim::new(g, b, &kp, &xp, &yp)?;
-            accepted(&claim, &mut rng)?;
-            decrypt_into(&key, &mk, &masks, &yp, &mut y)?;
+            let answer = accepted(&claim, &mut rng)?;
+            decrypt_into(&key, &mk, &masks, &answer, &mut y)?;
             check(&y)?;
             let cloud_s = timed_conv(&xp);
             // Timed into the spare buffer: the claim keeps the X' the cloud answered for.
@@ -606,7 +606,7 @@ fn client_cost(
                 encrypt_input_into(&key, &masks, xq, &mut xb)
             });
             let verify_s = time(opts.min_time, || verify::<M31, _>(&claim, Mode::Fast, 1, &mut rng));
-            let decrypt_s = time(opts.min_time, || decrypt_into(&key, &mk, &masks, &yp, &mut y));
+            let decrypt_s = time(opts.min_time, || decrypt_into(&key, &mk, &masks, &answer, &mut y));
             ClientCost { session_s, encrypt_s, verify_s, verify_kernel_s, decrypt_s, offline_s: None, cloud_s }
         }
         Privacy::TwoServer => {
@@ -618,7 +618,7 @@ fn client_cost(
             let claim = Claim::with_parts(g, b, &kp, &xp, &ya, &yb)?;
             accepted(&claim, &mut rng)?;
             let checks = FastRounds::draw::<M31, _>(&claim, 1, &mut rng)?;
-            if decrypt_sum_verified_into(&key, &checks, &ya, &yb, &mut y)? != Verdict::Accepted {
+            if !decrypt_sum_verified_into(&key, &checks, &ya, &yb, &mut y)?.is_accepted() {
                 return Err(Error::Unsupported("an honest answer failed the fused verification".into()));
             }
             check(&y)?;
@@ -643,14 +643,14 @@ fn client_cost(
             encrypt_padded_into(&key, &pads, xq, &mut xp)?;
             let yp = cloud.conv(g, b, &kp, &xp)?;
             let claim = Claim::new(g, b, &kp, &xp, &yp)?;
-            accepted(&claim, &mut rng)?;
-            decrypt_padded_into(&key, &pads, &yp, &mut y)?;
+            let answer = accepted(&claim, &mut rng)?;
+            decrypt_padded_into(&key, &pads, &answer, &mut y)?;
             check(&y)?;
             let cloud_s = timed_conv(&xp);
             // Online work only; the same pads are reused for timing, never for real.
             let encrypt_s = time(opts.min_time, || encrypt_padded_into(&key, &pads, xq, &mut xb));
             let verify_s = time(opts.min_time, || verify::<M31, _>(&claim, Mode::Fast, 1, &mut rng));
-            let decrypt_s = time(opts.min_time, || decrypt_padded_into(&key, &pads, &yp, &mut y));
+            let decrypt_s = time(opts.min_time, || decrypt_padded_into(&key, &pads, &answer, &mut y));
             ClientCost {
                 session_s,
                 encrypt_s,

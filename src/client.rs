@@ -105,6 +105,13 @@ pub struct PrivateConv {
     setup_time: Duration,
 }
 
+impl Drop for PrivateConv {
+    fn drop(&mut self) {
+        // The plain kernel is the client's model: not left in freed memory.
+        zeroize::Zeroize::zeroize(&mut self.kernel);
+    }
+}
+
 impl std::fmt::Debug for PrivateConv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PrivateConv")
@@ -142,10 +149,11 @@ fn embed_all(v: &[i32]) -> Vec<u32> {
     v.iter().map(|&x| if x < 0 { (i64::from(x) + i64::from(M31::P)) as u32 } else { x as u32 }).collect()
 }
 
-/// Runs `rounds` of `mode` on `claim`: `Ok(None)` when accepted, `Ok(Some(round))` when rejected.
+/// Runs `rounds` of `mode` on `claim` only to learn whether it holds (the per-share re-checks
+/// of mode two-server): `Ok(None)` when accepted, `Ok(Some(round))` when rejected.
 fn check_claim(claim: &Claim<'_>, mode: Mode, rounds: usize, rng: &mut KeyRng) -> Result<Option<usize>> {
     Ok(match verify::<M31, _>(claim, mode, rounds, rng)? {
-        Verdict::Accepted => None,
+        Verdict::Accepted(_) => None,
         Verdict::Rejected { round } => Some(round),
     })
 }
@@ -378,18 +386,19 @@ impl PrivateConv {
 
         let start = Instant::now();
         let claim = Claim::new(&self.geom, batch, &self.kernel_enc, &xp, &yp)?;
-        let rejected = check_claim(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
+        let verdict = verify::<M31, _>(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
         t.verify = start.elapsed();
-        if let Some(round) = rejected {
-            return Err(self.rejected(round, Cheater::TheCloud));
-        }
+        let answer = match verdict {
+            Verdict::Accepted(answer) => answer,
+            Verdict::Rejected { round } => return Err(self.rejected(round, Cheater::TheCloud)),
+        };
 
         let start = Instant::now();
         let y = match (&self.masking, secrets) {
-            (Masking::LowRank(mk), OneCloudSecrets::Masks(masks)) => decrypt(&self.key, mk, &masks, &yp)?,
+            (Masking::LowRank(mk), OneCloudSecrets::Masks(masks)) => decrypt(&self.key, mk, &masks, &answer)?,
             (_, OneCloudSecrets::Pads(pads)) => {
                 let mut y = vec![0i32; yp.len()];
-                decrypt_padded_into(&self.key, &pads, &yp, &mut y)?;
+                decrypt_padded_into(&self.key, &pads, &answer, &mut y)?;
                 y
             }
             (_, OneCloudSecrets::Masks(_)) => return Err(mode_mismatch(&self.cfg.name)),
@@ -439,18 +448,21 @@ impl PrivateConv {
             let verdict = decrypt_sum_verified_into(&self.key, &checks, &ya, &yb, &mut y)?;
             t.decrypt = start.elapsed();
             match verdict {
-                Verdict::Accepted => None,
+                Verdict::Accepted(_) => None,
                 Verdict::Rejected { round } => Some(round),
             }
         } else {
-            let rejected = check_claim(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
+            let verdict = verify::<M31, _>(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
             t.verify = start.elapsed();
-            if rejected.is_none() {
-                let start = Instant::now();
-                decrypt_sum_into(&self.key, &ya, &yb, &mut y)?;
-                t.decrypt = start.elapsed();
+            match verdict {
+                Verdict::Accepted(answer) => {
+                    let start = Instant::now();
+                    decrypt_sum_into(&self.key, &answer, &mut y)?;
+                    t.decrypt = start.elapsed();
+                    None
+                }
+                Verdict::Rejected { round } => Some(round),
             }
-            rejected
         };
         if let Some(round) = rejected {
             // Re-check each share with fresh vectors (the sum is wrong, so at least one is).

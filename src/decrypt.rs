@@ -17,13 +17,25 @@ use crate::field::{M31, PrimeField, check_canonical, slices};
 use crate::geometry::Conv2d;
 use crate::keys::{ImageMask, SessionKey};
 use crate::pad::Pad;
-use crate::verify::{FastRounds, Verdict};
+use crate::verify::{FastRounds, Verdict, Verified};
 
 /// The per-session part of the mask correction, `KG_t` for t = 1..ρ (`ρ × Cout × kh × kw`,
-/// indexed by plain output channel).
-#[derive(Clone, Debug)]
+/// indexed by plain output channel). Secret: never printed, zeroized on drop.
+#[derive(Clone)]
 pub struct MaskKernel {
     kg: Vec<u32>,
+}
+
+impl std::fmt::Debug for MaskKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MaskKernel(<secret>)")
+    }
+}
+
+impl Drop for MaskKernel {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.kg);
+    }
 }
 
 impl MaskKernel {
@@ -162,18 +174,18 @@ pub fn mask_conv(key: &SessionKey, mk: &MaskKernel, mask: &ImageMask) -> Vec<u32
     out
 }
 
-/// Decrypts a verified cloud answer `y_cloud` (`B × Cout × Ho × Wo`, cloud channel order) into
+/// Decrypts the verified cloud answer `Y'` (`B × Cout × Ho × Wo`, cloud channel order) into
 /// the plain integer result `Y[b, σ(o'), y, x] = lift(α[o']^-1·Y'[b,o',y,x] - Mk_b[σ(o'),y,x])`.
 ///
 /// # Errors
 /// [`crate::Error::LengthMismatch`] or [`crate::Error::NotAFieldElement`].
-pub fn decrypt(key: &SessionKey, mk: &MaskKernel, masks: &[ImageMask], y_cloud: &[u32]) -> Result<Vec<i32>> {
-    let mut out = vec![0i32; y_cloud.len()];
-    decrypt_into(key, mk, masks, y_cloud, &mut out)?;
+pub fn decrypt(key: &SessionKey, mk: &MaskKernel, masks: &[ImageMask], answer: &Verified<'_>) -> Result<Vec<i32>> {
+    let mut out = vec![0i32; answer.output().len()];
+    decrypt_into(key, mk, masks, answer, &mut out)?;
     Ok(out)
 }
 
-/// [`decrypt`] into a caller-owned buffer of `y_cloud.len()` elements, so that a stream of
+/// [`decrypt`] into a caller-owned buffer of the answer's length in elements, so that a stream of
 /// batches reuses one allocation.
 ///
 /// # Errors
@@ -182,9 +194,10 @@ pub fn decrypt_into(
     key: &SessionKey,
     mk: &MaskKernel,
     masks: &[ImageMask],
-    y_cloud: &[u32],
+    answer: &Verified<'_>,
     out: &mut [i32],
 ) -> Result<()> {
+    let y_cloud = answer.output();
     let g = key.geometry();
     let batch = masks.len();
     check_masks(key, masks, batch)?;
@@ -230,11 +243,18 @@ fn check_answer_len(key: &SessionKey, y_cloud: &[u32], out: &[i32]) -> Result<us
 
 /// Mode `two-server` (SCHEME.md §11): decrypts the verified answers of the two clouds,
 /// `Y[b,σ(o'),y,x] = lift(α[o']^-1·(Y'_A + Y'_B)[b,o',y,x])`, in one pass into a caller-owned
-/// buffer.
+/// buffer. The proof must come from a claim in two parts ([`crate::verify::Claim::with_parts`]).
 ///
 /// # Errors
-/// [`crate::Error::LengthMismatch`] or [`crate::Error::NotAFieldElement`].
-pub fn decrypt_sum_into(key: &SessionKey, y_a: &[u32], y_b: &[u32], out: &mut [i32]) -> Result<()> {
+/// [`crate::Error::LengthMismatch`] (also for a proof of a one-part claim) or
+/// [`crate::Error::NotAFieldElement`].
+pub fn decrypt_sum_into(key: &SessionKey, answer: &Verified<'_>, out: &mut [i32]) -> Result<()> {
+    let y_a = answer.output();
+    let y_b = answer.output_b().ok_or(crate::Error::LengthMismatch {
+        what: "cloud B's answer (the verified claim had one part)",
+        expected: y_a.len(),
+        got: 0,
+    })?;
     check_answer_len(key, y_a, out)?;
     check_answer_len(key, y_b, out)?;
     let (g, sigma_inv) = (key.geometry(), sigma_inverse(key));
@@ -249,11 +269,13 @@ pub fn decrypt_sum_into(key: &SessionKey, y_a: &[u32], y_b: &[u32], out: &mut [i
 }
 
 /// Mode `pad` (SCHEME.md §12): `Y[b,σ(o'),y,x] = lift(α[o']^-1·Y'[b,o',y,x] - U_b[σ(o'),y,x])`
-/// with the pads the input was encrypted with, into a caller-owned buffer.
+/// for the verified answer, with the pads the input was encrypted with, into a caller-owned
+/// buffer.
 ///
 /// # Errors
 /// [`crate::Error::LengthMismatch`] (also for the pads) or [`crate::Error::NotAFieldElement`].
-pub fn decrypt_padded_into(key: &SessionKey, pads: &[Pad], y_cloud: &[u32], out: &mut [i32]) -> Result<()> {
+pub fn decrypt_padded_into(key: &SessionKey, pads: &[Pad], answer: &Verified<'_>, out: &mut [i32]) -> Result<()> {
+    let y_cloud = answer.output();
     let batch = check_answer_len(key, y_cloud, out)?;
     let (g, sigma_inv) = (key.geometry(), sigma_inverse(key));
     Conv2d::check_len("pads", batch, pads.len())?;
@@ -277,13 +299,13 @@ pub fn decrypt_padded_into(key: &SessionKey, pads: &[Pad], y_cloud: &[u32], out:
 ///
 /// # Errors
 /// [`crate::Error::LengthMismatch`] or [`crate::Error::NotAFieldElement`].
-pub fn decrypt_sum_verified_into(
+pub fn decrypt_sum_verified_into<'a>(
     key: &SessionKey,
     checks: &FastRounds,
-    y_a: &[u32],
-    y_b: &[u32],
+    y_a: &'a [u32],
+    y_b: &'a [u32],
     out: &mut [i32],
-) -> Result<Verdict> {
+) -> Result<Verdict<'a>> {
     check_answer_len(key, y_a, out)?;
     check_answer_len(key, y_b, out)?;
     let (g, sigma_inv) = (key.geometry(), sigma_inverse(key));
@@ -302,9 +324,11 @@ pub fn decrypt_sum_verified_into(
         .collect();
     let rounds = terms.first().map_or(0, Vec::len);
     let l: Vec<u32> = (0..rounds).map(|r| M31::reduce(terms.iter().map(|t| u64::from(t[r])).sum::<u64>())).collect();
-    let verdict = checks.verdict(&l);
-    if verdict != Verdict::Accepted {
-        out.fill(0);
+    match checks.rejected_round(&l) {
+        None => Ok(Verdict::Accepted(Verified::new(y_a, Some(y_b)))),
+        Some(round) => {
+            out.fill(0);
+            Ok(Verdict::Rejected { round })
+        }
     }
-    Ok(verdict)
 }

@@ -6,6 +6,7 @@
 use rand::seq::SliceRandom;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use zeroize::Zeroize;
 
 use crate::field::{M31, PrimeField};
 use crate::geometry::Conv2d;
@@ -32,7 +33,9 @@ pub const DEFAULT_RANK: usize = 2;
 ///
 /// Channel indices: `sigma[o']` is the plain output channel behind cloud output channel `o'`,
 /// and `pi[c']` the plain input channel behind cloud input channel `c'`.
-#[derive(Clone, Debug)]
+///
+/// Secret: its `Debug` prints only the geometry and rank, and it is zeroized on drop.
+#[derive(Clone)]
 pub struct SessionKey {
     /// A random identifier: what pads (SCHEME.md §12) are bound to.
     id: u64,
@@ -145,7 +148,9 @@ fn grouped_permutation(gamma: &[usize], per: usize, rng: &mut KeyRng) -> Vec<usi
 }
 
 /// The fresh mask of one image for one layer call: `R[c,y,x] = Σ_t g_t[c]·a_t[y]·c_t[x]`.
-#[derive(Clone, Debug)]
+///
+/// Secret: its `Debug` prints only the rank, and it is zeroized on drop.
+#[derive(Clone)]
 pub struct ImageMask {
     rho: usize,
     /// Row factors, `a[t·H + y]`.
@@ -182,5 +187,36 @@ impl ImageMask {
     pub fn col_factor(&self, t: usize) -> &[u32] {
         let w = self.cols.len() / self.rho;
         &self.cols[t * w..(t + 1) * w]
+    }
+}
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionKey").field("geom", &self.geom).field("rank", &self.rho).finish_non_exhaustive()
+    }
+}
+
+impl Drop for SessionKey {
+    fn drop(&mut self) {
+        self.id.zeroize();
+        self.sigma.zeroize();
+        self.pi.zeroize();
+        self.alpha.zeroize();
+        self.alpha_inv.zeroize();
+        self.beta.zeroize();
+        self.g.zeroize();
+    }
+}
+
+impl std::fmt::Debug for ImageMask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageMask").field("rank", &self.rho).finish_non_exhaustive()
+    }
+}
+
+impl Drop for ImageMask {
+    fn drop(&mut self) {
+        self.rows.zeroize();
+        self.cols.zeroize();
     }
 }

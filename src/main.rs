@@ -535,8 +535,12 @@ fn demo(args: &DemoArgs) -> Result<(), vericonv::Error> {
     }
     let (logits, times) = match private {
         Ok(v) => v,
+        Err(e @ (vericonv::Error::VerificationFailed { .. } | vericonv::Error::MalformedAnswer { .. })) => {
+            println!("  verdict : the cloud cheated and was caught ({e}); no prediction is reported");
+            return Err(e);
+        }
         Err(e) => {
-            println!("  verdict : the cloud cheated and was caught; no prediction is reported");
+            println!("  verdict : the private run failed ({e}); no prediction is reported");
             return Err(e);
         }
     };

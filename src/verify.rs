@@ -36,16 +36,71 @@ impl Mode {
     }
 }
 
-/// The outcome of verification.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+/// The outcome of verification. Only an accepted one carries the [`Verified`] proof that
+/// decryption requires, so a rejected answer cannot be decrypted.
+#[must_use = "a verdict that is not looked at lets a wrong answer through"]
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict<'a> {
     /// Every round accepted.
-    Accepted,
+    Accepted(Verified<'a>),
     /// Round `round` (from 1) rejected; later rounds were not run.
     Rejected {
         /// The failing round.
         round: usize,
     },
+}
+
+impl Verdict<'_> {
+    /// True when every round accepted.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Verdict::Accepted(_))
+    }
+}
+
+/// Proof that a cloud answer passed verification: only [`verify`] (and, in mode `two-server`,
+/// [`crate::decrypt::decrypt_sum_verified_into`]) can make one. It holds the answer it vouches
+/// for, and the decryption functions unmask that answer and no other.
+///
+/// Neither a proof nor decryption without one compiles outside this crate:
+///
+/// ```compile_fail
+/// let forged = vericonv::verify::Verified::new(&[0u32; 4], None); // private constructor
+/// ```
+///
+/// ```compile_fail
+/// # use vericonv::{decrypt::MaskKernel, keys::{ImageMask, SessionKey}};
+/// # fn f(key: &SessionKey, mk: &MaskKernel, masks: &[ImageMask], y: &[u32]) {
+/// let _ = vericonv::decrypt::decrypt(key, mk, masks, y); // an unverified answer
+/// # }
+/// ```
+#[derive(PartialEq, Eq)]
+pub struct Verified<'a> {
+    output: &'a [u32],
+    output_b: Option<&'a [u32]>,
+}
+
+impl<'a> Verified<'a> {
+    /// Issued by verification, and only there.
+    pub(crate) fn new(output: &'a [u32], output_b: Option<&'a [u32]>) -> Self {
+        Self { output, output_b }
+    }
+    /// The verified answer `Y'` (cloud A's part in mode `two-server`).
+    pub fn output(&self) -> &'a [u32] {
+        self.output
+    }
+    /// Cloud B's part of the verified answer in mode `two-server`.
+    pub fn output_b(&self) -> Option<&'a [u32]> {
+        self.output_b
+    }
+}
+
+impl std::fmt::Debug for Verified<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verified")
+            .field("output_len", &self.output.len())
+            .field("two_parts", &self.output_b.is_some())
+            .finish()
+    }
 }
 
 /// The claim the client checks: `output = Conv(kernel, input)` over F_p for a batch, where the
@@ -124,11 +179,17 @@ impl<'a> Claim<'a> {
     }
 }
 
-/// Runs `rounds` independent rounds of `mode` on `claim`, each with fresh random vectors.
+/// Runs `rounds` independent rounds of `mode` on `claim`, each with fresh random vectors; an
+/// accepted verdict carries the [`Verified`] proof that decryption needs.
 ///
 /// # Errors
 /// [`Error::InvalidRounds`] for zero rounds.
-pub fn verify<F: PrimeField, R: RngCore>(claim: &Claim<'_>, mode: Mode, rounds: usize, rng: &mut R) -> Result<Verdict> {
+pub fn verify<'a, F: PrimeField, R: RngCore>(
+    claim: &Claim<'a>,
+    mode: Mode,
+    rounds: usize,
+    rng: &mut R,
+) -> Result<Verdict<'a>> {
     if rounds == 0 {
         return Err(Error::InvalidRounds);
     }
@@ -144,7 +205,7 @@ pub fn verify<F: PrimeField, R: RngCore>(claim: &Claim<'_>, mode: Mode, rounds: 
             return Ok(Verdict::Rejected { round });
         }
     }
-    Ok(Verdict::Accepted)
+    Ok(Verdict::Accepted(Verified::new(claim.output, claim.output_b)))
 }
 
 /// The random vectors of one Fast round: `s ∈ F^Cout`, `w ∈ F^B`, `u ∈ F^Ho`, `v ∈ F^Wo`.
@@ -304,13 +365,10 @@ impl FastRounds {
             .collect()
     }
 
-    /// The verdict, given each round's `L` (the sums of [`FastRounds::plane_terms`] over all
-    /// planes).
-    pub fn verdict(&self, l: &[u32]) -> Verdict {
-        match self.rounds.iter().zip(l).position(|((_, v), l)| v != l) {
-            None => Verdict::Accepted,
-            Some(r) => Verdict::Rejected { round: r + 1 },
-        }
+    /// The first rejecting round (from 1), given each round's `L` (the sums of
+    /// [`FastRounds::plane_terms`] over all planes); `None` when all accept.
+    pub fn rejected_round(&self, l: &[u32]) -> Option<usize> {
+        self.rounds.iter().zip(l).position(|((_, v), l)| v != l).map(|r| r + 1)
     }
 }
 

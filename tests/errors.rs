@@ -11,7 +11,7 @@ use vericonv::encrypt::{encrypt_input, encrypt_kernel};
 use vericonv::field::{M31, P};
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::{ImageMask, SessionKey, seeded_rng};
-use vericonv::verify::{Claim, Mode, strict_products, verify};
+use vericonv::verify::{Claim, Mode, Verdict, strict_products, verify};
 use vericonv::{Error, Result};
 
 fn geom() -> Conv2d {
@@ -164,11 +164,15 @@ fn low_level_functions_check_lengths_masks_and_field_elements() {
     ));
     assert!(matches!(encrypt_input(&key, &masks, &x[3..]), Err(Error::LengthMismatch { .. })));
     let mk = MaskKernel::new(&key, &k).expect("kg");
-    assert!(matches!(decrypt(&key, &mk, &masks, &[0; 7]), Err(Error::LengthMismatch { .. })));
-    assert!(matches!(
-        decrypt(&key, &mk, &masks, &vec![u32::MAX; 2 * g.output_image_len()]),
-        Err(Error::NotAFieldElement { .. })
-    ));
+    // Decryption needs a verified answer. An answer of p everywhere is congruent to the right
+    // one for X' = 0, so it passes verification: decryption itself rejects the encoding.
+    let not_canonical = vec![P; 2 * g.output_image_len()];
+    let claim = Claim::new(&g, 2, &k, &x, &not_canonical).expect("lengths match");
+    let Verdict::Accepted(answer) = verify::<M31, _>(&claim, Mode::Fast, 1, &mut r).expect("verifies") else {
+        panic!("p ≡ 0 passes verification")
+    };
+    assert!(matches!(decrypt(&key, &mk, &masks, &answer), Err(Error::NotAFieldElement { .. })));
+    assert!(matches!(decrypt(&key, &mk, &masks[..1], &answer), Err(Error::LengthMismatch { .. })));
     let y = vec![0u32; 2 * g.output_image_len()];
     assert!(matches!(Claim::new(&g, 2, &k, &x, &y[1..]), Err(Error::LengthMismatch { what: "cloud output", .. })));
     assert!(matches!(Claim::new(&g, 2, &k[1..], &x, &y), Err(Error::LengthMismatch { what: "encrypted kernel", .. })));

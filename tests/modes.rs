@@ -82,14 +82,14 @@ fn the_fused_two_server_pass_decrypts_an_honest_answer_and_withholds_a_wrong_one
         let claim = vericonv::verify::Claim::with_parts(&g, 2, &kp, &xp, &ya, &yb).expect("claim");
         let checks = vericonv::verify::FastRounds::draw::<M31, _>(&claim, rounds, &mut r).expect("rounds");
         let verdict = vericonv::decrypt::decrypt_sum_verified_into(&key, &checks, &ya, &yb, &mut y).expect("pass");
-        assert_eq!(verdict, vericonv::verify::Verdict::Accepted);
+        assert!(verdict.is_accepted());
         assert_eq!(y, expected(&g, 2, &k, &x, &[0]), "{rounds} round(s)");
     }
     yb[17] = M31::add(yb[17], 1);
     let claim = vericonv::verify::Claim::with_parts(&g, 2, &kp, &xp, &ya, &yb).expect("claim");
     let checks = vericonv::verify::FastRounds::draw::<M31, _>(&claim, 2, &mut r).expect("rounds");
     let verdict = vericonv::decrypt::decrypt_sum_verified_into(&key, &checks, &ya, &yb, &mut y).expect("pass");
-    assert_eq!(verdict, vericonv::verify::Verdict::Rejected { round: 1 });
+    assert!(matches!(verdict, vericonv::verify::Verdict::Rejected { round: 1 }));
     assert!(y.iter().all(|&v| v == 0), "a rejected answer is not left decrypted");
 }
 

@@ -184,3 +184,29 @@ fn session_keys_rotate_after_the_policy_and_still_decrypt() {
     }
     assert_ne!(layer.encrypted_kernel(), first.as_slice(), "K' changed after rotation");
 }
+
+#[test]
+fn secrets_are_not_printed_by_debug() {
+    let g = vericonv::geometry::Conv2d::builder(3, 4, (6, 6), (3, 3)).build().expect("valid");
+    let mut r = seeded_rng(0xdeb);
+    let key = SessionKey::generate(&g, 2, &mut r).expect("key");
+    let masks = ImageMask::generate_batch(&key, 1, &mut r);
+    let k = vec![M31::P - 12_345; g.kernel_len()];
+    let mk = MaskKernel::new(&key, &k).expect("kg");
+    let layer = PrivateConv::new(g, &vec![100; g.kernel_len()], None, LayerConfig::default(), &mut r).expect("layer");
+    let printed = format!("{key:?} {:?} {mk:?} {layer:?}", masks[0]);
+    // Every secret is a large field element; none of them may appear in the text.
+    let secrets = key
+        .alpha()
+        .iter()
+        .chain(key.beta())
+        .chain(key.channel_factor(0))
+        .chain(masks[0].row_factor(0))
+        .chain(masks[0].col_factor(1))
+        .copied();
+    for v in secrets.filter(|&v| v > 1_000_000) {
+        assert!(!printed.contains(&v.to_string()), "{v} printed in {printed}");
+    }
+    assert!(!printed.contains("100,"), "the plain kernel is not printed: {printed}");
+    println!("{printed}");
+}

@@ -14,7 +14,7 @@ use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::seeded_rng;
 use vericonv::privacy::Privacy;
 use vericonv::reference::conv_field;
-use vericonv::verify::{Claim, Mode, Verdict, verify};
+use vericonv::verify::{Claim, Mode, verify};
 
 const TRIALS: usize = 1000;
 
@@ -180,7 +180,7 @@ fn false_accept_rate(mode: Mode, trials: usize, dense: bool, seed: u64) -> f64 {
         }
         if verify::<F97, _>(&Claim::new(&g, batch, &kp, &xp, &yp).expect("lengths"), mode, 1, &mut vrng)
             .expect("lengths")
-            == Verdict::Accepted
+            .is_accepted()
         {
             accepted += 1;
         }
@@ -220,4 +220,24 @@ fn fast_mode_false_accept_rate_is_within_four_over_p() {
     let sigma = (4.0 / p / n as f64).sqrt();
     println!("fast, dense errors: observed {dense:.5} <= 4/p = {:.5}", 4.0 / p);
     assert!(dense <= 4.0 / p + 5.0 * sigma, "dense errors pass fast mode too often: {dense}");
+}
+
+#[test]
+fn a_tampering_that_changes_nothing_is_not_counted() {
+    // With a kernel of zeros every output plane is zero, whatever the mask: zeroing one changes
+    // nothing, so nothing is counted, and the (honest) answer is accepted.
+    let g = tamper_geometry();
+    let zeros = vec![0i32; g.kernel_len()];
+    let cloud = TamperingBackend::new(CpuBackend::new(), &[Tamper::ZeroChannel], 1.0, 3);
+    let mut key_rng = seeded_rng(4);
+    let mut layer = PrivateConv::new(g, &zeros, None, LayerConfig::default(), &mut key_rng).expect("layer");
+    let (y, _) = layer.run(&cloud, &ints(&mut rng(5), 2 * g.image_len(), 127), &mut key_rng).expect("honest");
+    assert!(y.iter().all(|&v| v == 0));
+    assert_eq!(cloud.corrupted(), 0, "zeroing an all-zero plane is not a corruption");
+    // The same strategy on a real kernel changes the answer: counted, and rejected.
+    let k = ints(&mut rng(6), g.kernel_len(), 127);
+    let mut layer = PrivateConv::new(g, &k, None, LayerConfig::default(), &mut key_rng).expect("layer");
+    let result = layer.run(&cloud, &ints(&mut rng(7), 2 * g.image_len(), 127), &mut key_rng);
+    assert!(matches!(result, Err(Error::VerificationFailed { .. })));
+    assert_eq!(cloud.corrupted(), 1);
 }

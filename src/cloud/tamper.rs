@@ -61,7 +61,8 @@ impl<B: CloudBackend> TamperingBackend<B> {
         Self { inner, strategies: strategies.to_vec(), rate, state: Mutex::new((seeded_rng(seed), 0, 0)) }
     }
 
-    /// How many answers were corrupted so far.
+    /// How many answers were corrupted so far (answers the strategy left unchanged do not
+    /// count).
     pub fn corrupted(&self) -> u64 {
         self.state.lock().map_or(0, |s| s.2)
     }
@@ -84,13 +85,13 @@ impl<B: CloudBackend> CloudBackend for TamperingBackend<B> {
         }
         let strategy = self.strategies[*next % self.strategies.len()];
         *next += 1;
-        *count += 1;
         let random_tensor = |rng: &mut KeyRng, len: usize| -> Vec<u32> { (0..len).map(|_| M31::random(rng)).collect() };
+        let honest = self.inner.conv(geom, batch, kernel, input)?;
         let mut y = match strategy {
-            Tamper::OtherInput => return self.inner.conv(geom, batch, kernel, &random_tensor(rng, input.len())),
-            Tamper::OtherKernel => return self.inner.conv(geom, batch, &random_tensor(rng, kernel.len()), input),
-            Tamper::AllZeros => return Ok(vec![0; batch * geom.output_image_len()]),
-            _ => self.inner.conv(geom, batch, kernel, input)?,
+            Tamper::OtherInput => self.inner.conv(geom, batch, kernel, &random_tensor(rng, input.len()))?,
+            Tamper::OtherKernel => self.inner.conv(geom, batch, &random_tensor(rng, kernel.len()), input)?,
+            Tamper::AllZeros => vec![0; honest.len()],
+            _ => honest.clone(),
         };
         let n = geom.n();
         let planes = y.len() / n;
@@ -116,10 +117,16 @@ impl<B: CloudBackend> CloudBackend for TamperingBackend<B> {
                     y.swap((b * geom.cout() + o1) * n + k, (b * geom.cout() + o2) * n + k);
                 }
             }
-            _ => {
+            Tamper::SwapChannels => {
                 // One output channel: swapping is impossible, so negate the plane instead.
                 y.iter_mut().take(n).for_each(|v| *v = M31::neg(*v));
             }
+            Tamper::OtherInput | Tamper::OtherKernel | Tamper::AllZeros => {}
+        }
+        // Only a real change counts as a corruption: zeroing a plane that is already zero, or
+        // another input that happens to give the same answer, is an honest answer.
+        if y != honest {
+            *count += 1;
         }
         Ok(y)
     }
