@@ -32,27 +32,63 @@ fn parse_err(path: &Path, message: impl Into<String>) -> Error {
     Error::Parse { what: path.display().to_string(), message: message.into() }
 }
 
-/// Reads a file, transparently un-gzipping it when it starts with the gzip magic.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+/// The most bytes a data file may decompress to (4 GiB): a gzip bomb stops there.
+const MAX_DECOMPRESSED: u64 = 1 << 32;
+
+fn is_gzip(raw: &[u8]) -> bool {
+    raw.starts_with(&[0x1f, 0x8b])
+}
+
+/// Reads a file, transparently un-gzipping it when it starts with the gzip magic, and refuses
+/// to decompress more than `limit` bytes.
+fn read_maybe_gz(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| io_err(path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| parse_err(path, format!("gzip: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    if !is_gzip(&raw) {
+        return Ok(raw);
     }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(raw.as_slice())
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| parse_err(path, format!("gzip: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(parse_err(path, format!("decompresses to more than {limit} bytes")));
+    }
+    Ok(out)
 }
 
-/// Parses an IDX file of unsigned bytes; returns its dimensions and data.
+/// Parses an IDX file of unsigned bytes; returns its dimensions and data. A gzipped file's
+/// header is read first, and no more is decompressed than the header announces (plus one byte,
+/// to notice trailing data).
 fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
-    parse_idx(path, &read_maybe_gz(path)?)
+    let raw = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    if !is_gzip(&raw) {
+        return parse_idx(path, &raw);
+    }
+    let mut dec = flate2::read::GzDecoder::new(raw.as_slice());
+    let mut head = vec![0u8; 4];
+    dec.read_exact(&mut head).map_err(|e| parse_err(path, format!("gzip: {e}")))?;
+    let dims = 4 * usize::from(head[3]);
+    head.resize(4 + dims, 0);
+    dec.read_exact(&mut head[4..]).map_err(|e| parse_err(path, format!("truncated IDX header: {e}")))?;
+    let (dims, count) = idx_header(path, &head)?;
+    let count = u64::try_from(count).ok().filter(|&c| c <= MAX_DECOMPRESSED).ok_or_else(|| {
+        parse_err(path, format!("IDX dimensions {dims:?} announce more than {MAX_DECOMPRESSED} bytes"))
+    })?;
+    let mut data = Vec::new();
+    dec.take(count + 1).read_to_end(&mut data).map_err(|e| parse_err(path, format!("gzip: {e}")))?;
+    if data.len() as u64 != count {
+        return Err(parse_err(
+            path,
+            format!("IDX dimensions {dims:?} need {count} bytes of data, the file has {}", data.len()),
+        ));
+    }
+    Ok((dims, data))
 }
 
-/// Parses IDX bytes (`path` names them in errors).
-fn parse_idx(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
+/// Checks an IDX header (magic and dimensions); returns the dimensions and the data length
+/// they announce.
+fn idx_header(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, usize)> {
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
         return Err(parse_err(path, "not an IDX file of unsigned bytes (magic 0x0000_08xx)"));
     }
@@ -67,6 +103,13 @@ fn parse_idx(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| parse_err(path, "IDX dimensions overflow"))?;
+    Ok((dims, count))
+}
+
+/// Parses IDX bytes (`path` names them in errors).
+fn parse_idx(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
+    let (dims, count) = idx_header(path, bytes)?;
+    let header = 4 + 4 * dims.len();
     if bytes.len() - header != count {
         return Err(parse_err(
             path,
@@ -151,7 +194,8 @@ impl Dataset {
     /// # Errors
     /// [`Error::Io`], or [`Error::Parse`] for a malformed row.
     pub fn from_digits_csv(path: &Path, test: bool) -> Result<Self> {
-        let text = String::from_utf8(read_maybe_gz(path)?).map_err(|e| parse_err(path, e.to_string()))?;
+        let text =
+            String::from_utf8(read_maybe_gz(path, MAX_DECOMPRESSED)?).map_err(|e| parse_err(path, e.to_string()))?;
         let mut images = Vec::new();
         let mut labels = Vec::new();
         for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
@@ -160,8 +204,10 @@ impl Dataset {
                 .map(|v| v.trim().parse::<f32>())
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|e| parse_err(path, format!("row {i}: {e}")))?;
-            if vals.len() != 65 || vals[64] < 0.0 || vals[64] > 9.0 {
-                return Err(parse_err(path, format!("row {i}: expected 64 pixels and a label 0..9")));
+            // NaN fails every comparison: the checks are written so that it is refused.
+            let label_ok = |l: f32| (0.0..=9.0).contains(&l) && l.fract() == 0.0;
+            if vals.len() != 65 || !label_ok(vals[64]) || !vals[..64].iter().all(|v| (0.0..=16.0).contains(v)) {
+                return Err(parse_err(path, format!("row {i}: expected 64 pixels in 0..16 and an integer label 0..9")));
             }
             images.extend(vals[..64].iter().map(|v| v / 16.0));
             labels.push(vals[64] as usize);

@@ -29,8 +29,24 @@ pub struct Shape {
     pub w: usize,
 }
 
+/// The most elements one image's tensor may have anywhere in a model (2^30, 4 GiB of f32):
+/// every shape a [`GraphBuilder`] accepts stays below it, so shape products cannot wrap.
+pub const MAX_ELEMENTS: usize = 1 << 30;
+
+/// `c·h·w` when it is at most [`MAX_ELEMENTS`].
+fn bounded_len(c: usize, h: usize, w: usize) -> Option<usize> {
+    c.checked_mul(h)?.checked_mul(w).filter(|&n| n <= MAX_ELEMENTS)
+}
+
+fn too_large(what: &str, value: usize) -> Error {
+    Error::Parse {
+        what: what.to_string(),
+        message: format!("{value} elements (or a product that overflows) exceed the limit of {MAX_ELEMENTS}"),
+    }
+}
+
 impl Shape {
-    /// Elements per image.
+    /// Elements per image (at most [`MAX_ELEMENTS`] for every shape of a built graph).
     pub fn len(&self) -> usize {
         self.c * self.h * self.w
     }
@@ -206,6 +222,9 @@ impl GraphBuilder {
     /// [`Error::Parse`] for an empty input or a normalisation that does not fit the channels.
     pub fn new(input: InputSpec) -> Result<Self> {
         let per_channel = |v: &[f32]| v.len() == 1 || v.len() == input.channels;
+        if bounded_len(input.channels, input.height, input.width).is_none() {
+            return Err(too_large("model input", input.channels));
+        }
         if input.channels * input.height * input.width == 0
             || !per_channel(&input.mean)
             || !per_channel(&input.std)
@@ -255,6 +274,21 @@ impl GraphBuilder {
     fn push(&mut self, name: &str, op: Op, inputs: Vec<Source>, shape: Shape) -> Result<()> {
         if self.names.contains_key(name) || self.folded.contains_key(name) {
             return Err(layer_err(name, "duplicate layer name"));
+        }
+        if bounded_len(shape.c, shape.h, shape.w).is_none() {
+            return Err(too_large(&format!("layer `{name}` output"), shape.c));
+        }
+        let weights: &[f32] = match &op {
+            Op::Conv { weight, bias, .. } | Op::Linear { weight, bias, .. } => {
+                if let Some(i) = weight.iter().chain(bias).position(|v| !v.is_finite()) {
+                    return Err(layer_err(name, format!("weight or bias {i} is not finite")));
+                }
+                weight
+            }
+            _ => &[],
+        };
+        if weights.len() > MAX_ELEMENTS {
+            return Err(too_large(&format!("layer `{name}` weights"), weights.len()));
         }
         for s in &inputs {
             if let Source::Node(i) = s {
@@ -324,7 +358,9 @@ impl GraphBuilder {
         if out_features == 0 {
             return Err(layer_err(name, "out_features must be at least 1"));
         }
-        Self::expect_len(name, "weight", &weight, out_features * s.c)?;
+        let weights = out_features.checked_mul(s.c).filter(|&n| n <= MAX_ELEMENTS);
+        let weights = weights.ok_or_else(|| too_large(&format!("layer `{name}` weights"), out_features))?;
+        Self::expect_len(name, "weight", &weight, weights)?;
         let bias = if bias.is_empty() { vec![0.0; out_features] } else { bias };
         Self::expect_len(name, "bias", &bias, out_features)?;
         self.push(
@@ -405,6 +441,12 @@ impl GraphBuilder {
         for (what, v) in [("weight", gamma), ("bias", beta), ("running_mean", mean), ("running_var", var)] {
             let v: &[f32] = v;
             Self::expect_len(name, what, v, geom.cout())?;
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(layer_err(name, format!("{what} has a value that is not finite")));
+            }
+        }
+        if !eps.is_finite() || var.iter().any(|&v| v + eps <= 0.0) {
+            return Err(layer_err(name, format!("running_var + eps must be positive (eps = {eps})")));
         }
         let per = geom.m();
         for o in 0..geom.cout() {

@@ -83,7 +83,8 @@ impl GemmElem for f64 {
 
 /// `c[m×n] = a[m×k]·b[k×n]`, row-major.
 pub fn gemm<T: GemmElem>(m: usize, k: usize, n: usize, a: &[T], b: &[T], c: &mut [T]) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm operand sizes");
+    let fits = |len: usize, x: usize, y: usize| x.checked_mul(y).is_some_and(|p| len >= p);
+    assert!(fits(a.len(), m, k) && fits(b.len(), k, n) && fits(c.len(), m, n), "gemm operand sizes");
     // SAFETY: the asserted lengths cover every row-major index the strides reach.
     unsafe {
         T::gemm_raw(m, k, n, a.as_ptr(), (k as isize, 1), b.as_ptr(), (n as isize, 1), c.as_mut_ptr(), (n as isize, 1))
@@ -93,7 +94,8 @@ pub fn gemm<T: GemmElem>(m: usize, k: usize, n: usize, a: &[T], b: &[T], c: &mut
 /// `y[batch×out] = x[batch×in]·Wᵀ` for `W` of `out × in`: a whole batch through a linear
 /// layer in one GEMM.
 pub fn linear<T: GemmElem>(batch: usize, in_f: usize, out_f: usize, w: &[T], x: &[T]) -> Vec<T> {
-    assert!(w.len() >= out_f * in_f && x.len() >= batch * in_f, "linear operand sizes");
+    let fits = |len: usize, r: usize, c: usize| r.checked_mul(c).is_some_and(|p| len >= p);
+    assert!(fits(w.len(), out_f, in_f) && fits(x.len(), batch, in_f), "linear operand sizes");
     let mut y = vec![T::default(); batch * out_f];
     // SAFETY: Wᵀ is read with row stride 1 and column stride `in_f` inside the asserted length.
     unsafe {
@@ -171,7 +173,11 @@ impl Pool {
     /// Output extent along one axis: `floor` or `ceil((n + pads - k) / s) + 1`, and in ceil
     /// mode the last window must start inside the input or its leading padding.
     fn out_extent(n: usize, pad_begin: usize, pad_end: usize, k: usize, s: usize, ceil: bool) -> Option<usize> {
-        let span = (n + pad_begin + pad_end).checked_sub(k)?;
+        // ONNX: each pad is smaller than the window (else a window would see padding only).
+        if pad_begin >= k || pad_end >= k {
+            return None;
+        }
+        let span = n.checked_add(pad_begin)?.checked_add(pad_end)?.checked_sub(k)?;
         let mut out = if ceil { span.div_ceil(s) + 1 } else { span / s + 1 };
         if ceil && (out - 1) * s >= n + pad_begin {
             out -= 1;
@@ -179,7 +185,8 @@ impl Pool {
         Some(out)
     }
 
-    /// Output `(h, w)` for an `(h, w)` input, or `None` when the window does not fit.
+    /// Output `(h, w)` for an `(h, w)` input, or `None` when the window does not fit or a pad is
+    /// not smaller than the window.
     pub fn output(&self, h: usize, w: usize) -> Option<(usize, usize)> {
         if self.kernel.0 == 0 || self.kernel.1 == 0 || self.stride.0 == 0 || self.stride.1 == 0 {
             return None;
