@@ -26,7 +26,7 @@ fn safetensors(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
 /// A native model JSON with the given input and layers.
 fn model_json(input: (u64, u64, u64), layers: &str) -> Vec<u8> {
     format!(
-        r#"{{"format": "vericonv-model/1", "name": "hostile", "input": {{"channels": {}, "height": {}, "width": {}, "mean": [0.0], "std": [1.0]}}, "num_classes": 2, "layers": [{layers}]}}"#,
+        r#"{{"format": "vericonv-model/1", "name": "hostile", "input": {{"channels": {}, "height": {}, "width": {}, "mean": [0.0], "std": [1.0]}}, "layers": [{layers}]}}"#,
         input.0, input.1, input.2
     )
     .into_bytes()
@@ -53,6 +53,23 @@ fn shape_products_that_would_wrap_are_refused_at_load() {
     // allocation.
     let json = model_json((1, 60_000, 60_000), r#"{"name": "r", "op": "relu"}"#);
     assert!(matches!(Model::from_bytes(&json, &safetensors(&[])), Err(Error::Parse { .. })));
+}
+
+#[test]
+fn unknown_fields_and_a_wrong_class_count_are_refused() {
+    let layers =
+        r#"{"name": "flat", "op": "flatten"}, {"name": "fc", "op": "linear", "out_features": 2, "bias": false}"#;
+    let weights = safetensors(&[("fc.weight", vec![2, 4], vec![0.5; 8])]);
+    let json = String::from_utf8(model_json((1, 2, 2), layers)).expect("utf8");
+    let json = json.replace("\"layers\"", "\"num_classes\": 2, \"layers\"");
+    assert!(Model::from_bytes(json.as_bytes(), &weights).is_ok());
+    let wrong = json.replace("\"num_classes\": 2", "\"num_classes\": 10");
+    let err = Model::from_bytes(wrong.as_bytes(), &weights).expect_err("class count");
+    assert!(err.to_string().contains("num_classes"), "{err}");
+    let unknown = json.replace("\"num_classes\": 2", "\"num_classes\": 2, \"classes\": 2");
+    assert!(matches!(Model::from_bytes(unknown.as_bytes(), &weights), Err(Error::Parse { .. })));
+    let unknown = json.replace("\"std\": [1.0]", "\"std\": [1.0], \"sdt\": [1.0]");
+    assert!(matches!(Model::from_bytes(unknown.as_bytes(), &weights), Err(Error::Parse { .. })));
 }
 
 #[test]

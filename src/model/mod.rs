@@ -59,6 +59,7 @@ impl Shape {
 /// What the model expects: the image shape and the per-channel normalisation
 /// `(x - mean) / std` applied to pixels in `[0, 1]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InputSpec {
     /// Channels.
     pub channels: usize,
@@ -620,8 +621,10 @@ impl From<&PoolSpec> for Pool {
     }
 }
 
-/// The native model file: `<model>.json`, next to `<model>.safetensors`.
+/// The native model file: `<model>.json`, next to `<model>.safetensors`. Unknown fields are
+/// errors, not silently ignored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelFile {
     /// Must be `vericonv-model/1`.
     pub format: String,
@@ -629,6 +632,9 @@ pub struct ModelFile {
     pub name: String,
     /// Input shape and normalisation.
     pub input: InputSpec,
+    /// How many classes the last layer outputs; checked against the layers when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
     /// Layers in topological order.
     pub layers: Vec<LayerSpec>,
     /// Free-form provenance (how the weights were made).
@@ -737,7 +743,14 @@ impl Model {
                 OpSpec::Add => b.simple(n, Op::Add, inputs)?,
             }
         }
-        b.finish(&file.name)
+        let model = b.finish(&file.name)?;
+        if let Some(n) = file.num_classes.filter(|&n| n != model.num_classes()) {
+            return Err(Error::Parse {
+                what: "model JSON".into(),
+                message: format!("num_classes is {n}, but the last layer outputs {}", model.num_classes()),
+            });
+        }
+        Ok(model)
     }
 
     /// The nodes in topological order.
