@@ -2,14 +2,12 @@
 //! the integer convolution in every privacy mode, baselines agree) before timing, and the
 //! reports are written.
 
-mod common;
-
 use std::time::Duration;
 
-use vericonv::bench::{
+use vericonv::privacy::Privacy;
+use vericonv_cli::bench::{
     BenchLayer, BenchOptions, BenchRow, full_suite, plot_speedups, quick_suite, run_layer, write_csv,
 };
-use vericonv::privacy::Privacy;
 
 #[test]
 fn bench_rows_are_self_checked_and_reported() {
@@ -51,7 +49,7 @@ fn check_row(l: &BenchLayer, r: &BenchRow) {
     {
         assert_eq!(r.macs, (2 * l.geom.output_image_len() * l.geom.m()) as u64);
         assert!(r.naive_s.is_some(), "small layers run the naive baseline");
-        assert!(r.tract_s.is_some() == cfg!(feature = "tract"));
+        assert!(r.tract_s.is_some(), "the tests build the CLI with tract");
         assert!(r.best_plaintext_s <= r.im2col_gemm_s);
         for v in [r.client_s, r.session_s, r.floor_s, r.speedup, r.client_over_floor, r.cloud_cpu_s] {
             assert!(v.is_finite() && v > 0.0, "{r:?}");
@@ -67,10 +65,10 @@ fn check_row(l: &BenchLayer, r: &BenchRow) {
 #[cfg(feature = "gpu")]
 #[test]
 fn gpu_bench_checks_every_kernel_then_times_it() {
-    let Some(gpu) = common::gpu_or_skip(&vericonv::cloud::GpuOptions::default()) else { return };
+    let Some(gpu) = common::gpu_or_skip(&vericonv_gpu::GpuOptions::default()) else { return };
     let suite = quick_suite().expect("quick suite");
     for l in suite.iter().filter(|l| l.network == "LeNet-5") {
-        let r = vericonv::bench::run_gpu_layer(l, &gpu, 2, 2, 5).unwrap_or_else(|e| panic!("{}: {e}", l.layer));
+        let r = vericonv_cli::bench::run_gpu_layer(l, &gpu, 2, 2, 5).unwrap_or_else(|e| panic!("{}: {e}", l.layer));
         assert_eq!(r.macs, (2 * l.geom.output_image_len() * l.geom.m()) as u64);
         assert_eq!(r.gpu_clock, gpu.info().timestamps);
         for v in

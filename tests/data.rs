@@ -1,14 +1,12 @@
 //! Data loaders on small files the tests generate: IDX (raw and gzip), CIFAR-10/100 binary, a
 //! folder of PNG/JPEG images, the digits CSV; malformed files get typed errors.
 
-mod common;
-
 use std::io::Write;
 use std::path::PathBuf;
 
 use rand::{Rng, RngCore};
 use vericonv::Error;
-use vericonv::data::Dataset;
+use vericonv_model::data::Dataset;
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vericonv-data-{}-{name}", std::process::id()));

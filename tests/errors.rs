@@ -1,7 +1,5 @@
 //! Bad input gets a typed error, never a panic.
 
-mod common;
-
 use common::{ints, rng};
 use rand::RngCore;
 use vericonv::client::{LayerConfig, PrivateConv};
@@ -31,7 +29,7 @@ fn layer_construction_rejects_bad_kernels_bounds_and_settings() {
         PrivateConv::new(g, &k, Some(&[1, 2]), LayerConfig::default(), &mut r),
         Err(Error::LengthMismatch { what: "bias", .. })
     ));
-    assert_eq!(
+    assert!(matches!(
         PrivateConv::new(
             g,
             &k,
@@ -41,11 +39,11 @@ fn layer_construction_rejects_bad_kernels_bounds_and_settings() {
         )
         .err(),
         Some(Error::InvalidRank)
-    );
-    assert_eq!(
+    ));
+    assert!(matches!(
         PrivateConv::new(g, &k, None, LayerConfig { rounds: 0, ..LayerConfig::default() }, &mut r).err(),
         Some(Error::InvalidRounds)
-    );
+    ));
     // 8-bit data allows M <= 66,572 terms: one more input channel breaks the bound.
     let wide = Conv2d::builder(66_573, 1, (1, 1), (1, 1)).build().expect("valid");
     let err = PrivateConv::new(
@@ -194,28 +192,28 @@ fn low_level_functions_check_lengths_masks_and_field_elements() {
 fn corrupt_onnx_files_give_typed_errors() {
     let dir = std::env::temp_dir().join(format!("vericonv-errors-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
-    assert!(matches!(vericonv::onnx::read_tensor(dir.join("missing.pb")), Err(Error::Io { .. })));
+    assert!(matches!(vericonv_model::onnx::read_tensor(dir.join("missing.pb")), Err(Error::Io { .. })));
     // A valid FLOAT tensor of shape [2, 2] with only 3 values.
     let short = [0x08, 0x02, 0x08, 0x02, 0x10, 0x01, 0x4a, 0x0c, 0, 0, 0x80, 0x3f, 0, 0, 0, 0x40, 0, 0, 0x40, 0x40];
     std::fs::write(dir.join("short.pb"), short).expect("write");
-    assert!(matches!(vericonv::onnx::read_tensor(dir.join("short.pb")), Err(Error::Parse { .. })));
+    assert!(matches!(vericonv_model::onnx::read_tensor(dir.join("short.pb")), Err(Error::Parse { .. })));
     // Truncated in the middle of a field, then random garbage: errors or tensors, never panics.
     std::fs::write(dir.join("trunc.pb"), &short[..9]).expect("write");
-    assert!(matches!(vericonv::onnx::read_tensor(dir.join("trunc.pb")), Err(Error::Parse { .. })));
+    assert!(matches!(vericonv_model::onnx::read_tensor(dir.join("trunc.pb")), Err(Error::Parse { .. })));
     let mut r = rng(5);
     for i in 0..2000 {
         let mut junk = vec![0u8; (r.next_u32() % 64) as usize];
         r.fill_bytes(&mut junk);
         let path = dir.join("junk.pb");
         std::fs::write(&path, &junk).expect("write");
-        let _ = vericonv::onnx::read_tensor(&path);
+        let _ = vericonv_model::onnx::read_tensor(&path);
         if i % 100 == 0 {
-            let _ = vericonv::onnx::read_model(&path);
+            let _ = vericonv_model::onnx::read_model(&path);
         }
     }
     std::fs::write(dir.join("empty.onnx"), []).expect("write");
     assert!(
-        matches!(vericonv::onnx::read_model(dir.join("empty.onnx")), Err(Error::Parse { .. })),
+        matches!(vericonv_model::onnx::read_model(dir.join("empty.onnx")), Err(Error::Parse { .. })),
         "a model without a graph"
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -223,7 +221,7 @@ fn corrupt_onnx_files_give_typed_errors() {
 
 #[test]
 fn unsupported_onnx_conv_attributes_are_named() {
-    use vericonv::onnx::proto::{AttributeProto, NodeProto};
+    use vericonv_model::onnx::proto::{AttributeProto, NodeProto};
     let node = |attrs: Vec<AttributeProto>| NodeProto {
         name: "n0".into(),
         op_type: "Conv".into(),
@@ -233,24 +231,27 @@ fn unsupported_onnx_conv_attributes_are_named() {
     let attr = |name: &str, ints: Vec<i64>| AttributeProto { name: name.into(), ints, ..AttributeProto::default() };
     let x = [1, 2, 5, 5];
     let w = [3, 2, 3, 3];
-    let err = vericonv::onnx::conv_geometry(&node(vec![attr("foo", vec![])]), &x, &w).expect_err("unknown");
+    let err = vericonv_model::onnx::conv_geometry(&node(vec![attr("foo", vec![])]), &x, &w).expect_err("unknown");
     assert!(err.to_string().contains("foo"), "{err}");
     assert!(matches!(
-        vericonv::onnx::conv_geometry(&node(vec![attr("strides", vec![1, 1, 1])]), &x, &w),
+        vericonv_model::onnx::conv_geometry(&node(vec![attr("strides", vec![1, 1, 1])]), &x, &w),
         Err(Error::Unsupported(_))
     ));
-    assert!(matches!(vericonv::onnx::conv_geometry(&node(vec![]), &[1, 2, 5], &w), Err(Error::Unsupported(_))));
+    assert!(matches!(vericonv_model::onnx::conv_geometry(&node(vec![]), &[1, 2, 5], &w), Err(Error::Unsupported(_))));
     assert!(matches!(
-        vericonv::onnx::conv_geometry(&node(vec![attr("pads", vec![-1, 0, 0, 0])]), &x, &w),
+        vericonv_model::onnx::conv_geometry(&node(vec![attr("pads", vec![-1, 0, 0, 0])]), &x, &w),
         Err(Error::Unsupported(_))
     ));
     assert!(matches!(
-        vericonv::onnx::conv_geometry(&node(vec![]), &[1, 2, 2, 2], &w),
+        vericonv_model::onnx::conv_geometry(&node(vec![]), &[1, 2, 2, 2], &w),
         Err(Error::KernelLargerThanInput { .. })
     ));
-    let (g, n) =
-        vericonv::onnx::conv_geometry(&node(vec![attr("strides", vec![2, 2]), attr("pads", vec![1, 0, 1, 0])]), &x, &w)
-            .expect("valid");
+    let (g, n) = vericonv_model::onnx::conv_geometry(
+        &node(vec![attr("strides", vec![2, 2]), attr("pads", vec![1, 0, 1, 0])]),
+        &x,
+        &w,
+    )
+    .expect("valid");
     assert_eq!((g.ho(), g.wo(), n), (3, 2, 1));
 }
 

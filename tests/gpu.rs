@@ -1,16 +1,15 @@
 //! The GPU backend (wgpu/WGSL) against the CPU backend, bit for bit. On a machine without an
 //! adapter these tests print why and skip, unless VERICONV_REQUIRE_GPU=1 makes that a failure.
 
-mod common;
-
 use common::{conv_shapes, exact_on_every_shape, gpu_or_skip, ints, rng};
 use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, ConvKernel, CpuBackend, GpuOptions, ShaderVariant};
+use vericonv::cloud::{CloudBackend, CpuBackend};
 use vericonv::field::{M31, PrimeField};
 use vericonv::keys::seeded_rng;
 use vericonv::privacy::Privacy;
 use vericonv::reference::{conv_f32, conv_i64};
 use vericonv::verify::{Claim, strict_products};
+use vericonv_gpu::{ConvKernel, GpuOptions, ShaderVariant};
 
 fn variants() -> Vec<ShaderVariant> {
     vec![ShaderVariant::U64, ShaderVariant::U32]

@@ -3,7 +3,7 @@
 //! process-wide environment variable.
 
 use vericonv::Error;
-use vericonv::cloud::{GpuBackend, GpuOptions};
+use vericonv_gpu::{GpuBackend, GpuOptions};
 
 #[test]
 fn unknown_adapter_name_is_a_no_adapter_error() {

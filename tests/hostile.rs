@@ -4,9 +4,9 @@
 use std::io::Write;
 
 use vericonv::Error;
-use vericonv::data::Dataset;
-use vericonv::model::Model;
-use vericonv::onnx::import::{export_model, import_proto};
+use vericonv_model::Model;
+use vericonv_model::data::Dataset;
+use vericonv_model::onnx::import::{export_model, import_proto};
 
 /// Safetensors bytes holding the given f32 tensors.
 fn safetensors(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {

@@ -4,19 +4,18 @@
 //! the models survive an ONNX round trip; a hand-built ONNX graph imports with the right
 //! semantics; bad models and inputs get typed errors.
 
-mod common;
-
 use common::{committed_models, data_dir_or_skip};
 use prost::Message;
 use vericonv::Error;
 use vericonv::cloud::{Clouds, CpuBackend};
-use vericonv::data::Dataset;
-use vericonv::eval::{EvalOptions, evaluate};
 use vericonv::keys::seeded_rng;
-use vericonv::model::Model;
-use vericonv::model::quant::{PlainExecutor, PrivateConfig, QuantConfig, QuantModel};
-use vericonv::onnx::import::{export_model, import_proto};
 use vericonv::privacy::Privacy;
+use vericonv_cli::eval::{EvalOptions, evaluate};
+use vericonv_model::Model;
+use vericonv_model::PrivateConfig;
+use vericonv_model::data::Dataset;
+use vericonv_model::onnx::import::{export_model, import_proto};
+use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};
 
 fn check_private_run(
     path: &std::path::Path,
@@ -81,7 +80,7 @@ fn private_inference_in_modes_two_server_and_pad_equals_quantized_plaintext_on_e
 #[cfg(feature = "gpu")]
 #[test]
 fn private_inference_equals_quantized_plaintext_on_every_committed_model_on_gpu() {
-    let Some(gpu) = common::gpu_or_skip(&vericonv::cloud::GpuOptions::default()) else { return };
+    let Some(gpu) = common::gpu_or_skip(&vericonv_gpu::GpuOptions::default()) else { return };
     for (idx, (path, dataset)) in committed_models().iter().enumerate() {
         check_private_run(path, dataset, 6, Clouds::One(&gpu), Privacy::default(), 0x69de1 + idx as u64);
         let cpu = CpuBackend::new();
@@ -96,7 +95,7 @@ fn every_committed_model_round_trips_through_onnx_with_identical_logits() {
     for (path, dataset) in committed_models() {
         let model = Model::load(&path).expect("loads");
         let bytes = export_model(&model).encode_to_vec();
-        let proto = vericonv::onnx::proto::ModelProto::decode(bytes.as_slice()).expect("decodes");
+        let proto = vericonv_model::onnx::proto::ModelProto::decode(bytes.as_slice()).expect("decodes");
         let back = import_proto(&proto, &model.name).unwrap_or_else(|e| panic!("{}: {e}", model.name));
         let i = &model.input;
         let mut data = Dataset::open(&dataset, &data_dir, false, i.channels, i.height, i.width).expect("data");
@@ -125,7 +124,7 @@ fn every_committed_model_round_trips_through_onnx_with_identical_logits() {
 /// checked against a direct computation.
 #[test]
 fn hand_built_onnx_graph_imports_with_onnx_semantics() {
-    use vericonv::onnx::proto::*;
+    use vericonv_model::onnx::proto::*;
     let t = |name: &str, dims: &[i64], v: Vec<f32>| TensorProto {
         dims: dims.to_vec(),
         data_type: 1,
@@ -271,7 +270,7 @@ fn hand_built_onnx_graph_imports_with_onnx_semantics() {
 fn corrupt_model_files_and_bad_inputs_get_typed_errors() {
     let dir = std::env::temp_dir().join(format!("vericonv-models-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lenet5-mnist");
+    let src = common::repo_root().join("models/lenet5-mnist");
     let json = std::fs::read(src.with_extension("json")).expect("json");
     let weights = std::fs::read(src.with_extension("safetensors")).expect("weights");
     assert!(Model::from_bytes(&json, &weights).is_ok());
@@ -315,7 +314,7 @@ fn corrupt_model_files_and_bad_inputs_get_typed_errors() {
 
 #[test]
 fn f16_weights_load_and_give_nearly_the_same_logits() {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lenet5-mnist");
+    let src = common::repo_root().join("models/lenet5-mnist");
     let json = std::fs::read(src.with_extension("json")).expect("json");
     let weights = std::fs::read(src.with_extension("safetensors")).expect("weights");
     let st = safetensors::SafeTensors::deserialize(&weights).expect("safetensors");
@@ -343,5 +342,5 @@ fn f16_weights_load_and_give_nearly_the_same_logits() {
     let x: Vec<f32> = (0..2 * 784).map(|i| ((i * 31 % 97) as f32) / 97.0).collect();
     let (a, b) = (m32.forward_float(&x).expect("f32"), m16.forward_float(&x).expect("f16"));
     assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 0.05 * p.abs().max(1.0)), "{a:?} vs {b:?}");
-    assert_eq!(vericonv::model::argmax(&a, 10), vericonv::model::argmax(&b, 10));
+    assert_eq!(vericonv_model::argmax(&a, 10), vericonv_model::argmax(&b, 10));
 }

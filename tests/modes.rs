@@ -1,8 +1,6 @@
 //! Modes `two-server` (SCHEME.md §11) and `pad` (§12): exactness on every test shape, the share
 //! generator, the pad pool's rules, and every misuse as a typed error.
 
-mod common;
-
 use common::{exact_on_every_shape, expected, ints, rng};
 use vericonv::Error;
 use vericonv::client::{LayerConfig, PrivateConv};

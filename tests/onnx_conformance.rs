@@ -2,14 +2,12 @@
 //! go through the private path (encrypt → cloud → verify → decrypt) and reproduce the expected
 //! outputs exactly, on the CPU backend and, when an adapter exists, on the GPU backend.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use vericonv::client::{LayerConfig, PrivateConv};
 use vericonv::cloud::{CloudBackend, CpuBackend};
 use vericonv::keys::seeded_rng;
-use vericonv::onnx::{TensorData, conv_geometry, read_model, read_tensor};
+use vericonv_model::onnx::{TensorData, conv_geometry, read_model, read_tensor};
 
 const ROOT: &str = "/usr/share/libonnx-testdata/data/node";
 
@@ -46,7 +44,7 @@ fn run_case(dir: &Path, cloud: &dyn CloudBackend) -> usize {
     let node = graph.node.first().expect("one node");
     let data = dir.join("test_data_set_0");
     // Test inputs are the graph inputs, in order.
-    let named = |name: &str| -> Option<vericonv::onnx::Tensor> {
+    let named = |name: &str| -> Option<vericonv_model::onnx::Tensor> {
         let pos = graph.input.iter().position(|i| i.name == name)?;
         Some(read_tensor(data.join(format!("input_{pos}.pb"))).expect("input parses"))
     };
@@ -90,7 +88,7 @@ fn run_case(dir: &Path, cloud: &dyn CloudBackend) -> usize {
 
 #[cfg(feature = "gpu")]
 fn gpu() -> Option<Box<dyn CloudBackend>> {
-    common::gpu_or_skip(&vericonv::cloud::GpuOptions::default()).map(|g| Box::new(g) as Box<dyn CloudBackend>)
+    common::gpu_or_skip(&vericonv_gpu::GpuOptions::default()).map(|g| Box::new(g) as Box<dyn CloudBackend>)
 }
 
 #[cfg(not(feature = "gpu"))]
@@ -148,7 +146,7 @@ fn onnx_pooling_relu_and_flatten_node_tests_match_through_the_importer() {
     for case in cases {
         let dir = root.join(case);
         let proto = read_model(dir.join("model.onnx")).expect("model parses");
-        let model = vericonv::onnx::import::import_proto(&proto, case).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let model = vericonv_model::onnx::import::import_proto(&proto, case).unwrap_or_else(|e| panic!("{case}: {e}"));
         let x = read_tensor(dir.join("test_data_set_0/input_0.pb")).expect("input");
         let TensorData::Float(xv) = x.data else { panic!("{case}: float input expected") };
         let want = read_tensor(dir.join("test_data_set_0/output_0.pb")).expect("output");
@@ -169,7 +167,7 @@ fn unsupported_onnx_operators_are_named() {
         [("test_lrn", "LRN"), ("test_globalmaxpool", "GlobalMaxPool"), ("test_maxpool_2d_dilations", "dilated")]
     {
         let proto = read_model(root.join(case).join("model.onnx")).expect("model parses");
-        let err = vericonv::onnx::import::import_proto(&proto, case).expect_err("unsupported");
+        let err = vericonv_model::onnx::import::import_proto(&proto, case).expect_err("unsupported");
         assert!(matches!(err, vericonv::Error::Unsupported(ref m) if m.contains(op)), "{case}: {err}");
     }
 }

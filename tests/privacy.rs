@@ -2,25 +2,23 @@
 //! (so the README's table cannot go stale), and finds nothing in modes `two-server` and `pad`,
 //! whose every view passes the uniformity, rank and correlation tests.
 
-mod common;
-
 use common::{data_dir_or_skip, rng};
 use rand::Rng;
-use vericonv::attack::{AttackOptions, LayerAttack, attack_model, lowrank::recover_image};
-use vericonv::data::Dataset;
 use vericonv::encrypt::encrypt_input;
 use vericonv::field::{M31, PrimeField};
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::{ImageMask, SessionKey, seeded_rng};
-use vericonv::model::Model;
-use vericonv::model::quant::{QuantConfig, QuantModel};
 use vericonv::privacy::Privacy;
+use vericonv_cli::attack::{AttackOptions, LayerAttack, attack_model, lowrank::recover_image};
+use vericonv_model::Model;
+use vericonv_model::data::Dataset;
+use vericonv_model::quant::{QuantConfig, QuantModel};
 
 const IMAGES: usize = 30;
 
 fn attack_lenet(privacy: Privacy) -> Option<Vec<LayerAttack>> {
     let data_dir = data_dir_or_skip()?;
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lenet5-mnist.json");
+    let path = common::repo_root().join("models/lenet5-mnist.json");
     let model = Model::load(&path).expect("committed model");
     let mut data = Dataset::open("mnist", &data_dir, false, 1, 28, 28).expect("mnist");
     data.truncate(IMAGES);
@@ -29,7 +27,7 @@ fn attack_lenet(privacy: Privacy) -> Option<Vec<LayerAttack>> {
     println!("attack seed {:#x}, {privacy:?}", opts.seed);
     let rows: Vec<LayerAttack> =
         attack_model(&qm, &data, &opts, |_, _, _| {}).expect("attack runs").into_iter().map(|(r, _)| r).collect();
-    print!("{}", vericonv::attack::format_table(&rows));
+    print!("{}", vericonv_cli::attack::format_table(&rows));
     Some(rows)
 }
 

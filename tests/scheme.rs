@@ -1,8 +1,6 @@
 //! The scheme's algebra on the CPU backend: encryption, decryption, the mask identity, keys,
 //! and end-to-end exactness on every test shape.
 
-mod common;
-
 use common::{conv_shapes, ints, rng};
 use rand::Rng;
 use vericonv::client::{LayerConfig, PrivateConv};

@@ -2,7 +2,7 @@
 //! validates, with no GPU needed.
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use vericonv::cloud::ShaderProgram;
+use vericonv_gpu::ShaderProgram;
 
 fn validate(program: ShaderProgram, caps: Capabilities) -> Result<naga::Module, String> {
     let source = program.source();

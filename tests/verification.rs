@@ -2,8 +2,6 @@
 //! with the cheating cloud named), and the false-accept rate of one round matches the bounds 1/p
 //! (Strict) and 4/p (Fast) when measured with p = 97.
 
-mod common;
-
 use common::{ints, rng};
 use rand::Rng;
 use vericonv::Error;

@@ -1,17 +1,21 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
+
+/// The repository root (the committed models and the fetched data live there).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use vericonv::client::{LayerConfig, PrivateConv};
 use vericonv::cloud::{CloudBackend, Clouds};
-#[cfg(feature = "gpu")]
-use vericonv::cloud::{GpuBackend, GpuOptions};
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::seeded_rng;
 use vericonv::privacy::Privacy;
 use vericonv::reference::conv_i64;
 use vericonv::verify::Mode;
+#[cfg(feature = "gpu")]
+use vericonv_gpu::{GpuBackend, GpuOptions};
 
 /// A seeded RNG; the seed is printed so a failure can be replayed.
 pub fn rng(seed: u64) -> ChaCha20Rng {
@@ -113,7 +117,7 @@ pub fn gpu_or_skip(opts: &GpuOptions) -> Option<GpuBackend> {
 /// The data folder of `scripts/fetch-data.sh`, or `None` with the reason printed. With
 /// `VERICONV_REQUIRE_DATA=1` (as in `.ci/run`) missing data fails the test instead.
 pub fn data_dir_or_skip() -> Option<std::path::PathBuf> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let dir = repo_root().join("data");
     if dir.join("mnist/t10k-images-idx3-ubyte").is_file() {
         return Some(dir);
     }
@@ -129,7 +133,7 @@ pub fn data_dir_or_skip() -> Option<std::path::PathBuf> {
 
 /// Every committed model (`models/*.json`) with the built-in data set it was made for.
 pub fn committed_models() -> Vec<(std::path::PathBuf, String)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let dir = repo_root().join("models");
     let mut v: Vec<_> = std::fs::read_dir(&dir)
         .expect("models/ exists")
         .filter_map(|e| e.ok().map(|e| e.path()))

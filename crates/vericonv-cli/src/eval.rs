@@ -1,0 +1,220 @@
+//! Evaluation of a model on a data set: float, quantized-plaintext and private accuracy side by
+//! side, their agreement, where the client's time goes, and how verification fared.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use vericonv::cloud::{Clouds, CpuBackend};
+use vericonv::keys::KeyRng;
+use vericonv::{Error, Result};
+use vericonv_model::argmax;
+use vericonv_model::data::Dataset;
+use vericonv_model::quant::{ForwardTimes, PlainExecutor, QuantModel};
+use vericonv_model::{PrivateConfig, PrivateExecutor};
+
+/// Per-layer outcome of the private run.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerReport {
+    /// Layer name.
+    pub name: String,
+    /// Ran on the cloud (else computed by the client).
+    pub outsourced: bool,
+    /// Batches sent.
+    pub calls: u64,
+    /// Batches verified.
+    pub verified: u64,
+    /// Batches rejected.
+    pub rejected: u64,
+    /// Client time on keys, encryption and decryption, in seconds.
+    pub masking_s: f64,
+    /// Client time on verification, in seconds.
+    pub verify_s: f64,
+    /// Cloud time, in seconds.
+    pub cloud_s: f64,
+    /// Client time computing the layer itself (layers not outsourced), in seconds.
+    pub client_compute_s: f64,
+    /// Mode `pad`: client time precomputing pads offline, in seconds.
+    pub offline_s: f64,
+}
+
+/// The result of [`evaluate`].
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    /// Model name.
+    pub model: String,
+    /// Data set name.
+    pub dataset: String,
+    /// The privacy mode, with its rank in mode `lowrank`.
+    pub privacy: String,
+    /// Cloud backend (both clouds in mode `two-server`).
+    pub backend: String,
+    /// Images evaluated.
+    pub images: usize,
+    /// Float model accuracy.
+    pub float_accuracy: f64,
+    /// Quantized plaintext model accuracy.
+    pub quantized_accuracy: f64,
+    /// Private accuracy over all images (a rejected image counts as wrong).
+    pub private_accuracy: f64,
+    /// Images that got a verified private prediction.
+    pub private_answered: usize,
+    /// Images whose private batch was rejected by verification (reported as errors).
+    pub private_rejected: usize,
+    /// Answered images whose private prediction equals the quantized plaintext one.
+    pub prediction_agreement: usize,
+    /// Answered images whose private logits are bit-identical to the quantized plaintext ones.
+    pub logits_bit_identical: usize,
+    /// Corrupted cloud answers (set by the caller when it used a tampering cloud).
+    pub corrupted_calls: u64,
+    /// Client time: keys, encryption, decryption (seconds).
+    pub client_masking_s: f64,
+    /// Client time: verification (seconds).
+    pub client_verify_s: f64,
+    /// Client time: ReLU, pooling and other non-linear layers (seconds).
+    pub client_nonlinear_s: f64,
+    /// Client time: quantizing and rescaling activations (seconds).
+    pub client_quantize_s: f64,
+    /// Client time: layers it computes itself (seconds).
+    pub client_linear_s: f64,
+    /// Cloud time (seconds).
+    pub cloud_s: f64,
+    /// Mode `pad`: client time precomputing pads offline, not part of the client times above
+    /// (seconds).
+    pub client_offline_s: f64,
+    /// The float plaintext model on this CPU (seconds).
+    pub float_plaintext_s: f64,
+    /// The quantized plaintext model on this CPU (seconds).
+    pub quantized_plaintext_s: f64,
+    /// Per-layer details.
+    pub layers: Vec<LayerReport>,
+    /// Messages of rejected batches.
+    pub errors: Vec<String>,
+}
+
+/// Settings of [`evaluate`].
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    /// Images per batch (each private layer call carries one batch).
+    pub batch: usize,
+    /// The private protocol's settings.
+    pub private: PrivateConfig,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self { batch: 16, private: PrivateConfig::default() }
+    }
+}
+
+/// Evaluates `qm` on `data` in batches: the float model, the quantized model on the client,
+/// and the private protocol on `clouds`. `progress(done)` is called after each batch. In mode
+/// `pad`, each batch's pads are precomputed on the client's CPU just before it runs, and that
+/// time is reported apart as offline time.
+///
+/// # Errors
+/// [`Error::LengthMismatch`] when the data does not fit the model, and any non-verification
+/// error of the private run. Verification failures do not stop the run: the batch's images are
+/// counted as rejected and the message is kept.
+pub fn evaluate(
+    qm: &QuantModel,
+    data: &Dataset,
+    clouds: Clouds<'_>,
+    opts: &EvalOptions,
+    rng: KeyRng,
+    mut progress: impl FnMut(usize),
+) -> Result<EvalReport> {
+    let model = qm.model();
+    if (data.channels, data.height, data.width) != (model.input.channels, model.input.height, model.input.width) {
+        return Err(Error::LengthMismatch {
+            what: "data set images (model expects another C×H×W)",
+            expected: model.image_len(),
+            got: data.image_len(),
+        });
+    }
+    let classes = model.num_classes();
+    let mut exec = PrivateExecutor::new(qm, clouds, &opts.private, rng)?;
+    let own_cpu = CpuBackend::new();
+    let (mut float_ok, mut quant_ok, mut private_ok) = (0usize, 0usize, 0usize);
+    let (mut answered, mut rejected, mut agree, mut bits_equal) = (0usize, 0usize, 0usize, 0usize);
+    let (mut float_time, mut quant_time) = (Duration::ZERO, Duration::ZERO);
+    let mut private_times = ForwardTimes::default();
+    let mut errors = Vec::new();
+    let batch = opts.batch.max(1);
+    for start in (0..data.len()).step_by(batch) {
+        let (images, labels) = data.slice(start..start + batch);
+        let t = Instant::now();
+        let float_pred = argmax(&model.forward_float(images)?, classes);
+        float_time += t.elapsed();
+        let t = Instant::now();
+        let (quant_logits, _) = qm.forward(images, &mut PlainExecutor)?;
+        quant_time += t.elapsed();
+        let quant_pred = argmax(&quant_logits, classes);
+        float_ok += float_pred.iter().zip(labels).filter(|(p, l)| p == l).count();
+        quant_ok += quant_pred.iter().zip(labels).filter(|(p, l)| p == l).count();
+        exec.prepare_pads(labels.len(), &own_cpu)?;
+        match qm.forward(images, &mut exec) {
+            Ok((logits, times)) => {
+                private_times += times;
+                let pred = argmax(&logits, classes);
+                answered += labels.len();
+                private_ok += pred.iter().zip(labels).filter(|(p, l)| p == l).count();
+                agree += pred.iter().zip(&quant_pred).filter(|(p, q)| p == q).count();
+                bits_equal += logits
+                    .chunks_exact(classes)
+                    .zip(quant_logits.chunks_exact(classes))
+                    .filter(|(a, b)| a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits()))
+                    .count();
+            }
+            Err(e @ (Error::VerificationFailed { .. } | Error::MalformedAnswer { .. })) => {
+                rejected += labels.len();
+                errors.push(format!("images {start}..{}: {e}", start + labels.len()));
+            }
+            Err(e) => return Err(e),
+        }
+        progress(start + labels.len());
+    }
+    let secs = |d: Duration| d.as_secs_f64();
+    let layers: Vec<LayerReport> = exec
+        .stats()
+        .map(|s| LayerReport {
+            name: s.name.clone(),
+            outsourced: s.outsourced,
+            calls: s.calls,
+            verified: s.verified,
+            rejected: s.rejected,
+            masking_s: secs(s.timings.keygen + s.timings.encrypt + s.timings.decrypt),
+            verify_s: secs(s.timings.verify),
+            cloud_s: secs(s.timings.cloud),
+            client_compute_s: secs(s.client_compute),
+            offline_s: secs(s.offline),
+        })
+        .collect();
+    let n = data.len().max(1) as f64;
+    Ok(EvalReport {
+        model: model.name.clone(),
+        dataset: data.name.clone(),
+        privacy: opts.private.privacy.label(),
+        backend: clouds.name(),
+        images: data.len(),
+        float_accuracy: float_ok as f64 / n,
+        quantized_accuracy: quant_ok as f64 / n,
+        private_accuracy: private_ok as f64 / n,
+        private_answered: answered,
+        private_rejected: rejected,
+        prediction_agreement: agree,
+        logits_bit_identical: bits_equal,
+        corrupted_calls: 0,
+        client_masking_s: layers.iter().map(|l| l.masking_s).sum(),
+        client_verify_s: layers.iter().map(|l| l.verify_s).sum(),
+        client_nonlinear_s: secs(private_times.nonlinear),
+        client_quantize_s: secs(private_times.quantize),
+        client_linear_s: layers.iter().map(|l| l.client_compute_s).sum(),
+        cloud_s: layers.iter().map(|l| l.cloud_s).sum(),
+        client_offline_s: layers.iter().map(|l| l.offline_s).sum(),
+        float_plaintext_s: secs(float_time),
+        quantized_plaintext_s: secs(quant_time),
+        layers,
+        errors,
+    })
+}

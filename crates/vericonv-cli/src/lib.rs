@@ -1,0 +1,12 @@
+//! The harnesses behind the `vericonv` binary: the layer benchmark against plaintext engines
+//! ([`mod@bench`]), whole-model evaluation ([`eval`]) and the curious cloud's attacks ([`attack`]).
+//!
+//! They live here, not in the libraries, so that tract, gemm and plotters are dependencies of
+//! the command line only. This crate is not published; embed `vericonv`, `vericonv-gpu` and
+//! `vericonv-model` instead.
+
+#![warn(missing_docs)]
+
+pub mod attack;
+pub mod bench;
+pub mod eval;

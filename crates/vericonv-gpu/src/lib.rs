@@ -1,0 +1,21 @@
+//! The GPU cloud: WGSL compute shaders through wgpu 30.
+//!
+//! - The device, pipelines and bind-group layouts are built once, in [`GpuBackend::new`], and
+//!   reused by every call.
+//! - Adapter selection honours `WGPU_BACKEND` and `WGPU_ADAPTER_NAME`.
+//! - Limits are read from the adapter, never assumed. Work larger than
+//!   `max_storage_buffer_binding_size` or `max_compute_workgroups_per_dimension` is split into
+//!   chunks of output channels, output-row bands and images.
+//! - Every wgpu call that can fail runs inside error scopes, so failures come back as
+//!   [`vericonv::Error::Gpu`] instead of the default handler's panic.
+
+mod conv;
+mod device;
+mod plan;
+mod shaders;
+mod strict;
+mod timing;
+
+pub use device::{GpuBackend, GpuInfo, GpuOptions, list_adapters};
+pub use shaders::{Arithmetic, ConvKernel, ShaderProgram, ShaderVariant};
+pub use timing::KernelTiming;

@@ -1,0 +1,256 @@
+//! The native format: a JSON architecture (`vericonv-model/1`) beside a `.safetensors` file.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::graph::{BatchNorm, ConvAttrs, GraphBuilder, InputSpec, Model, Op, layer_err};
+use crate::ops::Pool;
+use vericonv::geometry::Padding;
+use vericonv::{Error, Result};
+
+/// One layer of the native JSON format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    /// Unique name; weights are `<name>.weight` and so on.
+    pub name: String,
+    /// Inputs by name; default: the previous layer (or `input` for the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<String>>,
+    /// The operator and its attributes.
+    #[serde(flatten)]
+    pub op: OpSpec,
+}
+
+fn one_one() -> [usize; 2] {
+    [1, 1]
+}
+fn yes() -> bool {
+    true
+}
+fn bn_eps() -> f32 {
+    1e-5
+}
+
+/// Operator attributes of the native format (`"op": "conv2d"` and so on).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OpSpec {
+    /// Convolution; weights `<name>.weight` (`Cout × Cin/G × kh × kw`), `<name>.bias`.
+    Conv2d {
+        /// Output channels.
+        out_channels: usize,
+        /// `[kh, kw]`.
+        kernel: [usize; 2],
+        /// `[sh, sw]`, default `[1, 1]`.
+        #[serde(default = "one_one")]
+        stride: [usize; 2],
+        /// `[top, left, bottom, right]`, default zero.
+        #[serde(default)]
+        padding: [usize; 4],
+        /// `[dh, dw]`, default `[1, 1]`.
+        #[serde(default = "one_one")]
+        dilation: [usize; 2],
+        /// Groups, default 1.
+        #[serde(default = "one")]
+        groups: usize,
+        /// Whether `<name>.bias` exists, default true.
+        #[serde(default = "yes")]
+        bias: bool,
+    },
+    /// Fully connected; weights `<name>.weight` (`out × in`), `<name>.bias`.
+    Linear {
+        /// Output features.
+        out_features: usize,
+        /// Whether `<name>.bias` exists, default true.
+        #[serde(default = "yes")]
+        bias: bool,
+    },
+    /// BatchNorm, folded into the preceding convolution; tensors `<name>.weight`, `.bias`,
+    /// `.running_mean`, `.running_var`.
+    Batchnorm2d {
+        /// ε, default 1e-5.
+        #[serde(default = "bn_eps")]
+        eps: f32,
+    },
+    /// ReLU.
+    Relu,
+    /// Max pooling.
+    Maxpool2d(PoolSpec),
+    /// Average pooling.
+    Avgpool2d(PoolSpec),
+    /// Global average pooling.
+    GlobalAvgpool,
+    /// Flatten to a vector.
+    Flatten,
+    /// Sum of two inputs.
+    Add,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Pooling attributes of the native format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// `[sh, sw]`, default: the kernel.
+    #[serde(default)]
+    pub stride: Option<[usize; 2]>,
+    /// `[top, left, bottom, right]`, default zero.
+    #[serde(default)]
+    pub padding: [usize; 4],
+    /// Round output sizes up, default false.
+    #[serde(default)]
+    pub ceil_mode: bool,
+    /// Average pooling divides by the padded window, default false (as ONNX).
+    #[serde(default)]
+    pub count_include_pad: bool,
+}
+
+impl From<&PoolSpec> for Pool {
+    fn from(p: &PoolSpec) -> Self {
+        let [t, l, b, r] = p.padding;
+        Pool {
+            kernel: (p.kernel[0], p.kernel[1]),
+            stride: p.stride.map_or((p.kernel[0], p.kernel[1]), |s| (s[0], s[1])),
+            padding: Padding::new(t, l, b, r),
+            ceil_mode: p.ceil_mode,
+            count_include_pad: p.count_include_pad,
+        }
+    }
+}
+
+/// The native model file: `<model>.json`, next to `<model>.safetensors`. Unknown fields are
+/// errors, not silently ignored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// Must be `vericonv-model/1`.
+    pub format: String,
+    /// Model name.
+    pub name: String,
+    /// Input shape and normalisation.
+    pub input: InputSpec,
+    /// How many classes the last layer outputs; checked against the layers when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
+    /// Layers in topological order.
+    pub layers: Vec<LayerSpec>,
+    /// Free-form provenance (how the weights were made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<serde_json::Value>,
+}
+
+/// The format tag of [`ModelFile`].
+pub const FORMAT: &str = "vericonv-model/1";
+
+fn tensor_f32(st: &safetensors::SafeTensors<'_>, name: &str, layer: &str) -> Result<Vec<f32>> {
+    let t = st.tensor(name).map_err(|e| layer_err(layer, format!("weight `{name}`: {e}")))?;
+    let data = t.data();
+    let values: Vec<f32> = match t.dtype() {
+        safetensors::Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        safetensors::Dtype::F16 => {
+            data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
+        safetensors::Dtype::BF16 => {
+            data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
+        other => {
+            return Err(layer_err(layer, format!("weight `{name}` has dtype {other:?}; f32, f16 or bf16 expected")));
+        }
+    };
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite { what: format!("weight `{name}`"), index: i, value: values[i].to_string() });
+    }
+    Ok(values)
+}
+
+impl Model {
+    /// Loads the native format: `path` is the JSON file; the weights are the `.safetensors`
+    /// file with the same stem.
+    ///
+    /// # Errors
+    /// [`Error::Io`], [`Error::Parse`] for a corrupt or inconsistent file (naming the layer),
+    /// [`Error::Unsupported`], [`Error::NonFinite`] for NaN or infinite weights.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(p, e));
+        let json = read(path)?;
+        let weights = read(&path.with_extension("safetensors"))?;
+        Self::from_bytes(&json, &weights)
+    }
+
+    /// Parses the native format from memory.
+    ///
+    /// # Errors
+    /// As [`Model::load`].
+    pub fn from_bytes(json: &[u8], weights: &[u8]) -> Result<Self> {
+        let file: ModelFile = serde_json::from_slice(json)
+            .map_err(|e| Error::Parse { what: "model JSON".into(), message: e.to_string() })?;
+        if file.format != FORMAT {
+            return Err(Error::Parse {
+                what: "model JSON".into(),
+                message: format!("format `{}`, expected `{FORMAT}`", file.format),
+            });
+        }
+        let st = safetensors::SafeTensors::deserialize(weights)
+            .map_err(|e| Error::Parse { what: "model weights (safetensors)".into(), message: e.to_string() })?;
+        let mut b = GraphBuilder::new(file.input)?;
+        for layer in &file.layers {
+            let n = layer.name.as_str();
+            let inputs = match &layer.inputs {
+                Some(names) => names.iter().map(|i| b.source(n, i)).collect::<Result<Vec<_>>>()?,
+                None => vec![b.source(n, &b.last())?],
+            };
+            let first = *inputs.first().ok_or_else(|| layer_err(n, "no input"))?;
+            let w = |suffix: &str| tensor_f32(&st, &format!("{n}.{suffix}"), n);
+            match &layer.op {
+                OpSpec::Conv2d { out_channels, kernel, stride, padding, dilation, groups, bias } => {
+                    let [t, l, bo, r] = *padding;
+                    let bias = if *bias { w("bias")? } else { Vec::new() };
+                    let attrs = ConvAttrs {
+                        out_channels: *out_channels,
+                        kernel: (kernel[0], kernel[1]),
+                        stride: (stride[0], stride[1]),
+                        padding: Padding::new(t, l, bo, r),
+                        dilation: (dilation[0], dilation[1]),
+                        groups: *groups,
+                    };
+                    b.conv(n, first, attrs, w("weight")?, bias)?;
+                }
+                OpSpec::Linear { out_features, bias } => {
+                    let bias = if *bias { w("bias")? } else { Vec::new() };
+                    b.linear(n, first, *out_features, w("weight")?, bias)?;
+                }
+                OpSpec::Batchnorm2d { eps } => {
+                    let bn = BatchNorm {
+                        gamma: w("weight")?,
+                        beta: w("bias")?,
+                        mean: w("running_mean")?,
+                        var: w("running_var")?,
+                        eps: *eps,
+                    };
+                    b.batchnorm(n, first, &bn)?
+                }
+                OpSpec::Relu => b.simple(n, Op::Relu, inputs)?,
+                OpSpec::Maxpool2d(p) => b.simple(n, Op::MaxPool(p.into()), inputs)?,
+                OpSpec::Avgpool2d(p) => b.simple(n, Op::AvgPool(p.into()), inputs)?,
+                OpSpec::GlobalAvgpool => b.simple(n, Op::GlobalAvgPool, inputs)?,
+                OpSpec::Flatten => b.simple(n, Op::Flatten, inputs)?,
+                OpSpec::Add => b.simple(n, Op::Add, inputs)?,
+            }
+        }
+        let model = b.finish(&file.name)?;
+        if let Some(n) = file.num_classes.filter(|&n| n != model.num_classes()) {
+            return Err(Error::Parse {
+                what: "model JSON".into(),
+                message: format!("num_classes is {n}, but the last layer outputs {}", model.num_classes()),
+            });
+        }
+        Ok(model)
+    }
+}

@@ -1,0 +1,515 @@
+//! The graph: shapes, operators, nodes and [`GraphBuilder`], which checks every shape as it
+//! adds a node (products cannot wrap; every tensor stays below [`MAX_ELEMENTS`]).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ops::Pool;
+use vericonv::geometry::{Conv2d, Padding};
+use vericonv::{Error, Result};
+
+/// A `channels × height × width` activation shape (a vector is `n × 1 × 1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    /// Channels.
+    pub c: usize,
+    /// Height.
+    pub h: usize,
+    /// Width.
+    pub w: usize,
+}
+
+/// The most elements one image's tensor may have anywhere in a model (2^30, 4 GiB of f32):
+/// every shape a [`GraphBuilder`] accepts stays below it, so shape products cannot wrap.
+pub const MAX_ELEMENTS: usize = 1 << 30;
+
+/// `c·h·w` when it is at most [`MAX_ELEMENTS`].
+fn bounded_len(c: usize, h: usize, w: usize) -> Option<usize> {
+    c.checked_mul(h)?.checked_mul(w).filter(|&n| n <= MAX_ELEMENTS)
+}
+
+fn too_large(what: &str, value: usize) -> Error {
+    Error::Parse {
+        what: what.to_string(),
+        message: format!("{value} elements (or a product that overflows) exceed the limit of {MAX_ELEMENTS}"),
+    }
+}
+
+impl Shape {
+    /// Elements per image (at most [`MAX_ELEMENTS`] for every shape of a built graph).
+    pub fn len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    /// True for an empty shape.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the model expects: the image shape and the per-channel normalisation
+/// `(x - mean) / std` applied to pixels in `[0, 1]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Channels.
+    pub channels: usize,
+    /// Height.
+    pub height: usize,
+    /// Width.
+    pub width: usize,
+    /// Per-channel mean (one value applies to every channel).
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation (one value applies to every channel).
+    pub std: Vec<f32>,
+}
+
+/// One operator with its weights.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A convolution; any BatchNorm that followed it is folded into `weight` and `bias`.
+    Conv {
+        /// Geometry, input size included.
+        geom: Conv2d,
+        /// `Cout × Cin/G × kh × kw`.
+        weight: Vec<f32>,
+        /// `Cout`.
+        bias: Vec<f32>,
+    },
+    /// A fully connected layer, `y = W·x + b` with `W` of `out × in`.
+    Linear {
+        /// Input features.
+        in_features: usize,
+        /// Output features.
+        out_features: usize,
+        /// `out × in`.
+        weight: Vec<f32>,
+        /// `out`.
+        bias: Vec<f32>,
+    },
+    /// `max(x, 0)`.
+    Relu,
+    /// Max pooling.
+    MaxPool(Pool),
+    /// Average pooling.
+    AvgPool(Pool),
+    /// Mean over each channel.
+    GlobalAvgPool,
+    /// `C × H × W` to a vector.
+    Flatten,
+    /// Element-wise sum of two inputs (residual connections).
+    Add,
+}
+
+impl Op {
+    /// Short name, as in the native format.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Conv { .. } => "conv2d",
+            Op::Linear { .. } => "linear",
+            Op::Relu => "relu",
+            Op::MaxPool(_) => "maxpool2d",
+            Op::AvgPool(_) => "avgpool2d",
+            Op::GlobalAvgPool => "global_avgpool",
+            Op::Flatten => "flatten",
+            Op::Add => "add",
+        }
+    }
+}
+
+/// Where a node reads from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The (normalised) model input.
+    Input,
+    /// The output of an earlier node.
+    Node(usize),
+}
+
+/// One node of the graph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// Unique name (weights are `<name>.weight`, `<name>.bias`).
+    pub name: String,
+    /// The operator.
+    pub op: Op,
+    /// Inputs, all earlier in the graph.
+    pub inputs: Vec<Source>,
+    /// Output shape per image.
+    pub shape: Shape,
+}
+
+/// A batch of activations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Activation {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Shape per image.
+    pub shape: Shape,
+    /// `batch × shape.len()` values.
+    pub data: Vec<f32>,
+}
+
+/// A CNN in topological order; the last node's output is the logits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    /// Model name.
+    pub name: String,
+    /// Input shape and normalisation.
+    pub input: InputSpec,
+    pub(crate) nodes: Vec<Node>,
+}
+
+/// The attributes of a convolution layer; the input size comes from the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvAttrs {
+    /// Output channels.
+    pub out_channels: usize,
+    /// `(kh, kw)`.
+    pub kernel: (usize, usize),
+    /// `(sh, sw)`.
+    pub stride: (usize, usize),
+    /// Zero padding.
+    pub padding: Padding,
+    /// `(dh, dw)`.
+    pub dilation: (usize, usize),
+    /// Groups.
+    pub groups: usize,
+}
+
+/// The parameters of a BatchNorm layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNorm {
+    /// Scale γ.
+    pub gamma: Vec<f32>,
+    /// Shift β.
+    pub beta: Vec<f32>,
+    /// Running mean μ.
+    pub mean: Vec<f32>,
+    /// Running variance σ².
+    pub var: Vec<f32>,
+    /// ε.
+    pub eps: f32,
+}
+
+/// Builds a [`Model`] node by node, inferring shapes, validating every layer and folding
+/// BatchNorm into the preceding convolution. Used by the native loader and the ONNX importer.
+#[derive(Debug)]
+pub struct GraphBuilder {
+    input: InputSpec,
+    nodes: Vec<Node>,
+    names: HashMap<String, Source>,
+    consumers: Vec<usize>,
+    folded: HashMap<String, String>,
+}
+
+pub(crate) fn layer_err(layer: &str, message: impl std::fmt::Display) -> Error {
+    Error::Parse { what: format!("layer `{layer}`"), message: message.to_string() }
+}
+
+impl GraphBuilder {
+    /// Starts a graph whose input is `input`.
+    ///
+    /// # Errors
+    /// [`Error::Parse`] for an empty input or a normalisation that does not fit the channels.
+    pub fn new(input: InputSpec) -> Result<Self> {
+        let per_channel = |v: &[f32]| v.len() == 1 || v.len() == input.channels;
+        if bounded_len(input.channels, input.height, input.width).is_none() {
+            return Err(too_large("model input", input.channels));
+        }
+        if input.channels * input.height * input.width == 0
+            || !per_channel(&input.mean)
+            || !per_channel(&input.std)
+            || input.std.iter().any(|&s| s == 0.0 || !s.is_finite())
+            || input.mean.iter().any(|m| !m.is_finite())
+        {
+            return Err(Error::Parse {
+                what: "model input".into(),
+                message: format!("invalid input specification {input:?}"),
+            });
+        }
+        Ok(Self {
+            input,
+            nodes: Vec::new(),
+            names: HashMap::from([("input".to_string(), Source::Input)]),
+            consumers: Vec::new(),
+            folded: HashMap::new(),
+        })
+    }
+
+    /// The source called `name` (a node or `input`).
+    ///
+    /// # Errors
+    /// [`Error::Parse`] for an unknown name, or the pre-BatchNorm output of a folded convolution.
+    pub fn source(&self, layer: &str, name: &str) -> Result<Source> {
+        if let Some(bn) = self.folded.get(name) {
+            return Err(Error::Unsupported(format!(
+                "layer `{layer}` reads `{name}` before BatchNorm `{bn}`, which is folded into it"
+            )));
+        }
+        self.names.get(name).copied().ok_or_else(|| layer_err(layer, format!("unknown input `{name}`")))
+    }
+
+    /// The most recently added node's name, or `input`.
+    pub fn last(&self) -> String {
+        self.nodes.last().map_or_else(|| "input".to_string(), |n| n.name.clone())
+    }
+
+    /// The output shape of `src`.
+    pub fn shape_of(&self, src: Source) -> Shape {
+        match src {
+            Source::Input => Shape { c: self.input.channels, h: self.input.height, w: self.input.width },
+            Source::Node(i) => self.nodes[i].shape,
+        }
+    }
+
+    fn push(&mut self, name: &str, op: Op, inputs: Vec<Source>, shape: Shape) -> Result<()> {
+        if self.names.contains_key(name) || self.folded.contains_key(name) {
+            return Err(layer_err(name, "duplicate layer name"));
+        }
+        if bounded_len(shape.c, shape.h, shape.w).is_none() {
+            return Err(too_large(&format!("layer `{name}` output"), shape.c));
+        }
+        let weights: &[f32] = match &op {
+            Op::Conv { weight, bias, .. } | Op::Linear { weight, bias, .. } => {
+                if let Some(i) = weight.iter().chain(bias).position(|v| !v.is_finite()) {
+                    return Err(layer_err(name, format!("weight or bias {i} is not finite")));
+                }
+                weight
+            }
+            _ => &[],
+        };
+        if weights.len() > MAX_ELEMENTS {
+            return Err(too_large(&format!("layer `{name}` weights"), weights.len()));
+        }
+        for s in &inputs {
+            if let Source::Node(i) = s {
+                self.consumers[*i] += 1;
+            }
+        }
+        self.names.insert(name.to_string(), Source::Node(self.nodes.len()));
+        self.nodes.push(Node { name: name.to_string(), op, inputs, shape });
+        self.consumers.push(0);
+        Ok(())
+    }
+
+    fn expect_len(layer: &str, what: &str, v: &[f32], len: usize) -> Result<()> {
+        if v.len() != len {
+            return Err(layer_err(layer, format!("{what} has {} values, expected {len}", v.len())));
+        }
+        Ok(())
+    }
+
+    /// Adds a convolution reading `input` (`bias` empty for none).
+    ///
+    /// # Errors
+    /// Geometry errors, or [`Error::Parse`] for weights of the wrong size.
+    pub fn conv(
+        &mut self,
+        name: &str,
+        input: Source,
+        attrs: ConvAttrs,
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+    ) -> Result<()> {
+        let s = self.shape_of(input);
+        let ConvAttrs { out_channels, kernel, stride, padding, dilation, groups } = attrs;
+        let geom = Conv2d::builder(s.c, out_channels, (s.h, s.w), kernel)
+            .stride(stride.0, stride.1)
+            .padding(padding)
+            .dilation(dilation.0, dilation.1)
+            .groups(groups)
+            .build()
+            .map_err(|e| layer_err(name, e))?;
+        Self::expect_len(name, "weight", &weight, geom.kernel_len())?;
+        let bias = if bias.is_empty() { vec![0.0; out_channels] } else { bias };
+        Self::expect_len(name, "bias", &bias, out_channels)?;
+        let shape = Shape { c: out_channels, h: geom.ho(), w: geom.wo() };
+        self.push(name, Op::Conv { geom, weight, bias }, vec![input], shape)
+    }
+
+    /// Adds a fully connected layer reading a vector (`bias` empty for none).
+    ///
+    /// # Errors
+    /// [`Error::Parse`] for a non-vector input or weights of the wrong size.
+    pub fn linear(
+        &mut self,
+        name: &str,
+        input: Source,
+        out_features: usize,
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+    ) -> Result<()> {
+        let s = self.shape_of(input);
+        if s.h != 1 || s.w != 1 {
+            return Err(layer_err(
+                name,
+                format!("linear layers read vectors; the input is {}×{}×{} (add a flatten)", s.c, s.h, s.w),
+            ));
+        }
+        if out_features == 0 {
+            return Err(layer_err(name, "out_features must be at least 1"));
+        }
+        let weights = out_features.checked_mul(s.c).filter(|&n| n <= MAX_ELEMENTS);
+        let weights = weights.ok_or_else(|| too_large(&format!("layer `{name}` weights"), out_features))?;
+        Self::expect_len(name, "weight", &weight, weights)?;
+        let bias = if bias.is_empty() { vec![0.0; out_features] } else { bias };
+        Self::expect_len(name, "bias", &bias, out_features)?;
+        self.push(
+            name,
+            Op::Linear { in_features: s.c, out_features, weight, bias },
+            vec![input],
+            Shape { c: out_features, h: 1, w: 1 },
+        )
+    }
+
+    /// Makes `name` another name for `src` (ONNX `Identity`, inference-time `Dropout`).
+    ///
+    /// # Errors
+    /// [`Error::Parse`] for a duplicate name.
+    pub fn alias(&mut self, name: &str, src: Source) -> Result<()> {
+        if self.names.contains_key(name) {
+            return Err(layer_err(name, "duplicate layer name"));
+        }
+        self.names.insert(name.to_string(), src);
+        Ok(())
+    }
+
+    /// Adds a constant `bias` (one value per output channel) to the `Conv` or `Linear` node
+    /// `src`, as ONNX exporters write `MatMul` + `Add`; `name` becomes another name for it.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when `src` is not a convolution or linear layer used only here,
+    /// [`Error::Parse`] for a bias of the wrong size.
+    pub fn add_bias(&mut self, name: &str, src: Source, extra: &[f32]) -> Result<()> {
+        let idx = match src {
+            Source::Node(i) if self.consumers[i] == 0 => i,
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "`{name}` adds a constant to something other than a freshly computed conv or linear layer"
+                )));
+            }
+        };
+        match &mut self.nodes[idx].op {
+            Op::Conv { bias, .. } | Op::Linear { bias, .. } if extra.len() == bias.len() => {
+                bias.iter_mut().zip(extra).for_each(|(b, e)| *b += e);
+            }
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "`{name}` adds a constant of {} values to `{}`",
+                    extra.len(),
+                    self.nodes[idx].name
+                )));
+            }
+        }
+        self.alias(name, src)
+    }
+
+    /// Folds a BatchNorm reading `input` into the convolution that produced it:
+    /// `w' = w·γ/√(σ²+ε)`, `b' = (b - μ)·γ/√(σ²+ε) + β`.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when `input` is not a convolution used only by this BatchNorm,
+    /// [`Error::Parse`] for statistics of the wrong size.
+    pub fn batchnorm(&mut self, name: &str, input: Source, bn: &BatchNorm) -> Result<()> {
+        let BatchNorm { gamma, beta, mean, var, eps } = bn;
+        let Source::Node(i) = input else {
+            return Err(Error::Unsupported(format!(
+                "BatchNorm `{name}` must follow a convolution, not the model input"
+            )));
+        };
+        if self.consumers[i] != 0 {
+            return Err(Error::Unsupported(format!(
+                "BatchNorm `{name}`: the output of `{}` is also used elsewhere, so it cannot be folded",
+                self.nodes[i].name
+            )));
+        }
+        let conv_name = self.nodes[i].name.clone();
+        let Op::Conv { geom, weight, bias } = &mut self.nodes[i].op else {
+            return Err(Error::Unsupported(format!(
+                "BatchNorm `{name}` follows `{conv_name}`, which is not a convolution; only Conv+BatchNorm is supported"
+            )));
+        };
+        for (what, v) in [("weight", gamma), ("bias", beta), ("running_mean", mean), ("running_var", var)] {
+            let v: &[f32] = v;
+            Self::expect_len(name, what, v, geom.cout())?;
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(layer_err(name, format!("{what} has a value that is not finite")));
+            }
+        }
+        if !eps.is_finite() || var.iter().any(|&v| v + eps <= 0.0) {
+            return Err(layer_err(name, format!("running_var + eps must be positive (eps = {eps})")));
+        }
+        let per = geom.m();
+        for o in 0..geom.cout() {
+            let k = gamma[o] / (var[o] + eps).sqrt();
+            weight[o * per..(o + 1) * per].iter_mut().for_each(|w| *w *= k);
+            bias[o] = (bias[o] - mean[o]) * k + beta[o];
+        }
+        // The folded node now answers to the BatchNorm's name; the raw conv output is gone.
+        self.nodes[i].name = name.to_string();
+        self.names.remove(&conv_name);
+        self.names.insert(name.to_string(), input);
+        self.folded.insert(conv_name, name.to_string());
+        Ok(())
+    }
+
+    /// Adds an operator without weights: relu, pooling, global average pooling, flatten, add.
+    ///
+    /// # Errors
+    /// [`Error::Parse`] for shapes that do not fit the operator.
+    pub fn simple(&mut self, name: &str, op: Op, inputs: Vec<Source>) -> Result<()> {
+        let s = inputs.first().map(|&i| self.shape_of(i)).ok_or_else(|| layer_err(name, "no input"))?;
+        let shape = match &op {
+            Op::Relu => s,
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                let (h, w) = p.output(s.h, s.w).ok_or_else(|| {
+                    layer_err(name, format!("pooling window {:?} does not fit a {}×{} input", p.kernel, s.h, s.w))
+                })?;
+                Shape { c: s.c, h, w }
+            }
+            Op::GlobalAvgPool => Shape { c: s.c, h: 1, w: 1 },
+            Op::Flatten => Shape { c: s.len(), h: 1, w: 1 },
+            Op::Add => {
+                if inputs.len() != 2 || self.shape_of(inputs[1]) != s {
+                    return Err(layer_err(name, "add needs two inputs of the same shape"));
+                }
+                s
+            }
+            Op::Conv { .. } | Op::Linear { .. } => return Err(layer_err(name, "use GraphBuilder::conv or ::linear")),
+        };
+        let arity = if matches!(op, Op::Add) { 2 } else { 1 };
+        if inputs.len() != arity {
+            return Err(layer_err(name, format!("{} takes {arity} input(s)", op.kind())));
+        }
+        self.push(name, op, inputs, shape)
+    }
+
+    /// Finishes the graph: its last node is the output.
+    ///
+    /// # Errors
+    /// [`Error::Parse`] for an empty graph.
+    pub fn finish(self, name: &str) -> Result<Model> {
+        if self.nodes.is_empty() {
+            return Err(Error::Parse { what: format!("model `{name}`"), message: "no layers".into() });
+        }
+        Ok(Model { name: name.to_string(), input: self.input, nodes: self.nodes })
+    }
+}
+
+impl Model {
+    /// The nodes in topological order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Number of output classes (the last node's width).
+    pub fn num_classes(&self) -> usize {
+        self.nodes.last().map_or(0, |n| n.shape.len())
+    }
+
+    /// Elements of one input image.
+    pub fn image_len(&self) -> usize {
+        self.input.channels * self.input.height * self.input.width
+    }
+}

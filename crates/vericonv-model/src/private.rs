@@ -1,0 +1,170 @@
+//! The private executor: every `Conv` (and, on request, `Linear`) node of a quantized model runs
+//! through [`vericonv::client::PrivateConv`] on untrusted clouds, with keys per layer and session.
+
+use crate::ops;
+use crate::quant::{IntegerExecutor, QuantLayer, QuantModel, qmax};
+use std::time::{Duration, Instant};
+use vericonv::client::{LayerConfig, PrivateConv, Timings};
+use vericonv::cloud::{CloudBackend, Clouds};
+use vericonv::keys::KeyRng;
+use vericonv::privacy::Privacy;
+use vericonv::verify::Mode;
+use vericonv::{Error, Result};
+
+/// Settings of a private forward pass.
+#[derive(Clone, Debug)]
+pub struct PrivateConfig {
+    /// Verification mode (default Fast).
+    pub mode: Mode,
+    /// Verification rounds (default 1).
+    pub rounds: usize,
+    /// How inputs are masked (default `lowrank` with ρ = 2).
+    pub privacy: Privacy,
+    /// Outsource `Linear` layers too (default false: SCHEME.md §9, their masks are weaker).
+    pub outsource_linear: bool,
+    /// Rotate each layer's session key after this many images (default: never).
+    pub rotate_after_images: Option<u64>,
+}
+
+impl Default for PrivateConfig {
+    fn default() -> Self {
+        let d = LayerConfig::default();
+        Self { mode: d.mode, rounds: d.rounds, privacy: d.privacy, outsource_linear: false, rotate_after_images: None }
+    }
+}
+
+/// What one layer cost and how its verification went.
+#[derive(Clone, Debug, Default)]
+pub struct LayerStats {
+    /// Layer name.
+    pub name: String,
+    /// Whether it ran on the cloud (false: computed by the client).
+    pub outsourced: bool,
+    /// Batches sent to the cloud.
+    pub calls: u64,
+    /// Batches whose verification passed.
+    pub verified: u64,
+    /// Batches rejected by verification (or malformed).
+    pub rejected: u64,
+    /// Phase times summed over calls.
+    pub timings: Timings,
+    /// Mode `pad`: time spent precomputing pads offline (not part of any call).
+    pub offline: Duration,
+    /// Client time for layers it computes itself.
+    pub client_compute: Duration,
+}
+
+/// Runs every `Conv` (and optionally `Linear`) layer through the private protocol on untrusted
+/// clouds; the client computes the remaining `Linear` layers itself.
+pub struct PrivateExecutor<'a> {
+    clouds: Clouds<'a>,
+    rng: KeyRng,
+    layers: Vec<Option<PrivateConv>>,
+    stats: Vec<LayerStats>,
+}
+
+impl<'a> PrivateExecutor<'a> {
+    /// Sets up one session per outsourced layer: keys, `K'` and the mode's secrets. `clouds` is
+    /// one cloud, or [`Clouds::Two`] for mode `two-server`. In mode `pad`, call
+    /// [`PrivateExecutor::prepare_pads`] before each forward pass.
+    ///
+    /// # Errors
+    /// [`Error::CloudCount`] and [`Error::SameCloudTwice`] for the wrong clouds,
+    /// [`Error::ExactnessBound`] and the settings errors of [`PrivateConv::new`].
+    pub fn new(qm: &QuantModel, clouds: impl Into<Clouds<'a>>, cfg: &PrivateConfig, mut rng: KeyRng) -> Result<Self> {
+        let clouds = clouds.into();
+        if clouds.count() != cfg.privacy.clouds() {
+            return Err(Error::CloudCount {
+                mode: cfg.privacy.name(),
+                needed: cfg.privacy.clouds(),
+                got: clouds.count(),
+            });
+        }
+        if let Clouds::Two(a, b) = clouds
+            && std::ptr::addr_eq(a, b)
+        {
+            return Err(Error::SameCloudTwice(a.name()));
+        }
+        let mut layers: Vec<Option<PrivateConv>> = (0..qm.layers.len()).map(|_| None).collect();
+        let mut stats: Vec<LayerStats> = qm
+            .layers
+            .iter()
+            .map(|l| LayerStats {
+                name: l.as_ref().map_or_else(String::new, |l| l.name.clone()),
+                ..LayerStats::default()
+            })
+            .collect();
+        for layer in qm.layers() {
+            if layer.is_linear && !cfg.outsource_linear {
+                continue;
+            }
+            let lc = LayerConfig {
+                name: layer.name.clone(),
+                privacy: cfg.privacy,
+                mode: cfg.mode,
+                rounds: cfg.rounds,
+                input_bound: qmax(qm.cfg.act_bits) as u32,
+                rotate_after_images: cfg.rotate_after_images,
+            };
+            layers[layer.node] = Some(PrivateConv::new(layer.geom, &layer.weight, None, lc, &mut rng)?);
+            stats[layer.node].outsourced = true;
+        }
+        Ok(Self { clouds, rng, layers, stats })
+    }
+
+    /// Mode `pad`, offline: precomputes `images` pads for every outsourced layer, with the mask
+    /// convolutions on `backend`, the client's own (SCHEME.md §12). Returns the time it took,
+    /// which is also added to each layer's [`LayerStats::offline`]. Does nothing in the other
+    /// modes.
+    ///
+    /// # Errors
+    /// The errors of [`PrivateConv::generate_pads`].
+    pub fn prepare_pads(&mut self, images: usize, backend: &dyn CloudBackend) -> Result<Duration> {
+        let mut total = Duration::ZERO;
+        for (layer, stats) in self.layers.iter_mut().zip(self.stats.iter_mut()) {
+            let Some(layer) = layer.as_mut().filter(|l| l.config().privacy == Privacy::Pad) else { continue };
+            let start = Instant::now();
+            let pool = layer.generate_pads(images, backend, &mut self.rng)?;
+            layer.add_pads(pool)?;
+            let t = start.elapsed();
+            stats.offline += t;
+            total += t;
+        }
+        Ok(total)
+    }
+
+    /// Per-layer statistics so far (quantized layers only).
+    pub fn stats(&self) -> impl Iterator<Item = &LayerStats> {
+        self.stats.iter().filter(|s| !s.name.is_empty())
+    }
+
+    /// The clouds in use.
+    pub fn clouds(&self) -> Clouds<'a> {
+        self.clouds
+    }
+}
+
+impl IntegerExecutor for PrivateExecutor<'_> {
+    fn run(&mut self, layer: &QuantLayer, x: &[i32], batch: usize) -> Result<Vec<i32>> {
+        let stats = &mut self.stats[layer.node];
+        let Some(private) = self.layers[layer.node].as_mut() else {
+            let start = Instant::now();
+            let y = ops::conv_int(&layer.geom, batch, &layer.weight_f64, x);
+            stats.client_compute += start.elapsed();
+            return Ok(y);
+        };
+        stats.calls += 1;
+        match private.run(self.clouds, x, &mut self.rng) {
+            Ok((y, t)) => {
+                stats.verified += 1;
+                stats.timings += t;
+                Ok(y)
+            }
+            Err(e @ (Error::VerificationFailed { .. } | Error::MalformedAnswer { .. })) => {
+                stats.rejected += 1;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

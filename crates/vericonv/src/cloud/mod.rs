@@ -1,0 +1,133 @@
+//! The untrusted cloud (SCHEME.md §6): `Y' = Conv(K', X')` over F_p, behind one trait.
+//!
+//! The client never trusts what a backend returns: every answer is verified before it is
+//! decrypted. [`CpuBackend`] runs on the CPU with rayon; the `vericonv-gpu` crate's
+//! `GpuBackend` runs WGSL compute shaders through wgpu.
+
+mod cpu;
+mod tamper;
+
+pub use cpu::CpuBackend;
+pub use tamper::{Tamper, TamperingBackend};
+
+use crate::Result;
+use crate::geometry::Conv2d;
+use crate::share::ShareSeed;
+
+/// A cloud that convolves masked tensors over F_p, p = 2^31 - 1.
+pub trait CloudBackend: Send + Sync {
+    /// A human-readable description (backend and adapter).
+    fn name(&self) -> String;
+
+    /// Computes `Y' = Conv(K', X')` over F_p for a batch: `kernel` is `Cout × Cin/G × kh × kw`,
+    /// `input` is `batch × Cin × H × W`, the result `batch × Cout × Ho × Wo`.
+    ///
+    /// # Errors
+    /// [`crate::Error::LengthMismatch`] for tensors that do not match `geom`, and
+    /// backend-specific errors (device limits, wgpu errors).
+    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>>;
+
+    /// Mode `two-server`, cloud A: computes `Conv(K', X'_A)` where `X'_A = G(seed)` is the share
+    /// expanded from its 32-byte seed (SCHEME.md §11), `batch × Cin × H × W` elements.
+    ///
+    /// The default expands the share and calls [`CloudBackend::conv`]; a remote cloud sends the
+    /// 32 bytes instead of the tensor.
+    ///
+    /// # Errors
+    /// As [`CloudBackend::conv`].
+    fn conv_share(&self, geom: &Conv2d, batch: usize, kernel: &[u32], seed: &ShareSeed) -> Result<Vec<u32>> {
+        let len =
+            batch.checked_mul(geom.image_len()).ok_or(crate::Error::TooLarge { what: "share length", value: batch })?;
+        self.conv(geom, batch, kernel, &seed.expand(len))
+    }
+}
+
+/// The cloud or clouds a private layer runs on: one, or two for mode `two-server`.
+#[derive(Clone, Copy)]
+pub enum Clouds<'a> {
+    /// One cloud (modes `lowrank` and `pad`).
+    One(&'a dyn CloudBackend),
+    /// Cloud A (it receives the seed of its share) and cloud B (it receives the other share).
+    Two(&'a dyn CloudBackend, &'a dyn CloudBackend),
+}
+
+impl<'a, B: CloudBackend> From<&'a B> for Clouds<'a> {
+    fn from(cloud: &'a B) -> Self {
+        Clouds::One(cloud)
+    }
+}
+
+impl<'a> From<&'a dyn CloudBackend> for Clouds<'a> {
+    fn from(cloud: &'a dyn CloudBackend) -> Self {
+        Clouds::One(cloud)
+    }
+}
+
+impl Clouds<'_> {
+    /// How many clouds there are.
+    pub fn count(&self) -> usize {
+        match self {
+            Clouds::One(_) => 1,
+            Clouds::Two(..) => 2,
+        }
+    }
+
+    /// The clouds' names, joined with `" + "`.
+    pub fn name(&self) -> String {
+        match self {
+            Clouds::One(c) => c.name(),
+            Clouds::Two(a, b) => format!("A: {}; B: {}", a.name(), b.name()),
+        }
+    }
+}
+
+/// Which cloud returned a wrong answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cheater {
+    /// The one cloud of modes `lowrank` and `pad`.
+    TheCloud,
+    /// Cloud A of mode `two-server` (cloud B's share checked out).
+    CloudA,
+    /// Cloud B of mode `two-server` (cloud A's share checked out).
+    CloudB,
+    /// Both clouds of mode `two-server`.
+    BothClouds,
+    /// The sum of the two shares failed, but each share passed its own re-check (probability at
+    /// most 4/p per round in Fast mode).
+    Unidentified,
+}
+
+impl std::fmt::Display for Cheater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cheater::TheCloud => "the cloud's answer",
+            Cheater::CloudA => "cloud A's answer",
+            Cheater::CloudB => "cloud B's answer",
+            Cheater::BothClouds => "both clouds' answers",
+            Cheater::Unidentified => "the sum of the clouds' answers (each share passed a re-check)",
+        })
+    }
+}
+
+/// Checks the tensor lengths every backend receives.
+pub fn check_conv_args(geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<()> {
+    Conv2d::check_len("encrypted kernel", geom.kernel_len(), kernel.len())?;
+    Conv2d::check_len("encrypted input", batch * geom.image_len(), input.len())?;
+    // The backends' lazy reductions rely on canonical elements.
+    crate::field::check_canonical::<crate::field::M31>("encrypted kernel", kernel)?;
+    crate::field::check_canonical::<crate::field::M31>("encrypted input", input)
+}
+
+impl<B: CloudBackend + ?Sized> CloudBackend for Box<B> {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+
+    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
+        (**self).conv(geom, batch, kernel, input)
+    }
+
+    fn conv_share(&self, geom: &Conv2d, batch: usize, kernel: &[u32], seed: &ShareSeed) -> Result<Vec<u32>> {
+        (**self).conv_share(geom, batch, kernel, seed)
+    }
+}
