@@ -37,12 +37,12 @@ fn idx_raw_and_gzip_load_the_same_images() {
     let raw = Dataset::from_idx("t", &dir.join("img"), &dir.join("lbl")).expect("raw");
     let gzd = Dataset::from_idx("t", &dir.join("img.gz"), &dir.join("lbl")).expect("gz");
     assert_eq!(raw, gzd);
-    assert_eq!((raw.len(), raw.height, raw.width, raw.channels), (3, 4, 5, 1));
-    assert_eq!(raw.labels, vec![3, 1, 4]);
-    assert_eq!(raw.images[7], f32::from(pixels[7]) / 255.0);
+    assert_eq!((raw.len(), raw.height(), raw.width(), raw.channels()), (3, 4, 5, 1));
+    assert_eq!(raw.labels(), vec![3, 1, 4]);
+    assert_eq!(raw.images()[7], f32::from(pixels[7]) / 255.0);
     let spec = format!("idx:{},{}", dir.join("img.gz").display(), dir.join("lbl").display());
     let by_name = Dataset::open(&spec, &dir, false, 1, 4, 5).expect("by name");
-    assert_eq!((by_name.images, by_name.labels), (raw.images.clone(), raw.labels.clone()));
+    assert_eq!((by_name.images(), by_name.labels()), (raw.images(), raw.labels()));
     // Mismatched counts, truncated data, wrong magic.
     std::fs::write(dir.join("lbl2"), idx(&[2], &labels[..2])).expect("write");
     assert!(matches!(Dataset::from_idx("t", &dir.join("img"), &dir.join("lbl2")), Err(Error::Parse { .. })));
@@ -79,9 +79,9 @@ fn cifar10_and_cifar100_records_load_with_their_labels() {
         std::fs::write(&file, &bytes).expect("write");
         let kind = if hundred { "cifar100" } else { "cifar10" };
         let d = Dataset::open(&format!("{kind}:{}", file.display()), &dir, false, 3, 32, 32).expect("loads");
-        assert_eq!(d.labels, want);
-        assert_eq!((d.channels, d.height, d.width), (3, 32, 32));
-        assert_eq!(d.images[1024 + 5], f32::from(first_pixels[1024 + 5]) / 255.0, "channel-major like CIFAR");
+        assert_eq!(d.labels(), want);
+        assert_eq!((d.channels(), d.height(), d.width()), (3, 32, 32));
+        assert_eq!(d.images()[1024 + 5], f32::from(first_pixels[1024 + 5]) / 255.0, "channel-major like CIFAR");
         std::fs::write(&file, &bytes[..bytes.len() - 1]).expect("write");
         assert!(matches!(Dataset::from_cifar("c", std::slice::from_ref(&file), hundred), Err(Error::Parse { .. })));
     }
@@ -99,13 +99,13 @@ fn image_folders_load_classes_in_name_order_and_resize() {
     }
     std::fs::write(dir.join("b_one").join("notes.txt"), "ignored").expect("write");
     let d = Dataset::open(&format!("folder:{}", dir.display()), &dir, false, 1, 6, 6).expect("loads");
-    assert_eq!(d.labels, vec![0, 0, 1, 1]);
-    assert_eq!(d.images.len(), 4 * 36);
-    assert_eq!(d.images[0], 0.0);
-    assert!((d.images[2 * 36] - 200.0 / 255.0).abs() < 1e-6, "PNG kept exactly");
-    assert!((d.images[3 * 36 + 10] - 200.0 / 255.0).abs() < 0.02, "JPEG resized from 12×12");
+    assert_eq!(d.labels(), vec![0, 0, 1, 1]);
+    assert_eq!(d.images().len(), 4 * 36);
+    assert_eq!(d.images()[0], 0.0);
+    assert!((d.images()[2 * 36] - 200.0 / 255.0).abs() < 1e-6, "PNG kept exactly");
+    assert!((d.images()[3 * 36 + 10] - 200.0 / 255.0).abs() < 0.02, "JPEG resized from 12×12");
     let rgb = Dataset::from_folder(&dir, 3, 6, 6).expect("rgb");
-    assert_eq!(rgb.images.len(), 4 * 3 * 36);
+    assert_eq!(rgb.images().len(), 4 * 3 * 36);
     std::fs::write(dir.join("a_zero").join("bad.png"), b"not a png").expect("write");
     assert!(matches!(Dataset::from_folder(&dir, 1, 6, 6), Err(Error::Parse { .. })));
     assert!(matches!(Dataset::from_folder(&tmp("empty"), 1, 6, 6), Err(Error::Parse { .. })));
@@ -127,8 +127,8 @@ fn digits_csv_splits_the_last_360_rows_for_test() {
     let test = Dataset::open("digits", &dir, false, 1, 8, 8).expect("test split");
     let train = Dataset::open("digits", &dir, true, 1, 8, 8).expect("train split");
     assert_eq!((test.len(), train.len()), (360, 40));
-    assert_eq!(test.labels[0], 40 % 10);
-    assert_eq!(train.images[1], 1.0 / 16.0);
+    assert_eq!(test.labels()[0], 40 % 10);
+    assert_eq!(train.images()[1], 1.0 / 16.0);
     assert!(matches!(Dataset::open("nope", &dir, false, 1, 8, 8), Err(Error::Unsupported(_))));
     let err = Dataset::open("mnist", &dir, false, 1, 28, 28).expect_err("not fetched");
     assert!(err.to_string().contains("fetch-data.sh"), "{err}");

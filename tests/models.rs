@@ -27,11 +27,11 @@ fn check_private_run(
 ) {
     let Some(data_dir) = data_dir_or_skip() else { return };
     let model = Model::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let i = &model.input;
+    let i = &model.input();
     let mut data = Dataset::open(dataset, &data_dir, false, i.channels, i.height, i.width).expect("data set");
     data.truncate(images);
     let qm = QuantModel::new(&model, QuantConfig::default()).expect("quantizes");
-    println!("{} on {dataset}, {images} images, {privacy:?}, cloud {}: seed {seed:#x}", model.name, clouds.name());
+    println!("{} on {dataset}, {images} images, {privacy:?}, cloud {}: seed {seed:#x}", model.name(), clouds.name());
     let private = PrivateConfig { privacy, ..PrivateConfig::default() };
     let report =
         evaluate(&qm, &data, clouds, &EvalOptions { batch: 25, private }, seeded_rng(seed), |_| {}).expect("evaluates");
@@ -45,7 +45,7 @@ fn check_private_run(
         report.logits_bit_identical,
         data.len(),
         "{}: private logits are bit-identical to the quantized model",
-        model.name
+        model.name()
     );
     assert_eq!(report.prediction_agreement, data.len());
     assert_eq!(report.private_accuracy, report.quantized_accuracy);
@@ -96,26 +96,26 @@ fn every_committed_model_round_trips_through_onnx_with_identical_logits() {
         let model = Model::load(&path).expect("loads");
         let bytes = export_model(&model).encode_to_vec();
         let proto = vericonv_model::onnx::proto::ModelProto::decode(bytes.as_slice()).expect("decodes");
-        let back = import_proto(&proto, &model.name).unwrap_or_else(|e| panic!("{}: {e}", model.name));
-        let i = &model.input;
+        let back = import_proto(&proto, model.name()).unwrap_or_else(|e| panic!("{}: {e}", model.name()));
+        let i = &model.input();
         let mut data = Dataset::open(&dataset, &data_dir, false, i.channels, i.height, i.width).expect("data");
         data.truncate(20);
         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
         assert_eq!(
-            bits(back.forward_float(&data.images).expect("float")),
-            bits(model.forward_float(&data.images).expect("float")),
+            bits(back.forward_float(data.images()).expect("float")),
+            bits(model.forward_float(data.images()).expect("float")),
             "{}",
-            model.name
+            model.name()
         );
         let (q1, q2) = (
             QuantModel::new(&model, QuantConfig::default()).expect("q"),
             QuantModel::new(&back, QuantConfig::default()).expect("q"),
         );
         assert_eq!(
-            bits(q2.forward(&data.images, &mut PlainExecutor).expect("q").0),
-            bits(q1.forward(&data.images, &mut PlainExecutor).expect("q").0)
+            bits(q2.forward(data.images(), &mut PlainExecutor).expect("q").0),
+            bits(q1.forward(data.images(), &mut PlainExecutor).expect("q").0)
         );
-        println!("{}: {} bytes of ONNX, identical logits", model.name, bytes.len());
+        println!("{}: {} bytes of ONNX, identical logits", model.name(), bytes.len());
     }
 }
 
@@ -300,8 +300,7 @@ fn corrupt_model_files_and_bad_inputs_get_typed_errors() {
     assert!(matches!(qm.forward(&x, &mut PlainExecutor), Err(Error::NonFinite { .. })));
     assert!(matches!(model.forward_float(&[0.5; 700]), Err(Error::LengthMismatch { .. })));
     // A data set whose images do not fit the model.
-    let digits =
-        Dataset { name: "wrong".into(), channels: 1, height: 8, width: 8, images: vec![0.0; 64], labels: vec![0] };
+    let digits = Dataset::new("wrong", (1, 8, 8), vec![0.0; 64], vec![0]).expect("a consistent data set");
     let err = evaluate(&qm, &digits, (&CpuBackend::new()).into(), &EvalOptions::default(), seeded_rng(1), |_| {})
         .expect_err("shape mismatch");
     assert!(matches!(err, Error::LengthMismatch { .. }), "{err}");

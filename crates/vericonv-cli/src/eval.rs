@@ -125,7 +125,9 @@ pub fn evaluate(
     mut progress: impl FnMut(usize),
 ) -> Result<EvalReport> {
     let model = qm.model();
-    if (data.channels, data.height, data.width) != (model.input.channels, model.input.height, model.input.width) {
+    if (data.channels(), data.height(), data.width())
+        != (model.input().channels, model.input().height, model.input().width)
+    {
         return Err(Error::LengthMismatch {
             what: "data set images (model expects another C×H×W)",
             expected: model.image_len(),
@@ -192,8 +194,8 @@ pub fn evaluate(
         .collect();
     let n = data.len().max(1) as f64;
     Ok(EvalReport {
-        model: model.name.clone(),
-        dataset: data.name.clone(),
+        model: model.name().to_string(),
+        dataset: data.name().to_string(),
         privacy: opts.private.privacy.label(),
         backend: clouds.name(),
         images: data.len(),

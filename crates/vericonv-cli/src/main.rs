@@ -799,7 +799,7 @@ fn load_model(path: &Path) -> Result<Model, vericonv::Error> {
 fn eval(args: &EvalArgs) -> Result<(), vericonv::Error> {
     let p = &args.protocol;
     let model = load_model(&args.model)?;
-    let i = &model.input;
+    let i = &model.input();
     let mut data = Dataset::open(&args.dataset, &args.data_dir, false, i.channels, i.height, i.width)?;
     let mut qm = QuantModel::new(&model, QuantConfig { weight_bits: args.weight_bits, act_bits: args.act_bits })?;
     if let Some(n) = args.calibrate {
@@ -814,9 +814,9 @@ fn eval(args: &EvalArgs) -> Result<(), vericonv::Error> {
     warn_if_lowrank(p.privacy());
     eprintln!(
         "model {} ({} layers), data set {} ({} images); privacy {}; cloud {} ({}); CSPRNG {seed_note}",
-        model.name,
+        model.name(),
         model.nodes().len(),
-        data.name,
+        data.name(),
         data.len(),
         p.privacy().label(),
         setup.clouds().name(),
@@ -911,7 +911,7 @@ fn file_safe(s: &str) -> String {
 fn attack(args: &AttackArgs) -> Result<(), vericonv::Error> {
     use vericonv_cli::attack::{AttackOptions, attack_model, format_table, write_examples_png};
     let model = load_model(&args.model)?;
-    let i = &model.input;
+    let i = &model.input();
     let mut data = Dataset::open(&args.dataset, &args.data_dir, false, i.channels, i.height, i.width)?;
     data.truncate(args.limit);
     let qm = QuantModel::new(&model, QuantConfig::default())?;
@@ -919,8 +919,8 @@ fn attack(args: &AttackArgs) -> Result<(), vericonv::Error> {
     warn_if_lowrank(privacy);
     eprintln!(
         "attacking {} on {} ({} images), privacy {}: the attacker sees only what each cloud receives",
-        model.name,
-        data.name,
+        model.name(),
+        data.name(),
         data.len(),
         privacy.label()
     );
@@ -952,7 +952,7 @@ fn attack(args: &AttackArgs) -> Result<(), vericonv::Error> {
     if results.is_empty() {
         return Err(vericonv::Error::Unsupported(format!(
             "model {} has no convolution matching the --layer filter",
-            model.name
+            model.name()
         )));
     }
     let rows: Vec<_> = results.iter().map(|(r, _)| r.clone()).collect();
@@ -963,7 +963,7 @@ fn attack(args: &AttackArgs) -> Result<(), vericonv::Error> {
          χ² p: uniformity of the received elements (pooled high bits, and per position); full rank: channel planes of full rank"
     );
     std::fs::create_dir_all(&args.out).map_err(|e| vericonv::Error::io(&args.out, e))?;
-    let stem = file_safe(&format!("{}-{}-{}", model.name, data.name, privacy.label().replace(' ', "")));
+    let stem = file_safe(&format!("{}-{}-{}", model.name(), data.name(), privacy.label().replace(' ', "")));
     write_json(&rows, &args.out.join(format!("{stem}.json")))?;
     for (_, ex) in &results {
         write_examples_png(ex, 127, &args.out.join(format!("{stem}-{}.png", file_safe(&ex.layer))))?;

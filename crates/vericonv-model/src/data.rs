@@ -7,21 +7,22 @@ use std::path::{Path, PathBuf};
 
 use vericonv::{Error, Result};
 
-/// A labelled image set.
+/// A labelled image set. Its invariant (`images.len() = len · channels · height · width`, every
+/// dimension positive, every pixel finite) is checked by every constructor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
     /// Name for reports.
-    pub name: String,
+    name: String,
     /// Channels per image.
-    pub channels: usize,
+    channels: usize,
     /// Image height.
-    pub height: usize,
+    height: usize,
     /// Image width.
-    pub width: usize,
+    width: usize,
     /// `len × channels × height × width` values in `[0, 1]`.
-    pub images: Vec<f32>,
+    images: Vec<f32>,
     /// One label per image.
-    pub labels: Vec<usize>,
+    labels: Vec<usize>,
 }
 
 fn parse_err(path: &Path, message: impl Into<String>) -> Error {
@@ -116,6 +117,75 @@ fn parse_idx(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
 }
 
 impl Dataset {
+    /// A data set from decoded images: `labels.len()` images of `channels × height × width`
+    /// values each, in NCHW order.
+    ///
+    /// # Errors
+    /// [`Error::Parse`] for a zero or too large dimension, [`Error::LengthMismatch`] when
+    /// `images` does not hold exactly one image per label, [`Error::NonFinite`] for a NaN or
+    /// infinite pixel.
+    pub fn new(
+        name: impl Into<String>,
+        (channels, height, width): (usize, usize, usize),
+        images: Vec<f32>,
+        labels: Vec<usize>,
+    ) -> Result<Self> {
+        let name = name.into();
+        let per = channels
+            .checked_mul(height)
+            .and_then(|n| n.checked_mul(width))
+            .filter(|&n| n > 0 && n <= crate::MAX_ELEMENTS)
+            .ok_or_else(|| Error::Parse {
+                what: format!("data set `{name}`"),
+                message: format!("image shape {channels}×{height}×{width} is empty or too large"),
+            })?;
+        let expected = labels.len().checked_mul(per).ok_or_else(|| Error::Parse {
+            what: format!("data set `{name}`"),
+            message: format!("{} images of {per} values overflow", labels.len()),
+        })?;
+        if images.len() != expected {
+            return Err(Error::LengthMismatch { what: "data set images", expected, got: images.len() });
+        }
+        if let Some(index) = images.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: format!("data set `{name}` images"),
+                index,
+                value: images[index].to_string(),
+            });
+        }
+        Ok(Self { name, channels, height, width, images, labels })
+    }
+
+    /// Name for reports.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Channels per image.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Image height.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// Image width.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// `len × channels × height × width` values in `[0, 1]`, NCHW.
+    pub fn images(&self) -> &[f32] {
+        &self.images
+    }
+
+    /// One label per image.
+    pub fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()

@@ -153,10 +153,8 @@ pub struct Activation {
 /// A CNN in topological order; the last node's output is the logits.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Model {
-    /// Model name.
-    pub name: String,
-    /// Input shape and normalisation.
-    pub input: InputSpec,
+    pub(crate) name: String,
+    pub(crate) input: InputSpec,
     pub(crate) nodes: Vec<Node>,
 }
 
@@ -498,6 +496,16 @@ impl GraphBuilder {
 }
 
 impl Model {
+    /// Model name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Input shape and normalisation.
+    pub fn input(&self) -> &InputSpec {
+        &self.input
+    }
+
     /// The nodes in topological order.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes

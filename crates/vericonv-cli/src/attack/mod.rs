@@ -266,8 +266,8 @@ pub fn attack_model(
         let (kernel_exact, kernel_unique) = score_kernel(&slices, &layer.weight, &g, key);
         out.push((
             LayerAttack {
-                model: model.name.clone(),
-                dataset: data.name.clone(),
+                model: model.name().to_string(),
+                dataset: data.name().to_string(),
                 layer: layer.name.clone(),
                 privacy: opts.privacy.label(),
                 input_shape: format!("{}×{}×{}", cin, g.h(), g.w()),
