@@ -35,30 +35,44 @@ fn bench_rows_are_self_checked_and_reported() {
             rows.push(r);
         }
     }
-    let dir = std::env::temp_dir().join(format!("vericonv-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
-    write_csv(&rows, &dir.join("bench.csv")).expect("csv");
-    plot_speedups(&rows, 1, "two-server", &dir.join("speedup.svg")).expect("svg");
-    let csv = std::fs::read_to_string(dir.join("bench.csv")).expect("csv");
-    assert_eq!(csv.lines().count(), 1 + rows.len());
-    assert!(std::fs::read_to_string(dir.join("speedup.svg")).expect("svg").contains("<svg"));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let csv_path = dir.path().join("bench.csv");
+    write_csv(&rows, &csv_path).expect("csv");
+    plot_speedups(&rows, 1, "two-server", &dir.path().join("speedup.svg")).expect("svg");
+    // The CSV reads back row for row, with the values that were measured.
+    let mut reader = csv::Reader::from_path(&csv_path).expect("csv opens");
+    let back: Vec<CsvRow> = reader.deserialize().collect::<Result<_, _>>().expect("every row parses");
+    assert_eq!(back.len(), rows.len());
+    for (b, r) in back.iter().zip(&rows) {
+        assert_eq!((&b.network, &b.layer, &b.privacy, b.batch), (&r.network, &r.layer, &r.privacy, r.batch));
+        assert_eq!((b.client_s, b.offline_s, b.tract_s), (r.client_s, r.offline_s, r.tract_s));
+    }
+    let svg = std::fs::read_to_string(dir.path().join("speedup.svg")).expect("svg");
+    for l in quick.iter().filter(|l| l.network == "LeNet-5") {
+        assert!(svg.contains(l.layer), "the plot labels layer {}", l.layer);
+    }
 }
 
+/// The columns of bench.csv this test reads back.
+#[derive(serde::Deserialize)]
+struct CsvRow {
+    network: String,
+    layer: String,
+    privacy: String,
+    batch: usize,
+    client_s: f64,
+    offline_s: Option<f64>,
+    tract_s: Option<f64>,
+}
+
+/// What a measured row must show: every baseline ran (tract too: the tests build the CLI with
+/// it), and every time is a real measurement.
 fn check_row(l: &BenchLayer, r: &BenchRow) {
-    {
-        assert_eq!(r.macs, (2 * l.geom.output_image_len() * l.geom.m()) as u64);
-        assert!(r.naive_s.is_some(), "small layers run the naive baseline");
-        assert!(r.tract_s.is_some(), "the tests build the CLI with tract");
-        assert!(r.best_plaintext_s <= r.im2col_gemm_s);
-        for v in [r.client_s, r.session_s, r.floor_s, r.speedup, r.client_over_floor, r.cloud_cpu_s] {
-            assert!(v.is_finite() && v > 0.0, "{r:?}");
-        }
-        assert!(r.client_verify_kernel_s > 0.0 && r.image_over_floor <= r.client_over_floor);
-        assert!(
-            (r.client_s - (r.client_quantize_s + r.client_encrypt_s + r.client_verify_s + r.client_decrypt_s)).abs()
-                < 1e-12
-        );
+    assert_eq!((r.network.as_str(), r.layer.as_str()), (l.network, l.layer));
+    assert!(r.naive_s.is_some(), "small layers run the naive baseline");
+    assert!(r.tract_s.is_some(), "tract ran");
+    for v in [r.client_s, r.session_s, r.floor_s, r.cloud_cpu_s, r.im2col_gemm_s, r.client_verify_kernel_s] {
+        assert!(v.is_finite() && v > 0.0, "{r:?}");
     }
 }
 

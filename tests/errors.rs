@@ -190,8 +190,8 @@ fn low_level_functions_check_lengths_masks_and_field_elements() {
 
 #[test]
 fn corrupt_onnx_files_give_typed_errors() {
-    let dir = std::env::temp_dir().join(format!("vericonv-errors-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let dir = tmp.path();
     assert!(matches!(vericonv_model::onnx::read_tensor(dir.join("missing.pb")), Err(Error::Io { .. })));
     // A valid FLOAT tensor of shape [2, 2] with only 3 values.
     let short = [0x08, 0x02, 0x08, 0x02, 0x10, 0x01, 0x4a, 0x0c, 0, 0, 0x80, 0x3f, 0, 0, 0, 0x40, 0, 0, 0x40, 0x40];
@@ -216,7 +216,6 @@ fn corrupt_onnx_files_give_typed_errors() {
         matches!(vericonv_model::onnx::read_model(dir.join("empty.onnx")), Err(Error::Parse { .. })),
         "a model without a graph"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -135,8 +135,8 @@ fn idx(dims: &[u32], data_len: usize) -> Vec<u8> {
 
 #[test]
 fn gzip_bombs_stop_at_what_the_idx_header_announces() {
-    let dir = std::env::temp_dir().join(format!("vericonv-hostile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let dir = tmp.path();
     let labels = dir.join("labels.gz");
     std::fs::write(&labels, gzip(&idx(&[1], 1))).expect("write");
     // The header announces one 2×2 image; the stream goes on for 64 MB of zeros (64 KB
@@ -152,13 +152,12 @@ fn gzip_bombs_stop_at_what_the_idx_header_announces() {
     // A well-formed gzipped pair loads.
     std::fs::write(&images, gzip(&idx(&[1, 2, 2], 4))).expect("write");
     assert_eq!(Dataset::from_idx("ok", &images, &labels).expect("loads").len(), 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn digits_rows_with_nan_or_out_of_range_values_are_refused() {
-    let dir = std::env::temp_dir().join(format!("vericonv-hostile-csv-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let dir = tmp.path();
     let row = |label: &str| format!("{}{label}\n", "1,".repeat(64));
     let good: String = (0..361).map(|_| row("3")).collect();
     let path = dir.join("digits.csv");
@@ -170,5 +169,4 @@ fn digits_rows_with_nan_or_out_of_range_values_are_refused() {
     }
     std::fs::write(&path, format!("{good}nan,{}", row("1").split_once(',').expect("row").1)).expect("write");
     assert!(matches!(Dataset::from_digits_csv(&path, true), Err(Error::Parse { .. })), "NaN pixel");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -268,8 +268,8 @@ fn hand_built_onnx_graph_imports_with_onnx_semantics() {
 
 #[test]
 fn corrupt_model_files_and_bad_inputs_get_typed_errors() {
-    let dir = std::env::temp_dir().join(format!("vericonv-models-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let dir = tmp.path();
     let src = common::repo_root().join("models/lenet5-mnist");
     let json = std::fs::read(src.with_extension("json")).expect("json");
     let weights = std::fs::read(src.with_extension("safetensors")).expect("weights");
@@ -308,7 +308,6 @@ fn corrupt_model_files_and_bad_inputs_get_typed_errors() {
     let err = QuantModel::new(&model, QuantConfig { weight_bits: 16, act_bits: 16 }).expect_err("bound");
     assert!(matches!(&err, Error::ExactnessBound { layer, .. } if layer == "conv1"), "{err}");
     assert!(matches!(QuantModel::new(&model, QuantConfig { weight_bits: 1, act_bits: 8 }), Err(Error::Unsupported(_))));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

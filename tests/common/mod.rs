@@ -90,6 +90,15 @@ pub fn conv_shapes(seed: u64, random: usize) -> Vec<(Conv2d, usize)> {
     shapes
 }
 
+/// Skips a test whose requirement is missing, printing `reason`; fails it instead when the
+/// environment variable `var` is `1` (as `.ci/run` sets it).
+pub fn skip_unless_required(var: &str, reason: &str) {
+    assert!(std::env::var(var).as_deref() != Ok("1"), "{var}=1 but {reason}");
+    use std::io::Write;
+    // Written to the raw stderr handle so that the test harness does not swallow it.
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}; set {var}=1 to make this a failure");
+}
+
 #[cfg(feature = "gpu")]
 /// The GPU backend, or `None` with the reason printed. With `VERICONV_REQUIRE_GPU=1`, a missing
 /// adapter fails the test instead.
@@ -99,16 +108,8 @@ pub fn gpu_or_skip(opts: &GpuOptions) -> Option<GpuBackend> {
             println!("GPU: {}", gpu.info());
             Some(gpu)
         }
-        Err(e) if std::env::var("VERICONV_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
-            panic!("VERICONV_REQUIRE_GPU=1 but the GPU backend is unavailable: {e}")
-        }
         Err(e) => {
-            use std::io::Write;
-            // Written to the raw stderr handle so that the test harness does not swallow it.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: no GPU backend ({e}); set VERICONV_REQUIRE_GPU=1 to make this a failure"
-            );
+            skip_unless_required("VERICONV_REQUIRE_GPU", &format!("the GPU backend is unavailable: {e}"));
             None
         }
     }
@@ -121,13 +122,7 @@ pub fn data_dir_or_skip() -> Option<std::path::PathBuf> {
     if dir.join("mnist/t10k-images-idx3-ubyte").is_file() {
         return Some(dir);
     }
-    assert!(
-        std::env::var("VERICONV_REQUIRE_DATA").as_deref() != Ok("1"),
-        "VERICONV_REQUIRE_DATA=1 but {} has no data: run scripts/fetch-data.sh",
-        dir.display()
-    );
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {} has no data; run scripts/fetch-data.sh", dir.display());
+    skip_unless_required("VERICONV_REQUIRE_DATA", &format!("{} has no data: run scripts/fetch-data.sh", dir.display()));
     None
 }
 

@@ -664,52 +664,20 @@ fn client_cost(
     })
 }
 
-/// Writes the rows as CSV.
+/// Writes the rows as CSV, one column per field of [`BenchRow`] (empty where a value is absent).
 ///
 /// # Errors
 /// [`Error::Io`].
 pub fn write_csv(rows: &[BenchRow], path: &std::path::Path) -> Result<()> {
-    let opt = |v: Option<f64>| v.map_or_else(String::new, |x| format!("{x:.6e}"));
-    let mut out = String::from(
-        "network,layer,shape,privacy,batch,threads,macs,naive_s,im2col_gemm_s,tract_s,best_plaintext,best_plaintext_s,client_s,client_quantize_s,client_encrypt_s,client_verify_s,client_verify_kernel_s,client_decrypt_s,session_s,session_images,offline_s,client_amortized_s,floor_s,client_over_floor,image_over_floor,speedup,speedup_unamortized,speedup_vs_naive,gemm_gflops,cloud_cpu_s,cloud_cpu_over_gemm\n",
-    );
+    let csv_err = |e: csv::Error| match e.into_kind() {
+        csv::ErrorKind::Io(e) => Error::io(path, e),
+        other => Error::Internal(format!("writing {}: {other:?}", path.display())),
+    };
+    let mut out = csv::Writer::from_path(path).map_err(csv_err)?;
     for r in rows {
-        out += &format!(
-            "{},{},\"{}\",{},{},{},{},{},{:.6e},{},{},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{},{},{:.6e},{:.6e},{:.3},{:.3},{:.3},{:.3},{},{:.2},{:.6e},{:.3}\n",
-            r.network,
-            r.layer,
-            r.shape,
-            r.privacy,
-            r.batch,
-            r.threads,
-            r.macs,
-            opt(r.naive_s),
-            r.im2col_gemm_s,
-            opt(r.tract_s),
-            r.best_plaintext,
-            r.best_plaintext_s,
-            r.client_s,
-            r.client_quantize_s,
-            r.client_encrypt_s,
-            r.client_verify_s,
-            r.client_verify_kernel_s,
-            r.client_decrypt_s,
-            r.session_s,
-            r.session_images,
-            opt(r.offline_s),
-            r.client_amortized_s,
-            r.floor_s,
-            r.client_over_floor,
-            r.image_over_floor,
-            r.speedup,
-            r.speedup_unamortized,
-            opt(r.speedup_vs_naive),
-            r.gemm_gflops,
-            r.cloud_cpu_s,
-            r.cloud_cpu_over_gemm
-        );
+        out.serialize(r).map_err(csv_err)?;
     }
-    std::fs::write(path, out).map_err(|e| Error::io(path, e))
+    out.flush().map_err(|e| Error::io(path, e))
 }
 
 /// Plots the client speedup over the best plaintext baseline per layer (one bar per batch

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::floats::{self, FloatType};
 use crate::graph::{BatchNorm, ConvAttrs, GraphBuilder, InputSpec, Model, Op, layer_err};
 use crate::ops::Pool;
 use vericonv::geometry::Padding;
@@ -151,18 +152,15 @@ pub const FORMAT: &str = "vericonv-model/1";
 fn tensor_f32(st: &safetensors::SafeTensors<'_>, name: &str, layer: &str) -> Result<Vec<f32>> {
     let t = st.tensor(name).map_err(|e| layer_err(layer, format!("weight `{name}`: {e}")))?;
     let data = t.data();
-    let values: Vec<f32> = match t.dtype() {
-        safetensors::Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        safetensors::Dtype::F16 => {
-            data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
-        }
-        safetensors::Dtype::BF16 => {
-            data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
-        }
+    let kind = match t.dtype() {
+        safetensors::Dtype::F32 => FloatType::F32,
+        safetensors::Dtype::F16 => FloatType::F16,
+        safetensors::Dtype::BF16 => FloatType::BF16,
         other => {
             return Err(layer_err(layer, format!("weight `{name}` has dtype {other:?}; f32, f16 or bf16 expected")));
         }
     };
+    let values = floats::from_le_bytes(data, kind, &format!("layer `{layer}`: weight `{name}`"))?;
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         return Err(Error::NonFinite { what: format!("weight `{name}`"), index: i, value: values[i].to_string() });
     }

@@ -8,6 +8,7 @@
 
 pub mod data;
 mod exec;
+mod floats;
 mod format;
 mod graph;
 pub mod onnx;

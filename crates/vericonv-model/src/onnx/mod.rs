@@ -4,6 +4,7 @@
 pub mod import;
 pub mod proto;
 
+use crate::floats::{self, FloatType};
 use prost::Message;
 
 use proto::{ModelProto, NodeProto, TensorProto};
@@ -84,24 +85,21 @@ impl Tensor {
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| parse_err(&what, "shape overflows"))?;
         let raw = &t.raw_data;
-        let from_raw = |size: usize| -> Result<std::slice::ChunksExact<'_, u8>> {
-            if raw.len() != count * size {
-                return Err(parse_err(
+        let raw_of = |size: usize| -> Result<&[u8]> {
+            match count.checked_mul(size) {
+                Some(bytes) if bytes == raw.len() => Ok(raw),
+                _ => Err(parse_err(
                     &what,
-                    format!("raw_data has {} bytes, shape needs {}", raw.len(), count * size),
-                ));
+                    format!("raw_data has {} bytes, {count} elements of {size} bytes expected", raw.len()),
+                )),
             }
-            Ok(raw.chunks_exact(size))
         };
+        let from_raw = |size: usize| raw_of(size).map(|r| r.chunks_exact(size));
         let use_raw = !raw.is_empty();
         let data = match t.data_type {
-            1 if use_raw => {
-                TensorData::Float(from_raw(4)?.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-            }
+            1 if use_raw => TensorData::Float(floats::from_le_bytes(raw_of(4)?, FloatType::F32, &what)?),
             1 => TensorData::Float(t.float_data.clone()),
-            10 if use_raw => {
-                TensorData::Float(from_raw(2)?.map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
-            }
+            10 if use_raw => TensorData::Float(floats::from_le_bytes(raw_of(2)?, FloatType::F16, &what)?),
             10 => TensorData::Float(t.int32_data.iter().map(|&b| half::f16::from_bits(b as u16).to_f32()).collect()),
             11 if use_raw => TensorData::Float(
                 from_raw(8)?.map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
