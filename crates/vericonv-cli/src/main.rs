@@ -70,13 +70,13 @@ struct BenchArgs {
     #[arg(long)]
     only: Option<String>,
     /// Batch sizes [default: 1,16; 1 for --backend gpu on a CPU rasteriser].
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
     batches: Option<Vec<usize>>,
     /// Thread counts (0 means all cores); both the client and the baselines use them.
-    #[arg(long, value_delimiter = ',', default_value = "1,0")]
+    #[arg(long, value_delimiter = ',', default_value = "1,0", value_parser = clap::value_parser!(u16).range(0..=1024).map(usize::from))]
     threads: Vec<usize>,
     /// Session length over which kernel encryption and KG are amortized.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|v| v as usize))]
     session: usize,
     /// Where to write bench.csv, bench.json and speedup-*.svg.
     #[arg(long, default_value = "reports/bench")]
@@ -85,7 +85,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Timed runs per GPU kernel (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from))]
     reps: usize,
     /// Privacy modes to measure the client in (--backend cpu), side by side when several.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "lowrank")]
@@ -349,22 +349,22 @@ struct EvalArgs {
     #[arg(long)]
     dataset: String,
     /// Evaluate only the first N images.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
     limit: Option<usize>,
     /// Images per batch (one private call per layer per batch).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
     batch: usize,
     #[command(flatten)]
     protocol: ProtocolArgs,
     /// Weight bits.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=16))]
     weight_bits: u32,
     /// Activation bits.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=16))]
     act_bits: u32,
     /// Calibrate activation scales on the first N training images (for the built-in sets; other
     /// sets use their own first N images) instead of computing them per image.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|v| v as usize))]
     calibrate: Option<usize>,
     /// Outsource linear layers too (weaker masks; SCHEME.md §9).
     #[arg(long)]

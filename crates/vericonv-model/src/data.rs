@@ -244,14 +244,12 @@ impl Dataset {
         if ldims != [n] {
             return Err(parse_err(labels, format!("{ldims:?} labels for {n} images")));
         }
-        Ok(Self {
-            name: name.into(),
-            channels: 1,
-            height: h,
-            width: w,
-            images: pixels.iter().map(|&p| f32::from(p) / 255.0).collect(),
-            labels: lbl.iter().map(|&l| usize::from(l)).collect(),
-        })
+        Self::new(
+            name,
+            (1, h, w),
+            pixels.iter().map(|&p| f32::from(p) / 255.0).collect(),
+            lbl.iter().map(|&l| usize::from(l)).collect(),
+        )
     }
 
     /// scikit-learn's `digits.csv.gz` (64 pixel values 0..16 then the label, per row). The test
@@ -288,7 +286,7 @@ impl Dataset {
         } else {
             (images[..split * 64].to_vec(), labels[..split].to_vec())
         };
-        Ok(Self { name: "digits".into(), channels: 1, height: 8, width: 8, images, labels })
+        Self::new("digits", (1, 8, 8), images, labels)
     }
 
     /// CIFAR binary batches: each record is a label byte (CIFAR-10) or a coarse and a fine
@@ -309,12 +307,17 @@ impl Dataset {
                     format!("{} bytes is not a whole number of {record}-byte CIFAR records", bytes.len()),
                 ));
             }
-            for r in bytes.chunks_exact(record) {
-                labels.push(usize::from(r[label_bytes - 1]));
+            let classes = if hundred { 100 } else { 10 };
+            for (i, r) in bytes.chunks_exact(record).enumerate() {
+                let label = usize::from(r[label_bytes - 1]);
+                if label >= classes {
+                    return Err(parse_err(f, format!("record {i}: label {label}, expected 0..{classes}")));
+                }
+                labels.push(label);
                 images.extend(r[label_bytes..].iter().map(|&p| f32::from(p) / 255.0));
             }
         }
-        Ok(Self { name: name.into(), channels: 3, height: 32, width: 32, images, labels })
+        Self::new(name, (3, 32, 32), images, labels)
     }
 
     /// A folder with one sub-folder per class (sorted by name: the first is label 0) holding
@@ -362,7 +365,7 @@ impl Dataset {
         if labels.is_empty() {
             return Err(parse_err(root, "no PNG or JPEG images in class sub-folders"));
         }
-        Ok(Self { name: root.display().to_string(), channels, height, width, images, labels })
+        Self::new(root.display().to_string(), (channels, height, width), images, labels)
     }
 
     /// Opens a data set by name: `mnist`, `fashion-mnist` or `digits` (their test splits, or
