@@ -99,7 +99,8 @@ fn a_linear_layer_whose_weight_count_overflows_is_refused() {
 #[test]
 fn pooling_pads_of_100000_are_refused() {
     let tmp = tempfile::tempdir().expect("temporary directory");
-    let model = lenet(tmp.path(), |d| layer(d, "pool1")["padding"] = serde_json::json!([100_000, 100_000, 100_000, 100_000]));
+    let model =
+        lenet(tmp.path(), |d| layer(d, "pool1")["padding"] = serde_json::json!([100_000, 100_000, 100_000, 100_000]));
     refused(&eval(tmp.path(), &model, &small_idx(tmp.path())), "pool1");
 }
 
