@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use rand::{Rng, RngCore};
+use rand::{Rng, RngExt};
 use vericonv::Error;
 use vericonv_model::data::Dataset;
 

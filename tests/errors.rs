@@ -1,7 +1,7 @@
 //! Bad input gets a typed error, never a panic.
 
 use common::{ints, rng};
-use rand::RngCore;
+use rand::Rng;
 use vericonv::client::{LayerConfig, PrivateConv};
 use vericonv::cloud::{CloudBackend, CpuBackend};
 use vericonv::decrypt::{MaskKernel, decrypt};

@@ -3,7 +3,7 @@
 //! whose every view passes the uniformity, rank and correlation tests.
 
 use common::{data_dir_or_skip, rng};
-use rand::Rng;
+use rand::{Rng, RngExt};
 use vericonv::encrypt::encrypt_input;
 use vericonv::field::{M31, PrimeField};
 use vericonv::geometry::{Conv2d, Padding};

@@ -2,7 +2,7 @@
 //! and end-to-end exactness on every test shape.
 
 use common::{conv_shapes, ints, rng};
-use rand::Rng;
+use rand::RngExt;
 use vericonv::client::{LayerConfig, PrivateConv};
 use vericonv::cloud::{CloudBackend, CpuBackend};
 use vericonv::decrypt::{MaskKernel, mask_conv};

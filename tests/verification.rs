@@ -3,7 +3,7 @@
 //! (Strict) and 4/p (Fast) when measured with p = 97.
 
 use common::{ints, rng};
-use rand::Rng;
+use rand::RngExt;
 use vericonv::Error;
 use vericonv::client::{LayerConfig, PrivateConv};
 use vericonv::cloud::{Cheater, Clouds, CpuBackend, Tamper, TamperingBackend};

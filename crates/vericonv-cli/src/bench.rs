@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::RngExt;
 use serde::Serialize;
 
 use vericonv::cloud::{CloudBackend, CpuBackend};

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::builder::TypedValueParser;
 use clap::{Parser, Subcommand, ValueEnum};
-use rand::Rng;
+use rand::RngExt;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use vericonv::client::{LayerConfig, PrivateConv, Timings};

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use rand::Rng;
+use rand::RngExt;
 use vericonv::cloud::{CloudBackend, CpuBackend};
 use vericonv::decrypt::{MaskKernel, decrypt, decrypt_into};
 use vericonv::encrypt::{encrypt_input, encrypt_input_into, encrypt_kernel};

@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release --example private_layer`
 
-use rand::Rng;
+use rand::RngExt;
 use vericonv::client::{LayerConfig, PrivateConv};
 use vericonv::cloud::{Clouds, CpuBackend};
 use vericonv::geometry::{Conv2d, Padding};

@@ -4,7 +4,7 @@
 //! seed ([`seeded_rng`]) is for tests and benchmarks only.
 
 use rand::seq::SliceRandom;
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use zeroize::Zeroize;
 
@@ -16,9 +16,14 @@ use crate::{Error, Result};
 /// The CSPRNG every secret is drawn from.
 pub type KeyRng = ChaCha20Rng;
 
-/// A [`KeyRng`] seeded from the operating system: the default for real use.
+/// A [`KeyRng`] seeded from the operating system's random source (`getrandom`): the default
+/// for real use.
+///
+/// # Panics
+/// When the operating system cannot provide randomness at all; no secret can be drawn then.
 pub fn os_rng() -> KeyRng {
-    ChaCha20Rng::from_os_rng()
+    ChaCha20Rng::try_from_rng(&mut rand::rngs::SysRng)
+        .unwrap_or_else(|e| panic!("the operating system's random source failed: {e}"))
 }
 
 /// A [`KeyRng`] with an explicit seed, for reproducible tests and benchmarks only.

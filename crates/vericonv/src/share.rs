@@ -13,7 +13,7 @@
 //! compare it against.
 
 use multiversion::multiversion;
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 use rayon::prelude::*;
 use zeroize::Zeroize;

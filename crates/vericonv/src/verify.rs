@@ -7,7 +7,7 @@
 //! Everything here is generic over [`PrimeField`], so the same code runs with a small prime to
 //! measure the soundness bounds.
 
-use rand::RngCore;
+use rand::Rng;
 use rayon::prelude::*;
 
 use crate::field::PrimeField;
@@ -184,7 +184,7 @@ impl<'a> Claim<'a> {
 ///
 /// # Errors
 /// [`Error::InvalidRounds`] for zero rounds.
-pub fn verify<'a, F: PrimeField, R: RngCore>(
+pub fn verify<'a, F: PrimeField, R: Rng>(
     claim: &Claim<'a>,
     mode: Mode,
     rounds: usize,
@@ -217,7 +217,7 @@ struct FastVectors {
 }
 
 impl FastVectors {
-    fn draw<F: PrimeField, R: RngCore>(g: &Conv2d, batch: usize, rng: &mut R) -> Self {
+    fn draw<F: PrimeField, R: Rng>(g: &Conv2d, batch: usize, rng: &mut R) -> Self {
         let mut draw = |n: usize| (0..n).map(|_| F::random(rng)).collect::<Vec<u32>>();
         let (s, w, u, v) = (draw(g.cout()), draw(batch), draw(g.ho()), draw(g.wo()));
         Self { s, w, u, v }
@@ -244,7 +244,7 @@ impl FastVectors {
 /// `L = Σ_b w_b Σ_o' s_o' Σ_y u_y Σ_x v_x Y'[b,o',y,x]` against
 /// `V = Σ_{c',i,j} k_s[c',i,j]·T[c',i,j]`, where `T` is the folded, u/v-contracted im2col of
 /// `X~ = Σ_b w_b X'_b` and `k_s = Σ_o' s_o' K'[o',·]` per cloud group.
-fn fast_round<F: PrimeField, R: RngCore>(claim: &Claim<'_>, rng: &mut R) -> bool {
+fn fast_round<F: PrimeField, R: Rng>(claim: &Claim<'_>, rng: &mut R) -> bool {
     let vecs = FastVectors::draw::<F, R>(claim.geom, claim.batch, rng);
     let n = claim.geom.n();
     // L: contract each output plane with u ⊗ v, then with w ⊗ s.
@@ -342,7 +342,7 @@ impl FastRounds {
     ///
     /// # Errors
     /// [`Error::InvalidRounds`] for zero rounds.
-    pub fn draw<F: PrimeField, R: RngCore>(claim: &Claim<'_>, rounds: usize, rng: &mut R) -> Result<Self> {
+    pub fn draw<F: PrimeField, R: Rng>(claim: &Claim<'_>, rounds: usize, rng: &mut R) -> Result<Self> {
         if rounds == 0 {
             return Err(Error::InvalidRounds);
         }

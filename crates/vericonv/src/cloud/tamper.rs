@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use rand::Rng;
+use rand::RngExt;
 
 use super::CloudBackend;
 use crate::Result;

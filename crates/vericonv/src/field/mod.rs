@@ -5,7 +5,7 @@
 //! code (reference convolution, verification) with a tiny modulus such as 97, so that the
 //! soundness bounds `1/p` and `4/p` can be measured in tests.
 
-use rand::{Rng, RngCore};
+use rand::{Rng, RngExt};
 
 pub mod slices;
 
@@ -77,10 +77,10 @@ pub trait PrimeField: Copy + Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// A uniform element of F_P.
-    fn random<R: RngCore + ?Sized>(rng: &mut R) -> u32;
+    fn random<R: Rng + ?Sized>(rng: &mut R) -> u32;
 
     /// A uniform element of F_P^*.
-    fn random_nonzero<R: RngCore + ?Sized>(rng: &mut R) -> u32 {
+    fn random_nonzero<R: Rng + ?Sized>(rng: &mut R) -> u32 {
         loop {
             let v = Self::random(rng);
             if v != 0 {
@@ -229,7 +229,7 @@ impl PrimeField for M31 {
     }
 
     #[inline]
-    fn random<R: RngCore + ?Sized>(rng: &mut R) -> u32 {
+    fn random<R: Rng + ?Sized>(rng: &mut R) -> u32 {
         loop {
             let v = rng.next_u32() >> 1;
             if v != P {
@@ -253,7 +253,7 @@ impl<const Q: u32> PrimeField for SmallPrime<Q> {
         (x % u64::from(Q)) as u32
     }
 
-    fn random<R: RngCore + ?Sized>(rng: &mut R) -> u32 {
+    fn random<R: Rng + ?Sized>(rng: &mut R) -> u32 {
         rng.random_range(0..Q)
     }
 }
