@@ -47,39 +47,30 @@ pub trait GemmElem: Copy + Default {
     );
 }
 
-impl GemmElem for f32 {
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const Self,
-        sa: (isize, isize),
-        b: *const Self,
-        sb: (isize, isize),
-        c: *mut Self,
-        sc: (isize, isize),
-    ) {
-        // SAFETY: forwarded from the caller.
-        unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, sa.0, sa.1, b, sb.0, sb.1, 0.0, c, sc.0, sc.1) }
-    }
+/// `GemmElem` for a float type through the `matrixmultiply` routine of that precision.
+macro_rules! gemm_elem {
+    ($t:ty, $gemm:path) => {
+        impl GemmElem for $t {
+            unsafe fn gemm_raw(
+                m: usize,
+                k: usize,
+                n: usize,
+                a: *const Self,
+                sa: (isize, isize),
+                b: *const Self,
+                sb: (isize, isize),
+                c: *mut Self,
+                sc: (isize, isize),
+            ) {
+                // SAFETY: forwarded from the caller.
+                unsafe { $gemm(m, k, n, 1.0, a, sa.0, sa.1, b, sb.0, sb.1, 0.0, c, sc.0, sc.1) }
+            }
+        }
+    };
 }
 
-impl GemmElem for f64 {
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const Self,
-        sa: (isize, isize),
-        b: *const Self,
-        sb: (isize, isize),
-        c: *mut Self,
-        sc: (isize, isize),
-    ) {
-        // SAFETY: forwarded from the caller.
-        unsafe { matrixmultiply::dgemm(m, k, n, 1.0, a, sa.0, sa.1, b, sb.0, sb.1, 0.0, c, sc.0, sc.1) }
-    }
-}
+gemm_elem!(f32, matrixmultiply::sgemm);
+gemm_elem!(f64, matrixmultiply::dgemm);
 
 /// `c[m×n] = a[m×k]·b[k×n]`, row-major.
 pub fn gemm<T: GemmElem>(m: usize, k: usize, n: usize, a: &[T], b: &[T], c: &mut [T]) {

@@ -222,7 +222,12 @@ pub fn conv_geometry(node: &NodeProto, x_dims: &[usize], w_dims: &[usize]) -> Re
         "VALID" => Padding::default(),
         "SAME_UPPER" | "SAME_LOWER" => {
             let same = |len: usize, k: usize, s: usize, d: usize| {
-                let total = ((len.div_ceil(s.max(1)).saturating_sub(1)) * s + (k.saturating_sub(1)) * d + 1)
+                // Saturating: a hostile stride or dilation makes the padding huge, and the
+                // geometry check below refuses it, instead of wrapping.
+                let total = (len.div_ceil(s.max(1)).saturating_sub(1))
+                    .saturating_mul(s)
+                    .saturating_add(k.saturating_sub(1).saturating_mul(d))
+                    .saturating_add(1)
                     .saturating_sub(len);
                 let small = total / 2;
                 if auto_pad == "SAME_UPPER" { (small, total - small) } else { (total - small, small) }
