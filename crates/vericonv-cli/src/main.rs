@@ -47,6 +47,46 @@ enum Command {
     Attack(AttackArgs),
     /// List the wgpu adapters this machine offers.
     Adapters,
+    /// Serve the untrusted cloud over gRPC; clients reach it with `--cloud grpc://ADDR`.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The address to listen on (loopback by default; use 0.0.0.0:PORT to accept other hosts).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: std::net::SocketAddr,
+    /// Where the convolutions run.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// TLS certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A file holding the bearer token every client must send.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Convolutions that may run at once; past that, calls get RESOURCE_EXHAUSTED at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
+    max_concurrent: usize,
+    /// The largest request or reply, in MiB.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
+    max_message_mb: usize,
+    /// The kernel cache's capacity, in MiB of masked kernels.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|v| v as usize))]
+    kernel_cache_mb: usize,
+    /// The longest any call may run on the server, in seconds.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    timeout_s: u64,
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Make the server lie: corrupt this fraction of answers (for demos and tests; every lie is
+    /// caught by the client's verification).
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    tamper_rate: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -223,6 +263,19 @@ struct ProtocolArgs {
     /// seeds from the OS.
     #[arg(long)]
     seed: Option<u64>,
+    /// A remote cloud (`grpc://HOST:PORT` or `grpcs://HOST:PORT`, started with `vericonv serve`)
+    /// instead of --backend; repeat it for replicas of the same cloud. Cloud A in mode two-server.
+    #[arg(long = "cloud", value_name = "URL")]
+    cloud: Vec<String>,
+    /// Mode two-server: cloud B's server(s), instead of --backend-b. Must differ from --cloud.
+    #[arg(long = "cloud-b", value_name = "URL")]
+    cloud_b: Vec<String>,
+    /// A file holding the bearer token of the remote clouds.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// A PEM CA certificate to trust for grpcs:// clouds.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
 }
 
 impl ProtocolArgs {
@@ -235,6 +288,29 @@ impl ProtocolArgs {
 
     fn privacy(&self) -> Privacy {
         self.privacy.privacy()
+    }
+
+    /// The remote cloud at `urls`, or else the local backend `choice`.
+    fn backend_or_remote(
+        &self,
+        choice: BackendChoice,
+        urls: &[String],
+    ) -> Result<(Box<dyn CloudBackend>, String), vericonv::Error> {
+        if urls.is_empty() {
+            return select_backend(choice);
+        }
+        let read = |p: &Path| std::fs::read(p).map_err(|e| vericonv::Error::io(p, e));
+        let opts = vericonv_remote::RemoteOptions {
+            token: match &self.token_file {
+                Some(p) => Some(String::from_utf8_lossy(&read(p)?).trim().to_string()),
+                None => None,
+            },
+            tls_ca: self.tls_ca.as_deref().map(read).transpose()?,
+            ..vericonv_remote::RemoteOptions::default()
+        };
+        let remote = vericonv_remote::RemoteBackend::connect(urls, opts)?;
+        let info = remote.info()?;
+        Ok((Box::new(remote), format!("remote, serving with {} (vericonv {})", info.backend, info.version)))
     }
 
     /// The private-inference settings these options select.
@@ -252,7 +328,14 @@ impl ProtocolArgs {
     /// corrupts `tamper_rate` of its answers (cloud A, B or both in mode two-server), and the
     /// reason for the backend choice.
     fn clouds(&self, tamper_rate: f64, tamper: TamperChoice) -> Result<CloudSetup, vericonv::Error> {
-        let (a, why) = select_backend(self.backend)?;
+        let two = self.privacy() == Privacy::TwoServer;
+        if !self.cloud_b.is_empty() && !two {
+            return Err(vericonv::Error::CloudCount { mode: self.privacy().name(), needed: 1, got: 2 });
+        }
+        if let Some(url) = self.cloud.iter().find(|u| self.cloud_b.contains(u)) {
+            return Err(vericonv::Error::SameCloudTwice(url.clone()));
+        }
+        let (a, why) = self.backend_or_remote(self.backend, &self.cloud)?;
         // The cheating clouds draw from their own streams, never the client's.
         let stream = |k: u64| self.seed.map_or_else(|| os_rng().random(), |s| s.rotate_left(17) ^ k);
         let rate_a = if tamper != TamperChoice::B { tamper_rate } else { 0.0 };
@@ -260,7 +343,7 @@ impl ProtocolArgs {
         if self.privacy() != Privacy::TwoServer {
             return Ok(CloudSetup { a, b: None, why });
         }
-        let (b, why_b) = select_backend(self.backend_b)?;
+        let (b, why_b) = self.backend_or_remote(self.backend_b, &self.cloud_b)?;
         let rate_b = if tamper != TamperChoice::A { tamper_rate } else { 0.0 };
         let b = TamperingBackend::new(b, &Tamper::ALL, rate_b, stream(0xB0B));
         Ok(CloudSetup { a, b: Some(b), why: format!("A: {why}; B: {why_b}") })
@@ -1077,6 +1160,59 @@ fn conv_demo(args: &ConvDemoArgs) -> Result<(), vericonv::Error> {
     }
 }
 
+/// `vericonv serve`: the cloud as a gRPC server, until SIGINT or SIGTERM.
+fn serve(args: &ServeArgs) -> Result<(), vericonv::Error> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let read = |p: &Path| std::fs::read(p).map_err(|e| vericonv::Error::io(p, e));
+    let (backend, why) = select_backend(args.backend)?;
+    let backend: std::sync::Arc<dyn CloudBackend> = if args.tamper_rate > 0.0 {
+        eprintln!("warning: --tamper-rate {}: this server lies on purpose", args.tamper_rate);
+        std::sync::Arc::new(TamperingBackend::new(backend, &Tamper::ALL, args.tamper_rate, os_rng().random()))
+    } else {
+        std::sync::Arc::from(backend)
+    };
+    let cfg = vericonv_remote::ServerConfig {
+        max_concurrent: args.max_concurrent,
+        max_message_bytes: args.max_message_mb << 20,
+        kernel_cache_bytes: args.kernel_cache_mb << 20,
+        token: match &args.token_file {
+            Some(p) => Some(String::from_utf8_lossy(&read(p)?).trim().to_string()),
+            None => None,
+        },
+        request_timeout: Duration::from_secs(args.timeout_s),
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(vericonv_remote::TlsIdentity { cert: read(c)?, key: read(k)? }),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "grpcs" } else { "grpc" };
+    println!(
+        "vericonv serve: {scheme}://{} on {} ({why}); at most {} convolutions at once, {} MiB messages, {} MiB of kernels{}",
+        args.listen,
+        backend.name(),
+        cfg.max_concurrent,
+        args.max_message_mb,
+        args.kernel_cache_mb,
+        if cfg.token.is_some() { "; bearer token required" } else { "" }
+    );
+    if let Some(m) = args.metrics_listen {
+        println!("  metrics: http://{m}/metrics");
+    }
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| vericonv::Error::Internal(format!("tokio runtime: {e}")))?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| vericonv::Error::Remote {
+            endpoint: args.listen.to_string(),
+            code: "Unavailable".into(),
+            message: format!("cannot listen: {e}"),
+        })?;
+        let listen = vericonv_remote::Listen { listener, tls, metrics: args.metrics_listen };
+        vericonv_remote::serve(backend, cfg, listen, vericonv_remote::shutdown_signal()).await
+    })
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
@@ -1090,6 +1226,7 @@ fn main() -> ExitCode {
             adapters();
             Ok(())
         }
+        Command::Serve(args) => serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

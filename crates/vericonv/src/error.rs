@@ -190,6 +190,17 @@ pub enum Error {
         /// wgpu's message (for shader failures, it includes the WGSL diagnostics).
         message: String,
     },
+    /// A remote cloud refused a call or could not be reached (after the retries its client
+    /// allows); the message is the server's, or the transport's.
+    #[error("remote cloud {endpoint}: {code}: {message}")]
+    Remote {
+        /// The endpoint, e.g. `grpc://127.0.0.1:7000`.
+        endpoint: String,
+        /// The gRPC status code, e.g. `Unavailable`.
+        code: String,
+        /// What the server or the transport said.
+        message: String,
+    },
     /// A tensor or model file could not be parsed.
     #[error("parse error in {what}: {message}")]
     Parse {

@@ -1,0 +1,316 @@
+//! The client's side: [`RemoteBackend`], a [`CloudBackend`] over gRPC.
+//!
+//! - `K'` is uploaded once per kernel and server, then referenced by its handle.
+//! - `UNAVAILABLE` (a server down or restarting) moves to the next replica, and `NOT_FOUND` (a
+//!   replica that lost or never had the kernel) registers it again; both with bounded attempts
+//!   and exponential backoff. Everything else, `RESOURCE_EXHAUSTED` and deadlines included, is
+//!   returned at once as [`Error::Remote`].
+//! - It never retries on a wrong answer: it cannot tell one. The client verifies every answer
+//!   above it, reports a failure and counts it.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Status};
+use vericonv::cloud::{CloudBackend, check_conv_args};
+use vericonv::geometry::Conv2d;
+use vericonv::share::ShareSeed;
+use vericonv::{Error, Result};
+
+use crate::proto;
+use crate::proto::cloud_client::CloudClient;
+use crate::proto::conv_request::Input;
+use crate::wire::{KernelHandle, encode_elements, geometry_to_proto};
+
+/// How a [`RemoteBackend`] connects and retries.
+#[derive(Clone)]
+pub struct RemoteOptions {
+    /// The bearer token the servers require, if any.
+    pub token: Option<String>,
+    /// A PEM CA certificate for `grpcs://` servers whose certificate the system does not trust.
+    pub tls_ca: Option<Vec<u8>>,
+    /// The deadline of each call (default 120 s).
+    pub timeout: Duration,
+    /// How long to wait for a connection (default 5 s).
+    pub connect_timeout: Duration,
+    /// Attempts per call across replicas, for `UNAVAILABLE` and `NOT_FOUND` (default 4).
+    pub attempts: usize,
+    /// The first backoff; it doubles with each attempt (default 50 ms).
+    pub backoff: Duration,
+    /// The largest request or reply, in bytes (default 512 MiB).
+    pub max_message_bytes: usize,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        Self {
+            token: None,
+            tls_ca: None,
+            timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(5),
+            attempts: 4,
+            backoff: Duration::from_millis(50),
+            max_message_bytes: 512 << 20,
+        }
+    }
+}
+
+impl std::fmt::Debug for RemoteOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteOptions")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One replica.
+struct Replica {
+    url: String,
+    client: CloudClient<Channel>,
+}
+
+/// A cloud made of one or more interchangeable gRPC replicas.
+pub struct RemoteBackend {
+    replicas: Vec<Replica>,
+    opts: RemoteOptions,
+    runtime: tokio::runtime::Runtime,
+    registered: Mutex<HashSet<(usize, KernelHandle)>>,
+    next: AtomicUsize,
+    retries: AtomicUsize,
+}
+
+impl std::fmt::Debug for RemoteBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteBackend").field("endpoints", &self.name()).finish_non_exhaustive()
+    }
+}
+
+/// `grpc://host:port` or `grpcs://host:port` as the URL tonic connects to, and whether it is TLS.
+fn parse_url(url: &str) -> Result<(String, bool)> {
+    let bad = |why: &str| Error::Remote { endpoint: url.into(), code: "InvalidArgument".into(), message: why.into() };
+    let (rest, tls) = match url.split_once("://") {
+        Some(("grpc", rest)) => (rest, false),
+        Some(("grpcs", rest)) => (rest, true),
+        _ => return Err(bad("expected grpc://HOST:PORT or grpcs://HOST:PORT")),
+    };
+    if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
+        return Err(bad("expected grpc://HOST:PORT or grpcs://HOST:PORT"));
+    }
+    Ok((format!("{}://{rest}", if tls { "https" } else { "http" }), tls))
+}
+
+impl RemoteBackend {
+    /// A backend over the replicas `urls` (`grpc://host:port` or `grpcs://host:port`).
+    /// Connections are made lazily, on the first call.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] for a malformed URL, no URL at all, or a TLS setup that fails.
+    pub fn connect(urls: &[String], opts: RemoteOptions) -> Result<Self> {
+        if urls.is_empty() {
+            return Err(Error::Remote {
+                endpoint: String::new(),
+                code: "InvalidArgument".into(),
+                message: "no server given".into(),
+            });
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("vericonv-remote")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
+        let mut replicas = Vec::new();
+        for url in urls {
+            let (target, tls) = parse_url(url)?;
+            let err = |e: &dyn std::fmt::Display| Error::Remote {
+                endpoint: url.clone(),
+                code: "InvalidArgument".into(),
+                message: e.to_string(),
+            };
+            let mut endpoint = Endpoint::from_shared(target)
+                .map_err(|e| err(&e))?
+                .timeout(opts.timeout)
+                .connect_timeout(opts.connect_timeout);
+            if tls {
+                let mut cfg = ClientTlsConfig::new().with_enabled_roots();
+                if let Some(ca) = &opts.tls_ca {
+                    cfg = cfg.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+                }
+                endpoint = endpoint.tls_config(cfg).map_err(|e| err(&e))?;
+            }
+            let channel = {
+                let _guard = runtime.enter();
+                endpoint.connect_lazy()
+            };
+            let client = CloudClient::new(channel)
+                .max_decoding_message_size(opts.max_message_bytes)
+                .max_encoding_message_size(opts.max_message_bytes);
+            replicas.push(Replica { url: url.clone(), client });
+        }
+        Ok(Self {
+            replicas,
+            opts,
+            runtime,
+            registered: Mutex::new(HashSet::new()),
+            next: AtomicUsize::new(0),
+            retries: AtomicUsize::new(0),
+        })
+    }
+
+    /// The endpoints, as given.
+    pub fn endpoints(&self) -> impl Iterator<Item = &str> {
+        self.replicas.iter().map(|r| r.url.as_str())
+    }
+
+    /// Whether the two backends share an endpoint (mode two-server must refuse that: one party
+    /// would see both shares).
+    pub fn shares_endpoint_with(&self, other: &RemoteBackend) -> bool {
+        self.endpoints().any(|a| other.endpoints().any(|b| a == b))
+    }
+
+    /// Calls retried so far (`UNAVAILABLE`, `NOT_FOUND`).
+    pub fn retries(&self) -> usize {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// The `Info` of the first replica that answers.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] when none does.
+    pub fn info(&self) -> Result<proto::InfoReply> {
+        let mut last = None;
+        for r in &self.replicas {
+            match self.runtime.block_on(r.client.clone().info(self.request(proto::InfoRequest {}))) {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(s) => last = Some(remote_error(&r.url, &s)),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Internal("no replica".into())))
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(self.opts.timeout);
+        if let Some(token) = &self.opts.token
+            && let Ok(value) = format!("Bearer {token}").parse()
+        {
+            req.metadata_mut().insert("authorization", value);
+        }
+        req
+    }
+
+    fn registered(&self) -> std::sync::MutexGuard<'_, HashSet<(usize, KernelHandle)>> {
+        self.registered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One convolution, with registration, retries and failover.
+    fn call(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: Input) -> Result<Vec<u32>> {
+        let handle = KernelHandle::of(geom, kernel);
+        let n = self.replicas.len();
+        let mut replica = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut last = None;
+        for attempt in 0..self.opts.attempts.max(1) {
+            if attempt > 0 {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(self.opts.backoff.saturating_mul(1 << (attempt - 1).min(10)));
+            }
+            let r = &self.replicas[replica];
+            if !self.registered().contains(&(replica, handle)) {
+                let req = self.request(proto::RegisterKernelRequest {
+                    geometry: Some(geometry_to_proto(geom)),
+                    kernel: encode_elements(kernel),
+                });
+                match self.runtime.block_on(r.client.clone().register_kernel(req)) {
+                    Ok(reply) if reply.get_ref().handle == handle.as_bytes() => {
+                        self.registered().insert((replica, handle));
+                    }
+                    Ok(_) => {
+                        return Err(Error::Remote {
+                            endpoint: r.url.clone(),
+                            code: "DataLoss".into(),
+                            message: "the server returned another handle than the kernel's".into(),
+                        });
+                    }
+                    Err(s) if s.code() == Code::Unavailable => {
+                        last = Some(remote_error(&r.url, &s));
+                        replica = (replica + 1) % n;
+                        continue;
+                    }
+                    Err(s) => return Err(remote_error(&r.url, &s)),
+                }
+            }
+            let req = self.request(proto::ConvRequest {
+                handle: handle.as_bytes().to_vec(),
+                batch: batch as u64,
+                input: Some(input.clone()),
+            });
+            match self.runtime.block_on(r.client.clone().conv(req)) {
+                Ok(reply) => return decode_answer(&r.url, &reply.into_inner().output),
+                Err(s) if s.code() == Code::NotFound => {
+                    // Evicted, or a replica that never saw it: register again.
+                    self.registered().remove(&(replica, handle));
+                    last = Some(remote_error(&r.url, &s));
+                }
+                Err(s) if s.code() == Code::Unavailable => {
+                    last = Some(remote_error(&r.url, &s));
+                    replica = (replica + 1) % n;
+                }
+                Err(s) => return Err(remote_error(&r.url, &s)),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Internal("no attempt was made".into())))
+    }
+}
+
+/// The answer's field elements. Their count and range are the verifier's business: a wrong
+/// count is reported by the client as a malformed answer, like any other lie.
+fn decode_answer(url: &str, bytes: &[u8]) -> Result<Vec<u32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(Error::Remote {
+            endpoint: url.into(),
+            code: "DataLoss".into(),
+            message: format!("an answer of {} bytes is not a whole number of field elements", bytes.len()),
+        });
+    }
+    Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+fn remote_error(url: &str, s: &Status) -> Error {
+    Error::Remote { endpoint: url.into(), code: format!("{:?}", s.code()), message: s.message().to_string() }
+}
+
+impl CloudBackend for RemoteBackend {
+    fn name(&self) -> String {
+        self.endpoints().collect::<Vec<_>>().join(", ")
+    }
+
+    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
+        check_conv_args(geom, batch, kernel, input)?;
+        self.call(geom, batch, kernel, Input::Tensor(encode_elements(input)))
+    }
+
+    fn conv_share(&self, geom: &Conv2d, batch: usize, kernel: &[u32], seed: &ShareSeed) -> Result<Vec<u32>> {
+        Conv2d::check_len("kernel", geom.kernel_len(), kernel.len())?;
+        // Cloud A gets 32 bytes instead of the expanded share.
+        self.call(geom, batch, kernel, Input::ShareSeed(seed.as_bytes().to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_grpc_and_grpcs_urls_with_a_port_are_accepted() {
+        assert_eq!(parse_url("grpc://127.0.0.1:7000").expect("ok"), ("http://127.0.0.1:7000".into(), false));
+        assert_eq!(parse_url("grpcs://cloud.example:443").expect("ok"), ("https://cloud.example:443".into(), true));
+        for bad in ["http://127.0.0.1:7000", "grpc://", "grpc://host", "127.0.0.1:7000", "grpc://h:1/path"] {
+            assert!(matches!(parse_url(bad), Err(Error::Remote { .. })), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! # vericonv-remote
+//!
+//! The untrusted cloud as a network service. [`serve`] puts any
+//! [`CloudBackend`](vericonv::cloud::CloudBackend) behind a gRPC server (`vericonv serve`);
+//! [`RemoteBackend`] is the `CloudBackend` a client uses to call one or more such servers. The
+//! client still verifies every answer before decrypting it: the network adds a trust boundary,
+//! not trust.
+//!
+//! The protocol is `proto/vericonv.proto`: `RegisterKernel(geometry, K') → handle` once per
+//! session, then `Conv(handle, batch, X' | share seed) → Y'`, and `Info`. The standard
+//! `grpc.health.v1` service runs beside it.
+
+#![warn(missing_docs)]
+
+mod client;
+pub mod metrics;
+pub mod server;
+pub mod wire;
+
+/// The generated protobuf messages and gRPC stubs of `proto/vericonv.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("vericonv.v1");
+}
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use client::{RemoteBackend, RemoteOptions};
+use metrics::Metrics;
+pub use server::{CloudService, ServerConfig};
+use tonic::codegen::http;
+use vericonv::cloud::CloudBackend;
+use vericonv::{Error, Result};
+
+/// A PEM certificate chain and private key for TLS.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// The certificate chain, PEM.
+    pub cert: Vec<u8>,
+    /// The private key, PEM.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity").field("cert", &format!("{} bytes", self.cert.len())).finish_non_exhaustive()
+    }
+}
+
+/// Where and how [`serve`] listens.
+#[derive(Debug)]
+pub struct Listen {
+    /// The gRPC socket, already bound (bind port 0 for an ephemeral one).
+    pub listener: tokio::net::TcpListener,
+    /// TLS, if any (rustls).
+    pub tls: Option<TlsIdentity>,
+    /// The address of the Prometheus `/metrics` endpoint, if any.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// tonic answers a request over its decoding limit with `OUT_OF_RANGE`; the contract of this
+/// service is `RESOURCE_EXHAUSTED`, as for every other limit.
+fn oversize_is_resource_exhausted<B>(mut r: http::Response<B>) -> http::Response<B> {
+    let headers = r.headers();
+    let oversize = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11")
+        && headers
+            .get("grpc-message")
+            .is_some_and(|m| m.as_bytes().starts_with(b"Error,%20decoded%20message%20length%20too%20large"));
+    if oversize {
+        r.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    r
+}
+
+/// Serves `backend` until `shutdown` resolves, then finishes the calls in flight and returns.
+///
+/// # Errors
+/// [`Error::Remote`] when the metrics address cannot be bound or TLS is misconfigured.
+pub async fn serve(
+    backend: Arc<dyn CloudBackend>,
+    cfg: ServerConfig,
+    listen: Listen,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let endpoint = listen.listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let transport = |e: &dyn std::fmt::Display| Error::Remote {
+        endpoint: endpoint.clone(),
+        code: "Unavailable".into(),
+        message: e.to_string(),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<proto::cloud_server::CloudServer<CloudService>>().await;
+    let timeout = cfg.request_timeout;
+    let service = CloudService::new(backend, cfg, metrics.clone()).into_server();
+    let mut builder = tonic::transport::Server::builder().timeout(timeout);
+    if let Some(id) = &listen.tls {
+        let identity = tonic::transport::Identity::from_pem(&id.cert, &id.key);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| transport(&e))?;
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = listen.metrics {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| transport(&e))?;
+        tokio::spawn(metrics::serve_http(listener, metrics.clone(), stop_rx.clone()));
+    }
+    let router = builder
+        .layer(tower::util::MapResponseLayer::new(oversize_is_resource_exhausted))
+        .add_service(health_service)
+        .add_service(service);
+    let incoming = tonic::transport::server::TcpIncoming::from(listen.listener).with_nodelay(Some(true));
+    let result = router
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    result.map_err(|e| transport(&e))
+}
+
+/// Resolves on SIGINT or SIGTERM: the shutdown signal of `vericonv serve`.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: finishing the calls in flight, refusing new ones");
+}

@@ -1,0 +1,282 @@
+//! The cloud's side: a tonic service around any [`CloudBackend`].
+//!
+//! - Kernels are registered once and kept in a cache bounded in bytes (least recently used
+//!   first out); apart from it the server is stateless, so replicas are interchangeable.
+//! - A semaphore bounds the convolutions running at once; past the bound a call is answered
+//!   `RESOURCE_EXHAUSTED` at once instead of queueing.
+//! - Requests are bounded in size (`RESOURCE_EXHAUSTED` past the limit) and in time (every
+//!   call has a deadline).
+//! - With a token, every call of the `Cloud` service needs `authorization: Bearer <token>`,
+//!   compared in constant time; the health service stays open for load balancers.
+//! - Logs never contain tensor contents: only shapes, handles, durations and outcomes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status};
+use vericonv::Error;
+use vericonv::cloud::CloudBackend;
+use vericonv::geometry::Conv2d;
+use vericonv::share::ShareSeed;
+
+use crate::metrics::Metrics;
+use crate::proto;
+use crate::proto::cloud_server::{Cloud, CloudServer};
+use crate::proto::conv_request::Input;
+use crate::wire::{KernelHandle, decode_elements, encode_elements, geometry_from_proto};
+
+/// How the server runs.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Convolutions that may run at once (default 4).
+    pub max_concurrent: usize,
+    /// The largest request or reply, in bytes (default 512 MiB: a VGG-16/224 activation at
+    /// batch 16 is 205 MB).
+    pub max_message_bytes: usize,
+    /// The kernel cache's capacity, in bytes of `K'` (default 1 GiB).
+    pub kernel_cache_bytes: usize,
+    /// The bearer token every `Cloud` call must carry, if any.
+    pub token: Option<String>,
+    /// The longest any call may take on the server (default 300 s); a client's own, shorter
+    /// `grpc-timeout` applies too.
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 4,
+            max_message_bytes: 512 << 20,
+            kernel_cache_bytes: 1 << 30,
+            token: None,
+            request_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Registered kernels, least recently used first out, bounded in bytes.
+struct KernelCache {
+    capacity: usize,
+    used: usize,
+    kernels: HashMap<KernelHandle, (Conv2d, Arc<Vec<u32>>)>,
+    order: VecDeque<KernelHandle>,
+}
+
+impl KernelCache {
+    fn get(&mut self, h: &KernelHandle) -> Option<(Conv2d, Arc<Vec<u32>>)> {
+        let found = self.kernels.get(h).cloned()?;
+        self.order.retain(|x| x != h);
+        self.order.push_back(*h);
+        Some(found)
+    }
+
+    /// Stores a kernel, evicting the least recently used ones to make room.
+    fn insert(&mut self, h: KernelHandle, geom: Conv2d, kernel: Vec<u32>) -> Result<(), Status> {
+        let bytes = kernel.len() * 4;
+        if bytes > self.capacity {
+            return Err(Status::resource_exhausted(format!(
+                "the kernel is {bytes} bytes; this server's kernel cache holds {} bytes",
+                self.capacity
+            )));
+        }
+        if self.kernels.contains_key(&h) {
+            self.get(&h);
+            return Ok(());
+        }
+        while self.used + bytes > self.capacity {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some((_, k)) = self.kernels.remove(&old) {
+                self.used -= k.len() * 4;
+            }
+        }
+        self.used += bytes;
+        self.kernels.insert(h, (geom, Arc::new(kernel)));
+        self.order.push_back(h);
+        Ok(())
+    }
+}
+
+/// The `Cloud` service.
+pub struct CloudService {
+    backend: Arc<dyn CloudBackend>,
+    cache: Mutex<KernelCache>,
+    permits: Arc<Semaphore>,
+    cfg: ServerConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl CloudService {
+    /// A service that runs every convolution on `backend`.
+    pub fn new(backend: Arc<dyn CloudBackend>, cfg: ServerConfig, metrics: Arc<Metrics>) -> Self {
+        let cache =
+            KernelCache { capacity: cfg.kernel_cache_bytes, used: 0, kernels: HashMap::new(), order: VecDeque::new() };
+        Self { backend, cache: Mutex::new(cache), permits: Arc::new(Semaphore::new(cfg.max_concurrent)), cfg, metrics }
+    }
+
+    /// The tonic server of this service, with the message limits and the token check.
+    pub fn into_server(self) -> tonic::service::interceptor::InterceptedService<CloudServer<Self>, TokenCheck> {
+        let limit = self.cfg.max_message_bytes;
+        let check = TokenCheck { token: self.cfg.token.clone().map(Arc::new), metrics: self.metrics.clone() };
+        let server = CloudServer::new(self).max_decoding_message_size(limit).max_encoding_message_size(limit);
+        tonic::service::interceptor::InterceptedService::new(server, check)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, KernelCache> {
+        // A panic while holding the lock cannot leave the cache inconsistent in a way that
+        // matters: the worst case is a kernel to register again.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The bearer-token check in front of every `Cloud` call.
+#[derive(Clone)]
+pub struct TokenCheck {
+    token: Option<Arc<String>>,
+    metrics: Arc<Metrics>,
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(token) = &self.token else { return Ok(req) };
+        let given = req.metadata().get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
+        let expected = format!("Bearer {token}");
+        if given.len() == expected.len() && bool::from(given.ct_eq(expected.as_bytes())) {
+            Ok(req)
+        } else {
+            self.metrics.unauthenticated();
+            Err(Status::unauthenticated("a valid bearer token is required"))
+        }
+    }
+}
+
+/// The gRPC status for an error of the backend or of a decoder.
+pub fn status_of(e: &Error) -> Status {
+    match e {
+        Error::LengthMismatch { .. }
+        | Error::NotAFieldElement { .. }
+        | Error::ZeroDimension { .. }
+        | Error::GroupsMismatch { .. }
+        | Error::KernelLargerThanInput { .. }
+        | Error::TooLarge { .. }
+        | Error::Parse { .. } => Status::invalid_argument(e.to_string()),
+        Error::DeviceLimit(_) => Status::resource_exhausted(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Cloud for CloudService {
+    async fn info(&self, _: Request<proto::InfoRequest>) -> Result<Response<proto::InfoReply>, Status> {
+        Ok(Response::new(proto::InfoReply {
+            backend: self.backend.name(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            max_message_bytes: self.cfg.max_message_bytes as u64,
+            max_concurrent: self.cfg.max_concurrent as u32,
+            kernel_cache_bytes: self.cfg.kernel_cache_bytes as u64,
+        }))
+    }
+
+    async fn register_kernel(
+        &self,
+        req: Request<proto::RegisterKernelRequest>,
+    ) -> Result<Response<proto::RegisterKernelReply>, Status> {
+        let start = Instant::now();
+        let req = req.into_inner();
+        self.metrics.bytes_in(req.kernel.len());
+        let result = (|| {
+            let geom = req.geometry.as_ref().ok_or_else(|| Status::invalid_argument("no geometry"))?;
+            let geom = geometry_from_proto(geom).map_err(|e| status_of(&e))?;
+            let kernel = decode_elements(&req.kernel, geom.kernel_len(), "kernel").map_err(|e| status_of(&e))?;
+            let handle = KernelHandle::of(&geom, &kernel);
+            self.cache().insert(handle, geom, kernel)?;
+            tracing::info!(
+                ?handle,
+                cin = geom.cin(),
+                cout = geom.cout(),
+                h = geom.h(),
+                w = geom.w(),
+                "kernel registered"
+            );
+            Ok(proto::RegisterKernelReply { handle: handle.as_bytes().to_vec() })
+        })();
+        self.metrics.finished("RegisterKernel", &result, start.elapsed());
+        result.map(Response::new)
+    }
+
+    async fn conv(&self, req: Request<proto::ConvRequest>) -> Result<Response<proto::ConvReply>, Status> {
+        let start = Instant::now();
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let busy = Err(Status::resource_exhausted(format!(
+                "{} convolutions are running, the most this server runs at once; retry later",
+                self.cfg.max_concurrent
+            )));
+            self.metrics.finished("Conv", &busy, start.elapsed());
+            return busy;
+        };
+        let req = req.into_inner();
+        let result = self.conv_inner(req).await;
+        drop(permit);
+        if let Ok(reply) = &result {
+            self.metrics.bytes_out(reply.output.len());
+        }
+        self.metrics.finished("Conv", &result, start.elapsed());
+        result.map(Response::new)
+    }
+}
+
+impl CloudService {
+    async fn conv_inner(&self, req: proto::ConvRequest) -> Result<proto::ConvReply, Status> {
+        let handle = KernelHandle::from_bytes(&req.handle).map_err(|e| status_of(&e))?;
+        let Some((geom, kernel)) = self.cache().get(&handle) else {
+            self.metrics.cache_miss();
+            return Err(Status::not_found(format!("unknown kernel {handle:?}: register it first")));
+        };
+        self.metrics.cache_hit();
+        let batch = usize::try_from(req.batch)
+            .ok()
+            .filter(|&b| b > 0)
+            .ok_or_else(|| Status::invalid_argument(format!("batch = {}: at least 1 image", req.batch)))?;
+        let in_len = batch
+            .checked_mul(geom.image_len())
+            .ok_or_else(|| Status::invalid_argument(format!("batch = {batch} overflows the input size")))?;
+        let out_bytes = batch.checked_mul(geom.output_image_len()).and_then(|n| n.checked_mul(4));
+        if out_bytes.is_none_or(|n| n > self.cfg.max_message_bytes) {
+            return Err(Status::resource_exhausted(format!(
+                "the answer for {batch} images would exceed this server's message limit of {} bytes",
+                self.cfg.max_message_bytes
+            )));
+        }
+        enum Job {
+            Tensor(Vec<u32>),
+            Seed(ShareSeed),
+        }
+        let job = match req.input {
+            Some(Input::Tensor(bytes)) => {
+                self.metrics.bytes_in(bytes.len());
+                Job::Tensor(decode_elements(&bytes, in_len, "input").map_err(|e| status_of(&e))?)
+            }
+            Some(Input::ShareSeed(bytes)) => {
+                self.metrics.bytes_in(bytes.len());
+                let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    Status::invalid_argument(format!("share seed of {} bytes, 32 expected", bytes.len()))
+                })?;
+                Job::Seed(ShareSeed::from_bytes(seed))
+            }
+            None => return Err(Status::invalid_argument("no input tensor or share seed")),
+        };
+        let backend = self.backend.clone();
+        let started = Instant::now();
+        let y = tokio::task::spawn_blocking(move || match job {
+            Job::Tensor(x) => backend.conv(&geom, batch, &kernel, &x),
+            Job::Seed(seed) => backend.conv_share(&geom, batch, &kernel, &seed),
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the convolution task failed: {e}")))?
+        .map_err(|e| status_of(&e))?;
+        tracing::info!(?handle, batch, seconds = started.elapsed().as_secs_f64(), "convolution done");
+        Ok(proto::ConvReply { output: encode_elements(&y) })
+    }
+}

@@ -1,0 +1,189 @@
+//! What crosses the wire, and its checks: geometries, field-element tensors and kernel
+//! handles. Every decoder here takes bytes the other side controls and returns a typed error,
+//! never a panic, for anything malformed.
+
+use vericonv::field::P;
+use vericonv::geometry::{Conv2d, Padding};
+use vericonv::{Error, Result};
+
+use crate::proto;
+
+/// A registered kernel: the BLAKE3 hash of its geometry and `K'`. Every replica computes the
+/// same handle for the same kernel, so replicas are interchangeable, and a client can check
+/// the handle a server returns.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KernelHandle([u8; 32]);
+
+impl KernelHandle {
+    /// The handle of `kernel` (`K'`) for `geom`.
+    pub fn of(geom: &Conv2d, kernel: &[u32]) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"vericonv kernel handle v1");
+        for v in geometry_fields(geom) {
+            h.update(&v.to_le_bytes());
+        }
+        for chunk in kernel.chunks(4096) {
+            h.update(&encode_elements(chunk));
+        }
+        Self(*h.finalize().as_bytes())
+    }
+
+    /// A handle received from the network.
+    ///
+    /// # Errors
+    /// [`Error::Parse`] unless `bytes` is 32 bytes long.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| Error::Parse {
+            what: "kernel handle".into(),
+            message: format!("{} bytes, 32 expected", bytes.len()),
+        })?;
+        Ok(Self(arr))
+    }
+
+    /// The 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for KernelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // K' is masked, and its hash reveals nothing more; eight hex digits identify it in logs.
+        write!(f, "KernelHandle({:02x}{:02x}{:02x}{:02x}…)", self.0[0], self.0[1], self.0[2], self.0[3])
+    }
+}
+
+/// The geometry's fields in the order of `proto::Geometry`.
+fn geometry_fields(g: &Conv2d) -> [u64; 15] {
+    let p = g.padding();
+    [g.cin(), g.cout(), g.h(), g.w(), g.kh(), g.kw(), g.stride().0, g.stride().1, p.top, p.left, p.bottom, p.right]
+        .into_iter()
+        .chain([g.dilation().0, g.dilation().1, g.groups()])
+        .map(|v| v as u64)
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap_or([0; 15])
+}
+
+/// The wire form of a geometry.
+pub fn geometry_to_proto(g: &Conv2d) -> proto::Geometry {
+    let [
+        in_channels,
+        out_channels,
+        height,
+        width,
+        kernel_h,
+        kernel_w,
+        stride_h,
+        stride_w,
+        pad_top,
+        pad_left,
+        pad_bottom,
+        pad_right,
+        dilation_h,
+        dilation_w,
+        groups,
+    ] = geometry_fields(g);
+    proto::Geometry {
+        in_channels,
+        out_channels,
+        height,
+        width,
+        kernel_h,
+        kernel_w,
+        stride_h,
+        stride_w,
+        pad_top,
+        pad_left,
+        pad_bottom,
+        pad_right,
+        dilation_h,
+        dilation_w,
+        groups,
+    }
+}
+
+/// A geometry received from the network, validated as [`Conv2d::builder`] validates any.
+///
+/// # Errors
+/// [`Error::TooLarge`] for a value that does not fit this machine's `usize`, and every error of
+/// [`Conv2d`]'s builder.
+pub fn geometry_from_proto(p: &proto::Geometry) -> Result<Conv2d> {
+    let u = |value: u64, what: &'static str| {
+        usize::try_from(value).map_err(|_| Error::TooLarge { what, value: usize::MAX })
+    };
+    Conv2d::builder(
+        u(p.in_channels, "in_channels")?,
+        u(p.out_channels, "out_channels")?,
+        (u(p.height, "height")?, u(p.width, "width")?),
+        (u(p.kernel_h, "kernel_h")?, u(p.kernel_w, "kernel_w")?),
+    )
+    .stride(u(p.stride_h, "stride_h")?, u(p.stride_w, "stride_w")?)
+    .padding(Padding::new(
+        u(p.pad_top, "pad_top")?,
+        u(p.pad_left, "pad_left")?,
+        u(p.pad_bottom, "pad_bottom")?,
+        u(p.pad_right, "pad_right")?,
+    ))
+    .dilation(u(p.dilation_h, "dilation_h")?, u(p.dilation_w, "dilation_w")?)
+    .groups(u(p.groups, "groups")?)
+    .build()
+}
+
+/// Field elements as little-endian bytes.
+pub fn encode_elements(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// `expected` field elements from little-endian bytes.
+///
+/// # Errors
+/// [`Error::LengthMismatch`] when `bytes` does not hold exactly `expected` elements (the
+/// length is checked before anything is allocated), [`Error::NotAFieldElement`] for a value
+/// `>= p`.
+pub fn decode_elements(bytes: &[u8], expected: usize, what: &'static str) -> Result<Vec<u32>> {
+    if expected.checked_mul(4) != Some(bytes.len()) {
+        return Err(Error::LengthMismatch { what, expected, got: bytes.len() / 4 });
+    }
+    let v: Vec<u32> = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    if let Some(index) = v.iter().position(|&x| x >= P) {
+        return Err(Error::NotAFieldElement { what, index, value: v[index], p: P });
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometries_round_trip_and_handles_depend_on_every_field() {
+        let g = Conv2d::builder(4, 6, (9, 7), (3, 2))
+            .stride(2, 1)
+            .padding(Padding::new(1, 0, 2, 1))
+            .dilation(1, 2)
+            .groups(2)
+            .build()
+            .expect("geometry");
+        assert_eq!(geometry_from_proto(&geometry_to_proto(&g)).expect("decodes"), g);
+        let k = vec![5u32; g.kernel_len()];
+        let h = KernelHandle::of(&g, &k);
+        assert_eq!(KernelHandle::from_bytes(h.as_bytes()).expect("32 bytes"), h);
+        let other = Conv2d::builder(4, 6, (9, 7), (3, 2)).stride(2, 1).groups(2).build().expect("geometry");
+        assert_ne!(KernelHandle::of(&other, &vec![5u32; other.kernel_len()]), h, "padding is part of the handle");
+        let mut k2 = k.clone();
+        k2[7] = 6;
+        assert_ne!(KernelHandle::of(&g, &k2), h, "every weight is part of the handle");
+        assert!(KernelHandle::from_bytes(&[0; 31]).is_err());
+    }
+
+    #[test]
+    fn tensors_are_checked_for_length_and_canonical_elements() {
+        let v = vec![0, 1, P - 1];
+        assert_eq!(decode_elements(&encode_elements(&v), 3, "t").expect("decodes"), v);
+        assert!(matches!(decode_elements(&encode_elements(&v), 4, "t"), Err(Error::LengthMismatch { .. })));
+        assert!(matches!(decode_elements(&[0; 5], 1, "t"), Err(Error::LengthMismatch { .. })));
+        assert!(matches!(decode_elements(&encode_elements(&[P]), 1, "t"), Err(Error::NotAFieldElement { .. })));
+        assert!(matches!(decode_elements(&[], usize::MAX, "t"), Err(Error::LengthMismatch { .. })));
+    }
+}
