@@ -8,7 +8,7 @@
 //! BatchNorm folding and, when the model still loads, a forward pass. Every case must return
 //! `Ok` or a typed error; a panic fails the test and proptest reports the case.
 //!
-//! The budget is fixed: `VERICONV_FUZZ_CASES` cases per target (128 by default) from the seed
+//! The budget is fixed: `VERICONV_FUZZ_CASES` cases per target (256 by default) from the seed
 //! `VERICONV_FUZZ_SEED` (fixed by default, printed). `scripts/fuzz.sh` runs a longer campaign.
 
 use std::io::Write;
@@ -68,7 +68,7 @@ const ATTRS: &[&str] = &[
 
 /// Cases per target.
 fn cases() -> u32 {
-    std::env::var("VERICONV_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128)
+    std::env::var("VERICONV_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
 }
 
 /// The campaign's seed.
@@ -494,4 +494,133 @@ fn digits_loader_survives_mutated_files() {
         }
         outcome(&r)
     });
+}
+
+/// Geometry fields as a hostile client would send them: a valid layer, with now and then a
+/// field replaced by zero, a huge value or one that wraps.
+fn wire_geometry() -> impl Strategy<Value = Vec<u64>> {
+    let valid = (1..5u64, 1..5u64, 6..12u64, 6..12u64, 1..4u64, 1..4u64, 1..3u64, 0..2u64, 1..3u64)
+        .prop_map(|(cin, cout, h, w, kh, kw, s, p, d)| vec![cin, cout, h, w, kh, kw, s, s, p, p, p, p, d, d, 1]);
+    let hostile = prop_oneof![Just(0u64), Just(u64::MAX), Just(1 << 32), Just((1 << 62) | 1), Just(100_000), 2..9u64];
+    (valid, prop::collection::vec((0..15usize, hostile), 0..3)).prop_map(|(mut g, edits)| {
+        for (i, v) in edits {
+            g[i] = v;
+        }
+        g
+    })
+}
+
+fn geometry_message(d: &[u64]) -> vericonv_remote::proto::Geometry {
+    vericonv_remote::proto::Geometry {
+        in_channels: d[0],
+        out_channels: d[1],
+        height: d[2],
+        width: d[3],
+        kernel_h: d[4],
+        kernel_w: d[5],
+        stride_h: d[6],
+        stride_w: d[7],
+        pad_top: d[8],
+        pad_left: d[9],
+        pad_bottom: d[10],
+        pad_right: d[11],
+        dilation_h: d[12],
+        dilation_w: d[13],
+        groups: d[14],
+    }
+}
+
+#[test]
+fn network_decoders_survive_hostile_messages() {
+    use vericonv_remote::proto::{ConvRequest, RegisterKernelRequest};
+    use vericonv_remote::wire::{KernelHandle, decode_elements, geometry_from_proto};
+    fuzz("wire", (wire_geometry(), prop::collection::vec(any::<u8>(), 0..256)), |(d, bytes)| {
+        // The path of RegisterKernel: geometry, then a kernel of exactly its length.
+        let r = geometry_from_proto(&geometry_message(&d));
+        let kind = match &r {
+            Ok(geom) => outcome(&decode_elements(&bytes, geom.kernel_len(), "kernel")),
+            Err(_) => "geometry refused",
+        };
+        // Raw bytes into both request messages, then their fields.
+        if let Ok(req) = RegisterKernelRequest::decode(bytes.as_slice())
+            && let Some(g) = req.geometry
+        {
+            let _ = geometry_from_proto(&g);
+        }
+        if let Ok(req) = ConvRequest::decode(bytes.as_slice()) {
+            let _ = KernelHandle::from_bytes(&req.handle);
+        }
+        kind
+    });
+}
+
+#[test]
+fn a_live_server_answers_hostile_requests_with_statuses_and_stays_up() {
+    use vericonv_remote::proto::cloud_client::CloudClient;
+    use vericonv_remote::proto::conv_request::Input;
+    use vericonv_remote::proto::{ConvRequest, RegisterKernelRequest};
+    use vericonv_remote::wire::KernelHandle;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cfg = vericonv_remote::ServerConfig { max_message_bytes: 1 << 20, ..Default::default() };
+    let server = rt.spawn(vericonv_remote::serve(
+        std::sync::Arc::new(vericonv::cloud::CpuBackend::new()),
+        cfg,
+        vericonv_remote::Listen { listener, tls: None, metrics: None },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let client = rt.block_on(CloudClient::connect(format!("http://{addr}"))).expect("connect");
+    let strategy = (wire_geometry(), any::<u64>(), 0..4u64, any::<bool>());
+    fuzz("server", strategy, |(d, s, batch, seed_form)| {
+        let mut rng = ChaCha20Rng::seed_from_u64(s);
+        let mut c = client.clone();
+        let geometry = Some(geometry_message(&d));
+        // A kernel of about the right length, sometimes off by one element or holding p.
+        let geom = vericonv_remote::wire::geometry_from_proto(geometry.as_ref().expect("some")).ok();
+        let len = geom.map_or(rng.random_range(0..64), |g| g.kernel_len()).min(1 << 16);
+        let image = geom.map_or(0, |g| g.image_len()).min(1 << 16);
+        let mut kernel: Vec<u8> =
+            (0..len).flat_map(|_| rng.random_range(0..vericonv::field::P).to_le_bytes()).collect();
+        match rng.random_range(0..6) {
+            0 => kernel.truncate(kernel.len().saturating_sub(4)),
+            1 => kernel.extend([0xff; 4]),
+            _ => {}
+        }
+        let handle = match rt.block_on(c.register_kernel(RegisterKernelRequest { geometry, kernel })) {
+            Ok(reply) => reply.into_inner().handle,
+            Err(_) => KernelHandle::from_bytes(&[3; 32]).expect("32").as_bytes().to_vec(),
+        };
+        let input = if seed_form {
+            Input::ShareSeed((0..rng.random_range(30..34)).map(|_| rng.random()).collect())
+        } else {
+            // Mostly the right length of canonical elements; sometimes any bytes at all.
+            let elements = if rng.random_bool(0.7) { batch as usize * image } else { rng.random_range(0..1024) };
+            let mut x: Vec<u8> =
+                (0..elements).flat_map(|_| rng.random_range(0..vericonv::field::P).to_le_bytes()).collect();
+            if rng.random_bool(0.2) && !x.is_empty() {
+                let j = rng.random_range(0..x.len());
+                x[j] = 0xff;
+                x.truncate(j + 1 + rng.random_range(0..3));
+            }
+            Input::Tensor(x)
+        };
+        match rt.block_on(c.conv(ConvRequest { handle, batch, input: Some(input) })) {
+            Ok(_) => "answered",
+            Err(st) => match st.code() {
+                tonic::Code::InvalidArgument => "InvalidArgument",
+                tonic::Code::NotFound => "NotFound",
+                tonic::Code::ResourceExhausted => "ResourceExhausted",
+                other => panic!("an unexpected status {other:?}: {}", st.message()),
+            },
+        }
+    });
+    // Still up.
+    let mut c = client.clone();
+    assert!(rt.block_on(c.info(vericonv_remote::proto::InfoRequest {})).is_ok(), "the server survived");
+    let _ = stop.send(());
+    let _ = rt.block_on(server);
 }
