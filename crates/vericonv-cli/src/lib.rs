@@ -1,5 +1,6 @@
 //! The harnesses behind the `vericonv` binary: the layer benchmark against plaintext engines
-//! ([`mod@bench`]), whole-model evaluation ([`eval`]) and the curious cloud's attacks ([`attack`]).
+//! ([`mod@bench`]) and under load on a remote cloud ([`load`]), whole-model evaluation ([`eval`]) and the
+//! curious cloud's attacks ([`attack`]).
 //!
 //! They live here, not in the libraries, so that tract, gemm and plotters are dependencies of
 //! the command line only. This crate is not published; embed `vericonv`, `vericonv-gpu` and
@@ -10,3 +11,4 @@
 pub mod attack;
 pub mod bench;
 pub mod eval;
+pub mod load;

@@ -136,6 +136,25 @@ struct BenchArgs {
     /// The F_p shader variant for --backend gpu [default: u64 when the adapter has SHADER_INT64].
     #[arg(long, value_enum)]
     variant: Option<VariantChoice>,
+    /// Load-test a remote cloud (`grpc://HOST:PORT`) instead: concurrent clients run the whole
+    /// private layer against it; throughput and p50/p99 latency [default suite: quick].
+    #[arg(long = "cloud", value_name = "URL")]
+    cloud: Vec<String>,
+    /// With --cloud and --privacy two-server: cloud B's server(s).
+    #[arg(long = "cloud-b", value_name = "URL")]
+    cloud_b: Vec<String>,
+    /// A file holding the bearer token of the remote clouds.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// A PEM CA certificate to trust for grpcs:// clouds.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// With --cloud: concurrent clients.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
+    clients: usize,
+    /// With --cloud: private calls per client.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=10_000).map(usize::from))]
+    requests: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -299,16 +318,7 @@ impl ProtocolArgs {
         if urls.is_empty() {
             return select_backend(choice);
         }
-        let read = |p: &Path| std::fs::read(p).map_err(|e| vericonv::Error::io(p, e));
-        let opts = vericonv_remote::RemoteOptions {
-            token: match &self.token_file {
-                Some(p) => Some(String::from_utf8_lossy(&read(p)?).trim().to_string()),
-                None => None,
-            },
-            tls_ca: self.tls_ca.as_deref().map(read).transpose()?,
-            ..vericonv_remote::RemoteOptions::default()
-        };
-        let remote = vericonv_remote::RemoteBackend::connect(urls, opts)?;
+        let remote = remote_cloud(urls, self.token_file.as_deref(), self.tls_ca.as_deref())?;
         let info = remote.info()?;
         Ok((Box::new(remote), format!("remote, serving with {} (vericonv {})", info.backend, info.version)))
     }
@@ -348,6 +358,21 @@ impl ProtocolArgs {
         let b = TamperingBackend::new(b, &Tamper::ALL, rate_b, stream(0xB0B));
         Ok(CloudSetup { a, b: Some(b), why: format!("A: {why}; B: {why_b}") })
     }
+}
+
+/// A client of the remote cloud at `urls` (replicas), with the token and CA files given.
+fn remote_cloud(
+    urls: &[String],
+    token_file: Option<&Path>,
+    tls_ca: Option<&Path>,
+) -> Result<vericonv_remote::RemoteBackend, vericonv::Error> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| vericonv::Error::io(p, e));
+    let opts = vericonv_remote::RemoteOptions {
+        token: token_file.map(read).transpose()?.map(|t| String::from_utf8_lossy(&t).trim().to_string()),
+        tls_ca: tls_ca.map(read).transpose()?,
+        ..vericonv_remote::RemoteOptions::default()
+    };
+    vericonv_remote::RemoteBackend::connect(urls, opts)
 }
 
 /// Which cloud cheats in mode two-server when a tamper rate is set.
@@ -667,6 +692,9 @@ fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
     use vericonv_cli::bench::{BenchOptions, plot_speedups, run_layer, write_csv};
     if args.backend == BenchBackend::Gpu {
         return bench_gpu(args);
+    }
+    if !args.cloud.is_empty() {
+        return bench_cloud(args);
     }
     let suite = args.layers(SuiteChoice::Full)?;
     let batches = args.batches.clone().unwrap_or_else(|| vec![1, 16]);
@@ -1158,6 +1186,79 @@ fn conv_demo(args: &ConvDemoArgs) -> Result<(), vericonv::Error> {
     } else {
         Err(vericonv::Error::Internal("the decrypted result differs from the plaintext convolution".into()))
     }
+}
+
+/// `vericonv bench --cloud`: the remote cloud under load.
+fn bench_cloud(args: &BenchArgs) -> Result<(), vericonv::Error> {
+    use vericonv_cli::load::{LoadOptions, run_load};
+    let privacy = match args.privacy.first() {
+        Some(PrivacyChoice::Pad) => {
+            return Err(vericonv::Error::Unsupported("bench --cloud runs modes lowrank and two-server".into()));
+        }
+        Some(&p) => PrivacyArgs { privacy: p, rank: args.rank }.privacy(),
+        None => Privacy::default(),
+    };
+    let two = privacy == Privacy::TwoServer;
+    if two == args.cloud_b.is_empty() {
+        return Err(vericonv::Error::CloudCount {
+            mode: privacy.name(),
+            needed: privacy.clouds(),
+            got: 1 + usize::from(!args.cloud_b.is_empty()),
+        });
+    }
+    if let Some(url) = args.cloud.iter().find(|u| args.cloud_b.contains(u)) {
+        return Err(vericonv::Error::SameCloudTwice(url.clone()));
+    }
+    warn_if_lowrank(privacy);
+    let connect = || -> Result<vericonv_cli::load::ClientClouds, vericonv::Error> {
+        let remote = |urls: &[String]| remote_cloud(urls, args.token_file.as_deref(), args.tls_ca.as_deref());
+        let a: Box<dyn CloudBackend> = Box::new(remote(&args.cloud)?);
+        let b = if two { Some(Box::new(remote(&args.cloud_b)?) as Box<dyn CloudBackend>) } else { None };
+        Ok((a, b))
+    };
+    let info = remote_cloud(&args.cloud, args.token_file.as_deref(), args.tls_ca.as_deref())?.info()?;
+    println!(
+        "vericonv bench --cloud: {} ({}; at most {} convolutions at once); {} clients × {} calls, privacy {}",
+        args.cloud.join(", "),
+        info.backend,
+        info.max_concurrent,
+        args.clients,
+        args.requests,
+        privacy.label()
+    );
+    let batch = args.batches.as_ref().and_then(|b| b.first().copied()).unwrap_or(1);
+    let layers = args.layers(SuiteChoice::Quick)?;
+    println!(
+        "{:<13} {:<16} {:>5} | {:>8} {:>6} {:>6} | {:>9} {:>9} | {:>10} {:>10} | {:>9}",
+        "network", "layer", "batch", "verified", "busy", "failed", "calls/s", "images/s", "p50", "p99", "MB/call"
+    );
+    let mut rows = Vec::new();
+    for l in &layers {
+        let opts = LoadOptions { clients: args.clients, requests: args.requests, batch, privacy, seed: args.seed };
+        let r = run_load(l, &connect, &opts)?;
+        println!(
+            "{:<13} {:<16} {:>5} | {:>8} {:>6} {:>6} | {:>9.1} {:>9.1} | {:>7.2} ms {:>7.2} ms | {:>9.3}",
+            r.network,
+            r.layer,
+            r.batch,
+            r.verified,
+            r.busy,
+            r.failed,
+            r.calls_per_s,
+            r.images_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.mb_sent_per_call
+        );
+        rows.push(r);
+    }
+    let out = args.out_dir()?;
+    write_json(&rows, &out.join("bench-cloud.json"))?;
+    println!("every verified answer equals the plaintext convolution; wrote {}/bench-cloud.json", out.display());
+    if rows.iter().any(|r| r.failed > 0) {
+        return Err(vericonv::Error::Internal("some calls failed (neither verified nor refused as busy)".into()));
+    }
+    Ok(())
 }
 
 /// `vericonv serve`: the cloud as a gRPC server, until SIGINT or SIGTERM.
