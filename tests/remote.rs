@@ -378,3 +378,42 @@ fn cloud_a_gets_32_bytes_and_expands_the_share_itself() {
     let local = CpuBackend::new().conv(&g, 2, &k, &seed.expand(2 * g.image_len())).expect("expanded");
     assert_eq!(remote, local);
 }
+
+#[test]
+fn grpcs_with_a_trusted_ca_works_and_an_untrusted_certificate_is_refused() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("a self-signed certificate");
+    let (pem, key) = (cert.cert.pem().into_bytes(), cert.signing_key.serialize_pem().into_bytes());
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let tls = vericonv_remote::TlsIdentity { cert: pem.clone(), key };
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+            addr_tx.send(listener.local_addr().expect("addr").port()).expect("send");
+            let listen = Listen { listener, tls: Some(tls), metrics: None };
+            let backend: Arc<dyn CloudBackend> = Arc::new(CpuBackend::new());
+            vericonv_remote::serve(backend, ServerConfig::default(), listen, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+        });
+    });
+    let port = addr_rx.recv_timeout(Duration::from_secs(10)).expect("the server starts");
+    // The server listens on 127.0.0.1 only; `localhost` is the name in its certificate.
+    let url = vec![format!("grpcs://localhost:{port}")];
+    let trusted = RemoteBackend::connect(&url, RemoteOptions { tls_ca: Some(pem), ..fast_retries() }).expect("client");
+    let g = layer_geometry();
+    let (k, x, y) = layer_data(60, &g, 1);
+    let mut rng = seeded_rng(3);
+    let mut layer = PrivateConv::new(g, &k, None, LayerConfig::default(), &mut rng).expect("layer");
+    let (got, _) = layer.run(&trusted, &x, &mut rng).expect("verified over TLS");
+    assert!(got.iter().zip(&y).all(|(&a, &b)| i64::from(a) == b));
+    let untrusted = RemoteBackend::connect(&url, fast_retries()).expect("client");
+    assert!(matches!(untrusted.info(), Err(Error::Remote { .. })), "a certificate nobody vouches for is refused");
+    let plain = RemoteBackend::connect(&[format!("grpc://127.0.0.1:{port}")], fast_retries()).expect("client");
+    assert!(plain.info().is_err(), "plaintext gRPC to a TLS port fails");
+    let _ = stop.send(());
+    let _ = thread.join();
+}
