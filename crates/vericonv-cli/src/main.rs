@@ -447,11 +447,25 @@ struct ConvDemoArgs {
     tamper_cloud: TamperChoice,
 }
 
+/// The input normalisation, for models whose file does not carry it (PyTorch's ONNX exports).
+#[derive(clap::Args)]
+struct NormArgs {
+    /// Per-channel mean of `(x - mean) / std` on pixels in [0, 1], e.g. 0.485,0.456,0.406
+    /// (replaces the model's; ONNX files carry it only as metadata `vericonv.mean`).
+    #[arg(long, value_delimiter = ',', requires = "std", allow_negative_numbers = true)]
+    mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation, e.g. 0.229,0.224,0.225 (metadata `vericonv.std`).
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    std: Option<Vec<f32>>,
+}
+
 #[derive(clap::Args)]
 struct EvalArgs {
     /// The model: a native `.json` (with its `.safetensors` beside it) or an `.onnx` file.
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    norm: NormArgs,
     /// mnist, fashion-mnist, digits (test splits under --data-dir), idx:IMAGES,LABELS,
     /// cifar10:FILE[,FILE…], cifar100:FILE[,FILE…] or folder:DIR.
     #[arg(long)]
@@ -496,6 +510,8 @@ struct AttackArgs {
     /// The model: a native `.json` (with its `.safetensors` beside it) or an `.onnx` file.
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    norm: NormArgs,
     /// mnist, fashion-mnist, digits (test splits under --data-dir), or any --dataset of eval.
     #[arg(long)]
     dataset: String,
@@ -900,16 +916,40 @@ fn bench_gpu(_args: &BenchArgs) -> Result<(), vericonv::Error> {
     Err(vericonv::Error::Unsupported("built without the `gpu` feature".into()))
 }
 
-fn load_model(path: &Path) -> Result<Model, vericonv::Error> {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("onnx") => vericonv_model::onnx::import::import_model(path),
-        _ => Model::load(path),
-    }
+/// Loads a native or ONNX model, applies `--mean/--std`, and says which normalisation is in
+/// use (and warns when an ONNX model has none: PyTorch exports never do).
+fn load_model(path: &Path, norm: &NormArgs) -> Result<Model, vericonv::Error> {
+    let (model, recorded) = match path.extension().and_then(|e| e.to_str()) {
+        Some("onnx") => {
+            let proto = vericonv_model::onnx::read_model(path)?;
+            let recorded = proto.metadata_props.iter().any(|m| m.key == "vericonv.mean" || m.key == "vericonv.std");
+            let name = path.file_stem().map_or_else(|| "onnx".to_string(), |s| s.to_string_lossy().to_string());
+            (vericonv_model::onnx::import::import_proto(&proto, &name)?, recorded)
+        }
+        _ => (Model::load(path)?, true),
+    };
+    let (model, source) = match (&norm.mean, &norm.std) {
+        (Some(mean), Some(std)) => (model.with_normalization(mean.clone(), std.clone())?, "from --mean/--std"),
+        _ if recorded => (model, "from the model file"),
+        _ => {
+            eprintln!(
+                "warning: {} records no input normalisation (ONNX metadata vericonv.mean / vericonv.std); using mean 0, std 1. Pass --mean and --std (for torchvision models: --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225)",
+                path.display()
+            );
+            (model, "none recorded")
+        }
+    };
+    let i = model.input();
+    eprintln!(
+        "input: {}×{}×{}, normalised as (x - {:?}) / {:?} ({source})",
+        i.channels, i.height, i.width, i.mean, i.std
+    );
+    Ok(model)
 }
 
 fn eval(args: &EvalArgs) -> Result<(), vericonv::Error> {
     let p = &args.protocol;
-    let model = load_model(&args.model)?;
+    let model = load_model(&args.model, &args.norm)?;
     let i = &model.input();
     let mut data = Dataset::open(&args.dataset, &args.data_dir, false, i.channels, i.height, i.width)?;
     let mut qm = QuantModel::new(&model, QuantConfig { weight_bits: args.weight_bits, act_bits: args.act_bits })?;
@@ -1021,7 +1061,7 @@ fn file_safe(s: &str) -> String {
 
 fn attack(args: &AttackArgs) -> Result<(), vericonv::Error> {
     use vericonv_cli::attack::{AttackOptions, attack_model, format_table, write_examples_png};
-    let model = load_model(&args.model)?;
+    let model = load_model(&args.model, &args.norm)?;
     let i = &model.input();
     let mut data = Dataset::open(&args.dataset, &args.data_dir, false, i.channels, i.height, i.width)?;
     data.truncate(args.limit);

@@ -62,6 +62,12 @@ impl Model {
                     let s = a.shape;
                     let data = match op {
                         Op::Relu => a.data.iter().map(|&v| v.max(0.0)).collect(),
+                        Op::Clip { min, max } => a.data.iter().map(|&v| v.max(*min).min(*max)).collect(),
+                        Op::Sigmoid => a.data.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect(),
+                        Op::HardSigmoid { alpha, beta } => {
+                            a.data.iter().map(|&v| (alpha * v + beta).clamp(0.0, 1.0)).collect()
+                        }
+                        Op::HardSwish => a.data.iter().map(|&v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)).collect(),
                         Op::MaxPool(p) => p.apply(&a.data, batch * s.c, s.h, s.w, true),
                         Op::AvgPool(p) => p.apply(&a.data, batch * s.c, s.h, s.w, false),
                         Op::GlobalAvgPool => ops::global_avg_pool(&a.data, s.h * s.w),

@@ -76,6 +76,26 @@ pub enum OpSpec {
     },
     /// ReLU.
     Relu,
+    /// `min(max(x, min), max)` (ReLU6: `min` 0, `max` 6).
+    Clip {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound.
+        max: f32,
+    },
+    /// The logistic function.
+    Sigmoid,
+    /// `max(0, min(1, alpha·x + beta))`.
+    HardSigmoid {
+        /// Slope, default 0.2 (as ONNX).
+        #[serde(default = "hard_sigmoid_alpha")]
+        alpha: f32,
+        /// Offset, default 0.5.
+        #[serde(default = "one_half")]
+        beta: f32,
+    },
+    /// `x · hard_sigmoid(x)` with alpha 1/6, beta 1/2.
+    HardSwish,
     /// Max pooling.
     Maxpool2d(PoolSpec),
     /// Average pooling.
@@ -90,6 +110,14 @@ pub enum OpSpec {
 
 fn one() -> usize {
     1
+}
+
+fn hard_sigmoid_alpha() -> f32 {
+    0.2
+}
+
+fn one_half() -> f32 {
+    0.5
 }
 
 /// Pooling attributes of the native format.
@@ -235,6 +263,12 @@ impl Model {
                     b.batchnorm(n, first, &bn)?
                 }
                 OpSpec::Relu => b.simple(n, Op::Relu, inputs)?,
+                OpSpec::Clip { min, max } => b.simple(n, Op::Clip { min: *min, max: *max }, inputs)?,
+                OpSpec::Sigmoid => b.simple(n, Op::Sigmoid, inputs)?,
+                OpSpec::HardSigmoid { alpha, beta } => {
+                    b.simple(n, Op::HardSigmoid { alpha: *alpha, beta: *beta }, inputs)?
+                }
+                OpSpec::HardSwish => b.simple(n, Op::HardSwish, inputs)?,
                 OpSpec::Maxpool2d(p) => b.simple(n, Op::MaxPool(p.into()), inputs)?,
                 OpSpec::Avgpool2d(p) => b.simple(n, Op::AvgPool(p.into()), inputs)?,
                 OpSpec::GlobalAvgpool => b.simple(n, Op::GlobalAvgPool, inputs)?,

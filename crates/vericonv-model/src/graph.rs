@@ -64,6 +64,33 @@ pub struct InputSpec {
     pub std: Vec<f32>,
 }
 
+impl InputSpec {
+    /// Checks the specification: a non-empty image, and one finite mean and one finite,
+    /// non-zero standard deviation for every channel (or one for all).
+    ///
+    /// # Errors
+    /// [`Error::Parse`] naming what is wrong.
+    pub fn check(&self) -> Result<()> {
+        let per_channel = |v: &[f32]| v.len() == 1 || v.len() == self.channels;
+        let bad = |message: String| Err(Error::Parse { what: "model input".into(), message });
+        if self.channels.saturating_mul(self.height).saturating_mul(self.width) == 0 {
+            return bad(format!("an empty image {}×{}×{}", self.channels, self.height, self.width));
+        }
+        if !per_channel(&self.mean) || !per_channel(&self.std) {
+            return bad(format!(
+                "{} mean and {} std values for {} channels (give one, or one per channel)",
+                self.mean.len(),
+                self.std.len(),
+                self.channels
+            ));
+        }
+        if self.std.iter().any(|&s| s == 0.0 || !s.is_finite()) || self.mean.iter().any(|m| !m.is_finite()) {
+            return bad(format!("mean {:?} and std {:?} must be finite, std non-zero", self.mean, self.std));
+        }
+        Ok(())
+    }
+}
+
 /// One operator with its weights.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -89,6 +116,24 @@ pub enum Op {
     },
     /// `max(x, 0)`.
     Relu,
+    /// `min(max(x, min), max)`: ReLU6 is `Clip { min: 0, max: 6 }`.
+    Clip {
+        /// Lower bound (may be -∞).
+        min: f32,
+        /// Upper bound (may be +∞).
+        max: f32,
+    },
+    /// `1 / (1 + e^-x)`.
+    Sigmoid,
+    /// `max(0, min(1, alpha·x + beta))`.
+    HardSigmoid {
+        /// Slope.
+        alpha: f32,
+        /// Offset.
+        beta: f32,
+    },
+    /// `x · max(0, min(1, x/6 + 1/2))`.
+    HardSwish,
     /// Max pooling.
     MaxPool(Pool),
     /// Average pooling.
@@ -108,6 +153,10 @@ impl Op {
             Op::Conv { .. } => "conv2d",
             Op::Linear { .. } => "linear",
             Op::Relu => "relu",
+            Op::Clip { .. } => "clip",
+            Op::Sigmoid => "sigmoid",
+            Op::HardSigmoid { .. } => "hard_sigmoid",
+            Op::HardSwish => "hard_swish",
             Op::MaxPool(_) => "maxpool2d",
             Op::AvgPool(_) => "avgpool2d",
             Op::GlobalAvgPool => "global_avgpool",
@@ -211,21 +260,10 @@ impl GraphBuilder {
     /// # Errors
     /// [`Error::Parse`] for an empty input or a normalisation that does not fit the channels.
     pub fn new(input: InputSpec) -> Result<Self> {
-        let per_channel = |v: &[f32]| v.len() == 1 || v.len() == input.channels;
         if bounded_len(input.channels, input.height, input.width).is_none() {
             return Err(too_large("model input", input.channels));
         }
-        if input.channels * input.height * input.width == 0
-            || !per_channel(&input.mean)
-            || !per_channel(&input.std)
-            || input.std.iter().any(|&s| s == 0.0 || !s.is_finite())
-            || input.mean.iter().any(|m| !m.is_finite())
-        {
-            return Err(Error::Parse {
-                what: "model input".into(),
-                message: format!("invalid input specification {input:?}"),
-            });
-        }
+        input.check()?;
         Ok(Self {
             input,
             nodes: Vec::new(),
@@ -452,14 +490,21 @@ impl GraphBuilder {
         Ok(())
     }
 
-    /// Adds an operator without weights: relu, pooling, global average pooling, flatten, add.
+    /// Adds an operator without weights: an activation, pooling, global average pooling, flatten,
+    /// add.
     ///
     /// # Errors
     /// [`Error::Parse`] for shapes that do not fit the operator.
     pub fn simple(&mut self, name: &str, op: Op, inputs: Vec<Source>) -> Result<()> {
         let s = inputs.first().map(|&i| self.shape_of(i)).ok_or_else(|| layer_err(name, "no input"))?;
         let shape = match &op {
-            Op::Relu => s,
+            Op::Clip { min, max } if min.is_nan() || max.is_nan() || min > max => {
+                return Err(layer_err(name, format!("clip bounds [{min}, {max}] are not an interval")));
+            }
+            Op::HardSigmoid { alpha, beta } if !alpha.is_finite() || !beta.is_finite() => {
+                return Err(layer_err(name, format!("hard sigmoid alpha = {alpha}, beta = {beta} must be finite")));
+            }
+            Op::Relu | Op::Clip { .. } | Op::Sigmoid | Op::HardSigmoid { .. } | Op::HardSwish => s,
             Op::MaxPool(p) | Op::AvgPool(p) => {
                 let (h, w) = p.output(s.h, s.w).ok_or_else(|| {
                     layer_err(name, format!("pooling window {:?} does not fit a {}×{} input", p.kernel, s.h, s.w))
@@ -504,6 +549,18 @@ impl Model {
     /// Input shape and normalisation.
     pub fn input(&self) -> &InputSpec {
         &self.input
+    }
+
+    /// The same model with the input normalisation `(x - mean[c]) / std[c]` (one value, or
+    /// one per channel): what a PyTorch export does not record.
+    ///
+    /// # Errors
+    /// As [`InputSpec::check`].
+    pub fn with_normalization(mut self, mean: Vec<f32>, std: Vec<f32>) -> Result<Self> {
+        let input = InputSpec { mean, std, ..self.input.clone() };
+        input.check()?;
+        self.input = input;
+        Ok(self)
     }
 
     /// The nodes in topological order.

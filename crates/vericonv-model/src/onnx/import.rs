@@ -112,6 +112,99 @@ pub fn import_model(path: impl AsRef<Path>) -> Result<Model> {
     )
 }
 
+/// The most elements a folded constant may have: shape arithmetic, not data.
+const MAX_FOLDED: usize = 1 << 16;
+
+/// Folds a node whose inputs are all constants (the shape arithmetic exporters emit, such as
+/// `Shape → Gather → Unsqueeze → Concat` before a `Reshape`), or `None` when it is not one of
+/// the folded operators.
+fn fold(node: &NodeProto, inputs: &[&Tensor]) -> Option<Result<Tensor>> {
+    let out = node.output.first().cloned().unwrap_or_default();
+    let ints = |t: &Tensor| match &t.data {
+        TensorData::Int(v) => Some(v.clone()),
+        TensorData::Float(_) => None,
+    };
+    let int_tensor = |dims: Vec<usize>, v: Vec<i64>| Tensor { name: out.clone(), dims, data: TensorData::Int(v) };
+    let axes = |i: usize| -> Option<Vec<i64>> {
+        // Opset 13 moved `axes` from an attribute to an input.
+        inputs.get(i).and_then(|t| ints(t)).or_else(|| ints_attr(node, "axes"))
+    };
+    let r: Result<Tensor> = match (node.op_type.as_str(), inputs) {
+        ("Identity" | "Dropout", [t, ..]) => Ok(Tensor { name: out.clone(), ..(*t).clone() }),
+        ("Cast", [t]) => Ok(Tensor { name: out.clone(), ..(*t).clone() }),
+        ("Gather", [data, idx]) => {
+            let (Some(v), Some(ix)) = (ints(data), ints(idx)) else { return None };
+            if data.dims.len() != 1 || attribute(node, "axis").is_some_and(|a| a.i != 0) {
+                return Some(Err(unsupported(node, "only gathers from a 1-D shape are folded")));
+            }
+            let picked: Option<Vec<i64>> = ix
+                .iter()
+                .map(|&i| {
+                    let j = if i < 0 { i + v.len() as i64 } else { i };
+                    usize::try_from(j).ok().and_then(|j| v.get(j).copied())
+                })
+                .collect();
+            match picked {
+                Some(p) => Ok(int_tensor(idx.dims.clone(), p)),
+                None => Err(unsupported(node, format!("indices {ix:?} out of range for {} values", v.len()))),
+            }
+        }
+        ("Unsqueeze", [t, ..]) => {
+            let Some(axes) = axes(1) else { return Some(Err(unsupported(node, "no axes"))) };
+            let rank = t.dims.len() + axes.len();
+            let mut dims = t.dims.clone();
+            let mut sorted: Vec<usize> = axes
+                .iter()
+                .map(|&a| if a < 0 { a + rank as i64 } else { a })
+                .filter_map(|a| usize::try_from(a).ok())
+                .collect();
+            sorted.sort_unstable();
+            if sorted.len() != axes.len() || sorted.iter().any(|&a| a >= rank) {
+                return Some(Err(unsupported(node, format!("axes {axes:?} for rank {rank}"))));
+            }
+            sorted.iter().for_each(|&a| dims.insert(a, 1));
+            Ok(Tensor { name: out.clone(), dims, data: t.data.clone() })
+        }
+        ("Squeeze", [t, ..]) => {
+            let dims = t.dims.iter().copied().filter(|&d| d != 1).collect();
+            Ok(Tensor { name: out.clone(), dims, data: t.data.clone() })
+        }
+        ("Concat", ts) if !ts.is_empty() => {
+            let mut v = Vec::new();
+            for t in ts {
+                match ints(t) {
+                    Some(x) if t.dims.len() <= 1 => v.extend(x),
+                    _ => return Some(Err(unsupported(node, "only 1-D integer constants are concatenated"))),
+                }
+            }
+            Ok(int_tensor(vec![v.len()], v))
+        }
+        _ => return None,
+    };
+    Some(r.and_then(|t| {
+        let len = match &t.data {
+            TensorData::Int(v) => v.len(),
+            TensorData::Float(v) => v.len(),
+        };
+        if len > MAX_FOLDED && !matches!(node.op_type.as_str(), "Identity" | "Dropout" | "Cast") {
+            Err(unsupported(node, format!("a folded constant of {len} values")))
+        } else {
+            Ok(t)
+        }
+    }))
+}
+
+/// A scalar float from an optional constant input or an attribute (opsets before 11).
+fn scalar(node: &NodeProto, input: Option<&Tensor>, attr: &str, default: f32) -> Result<f32> {
+    if let Some(t) = input {
+        return match floats(t).as_slice() {
+            [v] => Ok(*v),
+            other => Err(unsupported(node, format!("a bound of {} values", other.len()))),
+        };
+    }
+    Ok(attribute(node, attr).map_or(default, |a| a.f))
+}
+
 /// Imports a decoded `ModelProto` (see [`import_model`]).
 ///
 /// # Errors
@@ -160,6 +253,8 @@ pub fn import_proto(model: &ModelProto, name: &str) -> Result<Model> {
     if input.name != "input" {
         b.alias(&input.name, Source::Input)?;
     }
+    // The rank of each data tensor, for `Shape`: 4 for images, 2 after a flatten.
+    let mut ranks: HashMap<String, usize> = HashMap::from([(input.name.clone(), 4)]);
     for node in &graph.node {
         if !(node.domain.is_empty() || node.domain == "ai.onnx") {
             return Err(unsupported(node, format!("domain `{}`", node.domain)));
@@ -173,6 +268,31 @@ pub fn import_proto(model: &ModelProto, name: &str) -> Result<Model> {
             continue;
         }
         let arg = |i: usize| node.input.get(i).filter(|s| !s.is_empty());
+        let present: Vec<&String> = node.input.iter().filter(|s| !s.is_empty()).collect();
+        if !present.is_empty() && present.iter().all(|n| consts.contains_key(*n)) {
+            let inputs: Vec<&Tensor> = present.iter().filter_map(|n| consts.get(*n)).collect();
+            if let Some(folded) = fold(node, &inputs) {
+                consts.insert(out, folded?);
+                continue;
+            }
+        }
+        if node.op_type == "Shape" {
+            check_attrs(node, &[])?;
+            let name = arg(0).ok_or_else(|| unsupported(node, "missing input 0"))?;
+            let s = b.shape_of(b.source(node_name(node), name)?);
+            // The batch dimension is dynamic; 1 stands for it (a reshape keeps its first dimension).
+            let dims: Vec<i64> = match ranks.get(name) {
+                Some(4) => vec![1, s.c as i64, s.h as i64, s.w as i64],
+                Some(2) => vec![1, s.len() as i64],
+                _ => return Err(unsupported(node, "the shape of a tensor of unknown rank")),
+            };
+            consts.insert(out.clone(), Tensor { name: out, dims: vec![dims.len()], data: TensorData::Int(dims) });
+            continue;
+        }
+        let rank_in = arg(0).and_then(|n| ranks.get(n)).copied().unwrap_or(4);
+        let rank_out =
+            if matches!(node.op_type.as_str(), "Flatten" | "Reshape" | "Gemm" | "MatMul") { 2 } else { rank_in };
+        ranks.insert(out.clone(), rank_out);
         let konst = |i: usize| arg(i).and_then(|n| consts.get(n));
         let src = |i: usize| -> Result<Source> {
             b.source(node_name(node), arg(i).ok_or_else(|| unsupported(node, format!("missing input {i}")))?)
@@ -242,6 +362,23 @@ pub fn import_proto(model: &ModelProto, name: &str) -> Result<Model> {
                 (Some(_), Some(_)) => return Err(unsupported(node, "adding two constants")),
             },
             "Relu" => b.simple(&out, Op::Relu, vec![src(0)?])?,
+            "Clip" => {
+                check_attrs(node, &["min", "max"])?;
+                let min = scalar(node, konst(1), "min", f32::NEG_INFINITY)?;
+                let max = scalar(node, konst(2), "max", f32::INFINITY)?;
+                if arg(1).is_some_and(|_| konst(1).is_none()) || arg(2).is_some_and(|_| konst(2).is_none()) {
+                    return Err(unsupported(node, "bounds that are not constants"));
+                }
+                b.simple(&out, Op::Clip { min, max }, vec![src(0)?])?
+            }
+            "Sigmoid" => b.simple(&out, Op::Sigmoid, vec![src(0)?])?,
+            "HardSigmoid" => {
+                check_attrs(node, &["alpha", "beta"])?;
+                let alpha = attribute(node, "alpha").map_or(0.2, |a| a.f);
+                let beta = attribute(node, "beta").map_or(0.5, |a| a.f);
+                b.simple(&out, Op::HardSigmoid { alpha, beta }, vec![src(0)?])?
+            }
+            "HardSwish" => b.simple(&out, Op::HardSwish, vec![src(0)?])?,
             "MaxPool" => {
                 if node.output.len() > 1 {
                     return Err(unsupported(node, "the Indices output"));
@@ -301,6 +438,10 @@ fn attr_int(name: &str, v: i64) -> AttributeProto {
     AttributeProto { name: name.into(), i: v, r#type: 2, ..AttributeProto::default() }
 }
 
+fn attr_float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto { name: name.into(), f: v, r#type: 1, ..AttributeProto::default() }
+}
+
 fn tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
     TensorProto {
         dims: dims.iter().map(|&d| d as i64).collect(),
@@ -320,7 +461,7 @@ fn value_info(name: &str, dims: Vec<Dimension>) -> ValueInfoProto {
     }
 }
 
-/// Exports a model as ONNX (opset 13): BatchNorm stays folded, linear layers become `Gemm`.
+/// Exports a model as ONNX (opset 14): BatchNorm stays folded, linear layers become `Gemm`.
 pub fn export_model(model: &Model) -> ModelProto {
     let mut nodes = Vec::new();
     let mut inits = Vec::new();
@@ -378,6 +519,24 @@ pub fn export_model(model: &Model) -> ModelProto {
                 )
             }
             Op::Relu => mk("Relu", inputs, vec![]),
+            Op::Clip { min, max } => {
+                let mut args = inputs;
+                for (bound, v) in [("min", *min), ("max", *max)] {
+                    if v.is_finite() {
+                        let name = format!("{}.{bound}", n.name);
+                        inits.push(tensor(&name, &[], &[v]));
+                        args.push(name);
+                    } else {
+                        args.push(String::new());
+                    }
+                }
+                mk("Clip", args, vec![])
+            }
+            Op::Sigmoid => mk("Sigmoid", inputs, vec![]),
+            Op::HardSigmoid { alpha, beta } => {
+                mk("HardSigmoid", inputs, vec![attr_float("alpha", *alpha), attr_float("beta", *beta)])
+            }
+            Op::HardSwish => mk("HardSwish", inputs, vec![]),
             Op::MaxPool(p) => mk("MaxPool", inputs, pool_attrs(p, false)),
             Op::AvgPool(p) => mk("AveragePool", inputs, pool_attrs(p, true)),
             Op::GlobalAvgPool => mk("GlobalAveragePool", inputs, vec![]),
@@ -411,7 +570,7 @@ pub fn export_model(model: &Model) -> ModelProto {
             input: vec![input],
             output: vec![output],
         }),
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 13 }],
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 14 }],
         metadata_props: vec![
             StringStringEntryProto { key: "vericonv.mean".into(), value: json(&i.mean) },
             StringStringEntryProto { key: "vericonv.std".into(), value: json(&i.std) },
