@@ -1,7 +1,7 @@
 //! # vericonv-remote
 //!
 //! The untrusted cloud as a network service. [`serve`] puts any
-//! [`CloudBackend`](vericonv::cloud::CloudBackend) behind a gRPC server (`vericonv serve`);
+//! [`CloudBackend`] behind a gRPC server (`vericonv serve`);
 //! [`RemoteBackend`] is the `CloudBackend` a client uses to call one or more such servers. The
 //! client still verifies every answer before decrypting it: the network adds a trust boundary,
 //! not trust.
