@@ -181,3 +181,35 @@ fn gpu_rejects_mismatched_lengths_with_typed_errors() {
     let claim = Claim::new(&g, 1, &k, &x, &y).expect("lengths");
     assert!(matches!(gpu.strict_products(&claim, &[0; 3]), Err(vericonv::Error::LengthMismatch { .. })));
 }
+
+#[test]
+fn a_session_kernel_stays_on_the_device_until_the_key_rotates() {
+    // Tiny bindings split the layer into several channel chunks, each cached.
+    let opts = GpuOptions { max_binding_size: Some(2048), ..GpuOptions::default() };
+    let Some(gpu) = gpu_or_skip(&opts) else { return };
+    let g = vericonv::geometry::Conv2d::builder(4, 12, (9, 9), (3, 3))
+        .padding(vericonv::geometry::Padding::uniform(1))
+        .build()
+        .expect("geometry");
+    let seed = 77;
+    println!("seed {seed}");
+    let mut r = rng(seed);
+    let (k, x) = (ints(&mut r, g.kernel_len(), 127), ints(&mut r, 2 * g.image_len(), 127));
+    let widen = |v: &[i32]| v.iter().map(|&a| i64::from(a)).collect::<Vec<_>>();
+    let exact = conv_i64(&g, 2, &widen(&k), &widen(&x)).expect("plaintext");
+    let mut key_rng = seeded_rng(seed);
+    let mut layer = PrivateConv::new(g, &k, None, LayerConfig::default(), &mut key_rng).expect("layer");
+    let mut uploads = Vec::new();
+    for round in 0..4 {
+        if round == 3 {
+            layer.rotate(&mut key_rng).expect("new session");
+        }
+        let (y, _) = layer.run(&gpu, &x, &mut key_rng).expect("verified");
+        assert!(y.iter().zip(&exact).all(|(&a, &b)| i64::from(a) == b), "round {round}");
+        uploads.push(gpu.kernel_uploads());
+    }
+    assert!(uploads[0] >= 2, "the layer was split into channel chunks ({} uploads)", uploads[0]);
+    assert_eq!(uploads[1], uploads[0], "the second call of the session uploads nothing");
+    assert_eq!(uploads[2], uploads[0], "nor the third");
+    assert_eq!(uploads[3], 2 * uploads[0], "a new session key means a new K', uploaded once");
+}

@@ -1,11 +1,12 @@
 //! The convolution itself: buffers, bindings, one submission per chunk of the plan, read-back.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc;
 
 use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
-use vericonv::cloud::{CloudBackend, check_conv_args};
+use vericonv::cloud::{CloudBackend, SessionKernel, check_conv_args};
 use vericonv::geometry::Conv2d;
 use vericonv::{Error, Result};
 
@@ -28,7 +29,7 @@ impl GpuBackend {
     ) -> Result<Vec<f32>> {
         Conv2d::check_len("kernel", geom.kernel_len(), weights.len())?;
         Conv2d::check_len("input", batch * geom.image_len(), input.len())?;
-        self.run_conv(Arithmetic::F32, kernel, geom, batch, weights, input)
+        self.run_conv(Arithmetic::F32, kernel, geom, batch, weights, input, None)
     }
 
     /// The F_p convolution with an explicit kernel choice (the tests compare the tiled kernel
@@ -45,7 +46,7 @@ impl GpuBackend {
         input: &[u32],
     ) -> Result<Vec<u32>> {
         check_conv_args(geom, batch, weights, input)?;
-        self.run_conv(Arithmetic::Field(self.variant), kernel, geom, batch, weights, input)
+        self.run_conv(Arithmetic::Field(self.variant), kernel, geom, batch, weights, input, None)
     }
 
     /// The pipeline for `arith` and `kernel`; grouped layers always get the simple kernel.
@@ -193,7 +194,9 @@ impl GpuBackend {
         Ok((u(x), u(y)))
     }
 
-    /// Runs a convolution over `T` elements, split into chunks that fit the limits.
+    /// Runs a convolution over `T` elements, split into chunks that fit the limits. With a
+    /// `session` id, the kernel's buffers are taken from (or put in) the device's kernel cache.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run_conv<T: Pod + Default>(
         &self,
         arith: Arithmetic,
@@ -202,6 +205,7 @@ impl GpuBackend {
         batch: usize,
         kernel: &[T],
         input: &[T],
+        session: Option<u128>,
     ) -> Result<Vec<T>> {
         let (pipeline, kernel_choice) = self.conv_pipeline(arith, kernel_choice, g);
         let plan = ConvPlan::new(
@@ -215,9 +219,27 @@ impl GpuBackend {
         let mut out = vec![T::default(); batch * g.output_image_len()];
         for o0 in (0..g.cout()).step_by(plan.channels) {
             let oc = plan.channels.min(g.cout() - o0);
-            let kbuf = scoped(&self.device, "buffer upload", || {
-                self.kernel_buffer(kernel_choice, g.m(), &kernel[o0 * g.m()..(o0 + oc) * g.m()])
-            })?;
+            let upload = || {
+                self.kernel_uploads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                scoped(&self.device, "buffer upload", || {
+                    self.kernel_buffer(kernel_choice, g.m(), &kernel[o0 * g.m()..(o0 + oc) * g.m()])
+                })
+            };
+            let kbuf = match session {
+                Some(id) => {
+                    let key = (id, o0, oc, kernel_choice);
+                    let cached = self.kernels.lock().unwrap_or_else(|e| e.into_inner()).get(&key);
+                    match cached {
+                        Some(buf) => buf,
+                        None => {
+                            let buf = upload()?;
+                            self.kernels.lock().unwrap_or_else(|e| e.into_inner()).insert(key, buf.clone());
+                            buf
+                        }
+                    }
+                }
+                None => upload()?,
+            };
             for y0 in (0..g.ho()).step_by(plan.rows) {
                 let rows = plan.rows.min(g.ho() - y0);
                 let band = Band::new(g, y0, rows);
@@ -268,6 +290,46 @@ impl GpuBackend {
     }
 }
 
+/// A cached kernel buffer: the session kernel's id, its first output channel and channel count
+/// in the plan, and the layout the pipeline reads.
+type KernelKey = (u128, usize, usize, ConvKernel);
+
+/// Kernel buffers on the device, least recently used first out, bounded in bytes.
+pub(crate) struct KernelCache {
+    capacity: u64,
+    used: u64,
+    buffers: HashMap<KernelKey, wgpu::Buffer>,
+    order: VecDeque<KernelKey>,
+}
+
+impl KernelCache {
+    pub(crate) fn new(capacity: u64) -> Self {
+        Self { capacity, used: 0, buffers: HashMap::new(), order: VecDeque::new() }
+    }
+
+    fn get(&mut self, key: &KernelKey) -> Option<wgpu::Buffer> {
+        let buf = self.buffers.get(key).cloned()?;
+        self.order.retain(|k| k != key);
+        self.order.push_back(*key);
+        Some(buf)
+    }
+
+    fn insert(&mut self, key: KernelKey, buf: wgpu::Buffer) {
+        if buf.size() > self.capacity || self.buffers.contains_key(&key) {
+            return;
+        }
+        while self.used + buf.size() > self.capacity {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some(b) = self.buffers.remove(&old) {
+                self.used -= b.size();
+            }
+        }
+        self.used += buf.size();
+        self.buffers.insert(key, buf);
+        self.order.push_back(key);
+    }
+}
+
 impl CloudBackend for GpuBackend {
     fn name(&self) -> String {
         format!("gpu: {} [{:?} shaders]", self.info, self.variant)
@@ -275,5 +337,12 @@ impl CloudBackend for GpuBackend {
 
     fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
         self.conv_field(self.kernel, geom, batch, kernel, input)
+    }
+
+    fn conv_session(&self, kernel: &SessionKernel, batch: usize, input: &[u32]) -> Result<Vec<u32>> {
+        let g = kernel.geometry();
+        check_conv_args(g, batch, kernel.data(), input)?;
+        let arith = Arithmetic::Field(self.variant);
+        self.run_conv(arith, self.kernel, g, batch, kernel.data(), input, Some(kernel.id()))
     }
 }

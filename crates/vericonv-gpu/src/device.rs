@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use vericonv::{Error, Result};
 
+use crate::conv::KernelCache;
 use crate::shaders::{Arithmetic, ConvKernel, ShaderProgram, ShaderVariant};
 
 /// Options for [`GpuBackend::new`]. The defaults pick everything automatically.
@@ -20,6 +21,8 @@ pub struct GpuOptions {
     /// The convolution kernel of [`vericonv::cloud::CloudBackend::conv`] (default: tiled). Grouped and depthwise
     /// layers always use the simple kernel.
     pub kernel: ConvKernel,
+    /// Bytes of session kernels kept on the device (default 256 MiB); least recently used first out.
+    pub kernel_cache_bytes: Option<u64>,
 }
 
 /// What was selected, for reports.
@@ -67,6 +70,10 @@ pub struct GpuBackend {
     pub(crate) conv: [[wgpu::ComputePipeline; 2]; 2],
     pub(crate) strict: [wgpu::ComputePipeline; 3],
     pub(crate) strict_layout: wgpu::BindGroupLayout,
+    /// Session kernels on the device.
+    pub(crate) kernels: std::sync::Mutex<KernelCache>,
+    /// Kernel uploads so far (for tests and reports).
+    pub(crate) kernel_uploads: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for GpuBackend {
@@ -285,7 +292,16 @@ impl GpuBackend {
             conv,
             strict: [ydot, im2col_r, kt],
             strict_layout,
+            kernels: std::sync::Mutex::new(KernelCache::new(opts.kernel_cache_bytes.unwrap_or(256 << 20))),
+            kernel_uploads: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// How many times a kernel was uploaded to the device. A session kernel
+    /// ([`vericonv::cloud::CloudBackend::conv_session`]) is uploaded once per chunk of output
+    /// channels, then kept.
+    pub fn kernel_uploads(&self) -> u64 {
+        self.kernel_uploads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The adapter in use.

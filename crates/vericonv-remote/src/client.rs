@@ -8,14 +8,14 @@
 //! - It never retries on a wrong answer: it cannot tell one. The client verifies every answer
 //!   above it, reports a failure and counts it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
-use vericonv::cloud::{CloudBackend, check_conv_args};
+use vericonv::cloud::{CloudBackend, SessionKernel, check_conv_args};
 use vericonv::geometry::Conv2d;
 use vericonv::share::ShareSeed;
 use vericonv::{Error, Result};
@@ -80,6 +80,8 @@ pub struct RemoteBackend {
     opts: RemoteOptions,
     runtime: tokio::runtime::Runtime,
     registered: Mutex<HashSet<(usize, KernelHandle)>>,
+    /// The handle of each session kernel, hashed once per session.
+    handles: Mutex<HashMap<u128, KernelHandle>>,
     next: AtomicUsize,
     retries: AtomicUsize,
 }
@@ -157,6 +159,7 @@ impl RemoteBackend {
             opts,
             runtime,
             registered: Mutex::new(HashSet::new()),
+            handles: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
             retries: AtomicUsize::new(0),
         })
@@ -208,9 +211,21 @@ impl RemoteBackend {
         self.registered.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The handle of a session kernel, computed on its first call.
+    fn handle_of(&self, kernel: &SessionKernel) -> KernelHandle {
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        *handles.entry(kernel.id()).or_insert_with(|| KernelHandle::of(kernel.geometry(), kernel.data()))
+    }
+
     /// One convolution, with registration, retries and failover.
-    fn call(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: Input) -> Result<Vec<u32>> {
-        let handle = KernelHandle::of(geom, kernel);
+    fn call(
+        &self,
+        geom: &Conv2d,
+        batch: usize,
+        kernel: &[u32],
+        handle: KernelHandle,
+        input: Input,
+    ) -> Result<Vec<u32>> {
         let n = self.replicas.len();
         let mut replica = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut last = None;
@@ -291,13 +306,24 @@ impl CloudBackend for RemoteBackend {
 
     fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
         check_conv_args(geom, batch, kernel, input)?;
-        self.call(geom, batch, kernel, Input::Tensor(encode_elements(input)))
+        self.call(geom, batch, kernel, KernelHandle::of(geom, kernel), Input::Tensor(encode_elements(input)))
     }
 
     fn conv_share(&self, geom: &Conv2d, batch: usize, kernel: &[u32], seed: &ShareSeed) -> Result<Vec<u32>> {
         Conv2d::check_len("kernel", geom.kernel_len(), kernel.len())?;
         // Cloud A gets 32 bytes instead of the expanded share.
-        self.call(geom, batch, kernel, Input::ShareSeed(seed.as_bytes().to_vec()))
+        self.call(geom, batch, kernel, KernelHandle::of(geom, kernel), Input::ShareSeed(seed.as_bytes().to_vec()))
+    }
+
+    fn conv_session(&self, kernel: &SessionKernel, batch: usize, input: &[u32]) -> Result<Vec<u32>> {
+        let g = kernel.geometry();
+        check_conv_args(g, batch, kernel.data(), input)?;
+        self.call(g, batch, kernel.data(), self.handle_of(kernel), Input::Tensor(encode_elements(input)))
+    }
+
+    fn conv_share_session(&self, kernel: &SessionKernel, batch: usize, seed: &ShareSeed) -> Result<Vec<u32>> {
+        let seed = Input::ShareSeed(seed.as_bytes().to_vec());
+        self.call(kernel.geometry(), batch, kernel.data(), self.handle_of(kernel), seed)
     }
 }
 

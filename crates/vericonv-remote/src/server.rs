@@ -18,8 +18,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use vericonv::Error;
-use vericonv::cloud::CloudBackend;
-use vericonv::geometry::Conv2d;
+use vericonv::cloud::{CloudBackend, SessionKernel};
 use vericonv::share::ShareSeed;
 
 use crate::metrics::Metrics;
@@ -61,12 +60,12 @@ impl Default for ServerConfig {
 struct KernelCache {
     capacity: usize,
     used: usize,
-    kernels: HashMap<KernelHandle, (Conv2d, Arc<Vec<u32>>)>,
+    kernels: HashMap<KernelHandle, SessionKernel>,
     order: VecDeque<KernelHandle>,
 }
 
 impl KernelCache {
-    fn get(&mut self, h: &KernelHandle) -> Option<(Conv2d, Arc<Vec<u32>>)> {
+    fn get(&mut self, h: &KernelHandle) -> Option<SessionKernel> {
         let found = self.kernels.get(h).cloned()?;
         self.order.retain(|x| x != h);
         self.order.push_back(*h);
@@ -74,8 +73,8 @@ impl KernelCache {
     }
 
     /// Stores a kernel, evicting the least recently used ones to make room.
-    fn insert(&mut self, h: KernelHandle, geom: Conv2d, kernel: Vec<u32>) -> Result<(), Status> {
-        let bytes = kernel.len() * 4;
+    fn insert(&mut self, h: KernelHandle, kernel: SessionKernel) -> Result<(), Status> {
+        let bytes = kernel.data().len() * 4;
         if bytes > self.capacity {
             return Err(Status::resource_exhausted(format!(
                 "the kernel is {bytes} bytes; this server's kernel cache holds {} bytes",
@@ -88,12 +87,12 @@ impl KernelCache {
         }
         while self.used + bytes > self.capacity {
             let Some(old) = self.order.pop_front() else { break };
-            if let Some((_, k)) = self.kernels.remove(&old) {
-                self.used -= k.len() * 4;
+            if let Some(k) = self.kernels.remove(&old) {
+                self.used -= k.data().len() * 4;
             }
         }
         self.used += bytes;
-        self.kernels.insert(h, (geom, Arc::new(kernel)));
+        self.kernels.insert(h, kernel);
         self.order.push_back(h);
         Ok(())
     }
@@ -191,7 +190,10 @@ impl Cloud for CloudService {
             let geom = geometry_from_proto(geom).map_err(|e| status_of(&e))?;
             let kernel = decode_elements(&req.kernel, geom.kernel_len(), "kernel").map_err(|e| status_of(&e))?;
             let handle = KernelHandle::of(&geom, &kernel);
-            self.cache().insert(handle, geom, kernel)?;
+            // The backend keeps kernels by the id: the first 128 bits of the content hash.
+            let id = u128::from_le_bytes(handle.as_bytes()[..16].try_into().unwrap_or_default());
+            let kernel = SessionKernel::new(id, geom, kernel).map_err(|e| status_of(&e))?;
+            self.cache().insert(handle, kernel)?;
             tracing::info!(
                 ?handle,
                 cin = geom.cin(),
@@ -230,7 +232,7 @@ impl Cloud for CloudService {
 impl CloudService {
     async fn conv_inner(&self, req: proto::ConvRequest) -> Result<proto::ConvReply, Status> {
         let handle = KernelHandle::from_bytes(&req.handle).map_err(|e| status_of(&e))?;
-        let Some((geom, kernel)) = self.cache().get(&handle) else {
+        let Some(kernel) = self.cache().get(&handle) else {
             self.metrics.cache_miss();
             return Err(Status::not_found(format!("unknown kernel {handle:?}: register it first")));
         };
@@ -239,6 +241,7 @@ impl CloudService {
             .ok()
             .filter(|&b| b > 0)
             .ok_or_else(|| Status::invalid_argument(format!("batch = {}: at least 1 image", req.batch)))?;
+        let geom = *kernel.geometry();
         let in_len = batch
             .checked_mul(geom.image_len())
             .ok_or_else(|| Status::invalid_argument(format!("batch = {batch} overflows the input size")))?;
@@ -270,8 +273,8 @@ impl CloudService {
         let backend = self.backend.clone();
         let started = Instant::now();
         let y = tokio::task::spawn_blocking(move || match job {
-            Job::Tensor(x) => backend.conv(&geom, batch, &kernel, &x),
-            Job::Seed(seed) => backend.conv_share(&geom, batch, &kernel, &seed),
+            Job::Tensor(x) => backend.conv_session(&kernel, batch, &x),
+            Job::Seed(seed) => backend.conv_share_session(&kernel, batch, &seed),
         })
         .await
         .map_err(|e| Status::internal(format!("the convolution task failed: {e}")))?

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cloud::{Cheater, CloudBackend, Clouds};
+use crate::cloud::{Cheater, CloudBackend, Clouds, SessionKernel};
 use crate::decrypt::{MaskKernel, decrypt, decrypt_padded_into, decrypt_sum_into, decrypt_sum_verified_into};
 use crate::encrypt::{encrypt_input_into, encrypt_kernel, encrypt_padded_into, encrypt_shares_into};
 use crate::field::{M31, PrimeField};
@@ -99,7 +99,7 @@ pub struct PrivateConv {
     kernel: Vec<u32>,
     bias: Option<Vec<i32>>,
     key: SessionKey,
-    kernel_enc: Vec<u32>,
+    kernel_enc: SessionKernel,
     masking: Masking,
     images_in_session: u64,
     setup_time: Duration,
@@ -202,9 +202,10 @@ impl PrivateConv {
         privacy: Privacy,
         kernel: &[u32],
         rng: &mut KeyRng,
-    ) -> Result<(SessionKey, Vec<u32>, Masking)> {
+    ) -> Result<(SessionKey, SessionKernel, Masking)> {
         let key = SessionKey::generate_for(geom, privacy, rng)?;
-        let kernel_enc = encrypt_kernel(&key, kernel)?;
+        // The id lets a backend that keeps kernels recognise K' for the rest of the session.
+        let kernel_enc = SessionKernel::new(rand::RngExt::random(rng), *geom, encrypt_kernel(&key, kernel)?)?;
         let masking = match privacy {
             Privacy::LowRank { .. } => Masking::LowRank(MaskKernel::new(&key, kernel)?),
             Privacy::TwoServer => Masking::TwoServer,
@@ -239,7 +240,7 @@ impl PrivateConv {
     }
     /// `K'`, what the cloud receives once per session.
     pub fn encrypted_kernel(&self) -> &[u32] {
-        &self.kernel_enc
+        self.kernel_enc.data()
     }
 
     /// Mode `pad`, offline: precomputes `count` pads for this layer and its current key, with
@@ -380,12 +381,12 @@ impl PrivateConv {
         t.encrypt = start.elapsed();
 
         let start = Instant::now();
-        let yp = cloud.conv(&self.geom, batch, &self.kernel_enc, &xp)?;
+        let yp = cloud.conv_session(&self.kernel_enc, batch, &xp)?;
         t.cloud = start.elapsed();
         self.check_answer(batch, &yp, None)?;
 
         let start = Instant::now();
-        let claim = Claim::new(&self.geom, batch, &self.kernel_enc, &xp, &yp)?;
+        let claim = Claim::new(&self.geom, batch, self.kernel_enc.data(), &xp, &yp)?;
         let verdict = verify::<M31, _>(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
         t.verify = start.elapsed();
         let answer = match verdict {
@@ -425,10 +426,10 @@ impl PrivateConv {
         t.encrypt = start.elapsed();
 
         let start = Instant::now();
-        let (geom, kp) = (&self.geom, &self.kernel_enc);
+        let (geom, kp, session) = (&self.geom, self.kernel_enc.data(), &self.kernel_enc);
         let (ya, yb) = std::thread::scope(|s| {
-            let from_a = s.spawn(|| a.conv_share(geom, batch, kp, &seed));
-            let yb = b.conv(geom, batch, kp, &xb);
+            let from_a = s.spawn(|| a.conv_share_session(session, batch, &seed));
+            let yb = b.conv_session(session, batch, &xb);
             (from_a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), yb)
         });
         let (ya, yb) = (ya?, yb?);

@@ -10,6 +10,8 @@ mod tamper;
 pub use cpu::CpuBackend;
 pub use tamper::{Tamper, TamperingBackend};
 
+use std::sync::Arc;
+
 use crate::Result;
 use crate::geometry::Conv2d;
 use crate::share::ShareSeed;
@@ -39,6 +41,73 @@ pub trait CloudBackend: Send + Sync {
         let len =
             batch.checked_mul(geom.image_len()).ok_or(crate::Error::TooLarge { what: "share length", value: batch })?;
         self.conv(geom, batch, kernel, &seed.expand(len))
+    }
+
+    /// [`CloudBackend::conv`] with a kernel of the session, which a backend that keeps kernels
+    /// (a GPU's memory, a remote server's cache) recognises by its id: it is sent `K'` once per
+    /// session, not once per call. The default calls [`CloudBackend::conv`].
+    ///
+    /// # Errors
+    /// As [`CloudBackend::conv`].
+    fn conv_session(&self, kernel: &SessionKernel, batch: usize, input: &[u32]) -> Result<Vec<u32>> {
+        self.conv(kernel.geometry(), batch, kernel.data(), input)
+    }
+
+    /// [`CloudBackend::conv_share`] with a kernel of the session. The default expands the share
+    /// and calls [`CloudBackend::conv_session`].
+    ///
+    /// # Errors
+    /// As [`CloudBackend::conv`].
+    fn conv_share_session(&self, kernel: &SessionKernel, batch: usize, seed: &ShareSeed) -> Result<Vec<u32>> {
+        let len = batch
+            .checked_mul(kernel.geometry().image_len())
+            .ok_or(crate::Error::TooLarge { what: "share length", value: batch })?;
+        self.conv_session(kernel, batch, &seed.expand(len))
+    }
+}
+
+/// `K'` of one session as the cloud receives it, with a 128-bit id drawn with the session key
+/// (or, on a server, taken from the kernel's content hash). Backends that keep kernels key them
+/// by this id. `K'` is what the cloud sees anyway: the id reveals nothing more.
+#[derive(Clone)]
+pub struct SessionKernel {
+    id: u128,
+    geom: Conv2d,
+    data: Arc<Vec<u32>>,
+}
+
+impl SessionKernel {
+    /// `K'` for `geom` under the id `id`.
+    ///
+    /// # Errors
+    /// [`crate::Error::LengthMismatch`] when `data` is not `geom.kernel_len()` elements.
+    pub fn new(id: u128, geom: Conv2d, data: Vec<u32>) -> Result<Self> {
+        Conv2d::check_len("kernel", geom.kernel_len(), data.len())?;
+        Ok(Self { id, geom, data: Arc::new(data) })
+    }
+
+    /// The id.
+    pub fn id(&self) -> u128 {
+        self.id
+    }
+
+    /// The layer geometry.
+    pub fn geometry(&self) -> &Conv2d {
+        &self.geom
+    }
+
+    /// `K'`, `Cout × Cin/G × kh × kw`.
+    pub fn data(&self) -> &[u32] {
+        &self.data
+    }
+}
+
+impl std::fmt::Debug for SessionKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionKernel")
+            .field("id", &format_args!("{:032x}", self.id))
+            .field("geom", &self.geom)
+            .finish()
     }
 }
 
@@ -129,5 +198,13 @@ impl<B: CloudBackend + ?Sized> CloudBackend for Box<B> {
 
     fn conv_share(&self, geom: &Conv2d, batch: usize, kernel: &[u32], seed: &ShareSeed) -> Result<Vec<u32>> {
         (**self).conv_share(geom, batch, kernel, seed)
+    }
+
+    fn conv_session(&self, kernel: &SessionKernel, batch: usize, input: &[u32]) -> Result<Vec<u32>> {
+        (**self).conv_session(kernel, batch, input)
+    }
+
+    fn conv_share_session(&self, kernel: &SessionKernel, batch: usize, seed: &ShareSeed) -> Result<Vec<u32>> {
+        (**self).conv_share_session(kernel, batch, seed)
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use rand::RngExt;
 
-use super::CloudBackend;
+use super::{CloudBackend, SessionKernel};
 use crate::Result;
 use crate::field::{M31, PrimeField};
 use crate::geometry::Conv2d;
@@ -78,15 +78,36 @@ impl<B: CloudBackend> CloudBackend for TamperingBackend<B> {
     }
 
     fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
+        self.answer(geom, batch, kernel, input, || self.inner.conv(geom, batch, kernel, input))
+    }
+
+    fn conv_session(&self, kernel: &SessionKernel, batch: usize, input: &[u32]) -> Result<Vec<u32>> {
+        // The honest answer goes through the inner backend's own session path (a GPU keeps
+        // the kernel on the device).
+        self.answer(kernel.geometry(), batch, kernel.data(), input, || self.inner.conv_session(kernel, batch, input))
+    }
+}
+
+impl<B: CloudBackend> TamperingBackend<B> {
+    /// The answer to one call: `honest()`, or with probability `rate` a corruption of it.
+    fn answer(
+        &self,
+        geom: &Conv2d,
+        batch: usize,
+        kernel: &[u32],
+        input: &[u32],
+        honest: impl FnOnce() -> Result<Vec<u32>>,
+    ) -> Result<Vec<u32>> {
         let mut guard = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (rng, next, count) = &mut *guard;
         if self.strategies.is_empty() || !rng.random_bool(self.rate.clamp(0.0, 1.0)) {
-            return self.inner.conv(geom, batch, kernel, input);
+            drop(guard);
+            return honest();
         }
         let strategy = self.strategies[*next % self.strategies.len()];
         *next += 1;
         let random_tensor = |rng: &mut KeyRng, len: usize| -> Vec<u32> { (0..len).map(|_| M31::random(rng)).collect() };
-        let honest = self.inner.conv(geom, batch, kernel, input)?;
+        let honest = honest()?;
         let mut y = match strategy {
             Tamper::OtherInput => self.inner.conv(geom, batch, kernel, &random_tensor(rng, input.len()))?,
             Tamper::OtherKernel => self.inner.conv(geom, batch, &random_tensor(rng, kernel.len()), input)?,
