@@ -25,8 +25,11 @@ fn attack_lenet(privacy: Privacy) -> Option<Vec<LayerAttack>> {
     let qm = QuantModel::new(&model, QuantConfig::default()).expect("quantizes");
     let opts = AttackOptions { privacy, seed: 0x5eed, ..AttackOptions::default() };
     println!("attack seed {:#x}, {privacy:?}", opts.seed);
-    let rows: Vec<LayerAttack> =
-        attack_model(&qm, &data, &opts, |_, _, _| {}).expect("attack runs").into_iter().map(|(r, _)| r).collect();
+    let rows: Vec<LayerAttack> = attack_model(&qm, &data, &opts, (None, None), |_, _, _| {})
+        .expect("attack runs")
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
     print!("{}", vericonv_cli::attack::format_table(&rows));
     Some(rows)
 }

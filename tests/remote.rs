@@ -417,3 +417,76 @@ fn grpcs_with_a_trusted_ca_works_and_an_untrusted_certificate_is_refused() {
     let _ = stop.send(());
     let _ = thread.join();
 }
+
+#[test]
+fn tensors_above_the_message_limit_travel_in_chunks() {
+    // 1 MiB messages; a batch whose input is 1.6 MB and whose answer is 1.6 MB.
+    let cfg = ServerConfig { max_message_bytes: 1 << 20, ..ServerConfig::default() };
+    let server = TestServer::start(Arc::new(CpuBackend::new()), cfg);
+    let g = Conv2d::builder(16, 16, (64, 64), (3, 3)).padding(Padding::uniform(1)).build().expect("geometry");
+    let (k, x, y) = layer_data(70, &g, 6);
+    let url = std::slice::from_ref(&server.url);
+    let unary =
+        RemoteBackend::connect(url, RemoteOptions { stream_above: usize::MAX, ..fast_retries() }).expect("client");
+    let mut rng = seeded_rng(4);
+    let mut layer = PrivateConv::new(g, &k, None, LayerConfig::default(), &mut rng).expect("layer");
+    let err = layer.run(&unary, &x, &mut rng).expect_err("one message is too large");
+    assert!(matches!(&err, Error::Remote { code, .. } if code == "ResourceExhausted"), "{err}");
+    let chunked = RemoteOptions { stream_above: 256 << 10, chunk_bytes: 64 << 10, ..fast_retries() };
+    let cloud = RemoteBackend::connect(url, chunked.clone()).expect("client");
+    let (got, _) = layer.run(&cloud, &x, &mut rng).expect("verified through ConvStream");
+    assert!(got.iter().zip(&y).all(|(&a, &b)| i64::from(a) == b));
+    // Mode two-server: cloud A's 32-byte seed, its answer streamed back; cloud B's share in chunks.
+    let other = TestServer::start(
+        Arc::new(CpuBackend::new()),
+        ServerConfig { max_message_bytes: 1 << 20, ..ServerConfig::default() },
+    );
+    let b = RemoteBackend::connect(std::slice::from_ref(&other.url), chunked).expect("client");
+    let cfg = LayerConfig { privacy: Privacy::TwoServer, ..LayerConfig::default() };
+    let mut layer = PrivateConv::new(g, &k, None, cfg, &mut rng).expect("layer");
+    let (got, _) = layer.run(Clouds::Two(&cloud, &b), &x, &mut rng).expect("two-server through ConvStream");
+    assert!(got.iter().zip(&y).all(|(&a, &b)| i64::from(a) == b));
+}
+
+#[test]
+fn a_stream_that_lies_about_its_length_is_refused() {
+    let server = TestServer::cpu();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let g = layer_geometry();
+    let k = vec![1u32; g.kernel_len()];
+    rt.block_on(async {
+        let mut c = CloudClient::connect(server.url.replace("grpc://", "http://")).await.expect("connect");
+        let reg = RegisterKernelRequest { geometry: Some(geometry_to_proto(&g)), kernel: encode_elements(&k) };
+        let handle = c.register_kernel(reg).await.expect("registers").into_inner().handle;
+        let x = encode_elements(&vec![3u32; g.image_len()]);
+        let chunk = |handle: &[u8], batch: u64, data: Vec<u8>| proto::ConvChunk {
+            handle: handle.to_vec(),
+            batch,
+            data,
+            ..proto::ConvChunk::default()
+        };
+        let call = |chunks: Vec<proto::ConvChunk>| {
+            let mut c = c.clone();
+            async move {
+                match c.conv_stream(tokio_stream::iter(chunks)).await {
+                    Ok(mut s) => loop {
+                        match s.get_mut().message().await {
+                            Ok(Some(_)) => {}
+                            Ok(None) => break Ok(()),
+                            Err(e) => break Err(e.code()),
+                        }
+                    },
+                    Err(e) => Err(e.code()),
+                }
+            }
+        };
+        assert_eq!(call(vec![chunk(&handle, 1, x[..100].to_vec()), chunk(&[], 0, x[100..].to_vec())]).await, Ok(()));
+        let short = vec![chunk(&handle, 2, x.clone())];
+        assert_eq!(call(short).await, Err(tonic::Code::InvalidArgument), "half the data announced");
+        let long = vec![chunk(&handle, 1, x.clone()), chunk(&[], 0, vec![0; 8])];
+        assert_eq!(call(long).await, Err(tonic::Code::InvalidArgument), "more data than announced");
+        assert_eq!(call(vec![chunk(&[9; 32], 1, x.clone())]).await, Err(tonic::Code::NotFound));
+        assert_eq!(call(vec![chunk(&handle, u64::MAX, vec![])]).await, Err(tonic::Code::ResourceExhausted));
+        assert_eq!(call(vec![]).await, Err(tonic::Code::InvalidArgument), "an empty stream");
+    });
+}

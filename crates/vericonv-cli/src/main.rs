@@ -74,6 +74,9 @@ struct ServeArgs {
     /// The largest request or reply, in MiB.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
     max_message_mb: usize,
+    /// The largest tensor a chunked call (`ConvStream`) may send or receive, in MiB.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|v| v as usize))]
+    max_tensor_mb: usize,
     /// The kernel cache's capacity, in MiB of masked kernels.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|v| v as usize))]
     kernel_cache_mb: usize,
@@ -535,6 +538,19 @@ struct AttackArgs {
     /// Where to write the JSON report and the PNG pictures.
     #[arg(long, default_value = "reports/attack")]
     out: PathBuf,
+    /// Run the private layers on a remote cloud (`grpc://HOST:PORT`) and attack what it was
+    /// sent; cloud A in mode two-server.
+    #[arg(long = "cloud", value_name = "URL")]
+    cloud: Vec<String>,
+    /// Mode two-server: cloud B's server(s).
+    #[arg(long = "cloud-b", value_name = "URL")]
+    cloud_b: Vec<String>,
+    /// A file holding the bearer token of the remote clouds.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// A PEM CA certificate to trust for grpcs:// clouds.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
 }
 
 /// Picks the cloud backend and explains the choice.
@@ -1091,7 +1107,18 @@ fn attack(args: &AttackArgs) -> Result<(), vericonv::Error> {
     );
     let mut layers_done = 0;
     let mut current = String::new();
-    let results = attack_model(&qm, &data, &opts, |layer, done, total| {
+    if let Some(url) = args.cloud.iter().find(|u| args.cloud_b.contains(u)) {
+        return Err(vericonv::Error::SameCloudTwice(url.clone()));
+    }
+    let remote = |urls: &[String]| {
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        remote_cloud(urls, args.token_file.as_deref(), args.tls_ca.as_deref()).map(Some)
+    };
+    let (cloud_a, cloud_b) = (remote(&args.cloud)?, remote(&args.cloud_b)?);
+    let clouds = (cloud_a.as_ref().map(|c| c as &dyn CloudBackend), cloud_b.as_ref().map(|c| c as &dyn CloudBackend));
+    let results = attack_model(&qm, &data, &opts, clouds, |layer, done, total| {
         if layer != current {
             current = layer.to_string();
             layers_done += 1;
@@ -1303,6 +1330,7 @@ fn bench_cloud(args: &BenchArgs) -> Result<(), vericonv::Error> {
 
 /// `vericonv serve`: the cloud as a gRPC server, until SIGINT or SIGTERM.
 fn serve(args: &ServeArgs) -> Result<(), vericonv::Error> {
+    use std::io::Write;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
@@ -1318,6 +1346,7 @@ fn serve(args: &ServeArgs) -> Result<(), vericonv::Error> {
         max_concurrent: args.max_concurrent,
         max_message_bytes: args.max_message_mb << 20,
         kernel_cache_bytes: args.kernel_cache_mb << 20,
+        max_tensor_bytes: args.max_tensor_mb << 20,
         token: match &args.token_file {
             Some(p) => Some(String::from_utf8_lossy(&read(p)?).trim().to_string()),
             None => None,
@@ -1329,29 +1358,43 @@ fn serve(args: &ServeArgs) -> Result<(), vericonv::Error> {
         _ => None,
     };
     let scheme = if tls.is_some() { "grpcs" } else { "grpc" };
-    println!(
-        "vericonv serve: {scheme}://{} on {} ({why}); at most {} convolutions at once, {} MiB messages, {} MiB of kernels{}",
-        args.listen,
-        backend.name(),
-        cfg.max_concurrent,
-        args.max_message_mb,
-        args.kernel_cache_mb,
-        if cfg.token.is_some() { "; bearer token required" } else { "" }
-    );
-    if let Some(m) = args.metrics_listen {
-        println!("  metrics: http://{m}/metrics");
-    }
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| vericonv::Error::Internal(format!("tokio runtime: {e}")))?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| vericonv::Error::Remote {
-            endpoint: args.listen.to_string(),
-            code: "Unavailable".into(),
-            message: format!("cannot listen: {e}"),
-        })?;
-        let listen = vericonv_remote::Listen { listener, tls, metrics: args.metrics_listen };
+        let bind = |addr: std::net::SocketAddr| async move {
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| vericonv::Error::Remote {
+                endpoint: addr.to_string(),
+                code: "Unavailable".into(),
+                message: format!("cannot listen: {e}"),
+            })
+        };
+        let listener = bind(args.listen).await?;
+        let metrics = match args.metrics_listen {
+            Some(m) => Some(bind(m).await?),
+            None => None,
+        };
+        // The bound addresses (port 0 picks a free one), for people and for scripts.
+        let local = |l: &tokio::net::TcpListener| l.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+        let _ = writeln!(
+            std::io::stdout(),
+            "vericonv serve: {scheme}://{} on {} ({why}); at most {} convolutions at once, {} MiB messages, {} MiB of kernels{}",
+            local(&listener),
+            backend.name(),
+            cfg.max_concurrent,
+            args.max_message_mb,
+            args.kernel_cache_mb,
+            if cfg.token.is_some() { "; bearer token required" } else { "" }
+        );
+        if let Some(m) = &metrics {
+            let _ = writeln!(std::io::stdout(), "  metrics: http://{}/metrics", local(m));
+        }
+        let _ = std::io::stdout().flush();
+        let listen = vericonv_remote::Listen { listener, tls, metrics };
         vericonv_remote::serve(backend, cfg, listen, vericonv_remote::shutdown_signal()).await
-    })
+    })?;
+    // stdout may be gone (a closed pipe): the message is not worth a failure.
+    let _ = writeln!(std::io::stdout(), "vericonv serve: stopped");
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -40,8 +40,13 @@ pub struct RemoteOptions {
     pub attempts: usize,
     /// The first backoff; it doubles with each attempt (default 50 ms).
     pub backoff: Duration,
-    /// The largest request or reply, in bytes (default 512 MiB).
+    /// The largest request or reply message, in bytes (default 512 MiB).
     pub max_message_bytes: usize,
+    /// Calls whose input or answer exceeds this many bytes go through `ConvStream`, in chunks
+    /// of `chunk_bytes` (default 4 MiB: what proxies and tonic accept by default).
+    pub stream_above: usize,
+    /// The chunk size of `ConvStream`, in bytes (default 1 MiB).
+    pub chunk_bytes: usize,
 }
 
 impl Default for RemoteOptions {
@@ -54,6 +59,8 @@ impl Default for RemoteOptions {
             attempts: 4,
             backoff: Duration::from_millis(50),
             max_message_bytes: 512 << 20,
+            stream_above: 4 << 20,
+            chunk_bytes: 1 << 20,
         }
     }
 }
@@ -259,13 +266,8 @@ impl RemoteBackend {
                     Err(s) => return Err(remote_error(&r.url, &s)),
                 }
             }
-            let req = self.request(proto::ConvRequest {
-                handle: handle.as_bytes().to_vec(),
-                batch: batch as u64,
-                input: Some(input.clone()),
-            });
-            match self.runtime.block_on(r.client.clone().conv(req)) {
-                Ok(reply) => return decode_answer(&r.url, &reply.into_inner().output),
+            match self.runtime.block_on(self.conv_once(r, handle, geom, batch, &input)) {
+                Ok(output) => return decode_answer(&r.url, &output),
                 Err(s) if s.code() == Code::NotFound => {
                     // Evicted, or a replica that never saw it: register again.
                     self.registered().remove(&(replica, handle));
@@ -279,6 +281,59 @@ impl RemoteBackend {
             }
         }
         Err(last.unwrap_or_else(|| Error::Internal("no attempt was made".into())))
+    }
+}
+
+impl RemoteBackend {
+    /// One `Conv` call, or a `ConvStream` one when the input or the answer is larger than
+    /// `stream_above`; returns the answer's bytes.
+    async fn conv_once(
+        &self,
+        r: &Replica,
+        handle: KernelHandle,
+        geom: &Conv2d,
+        batch: usize,
+        input: &Input,
+    ) -> Result<Vec<u8>, Status> {
+        let out_bytes = batch.saturating_mul(geom.output_image_len()).saturating_mul(4);
+        let in_bytes = match input {
+            Input::Tensor(t) => t.len(),
+            Input::ShareSeed(_) => 0,
+        };
+        let mut client = r.client.clone();
+        if in_bytes.max(out_bytes) <= self.opts.stream_above {
+            let req = proto::ConvRequest {
+                handle: handle.as_bytes().to_vec(),
+                batch: batch as u64,
+                input: Some(input.clone()),
+            };
+            return Ok(client.conv(self.request(req)).await?.into_inner().output);
+        }
+        let mut first =
+            proto::ConvChunk { handle: handle.as_bytes().to_vec(), batch: batch as u64, ..Default::default() };
+        let mut chunks = Vec::new();
+        match input {
+            Input::ShareSeed(seed) => {
+                first.share_seed = seed.clone();
+                chunks.push(first);
+            }
+            Input::Tensor(t) => {
+                let step = self.opts.chunk_bytes.max(4);
+                let mut parts = t.chunks(step);
+                first.data = parts.next().unwrap_or_default().to_vec();
+                chunks.push(first);
+                chunks.extend(parts.map(|p| proto::ConvChunk { data: p.to_vec(), ..Default::default() }));
+            }
+        }
+        let mut answer = client.conv_stream(self.request(tokio_stream::iter(chunks))).await?.into_inner();
+        let mut output = Vec::new();
+        while let Some(chunk) = answer.message().await? {
+            if output.len() + chunk.data.len() > out_bytes {
+                return Err(Status::data_loss("the answer stream is longer than the layer's output"));
+            }
+            output.extend_from_slice(&chunk.data);
+        }
+        Ok(output)
     }
 }
 

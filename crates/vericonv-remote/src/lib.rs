@@ -24,7 +24,6 @@ pub mod proto {
 }
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use client::{RemoteBackend, RemoteOptions};
@@ -56,8 +55,8 @@ pub struct Listen {
     pub listener: tokio::net::TcpListener,
     /// TLS, if any (rustls).
     pub tls: Option<TlsIdentity>,
-    /// The address of the Prometheus `/metrics` endpoint, if any.
-    pub metrics: Option<SocketAddr>,
+    /// The socket of the Prometheus `/metrics` endpoint, if any, already bound.
+    pub metrics: Option<tokio::net::TcpListener>,
 }
 
 /// tonic answers a request over its decoding limit with `OUT_OF_RANGE`; the contract of this
@@ -77,7 +76,7 @@ fn oversize_is_resource_exhausted<B>(mut r: http::Response<B>) -> http::Response
 /// Serves `backend` until `shutdown` resolves, then finishes the calls in flight and returns.
 ///
 /// # Errors
-/// [`Error::Remote`] when the metrics address cannot be bound or TLS is misconfigured.
+/// [`Error::Remote`] when TLS is misconfigured or the server fails.
 pub async fn serve(
     backend: Arc<dyn CloudBackend>,
     cfg: ServerConfig,
@@ -103,8 +102,7 @@ pub async fn serve(
             .map_err(|e| transport(&e))?;
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(addr) = listen.metrics {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| transport(&e))?;
+    if let Some(listener) = listen.metrics {
         tokio::spawn(metrics::serve_http(listener, metrics.clone(), stop_rx.clone()));
     }
     let router = builder

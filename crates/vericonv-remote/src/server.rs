@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// The kernel cache's capacity, in bytes of `K'` (default 1 GiB).
     pub kernel_cache_bytes: usize,
+    /// The largest tensor a `ConvStream` call may send or receive, in bytes (default 2 GiB).
+    pub max_tensor_bytes: usize,
     /// The bearer token every `Cloud` call must carry, if any.
     pub token: Option<String>,
     /// The longest any call may take on the server (default 300 s); a client's own, shorter
@@ -50,6 +52,7 @@ impl Default for ServerConfig {
             max_concurrent: 4,
             max_message_bytes: 512 << 20,
             kernel_cache_bytes: 1 << 30,
+            max_tensor_bytes: 2 << 30,
             token: None,
             request_timeout: Duration::from_secs(300),
         }
@@ -166,8 +169,40 @@ pub fn status_of(e: &Error) -> Status {
     }
 }
 
+/// The answer stream of `ConvStream`.
+type ChunkStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::ConvChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Cloud for CloudService {
+    type ConvStreamStream = ChunkStream;
+
+    async fn conv_stream(
+        &self,
+        req: Request<tonic::Streaming<proto::ConvChunk>>,
+    ) -> Result<Response<Self::ConvStreamStream>, Status> {
+        let start = Instant::now();
+        let result = async {
+            let permit = self.permit()?;
+            let request = self.read_stream(req.into_inner()).await?;
+            let reply = self.conv_inner(request, self.cfg.max_tensor_bytes).await?;
+            drop(permit);
+            Ok(reply)
+        }
+        .await;
+        if let Ok(reply) = &result {
+            self.metrics.bytes_out(reply.output.len());
+        }
+        self.metrics.finished("ConvStream", &result, start.elapsed());
+        let output = result?.output;
+        // Answer chunks of at most half the message limit.
+        let chunk = (self.cfg.max_message_bytes / 2).max(4) / 4 * 4;
+        let chunks: Vec<Result<proto::ConvChunk, Status>> = output
+            .chunks(chunk)
+            .map(|c| Ok(proto::ConvChunk { data: c.to_vec(), ..proto::ConvChunk::default() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
     async fn info(&self, _: Request<proto::InfoRequest>) -> Result<Response<proto::InfoReply>, Status> {
         Ok(Response::new(proto::InfoReply {
             backend: self.backend.name(),
@@ -210,16 +245,16 @@ impl Cloud for CloudService {
 
     async fn conv(&self, req: Request<proto::ConvRequest>) -> Result<Response<proto::ConvReply>, Status> {
         let start = Instant::now();
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            let busy = Err(Status::resource_exhausted(format!(
-                "{} convolutions are running, the most this server runs at once; retry later",
-                self.cfg.max_concurrent
-            )));
-            self.metrics.finished("Conv", &busy, start.elapsed());
-            return busy;
+        let permit = match self.permit() {
+            Ok(p) => p,
+            Err(busy) => {
+                let busy = Err(busy);
+                self.metrics.finished("Conv", &busy, start.elapsed());
+                return busy;
+            }
         };
         let req = req.into_inner();
-        let result = self.conv_inner(req).await;
+        let result = self.conv_inner(req, self.cfg.max_message_bytes).await;
         drop(permit);
         if let Ok(reply) = &result {
             self.metrics.bytes_out(reply.output.len());
@@ -230,7 +265,61 @@ impl Cloud for CloudService {
 }
 
 impl CloudService {
-    async fn conv_inner(&self, req: proto::ConvRequest) -> Result<proto::ConvReply, Status> {
+    /// A slot among the `max_concurrent`, or `RESOURCE_EXHAUSTED` at once.
+    fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{} convolutions are running, the most this server runs at once; retry later",
+                self.cfg.max_concurrent
+            ))
+        })
+    }
+
+    /// Reads a chunked request: its first chunk names the kernel, and the data may not exceed
+    /// what the kernel's geometry and the batch announce, nor `max_tensor_bytes`.
+    async fn read_stream(&self, mut chunks: tonic::Streaming<proto::ConvChunk>) -> Result<proto::ConvRequest, Status> {
+        let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("an empty stream"))?;
+        let handle = KernelHandle::from_bytes(&first.handle).map_err(|e| status_of(&e))?;
+        let kernel = self.cache().get(&handle).ok_or_else(|| {
+            self.metrics.cache_miss();
+            Status::not_found(format!("unknown kernel {handle:?}: register it first"))
+        })?;
+        if !first.share_seed.is_empty() {
+            return Ok(proto::ConvRequest {
+                handle: first.handle,
+                batch: first.batch,
+                input: Some(Input::ShareSeed(first.share_seed)),
+            });
+        }
+        let expected = usize::try_from(first.batch)
+            .ok()
+            .and_then(|b| b.checked_mul(kernel.geometry().image_len()))
+            .and_then(|n| n.checked_mul(4))
+            .filter(|&n| n <= self.cfg.max_tensor_bytes)
+            .ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "batch {} of this layer exceeds the server's tensor limit of {} bytes",
+                    first.batch, self.cfg.max_tensor_bytes
+                ))
+            })?;
+        // Grown as data arrives: a first chunk that announces a large batch allocates nothing.
+        let mut data = first.data;
+        while data.len() <= expected {
+            match chunks.message().await? {
+                Some(c) => data.extend_from_slice(&c.data),
+                None => break,
+            }
+        }
+        if data.len() != expected {
+            return Err(Status::invalid_argument(format!(
+                "the stream carried {} bytes of input, the layer and batch need {expected}",
+                data.len()
+            )));
+        }
+        Ok(proto::ConvRequest { handle: first.handle, batch: first.batch, input: Some(Input::Tensor(data)) })
+    }
+
+    async fn conv_inner(&self, req: proto::ConvRequest, reply_limit: usize) -> Result<proto::ConvReply, Status> {
         let handle = KernelHandle::from_bytes(&req.handle).map_err(|e| status_of(&e))?;
         let Some(kernel) = self.cache().get(&handle) else {
             self.metrics.cache_miss();
@@ -246,10 +335,9 @@ impl CloudService {
             .checked_mul(geom.image_len())
             .ok_or_else(|| Status::invalid_argument(format!("batch = {batch} overflows the input size")))?;
         let out_bytes = batch.checked_mul(geom.output_image_len()).and_then(|n| n.checked_mul(4));
-        if out_bytes.is_none_or(|n| n > self.cfg.max_message_bytes) {
+        if out_bytes.is_none_or(|n| n > reply_limit) {
             return Err(Status::resource_exhausted(format!(
-                "the answer for {batch} images would exceed this server's message limit of {} bytes",
-                self.cfg.max_message_bytes
+                "the answer for {batch} images would exceed this server's limit of {reply_limit} bytes"
             )));
         }
         enum Job {

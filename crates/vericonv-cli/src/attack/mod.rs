@@ -143,15 +143,16 @@ pub struct Example {
     pub recovered: Vec<Option<i32>>,
 }
 
-/// A cloud that computes honestly and keeps every input it receives: the attacker's view.
-struct Recorder {
-    inner: CpuBackend,
+/// A cloud that computes honestly (itself, or through `inner`: a remote server) and keeps
+/// every input it receives: the attacker's view.
+struct Recorder<'a> {
+    inner: &'a dyn CloudBackend,
     seen: Mutex<Vec<u32>>,
 }
 
-impl Recorder {
-    fn new() -> Self {
-        Self { inner: CpuBackend::new(), seen: Mutex::new(Vec::new()) }
+impl<'a> Recorder<'a> {
+    fn new(inner: &'a dyn CloudBackend) -> Self {
+        Self { inner, seen: Mutex::new(Vec::new()) }
     }
 
     fn take(&self) -> Vec<u32> {
@@ -159,9 +160,9 @@ impl Recorder {
     }
 }
 
-impl CloudBackend for Recorder {
+impl CloudBackend for Recorder<'_> {
     fn name(&self) -> String {
-        "recording cpu cloud".into()
+        format!("recording {}", self.inner.name())
     }
 
     fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
@@ -188,8 +189,13 @@ fn qmax(bits: u32) -> u32 {
     (1 << (bits - 1)) - 1
 }
 
+/// The clouds an attack runs the private layers on: cloud A (or the only cloud) and, in mode
+/// two-server, cloud B. `None` for either means a CPU backend in this process.
+pub type AttackClouds<'a> = (Option<&'a dyn CloudBackend>, Option<&'a dyn CloudBackend>);
+
 /// Runs the attacks on the input of every convolution of `qm` over the images of `data`, with
-/// the client in `opts.privacy`. `progress(layer, done, total)` is called as images are attacked.
+/// the client in `opts.privacy`, on `clouds` (what they receive is recorded on the way and
+/// is the attacker's view). `progress(layer, done, total)` is called as images are attacked.
 ///
 /// # Errors
 /// [`Error::LengthMismatch`] when the data does not fit the model; the private run's errors.
@@ -197,8 +203,11 @@ pub fn attack_model(
     qm: &QuantModel,
     data: &Dataset,
     opts: &AttackOptions,
+    clouds: AttackClouds<'_>,
     mut progress: impl FnMut(&str, usize, usize),
 ) -> Result<Vec<(LayerAttack, Examples)>> {
+    let local = (CpuBackend::new(), CpuBackend::new());
+    let (cloud_a, cloud_b) = (clouds.0.unwrap_or(&local.0), clouds.1.unwrap_or(&local.1));
     let model = qm.model();
     let n = data.len();
     let batch = opts.batch.max(1);
@@ -223,7 +232,7 @@ pub fn attack_model(
             ..LayerConfig::default()
         };
         let mut private = PrivateConv::new(g, &layer.weight, None, cfg, &mut client_rng)?;
-        let (a, b) = (Recorder::new(), Recorder::new());
+        let (a, b) = (Recorder::new(cloud_a), Recorder::new(cloud_b));
         for chunk in x.chunks(batch * g.image_len()) {
             let images = chunk.len() / g.image_len();
             if opts.privacy == Privacy::Pad {
