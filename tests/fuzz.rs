@@ -550,6 +550,10 @@ fn network_decoders_survive_hostile_messages() {
         if let Ok(req) = ConvRequest::decode(bytes.as_slice()) {
             let _ = KernelHandle::from_bytes(&req.handle);
         }
+        if let Ok(chunk) = vericonv_remote::proto::ConvChunk::decode(bytes.as_slice()) {
+            let _ = KernelHandle::from_bytes(&chunk.handle);
+            let _ = decode_elements(&chunk.data, chunk.data.len() / 4, "chunk");
+        }
         kind
     });
 }

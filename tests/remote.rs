@@ -313,7 +313,7 @@ fn under_load_every_answer_is_verified_or_refused_as_busy() {
 }
 
 #[test]
-fn a_dead_replica_fails_over_and_a_killed_server_gives_a_typed_error() {
+fn dead_and_killed_replicas_fail_over_or_give_a_typed_error() {
     // A port with nothing behind it: bind, note it, close it.
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -330,26 +330,38 @@ fn a_dead_replica_fails_over_and_a_killed_server_gives_a_typed_error() {
         assert!(got.iter().zip(&y).all(|(&a, &b)| i64::from(a) == b));
     }
     assert!(cloud.retries() >= 1, "the dead replica was tried and skipped");
-    // A server that dies in the middle of a call: the client gets a typed error, in bounded time.
-    let dying =
-        TestServer::start(Arc::new(Slow(Duration::from_millis(600), CpuBackend::new())), ServerConfig::default());
-    let only = dying.client();
-    let mut layer = PrivateConv::new(g, &k, None, LayerConfig::default(), &mut rng).expect("layer");
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            std::thread::sleep(Duration::from_millis(150));
-            drop(dying);
-        });
-        match layer.run(&only, &x, &mut rng) {
-            // A graceful stop finishes the call in flight; a kill is an error.
-            Ok((got, _)) => assert!(got.iter().zip(&y).all(|(&a, &b)| i64::from(a) == b)),
-            Err(e) => assert!(matches!(e, Error::Remote { .. }), "{e}"),
+    // A server killed in the middle of a call (its runtime torn down: connections cut, nothing
+    // answered): alone, the client gets a typed error in bounded time; with a live replica
+    // beside it, the client fails over.
+    for with_replica in [false, true] {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
+        let dying = format!("grpc://{}", listener.local_addr().expect("addr"));
+        let slow: Arc<dyn CloudBackend> = Arc::new(Slow(Duration::from_millis(800), CpuBackend::new()));
+        let listen = Listen { listener, tls: None, metrics: None };
+        rt.spawn(vericonv_remote::serve(slow, ServerConfig::default(), listen, std::future::pending()));
+        let mut urls = vec![dying];
+        if with_replica {
+            urls.push(alive.url.clone());
         }
-    });
-    assert!(started.elapsed() < Duration::from_secs(20));
-    let err = layer.run(&only, &x, &mut rng).expect_err("the server is gone");
-    assert!(matches!(&err, Error::Remote { code, .. } if code == "Unavailable"), "{err}");
+        let cloud = RemoteBackend::connect(&urls, fast_retries()).expect("client");
+        let mut layer = PrivateConv::new(g, &k, None, LayerConfig::default(), &mut rng).expect("layer");
+        let started = Instant::now();
+        let result = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                rt.shutdown_background();
+            });
+            layer.run(&cloud, &x, &mut rng)
+        });
+        match (with_replica, result) {
+            (true, Ok((got, _))) => assert!(got.iter().zip(&y).all(|(&a, &b)| i64::from(a) == b)),
+            (false, Err(e)) => assert!(matches!(e, Error::Remote { .. }), "{e}"),
+            (true, Err(e)) => panic!("no failover after a kill: {e}"),
+            (false, Ok(_)) => panic!("a killed server answered"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
 }
 
 #[test]

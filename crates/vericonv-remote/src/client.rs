@@ -1,9 +1,9 @@
 //! The client's side: [`RemoteBackend`], a [`CloudBackend`] over gRPC.
 //!
 //! - `K'` is uploaded once per kernel and server, then referenced by its handle.
-//! - `UNAVAILABLE` (a server down or restarting) moves to the next replica, and `NOT_FOUND` (a
-//!   replica that lost or never had the kernel) registers it again; both with bounded attempts
-//!   and exponential backoff. Everything else, `RESOURCE_EXHAUSTED` and deadlines included, is
+//! - `UNAVAILABLE` (a server down or restarting) or a connection cut mid-call moves to the next
+//!   replica, and `NOT_FOUND` (a replica that lost or never had the kernel) registers it again;
+//!   both with bounded attempts and exponential backoff. Everything else, `RESOURCE_EXHAUSTED` and deadlines included, is
 //!   returned at once as [`Error::Remote`].
 //! - It never retries on a wrong answer: it cannot tell one. The client verifies every answer
 //!   above it, reports a failure and counts it.
@@ -258,7 +258,7 @@ impl RemoteBackend {
                             message: "the server returned another handle than the kernel's".into(),
                         });
                     }
-                    Err(s) if s.code() == Code::Unavailable => {
+                    Err(s) if lost_connection(&s) => {
                         last = Some(remote_error(&r.url, &s));
                         replica = (replica + 1) % n;
                         continue;
@@ -273,7 +273,7 @@ impl RemoteBackend {
                     self.registered().remove(&(replica, handle));
                     last = Some(remote_error(&r.url, &s));
                 }
-                Err(s) if s.code() == Code::Unavailable => {
+                Err(s) if lost_connection(&s) => {
                     last = Some(remote_error(&r.url, &s));
                     replica = (replica + 1) % n;
                 }
@@ -348,6 +348,13 @@ fn decode_answer(url: &str, bytes: &[u8]) -> Result<Vec<u32>> {
         });
     }
     Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// `UNAVAILABLE`, or a connection cut in the middle of a call (tonic reports it as `UNKNOWN`
+/// with the transport's error as its source). Both calls are pure functions of their inputs, so
+/// another replica may answer them.
+fn lost_connection(s: &Status) -> bool {
+    s.code() == Code::Unavailable || (s.code() == Code::Unknown && std::error::Error::source(s).is_some())
 }
 
 fn remote_error(url: &str, s: &Status) -> Error {
