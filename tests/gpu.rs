@@ -213,3 +213,25 @@ fn a_session_kernel_stays_on_the_device_until_the_key_rotates() {
     assert_eq!(uploads[2], uploads[0], "nor the third");
     assert_eq!(uploads[3], 2 * uploads[0], "a new session key means a new K', uploaded once");
 }
+
+#[test]
+fn sessions_seeded_alike_never_share_a_device_kernel() {
+    // Two layers of one geometry whose key streams start from the same seed draw the same
+    // session id: the device cache must still tell their kernels apart.
+    let Some(gpu) = gpu_or_skip(&GpuOptions::default()) else { return };
+    let g = vericonv::geometry::Conv2d::builder(3, 5, (8, 8), (3, 3)).build().expect("geometry");
+    let mut r = rng(88);
+    println!("seed 88");
+    let x = ints(&mut r, g.image_len(), 127);
+    let widen = |v: &[i32]| v.iter().map(|&a| i64::from(a)).collect::<Vec<_>>();
+    for round in 0..2 {
+        for which in 0..2 {
+            let k = ints(&mut rng(1000 + which), g.kernel_len(), 127);
+            let mut key_rng = seeded_rng(5);
+            let mut layer = PrivateConv::new(g, &k, None, LayerConfig::default(), &mut key_rng).expect("layer");
+            let (y, _) = layer.run(&gpu, &x, &mut key_rng).expect("verified");
+            let exact = conv_i64(&g, 1, &widen(&k), &widen(&x)).expect("plaintext");
+            assert!(y.iter().zip(&exact).all(|(&a, &b)| i64::from(a) == b), "round {round}, kernel {which}");
+        }
+    }
+}

@@ -502,3 +502,21 @@ fn a_stream_that_lies_about_its_length_is_refused() {
         assert_eq!(call(vec![]).await, Err(tonic::Code::InvalidArgument), "an empty stream");
     });
 }
+
+#[test]
+fn sessions_seeded_alike_get_their_own_handles() {
+    let server = TestServer::cpu();
+    let cloud = server.client();
+    let g = layer_geometry();
+    let (_, x, _) = layer_data(90, &g, 1);
+    for which in 0..2u64 {
+        let (k, _, _) = layer_data(91 + which, &g, 1);
+        let widen = |v: &[i32]| v.iter().map(|&a| i64::from(a)).collect::<Vec<_>>();
+        let exact = conv_i64(&g, 1, &widen(&k), &widen(&x)).expect("plaintext");
+        // The same key seed: the same session id, another kernel.
+        let mut rng = seeded_rng(5);
+        let mut layer = PrivateConv::new(g, &k, None, LayerConfig::default(), &mut rng).expect("layer");
+        let (got, _) = layer.run(&cloud, &x, &mut rng).expect("verified");
+        assert!(got.iter().zip(&exact).all(|(&a, &b)| i64::from(a) == b), "kernel {which}");
+    }
+}

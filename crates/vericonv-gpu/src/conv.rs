@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
-use vericonv::cloud::{CloudBackend, SessionKernel, check_conv_args};
+use vericonv::cloud::{CloudBackend, KernelRef, SessionKernel, check_conv_args};
 use vericonv::geometry::Conv2d;
 use vericonv::{Error, Result};
 
@@ -195,7 +195,7 @@ impl GpuBackend {
     }
 
     /// Runs a convolution over `T` elements, split into chunks that fit the limits. With a
-    /// `session` id, the kernel's buffers are taken from (or put in) the device's kernel cache.
+    /// `session` kernel, its buffers are taken from (or put in) the device's kernel cache.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn run_conv<T: Pod + Default>(
         &self,
@@ -205,7 +205,7 @@ impl GpuBackend {
         batch: usize,
         kernel: &[T],
         input: &[T],
-        session: Option<u128>,
+        session: Option<&SessionKernel>,
     ) -> Result<Vec<T>> {
         let (pipeline, kernel_choice) = self.conv_pipeline(arith, kernel_choice, g);
         let plan = ConvPlan::new(
@@ -226,14 +226,15 @@ impl GpuBackend {
                 })
             };
             let kbuf = match session {
-                Some(id) => {
-                    let key = (id, o0, oc, kernel_choice);
-                    let cached = self.kernels.lock().unwrap_or_else(|e| e.into_inner()).get(&key);
+                Some(session) => {
+                    let key = (session.id(), o0, oc, kernel_choice);
+                    let cached = self.kernels.lock().unwrap_or_else(|e| e.into_inner()).get(&key, session);
                     match cached {
                         Some(buf) => buf,
                         None => {
                             let buf = upload()?;
-                            self.kernels.lock().unwrap_or_else(|e| e.into_inner()).insert(key, buf.clone());
+                            let entry = (buf.clone(), session.downgrade());
+                            self.kernels.lock().unwrap_or_else(|e| e.into_inner()).insert(key, entry);
                             buf
                         }
                     }
@@ -298,7 +299,7 @@ type KernelKey = (u128, usize, usize, ConvKernel);
 pub(crate) struct KernelCache {
     capacity: u64,
     used: u64,
-    buffers: HashMap<KernelKey, wgpu::Buffer>,
+    buffers: HashMap<KernelKey, (wgpu::Buffer, KernelRef)>,
     order: VecDeque<KernelKey>,
 }
 
@@ -307,25 +308,41 @@ impl KernelCache {
         Self { capacity, used: 0, buffers: HashMap::new(), order: VecDeque::new() }
     }
 
-    fn get(&mut self, key: &KernelKey) -> Option<wgpu::Buffer> {
-        let buf = self.buffers.get(key).cloned()?;
+    /// The buffer cached for `key`, if it holds `session`'s kernel (an id drawn alike by
+    /// another session is a miss, and its entry goes).
+    fn get(&mut self, key: &KernelKey, session: &SessionKernel) -> Option<wgpu::Buffer> {
+        let (buf, of) = self.buffers.get(key)?;
+        if !of.refers_to(session) {
+            self.remove(key);
+            return None;
+        }
+        let buf = buf.clone();
         self.order.retain(|k| k != key);
         self.order.push_back(*key);
         Some(buf)
     }
 
-    fn insert(&mut self, key: KernelKey, buf: wgpu::Buffer) {
-        if buf.size() > self.capacity || self.buffers.contains_key(&key) {
+    fn remove(&mut self, key: &KernelKey) {
+        if let Some((b, _)) = self.buffers.remove(key) {
+            self.used -= b.size();
+        }
+        self.order.retain(|k| k != key);
+    }
+
+    fn insert(&mut self, key: KernelKey, entry: (wgpu::Buffer, KernelRef)) {
+        let size = entry.0.size();
+        if size > self.capacity || self.buffers.contains_key(&key) {
             return;
         }
-        while self.used + buf.size() > self.capacity {
-            let Some(old) = self.order.pop_front() else { break };
-            if let Some(b) = self.buffers.remove(&old) {
-                self.used -= b.size();
-            }
+        // Kernels of ended sessions first, then the least recently used.
+        let dead: Vec<KernelKey> = self.buffers.iter().filter(|(_, (_, r))| !r.is_alive()).map(|(k, _)| *k).collect();
+        dead.iter().for_each(|k| self.remove(k));
+        while self.used + size > self.capacity {
+            let Some(old) = self.order.front().copied() else { break };
+            self.remove(&old);
         }
-        self.used += buf.size();
-        self.buffers.insert(key, buf);
+        self.used += size;
+        self.buffers.insert(key, entry);
         self.order.push_back(key);
     }
 }
@@ -343,6 +360,6 @@ impl CloudBackend for GpuBackend {
         let g = kernel.geometry();
         check_conv_args(g, batch, kernel.data(), input)?;
         let arith = Arithmetic::Field(self.variant);
-        self.run_conv(arith, self.kernel, g, batch, kernel.data(), input, Some(kernel.id()))
+        self.run_conv(arith, self.kernel, g, batch, kernel.data(), input, Some(kernel))
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
-use vericonv::cloud::{CloudBackend, SessionKernel, check_conv_args};
+use vericonv::cloud::{CloudBackend, KernelRef, SessionKernel, check_conv_args};
 use vericonv::geometry::Conv2d;
 use vericonv::share::ShareSeed;
 use vericonv::{Error, Result};
@@ -88,7 +88,7 @@ pub struct RemoteBackend {
     runtime: tokio::runtime::Runtime,
     registered: Mutex<HashSet<(usize, KernelHandle)>>,
     /// The handle of each session kernel, hashed once per session.
-    handles: Mutex<HashMap<u128, KernelHandle>>,
+    handles: Mutex<HashMap<u128, (KernelRef, KernelHandle)>>,
     next: AtomicUsize,
     retries: AtomicUsize,
 }
@@ -221,7 +221,16 @@ impl RemoteBackend {
     /// The handle of a session kernel, computed on its first call.
     fn handle_of(&self, kernel: &SessionKernel) -> KernelHandle {
         let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
-        *handles.entry(kernel.id()).or_insert_with(|| KernelHandle::of(kernel.geometry(), kernel.data()))
+        if let Some((of, handle)) = handles.get(&kernel.id())
+            && of.refers_to(kernel)
+        {
+            return *handle;
+        }
+        // Ended sessions' entries go; an id drawn alike by another session is replaced.
+        handles.retain(|_, (of, _)| of.is_alive());
+        let handle = KernelHandle::of(kernel.geometry(), kernel.data());
+        handles.insert(kernel.id(), (kernel.downgrade(), handle));
+        handle
     }
 
     /// One convolution, with registration, retries and failover.

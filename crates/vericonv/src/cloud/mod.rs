@@ -10,7 +10,7 @@ mod tamper;
 pub use cpu::CpuBackend;
 pub use tamper::{Tamper, TamperingBackend};
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::Result;
 use crate::geometry::Conv2d;
@@ -99,6 +99,33 @@ impl SessionKernel {
     /// `K'`, `Cout × Cin/G × kh × kw`.
     pub fn data(&self) -> &[u32] {
         &self.data
+    }
+
+    /// A reference for a backend's cache that does not keep `K'` alive.
+    pub fn downgrade(&self) -> KernelRef {
+        KernelRef { id: self.id, data: Arc::downgrade(&self.data) }
+    }
+}
+
+/// A cache's reference to a [`SessionKernel`]. It recognises exactly that kernel: ids are
+/// random, but two sessions seeded alike (tests, `--seed`) may draw the same one, so the
+/// reference also holds the kernel's allocation, whose address no other kernel can take while
+/// the reference exists.
+#[derive(Clone)]
+pub struct KernelRef {
+    id: u128,
+    data: Weak<Vec<u32>>,
+}
+
+impl KernelRef {
+    /// Whether this refers to `kernel`.
+    pub fn refers_to(&self, kernel: &SessionKernel) -> bool {
+        self.id == kernel.id && std::ptr::eq(self.data.as_ptr(), Arc::as_ptr(&kernel.data))
+    }
+
+    /// Whether the session still holds the kernel (a cache may drop what is no longer used).
+    pub fn is_alive(&self) -> bool {
+        self.data.strong_count() > 0
     }
 }
 
