@@ -260,6 +260,10 @@ fn conv_gemm(g: &Conv2d, batch: usize, w: &[f32], x: &[f32], threads: usize) -> 
     y
 }
 
+/// tract, the plaintext baseline (c), on one layer or on a whole ONNX model.
+#[cfg(feature = "tract")]
+pub use tract_baseline::TractPlan;
+
 #[cfg(feature = "tract")]
 mod tract_baseline {
     use prost::Message;
@@ -273,8 +277,48 @@ mod tract_baseline {
         Error::Internal(format!("tract: {e}"))
     }
 
+    /// A runnable, optimized tract plan of an ONNX graph with a fixed input shape.
+    pub struct TractPlan(std::sync::Arc<TypedRunnableModel>);
+
+    impl TractPlan {
+        /// The plan of the ONNX model `bytes`, its input fixed to `shape` (a dynamic batch
+        /// becomes `shape[0]`).
+        ///
+        /// # Errors
+        /// [`Error::Internal`] when tract cannot load or optimize the model.
+        pub fn from_onnx(bytes: &[u8], shape: &[usize]) -> Result<Self> {
+            let plan = tract_onnx::onnx()
+                .model_for_read(&mut &bytes[..])
+                .map_err(err)?
+                .with_input_fact(0, f32::fact(shape).into())
+                .map_err(err)?
+                .into_optimized()
+                .map_err(err)?
+                .into_runnable()
+                .map_err(err)?;
+            Ok(Self(plan))
+        }
+
+        /// Runs the plan on `x` with `threads` threads; returns the first output.
+        ///
+        /// # Errors
+        /// [`Error::Internal`] when tract fails.
+        pub fn run(&self, shape: &[usize], x: &[f32], threads: usize) -> Result<Vec<f32>> {
+            let input = Tensor::from_shape(shape, x).map_err(err)?;
+            let exec = if threads > 1 {
+                tract_linalg::multithread::Executor::multithread(threads)
+            } else {
+                tract_linalg::multithread::Executor::SingleThread
+            };
+            let out = tract_linalg::multithread::multithread_tract_scope(exec, || self.0.run(tvec!(input.into())))
+                .map_err(err)?;
+            let view = out[0].to_plain_array_view::<f32>().map_err(err)?;
+            Ok(view.iter().copied().collect())
+        }
+    }
+
     /// A runnable tract plan of one `Conv` node with a fixed batch.
-    pub struct TractConv(std::sync::Arc<TypedRunnableModel>);
+    pub struct TractConv(TractPlan);
 
     impl TractConv {
         pub fn new(g: &Conv2d, batch: usize, w: &[f32]) -> Result<Self> {
@@ -328,27 +372,11 @@ mod tract_baseline {
                 ..Default::default()
             }
             .encode_to_vec();
-            let plan = tract_onnx::onnx()
-                .model_for_read(&mut bytes.as_slice())
-                .map_err(err)?
-                .into_optimized()
-                .map_err(err)?
-                .into_runnable()
-                .map_err(err)?;
-            Ok(Self(plan))
+            Ok(Self(TractPlan::from_onnx(&bytes, &[batch, g.cin(), g.h(), g.w()])?))
         }
 
         pub fn run(&self, shape: &[usize], x: &[f32], threads: usize) -> Result<Vec<f32>> {
-            let input = Tensor::from_shape(shape, x).map_err(err)?;
-            let exec = if threads > 1 {
-                tract_linalg::multithread::Executor::multithread(threads)
-            } else {
-                tract_linalg::multithread::Executor::SingleThread
-            };
-            let out = tract_linalg::multithread::multithread_tract_scope(exec, || self.0.run(tvec!(input.into())))
-                .map_err(err)?;
-            let view = out[0].to_plain_array_view::<f32>().map_err(err)?;
-            Ok(view.iter().copied().collect())
+            self.0.run(shape, x, threads)
         }
     }
 }

@@ -12,3 +12,4 @@ pub mod attack;
 pub mod bench;
 pub mod eval;
 pub mod load;
+pub mod whole;

@@ -103,7 +103,8 @@ enum SuiteChoice {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// `cpu`: the client against plaintext CPU convolutions. `gpu`: the GPU kernels (F_p tiled
-    /// and simple, f32 tiled and simple) timed on the selected adapter.
+    /// and simple, f32 tiled and simple) timed on the selected adapter; with --model, the
+    /// cloud of the whole-model pipeline on the GPU.
     #[arg(long, value_enum, default_value_t = BenchBackend::Cpu)]
     backend: BenchBackend,
     /// Which layers [default: full; quick for --backend gpu on a CPU rasteriser].
@@ -152,6 +153,10 @@ struct BenchArgs {
     /// A PEM CA certificate to trust for grpcs:// clouds.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+    /// Benchmark this whole model (`.onnx` or native `.json`) instead of the layer suite: the
+    /// client's whole private pipeline against tract, onnxruntime and vericonv's float model.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// With --cloud: concurrent clients.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
     clients: usize,
@@ -722,6 +727,9 @@ fn demo(args: &DemoArgs) -> Result<(), vericonv::Error> {
 
 fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
     use vericonv_cli::bench::{BenchOptions, plot_speedups, run_layer, write_csv};
+    if let Some(model) = &args.model {
+        return bench_model(args, model);
+    }
     if args.backend == BenchBackend::Gpu {
         return bench_gpu(args);
     }
@@ -1253,6 +1261,124 @@ fn conv_demo(args: &ConvDemoArgs) -> Result<(), vericonv::Error> {
     } else {
         Err(vericonv::Error::Internal("the decrypted result differs from the plaintext convolution".into()))
     }
+}
+
+/// onnxruntime's median time on `onnx` through `scripts/ort-baseline.py`, or why it did not run.
+fn onnxruntime_time(onnx: &Path, batch: usize, threads: usize, reps: usize) -> Result<f64, String> {
+    let script = Path::new("scripts/ort-baseline.py");
+    if !script.is_file() {
+        return Err("scripts/ort-baseline.py not found (run from the repository root)".into());
+    }
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(onnx)
+        .args(["--batch", &batch.to_string(), "--threads", &threads.to_string(), "--reps", &reps.to_string()])
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v["seconds"].as_f64())
+        .filter(|_| out.status.success())
+        .ok_or_else(|| format!("ort-baseline.py failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+}
+
+/// `vericonv bench --model`: a whole network end to end.
+fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv::Error> {
+    use vericonv_cli::whole::{WholeOptions, run_whole};
+    let model = load_model(path, &NormArgs { mean: None, std: None })?;
+    let out = args.out_dir()?;
+    // tract and onnxruntime read the model as ONNX: the file itself, or the native model exported.
+    let onnx_path = if path.extension().is_some_and(|e| e == "onnx") {
+        path.to_path_buf()
+    } else {
+        let p = out.join(format!("{}.onnx", file_safe(model.name())));
+        vericonv_model::onnx::import::write_model(&model, &p)?;
+        p
+    };
+    let onnx = std::fs::read(&onnx_path).map_err(|e| vericonv::Error::io(&onnx_path, e))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut threads: Vec<usize> = args.threads.iter().map(|&t| if t == 0 { cores } else { t }).collect();
+    threads.dedup();
+    let batches = args.batches.clone().unwrap_or_else(|| vec![1, 16]);
+    let mut privacy: Vec<Privacy> =
+        args.privacy.iter().map(|&p| PrivacyArgs { privacy: p, rank: args.rank }.privacy()).collect();
+    privacy.dedup();
+    if privacy.contains(&Privacy::Pad) {
+        return Err(vericonv::Error::Unsupported("bench --model measures modes lowrank and two-server".into()));
+    }
+    if privacy.iter().any(|p| matches!(p, Privacy::LowRank { .. })) {
+        eprintln!("{LOWRANK_WARNING}");
+    }
+    println!(
+        "vericonv bench --model {}: {} ({}×{}×{} input); times per batch, speed-up against the fastest plaintext engine",
+        path.display(),
+        model.name(),
+        model.input().channels,
+        model.input().height,
+        model.input().width
+    );
+    println!(
+        "{:<18} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>11} | {:>11} {:>8} | {:>11}",
+        "privacy",
+        "batch",
+        "thr",
+        "client",
+        "quantize",
+        "session",
+        "tract",
+        "ort",
+        "vc float",
+        "best",
+        "speedup",
+        "cloud"
+    );
+    let s = |v: f64| if v >= 1.0 { format!("{v:9.3} s") } else { format!("{:8.2} ms", v * 1e3) };
+    let opt = |v: Option<f64>| v.map_or_else(|| format!("{:>11}", "-"), s);
+    // --backend gpu: the cloud on the GPU (two backends on the device in mode two-server);
+    // the CPU cloud otherwise.
+    let gpu = match args.backend {
+        BenchBackend::Gpu => Some((select_backend(BackendChoice::Gpu)?.0, select_backend(BackendChoice::Gpu)?.0)),
+        BenchBackend::Cpu => None,
+    };
+    if let Some((a, _)) = &gpu {
+        println!("  cloud: {}", a.name());
+    }
+    let mut rows = Vec::new();
+    for &batch in &batches {
+        for &t in &threads {
+            let ort =
+                onnxruntime_time(&onnx_path, batch, t, args.reps).map_err(|why| eprintln!("onnxruntime: {why}")).ok();
+            let clouds = gpu.as_ref().map(|(a, b)| (a.as_ref(), b.as_ref()));
+            for &p in &privacy {
+                let opts = WholeOptions { batch, threads: t, privacy: p, reps: args.reps, seed: args.seed };
+                let r = run_whole(&model, &onnx, &opts, clouds, ort)?;
+                println!(
+                    "{:<18} {:>5} {:>3} | {:>11} {:>11} {:>11} | {} {} {:>11} | {:>11} {:>7.2}x | {:>11}",
+                    r.privacy,
+                    r.batch,
+                    r.threads,
+                    s(r.client_s),
+                    s(r.client_quantize_s),
+                    s(r.session_s),
+                    opt(r.tract_s),
+                    opt(r.onnxruntime_s),
+                    s(r.float_s),
+                    r.best_plaintext,
+                    r.speedup,
+                    s(r.cloud_s)
+                );
+                rows.push(r);
+            }
+        }
+    }
+    write_json(&rows, &out.join("bench-model.json"))?;
+    println!(
+        "private logits bit-identical to the quantized model in every row; wrote {}/bench-model.json",
+        out.display()
+    );
+    Ok(())
 }
 
 /// `vericonv bench --cloud`: the remote cloud under load.

@@ -1,0 +1,176 @@
+//! `vericonv bench --model M`: a whole network, end to end, on the same inputs in one run: the
+//! client's whole private pipeline (quantize, mask, verify, unmask, non-linear and local
+//! linear layers; the cloud timed apart, the session setup apart), the plaintext model through
+//! tract and through vericonv's own float interpreter, and onnxruntime when
+//! `scripts/ort-baseline.py` can run. The speed-up is against the fastest plaintext engine.
+
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use serde::Serialize;
+use vericonv::cloud::{CloudBackend, Clouds, CpuBackend};
+use vericonv::keys::seeded_rng;
+use vericonv::privacy::Privacy;
+use vericonv::{Error, Result};
+use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};
+use vericonv_model::{Model, PrivateConfig, PrivateExecutor};
+
+/// One configuration of [`run_whole`].
+#[derive(Clone, Debug)]
+pub struct WholeOptions {
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Threads for the client, the plaintext engines and the CPU cloud alike.
+    pub threads: usize,
+    /// The privacy mode (`lowrank` or `two-server`).
+    pub privacy: Privacy,
+    /// Timed forward passes (the median is reported) after one warm-up.
+    pub reps: usize,
+    /// Seed of the inputs and of the client's keys (a benchmark, not a deployment).
+    pub seed: u64,
+}
+
+/// One measured configuration; times are seconds per batch.
+#[derive(Clone, Debug, Serialize)]
+pub struct WholeRow {
+    /// Model name.
+    pub model: String,
+    /// The privacy mode.
+    pub privacy: String,
+    /// Images per batch.
+    pub batch: usize,
+    /// Threads.
+    pub threads: usize,
+    /// The client's online work: the private forward pass minus the cloud's time.
+    pub client_s: f64,
+    /// Of which quantization and re-scaling.
+    pub client_quantize_s: f64,
+    /// Of which non-linear layers.
+    pub client_nonlinear_s: f64,
+    /// Session setup (keys, `K'`, the mask kernels of every layer), once per session.
+    pub session_s: f64,
+    /// The cloud's time in the same passes (both clouds, concurrently, in two-server).
+    pub cloud_s: f64,
+    /// tract on the same ONNX graph, inputs and threads.
+    pub tract_s: Option<f64>,
+    /// vericonv's own float interpreter.
+    pub float_s: f64,
+    /// onnxruntime (`scripts/ort-baseline.py`), when it ran.
+    pub onnxruntime_s: Option<f64>,
+    /// The fastest plaintext engine.
+    pub best_plaintext: String,
+    /// Its time.
+    pub best_plaintext_s: f64,
+    /// `best_plaintext_s / client_s`.
+    pub speedup: f64,
+    /// Whether the private logits equal the quantized plaintext model's, bit for bit.
+    pub exact: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Measures `model` (whose ONNX form is `onnx`, for tract) at one batch, thread count and
+/// privacy mode, with the cloud(s) `clouds` (`None`: CPU backends with the same threads);
+/// `onnxruntime` is the time onnxruntime took, if it ran.
+///
+/// # Errors
+/// The model's and the protocol's errors; [`Error::Internal`] when tract fails or the private
+/// logits differ from the quantized model's.
+pub fn run_whole(
+    model: &Model,
+    onnx: &[u8],
+    opts: &WholeOptions,
+    clouds: Option<(&dyn CloudBackend, &dyn CloudBackend)>,
+    onnxruntime: Option<f64>,
+) -> Result<WholeRow> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .build()
+        .map_err(|e| Error::Internal(format!("thread pool: {e}")))?;
+    let mut rng = seeded_rng(opts.seed);
+    let x: Vec<f32> = (0..opts.batch * model.image_len()).map(|_| rng.random_range(0.0..1.0)).collect();
+    let qm = QuantModel::new(model, QuantConfig::default())?;
+    let local = (CpuBackend::with_threads(opts.threads)?, CpuBackend::with_threads(opts.threads)?);
+    let (cloud_a, cloud_b): (&dyn CloudBackend, &dyn CloudBackend) = clouds.unwrap_or((&local.0, &local.1));
+    let clouds = if opts.privacy == Privacy::TwoServer { Clouds::Two(cloud_a, cloud_b) } else { Clouds::One(cloud_a) };
+    let cfg = PrivateConfig { privacy: opts.privacy, ..PrivateConfig::default() };
+    // The session: keys, K' and the mask kernels of every layer.
+    let t = Instant::now();
+    let mut exec = pool.install(|| PrivateExecutor::new(&qm, clouds, &cfg, seeded_rng(opts.seed ^ 0x5e55)))?;
+    let session = t.elapsed();
+    let cloud_total = |exec: &PrivateExecutor<'_>| exec.stats().map(|l| l.timings.cloud).sum::<Duration>();
+    let (reference, _) = pool.install(|| qm.forward(&x, &mut PlainExecutor))?;
+    // The warm-up pass (page faults, caches), checked against the quantized model.
+    let (first, _) = pool.install(|| qm.forward(&x, &mut exec))?;
+    let exact = first.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
+    let (mut client, mut cloud, mut quantize, mut nonlinear) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.reps.max(1) {
+        let before = cloud_total(&exec);
+        let t = Instant::now();
+        let (_, times) = pool.install(|| qm.forward(&x, &mut exec))?;
+        let wall = t.elapsed();
+        let c = cloud_total(&exec) - before;
+        client.push(wall.saturating_sub(c).as_secs_f64());
+        cloud.push(c.as_secs_f64());
+        quantize.push(times.quantize.as_secs_f64());
+        nonlinear.push(times.nonlinear.as_secs_f64());
+    }
+    let float_s = median(
+        (0..opts.reps.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                pool.install(|| model.forward_float(&x)).map(|_| t.elapsed().as_secs_f64())
+            })
+            .collect::<Result<Vec<_>>>()?,
+    );
+    let tract_s = tract_time(onnx, opts, model, &x)?;
+    let mut engines: Vec<(&str, f64)> = vec![("vericonv float", float_s)];
+    engines.extend(tract_s.map(|t| ("tract", t)));
+    engines.extend(onnxruntime.map(|t| ("onnxruntime", t)));
+    let (best, best_s) = engines.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or(("none", f64::NAN));
+    let client_s = median(client);
+    if !exact {
+        return Err(Error::Internal(format!("{}: private logits differ from the quantized model's", model.name())));
+    }
+    Ok(WholeRow {
+        model: model.name().to_string(),
+        privacy: opts.privacy.label(),
+        batch: opts.batch,
+        threads: opts.threads,
+        client_s,
+        client_quantize_s: median(quantize),
+        client_nonlinear_s: median(nonlinear),
+        session_s: session.as_secs_f64(),
+        cloud_s: median(cloud),
+        tract_s,
+        float_s,
+        onnxruntime_s: onnxruntime,
+        best_plaintext: best.to_string(),
+        best_plaintext_s: best_s,
+        speedup: best_s / client_s,
+        exact,
+    })
+}
+
+#[cfg(feature = "tract")]
+fn tract_time(onnx: &[u8], opts: &WholeOptions, model: &Model, x: &[f32]) -> Result<Option<f64>> {
+    let i = model.input();
+    let shape = [opts.batch, i.channels, i.height, i.width];
+    let plan = crate::bench::TractPlan::from_onnx(onnx, &shape)?;
+    plan.run(&shape, x, opts.threads)?;
+    let times = (0..opts.reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            plan.run(&shape, x, opts.threads).map(|_| t.elapsed().as_secs_f64())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(median(times)))
+}
+
+#[cfg(not(feature = "tract"))]
+fn tract_time(_: &[u8], _: &WholeOptions, _: &Model, _: &[f32]) -> Result<Option<f64>> {
+    Ok(None)
+}
