@@ -140,19 +140,10 @@ struct BenchArgs {
     /// The F_p shader variant for --backend gpu [default: u64 when the adapter has SHADER_INT64].
     #[arg(long, value_enum)]
     variant: Option<VariantChoice>,
-    /// Load-test a remote cloud (`grpc://HOST:PORT`) instead: concurrent clients run the whole
+    /// With --cloud: load-test that remote cloud instead; concurrent clients run the whole
     /// private layer against it; throughput and p50/p99 latency [default suite: quick].
-    #[arg(long = "cloud", value_name = "URL")]
-    cloud: Vec<String>,
-    /// With --cloud and --privacy two-server: cloud B's server(s).
-    #[arg(long = "cloud-b", value_name = "URL")]
-    cloud_b: Vec<String>,
-    /// A file holding the bearer token of the remote clouds.
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// A PEM CA certificate to trust for grpcs:// clouds.
-    #[arg(long)]
-    tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// Benchmark this whole model (`.onnx` or native `.json`) instead of the layer suite: the
     /// client's whole private pipeline against tract, onnxruntime and vericonv's float model.
     #[arg(long)]
@@ -290,11 +281,19 @@ struct ProtocolArgs {
     /// seeds from the OS.
     #[arg(long)]
     seed: Option<u64>,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+/// Remote clouds (`vericonv serve`), shared by every command that can use them.
+#[derive(clap::Args)]
+struct RemoteArgs {
     /// A remote cloud (`grpc://HOST:PORT` or `grpcs://HOST:PORT`, started with `vericonv serve`)
-    /// instead of --backend; repeat it for replicas of the same cloud. Cloud A in mode two-server.
+    /// instead of a local backend; repeat it for replicas of the same cloud. Cloud A in mode
+    /// two-server.
     #[arg(long = "cloud", value_name = "URL")]
     cloud: Vec<String>,
-    /// Mode two-server: cloud B's server(s), instead of --backend-b. Must differ from --cloud.
+    /// Mode two-server: cloud B's server(s). Must differ from --cloud.
     #[arg(long = "cloud-b", value_name = "URL")]
     cloud_b: Vec<String>,
     /// A file holding the bearer token of the remote clouds.
@@ -303,6 +302,35 @@ struct ProtocolArgs {
     /// A PEM CA certificate to trust for grpcs:// clouds.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+}
+
+impl RemoteArgs {
+    /// Refuses one endpoint for both clouds: it would see both shares.
+    fn check_distinct(&self) -> Result<(), vericonv::Error> {
+        match self.cloud.iter().find(|u| self.cloud_b.contains(u)) {
+            Some(url) => Err(vericonv::Error::SameCloudTwice(url.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// A client of the replicas `urls` with these options, or `None` when there are none.
+    fn connect(&self, urls: &[String]) -> Result<Option<vericonv_remote::RemoteBackend>, vericonv::Error> {
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        let read = |p: &Path| std::fs::read(p).map_err(|e| vericonv::Error::io(p, e));
+        let opts = vericonv_remote::RemoteOptions {
+            token: self
+                .token_file
+                .as_deref()
+                .map(read)
+                .transpose()?
+                .map(|t| String::from_utf8_lossy(&t).trim().to_string()),
+            tls_ca: self.tls_ca.as_deref().map(read).transpose()?,
+            ..vericonv_remote::RemoteOptions::default()
+        };
+        vericonv_remote::RemoteBackend::connect(urls, opts).map(Some)
+    }
 }
 
 impl ProtocolArgs {
@@ -323,10 +351,7 @@ impl ProtocolArgs {
         choice: BackendChoice,
         urls: &[String],
     ) -> Result<(Box<dyn CloudBackend>, String), vericonv::Error> {
-        if urls.is_empty() {
-            return select_backend(choice);
-        }
-        let remote = remote_cloud(urls, self.token_file.as_deref(), self.tls_ca.as_deref())?;
+        let Some(remote) = self.remote.connect(urls)? else { return select_backend(choice) };
         let info = remote.info()?;
         Ok((Box::new(remote), format!("remote, serving with {} (vericonv {})", info.backend, info.version)))
     }
@@ -347,13 +372,11 @@ impl ProtocolArgs {
     /// reason for the backend choice.
     fn clouds(&self, tamper_rate: f64, tamper: TamperChoice) -> Result<CloudSetup, vericonv::Error> {
         let two = self.privacy() == Privacy::TwoServer;
-        if !self.cloud_b.is_empty() && !two {
+        if !self.remote.cloud_b.is_empty() && !two {
             return Err(vericonv::Error::CloudCount { mode: self.privacy().name(), needed: 1, got: 2 });
         }
-        if let Some(url) = self.cloud.iter().find(|u| self.cloud_b.contains(u)) {
-            return Err(vericonv::Error::SameCloudTwice(url.clone()));
-        }
-        let (a, why) = self.backend_or_remote(self.backend, &self.cloud)?;
+        self.remote.check_distinct()?;
+        let (a, why) = self.backend_or_remote(self.backend, &self.remote.cloud)?;
         // The cheating clouds draw from their own streams, never the client's.
         let stream = |k: u64| self.seed.map_or_else(|| os_rng().random(), |s| s.rotate_left(17) ^ k);
         let rate_a = if tamper != TamperChoice::B { tamper_rate } else { 0.0 };
@@ -361,26 +384,11 @@ impl ProtocolArgs {
         if self.privacy() != Privacy::TwoServer {
             return Ok(CloudSetup { a, b: None, why });
         }
-        let (b, why_b) = self.backend_or_remote(self.backend_b, &self.cloud_b)?;
+        let (b, why_b) = self.backend_or_remote(self.backend_b, &self.remote.cloud_b)?;
         let rate_b = if tamper != TamperChoice::A { tamper_rate } else { 0.0 };
         let b = TamperingBackend::new(b, &Tamper::ALL, rate_b, stream(0xB0B));
         Ok(CloudSetup { a, b: Some(b), why: format!("A: {why}; B: {why_b}") })
     }
-}
-
-/// A client of the remote cloud at `urls` (replicas), with the token and CA files given.
-fn remote_cloud(
-    urls: &[String],
-    token_file: Option<&Path>,
-    tls_ca: Option<&Path>,
-) -> Result<vericonv_remote::RemoteBackend, vericonv::Error> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| vericonv::Error::io(p, e));
-    let opts = vericonv_remote::RemoteOptions {
-        token: token_file.map(read).transpose()?.map(|t| String::from_utf8_lossy(&t).trim().to_string()),
-        tls_ca: tls_ca.map(read).transpose()?,
-        ..vericonv_remote::RemoteOptions::default()
-    };
-    vericonv_remote::RemoteBackend::connect(urls, opts)
 }
 
 /// Which cloud cheats in mode two-server when a tamper rate is set.
@@ -543,19 +551,9 @@ struct AttackArgs {
     /// Where to write the JSON report and the PNG pictures.
     #[arg(long, default_value = "reports/attack")]
     out: PathBuf,
-    /// Run the private layers on a remote cloud (`grpc://HOST:PORT`) and attack what it was
-    /// sent; cloud A in mode two-server.
-    #[arg(long = "cloud", value_name = "URL")]
-    cloud: Vec<String>,
-    /// Mode two-server: cloud B's server(s).
-    #[arg(long = "cloud-b", value_name = "URL")]
-    cloud_b: Vec<String>,
-    /// A file holding the bearer token of the remote clouds.
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// A PEM CA certificate to trust for grpcs:// clouds.
-    #[arg(long)]
-    tls_ca: Option<PathBuf>,
+    /// With --cloud: run the private layers on that remote cloud and attack what it was sent.
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 /// Picks the cloud backend and explains the choice.
@@ -733,7 +731,7 @@ fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
     if args.backend == BenchBackend::Gpu {
         return bench_gpu(args);
     }
-    if !args.cloud.is_empty() {
+    if !args.remote.cloud.is_empty() {
         return bench_cloud(args);
     }
     let suite = args.layers(SuiteChoice::Full)?;
@@ -1115,16 +1113,8 @@ fn attack(args: &AttackArgs) -> Result<(), vericonv::Error> {
     );
     let mut layers_done = 0;
     let mut current = String::new();
-    if let Some(url) = args.cloud.iter().find(|u| args.cloud_b.contains(u)) {
-        return Err(vericonv::Error::SameCloudTwice(url.clone()));
-    }
-    let remote = |urls: &[String]| {
-        if urls.is_empty() {
-            return Ok(None);
-        }
-        remote_cloud(urls, args.token_file.as_deref(), args.tls_ca.as_deref()).map(Some)
-    };
-    let (cloud_a, cloud_b) = (remote(&args.cloud)?, remote(&args.cloud_b)?);
+    args.remote.check_distinct()?;
+    let (cloud_a, cloud_b) = (args.remote.connect(&args.remote.cloud)?, args.remote.connect(&args.remote.cloud_b)?);
     let clouds = (cloud_a.as_ref().map(|c| c as &dyn CloudBackend), cloud_b.as_ref().map(|c| c as &dyn CloudBackend));
     let results = attack_model(&qm, &data, &opts, clouds, |layer, done, total| {
         if layer != current {
@@ -1392,27 +1382,28 @@ fn bench_cloud(args: &BenchArgs) -> Result<(), vericonv::Error> {
         None => Privacy::default(),
     };
     let two = privacy == Privacy::TwoServer;
-    if two == args.cloud_b.is_empty() {
+    let remote = &args.remote;
+    if two == remote.cloud_b.is_empty() {
         return Err(vericonv::Error::CloudCount {
             mode: privacy.name(),
             needed: privacy.clouds(),
-            got: 1 + usize::from(!args.cloud_b.is_empty()),
+            got: 1 + usize::from(!remote.cloud_b.is_empty()),
         });
     }
-    if let Some(url) = args.cloud.iter().find(|u| args.cloud_b.contains(u)) {
-        return Err(vericonv::Error::SameCloudTwice(url.clone()));
-    }
+    remote.check_distinct()?;
     warn_if_lowrank(privacy);
-    let connect = || -> Result<vericonv_cli::load::ClientClouds, vericonv::Error> {
-        let remote = |urls: &[String]| remote_cloud(urls, args.token_file.as_deref(), args.tls_ca.as_deref());
-        let a: Box<dyn CloudBackend> = Box::new(remote(&args.cloud)?);
-        let b = if two { Some(Box::new(remote(&args.cloud_b)?) as Box<dyn CloudBackend>) } else { None };
-        Ok((a, b))
+    // Cloud A's client (there is one: --cloud was given) and cloud B's, in two-server.
+    let cloud_a = || {
+        remote.connect(&remote.cloud)?.ok_or(vericonv::Error::CloudCount { mode: privacy.name(), needed: 1, got: 0 })
     };
-    let info = remote_cloud(&args.cloud, args.token_file.as_deref(), args.tls_ca.as_deref())?.info()?;
+    let connect = || -> Result<vericonv_cli::load::ClientClouds, vericonv::Error> {
+        let b = remote.connect(&remote.cloud_b)?.map(|c| Box::new(c) as Box<dyn CloudBackend>);
+        Ok((Box::new(cloud_a()?), b))
+    };
+    let info = cloud_a()?.info()?;
     println!(
         "vericonv bench --cloud: {} ({}; at most {} convolutions at once); {} clients × {} calls, privacy {}",
-        args.cloud.join(", "),
+        remote.cloud.join(", "),
         info.backend,
         info.max_concurrent,
         args.clients,

@@ -7,6 +7,8 @@
 //! unnoticed on a machine with memory to spare. The files are built from the committed
 //! LeNet-5 model, edited the way an attacker would.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -18,10 +20,6 @@ use vericonv_model::onnx::proto::{NodeProto, TensorProto};
 
 /// The address space one run may use, in KiB.
 const MEMORY_KIB: u64 = 1 << 20;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// Runs `vericonv args…` in `dir` under the memory and time limits.
 fn vericonv(dir: &Path, args: &[&str]) -> Output {
@@ -52,7 +50,7 @@ fn refused(out: &Output, what: &str) {
 
 /// A copy of the committed LeNet-5 (JSON and weights) in `dir`, its JSON edited by `edit`.
 fn lenet(dir: &Path, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
-    let src = repo().join("models/lenet5-mnist");
+    let src = common::repo().join("models/lenet5-mnist");
     let mut doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(src.with_extension("json")).expect("model")).expect("json");
     edit(&mut doc);
@@ -68,15 +66,6 @@ fn layer<'a>(doc: &'a mut serde_json::Value, name: &str) -> &'a mut serde_json::
     layers.iter_mut().find(|l| l["name"] == name).expect("layer")
 }
 
-/// Two 28×28 images as IDX files in `dir`; returns the `--dataset` value.
-fn small_idx(dir: &Path) -> String {
-    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28];
-    images.extend((0..2 * 28 * 28).map(|i| (i % 251) as u8));
-    std::fs::write(dir.join("images.idx"), images).expect("write");
-    std::fs::write(dir.join("labels.idx"), [0, 0, 8, 1, 0, 0, 0, 2, 7, 2]).expect("write");
-    format!("idx:{},{}", dir.join("images.idx").display(), dir.join("labels.idx").display())
-}
-
 fn eval(dir: &Path, model: &Path, dataset: &str) -> Output {
     vericonv(dir, &["eval", "--model", &model.display().to_string(), "--dataset", dataset, "--backend", "cpu"])
 }
@@ -85,7 +74,7 @@ fn eval(dir: &Path, model: &Path, dataset: &str) -> Output {
 fn a_channel_count_whose_shape_product_wraps_is_refused() {
     let tmp = tempfile::tempdir().expect("temporary directory");
     let model = lenet(tmp.path(), |d| d["input"]["channels"] = serde_json::json!(4_611_686_018_427_387_905u64));
-    refused(&eval(tmp.path(), &model, &small_idx(tmp.path())), "error");
+    refused(&eval(tmp.path(), &model, &common::small_idx(tmp.path())), "error");
 }
 
 #[test]
@@ -93,7 +82,7 @@ fn a_linear_layer_whose_weight_count_overflows_is_refused() {
     let tmp = tempfile::tempdir().expect("temporary directory");
     let model =
         lenet(tmp.path(), |d| layer(d, "fc1")["out_features"] = serde_json::json!(9_223_372_036_854_775_809u64));
-    refused(&eval(tmp.path(), &model, &small_idx(tmp.path())), "fc1");
+    refused(&eval(tmp.path(), &model, &common::small_idx(tmp.path())), "fc1");
 }
 
 #[test]
@@ -101,7 +90,7 @@ fn pooling_pads_of_100000_are_refused() {
     let tmp = tempfile::tempdir().expect("temporary directory");
     let model =
         lenet(tmp.path(), |d| layer(d, "pool1")["padding"] = serde_json::json!([100_000, 100_000, 100_000, 100_000]));
-    refused(&eval(tmp.path(), &model, &small_idx(tmp.path())), "pool1");
+    refused(&eval(tmp.path(), &model, &common::small_idx(tmp.path())), "pool1");
 }
 
 #[test]
@@ -132,12 +121,12 @@ fn a_gzip_bomb_stops_at_what_the_idx_header_announces() {
     std::fs::write(tmp.path().join("labels.idx"), [0, 0, 8, 1, 0, 0, 0, 2, 7, 2]).expect("write");
     let dataset = format!("idx:{},{}", tmp.path().join("bomb.gz").display(), tmp.path().join("labels.idx").display());
     // The header is read first: the error is about the 1568 bytes it announces, not memory.
-    refused(&eval(tmp.path(), &repo().join("models/lenet5-mnist.json"), &dataset), "need 1568 bytes");
+    refused(&eval(tmp.path(), &common::repo().join("models/lenet5-mnist.json"), &dataset), "need 1568 bytes");
 }
 
 /// The committed LeNet-5 as ONNX, with `edit` applied to its graph, written to `dir`.
 fn lenet_onnx(dir: &Path, edit: impl Fn(&mut vericonv_model::onnx::proto::GraphProto)) -> PathBuf {
-    let model = Model::load(repo().join("models/lenet5-mnist.json")).expect("model");
+    let model = Model::load(common::repo().join("models/lenet5-mnist.json")).expect("model");
     let mut proto = export_model(&model);
     edit(proto.graph.as_mut().expect("graph"));
     let path = dir.join("hostile.onnx");
@@ -156,7 +145,7 @@ fn an_onnx_model_with_a_nan_weight_is_refused() {
             w.raw_data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
         }
     });
-    refused(&eval(tmp.path(), &model, &small_idx(tmp.path())), "finite");
+    refused(&eval(tmp.path(), &model, &common::small_idx(tmp.path())), "finite");
 }
 
 #[test]
@@ -189,7 +178,7 @@ fn an_onnx_batchnorm_with_a_negative_variance_is_refused() {
             },
         );
     });
-    refused(&eval(tmp.path(), &model, &small_idx(tmp.path())), "var");
+    refused(&eval(tmp.path(), &model, &common::small_idx(tmp.path())), "var");
 }
 
 #[test]
@@ -205,7 +194,13 @@ fn a_digits_csv_with_a_nan_label_is_refused() {
     std::fs::write(tmp.path().join("data/digits/digits.csv.gz"), rows.join("\n")).expect("write");
     let out = vericonv(
         tmp.path(),
-        &["eval", "--model", &repo().join("models/lenet5-digits.json").display().to_string(), "--dataset", "digits"],
+        &[
+            "eval",
+            "--model",
+            &common::repo().join("models/lenet5-digits.json").display().to_string(),
+            "--dataset",
+            "digits",
+        ],
     );
     refused(&out, "row 390");
 }
@@ -213,7 +208,7 @@ fn a_digits_csv_with_a_nan_label_is_refused() {
 #[test]
 fn out_of_range_values_get_a_usage_error() {
     let tmp = tempfile::tempdir().expect("temporary directory");
-    let model = repo().join("models/lenet5-mnist.json").display().to_string();
+    let model = common::repo().join("models/lenet5-mnist.json").display().to_string();
     let cases: &[&[&str]] = &[
         &["demo", "--tamper-rate", "nan"],
         &["demo", "--tamper-rate", "1.5"],
@@ -240,7 +235,7 @@ fn a_model_named_to_escape_the_reports_folder_writes_inside_it() {
     let run = tmp.path().join("a/b");
     std::fs::create_dir_all(&run).expect("mkdir");
     let model = lenet(&run, |d| d["name"] = serde_json::json!("../../x"));
-    let out = eval(&run, &model, &small_idx(&run));
+    let out = eval(&run, &model, &common::small_idx(&run));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reports: Vec<_> = std::fs::read_dir(run.join("reports")).expect("reports/").collect();
     assert_eq!(reports.len(), 1, "one report, inside reports/");

@@ -2,17 +2,14 @@
 //! Prometheus metrics count what happened, its memory stays bounded under 32 concurrent
 //! clients, and SIGTERM stops it cleanly. Every wait is bounded.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_vericonv")
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// A running server and the two addresses it printed.
@@ -69,15 +66,6 @@ impl Drop for Server {
     }
 }
 
-/// Two MNIST-sized images as IDX files; returns the `--dataset` value.
-fn small_idx(dir: &Path) -> String {
-    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28];
-    images.extend((0..2 * 28 * 28).map(|i| (i % 251) as u8));
-    std::fs::write(dir.join("images.idx"), images).expect("write");
-    std::fs::write(dir.join("labels.idx"), [0, 0, 8, 1, 0, 0, 0, 2, 7, 2]).expect("write");
-    format!("idx:{},{}", dir.join("images.idx").display(), dir.join("labels.idx").display())
-}
-
 fn run(args: &[&str]) -> std::process::Output {
     let out = Command::new("timeout").arg("300").arg(bin()).args(args).output().expect("runs");
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -88,8 +76,8 @@ fn run(args: &[&str]) -> std::process::Output {
 fn a_served_cloud_answers_every_command_counts_it_stays_small_and_stops_on_sigterm() {
     let server = Server::start(&["--max-concurrent", "4"]);
     let tmp = tempfile::tempdir().expect("temporary directory");
-    let dataset = small_idx(tmp.path());
-    let model = repo().join("models/lenet5-mnist.json").display().to_string();
+    let dataset = common::small_idx(tmp.path());
+    let model = common::repo().join("models/lenet5-mnist.json").display().to_string();
     let out = tmp.path().display().to_string();
     run(&[
         "eval",

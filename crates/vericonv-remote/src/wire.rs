@@ -19,9 +19,8 @@ impl KernelHandle {
     pub fn of(geom: &Conv2d, kernel: &[u32]) -> Self {
         let mut h = blake3::Hasher::new();
         h.update(b"vericonv kernel handle v1");
-        for v in geometry_fields(geom) {
-            h.update(&v.to_le_bytes());
-        }
+        // prost encodes a message deterministically: fields in tag order, defaults omitted.
+        h.update(&prost::Message::encode_to_vec(&geometry_to_proto(geom)));
         for chunk in kernel.chunks(4096) {
             h.update(&encode_elements(chunk));
         }
@@ -53,53 +52,25 @@ impl std::fmt::Debug for KernelHandle {
     }
 }
 
-/// The geometry's fields in the order of `proto::Geometry`.
-fn geometry_fields(g: &Conv2d) -> [u64; 15] {
-    let p = g.padding();
-    [g.cin(), g.cout(), g.h(), g.w(), g.kh(), g.kw(), g.stride().0, g.stride().1, p.top, p.left, p.bottom, p.right]
-        .into_iter()
-        .chain([g.dilation().0, g.dilation().1, g.groups()])
-        .map(|v| v as u64)
-        .collect::<Vec<_>>()
-        .try_into()
-        .unwrap_or([0; 15])
-}
-
 /// The wire form of a geometry.
 pub fn geometry_to_proto(g: &Conv2d) -> proto::Geometry {
-    let [
-        in_channels,
-        out_channels,
-        height,
-        width,
-        kernel_h,
-        kernel_w,
-        stride_h,
-        stride_w,
-        pad_top,
-        pad_left,
-        pad_bottom,
-        pad_right,
-        dilation_h,
-        dilation_w,
-        groups,
-    ] = geometry_fields(g);
+    let (p, u) = (g.padding(), |v: usize| v as u64);
     proto::Geometry {
-        in_channels,
-        out_channels,
-        height,
-        width,
-        kernel_h,
-        kernel_w,
-        stride_h,
-        stride_w,
-        pad_top,
-        pad_left,
-        pad_bottom,
-        pad_right,
-        dilation_h,
-        dilation_w,
-        groups,
+        in_channels: u(g.cin()),
+        out_channels: u(g.cout()),
+        height: u(g.h()),
+        width: u(g.w()),
+        kernel_h: u(g.kh()),
+        kernel_w: u(g.kw()),
+        stride_h: u(g.stride().0),
+        stride_w: u(g.stride().1),
+        pad_top: u(p.top),
+        pad_left: u(p.left),
+        pad_bottom: u(p.bottom),
+        pad_right: u(p.right),
+        dilation_h: u(g.dilation().0),
+        dilation_w: u(g.dilation().1),
+        groups: u(g.groups()),
     }
 }
 
