@@ -44,6 +44,10 @@ const OPS: &[&str] = &[
     "BatchNormalization",
     "Identity",
     "Dropout",
+    "Concat",
+    "Resize",
+    "Clip",
+    "HardSwish",
     "Softmax",
     "",
 ];

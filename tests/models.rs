@@ -342,3 +342,63 @@ fn f16_weights_load_and_give_nearly_the_same_logits() {
     assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 0.05 * p.abs().max(1.0)), "{a:?} vs {b:?}");
     assert_eq!(vericonv_model::argmax(&a, 10), vericonv_model::argmax(&b, 10));
 }
+
+#[test]
+fn resize_and_concat_follow_their_definitions_and_survive_onnx_and_privacy() {
+    let empty =
+        safetensors::serialize(Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(), None).expect("empty");
+    // 1×2×2 → nearest ×2 → stacked with itself → flattened.
+    let json = r#"{"format": "vericonv-model/1", "name": "upcat", "input": {"channels": 1, "height": 2, "width": 2, "mean": [0.0], "std": [1.0]},
+        "layers": [{"name": "up", "op": "resize", "scale": [2, 2]}, {"name": "cat", "op": "concat", "inputs": ["up", "up"]}, {"name": "flat", "op": "flatten"}]}"#;
+    let model = Model::from_bytes(json.as_bytes(), &empty).expect("loads");
+    let y = model.forward_float(&[1.0, 2.0, 3.0, 4.0]).expect("runs");
+    let plane = [1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.];
+    assert_eq!(y, [plane, plane].concat(), "output (y, x) reads input (y/2, x/2); channels stacked in order");
+    // Through ONNX and back.
+    let back = import_proto(&export_model(&model), "upcat").expect("re-imports");
+    assert_eq!(back.forward_float(&[1.0, 2.0, 3.0, 4.0]).expect("runs"), y);
+    // Convolutions around them, privately: equal to the quantized model bit for bit.
+    let conv = |name: &str, input: &str, cin: usize| {
+        (
+            format!(
+                r#"{{"name": "{name}", "inputs": ["{input}"], "op": "conv2d", "out_channels": 2, "kernel": [3, 3], "padding": [1, 1, 1, 1], "bias": false}}"#
+            ),
+            cin,
+        )
+    };
+    let (c1, _) = conv("c1", "input", 1);
+    let (c2, _) = conv("c2", "cat", 3);
+    let json = format!(
+        r#"{{"format": "vericonv-model/1", "name": "upcat2", "input": {{"channels": 1, "height": 4, "width": 4, "mean": [0.5], "std": [0.25]}},
+        "layers": [{c1}, {{"name": "up", "op": "resize", "scale": [2, 2]}}, {{"name": "inup", "inputs": ["input"], "op": "resize", "scale": [2, 2]}},
+        {{"name": "cat", "op": "concat", "inputs": ["up", "inup"]}}, {c2}, {{"name": "flat", "op": "flatten"}}]}}"#
+    );
+    let mut r = common::rng(41);
+    println!("seed 41");
+    let mut w = |n: usize| (0..n).map(|_| rand::RngExt::random_range(&mut r, -1.0f32..1.0)).collect::<Vec<f32>>();
+    let (w1, w2) = (w(2 * 9), w(2 * 3 * 9));
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (b1, b2) = (bytes(&w1), bytes(&w2));
+    let views = vec![
+        (
+            "c1.weight".to_string(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 1, 3, 3], &b1).expect("view"),
+        ),
+        (
+            "c2.weight".to_string(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 3, 3, 3], &b2).expect("view"),
+        ),
+    ];
+    let weights = safetensors::serialize(views, None).expect("serialize");
+    let model = Model::from_bytes(json.as_bytes(), &weights).expect("loads");
+    let images: Vec<f32> = (0..3 * 16).map(|i| (i % 7) as f32 / 7.0).collect();
+    let qm = QuantModel::new(&model, QuantConfig::default()).expect("quantized");
+    let (plain, _) = qm.forward(&images, &mut PlainExecutor).expect("plaintext");
+    let cpu = CpuBackend::new();
+    let mut exec =
+        vericonv_model::PrivateExecutor::new(&qm, &cpu, &PrivateConfig::default(), seeded_rng(2)).expect("executor");
+    let (private, _) = qm.forward(&images, &mut exec).expect("private");
+    assert!(private.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()));
+    let back = import_proto(&export_model(&model), "upcat2").expect("re-imports");
+    assert_eq!(back.forward_float(&images).expect("runs"), model.forward_float(&images).expect("runs"));
+}

@@ -73,6 +73,28 @@ impl Model {
                         Op::GlobalAvgPool => ops::global_avg_pool(&a.data, s.h * s.w),
                         Op::Flatten => a.data.clone(),
                         Op::Add => a.data.iter().zip(&get(&node.inputs[1]).data).map(|(p, q)| p + q).collect(),
+                        Op::Concat => {
+                            let parts: Vec<&Activation> = node.inputs.iter().map(get).collect();
+                            let mut out = Vec::with_capacity(batch * node.shape.len());
+                            for b in 0..batch {
+                                for p in &parts {
+                                    let n = p.shape.len();
+                                    out.extend_from_slice(&p.data[b * n..(b + 1) * n]);
+                                }
+                            }
+                            out
+                        }
+                        Op::Resize { scale_h, scale_w } => {
+                            let (h, w) = (s.h * scale_h, s.w * scale_w);
+                            let mut out = Vec::with_capacity(batch * s.c * h * w);
+                            for plane in a.data.chunks_exact(s.h * s.w) {
+                                for y in 0..h {
+                                    let row = &plane[(y / scale_h) * s.w..][..s.w];
+                                    out.extend((0..w).map(|x| row[x / scale_w]));
+                                }
+                            }
+                            out
+                        }
                         Op::Conv { .. } | Op::Linear { .. } => unreachable!("handled above"),
                     };
                     other += start.elapsed();

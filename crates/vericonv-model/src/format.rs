@@ -106,6 +106,13 @@ pub enum OpSpec {
     Flatten,
     /// Sum of two inputs.
     Add,
+    /// The inputs stacked along the channels.
+    Concat,
+    /// Nearest-neighbour upsampling by whole factors.
+    Resize {
+        /// `[height, width]` factors.
+        scale: [usize; 2],
+    },
 }
 
 fn one() -> usize {
@@ -274,6 +281,8 @@ impl Model {
                 OpSpec::GlobalAvgpool => b.simple(n, Op::GlobalAvgPool, inputs)?,
                 OpSpec::Flatten => b.simple(n, Op::Flatten, inputs)?,
                 OpSpec::Add => b.simple(n, Op::Add, inputs)?,
+                OpSpec::Concat => b.simple(n, Op::Concat, inputs)?,
+                OpSpec::Resize { scale } => b.simple(n, Op::Resize { scale_h: scale[0], scale_w: scale[1] }, inputs)?,
             }
         }
         let model = b.finish(&file.name)?;

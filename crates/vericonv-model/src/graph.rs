@@ -144,6 +144,16 @@ pub enum Op {
     Flatten,
     /// Element-wise sum of two inputs (residual connections).
     Add,
+    /// The inputs stacked along the channels, in order (all of one height and width).
+    Concat,
+    /// Nearest-neighbour upsampling by whole factors: output `(y, x)` reads input
+    /// `(y / scale_h, x / scale_w)`.
+    Resize {
+        /// Height factor, at least 1.
+        scale_h: usize,
+        /// Width factor, at least 1.
+        scale_w: usize,
+    },
 }
 
 impl Op {
@@ -162,6 +172,8 @@ impl Op {
             Op::GlobalAvgPool => "global_avgpool",
             Op::Flatten => "flatten",
             Op::Add => "add",
+            Op::Concat => "concat",
+            Op::Resize { .. } => "resize",
         }
     }
 }
@@ -519,11 +531,37 @@ impl GraphBuilder {
                 }
                 s
             }
+            Op::Concat => {
+                let shapes: Vec<Shape> = inputs.iter().map(|&i| self.shape_of(i)).collect();
+                if shapes.iter().any(|t| (t.h, t.w) != (s.h, s.w)) {
+                    return Err(layer_err(
+                        name,
+                        format!("concat needs inputs of one height and width, got {shapes:?}"),
+                    ));
+                }
+                let c = shapes.iter().try_fold(0usize, |a, t| a.checked_add(t.c));
+                let c = c.filter(|&c| bounded_len(c, s.h, s.w).is_some()).ok_or_else(|| too_large(name, s.len()))?;
+                Shape { c, h: s.h, w: s.w }
+            }
+            Op::Resize { scale_h, scale_w } => {
+                let (h, w) = (s.h.checked_mul(*scale_h), s.w.checked_mul(*scale_w));
+                match (h, w) {
+                    _ if *scale_h == 0 || *scale_w == 0 => {
+                        return Err(layer_err(name, "resize factors must be at least 1"));
+                    }
+                    (Some(h), Some(w)) if bounded_len(s.c, h, w).is_some() => Shape { c: s.c, h, w },
+                    _ => return Err(too_large(name, s.len())),
+                }
+            }
             Op::Conv { .. } | Op::Linear { .. } => return Err(layer_err(name, "use GraphBuilder::conv or ::linear")),
         };
-        let arity = if matches!(op, Op::Add) { 2 } else { 1 };
-        if inputs.len() != arity {
-            return Err(layer_err(name, format!("{} takes {arity} input(s)", op.kind())));
+        let arity_ok = match op {
+            Op::Add => inputs.len() == 2,
+            Op::Concat => !inputs.is_empty(),
+            _ => inputs.len() == 1,
+        };
+        if !arity_ok {
+            return Err(layer_err(name, format!("{} does not take {} input(s)", op.kind(), inputs.len())));
         }
         self.push(name, op, inputs, shape)
     }

@@ -362,6 +362,60 @@ pub fn import_proto(model: &ModelProto, name: &str) -> Result<Model> {
                 (Some(_), Some(_)) => return Err(unsupported(node, "adding two constants")),
             },
             "Relu" => b.simple(&out, Op::Relu, vec![src(0)?])?,
+            "Concat" => {
+                check_attrs(node, &["axis"])?;
+                let rank = rank_in as i64;
+                let axis = attribute(node, "axis").map_or(1, |a| if a.i < 0 { a.i + rank } else { a.i });
+                if axis != 1 {
+                    return Err(unsupported(node, format!("concatenation along axis {axis} (only channels, axis 1)")));
+                }
+                let inputs = (0..node.input.len()).map(src).collect::<Result<Vec<_>>>()?;
+                b.simple(&out, Op::Concat, inputs)?
+            }
+            "Resize" | "Upsample" => {
+                check_attrs(node, &["mode", "coordinate_transformation_mode", "nearest_mode"])?;
+                let text = |name: &str, default: &str| {
+                    attribute(node, name).map_or(default.to_string(), |a| String::from_utf8_lossy(&a.s).to_string())
+                };
+                let (mode, coords, rounding) = (
+                    text("mode", "nearest"),
+                    text("coordinate_transformation_mode", "half_pixel"),
+                    text("nearest_mode", "round_prefer_floor"),
+                );
+                // With whole factors, these coordinate and rounding modes all read input y / s.
+                let floor_like = matches!(coords.as_str(), "half_pixel" | "pytorch_half_pixel" | "asymmetric")
+                    && matches!(rounding.as_str(), "round_prefer_floor" | "floor")
+                    || coords == "asymmetric" && rounding == "round_prefer_ceil";
+                if mode != "nearest" || !floor_like {
+                    return Err(unsupported(
+                        node,
+                        format!("resize mode {mode}, {coords}, {rounding} (nearest with whole factors is supported)"),
+                    ));
+                }
+                let s = b.shape_of(src(0)?);
+                // Scales are input 2 (Resize) or 1 (Upsample); sizes, input 3, give them too.
+                let scales =
+                    konst(if node.op_type == "Upsample" { 1 } else { 2 }).map(floats).filter(|v| !v.is_empty());
+                let sizes = konst(3).and_then(|t| t.to_integers().ok());
+                let factors = match (scales.as_deref(), sizes.as_deref()) {
+                    (Some(&[n, c, fh, fw]), _) if n == 1.0 && c == 1.0 => Some((fh, fw)),
+                    (_, Some(&[_, _, h, w])) if s.h > 0 && s.w > 0 => {
+                        Some((h as f32 / s.h as f32, w as f32 / s.w as f32))
+                    }
+                    _ => None,
+                };
+                match factors {
+                    Some((fh, fw)) if fh >= 1.0 && fw >= 1.0 && fh.fract() == 0.0 && fw.fract() == 0.0 => {
+                        b.simple(&out, Op::Resize { scale_h: fh as usize, scale_w: fw as usize }, vec![src(0)?])?
+                    }
+                    other => {
+                        return Err(unsupported(
+                            node,
+                            format!("resize factors {other:?} (whole factors ≥ 1 on H and W only)"),
+                        ));
+                    }
+                }
+            }
             "Clip" => {
                 check_attrs(node, &["min", "max"])?;
                 let min = scalar(node, konst(1), "min", f32::NEG_INFINITY)?;
@@ -542,6 +596,28 @@ pub fn export_model(model: &Model) -> ModelProto {
             Op::GlobalAvgPool => mk("GlobalAveragePool", inputs, vec![]),
             Op::Flatten => mk("Flatten", inputs, vec![attr_int("axis", 1)]),
             Op::Add => mk("Add", inputs, vec![]),
+            Op::Concat => mk("Concat", inputs, vec![attr_int("axis", 1)]),
+            Op::Resize { scale_h, scale_w } => {
+                let scales = format!("{}.scales", n.name);
+                inits.push(tensor(&scales, &[4], &[1.0, 1.0, *scale_h as f32, *scale_w as f32]));
+                let mut args = inputs;
+                args.extend([String::new(), scales]);
+                let s = |name: &str, v: &str| AttributeProto {
+                    name: name.into(),
+                    s: v.as_bytes().to_vec(),
+                    r#type: 3,
+                    ..AttributeProto::default()
+                };
+                mk(
+                    "Resize",
+                    args,
+                    vec![
+                        s("mode", "nearest"),
+                        s("coordinate_transformation_mode", "asymmetric"),
+                        s("nearest_mode", "floor"),
+                    ],
+                )
+            }
         });
     }
     let fixed = |v: usize| Dimension { dim_value: Some(v as i64), dim_param: None };
