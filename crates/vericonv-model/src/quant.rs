@@ -10,6 +10,8 @@
 
 use std::time::{Duration, Instant};
 
+use rayon::prelude::*;
+
 use crate::exec::float_linear_op;
 use crate::{Activation, Model, Node, Op, ops};
 use vericonv::client::check_exactness;
@@ -215,16 +217,22 @@ impl QuantModel {
                 .ok_or_else(|| Error::Unsupported(format!("layer `{}` is not quantized", node.name)))?;
             let start = Instant::now();
             let per = a.shape.len();
-            let mut scales = Vec::with_capacity(a.batch);
             let mut xq = vec![0i32; a.data.len()];
-            for (img, out) in a.data.chunks_exact(per).zip(xq.chunks_exact_mut(per)) {
-                let scale = self.act_scale[idx].unwrap_or_else(|| {
-                    let m = max_abs(img);
-                    if m > 0.0 { m / xq_max as f32 } else { 1.0 }
-                });
-                quantize_into(img, scale, xq_max, out);
-                scales.push(scale);
-            }
+            // Images in parallel (each has its own scale); the result is the same in any order.
+            let scales: Vec<f32> = a
+                .data
+                .par_chunks_exact(per)
+                .zip(xq.par_chunks_exact_mut(per))
+                .with_min_len(MIN_TASK.div_ceil(per))
+                .map(|(img, out)| {
+                    let scale = self.act_scale[idx].unwrap_or_else(|| {
+                        let m = max_abs(img);
+                        if m > 0.0 { m / xq_max as f32 } else { 1.0 }
+                    });
+                    quantize_into(img, scale, xq_max, out);
+                    scale
+                })
+                .collect();
             times.quantize += start.elapsed();
             let start = Instant::now();
             let acc = exec.run(layer, &xq, a.batch)?;
@@ -233,10 +241,11 @@ impl QuantModel {
             let n = layer.geom.n();
             let cout = layer.geom.cout();
             let mut data = vec![0f32; acc.len()];
-            for (plane, (vals, out)) in acc.chunks_exact(n).zip(data.chunks_exact_mut(n)).enumerate() {
+            let planes = acc.par_chunks_exact(n).zip(data.par_chunks_exact_mut(n)).with_min_len(MIN_TASK.div_ceil(n));
+            planes.enumerate().for_each(|(plane, (vals, out))| {
                 let (b, o) = (plane / cout, plane % cout);
                 dequantize_into(vals, scales[b] * layer.weight_scale[o], layer.bias[o], out);
-            }
+            });
             times.quantize += start.elapsed();
             Ok(Activation { batch: a.batch, shape: node.shape, data })
         })?;
@@ -244,6 +253,9 @@ impl QuantModel {
         Ok((logits.data, times))
     }
 }
+
+/// Elements below which a parallel task is not worth its scheduling.
+const MIN_TASK: usize = 1 << 14;
 
 /// `max |v|` over `x` (0 for an empty slice), in eight independent lanes so that it
 /// vectorises; the same value as a sequential fold, since `max` is exact.
