@@ -402,3 +402,27 @@ fn resize_and_concat_follow_their_definitions_and_survive_onnx_and_privacy() {
     let back = import_proto(&export_model(&model), "upcat2").expect("re-imports");
     assert_eq!(back.forward_float(&images).expect("runs"), model.forward_float(&images).expect("runs"));
 }
+
+#[test]
+fn every_committed_model_saves_to_the_native_format_and_loads_back_identical() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    for (path, _) in committed_models() {
+        let model = Model::load(&path).expect("loads");
+        let out = tmp.path().join("copy.json");
+        model.clone().with_plain_layer_names().save(&out, None).expect("saves");
+        let back = Model::load(&out).expect("loads back");
+        let x: Vec<f32> = (0..2 * model.image_len()).map(|i| (i % 13) as f32 / 13.0).collect();
+        assert_eq!(back.forward_float(&x).expect("runs"), model.forward_float(&x).expect("runs"), "{}", path.display());
+        assert_eq!(back.input(), model.input());
+    }
+    // An ONNX import (BatchNorm folded, a residual add) saved natively.
+    let resnet = Model::load(common::repo_root().join("models/resnet-mnist.json")).expect("resnet");
+    let imported = import_proto(&export_model(&resnet), "resnet").expect("imports");
+    let out = tmp.path().join("resnet.json");
+    imported.save(&out, None).expect("saves");
+    let x = vec![0.25; 2 * resnet.image_len()];
+    assert_eq!(
+        Model::load(&out).expect("loads").forward_float(&x).expect("runs"),
+        resnet.forward_float(&x).expect("runs")
+    );
+}

@@ -49,6 +49,24 @@ enum Command {
     Adapters,
     /// Serve the untrusted cloud over gRPC; clients reach it with `--cloud grpc://ADDR`.
     Serve(ServeArgs),
+    /// Convert a model (ONNX or native) to the native format (JSON + safetensors), BatchNorm
+    /// folded, with the normalisation given and the layers named conv1, relu1, fc1…
+    Convert(ConvertArgs),
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    /// The model to convert: `.onnx` or native `.json`.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    norm: NormArgs,
+    /// The native model to write (`.json`; the `.safetensors` goes beside it).
+    #[arg(long)]
+    out: PathBuf,
+    /// The model's name in the file [default: the output's file name].
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -1445,6 +1463,36 @@ fn bench_cloud(args: &BenchArgs) -> Result<(), vericonv::Error> {
     Ok(())
 }
 
+/// `vericonv convert`: any model to the native format, checked by loading it back.
+fn convert(args: &ConvertArgs) -> Result<(), vericonv::Error> {
+    let model = load_model(&args.model, &args.norm)?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        args.out.file_stem().map_or_else(|| model.name().to_string(), |s| s.to_string_lossy().into_owned())
+    });
+    let model = model.renamed(&name).with_plain_layer_names();
+    let provenance = serde_json::json!({
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "source": args.model.display().to_string(),
+    });
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| vericonv::Error::io(dir, e))?;
+    }
+    model.save(&args.out, Some(provenance))?;
+    let back = Model::load(&args.out)?;
+    let x = vec![0.5; model.image_len()];
+    let same = back.forward_float(&x)? == model.forward_float(&x)?;
+    if !same {
+        return Err(vericonv::Error::Internal("the written model computes other logits".into()));
+    }
+    println!(
+        "wrote {} and {} ({} layers); it loads back with identical logits",
+        args.out.display(),
+        args.out.with_extension("safetensors").display(),
+        back.nodes().len()
+    );
+    Ok(())
+}
+
 /// `vericonv serve`: the cloud as a gRPC server, until SIGINT or SIGTERM.
 fn serve(args: &ServeArgs) -> Result<(), vericonv::Error> {
     use std::io::Write;
@@ -1528,6 +1576,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Serve(args) => serve(args),
+        Command::Convert(args) => convert(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

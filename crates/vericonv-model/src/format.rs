@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::floats::{self, FloatType};
-use crate::graph::{BatchNorm, ConvAttrs, GraphBuilder, InputSpec, Model, Op, layer_err};
+use crate::graph::{BatchNorm, ConvAttrs, GraphBuilder, InputSpec, Model, Op, Source, layer_err};
 use crate::ops::Pool;
 use vericonv::geometry::Padding;
 use vericonv::{Error, Result};
@@ -145,6 +145,19 @@ pub struct PoolSpec {
     /// Average pooling divides by the padded window, default false (as ONNX).
     #[serde(default)]
     pub count_include_pad: bool,
+}
+
+impl From<&Pool> for PoolSpec {
+    fn from(p: &Pool) -> Self {
+        let q = p.padding;
+        PoolSpec {
+            kernel: [p.kernel.0, p.kernel.1],
+            stride: Some([p.stride.0, p.stride.1]),
+            padding: [q.top, q.left, q.bottom, q.right],
+            ceil_mode: p.ceil_mode,
+            count_include_pad: p.count_include_pad,
+        }
+    }
 }
 
 impl From<&PoolSpec> for Pool {
@@ -293,5 +306,91 @@ impl Model {
             });
         }
         Ok(model)
+    }
+}
+
+impl Model {
+    /// Writes the native format: `path` (the JSON) and the `.safetensors` beside it, f32.
+    /// BatchNorm stays folded into its convolution; `training` records the provenance.
+    ///
+    /// # Errors
+    /// [`Error::Io`]; [`Error::Internal`] if serialisation fails.
+    pub fn save(&self, path: impl AsRef<Path>, training: Option<serde_json::Value>) -> Result<()> {
+        let path = path.as_ref();
+        let name_of = |s: &Source| match s {
+            Source::Input => "input".to_string(),
+            Source::Node(i) => self.nodes[*i].name.clone(),
+        };
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mut layers = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            // The previous node (or the input, for the first) is the default input.
+            let default = if i == 0 { Source::Input } else { Source::Node(i - 1) };
+            let inputs = (n.inputs.as_slice() != [default]).then(|| n.inputs.iter().map(name_of).collect());
+            let op = match &n.op {
+                Op::Conv { geom: g, weight, bias } => {
+                    tensors.push((
+                        format!("{}.weight", n.name),
+                        vec![g.cout(), g.cin_per_group(), g.kh(), g.kw()],
+                        bytes(weight),
+                    ));
+                    if !bias.is_empty() {
+                        tensors.push((format!("{}.bias", n.name), vec![g.cout()], bytes(bias)));
+                    }
+                    let p = g.padding();
+                    OpSpec::Conv2d {
+                        out_channels: g.cout(),
+                        kernel: [g.kh(), g.kw()],
+                        stride: [g.stride().0, g.stride().1],
+                        padding: [p.top, p.left, p.bottom, p.right],
+                        dilation: [g.dilation().0, g.dilation().1],
+                        groups: g.groups(),
+                        bias: !bias.is_empty(),
+                    }
+                }
+                Op::Linear { in_features, out_features, weight, bias } => {
+                    tensors.push((format!("{}.weight", n.name), vec![*out_features, *in_features], bytes(weight)));
+                    if !bias.is_empty() {
+                        tensors.push((format!("{}.bias", n.name), vec![*out_features], bytes(bias)));
+                    }
+                    OpSpec::Linear { out_features: *out_features, bias: !bias.is_empty() }
+                }
+                Op::Relu => OpSpec::Relu,
+                Op::Clip { min, max } => OpSpec::Clip { min: *min, max: *max },
+                Op::Sigmoid => OpSpec::Sigmoid,
+                Op::HardSigmoid { alpha, beta } => OpSpec::HardSigmoid { alpha: *alpha, beta: *beta },
+                Op::HardSwish => OpSpec::HardSwish,
+                Op::MaxPool(p) => OpSpec::Maxpool2d(p.into()),
+                Op::AvgPool(p) => OpSpec::Avgpool2d(p.into()),
+                Op::GlobalAvgPool => OpSpec::GlobalAvgpool,
+                Op::Flatten => OpSpec::Flatten,
+                Op::Add => OpSpec::Add,
+                Op::Concat => OpSpec::Concat,
+                Op::Resize { scale_h, scale_w } => OpSpec::Resize { scale: [*scale_h, *scale_w] },
+            };
+            layers.push(LayerSpec { name: n.name.clone(), inputs, op });
+        }
+        let file = ModelFile {
+            format: FORMAT.into(),
+            name: self.name.clone(),
+            input: self.input.clone(),
+            num_classes: Some(self.num_classes()),
+            layers,
+            training,
+        };
+        let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(format!("model JSON: {e}")))?;
+        let views = tensors
+            .iter()
+            .map(|(n, shape, b)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| Error::Internal(format!("tensor `{n}`: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let weights = safetensors::serialize(views, None).map_err(|e| Error::Internal(format!("safetensors: {e}")))?;
+        std::fs::write(path, json).map_err(|e| Error::io(path, e))?;
+        let wpath = path.with_extension("safetensors");
+        std::fs::write(&wpath, weights).map_err(|e| Error::io(&wpath, e))
     }
 }

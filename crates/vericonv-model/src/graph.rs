@@ -589,6 +589,29 @@ impl Model {
         &self.input
     }
 
+    /// The same model under another name.
+    pub fn renamed(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    /// The same model with its layers named by kind and position, `conv1`, `relu1`, `fc1`…
+    /// (exporters name them after tensors, e.g. `/features/features.0/Conv_output_0`).
+    pub fn with_plain_layer_names(mut self) -> Self {
+        let mut counts: HashMap<&'static str, usize> = HashMap::new();
+        for node in &mut self.nodes {
+            let kind = match node.op {
+                Op::Conv { .. } => "conv",
+                Op::Linear { .. } => "fc",
+                _ => node.op.kind(),
+            };
+            let n = counts.entry(kind).or_default();
+            *n += 1;
+            node.name = format!("{kind}{n}");
+        }
+        self
+    }
+
     /// The same model with the input normalisation `(x - mean[c]) / std[c]` (one value, or
     /// one per channel): what a PyTorch export does not record.
     ///
