@@ -1,6 +1,7 @@
 //! Plaintext tensor operations of the client: im2col convolutions (f32, and exact integer
 //! convolutions through f64), linear layers, pooling, ReLU and friends. Everything is NCHW.
 
+use rayon::prelude::*;
 use vericonv::geometry::{Conv2d, Padding};
 
 /// The im2col matrix (`M × N`, row-major) of image `img` (`Cin × H × W`) for group `grp`.
@@ -192,36 +193,46 @@ impl Pool {
     /// Max (`max = true`) or average pooling of `planes` planes of `h × w`.
     pub fn apply(&self, x: &[f32], planes: usize, h: usize, w: usize, max: bool) -> Vec<f32> {
         let Some((ho, wo)) = self.output(h, w) else { return Vec::new() };
+        let mut y = vec![0f32; planes * ho * wo];
+        // Planes in parallel: each output is computed the same way in any order.
+        let min_planes = (1usize << 14).div_ceil(h * w).max(1);
+        x.par_chunks_exact(h * w)
+            .take(planes)
+            .zip(y.par_chunks_exact_mut(ho * wo))
+            .with_min_len(min_planes)
+            .for_each(|(plane, out)| self.apply_plane(plane, h, w, ho, wo, max, out));
+        y
+    }
+
+    /// One plane of [`Pool::apply`].
+    #[allow(clippy::too_many_arguments)]
+    fn apply_plane(&self, plane: &[f32], h: usize, w: usize, ho: usize, wo: usize, max: bool, out: &mut [f32]) {
         let (pt, pl) = (self.padding.top as isize, self.padding.left as isize);
         let (hpad, wpad) = ((h + self.padding.bottom) as isize, (w + self.padding.right) as isize);
-        let mut y = Vec::with_capacity(planes * ho * wo);
-        for plane in x.chunks_exact(h * w).take(planes) {
-            for oy in 0..ho {
-                let y0 = (oy * self.stride.0) as isize - pt;
-                let y1 = (y0 + self.kernel.0 as isize).min(hpad);
-                for ox in 0..wo {
-                    let x0 = (ox * self.stride.1) as isize - pl;
-                    let x1 = (x0 + self.kernel.1 as isize).min(wpad);
-                    let padded_count = ((y1 - y0) * (x1 - x0)) as f32;
-                    let (mut acc, mut count) = (if max { f32::NEG_INFINITY } else { 0.0 }, 0usize);
-                    for r in y0.max(0)..y1.min(h as isize) {
-                        for c in x0.max(0)..x1.min(w as isize) {
-                            let v = plane[r as usize * w + c as usize];
-                            acc = if max { acc.max(v) } else { acc + v };
-                            count += 1;
-                        }
+        for oy in 0..ho {
+            let y0 = (oy * self.stride.0) as isize - pt;
+            let y1 = (y0 + self.kernel.0 as isize).min(hpad);
+            for ox in 0..wo {
+                let x0 = (ox * self.stride.1) as isize - pl;
+                let x1 = (x0 + self.kernel.1 as isize).min(wpad);
+                let padded_count = ((y1 - y0) * (x1 - x0)) as f32;
+                let (mut acc, mut count) = (if max { f32::NEG_INFINITY } else { 0.0 }, 0usize);
+                for r in y0.max(0)..y1.min(h as isize) {
+                    for c in x0.max(0)..x1.min(w as isize) {
+                        let v = plane[r as usize * w + c as usize];
+                        acc = if max { acc.max(v) } else { acc + v };
+                        count += 1;
                     }
-                    y.push(if max {
-                        acc
-                    } else if self.count_include_pad {
-                        acc / padded_count
-                    } else {
-                        acc / count.max(1) as f32
-                    });
                 }
+                out[oy * wo + ox] = if max {
+                    acc
+                } else if self.count_include_pad {
+                    acc / padded_count
+                } else {
+                    acc / count.max(1) as f32
+                };
             }
         }
-        y
     }
 }
 
