@@ -494,7 +494,8 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Vec<B
     let mut xq = vec![0u32; xf.len()];
     quantize_into(&xf, &mut xq);
     let xi: Vec<i32> = xq.iter().map(|&v| M31::lift(v) as i32).collect();
-    let exact = ops::conv_int(g, b, &wq.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), &xi);
+    let mut exact = vec![0i32; b * g.output_image_len()];
+    ops::conv_int_into(g, b, &ops::ExactWeights::new(&wq, 127, 127), &xi, &mut exact);
     let cloud = CpuBackend::with_threads(opts.threads)?;
     let wscale = 1.0f32 / 127.0;
     let mut costs = Vec::new();

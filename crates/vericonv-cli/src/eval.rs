@@ -11,7 +11,7 @@ use vericonv::{Error, Result};
 use vericonv_model::argmax;
 use vericonv_model::data::Dataset;
 use vericonv_model::quant::{ForwardTimes, PlainExecutor, QuantModel};
-use vericonv_model::{PrivateConfig, PrivateExecutor};
+use vericonv_model::{PrivateConfig, PrivateExecutor, Workspace};
 
 /// Per-layer outcome of the private run.
 #[derive(Clone, Debug, Serialize)]
@@ -143,19 +143,21 @@ pub fn evaluate(
     let mut private_times = ForwardTimes::default();
     let mut errors = Vec::new();
     let batch = opts.batch.max(1);
+    // Buffers reused across batches: one set per model pass.
+    let (mut ws_float, mut ws_quant, mut ws_private) = (Workspace::new(), Workspace::new(), Workspace::new());
     for start in (0..data.len()).step_by(batch) {
         let (images, labels) = data.slice(start..start + batch);
         let t = Instant::now();
-        let float_pred = argmax(&model.forward_float(images)?, classes);
+        let float_pred = argmax(&model.forward_float_with(images, &mut ws_float)?, classes);
         float_time += t.elapsed();
         let t = Instant::now();
-        let (quant_logits, _) = qm.forward(images, &mut PlainExecutor)?;
+        let (quant_logits, _) = qm.forward_with(images, &mut PlainExecutor, &mut ws_quant)?;
         quant_time += t.elapsed();
         let quant_pred = argmax(&quant_logits, classes);
         float_ok += float_pred.iter().zip(labels).filter(|(p, l)| p == l).count();
         quant_ok += quant_pred.iter().zip(labels).filter(|(p, l)| p == l).count();
         exec.prepare_pads(labels.len(), &own_cpu)?;
-        match qm.forward(images, &mut exec) {
+        match qm.forward_with(images, &mut exec, &mut ws_private) {
             Ok((logits, times)) => {
                 private_times += times;
                 let pred = argmax(&logits, classes);

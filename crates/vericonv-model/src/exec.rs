@@ -1,17 +1,205 @@
 //! One interpreter for every forward pass: the float model, the quantized plaintext model and
-//! the private run differ only in the `linear_op` they give [`Model::run`].
+//! the private run differ only in the `linear_op` they give [`Model::execute`].
+//!
+//! Two things keep the client's passes over memory few:
+//! - **Fusion.** A `Conv` or `Linear` node takes with it the `Add` (a residual connection) and
+//!   the `Relu` or `Clip` that follow it when nothing else reads its output: the linear op
+//!   applies them ([`Tail`]) to each piece of output as it produces it, so the decrypted
+//!   integers become the next layer's activations in one pass. The fused nodes compute exactly
+//!   what they compute alone, in the same order, so every pass gives the same bits either way.
+//! - **Buffer reuse.** Activations live in a [`Workspace`] that the caller keeps across
+//!   forward passes; a value's buffer returns to it after the value's last reader, so after the
+//!   first pass nothing is allocated (first-touch page faults cost more than the arithmetic).
 
-use crate::graph::{Activation, Model, Node, Op, Shape, Source};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use crate::graph::{Model, Node, Op, Source};
 use crate::ops;
 use vericonv::{Error, Result};
 
+/// Elements below which a parallel task is not worth its scheduling.
+pub(crate) const MIN_TASK: usize = 1 << 14;
+
+/// The element-wise activation fused into the `Conv` or `Linear` node before it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Act {
+    Identity,
+    Relu,
+    Clip { min: f32, max: f32 },
+}
+
+/// What a `Conv` or `Linear` node's output goes through before it is stored: the residual `Add`
+/// and the activation fused after it ([`Model::execute`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Tail<'a> {
+    /// The other operand of a fused `Add` (batch-flat, like the output).
+    residual: Option<&'a [f32]>,
+    act: Act,
+}
+
+impl Tail<'_> {
+    /// Applies the fused nodes to `row`, the elements `start..start + row.len()` of the node's
+    /// batch-flat output, exactly as the nodes would one after the other (float addition is
+    /// commutative, so the operands of the `Add` may come in either order).
+    pub fn apply(&self, start: usize, row: &mut [f32]) {
+        if let Some(other) = self.residual {
+            let other = &other[start..][..row.len()];
+            row.iter_mut().zip(other).for_each(|(v, &q)| *v += q);
+        }
+        match self.act {
+            Act::Identity => {}
+            Act::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Act::Clip { min, max } => row.iter_mut().for_each(|v| *v = v.max(min).min(max)),
+        }
+    }
+}
+
+/// One value of a forward pass: a pooled buffer, of which the first `len` elements are the
+/// value (`batch × shape.len()`).
+#[derive(Debug, Default)]
+pub(crate) struct Value {
+    buf: Vec<f32>,
+    len: usize,
+}
+
+impl Value {
+    /// The value.
+    pub(crate) fn data(&self) -> &[f32] {
+        &self.buf[..self.len]
+    }
+
+    /// The value, to be written.
+    pub(crate) fn data_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[..self.len]
+    }
+}
+
+/// Buffers for forward passes, kept by the caller across passes (and batches of one size), so
+/// that a stream of batches allocates nothing after its first pass.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    pub(crate) values: Pool,
+    /// Quantized activations (8 or 16 bits), the per-image scales, the integers of client-side
+    /// layers.
+    pub(crate) q8: Vec<i8>,
+    pub(crate) q16: Vec<i16>,
+    pub(crate) scales: Vec<f32>,
+}
+
+impl Workspace {
+    /// An empty workspace; it grows to what the passes need.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Free activation buffers. A buffer keeps its full length while pooled, so that handing it out
+/// again writes nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    free: Vec<Vec<f32>>,
+}
+
+impl Pool {
+    /// A value of `len` elements (contents unspecified): the smallest free buffer that holds it,
+    /// else the largest grown to it.
+    pub(crate) fn take(&mut self, len: usize) -> Value {
+        let fit = (0..self.free.len()).filter(|&i| self.free[i].len() >= len).min_by_key(|&i| self.free[i].len());
+        let pick = fit.or_else(|| (0..self.free.len()).max_by_key(|&i| self.free[i].len()));
+        let mut buf = pick.map(|i| self.free.swap_remove(i)).unwrap_or_default();
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        Value { buf, len }
+    }
+
+    /// Returns a value's buffer.
+    pub(crate) fn give(&mut self, v: Value) {
+        self.free.push(v.buf);
+    }
+}
+
+/// A `Conv`/`Linear` node with the nodes fused after it, or any other node alone.
+#[derive(Clone, Copy, Debug)]
+struct Step {
+    node: usize,
+    /// The last node of the step, whose value it stores.
+    end: usize,
+    /// A fused `Add`: its other operand.
+    add: Option<Source>,
+    act: Act,
+}
+
 impl Model {
-    /// Normalises a batch of `[0, 1]` images: `(x - mean[c]) / std[c]`.
+    /// Fuses each `Conv`/`Linear` node with the `Add` and the `Relu`/`Clip` that follow it and
+    /// read only it, and finds every value's last reader (the end of the step that reads it).
+    /// Returns the steps, the last readers of the nodes' values and of the input.
+    fn plan(&self) -> (Vec<Step>, Vec<usize>, usize) {
+        let n = self.nodes.len();
+        let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (j, node) in self.nodes.iter().enumerate() {
+            for s in &node.inputs {
+                if let Source::Node(i) = *s {
+                    readers[i].push(j);
+                }
+            }
+        }
+        let only_reader = |i: usize, j: usize| j < n && readers[i] == [j];
+        let mut steps = Vec::new();
+        let mut k = 0;
+        while k < n {
+            let mut step = Step { node: k, end: k, add: None, act: Act::Identity };
+            if matches!(self.nodes[k].op, Op::Conv { .. } | Op::Linear { .. }) {
+                let next = &self.nodes.get(k + 1);
+                if let Some(add) = next.filter(|a| a.op == Op::Add && only_reader(k, k + 1))
+                    && let [p, q] = add.inputs[..]
+                    && (p == Source::Node(k)) != (q == Source::Node(k))
+                {
+                    step.add = Some(if p == Source::Node(k) { q } else { p });
+                    step.end = k + 1;
+                }
+                let e = step.end;
+                if let Some(next) =
+                    self.nodes.get(e + 1).filter(|a| a.inputs == [Source::Node(e)] && only_reader(e, e + 1))
+                {
+                    step.act = match next.op {
+                        Op::Relu => Act::Relu,
+                        Op::Clip { min, max } => Act::Clip { min, max },
+                        _ => Act::Identity,
+                    };
+                    if step.act != Act::Identity {
+                        step.end = e + 1;
+                    }
+                }
+            }
+            k = step.end + 1;
+            steps.push(step);
+        }
+        let mut end_of = vec![0; n];
+        for s in &steps {
+            end_of[s.node..=s.end].iter_mut().for_each(|e| *e = s.end);
+        }
+        let mut last = vec![0usize; n];
+        let mut input_last = 0;
+        for (j, node) in self.nodes.iter().enumerate() {
+            for s in &node.inputs {
+                match *s {
+                    Source::Node(i) => last[i] = last[i].max(end_of[j]),
+                    Source::Input => input_last = input_last.max(end_of[j]),
+                }
+            }
+        }
+        (steps, last, input_last)
+    }
+
+    /// Normalises a batch of `[0, 1]` images into a pooled value: `(x - mean[c]) / std[c]`.
     ///
     /// # Errors
     /// [`Error::LengthMismatch`] when `images` is not a positive multiple of the image size,
     /// [`Error::NonFinite`] for NaN or infinite pixels.
-    pub fn normalize(&self, images: &[f32]) -> Result<Activation> {
+    pub(crate) fn normalize_into(&self, images: &[f32], pool: &mut Pool) -> Result<(Value, usize)> {
         let per = self.image_len();
         if images.is_empty() || !images.len().is_multiple_of(per) {
             return Err(Error::LengthMismatch {
@@ -25,121 +213,197 @@ impl Model {
         }
         let hw = self.input.height * self.input.width;
         let pick = |v: &[f32], c: usize| if v.len() == 1 { v[0] } else { v[c] };
-        let data = images.iter().enumerate().map(|(i, &x)| {
-            let c = (i / hw) % self.input.channels;
-            (x - pick(&self.input.mean, c)) / pick(&self.input.std, c)
+        let mut x = pool.take(images.len());
+        x.data_mut().par_chunks_mut(hw).zip(images.par_chunks(hw)).enumerate().for_each(|(plane, (out, img))| {
+            let c = plane % self.input.channels;
+            let (mean, std) = (pick(&self.input.mean, c), pick(&self.input.std, c));
+            out.iter_mut().zip(img).for_each(|(o, &v)| *o = (v - mean) / std);
         });
-        Ok(Activation {
-            batch: images.len() / per,
-            shape: Shape { c: self.input.channels, h: self.input.height, w: self.input.width },
-            data: data.collect(),
-        })
+        Ok((x, images.len() / per))
     }
 
-    /// Runs the graph on normalised input `x`. `Conv` and `Linear` nodes are delegated to
-    /// `linear_op(node_index, node, input)`; every other operator runs here. Returns the logits
-    /// and the time spent in the other operators.
+    /// Runs the graph on the normalised batch `x` of `batch` images. Each `Conv` and `Linear`
+    /// node, with the nodes fused after it, is delegated to `linear_op(node_index, node, input,
+    /// tail, out)`, which must write every element of `out` (`batch × Cout × Ho × Wo`) and apply
+    /// `tail` to it; every other operator runs here. Returns the logits and the time spent in
+    /// the other operators.
     ///
     /// # Errors
     /// Whatever `linear_op` returns.
-    pub fn run<F>(&self, x: Activation, mut linear_op: F) -> Result<(Activation, std::time::Duration)>
+    pub(crate) fn execute<F>(
+        &self,
+        x: Value,
+        batch: usize,
+        pool: &mut Pool,
+        mut linear_op: F,
+    ) -> Result<(Vec<f32>, Duration)>
     where
-        F: FnMut(usize, &Node, &Activation) -> Result<Activation>,
+        F: FnMut(usize, &Node, &[f32], &Tail<'_>, &mut [f32]) -> Result<()>,
     {
-        let mut other = std::time::Duration::ZERO;
-        let mut values: Vec<Activation> = Vec::with_capacity(self.nodes.len());
-        let batch = x.batch;
-        for (idx, node) in self.nodes.iter().enumerate() {
-            let get = |s: &Source| match s {
-                Source::Input => &x,
-                Source::Node(i) => &values[*i],
-            };
-            let a = get(&node.inputs[0]);
-            let out = match &node.op {
-                Op::Conv { .. } | Op::Linear { .. } => linear_op(idx, node, a)?,
-                op => {
-                    let start = std::time::Instant::now();
-                    let s = a.shape;
-                    let data = match op {
-                        Op::Relu => a.data.iter().map(|&v| v.max(0.0)).collect(),
-                        Op::Clip { min, max } => a.data.iter().map(|&v| v.max(*min).min(*max)).collect(),
-                        Op::Sigmoid => a.data.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect(),
-                        Op::HardSigmoid { alpha, beta } => {
-                            a.data.iter().map(|&v| (alpha * v + beta).clamp(0.0, 1.0)).collect()
+        let (steps, last, input_last) = self.plan();
+        let mut other = Duration::ZERO;
+        let mut values: Vec<Option<Value>> = (0..self.nodes.len()).map(|_| None).collect();
+        let mut x = Some(x);
+        let result =
+            (|| {
+                for step in &steps {
+                    let node = &self.nodes[step.node];
+                    let get = |s: &Source| -> Result<&[f32]> {
+                        match s {
+                            Source::Input => x.as_ref(),
+                            Source::Node(i) => values[*i].as_ref(),
                         }
-                        Op::HardSwish => a.data.iter().map(|&v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)).collect(),
-                        Op::MaxPool(p) => p.apply(&a.data, batch * s.c, s.h, s.w, true),
-                        Op::AvgPool(p) => p.apply(&a.data, batch * s.c, s.h, s.w, false),
-                        Op::GlobalAvgPool => ops::global_avg_pool(&a.data, s.h * s.w),
-                        Op::Flatten => a.data.clone(),
-                        Op::Add => a.data.iter().zip(&get(&node.inputs[1]).data).map(|(p, q)| p + q).collect(),
-                        Op::Concat => {
-                            let parts: Vec<&Activation> = node.inputs.iter().map(get).collect();
-                            let mut out = Vec::with_capacity(batch * node.shape.len());
-                            for b in 0..batch {
-                                for p in &parts {
-                                    let n = p.shape.len();
-                                    out.extend_from_slice(&p.data[b * n..(b + 1) * n]);
-                                }
-                            }
-                            out
-                        }
-                        Op::Resize { scale_h, scale_w } => {
-                            let (h, w) = (s.h * scale_h, s.w * scale_w);
-                            let mut out = Vec::with_capacity(batch * s.c * h * w);
-                            for plane in a.data.chunks_exact(s.h * s.w) {
-                                for y in 0..h {
-                                    let row = &plane[(y / scale_h) * s.w..][..s.w];
-                                    out.extend((0..w).map(|x| row[x / scale_w]));
-                                }
-                            }
-                            out
-                        }
-                        Op::Conv { .. } | Op::Linear { .. } => unreachable!("handled above"),
+                        .map(Value::data)
+                        .ok_or_else(|| Error::Internal(format!("node `{}` reads a value already freed", node.name)))
                     };
-                    other += start.elapsed();
-                    Activation { batch, shape: node.shape, data }
+                    let mut out = pool.take(batch * self.nodes[step.end].shape.len());
+                    let a = get(&node.inputs[0])?;
+                    match &node.op {
+                        Op::Conv { .. } | Op::Linear { .. } => {
+                            let residual = match step.add {
+                                Some(src) => Some(get(&src)?),
+                                None => None,
+                            };
+                            let tail = Tail { residual, act: step.act };
+                            linear_op(step.node, node, a, &tail, out.data_mut())?;
+                        }
+                        op => {
+                            let start = Instant::now();
+                            let parts = node.inputs.iter().map(&get).collect::<Result<Vec<_>>>()?;
+                            self.other_op(op, step.node, batch, &parts, out.data_mut());
+                            other += start.elapsed();
+                        }
+                    }
+                    values[step.end] = Some(out);
+                    // Free what no later step reads.
+                    for n in &self.nodes[step.node..=step.end] {
+                        for s in &n.inputs {
+                            match *s {
+                                Source::Input if input_last == step.end => {
+                                    if let Some(v) = x.take() {
+                                        pool.give(v);
+                                    }
+                                }
+                                Source::Node(i) if last[i] == step.end && i + 1 < self.nodes.len() => {
+                                    if let Some(v) = values[i].take() {
+                                        pool.give(v);
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
                 }
-            };
-            values.push(out);
+                let logits = values.last().and_then(Option::as_ref).map(|v| v.data().to_vec()).ok_or_else(|| {
+                    Error::Parse { what: format!("model `{}`", self.name), message: "no layers".into() }
+                })?;
+                Ok(logits)
+            })();
+        // Every buffer goes back to the pool, whatever happened.
+        for v in values.into_iter().flatten().chain(x) {
+            pool.give(v);
         }
-        let logits = values
-            .pop()
-            .ok_or_else(|| Error::Parse { what: format!("model `{}`", self.name), message: "no layers".into() })?;
-        Ok((logits, other))
+        Ok((result?, other))
+    }
+
+    /// Every operator but `Conv` and `Linear`, on a batch: `parts` are the inputs; writes every
+    /// element of `out`.
+    fn other_op(&self, op: &Op, idx: usize, batch: usize, parts: &[&[f32]], out: &mut [f32]) {
+        let node = &self.nodes[idx];
+        let a = parts[0];
+        let s = match node.inputs[0] {
+            Source::Input => crate::graph::Shape { c: self.input.channels, h: self.input.height, w: self.input.width },
+            Source::Node(i) => self.nodes[i].shape,
+        };
+        match op {
+            Op::Relu => map_into(out, a, |v| v.max(0.0)),
+            Op::Clip { min, max } => map_into(out, a, |v| v.max(*min).min(*max)),
+            Op::Sigmoid => map_into(out, a, |v| 1.0 / (1.0 + (-v).exp())),
+            Op::HardSigmoid { alpha, beta } => map_into(out, a, |v| (alpha * v + beta).clamp(0.0, 1.0)),
+            Op::HardSwish => map_into(out, a, |v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
+            Op::MaxPool(p) => p.apply_into(a, batch * s.c, s.h, s.w, true, out),
+            Op::AvgPool(p) => p.apply_into(a, batch * s.c, s.h, s.w, false, out),
+            Op::GlobalAvgPool => ops::global_avg_pool_into(a, s.h * s.w, out),
+            Op::Flatten => out.copy_from_slice(a),
+            Op::Add => {
+                let b = parts.get(1).copied().unwrap_or_default();
+                out.par_chunks_mut(MIN_TASK)
+                    .zip(a.par_chunks(MIN_TASK).zip(b.par_chunks(MIN_TASK)))
+                    .for_each(|(o, (p, q))| o.iter_mut().zip(p.iter().zip(q)).for_each(|(o, (p, q))| *o = p + q));
+            }
+            Op::Concat => {
+                let mut at = 0;
+                for img in 0..batch {
+                    for p in parts {
+                        let n = p.len() / batch;
+                        out[at..at + n].copy_from_slice(&p[img * n..][..n]);
+                        at += n;
+                    }
+                }
+            }
+            Op::Resize { scale_h, scale_w } => {
+                let (h, w) = (s.h * scale_h, s.w * scale_w);
+                for (plane, dst) in a.chunks_exact(s.h * s.w).zip(out.chunks_exact_mut(h * w)) {
+                    for (y, drow) in dst.chunks_exact_mut(w).enumerate() {
+                        let row = &plane[(y / scale_h) * s.w..][..s.w];
+                        drow.iter_mut().enumerate().for_each(|(x, d)| *d = row[x / scale_w]);
+                    }
+                }
+            }
+            Op::Conv { .. } | Op::Linear { .. } => {}
+        }
     }
 
     /// The float model's logits (`batch × classes`) for `[0, 1]` images.
     ///
     /// # Errors
-    /// As [`Model::normalize`].
+    /// As [`Model::normalize`](crate::Model) (lengths, non-finite pixels).
     pub fn forward_float(&self, images: &[f32]) -> Result<Vec<f32>> {
-        let x = self.normalize(images)?;
-        let (logits, _) = self.run(x, |_, node, a| Ok(float_linear_op(node, a)))?;
-        Ok(logits.data)
+        self.forward_float_with(images, &mut Workspace::new())
+    }
+
+    /// [`Model::forward_float`] with the caller's buffers, reused across passes.
+    ///
+    /// # Errors
+    /// As [`Model::forward_float`].
+    pub fn forward_float_with(&self, images: &[f32], ws: &mut Workspace) -> Result<Vec<f32>> {
+        let (x, batch) = self.normalize_into(images, &mut ws.values)?;
+        let (logits, _) = self.execute(x, batch, &mut ws.values, |_, node, a, tail, out| {
+            float_linear_op(node, batch, a, tail, out);
+            Ok(())
+        })?;
+        Ok(logits)
     }
 }
 
-/// The float `Conv` or `Linear` node `node` applied to `a`, bias included.
-pub(crate) fn float_linear_op(node: &Node, a: &Activation) -> Activation {
-    let data = match &node.op {
+/// `out[i] = f(a[i])`, in parallel pieces.
+fn map_into(out: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32 + Sync) {
+    out.par_chunks_mut(MIN_TASK)
+        .zip(a.par_chunks(MIN_TASK))
+        .for_each(|(o, a)| o.iter_mut().zip(a).for_each(|(o, &v)| *o = f(v)));
+}
+
+/// The float `Conv` or `Linear` node `node` applied to the batch `a`, bias and `tail` included,
+/// into `out`.
+pub(crate) fn float_linear_op(node: &Node, batch: usize, a: &[f32], tail: &Tail<'_>, out: &mut [f32]) {
+    match &node.op {
         Op::Conv { geom, weight, bias } => {
-            let mut y = ops::conv_f32(geom, a.batch, weight, &a.data);
-            for (plane, &b) in y.chunks_exact_mut(geom.n()).zip(bias.iter().cycle()) {
-                plane.iter_mut().for_each(|v| *v += b);
+            ops::conv_f32_into(geom, batch, weight, a, out);
+            let n = geom.n();
+            for (plane, (vals, &b)) in out.chunks_exact_mut(n).zip(bias.iter().cycle()).enumerate() {
+                vals.iter_mut().for_each(|v| *v += b);
+                tail.apply(plane * n, vals);
             }
-            y
         }
         Op::Linear { in_features, out_features, weight, bias } => {
-            let mut y = ops::linear(a.batch, *in_features, *out_features, weight, &a.data);
-            for row in y.chunks_exact_mut(*out_features) {
-                row.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
+            ops::linear_into(batch, *in_features, *out_features, weight, a, out);
+            for (row, vals) in out.chunks_exact_mut(*out_features).enumerate() {
+                vals.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
+                tail.apply(row * out_features, vals);
             }
-            y
         }
-        _ => Vec::new(),
-    };
-    Activation { batch: a.batch, shape: node.shape, data }
+        _ => {}
+    }
 }
 
 /// The index of the largest logit of each row of `classes` logits.

@@ -16,7 +16,7 @@ pub mod ops;
 mod private;
 pub mod quant;
 
-pub use exec::argmax;
+pub use exec::{Tail, Workspace, argmax};
 pub use format::{FORMAT, LayerSpec, ModelFile, OpSpec, PoolSpec};
 pub use graph::{
     Activation, BatchNorm, ConvAttrs, GraphBuilder, InputSpec, MAX_ELEMENTS, Model, Node, Op, Shape, Source,

@@ -1,7 +1,8 @@
 //! Plaintext tensor operations of the client: im2col convolutions (f32, and exact integer
-//! convolutions through f64), linear layers, pooling, ReLU and friends. Everything is NCHW.
+//! convolutions through chunked f32 or f64 GEMMs), linear layers, pooling. Everything is NCHW.
 
 use rayon::prelude::*;
+use vericonv::field::SmallInt;
 use vericonv::geometry::{Conv2d, Padding};
 
 /// The im2col matrix (`M × N`, row-major) of image `img` (`Cin × H × W`) for group `grp`.
@@ -84,11 +85,10 @@ pub fn gemm<T: GemmElem>(m: usize, k: usize, n: usize, a: &[T], b: &[T], c: &mut
 }
 
 /// `y[batch×out] = x[batch×in]·Wᵀ` for `W` of `out × in`: a whole batch through a linear
-/// layer in one GEMM.
-pub fn linear<T: GemmElem>(batch: usize, in_f: usize, out_f: usize, w: &[T], x: &[T]) -> Vec<T> {
+/// layer in one GEMM, into `y`.
+pub fn linear_into<T: GemmElem>(batch: usize, in_f: usize, out_f: usize, w: &[T], x: &[T], y: &mut [T]) {
     let fits = |len: usize, r: usize, c: usize| r.checked_mul(c).is_some_and(|p| len >= p);
-    assert!(fits(w.len(), out_f, in_f) && fits(x.len(), batch, in_f), "linear operand sizes");
-    let mut y = vec![T::default(); batch * out_f];
+    assert!(fits(w.len(), out_f, in_f) && fits(x.len(), batch, in_f) && fits(y.len(), batch, out_f), "linear sizes");
     // SAFETY: Wᵀ is read with row stride 1 and column stride `in_f` inside the asserted length.
     unsafe {
         T::gemm_raw(
@@ -103,13 +103,11 @@ pub fn linear<T: GemmElem>(batch: usize, in_f: usize, out_f: usize, w: &[T], x: 
             (out_f as isize, 1),
         )
     }
-    y
 }
 
-/// The f32 convolution as im2col + GEMM (no bias), for a batch.
-pub fn conv_f32(g: &Conv2d, batch: usize, weight: &[f32], x: &[f32]) -> Vec<f32> {
+/// The f32 convolution as im2col + GEMM (no bias), for a batch, into `y`.
+pub fn conv_f32_into(g: &Conv2d, batch: usize, weight: &[f32], x: &[f32], y: &mut [f32]) {
     let (cpo, m, n) = (g.cout_per_group(), g.m(), g.n());
-    let mut y = vec![0f32; batch * g.output_image_len()];
     for b in 0..batch {
         let img = &x[b * g.image_len()..][..g.image_len()];
         for grp in 0..g.groups() {
@@ -118,32 +116,118 @@ pub fn conv_f32(g: &Conv2d, batch: usize, weight: &[f32], x: &[f32]) -> Vec<f32>
             gemm(cpo, m, n, &weight[grp * cpo * m..][..cpo * m], &col, out);
         }
     }
-    y
 }
 
-/// The exact integer convolution (no bias), for a batch. Products and sums are carried in f64,
-/// which is exact while every partial sum stays below 2^53; the exactness bound
-/// `M·Bx·Bw <= 2^30` guarantees it. A 1×1 geometry on a 1×1 input (a linear layer) runs as
-/// one batched GEMM.
-pub fn conv_int(g: &Conv2d, batch: usize, weight: &[f64], x: &[i32]) -> Vec<i32> {
-    let (cpo, m, n) = (g.cout_per_group(), g.m(), g.n());
-    let xf: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
-    if n == 1 && g.groups() == 1 && g.kh() == 1 && g.kw() == 1 {
-        return linear(batch, g.cin(), g.cout(), weight, &xf).into_iter().map(|v| v as i32).collect();
+/// The weights of a quantized layer (integers) in the floating-point type its exact GEMM runs
+/// in: f32 in chunks of `chunk` terms, each of whose sums stays below 2^24 and is therefore
+/// exact, when the bit widths allow chunks of at least 16 terms (8-bit data: 1,040); else f64,
+/// exact for every sum the exactness bound `M·Bx·Bw <= 2^30` allows.
+#[derive(Clone, Debug)]
+pub enum ExactWeights {
+    /// f32 operands, sums chunked along the reduction.
+    F32 {
+        /// The weights.
+        w: Vec<f32>,
+        /// Terms per exact chunk.
+        chunk: usize,
+    },
+    /// f64 operands.
+    F64(Vec<f64>),
+}
+
+impl ExactWeights {
+    /// Chooses the type for weights `w` (`|w| <= bw`) and inputs `|x| <= bx`.
+    pub fn new(w: &[i32], bw: u32, bx: u32) -> Self {
+        let chunk = ((1u64 << 24) / (u64::from(bw.max(1)) * u64::from(bx.max(1)))) as usize;
+        if chunk >= 16 {
+            Self::F32 { w: w.iter().map(|&v| v as f32).collect(), chunk }
+        } else {
+            Self::F64(w.iter().map(|&v| f64::from(v)).collect())
+        }
     }
-    let mut y = vec![0i32; batch * g.output_image_len()];
-    let mut out = vec![0f64; cpo * n];
+}
+
+/// `out[r×c] = a·b` exactly over the integers, for integer-valued operands (see
+/// [`ExactWeights`]): `a` is `r × k` with row stride `lda`; `b` is `k × c` row-major or, when
+/// `b_transposed`, `c × k` row-major; `chunk` splits the sum along `k`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_exact<T: GemmElem + Into<f64>>(
+    r: usize,
+    k: usize,
+    c: usize,
+    a: &[T],
+    lda: usize,
+    b: &[T],
+    b_transposed: bool,
+    chunk: usize,
+    out: &mut [i32],
+) {
+    let fits = |len: usize, x: usize, y: usize| x.checked_mul(y).is_some_and(|p| len >= p);
+    let a_len = r.checked_sub(1).map_or(Some(0), |rows| rows.checked_mul(lda).and_then(|v| v.checked_add(k)));
+    assert!(
+        lda >= k && a_len.is_some_and(|l| a.len() >= l) && fits(b.len(), k, c) && fits(out.len(), r, c),
+        "exact gemm operand sizes"
+    );
+    let mut part = vec![T::default(); r * c];
+    out[..r * c].fill(0);
+    let chunk = chunk.max(1);
+    for k0 in (0..k).step_by(chunk) {
+        let kc = chunk.min(k - k0);
+        let (bp, sb) = if b_transposed { (&b[k0..], (1, k as isize)) } else { (&b[k0 * c..], (c as isize, 1)) };
+        // SAFETY: `a` is read at `row·lda + k0 + [0, kc)`, below the asserted `(r-1)·lda + k`;
+        // `b` at `k0 + [0, kc) + col·k` (transposed) or `(k0 + [0, kc))·c + col`, below `k·c`;
+        // `part` holds r × c.
+        unsafe {
+            T::gemm_raw(
+                r,
+                kc,
+                c,
+                a[k0..].as_ptr(),
+                (lda as isize, 1),
+                bp.as_ptr(),
+                sb,
+                part.as_mut_ptr(),
+                (c as isize, 1),
+            );
+        }
+        out.iter_mut().zip(&part).for_each(|(o, &v)| *o += v.into() as i32);
+    }
+}
+
+/// The exact integer convolution (no bias) of a batch of small integers, into `y`: im2col and
+/// the GEMM of [`ExactWeights`] per image and group. A 1×1 geometry on a 1×1 input (a linear
+/// layer) runs as one batched GEMM.
+pub fn conv_int_into<T: SmallInt>(g: &Conv2d, batch: usize, weights: &ExactWeights, x: &[T], y: &mut [i32]) {
+    match weights {
+        ExactWeights::F32 { w, chunk } => conv_int_typed(g, batch, w, *chunk, x, |v| v as f32, y),
+        ExactWeights::F64(w) => conv_int_typed(g, batch, w, usize::MAX, x, f64::from, y),
+    }
+}
+
+fn conv_int_typed<T: SmallInt, F: GemmElem + Into<f64>>(
+    g: &Conv2d,
+    batch: usize,
+    w: &[F],
+    chunk: usize,
+    x: &[T],
+    to: impl Fn(i32) -> F,
+    y: &mut [i32],
+) {
+    let (cpo, m, n) = (g.cout_per_group(), g.m(), g.n());
+    let xf: Vec<F> = x.iter().map(|&v| to(v.get())).collect();
+    if n == 1 && g.groups() == 1 && g.kh() == 1 && g.kw() == 1 {
+        gemm_exact(batch, g.cin(), g.cout(), &xf, g.cin(), w, true, chunk, y);
+        return;
+    }
+    let mut out = vec![0i32; cpo * n];
     for b in 0..batch {
         let img = &xf[b * g.image_len()..][..g.image_len()];
         for grp in 0..g.groups() {
             let col = im2col(g, img, grp);
-            gemm(cpo, m, n, &weight[grp * cpo * m..][..cpo * m], &col, &mut out);
-            for (d, &v) in y[(b * g.cout() + grp * cpo) * n..][..cpo * n].iter_mut().zip(&out) {
-                *d = v as i32;
-            }
+            gemm_exact(cpo, m, n, &w[grp * cpo * m..][..cpo * m], m, &col, false, chunk, &mut out);
+            y[(b * g.cout() + grp * cpo) * n..][..cpo * n].copy_from_slice(&out);
         }
     }
-    y
 }
 
 /// A 2-D pooling window, with ONNX/PyTorch padding and ceil-mode semantics.
@@ -194,6 +278,13 @@ impl Pool {
     pub fn apply(&self, x: &[f32], planes: usize, h: usize, w: usize, max: bool) -> Vec<f32> {
         let Some((ho, wo)) = self.output(h, w) else { return Vec::new() };
         let mut y = vec![0f32; planes * ho * wo];
+        self.apply_into(x, planes, h, w, max, &mut y);
+        y
+    }
+
+    /// [`Pool::apply`] into `y` (`planes` output planes).
+    pub fn apply_into(&self, x: &[f32], planes: usize, h: usize, w: usize, max: bool, y: &mut [f32]) {
+        let Some((ho, wo)) = self.output(h, w) else { return };
         // Planes in parallel: each output is computed the same way in any order.
         let min_planes = (1usize << 14).div_ceil(h * w).max(1);
         x.par_chunks_exact(h * w)
@@ -201,12 +292,14 @@ impl Pool {
             .zip(y.par_chunks_exact_mut(ho * wo))
             .with_min_len(min_planes)
             .for_each(|(plane, out)| self.apply_plane(plane, h, w, ho, wo, max, out));
-        y
     }
 
     /// One plane of [`Pool::apply`].
     #[allow(clippy::too_many_arguments)]
     fn apply_plane(&self, plane: &[f32], h: usize, w: usize, ho: usize, wo: usize, max: bool, out: &mut [f32]) {
+        if max {
+            return self.max_plane(plane, h, w, wo, out);
+        }
         let (pt, pl) = (self.padding.top as isize, self.padding.left as isize);
         let (hpad, wpad) = ((h + self.padding.bottom) as isize, (w + self.padding.right) as isize);
         for oy in 0..ho {
@@ -216,27 +309,52 @@ impl Pool {
                 let x0 = (ox * self.stride.1) as isize - pl;
                 let x1 = (x0 + self.kernel.1 as isize).min(wpad);
                 let padded_count = ((y1 - y0) * (x1 - x0)) as f32;
-                let (mut acc, mut count) = (if max { f32::NEG_INFINITY } else { 0.0 }, 0usize);
+                let (mut acc, mut count) = (0.0, 0usize);
                 for r in y0.max(0)..y1.min(h as isize) {
                     for c in x0.max(0)..x1.min(w as isize) {
-                        let v = plane[r as usize * w + c as usize];
-                        acc = if max { acc.max(v) } else { acc + v };
+                        acc += plane[r as usize * w + c as usize];
                         count += 1;
                     }
                 }
-                out[oy * wo + ox] = if max {
-                    acc
-                } else if self.count_include_pad {
-                    acc / padded_count
-                } else {
-                    acc / count.max(1) as f32
-                };
+                out[oy * wo + ox] = if self.count_include_pad { acc / padded_count } else { acc / count.max(1) as f32 };
             }
         }
     }
 }
 
-/// The mean of each of `planes` planes of `hw` elements.
-pub fn global_avg_pool(x: &[f32], hw: usize) -> Vec<f32> {
-    x.chunks_exact(hw).map(|p| p.iter().sum::<f32>() / hw as f32).collect()
+impl Pool {
+    /// Max pooling of one plane, separably: for each output row, the maximum over the window's
+    /// real rows, column by column, into a row that -∞ pads to the window's reach; then the
+    /// maximum over each window's columns of that row. The maximum of a set does not depend on
+    /// the order it is taken in (`f32::max` ignores NaN, and -∞ stands for the padding, which
+    /// takes no part), so this is the window maximum over the real positions.
+    fn max_plane(&self, plane: &[f32], h: usize, w: usize, wo: usize, out: &mut [f32]) {
+        let (kh, kw) = self.kernel;
+        let (sh, sw) = self.stride;
+        let (pt, pl) = (self.padding.top, self.padding.left);
+        // Padded row: column c of the input at pl + c; every window reads [ox·sw, ox·sw + kw).
+        let reach = (wo - 1) * sw + kw;
+        let mut vrow = vec![f32::NEG_INFINITY; reach.max(pl + w)];
+        let mut acc = vec![f32::NEG_INFINITY; (wo - 1) * sw + 1];
+        for (oy, orow) in out.chunks_exact_mut(wo).enumerate() {
+            let y0 = (oy * sh).saturating_sub(pt);
+            let y1 = (oy * sh + kh).saturating_sub(pt).min(h);
+            let real = &mut vrow[pl..pl + w];
+            real.fill(f32::NEG_INFINITY);
+            for r in y0..y1 {
+                real.iter_mut().zip(&plane[r * w..][..w]).for_each(|(m, &v)| *m = m.max(v));
+            }
+            let span = acc.len();
+            acc.copy_from_slice(&vrow[..span]);
+            for j in 1..kw {
+                acc.iter_mut().zip(&vrow[j..]).for_each(|(m, &v)| *m = m.max(v));
+            }
+            orow.iter_mut().zip(acc.iter().step_by(sw)).for_each(|(o, &m)| *o = m);
+        }
+    }
+}
+
+/// The mean of each plane of `hw` elements of `x`, into `y`.
+pub fn global_avg_pool_into(x: &[f32], hw: usize, y: &mut [f32]) {
+    y.iter_mut().zip(x.chunks_exact(hw)).for_each(|(o, p)| *o = p.iter().sum::<f32>() / hw as f32);
 }

@@ -1,10 +1,9 @@
 //! The private executor: every `Conv` (and, on request, `Linear`) node of a quantized model runs
 //! through [`vericonv::client::PrivateConv`] on untrusted clouds, with keys per layer and session.
 
-use crate::ops;
-use crate::quant::{IntegerExecutor, QuantLayer, QuantModel, qmax};
+use crate::quant::{Epilogue, IntegerExecutor, QuantInput, QuantLayer, QuantModel, qmax};
 use std::time::{Duration, Instant};
-use vericonv::client::{LayerConfig, PrivateConv, Timings};
+use vericonv::client::{CallBuffers, LayerConfig, PrivateConv, Timings};
 use vericonv::cloud::{CloudBackend, Clouds};
 use vericonv::keys::KeyRng;
 use vericonv::privacy::Privacy;
@@ -61,6 +60,8 @@ pub struct PrivateExecutor<'a> {
     rng: KeyRng,
     layers: Vec<Option<PrivateConv>>,
     stats: Vec<LayerStats>,
+    /// Working memory shared by every layer's calls, reused across passes.
+    bufs: CallBuffers,
 }
 
 impl<'a> PrivateExecutor<'a> {
@@ -109,7 +110,7 @@ impl<'a> PrivateExecutor<'a> {
             layers[layer.node] = Some(PrivateConv::new(layer.geom, &layer.weight, None, lc, &mut rng)?);
             stats[layer.node].outsourced = true;
         }
-        Ok(Self { clouds, rng, layers, stats })
+        Ok(Self { clouds, rng, layers, stats, bufs: CallBuffers::default() })
     }
 
     /// Mode `pad`, offline: precomputes `images` pads for every outsourced layer, with the mask
@@ -145,20 +146,39 @@ impl<'a> PrivateExecutor<'a> {
 }
 
 impl IntegerExecutor for PrivateExecutor<'_> {
-    fn run(&mut self, layer: &QuantLayer, x: &[i32], batch: usize) -> Result<Vec<i32>> {
+    fn run(
+        &mut self,
+        layer: &QuantLayer,
+        x: QuantInput<'_>,
+        batch: usize,
+        epilogue: &Epilogue<'_>,
+        out: &mut [f32],
+    ) -> Result<()> {
         let stats = &mut self.stats[layer.node];
         let Some(private) = self.layers[layer.node].as_mut() else {
             let start = Instant::now();
-            let y = ops::conv_int(&layer.geom, batch, &layer.weight_f64, x);
+            let acc = match x {
+                QuantInput::Bits8(x) => layer.compute(x, batch),
+                QuantInput::Bits16(x) => layer.compute(x, batch),
+            };
+            epilogue.apply_all(&acc, out);
             stats.client_compute += start.elapsed();
-            return Ok(y);
+            return Ok(());
         };
         stats.calls += 1;
-        match private.run(self.clouds, x, &mut self.rng) {
-            Ok((y, t)) => {
+        let epi = |plane: usize, range: std::ops::Range<usize>, ints: &[i32], out: &mut [f32]| {
+            epilogue.apply(plane, range, ints, out);
+        };
+        let (clouds, rng, bufs) = (self.clouds, &mut self.rng, &mut self.bufs);
+        let result = match x {
+            QuantInput::Bits8(x) => private.run_into(clouds, x, rng, bufs, out, &epi),
+            QuantInput::Bits16(x) => private.run_into(clouds, x, rng, bufs, out, &epi),
+        };
+        match result {
+            Ok(t) => {
                 stats.verified += 1;
                 stats.timings += t;
-                Ok(y)
+                Ok(())
             }
             Err(e @ (Error::VerificationFailed { .. } | Error::MalformedAnswer { .. })) => {
                 stats.rejected += 1;

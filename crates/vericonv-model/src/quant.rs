@@ -8,13 +8,16 @@
 //!   They are exact either way, then rescaled to float (`scale_x·scale_w[o]`) and biased by the
 //!   same client code, so both give bit-identical logits.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::exec::float_linear_op;
-use crate::{Activation, Model, Node, Op, ops};
+use crate::exec::{MIN_TASK, Tail, Workspace, float_linear_op};
+use crate::ops::ExactWeights;
+use crate::{Model, Node, Op, ops};
 use vericonv::client::check_exactness;
+use vericonv::field::SmallInt;
 use vericonv::geometry::Conv2d;
 use vericonv::{Error, Result};
 
@@ -55,7 +58,8 @@ pub struct QuantLayer {
     pub weight_scale: Vec<f32>,
     /// Float bias, added after rescaling.
     pub bias: Vec<f32>,
-    pub(crate) weight_f64: Vec<f64>,
+    /// The weights as the client's exact GEMM reads them (layers it computes itself).
+    pub(crate) exact: ExactWeights,
 }
 
 /// A quantized model: the float model plus integer weights and activation scales.
@@ -70,11 +74,14 @@ pub struct QuantModel {
 /// Where the time of one quantized forward pass went (client side).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ForwardTimes {
-    /// Quantizing activations and rescaling accumulations to float.
+    /// Quantizing the activations that enter each `Conv` and `Linear` node (re-scaling the
+    /// integers that come out is part of [`ForwardTimes::integer`]: it is fused into the
+    /// executor's pass).
     pub quantize: Duration,
-    /// ReLU, pooling, flatten, residual adds.
+    /// Pooling, flatten, concatenation and the activations not fused into a linear node.
     pub nonlinear: Duration,
-    /// The integer executor (client or private protocol).
+    /// The integer executor (client or private protocol), re-scaling and the nodes fused after
+    /// each linear node included.
     pub integer: Duration,
 }
 
@@ -86,13 +93,76 @@ impl std::ops::AddAssign for ForwardTimes {
     }
 }
 
+/// The quantized input of a layer: `batch × C × H × W` integers within `±(2^(b_x-1) - 1)`, in
+/// 8 bits for `b_x <= 8`, else 16.
+#[derive(Clone, Copy, Debug)]
+pub enum QuantInput<'a> {
+    /// `b_x <= 8`.
+    Bits8(&'a [i8]),
+    /// `8 < b_x <= 16`.
+    Bits16(&'a [i16]),
+}
+
+impl QuantInput<'_> {
+    /// The values, widened.
+    pub fn to_i32(&self) -> Vec<i32> {
+        match self {
+            QuantInput::Bits8(x) => x.iter().map(|&v| i32::from(v)).collect(),
+            QuantInput::Bits16(x) => x.iter().map(|&v| i32::from(v)).collect(),
+        }
+    }
+}
+
+/// What becomes of a layer's exact integers: the client code shared by the plaintext and the
+/// private executors, so that both give the same bits. For output plane `b·Cout + o`,
+/// `out = tail(acc·(s_x[b]·s_w[o]) + bias[o])`: the re-scaling to float (a multiply, then an
+/// add), then the residual `Add` and the activation fused after the layer.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    x_scale: &'a [f32],
+    layer: &'a QuantLayer,
+    tail: Tail<'a>,
+}
+
+impl Epilogue<'_> {
+    /// Writes `out` from `acc`, the exact integers of elements `range` of output plane `plane`
+    /// (`b·Cout + o`, plain channel order; a linear layer's planes are single elements).
+    pub fn apply(&self, plane: usize, range: Range<usize>, acc: &[i32], out: &mut [f32]) {
+        let cout = self.layer.geom.cout();
+        let (b, o) = (plane / cout, plane % cout);
+        dequantize_into(acc, self.x_scale[b] * self.layer.weight_scale[o], self.layer.bias[o], out);
+        self.tail.apply(plane * self.layer.geom.n() + range.start, out);
+    }
+
+    /// [`Epilogue::apply`] over a whole batch of exact integers `acc` (`batch × Cout × Ho × Wo`).
+    pub fn apply_all(&self, acc: &[i32], out: &mut [f32]) {
+        let n = self.layer.geom.n();
+        let per_task = MIN_TASK.div_ceil(n);
+        out.par_chunks_mut(n)
+            .zip(acc.par_chunks(n))
+            .with_min_len(per_task)
+            .enumerate()
+            .for_each(|(plane, (out, acc))| self.apply(plane, 0..n, acc, out));
+    }
+}
+
 /// Computes the integer accumulations of a quantized layer.
 pub trait IntegerExecutor {
-    /// `Σ w_q·x_q` (no bias) of `layer` for `batch` images of quantized inputs `x`.
+    /// Computes `Σ w_q·x_q` (no bias) of `layer` for `batch` images of quantized inputs `x`,
+    /// exactly, and writes every element of `out` (`batch × Cout × Ho × Wo`) from them through
+    /// `epilogue`.
     ///
     /// # Errors
-    /// Whatever the executor can fail with (for the private one: verification failures).
-    fn run(&mut self, layer: &QuantLayer, x: &[i32], batch: usize) -> Result<Vec<i32>>;
+    /// Whatever the executor can fail with (for the private one: verification failures, after
+    /// which `out` holds nothing decrypted).
+    fn run(
+        &mut self,
+        layer: &QuantLayer,
+        x: QuantInput<'_>,
+        batch: usize,
+        epilogue: &Epilogue<'_>,
+        out: &mut [f32],
+    ) -> Result<()>;
 }
 
 /// The client computes every layer itself, exactly: the quantized plaintext model.
@@ -100,8 +170,30 @@ pub trait IntegerExecutor {
 pub struct PlainExecutor;
 
 impl IntegerExecutor for PlainExecutor {
-    fn run(&mut self, layer: &QuantLayer, x: &[i32], batch: usize) -> Result<Vec<i32>> {
-        Ok(ops::conv_int(&layer.geom, batch, &layer.weight_f64, x))
+    fn run(
+        &mut self,
+        layer: &QuantLayer,
+        x: QuantInput<'_>,
+        batch: usize,
+        epilogue: &Epilogue<'_>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let acc = match x {
+            QuantInput::Bits8(x) => layer.compute(x, batch),
+            QuantInput::Bits16(x) => layer.compute(x, batch),
+        };
+        epilogue.apply_all(&acc, out);
+        Ok(())
+    }
+}
+
+impl QuantLayer {
+    /// The exact integers `Σ w_q·x_q` of this layer for `batch` images of `x`, computed by the
+    /// client.
+    pub fn compute<T: SmallInt>(&self, x: &[T], batch: usize) -> Vec<i32> {
+        let mut acc = vec![0i32; batch * self.geom.output_image_len()];
+        ops::conv_int_into(&self.geom, batch, &self.exact, x, &mut acc);
+        acc
     }
 }
 
@@ -152,7 +244,7 @@ impl QuantModel {
                 name: node.name.clone(),
                 geom,
                 is_linear,
-                weight_f64: q.iter().map(|&v| f64::from(v)).collect(),
+                exact: ExactWeights::new(&q, wq as u32, xq as u32),
                 weight: q,
                 weight_scale: scales,
                 bias: bias.clone(),
@@ -167,11 +259,13 @@ impl QuantModel {
     /// # Errors
     /// As [`Model::normalize`].
     pub fn calibrate(&mut self, images: &[f32]) -> Result<()> {
-        let x = self.model.normalize(images)?;
+        let mut ws = Workspace::new();
+        let (x, batch) = self.model.normalize_into(images, &mut ws.values)?;
         let mut max = vec![0f32; self.layers.len()];
-        self.model.run(x, |idx, node, a| {
-            max[idx] = a.data.iter().fold(max[idx], |m, &v| m.max(v.abs()));
-            Ok(float_linear_op(node, a))
+        self.model.execute(x, batch, &mut ws.values, |idx, node, a, tail, out| {
+            max[idx] = a.iter().fold(max[idx], |m, &v| m.max(v.abs()));
+            float_linear_op(node, batch, a, tail, out);
+            Ok(())
         })?;
         let q = qmax(self.cfg.act_bits) as f32;
         for (scale, (m, layer)) in self.act_scale.iter_mut().zip(max.iter().zip(&self.layers)) {
@@ -206,56 +300,94 @@ impl QuantModel {
     /// integer layers computed by `exec`.
     ///
     /// # Errors
-    /// As [`Model::normalize`], and whatever `exec` returns.
+    /// As [`Model::forward_float`], and whatever `exec` returns.
     pub fn forward(&self, images: &[f32], exec: &mut dyn IntegerExecutor) -> Result<(Vec<f32>, ForwardTimes)> {
-        let x = self.model.normalize(images)?;
+        self.forward_with(images, exec, &mut Workspace::new())
+    }
+
+    /// [`QuantModel::forward`] with the caller's buffers, reused across passes: a stream of
+    /// batches allocates nothing after its first pass.
+    ///
+    /// # Errors
+    /// As [`QuantModel::forward`].
+    pub fn forward_with(
+        &self,
+        images: &[f32],
+        exec: &mut dyn IntegerExecutor,
+        ws: &mut Workspace,
+    ) -> Result<(Vec<f32>, ForwardTimes)> {
+        let Workspace { values, q8, q16, scales } = ws;
+        let (x, batch) = self.model.normalize_into(images, values)?;
         let mut times = ForwardTimes::default();
-        let xq_max = qmax(self.cfg.act_bits);
-        let (logits, nonlinear) = self.model.run(x, |idx, node: &Node, a: &Activation| {
+        let qmax = qmax(self.cfg.act_bits);
+        let (logits, nonlinear) = self.model.execute(x, batch, values, |idx, node: &Node, a, tail, out| {
             let layer = self.layers[idx]
                 .as_ref()
                 .ok_or_else(|| Error::Unsupported(format!("layer `{}` is not quantized", node.name)))?;
             let start = Instant::now();
-            let per = a.shape.len();
-            let mut xq = vec![0i32; a.data.len()];
-            // Images in parallel (each has its own scale); the result is the same in any order.
-            let scales: Vec<f32> = a
-                .data
-                .par_chunks_exact(per)
-                .zip(xq.par_chunks_exact_mut(per))
-                .with_min_len(MIN_TASK.div_ceil(per))
-                .map(|(img, out)| {
-                    let scale = self.act_scale[idx].unwrap_or_else(|| {
-                        let m = max_abs(img);
-                        if m > 0.0 { m / xq_max as f32 } else { 1.0 }
-                    });
-                    quantize_into(img, scale, xq_max, out);
-                    scale
-                })
-                .collect();
+            let per = a.len() / batch;
+            let x = if self.cfg.act_bits <= 8 {
+                q8.resize(a.len(), 0);
+                quantize_batch(a, per, self.act_scale[idx], qmax, &mut q8[..a.len()], scales);
+                QuantInput::Bits8(&q8[..a.len()])
+            } else {
+                q16.resize(a.len(), 0);
+                quantize_batch(a, per, self.act_scale[idx], qmax, &mut q16[..a.len()], scales);
+                QuantInput::Bits16(&q16[..a.len()])
+            };
             times.quantize += start.elapsed();
             let start = Instant::now();
-            let acc = exec.run(layer, &xq, a.batch)?;
+            let epilogue = Epilogue { x_scale: scales, layer, tail: *tail };
+            exec.run(layer, x, batch, &epilogue, out)?;
             times.integer += start.elapsed();
-            let start = Instant::now();
-            let n = layer.geom.n();
-            let cout = layer.geom.cout();
-            let mut data = vec![0f32; acc.len()];
-            let planes = acc.par_chunks_exact(n).zip(data.par_chunks_exact_mut(n)).with_min_len(MIN_TASK.div_ceil(n));
-            planes.enumerate().for_each(|(plane, (vals, out))| {
-                let (b, o) = (plane / cout, plane % cout);
-                dequantize_into(vals, scales[b] * layer.weight_scale[o], layer.bias[o], out);
-            });
-            times.quantize += start.elapsed();
-            Ok(Activation { batch: a.batch, shape: node.shape, data })
+            Ok(())
         })?;
         times.nonlinear = nonlinear;
-        Ok((logits.data, times))
+        Ok((logits, times))
     }
 }
 
-/// Elements below which a parallel task is not worth its scheduling.
-const MIN_TASK: usize = 1 << 14;
+/// The quantized integers the client stores: `i8` or `i16`.
+trait Quantized: Copy + Send + Sync {
+    fn from_i32(v: i32) -> Self;
+}
+
+impl Quantized for i8 {
+    fn from_i32(v: i32) -> Self {
+        v as i8
+    }
+}
+
+impl Quantized for i16 {
+    fn from_i32(v: i32) -> Self {
+        v as i16
+    }
+}
+
+/// Quantizes a batch of images of `per` values each into `out`, each image with its own scale
+/// (`fixed`, or dynamic: `max |x| / qmax`), in parallel; the scales go to `scales`.
+fn quantize_batch<Q: Quantized>(
+    a: &[f32],
+    per: usize,
+    fixed: Option<f32>,
+    qmax: i32,
+    out: &mut [Q],
+    scales: &mut Vec<f32>,
+) {
+    // Images in parallel (each has its own scale), then pieces of an image: the result is the
+    // same in any order.
+    let image_scale = |img: &[f32]| {
+        fixed.unwrap_or_else(|| {
+            let m = img.par_chunks(MIN_TASK).map(max_abs).reduce(|| 0.0, f32::max);
+            if m > 0.0 { m / qmax as f32 } else { 1.0 }
+        })
+    };
+    scales.clear();
+    scales.extend(a.chunks_exact(per).map(image_scale));
+    out.par_chunks_mut(per).zip(a.par_chunks(per)).zip(scales.par_iter()).for_each(|((o, x), &scale)| {
+        o.par_chunks_mut(MIN_TASK).zip(x.par_chunks(MIN_TASK)).for_each(|(o, x)| quantize_into(x, scale, qmax, o));
+    });
+}
 
 /// `max |v|` over `x` (0 for an empty slice), in eight independent lanes so that it
 /// vectorises; the same value as a sequential fold, since `max` is exact.
@@ -273,11 +405,28 @@ fn max_abs(x: &[f32]) -> f32 {
 }
 
 /// `out = clamp(round(x / scale), ±qmax)`, rounding half away from zero (`f32::round`).
-#[multiversion::multiversion(targets("x86_64+avx2", "aarch64+neon"))]
-fn quantize_into(x: &[f32], scale: f32, qmax: i32, out: &mut [i32]) {
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2", "aarch64+neon"))]
+fn quantize_into<Q: Quantized>(x: &[f32], scale: f32, qmax: i32, out: &mut [Q]) {
+    // `(r as i32).clamp(-qmax, qmax)` for r = round(x / scale), in float operations that
+    // vectorise (the saturating float-to-int cast does not): NaN gives 0 and everything else
+    // clamps, exactly as the cast then the clamp; the clamped integer r converts through its
+    // bits, r + 1.5·2^23 being exact for |r| < 2^22.
+    const MAGIC: f32 = 12_582_912.0;
+    let q = qmax as f32;
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = ((v / scale).round() as i32).clamp(-qmax, qmax);
+        let r = round_half_away(v / scale);
+        let r = if r.is_nan() { 0.0 } else { r.max(-q).min(q) };
+        *o = Q::from_i32((r + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32);
     }
+}
+
+/// `f32::round` (half away from zero) in operations that vectorise: `x - trunc(x)` is exact,
+/// and a fraction of at least one half moves the result one away from zero. NaN and the
+/// infinities come out as `f32::round` gives them.
+#[inline(always)]
+fn round_half_away(x: f32) -> f32 {
+    let t = x.trunc();
+    if (x - t).abs() >= 0.5 { t + 1f32.copysign(x) } else { t }
 }
 
 /// `out = acc · scale + bias` (a multiply, then an add: no fused rounding).
@@ -294,17 +443,39 @@ mod tests {
 
     #[test]
     fn vectorised_quantization_equals_the_scalar_definition() {
+        // Halves, values next to them, the largest values below 2^23 and random bit patterns.
+        let edges = [2.5, -2.5, 0.5, -0.5, 0.49999997, -0.49999997, 8388607.5, -8388607.5, 1.5e9, f32::INFINITY];
+        let mut bits = 0x9e37_79b9u32;
+        let random = (0..5000).map(|_| {
+            bits = bits.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            f32::from_bits(bits)
+        });
+        let mut all = Vec::new();
+        for v in edges.into_iter().chain(random) {
+            if !v.is_nan() {
+                assert_eq!(round_half_away(v).to_bits(), v.round().to_bits(), "{v}");
+            }
+            all.push(v);
+        }
+        for scale in [1.0, 0.37, 1e-30] {
+            let mut q = vec![0i16; all.len()];
+            quantize_into(&all, scale, 32767, &mut q);
+            for (&v, &got) in all.iter().zip(&q) {
+                assert_eq!(i32::from(got), ((v / scale).round() as i32).clamp(-32767, 32767), "{v} / {scale}");
+            }
+        }
         let x: Vec<f32> =
             (0..1003).map(|i| ((i * 7919) % 2001) as f32 / 13.7 - 73.0).chain([2.5, -2.5, 0.5, -0.5]).collect();
         let m = x.iter().fold(0f32, |m, &v| m.max(v.abs()));
         assert_eq!(max_abs(&x).to_bits(), m.to_bits());
         assert_eq!(max_abs(&[]), 0.0);
         let scale = m / 127.0;
-        let mut q = vec![0; x.len()];
+        let mut q = vec![0i8; x.len()];
         quantize_into(&x, scale, 127, &mut q);
         for (&v, &got) in x.iter().zip(&q) {
-            assert_eq!(got, ((v / scale).round() as i32).clamp(-127, 127), "{v}");
+            assert_eq!(i32::from(got), ((v / scale).round() as i32).clamp(-127, 127), "{v}");
         }
+        let q: Vec<i32> = q.iter().map(|&v| i32::from(v) * 1000 + 17).collect();
         let mut y = vec![0f32; q.len()];
         dequantize_into(&q, 0.37, -1.25, &mut y);
         for (&v, &got) in q.iter().zip(&y) {

@@ -5,9 +5,14 @@
 use std::time::{Duration, Instant};
 
 use crate::cloud::{Cheater, CloudBackend, Clouds, SessionKernel};
-use crate::decrypt::{MaskKernel, decrypt, decrypt_padded_into, decrypt_sum_into, decrypt_sum_verified_into};
-use crate::encrypt::{encrypt_input_into, encrypt_kernel, encrypt_padded_into, encrypt_shares_into};
-use crate::field::{M31, PrimeField};
+use crate::decrypt::{
+    MaskKernel, Outcome, Unmask, decrypt, decrypt_padded_into, decrypt_sum_into, decrypt_verified_into,
+};
+use crate::encrypt::{
+    encrypt_input_into, encrypt_kernel, encrypt_padded_into, encrypt_padded_small_into, encrypt_shares_into,
+    encrypt_small_into, split_share_small_into,
+};
+use crate::field::{M31, PrimeField, SmallInt, slices};
 use crate::geometry::Conv2d;
 use crate::keys::{ImageMask, KeyRng, SessionKey};
 use crate::pad::PadPool;
@@ -92,6 +97,36 @@ enum Masking {
     Pad(Option<PadPool>),
 }
 
+/// Working memory of [`PrivateConv::run_into`], kept by the caller across calls and layers so
+/// that a stream of batches allocates (and page-faults) nothing: the tensor sent to the cloud
+/// and the spatial factors of mode `lowrank`'s masks. The factors are secret: the buffers print
+/// only their sizes and are zeroized on drop.
+#[derive(Default)]
+pub struct CallBuffers {
+    sent: Vec<u32>,
+    spatial: Vec<u32>,
+}
+
+impl CallBuffers {
+    /// `sent` holding exactly `len` elements (their values are overwritten by the caller).
+    fn sent(&mut self, len: usize) -> &mut [u32] {
+        self.sent.resize(len, 0);
+        &mut self.sent
+    }
+}
+
+impl std::fmt::Debug for CallBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallBuffers").field("sent", &self.sent.len()).field("spatial", &self.spatial.len()).finish()
+    }
+}
+
+impl Drop for CallBuffers {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.spatial);
+    }
+}
+
 /// One convolution layer run privately on untrusted clouds.
 pub struct PrivateConv {
     cfg: LayerConfig,
@@ -122,16 +157,6 @@ impl std::fmt::Debug for PrivateConv {
     }
 }
 
-/// Checks `|v| <= bound` for every entry, naming the first offender.
-fn check_bound(layer: &str, what: &'static str, v: &[i32], bound: u64) -> Result<()> {
-    match v.iter().position(|&x| u64::from(x.unsigned_abs()) > bound) {
-        None => Ok(()),
-        Some(index) => {
-            Err(Error::ValueOutOfRange { layer: layer.into(), what, index, value: i64::from(v[index]), bound })
-        }
-    }
-}
-
 /// Checks the exactness bound of SCHEME.md §2, `M·Bx·Bw + Bb <= (p-1)/2`, for layer `layer`.
 ///
 /// # Errors
@@ -145,8 +170,9 @@ pub fn check_exactness(layer: &str, m: u64, bx: u64, bw: u64, bb: u64) -> Result
     Ok(())
 }
 
-fn embed_all(v: &[i32]) -> Vec<u32> {
-    v.iter().map(|&x| if x < 0 { (i64::from(x) + i64::from(M31::P)) as u32 } else { x as u32 }).collect()
+/// `v mod p` for `|v| <= (p-1)/2` (checked by the caller).
+fn embed(v: i32) -> u32 {
+    if v < 0 { (i64::from(v) + i64::from(M31::P)) as u32 } else { v as u32 }
 }
 
 /// Runs `rounds` of `mode` on `claim` only to learn whether it holds (the per-share re-checks
@@ -180,7 +206,7 @@ impl PrivateConv {
         let bw = kernel.iter().map(|&k| u64::from(k.unsigned_abs())).max().unwrap_or(0);
         let bb = bias.map_or(0, |b| b.iter().map(|&v| u64::from(v.unsigned_abs())).max().unwrap_or(0));
         check_exactness(&cfg.name, geom.m() as u64, u64::from(cfg.input_bound), bw, bb)?;
-        let kernel = embed_all(kernel);
+        let kernel: Vec<u32> = kernel.iter().map(|&k| embed(k)).collect();
         let start = Instant::now();
         let (key, kernel_enc, masking) = Self::session(&geom, cfg.privacy, &kernel, rng)?;
         Ok(Self {
@@ -311,6 +337,41 @@ impl PrivateConv {
         x: &[i32],
         rng: &mut KeyRng,
     ) -> Result<(Vec<i32>, Timings)> {
+        let batch = self.geom.batch_of_input(x.len())?;
+        let mut y = vec![0i32; batch * self.geom.output_image_len()];
+        let copy = |_: usize, _: std::ops::Range<usize>, ints: &[i32], out: &mut [i32]| out.copy_from_slice(ints);
+        let t = self.run_into(clouds, x, rng, &mut CallBuffers::default(), &mut y, &copy)?;
+        Ok((y, t))
+    }
+
+    /// [`PrivateConv::run`] for the hot path of a whole network: the input is any
+    /// [`SmallInt`] (the `i8` or `i16` of quantized activations, read as they are), the working
+    /// memory `bufs` is the caller's and reused, and the exact result is not returned but handed,
+    /// an output row at a time as it is decrypted, to `epilogue(plane, range, ints, out_row)`,
+    /// which writes `out[plane·Ho·Wo + range]` (`plane = b·Cout + o`) from the row's integers
+    /// (bias included): de-quantization and the layers that follow fuse into decryption.
+    ///
+    /// In Fast mode, verification and decryption are one pass over the answer (its input side
+    /// reads `x` itself, not `X'`): if the answer is rejected, or malformed, `out` is zeroed
+    /// before the error returns, so nothing decrypted from it leaves this call.
+    ///
+    /// # Errors
+    /// As [`PrivateConv::run`]; [`Error::LengthMismatch`] also when `out` does not hold
+    /// `B × Cout × Ho × Wo` elements.
+    pub fn run_into<'c, T, O, E>(
+        &mut self,
+        clouds: impl Into<Clouds<'c>>,
+        x: &[T],
+        rng: &mut KeyRng,
+        bufs: &mut CallBuffers,
+        out: &mut [O],
+        epilogue: &E,
+    ) -> Result<Timings>
+    where
+        T: SmallInt,
+        O: Copy + Default + Send,
+        E: Fn(usize, std::ops::Range<usize>, &[i32], &mut [O]) + Sync,
+    {
         let clouds = clouds.into();
         let privacy = self.cfg.privacy;
         if clouds.count() != privacy.clouds() {
@@ -322,7 +383,19 @@ impl PrivateConv {
             return Err(Error::SameCloudTwice(a.name()));
         }
         let batch = self.geom.batch_of_input(x.len())?;
-        check_bound(&self.cfg.name, "input", x, u64::from(self.cfg.input_bound))?;
+        Conv2d::check_len("output buffer", batch * self.geom.output_image_len(), out.len())?;
+        // Embedding needs |x| <= (p-1)/2 whatever the configured bound.
+        let bound = self.cfg.input_bound.min(M31::HALF);
+        if slices::max_abs_small(x) > bound {
+            let index = x.iter().position(|v| v.get().unsigned_abs() > bound).unwrap_or(0);
+            return Err(Error::ValueOutOfRange {
+                layer: self.cfg.name.clone(),
+                what: "input",
+                index,
+                value: i64::from(x[index].get()),
+                bound: u64::from(bound),
+            });
+        }
         let mut t = Timings::default();
         if self.cfg.rotate_after_images.is_some_and(|n| self.images_in_session >= n) {
             t.keygen = self.rotate(rng)?;
@@ -330,23 +403,206 @@ impl PrivateConv {
             t.keygen = self.setup_time;
         }
         self.images_in_session += batch as u64;
-        let x = embed_all(x);
-        let mut y = match clouds {
-            Clouds::One(cloud) => self.run_one(cloud, batch, &x, rng, &mut t)?,
-            Clouds::Two(a, b) => self.run_two(a, b, batch, &x, rng, &mut t)?,
-        };
-        let start = Instant::now();
-        if let Some(bias) = &self.bias {
-            for (plane, &b) in y.chunks_exact_mut(self.geom.n()).zip(bias.iter().cycle()) {
-                plane.iter_mut().for_each(|v| *v += b);
+        if self.cfg.mode == Mode::Strict {
+            let x: Vec<u32> = x.iter().map(|v| embed(v.get())).collect();
+            let mut y = match clouds {
+                Clouds::One(cloud) => self.strict_one(cloud, batch, &x, rng, &mut t)?,
+                Clouds::Two(a, b) => self.strict_two(a, b, batch, &x, rng, &mut t)?,
+            };
+            let start = Instant::now();
+            let (n, wo) = (self.geom.n(), self.geom.wo());
+            for (plane, (ints, dst)) in y.chunks_exact_mut(n).zip(out.chunks_exact_mut(n)).enumerate() {
+                if let Some(bias) = &self.bias {
+                    let b = bias[plane % self.geom.cout()];
+                    ints.iter_mut().for_each(|v| *v += b);
+                }
+                for (row, (ints, dst)) in ints.chunks_exact(wo).zip(dst.chunks_exact_mut(wo)).enumerate() {
+                    epilogue(plane, row * wo..(row + 1) * wo, ints, dst);
+                }
             }
+            t.decrypt += start.elapsed();
+            return Ok(t);
         }
-        t.decrypt += start.elapsed();
-        Ok((y, t))
+        match clouds {
+            Clouds::One(cloud) => self.fast_one(cloud, batch, x, bound, rng, bufs, out, epilogue, &mut t)?,
+            Clouds::Two(a, b) => self.fast_two(a, b, batch, x, bound, rng, bufs, out, epilogue, &mut t)?,
+        }
+        Ok(t)
     }
 
-    /// Modes `lowrank` and `pad`: one cloud.
-    fn run_one(
+    /// Fast mode, modes `lowrank` and `pad`: one cloud; verification fused into decryption.
+    #[allow(clippy::too_many_arguments)]
+    fn fast_one<T, O, E>(
+        &mut self,
+        cloud: &dyn CloudBackend,
+        batch: usize,
+        x: &[T],
+        bound: u32,
+        rng: &mut KeyRng,
+        bufs: &mut CallBuffers,
+        out: &mut [O],
+        epilogue: &E,
+        t: &mut Timings,
+    ) -> Result<()>
+    where
+        T: SmallInt,
+        O: Copy + Default + Send,
+        E: Fn(usize, std::ops::Range<usize>, &[i32], &mut [O]) + Sync,
+    {
+        let start = Instant::now();
+        let CallBuffers { sent, spatial } = bufs;
+        sent.resize(x.len(), 0);
+        let xp = sent.as_mut_slice();
+        let secrets = match &self.masking {
+            Masking::LowRank(_) => {
+                let masks = ImageMask::generate_batch(&self.key, batch, rng);
+                encrypt_small_into(&self.key, &masks, x, xp, spatial)?;
+                OneCloudSecrets::Masks(masks)
+            }
+            Masking::Pad(_) => {
+                let pads = self.take_pads(batch)?;
+                encrypt_padded_small_into(&self.key, &pads, x, xp)?;
+                OneCloudSecrets::Pads(pads)
+            }
+            Masking::TwoServer => return Err(mode_mismatch(&self.cfg.name)),
+        };
+        t.encrypt = start.elapsed();
+
+        let start = Instant::now();
+        let yp = cloud.conv_session(&self.kernel_enc, batch, xp)?;
+        t.cloud = start.elapsed();
+        self.check_answer_len(batch, &yp, None)?;
+
+        let start = Instant::now();
+        let kp = self.kernel_enc.data();
+        let rounds = self.cfg.rounds;
+        let checks = match &secrets {
+            OneCloudSecrets::Masks(masks) => FastRounds::draw_plain(&self.key, kp, x, bound, masks, rounds, rng)?,
+            OneCloudSecrets::Pads(_) => {
+                FastRounds::draw::<M31, _>(&Claim::new(&self.geom, batch, kp, xp, &yp)?, rounds, rng)?
+            }
+        };
+        t.verify = start.elapsed();
+
+        let start = Instant::now();
+        let unmask = match (&self.masking, &secrets) {
+            (Masking::LowRank(mk), OneCloudSecrets::Masks(masks)) => Unmask::LowRank { mk, masks },
+            (_, OneCloudSecrets::Pads(pads)) => Unmask::Pad(pads),
+            (_, OneCloudSecrets::Masks(_)) => return Err(mode_mismatch(&self.cfg.name)),
+        };
+        let outcome = decrypt_verified_into(&self.key, &unmask, &yp, self.bias.as_deref(), &checks, out, epilogue)?;
+        t.decrypt = start.elapsed();
+        match outcome {
+            Outcome::Accepted => Ok(()),
+            Outcome::Rejected { round } => Err(self.rejected(round, Cheater::TheCloud)),
+            Outcome::Malformed { .. } => Err(self.malformed(batch, &[(&yp, None)])),
+        }
+    }
+
+    /// Fast mode, mode `two-server`: cloud A convolves `G(seed)`, cloud B `β·x[π] - G(seed)`;
+    /// the client verifies the sum inside the decryption pass, and on failure each share alone,
+    /// to name the cheater.
+    #[allow(clippy::too_many_arguments)]
+    fn fast_two<T, O, E>(
+        &mut self,
+        a: &dyn CloudBackend,
+        b: &dyn CloudBackend,
+        batch: usize,
+        x: &[T],
+        bound: u32,
+        rng: &mut KeyRng,
+        bufs: &mut CallBuffers,
+        out: &mut [O],
+        epilogue: &E,
+        t: &mut Timings,
+    ) -> Result<()>
+    where
+        T: SmallInt,
+        O: Copy + Default + Send,
+        E: Fn(usize, std::ops::Range<usize>, &[i32], &mut [O]) + Sync,
+    {
+        let start = Instant::now();
+        let seed = ShareSeed::generate(rng);
+        let xb = bufs.sent(x.len());
+        split_share_small_into(&self.key, &seed, x, xb)?;
+        t.encrypt = start.elapsed();
+
+        let start = Instant::now();
+        let (ya, yb) = self.both_clouds(a, b, batch, &seed, xb);
+        let (ya, yb) = (ya?, yb?);
+        t.cloud = start.elapsed();
+        self.check_answer_len(batch, &ya, Some("cloud A"))?;
+        self.check_answer_len(batch, &yb, Some("cloud B"))?;
+
+        let start = Instant::now();
+        let kp = self.kernel_enc.data();
+        let checks = FastRounds::draw_plain(&self.key, kp, x, bound, &[], self.cfg.rounds, rng)?;
+        t.verify = start.elapsed();
+
+        let start = Instant::now();
+        let unmask = Unmask::Sum(&yb);
+        let outcome = decrypt_verified_into(&self.key, &unmask, &ya, self.bias.as_deref(), &checks, out, epilogue)?;
+        t.decrypt = start.elapsed();
+        match outcome {
+            Outcome::Accepted => Ok(()),
+            Outcome::Malformed { .. } => Err(self.malformed(batch, &[(&ya, Some("cloud A")), (&yb, Some("cloud B"))])),
+            Outcome::Rejected { round } => Err(self.name_cheater(round, batch, &seed, xb, &ya, &yb, rng)?),
+        }
+    }
+
+    /// Both clouds of mode `two-server`, concurrently: A gets the seed, B its share.
+    fn both_clouds(
+        &self,
+        a: &dyn CloudBackend,
+        b: &dyn CloudBackend,
+        batch: usize,
+        seed: &ShareSeed,
+        xb: &[u32],
+    ) -> (Result<Vec<u32>>, Result<Vec<u32>>) {
+        let session = &self.kernel_enc;
+        std::thread::scope(|s| {
+            let from_a = s.spawn(|| a.conv_share_session(session, batch, seed));
+            let yb = b.conv_session(session, batch, xb);
+            (from_a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), yb)
+        })
+    }
+
+    /// After the sum of the two answers was rejected in round `round`: re-checks each share with
+    /// fresh vectors (at least one is wrong) and returns the error naming the cheater.
+    #[allow(clippy::too_many_arguments)]
+    fn name_cheater(
+        &self,
+        round: usize,
+        batch: usize,
+        seed: &ShareSeed,
+        xb: &[u32],
+        ya: &[u32],
+        yb: &[u32],
+        rng: &mut KeyRng,
+    ) -> Result<Error> {
+        let (geom, kp) = (&self.geom, self.kernel_enc.data());
+        let xa = seed.expand(xb.len());
+        let bad_a = check_claim(&Claim::new(geom, batch, kp, &xa, ya)?, self.cfg.mode, self.cfg.rounds, rng)?;
+        let bad_b = check_claim(&Claim::new(geom, batch, kp, xb, yb)?, self.cfg.mode, self.cfg.rounds, rng)?;
+        let cheater = match (bad_a.is_some(), bad_b.is_some()) {
+            (true, true) => Cheater::BothClouds,
+            (true, false) => Cheater::CloudA,
+            (false, true) => Cheater::CloudB,
+            (false, false) => Cheater::Unidentified,
+        };
+        Ok(self.rejected(round, cheater))
+    }
+
+    /// Takes `batch` pads of mode `pad` (gone even if the call fails).
+    fn take_pads(&mut self, batch: usize) -> Result<Vec<crate::pad::Pad>> {
+        match &mut self.masking {
+            Masking::Pad(Some(pool)) => pool.take(batch),
+            _ => Err(Error::PadPoolExhausted { layer: self.cfg.name.clone(), needed: batch, available: 0 }),
+        }
+    }
+
+    /// Strict mode, modes `lowrank` and `pad`: one cloud; verify, then decrypt.
+    fn strict_one(
         &mut self,
         cloud: &dyn CloudBackend,
         batch: usize,
@@ -356,23 +612,14 @@ impl PrivateConv {
     ) -> Result<Vec<i32>> {
         let start = Instant::now();
         let mut xp = vec![0u32; x.len()];
-        let secrets = match &mut self.masking {
+        let secrets = match &self.masking {
             Masking::LowRank(_) => {
                 let masks = ImageMask::generate_batch(&self.key, batch, rng);
                 encrypt_input_into(&self.key, &masks, x, &mut xp)?;
                 OneCloudSecrets::Masks(masks)
             }
-            Masking::Pad(pool) => {
-                let pads = match pool {
-                    Some(pool) => pool.take(batch)?,
-                    None => {
-                        return Err(Error::PadPoolExhausted {
-                            layer: self.cfg.name.clone(),
-                            needed: batch,
-                            available: 0,
-                        });
-                    }
-                };
+            Masking::Pad(_) => {
+                let pads = self.take_pads(batch)?;
                 encrypt_padded_into(&self.key, &pads, x, &mut xp)?;
                 OneCloudSecrets::Pads(pads)
             }
@@ -408,9 +655,8 @@ impl PrivateConv {
         Ok(y)
     }
 
-    /// Mode `two-server`: cloud A convolves `G(seed)`, cloud B `β·X[π] - G(seed)`; the client
-    /// verifies the sum, and on failure each share alone, to name the cheater.
-    fn run_two(
+    /// Strict mode, mode `two-server`: verify the sum (and on failure each share), then decrypt.
+    fn strict_two(
         &mut self,
         a: &dyn CloudBackend,
         b: &dyn CloudBackend,
@@ -426,63 +672,44 @@ impl PrivateConv {
         t.encrypt = start.elapsed();
 
         let start = Instant::now();
-        let (geom, kp, session) = (&self.geom, self.kernel_enc.data(), &self.kernel_enc);
-        let (ya, yb) = std::thread::scope(|s| {
-            let from_a = s.spawn(|| a.conv_share_session(session, batch, &seed));
-            let yb = b.conv_session(session, batch, &xb);
-            (from_a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), yb)
-        });
+        let (ya, yb) = self.both_clouds(a, b, batch, &seed, &xb);
         let (ya, yb) = (ya?, yb?);
         t.cloud = start.elapsed();
         self.check_answer(batch, &ya, Some("cloud A"))?;
         self.check_answer(batch, &yb, Some("cloud B"))?;
 
-        // Fast mode checks the two answers inside the decryption pass (their output side is
-        // contracted there, so each answer is read once); Strict mode checks, then decrypts.
         let start = Instant::now();
-        let claim = Claim::with_parts(&self.geom, batch, kp, &xp, &ya, &yb)?;
-        let mut y = vec![0i32; ya.len()];
-        let rejected = if self.cfg.mode == Mode::Fast {
-            let checks = FastRounds::draw::<M31, _>(&claim, self.cfg.rounds, rng)?;
-            t.verify = start.elapsed();
-            let start = Instant::now();
-            let verdict = decrypt_sum_verified_into(&self.key, &checks, &ya, &yb, &mut y)?;
-            t.decrypt = start.elapsed();
-            match verdict {
-                Verdict::Accepted(_) => None,
-                Verdict::Rejected { round } => Some(round),
+        let claim = Claim::with_parts(&self.geom, batch, self.kernel_enc.data(), &xp, &ya, &yb)?;
+        let verdict = verify::<M31, _>(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
+        t.verify = start.elapsed();
+        match verdict {
+            Verdict::Accepted(answer) => {
+                let start = Instant::now();
+                let mut y = vec![0i32; ya.len()];
+                decrypt_sum_into(&self.key, &answer, &mut y)?;
+                t.decrypt = start.elapsed();
+                Ok(y)
             }
-        } else {
-            let verdict = verify::<M31, _>(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
-            t.verify = start.elapsed();
-            match verdict {
-                Verdict::Accepted(answer) => {
-                    let start = Instant::now();
-                    decrypt_sum_into(&self.key, &answer, &mut y)?;
-                    t.decrypt = start.elapsed();
-                    None
-                }
-                Verdict::Rejected { round } => Some(round),
-            }
-        };
-        if let Some(round) = rejected {
-            // Re-check each share with fresh vectors (the sum is wrong, so at least one is).
-            let xa = seed.expand(x.len());
-            let bad_a = check_claim(&Claim::new(geom, batch, kp, &xa, &ya)?, self.cfg.mode, self.cfg.rounds, rng)?;
-            let bad_b = check_claim(&Claim::new(geom, batch, kp, &xb, &yb)?, self.cfg.mode, self.cfg.rounds, rng)?;
-            let cheater = match (bad_a.is_some(), bad_b.is_some()) {
-                (true, true) => Cheater::BothClouds,
-                (true, false) => Cheater::CloudA,
-                (false, true) => Cheater::CloudB,
-                (false, false) => Cheater::Unidentified,
-            };
-            return Err(self.rejected(round, cheater));
+            Verdict::Rejected { round } => Err(self.name_cheater(round, batch, &seed, &xb, &ya, &yb, rng)?),
         }
-        Ok(y)
     }
 
     fn rejected(&self, round: usize, cheater: Cheater) -> Error {
         Error::VerificationFailed { layer: self.cfg.name.clone(), mode: self.cfg.mode.name(), round, cheater }
+    }
+
+    /// The error for an answer that the fused pass found malformed: the first of `answers`
+    /// (with the cloud's name) that [`PrivateConv::check_answer`] refuses.
+    fn malformed(&self, batch: usize, answers: &[(&[u32], Option<&str>)]) -> Error {
+        answers
+            .iter()
+            .find_map(|&(y, cloud)| self.check_answer(batch, y, cloud).err())
+            .unwrap_or_else(|| Error::Internal(format!("layer `{}`: malformed answer not found", self.cfg.name)))
+    }
+
+    /// An answer of the wrong length is refused before anything reads it.
+    fn check_answer_len(&self, batch: usize, yp: &[u32], cloud: Option<&str>) -> Result<()> {
+        if yp.len() == batch * self.geom.output_image_len() { Ok(()) } else { self.check_answer(batch, yp, cloud) }
     }
 
     fn check_answer(&self, batch: usize, yp: &[u32], cloud: Option<&str>) -> Result<()> {

@@ -83,6 +83,10 @@ struct ImageTables {
 /// narrower ones as whole planes (`ρ·kh·kw` products per element, but no per-row overhead).
 const MIN_ROW_WIDTH: usize = 16;
 
+/// Elements of a plane decrypted at a time by the fused pass (outside rows): 16 KiB of
+/// integers, in L1.
+const PIECE: usize = 4096;
+
 impl ImageTables {
     fn new(g: &Conv2d, mask: &ImageMask) -> Self {
         let rho = mask.rank();
@@ -120,10 +124,10 @@ impl ImageTables {
     }
 }
 
-/// Calls `emit(range, terms)` for pieces of the plane `Mk[o,·,·]` (plain output channel `o`,
-/// elements `range` of the plane), each the linear combination `Σ_k c_k·q_k` of
-/// `terms = [(c_k, q_k)]`: whole planes `Σ KG_t[o,i,j]·B_{t,i,j}` for narrow outputs, else rows
-/// y with `c = A_t[y,i]` and `q = Q_t[i,·]`. `q` is working memory of `ρ·kh·Wo` elements.
+/// Calls `emit(y, terms)` for every output row `y` of the plane `Mk[o,·,·]` (plain output
+/// channel `o`), that row being the linear combination `Σ_k c_k·q_k` of `terms = [(c_k, q_k)]`
+/// (rows of `Wo` elements): `Σ KG_t[o,i,j]·B_{t,i,j}[y,·]` for narrow outputs, else
+/// `c = A_t[y,i]` and `q = Q_t[i,·]`. `q` is working memory of `ρ·kh·Wo` elements.
 fn mask_channel(
     g: &Conv2d,
     rho: usize,
@@ -131,19 +135,19 @@ fn mask_channel(
     tab: &ImageTables,
     o: usize,
     q: &mut [u32],
-    mut emit: impl FnMut(std::ops::Range<usize>, &[(u32, &[u32])]),
+    mut emit: impl FnMut(usize, &[(u32, &[u32])]),
 ) {
     let (kh, kw, wo) = (g.kh(), g.kw(), g.wo());
+    let mut terms: Vec<(u32, &[u32])> = Vec::with_capacity(rho * kh * kw);
     if !tab.basis.is_empty() {
-        let terms: Vec<(u32, &[u32])> = (0..rho)
-            .flat_map(|t| &mk.kg[(t * g.cout() + o) * kh * kw..][..kh * kw])
-            .zip(tab.basis.chunks_exact(g.n()))
-            .map(|(&k, plane)| (k, plane))
-            .collect();
-        emit(0..g.n(), &terms);
+        let kg: Vec<u32> = (0..rho).flat_map(|t| &mk.kg[(t * g.cout() + o) * kh * kw..][..kh * kw]).copied().collect();
+        for y in 0..g.ho() {
+            terms.clear();
+            terms.extend(kg.iter().zip(tab.basis.chunks_exact(g.n())).map(|(&k, plane)| (k, &plane[y * wo..][..wo])));
+            emit(y, &terms);
+        }
         return;
     }
-    let mut terms: Vec<(u32, &[u32])> = Vec::with_capacity(rho * kh.max(kw));
     for (t, qt) in q.chunks_exact_mut(kh * wo).enumerate() {
         let kg = &mk.kg[(t * g.cout() + o) * kh * kw..][..kh * kw];
         for (qrow, kgi) in qt.chunks_exact_mut(wo).zip(kg.chunks_exact(kw)) {
@@ -155,7 +159,7 @@ fn mask_channel(
     for (y, coefs) in tab.a.chunks_exact(rho * kh).enumerate() {
         terms.clear();
         terms.extend(coefs.iter().zip(q.chunks_exact(wo)).filter(|(c, _)| **c != 0).map(|(&c, qrow)| (c, qrow)));
-        emit(y * wo..(y + 1) * wo, &terms);
+        emit(y, &terms);
     }
 }
 
@@ -166,9 +170,10 @@ pub fn mask_conv(key: &SessionKey, mk: &MaskKernel, mask: &ImageMask) -> Vec<u32
     let tab = ImageTables::new(g, mask);
     let mut out = vec![0u32; g.output_image_len()];
     let mut q = vec![0u32; key.rank() * g.kh() * g.wo()];
+    let wo = g.wo();
     for (o, dst) in out.chunks_exact_mut(g.n()).enumerate() {
-        mask_channel(g, key.rank(), mk, &tab, o, &mut q, |range, terms| {
-            slices::combine_into(&mut dst[range], terms);
+        mask_channel(g, key.rank(), mk, &tab, o, &mut q, |y, terms| {
+            slices::combine_into(&mut dst[y * wo..][..wo], terms);
         });
     }
     out
@@ -214,8 +219,9 @@ pub fn decrypt_into(
             let op = sigma_inv[o];
             let ainv = key.alpha_inv()[op];
             let src = &y_cloud[(b * g.cout() + op) * n..][..n];
-            mask_channel(g, key.rank(), mk, &tables[b], o, q, |range, terms| {
-                slices::unmask_into(&mut dst[range.clone()], &src[range], ainv, terms);
+            let wo = g.wo();
+            mask_channel(g, key.rank(), mk, &tables[b], o, q, |y, terms| {
+                slices::unmask_into(&mut dst[y * wo..][..wo], &src[y * wo..][..wo], ainv, terms);
             });
         },
     );
@@ -331,4 +337,220 @@ pub fn decrypt_sum_verified_into<'a>(
             Ok(Verdict::Rejected { round })
         }
     }
+}
+
+/// What the client kept of one call to unmask its answer, per privacy mode.
+pub(crate) enum Unmask<'a> {
+    /// Mode `lowrank`: `Y = lift(α^-1·Y' - Mk_b)` with the image masks of the call.
+    LowRank { mk: &'a MaskKernel, masks: &'a [ImageMask] },
+    /// Mode `pad`: `Y = lift(α^-1·Y' - U_b)` with the pads of the call.
+    Pad(&'a [Pad]),
+    /// Mode `two-server`: `Y = lift(α^-1·(Y'_A + Y'_B))`; this is cloud B's answer.
+    Sum(&'a [u32]),
+}
+
+/// The outcome of [`decrypt_verified_into`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Every round accepted: the output holds the decrypted result.
+    Accepted,
+    /// Round `round` (from 1) rejected; the output was zeroed.
+    Rejected { round: usize },
+    /// An entry of an answer is not below p (its value); the output was zeroed.
+    Malformed { value: u32 },
+}
+
+/// Per-task state of the fused pass: each round's partial `L`, the largest answer entry, and
+/// working memory (one output row of integers, the `Q` rows of mode `lowrank`).
+struct PassState {
+    l: Vec<u64>,
+    max: u32,
+    ints: Vec<i32>,
+    q: Vec<u32>,
+}
+
+/// Verifies and decrypts in one pass over the answer (Fast mode), for every privacy mode: each
+/// output row is unmasked into exact integers (plus `bias[o]`, when given), contracted for every
+/// round of `checks` on the way, and handed to `epilogue(plane, range, ints, out_row)`, which
+/// writes `out[plane·Ho·Wo + range]` from them (`plane = b·Cout + o`, plain channel order). If
+/// an answer entry is not below p, or a round rejects, `out` is zeroed and the outcome says so:
+/// a rejected answer never leaves this function decrypted.
+///
+/// `y` is the answer of the cloud (cloud A's in mode `two-server`, cloud B's in `unmask`).
+///
+/// # Errors
+/// [`crate::Error::LengthMismatch`] when the answers, `out`, `bias` or the masks or pads do not
+/// match the key's geometry.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decrypt_verified_into<O, E>(
+    key: &SessionKey,
+    unmask: &Unmask<'_>,
+    y: &[u32],
+    bias: Option<&[i32]>,
+    checks: &FastRounds,
+    out: &mut [O],
+    epilogue: &E,
+) -> Result<Outcome>
+where
+    O: Copy + Default + Send,
+    E: Fn(usize, std::ops::Range<usize>, &[i32], &mut [O]) + Sync,
+{
+    let g = key.geometry();
+    let (n, wo, cout, rho) = (g.n(), g.wo(), g.cout(), key.rank());
+    let batch = y.len() / g.output_image_len().max(1);
+    Conv2d::check_len("cloud output", batch * g.output_image_len(), y.len())?;
+    Conv2d::check_len("decrypted output buffer", y.len(), out.len())?;
+    if let Some(b) = bias {
+        Conv2d::check_len("bias", cout, b.len())?;
+    }
+    let tables: Vec<ImageTables> = match unmask {
+        Unmask::LowRank { masks, .. } => {
+            check_masks(key, masks, batch)?;
+            masks.iter().map(|m| ImageTables::new(g, m)).collect()
+        }
+        Unmask::Pad(pads) => {
+            Conv2d::check_len("pads", batch, pads.len())?;
+            for p in pads.iter() {
+                Conv2d::check_len("pad mask convolution", g.output_image_len(), p.mask_conv().len())?;
+            }
+            Vec::new()
+        }
+        Unmask::Sum(b) => {
+            Conv2d::check_len("cloud B output", y.len(), b.len())?;
+            Vec::new()
+        }
+    };
+    let sigma_inv = sigma_inverse(key);
+    let rounds = checks.len();
+    // Mode lowrank on outputs at least MIN_ROW_WIDTH wide goes row by row (its mask is per row);
+    // everything else goes in pieces of up to PIECE elements of a plane, weighted in the
+    // contraction by u ⊗ v directly.
+    let by_rows = tables.first().is_some_and(|t| t.basis.is_empty());
+    let uv: Vec<Vec<u32>> = if by_rows {
+        Vec::new()
+    } else {
+        (0..rounds)
+            .map(|r| {
+                let (u, v) = checks.row_col(r);
+                u.iter().flat_map(|&uy| v.iter().map(move |&vx| M31::mul(uy, vx))).collect()
+            })
+            .collect()
+    };
+    let q_len = if by_rows { rho * g.kh() * wo } else { 0 };
+    let ints_len = if by_rows { wo } else { PIECE.min(n) };
+    let fresh = || PassState { l: vec![0u64; rounds], max: 0, ints: vec![0i32; ints_len], q: vec![0u32; q_len] };
+    let (kh, kw) = (g.kh(), g.kw());
+    // The answer is read in its own (cloud) order, which is the order it sits in memory: reading
+    // planes in plain order would jump about it and defeat the hardware prefetcher.
+    let mut planes: Vec<Option<&mut [O]>> = out.chunks_exact_mut(n).map(Some).collect();
+    let cloud_order: Vec<(usize, &mut [O])> = (0..planes.len())
+        .filter_map(|cloud_plane| {
+            let (b, op) = (cloud_plane / cout, cloud_plane % cout);
+            let plane = b * cout + key.sigma()[op];
+            planes[plane].take().map(|dst| (plane, dst))
+        })
+        .collect();
+    let state = cloud_order
+        .into_par_iter()
+        .fold(fresh, |mut st, (plane, dst)| {
+            let (b, o) = (plane / cout, plane % cout);
+            let op = sigma_inv[o];
+            let cloud_plane = b * cout + op;
+            let src = &y[cloud_plane * n..][..n];
+            let ainv = key.alpha_inv()[op];
+            let add = bias.map_or(0, |bias| bias[o]);
+            // Σ_{y,x} u_y·v_x·Y'[y, x] of this plane, per round (lazy sums of folded products).
+            let mut c = vec![0u64; rounds];
+            let PassState { max, ints, q, .. } = &mut st;
+            let mut finish = |range: std::ops::Range<usize>, ints: &mut [i32], row_max: u32| {
+                *max = (*max).max(row_max);
+                if add != 0 {
+                    ints.iter_mut().for_each(|v| *v += add);
+                }
+                epilogue(plane, range.clone(), ints, &mut dst[range]);
+            };
+            if let (true, Unmask::LowRank { mk, .. }) = (by_rows, unmask) {
+                mask_channel(g, rho, mk, &tables[b], o, q, |yy, terms| {
+                    let range = yy * wo..(yy + 1) * wo;
+                    let yrow = &src[range.clone()];
+                    let (dot, m) = slices::unmask_row(ints, yrow, ainv, terms, checks.row_col(0).1);
+                    for (r, cr) in c.iter_mut().enumerate() {
+                        let (u, v) = checks.row_col(r);
+                        let d = if r == 0 { M31::reduce(dot) } else { slices::dot(yrow, v) };
+                        *cr += M31::fold_product(u64::from(u[yy]) * u64::from(d));
+                    }
+                    finish(range, ints, m);
+                });
+            } else {
+                let kg: Vec<u32> = match unmask {
+                    Unmask::LowRank { mk, .. } => {
+                        (0..rho).flat_map(|t| &mk.kg[(t * cout + o) * kh * kw..][..kh * kw]).copied().collect()
+                    }
+                    _ => Vec::new(),
+                };
+                for start in (0..n).step_by(PIECE) {
+                    let range = start..(start + PIECE).min(n);
+                    let ints = &mut ints[..range.len()];
+                    let (ys, w0) = (&src[range.clone()], &uv[0][range.clone()]);
+                    let (dot, m) = match unmask {
+                        Unmask::Sum(yb) => {
+                            let bs = &yb[cloud_plane * n..][range.clone()];
+                            for (r, cr) in c.iter_mut().enumerate().skip(1) {
+                                let w = &uv[r][range.clone()];
+                                *cr += u64::from(M31::add(slices::dot(ys, w), slices::dot(bs, w)));
+                            }
+                            slices::unmask_sum_row(ints, ys, bs, ainv, w0)
+                        }
+                        Unmask::Pad(pads) => {
+                            let u = &pads[b].mask_conv()[o * n..][range.clone()];
+                            slices::unmask_row(ints, ys, ainv, &[(1, u)], w0)
+                        }
+                        Unmask::LowRank { .. } => {
+                            let terms: Vec<(u32, &[u32])> = kg
+                                .iter()
+                                .zip(tables[b].basis.chunks_exact(n))
+                                .map(|(&k, basis)| (k, &basis[range.clone()]))
+                                .collect();
+                            slices::unmask_row(ints, ys, ainv, &terms, w0)
+                        }
+                    };
+                    if !matches!(unmask, Unmask::Sum(_)) {
+                        for (r, cr) in c.iter_mut().enumerate().skip(1) {
+                            *cr += u64::from(slices::dot(ys, &uv[r][range.clone()]));
+                        }
+                    }
+                    c[0] += dot;
+                    finish(range, ints, m);
+                }
+            }
+            for (r, (l, cr)) in st.l.iter_mut().zip(c).enumerate() {
+                let weight = checks.plane_weight::<M31>(r, cloud_plane);
+                *l += M31::fold_product(u64::from(weight) * u64::from(M31::reduce(cr)));
+            }
+            st
+        })
+        .map(|st| (st.l, st.max))
+        .reduce(
+            || (vec![0u64; rounds], 0),
+            |(mut la, ma), (lb, mb)| {
+                // Each part is a sum of at most 2^31 folded products: no overflow in practice;
+                // reduce anyway so that any number of tasks is safe.
+                la.iter_mut().zip(lb).for_each(|(a, b)| *a = u64::from(M31::reduce(*a)) + u64::from(M31::reduce(b)));
+                (la, ma.max(mb))
+            },
+        );
+    let (l, max) = state;
+    let outcome = if max >= M31::P {
+        Outcome::Malformed { value: max }
+    } else {
+        let l: Vec<u32> = l.into_iter().map(M31::reduce).collect();
+        match checks.rejected_round(&l) {
+            None => Outcome::Accepted,
+            Some(round) => Outcome::Rejected { round },
+        }
+    };
+    if outcome != Outcome::Accepted {
+        out.fill(O::default());
+    }
+    Ok(outcome)
 }

@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use crate::field::{M31, P, PrimeField, check_canonical, slices};
+use crate::field::{M31, P, PrimeField, SmallInt, check_canonical, slices};
 use crate::geometry::Conv2d;
 use crate::keys::{ImageMask, SessionKey};
 use crate::pad::Pad;
@@ -212,6 +212,136 @@ pub fn encrypt_padded_into(key: &SessionKey, pads: &[Pad], x: &[u32], out: &mut 
         let (c, beta) = (key.pi()[cp], key.beta()[cp]);
         slices::combine_into(dst, &[(beta, &x[(b * cin + c) * hw..][..hw]), (beta, &pads[b].mask()[c * hw..][..hw])]);
     });
+    Ok(())
+}
+
+/// [`encrypt_input_into`] from small integers (`|x| <= (p-1)/2`, quantized activations) rather
+/// than field elements, with the spatial factors `a_t ⊗ c_t` of every image in caller-owned
+/// working memory `spatial` (resized as needed), so that a stream of batches allocates nothing.
+///
+/// # Errors
+/// [`Error::LengthMismatch`] (also for `out`).
+pub(crate) fn encrypt_small_into<T: SmallInt>(
+    key: &SessionKey,
+    masks: &[ImageMask],
+    x: &[T],
+    out: &mut [u32],
+    spatial: &mut Vec<u32>,
+) -> Result<()> {
+    let g = key.geometry();
+    let batch = g.batch_of_input(x.len())?;
+    check_masks(key, masks, batch)?;
+    Conv2d::check_len("encrypted input buffer", x.len(), out.len())?;
+    let (cin, hw, rho) = (g.cin(), g.h() * g.w(), key.rank());
+    spatial.resize(batch * rho * hw, 0);
+    spatial.par_chunks_exact_mut(hw).enumerate().for_each(|(bt, plane)| {
+        let (mask, t) = (&masks[bt / rho], bt % rho);
+        for (row, &a) in plane.chunks_exact_mut(g.w()).zip(mask.row_factor(t)) {
+            slices::combine_into(row, &[(a, mask.col_factor(t))]);
+        }
+    });
+    let spatial = &spatial[..];
+    out.par_chunks_exact_mut(hw).enumerate().for_each_init(
+        || Vec::with_capacity(rho),
+        |terms: &mut Vec<(u32, &[u32])>, (idx, dst)| {
+            let (b, cp) = (idx / cin, idx % cin);
+            let (c, beta) = (key.pi()[cp], key.beta()[cp]);
+            terms.clear();
+            terms.extend(
+                (0..rho).map(|t| (M31::mul(beta, key.channel_factor(t)[c]), &spatial[(b * rho + t) * hw..][..hw])),
+            );
+            slices::encrypt_small_into(dst, beta, &x[(b * cin + c) * hw..][..hw], terms);
+        },
+    );
+    Ok(())
+}
+
+/// [`encrypt_padded_into`] from small integers (`|x| <= (p-1)/2`).
+///
+/// # Errors
+/// [`Error::LengthMismatch`] (also for `out` and the pads).
+pub(crate) fn encrypt_padded_small_into<T: SmallInt>(
+    key: &SessionKey,
+    pads: &[Pad],
+    x: &[T],
+    out: &mut [u32],
+) -> Result<()> {
+    let g = key.geometry();
+    let batch = g.batch_of_input(x.len())?;
+    Conv2d::check_len("pads", batch, pads.len())?;
+    for p in pads {
+        Conv2d::check_len("pad mask", g.image_len(), p.mask().len())?;
+    }
+    Conv2d::check_len("encrypted input buffer", x.len(), out.len())?;
+    let (cin, hw) = (g.cin(), g.h() * g.w());
+    out.par_chunks_exact_mut(hw).enumerate().for_each(|(idx, dst)| {
+        let (b, cp) = (idx / cin, idx % cin);
+        let (c, beta) = (key.pi()[cp], key.beta()[cp]);
+        slices::encrypt_small_into(
+            dst,
+            beta,
+            &x[(b * cin + c) * hw..][..hw],
+            &[(beta, &pads[b].mask()[c * hw..][..hw])],
+        );
+    });
+    Ok(())
+}
+
+/// Mode `two-server` from small integers (`|x| <= (p-1)/2`): writes cloud B's share
+/// `X'_B = β·x[π] - G(seed)` into `share_b`, with cloud A's share generated block by block and
+/// consumed at once, and `X' = β·x[π]` never written (verification reads `x` itself, see
+/// [`crate::verify::FastRounds`]). A rejected word of the key stream (probability 2^-31 per
+/// element) sends the whole share down the exact sequential path, as [`encrypt_shares_into`].
+///
+/// # Errors
+/// [`Error::LengthMismatch`] (also for `share_b`).
+pub(crate) fn split_share_small_into<T: SmallInt>(
+    key: &SessionKey,
+    seed: &ShareSeed,
+    x: &[T],
+    share_b: &mut [u32],
+) -> Result<()> {
+    split_share_small_masked(key, seed, x, share_b, P)
+}
+
+/// [`split_share_small_into`] for a share generator that cuts words to `mask` (tests).
+fn split_share_small_masked<T: SmallInt>(
+    key: &SessionKey,
+    seed: &ShareSeed,
+    x: &[T],
+    share_b: &mut [u32],
+    mask: u32,
+) -> Result<()> {
+    let g = key.geometry();
+    g.batch_of_input(x.len())?;
+    Conv2d::check_len("share buffer", x.len(), share_b.len())?;
+    let (cin, hw) = (g.cin(), g.h() * g.w());
+    let plane = |idx: usize| &x[(idx / cin * cin + key.pi()[idx % cin]) * hw..][..hw];
+    let rejected = share_b
+        .par_chunks_exact_mut(hw)
+        .enumerate()
+        .map_init(
+            || vec![0u32; SHARE_BLOCK.min(hw)],
+            |block, (idx, xb)| {
+                let mut stream = share::stream_at(seed.as_bytes(), idx * hw);
+                let beta = key.beta()[idx % cin];
+                for (xb, src) in xb.chunks_mut(SHARE_BLOCK).zip(plane(idx).chunks(SHARE_BLOCK)) {
+                    let a = &mut block[..src.len()];
+                    if share::fill_masked(&mut stream, a, mask) {
+                        return true;
+                    }
+                    slices::scale_sub_small(xb, beta, src, a);
+                }
+                false
+            },
+        )
+        .reduce(|| false, |a, b| a | b);
+    if rejected {
+        let a = share::reference_masked(seed.as_bytes(), x.len(), mask);
+        share_b.par_chunks_exact_mut(hw).enumerate().for_each(|(idx, xb)| {
+            slices::scale_sub_small(xb, key.beta()[idx % cin], plane(idx), &a[idx * hw..][..hw]);
+        });
+    }
     Ok(())
 }
 

@@ -10,8 +10,9 @@
 use rand::Rng;
 use rayon::prelude::*;
 
-use crate::field::PrimeField;
+use crate::field::{M31, PrimeField, SmallInt, slices};
 use crate::geometry::Conv2d;
+use crate::keys::{ImageMask, SessionKey};
 use crate::{Error, Result};
 
 /// Which verification test to run.
@@ -262,19 +263,10 @@ fn fast_round<F: PrimeField, R: Rng>(claim: &Claim<'_>, rng: &mut R) -> bool {
     l == fast_input_side::<F>(claim, &vecs)
 }
 
-/// `V` of a Fast round: everything but `Y'`.
-fn fast_input_side<F: PrimeField>(claim: &Claim<'_>, vecs: &FastVectors) -> u32 {
-    let (g, batch, kp, xp) = (claim.geom, claim.batch, claim.kernel, claim.input);
-    let (s, w, u, v) = (&vecs.s, &vecs.w, &vecs.u, &vecs.v);
-    let (taps, hw) = (g.kh() * g.kw(), g.h() * g.w());
-    let (kh, kw) = (g.kh(), g.kw());
-    let img = g.image_len();
-
-    let ks = kernel_fold::<F>(g, kp, s);
-
-    // v spread onto input columns, one row per tap column j: vj[j, col] = v[x] where
-    // col = x·sw + j·dw - pl (zero where no x lands), so that Z is a dot product per row.
-    let mut vj = vec![0u32; kw * g.w()];
+/// `v` spread onto input columns, one row per tap column j: `vj[j, col] = v[x]` where
+/// `col = x·sw + j·dw - pl` (zero where no x lands), so that `Z` is a dot product per row.
+fn column_weights(g: &Conv2d, v: &[u32]) -> Vec<u32> {
+    let mut vj = vec![0u32; g.kw() * g.w()];
     for (j, row) in vj.chunks_exact_mut(g.w()).enumerate() {
         for (x, &vx) in v.iter().enumerate() {
             if let Some(col) = g.in_col(x, j) {
@@ -282,17 +274,46 @@ fn fast_input_side<F: PrimeField>(claim: &Claim<'_>, vecs: &FastVectors) -> u32 
             }
         }
     }
+    vj
+}
 
+/// `Σ_{i,j} k[i,j]·T[i,j]` for one (batch-folded) input plane: `Z[h,j] = Σ_x v_x plane[h, x·sw +
+/// j·dw - pl]` on the H real rows (through `vj`, [`column_weights`]), then `T[i,j] = Σ_y u_y
+/// Z[y·sh + i·dh - pt, j]`. `z` is working memory of `H·kw` elements.
+fn plane_term<F: PrimeField>(g: &Conv2d, plane: &[u32], vj: &[u32], u: &[u32], k: &[u32], z: &mut [u32]) -> u32 {
+    let kw = g.kw();
+    for (zrow, xrow) in z.chunks_exact_mut(kw).zip(plane.chunks_exact(g.w())) {
+        for (zv, vrow) in zrow.iter_mut().zip(vj.chunks_exact(g.w())) {
+            *zv = F::dot(xrow, vrow);
+        }
+    }
+    let mut acc = 0u64;
+    for i in 0..g.kh() {
+        for j in 0..kw {
+            let t = F::reduce((0..g.ho()).fold(0u64, |acc, y| match g.in_row(y, i) {
+                Some(r) => acc + F::fold_product(u64::from(u[y]) * u64::from(z[r * kw + j])),
+                None => acc,
+            }));
+            acc += F::fold_product(u64::from(k[i * kw + j]) * u64::from(t));
+        }
+    }
+    F::reduce(acc)
+}
+
+/// `V` of a Fast round: everything but `Y'`.
+fn fast_input_side<F: PrimeField>(claim: &Claim<'_>, vecs: &FastVectors) -> u32 {
+    let (g, batch, kp, xp) = (claim.geom, claim.batch, claim.kernel, claim.input);
+    let (w, taps, hw, img) = (&vecs.w, g.kh() * g.kw(), g.h() * g.w(), g.image_len());
+    let ks = kernel_fold::<F>(g, kp, &vecs.s);
+    let vj = column_weights(g, &vecs.v);
     // Per cloud input channel: X~[c'] = Σ_b w_b X'_b[c'] (a batch of one is used as it is, and
-    // w_0 applied to the total instead: the map is linear), Z[h,j] = Σ_x v_x X~[c', h, x·sw +
-    // j·dw - pl] on the H real rows, T[i,j] = Σ_y u_y Z[y·sh + i·dh - pt, j], then
-    // Σ_{i,j} k_s[c',i,j]·T[i,j].
+    // w_0 applied to the total instead: the map is linear), then its term of V.
     let per_channel: Vec<u32> = (0..g.cin())
         .into_par_iter()
         .map_init(
             || {
                 let fold_len = if batch > 1 { hw } else { 0 };
-                (vec![0u32; g.h() * kw], vec![0u32; fold_len], vec![0u64; fold_len])
+                (vec![0u32; g.h() * g.kw()], vec![0u32; fold_len], vec![0u64; fold_len])
             },
             |(z, folded, wide), cp| {
                 let plane = if batch > 1 {
@@ -305,27 +326,96 @@ fn fast_input_side<F: PrimeField>(claim: &Claim<'_>, vecs: &FastVectors) -> u32 
                 } else {
                     &xp[cp * hw..][..hw]
                 };
-                for (zrow, xrow) in z.chunks_exact_mut(kw).zip(plane.chunks_exact(g.w())) {
-                    for (zv, vrow) in zrow.iter_mut().zip(vj.chunks_exact(g.w())) {
-                        *zv = F::dot(xrow, vrow);
-                    }
-                }
-                let mut acc = 0u64;
-                for i in 0..kh {
-                    for j in 0..kw {
-                        let t = F::reduce((0..g.ho()).fold(0u64, |acc, y| match g.in_row(y, i) {
-                            Some(r) => acc + F::fold_product(u64::from(u[y]) * u64::from(z[r * kw + j])),
-                            None => acc,
-                        }));
-                        acc += F::fold_product(u64::from(ks[cp * taps + i * kw + j]) * u64::from(t));
-                    }
-                }
-                F::reduce(acc)
+                plane_term::<F>(g, plane, &vj, &vecs.u, &ks[cp * taps..][..taps], z)
             },
         )
         .collect();
     let vv = F::reduce(per_channel.iter().map(|&x| u64::from(x)).sum());
     if batch > 1 { vv } else { F::mul(vv, w[0]) }
+}
+
+/// `V` of a Fast round computed from the plain input rather than from `X'`, which the client
+/// built as `X'[b,c'] = β[c']·(x[b,π(c')] + R_b[π(c')])` with `R_b` the rank-ρ mask of `masks[b]`
+/// (mode `lowrank`) or zero (`masks` empty: mode `two-server`, where `X' = β·x[π]` is the sum
+/// of the two shares). The map is linear, so this is the same field element as
+/// [`fast_input_side`] on `X'`; it reads the small integers `x` instead of `X'`, and the mask
+/// contributes through its factors alone:
+/// `T(R)[c,i,j] = Σ_t g_t[c]·Σ_b w_b·(Σ_y u_y a_{b,t}[y·sh+i·dh-pt])·(Σ_x v_x c_{b,t}[x·sw+j·dw-pl])`.
+fn fast_input_side_plain<T: SmallInt>(
+    key: &SessionKey,
+    kp: &[u32],
+    x: &[T],
+    bound: u32,
+    masks: &[ImageMask],
+    vecs: &FastVectors,
+) -> u32 {
+    type F = M31;
+    let g = key.geometry();
+    let (w, u, v) = (&vecs.w, &vecs.u, &vecs.v);
+    let (kh, kw, taps, hw, img) = (g.kh(), g.kw(), g.kh() * g.kw(), g.h() * g.w(), g.image_len());
+    let batch = w.len();
+    let ks = kernel_fold::<F>(g, kp, &vecs.s);
+    let vj = column_weights(g, v);
+    // The mask's part: M_t[i,j] = Σ_b w_b·Au_{b,t}[i]·Cv_{b,t}[j], for t = 1..ρ.
+    let rho = if masks.is_empty() { 0 } else { key.rank() };
+    let mut m = vec![0u32; rho * taps];
+    for (mask, &wb) in masks.iter().zip(w) {
+        for (t, mt) in m.chunks_exact_mut(taps).enumerate() {
+            let (a, c) = (mask.row_factor(t), mask.col_factor(t));
+            let au: Vec<u32> = (0..kh)
+                .map(|i| {
+                    F::reduce(
+                        (0..g.ho())
+                            .filter_map(|y| Some(u64::from(u[y]) * u64::from(a[g.in_row(y, i)?])))
+                            .map(F::fold_product)
+                            .sum(),
+                    )
+                })
+                .collect();
+            let cv: Vec<u32> = (0..kw)
+                .map(|j| {
+                    F::reduce(
+                        (0..g.wo())
+                            .filter_map(|x| Some(u64::from(v[x]) * u64::from(c[g.in_col(x, j)?])))
+                            .map(F::fold_product)
+                            .sum(),
+                    )
+                })
+                .collect();
+            for (ij, mv) in mt.iter_mut().enumerate() {
+                *mv = F::add(*mv, F::mul(wb, F::mul(au[ij / kw], cv[ij % kw])));
+            }
+        }
+    }
+    // Images whose products w_b·x can be summed exactly in an i64 before reducing.
+    let per_sum = ((1u64 << 62) / (1u64 << 31) / u64::from(bound.max(1))).max(1) as usize;
+    let per_channel: Vec<u32> = (0..g.cin())
+        .into_par_iter()
+        .map_init(
+            || (vec![0u32; g.h() * kw], vec![0u32; hw], vec![0u32; hw], vec![0i64; hw]),
+            |(z, folded, part, wide), cp| {
+                let c = key.pi()[cp];
+                folded.fill(0);
+                for (first, ws) in w.chunks(per_sum).enumerate() {
+                    wide.fill(0);
+                    for (k, &wb) in ws.iter().enumerate() {
+                        let b = first * per_sum + k;
+                        slices::fold_small(wide, wb, &x[b * img + c * hw..][..hw]);
+                    }
+                    slices::reduce_signed_into(part, wide);
+                    folded.iter_mut().zip(part.iter()).for_each(|(f, &p)| *f = F::add(*f, p));
+                }
+                let ksc = &ks[cp * taps..][..taps];
+                let mut t = plane_term::<F>(g, folded, &vj, u, ksc, z);
+                for (tt, mt) in m.chunks_exact(taps).enumerate() {
+                    t = F::add(t, F::mul(key.channel_factor(tt)[c], F::dot(ksc, mt)));
+                }
+                F::mul(key.beta()[cp], t)
+            },
+        )
+        .collect();
+    debug_assert_eq!(batch, x.len() / img.max(1));
+    F::reduce(per_channel.iter().map(|&x| u64::from(x)).sum())
 }
 
 /// Fast-mode rounds whose output side is evaluated by the caller, one output plane at a time,
@@ -354,6 +444,61 @@ impl FastRounds {
             })
             .collect();
         Ok(Self { rounds })
+    }
+
+    /// [`FastRounds::draw`] for a batch whose `X'` the client built from the plain input `x`
+    /// (`batch × Cin × H × W` small integers with `|x| <= bound`): `β·(x + R)[π]` with the
+    /// rank-ρ masks `masks` (mode `lowrank`, one per image), or `β·x[π]` (`masks` empty: mode
+    /// `two-server`, where `X'` is the sum of the shares). `V` is the same field element as
+    /// from `X'`, computed from `x` and the masks' factors, so `X'` need not be read again (nor,
+    /// in mode `two-server`, ever written). `kernel` is `K'`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRounds`] for zero rounds; [`Error::LengthMismatch`] when `x`, `kernel`
+    /// or `masks` do not fit the key's geometry.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn draw_plain<T: SmallInt, R: Rng>(
+        key: &SessionKey,
+        kernel: &[u32],
+        x: &[T],
+        bound: u32,
+        masks: &[ImageMask],
+        rounds: usize,
+        rng: &mut R,
+    ) -> Result<Self> {
+        if rounds == 0 {
+            return Err(Error::InvalidRounds);
+        }
+        let g = key.geometry();
+        let batch = g.batch_of_input(x.len())?;
+        Conv2d::check_len("encrypted kernel", g.kernel_len(), kernel.len())?;
+        if !masks.is_empty() {
+            crate::encrypt::check_masks(key, masks, batch)?;
+        }
+        let rounds = (0..rounds)
+            .map(|_| {
+                let vecs = FastVectors::draw::<M31, R>(g, batch, rng);
+                let v = fast_input_side_plain(key, kernel, x, bound, masks, &vecs);
+                (vecs, v)
+            })
+            .collect();
+        Ok(Self { rounds })
+    }
+
+    /// The number of rounds.
+    pub(crate) fn len(&self) -> usize {
+        self.rounds.len()
+    }
+
+    /// Round `r`'s row and column vectors `(u, v)`.
+    pub(crate) fn row_col(&self, r: usize) -> (&[u32], &[u32]) {
+        let vecs = &self.rounds[r].0;
+        (&vecs.u, &vecs.v)
+    }
+
+    /// Round `r`'s weight `w_b·s_o'` of the flat cloud plane index `plane = b·Cout + o'`.
+    pub(crate) fn plane_weight<F: PrimeField>(&self, r: usize, plane: usize) -> u32 {
+        self.rounds[r].0.weight::<F>(plane)
     }
 
     /// Each round's share of `L` from output plane `plane` (`b·Cout + o'`), whose two parts are

@@ -30,7 +30,7 @@ use vericonv::keys::{KeyRng, seeded_rng};
 use vericonv::privacy::Privacy;
 use vericonv::{Error, Result};
 use vericonv_model::data::Dataset;
-use vericonv_model::quant::{IntegerExecutor, PlainExecutor, QuantLayer, QuantModel};
+use vericonv_model::quant::{Epilogue, IntegerExecutor, PlainExecutor, QuantInput, QuantLayer, QuantModel};
 
 /// Settings of [`attack_model`].
 #[derive(Clone, Debug)]
@@ -177,11 +177,18 @@ struct Capture {
 }
 
 impl IntegerExecutor for Capture {
-    fn run(&mut self, layer: &QuantLayer, x: &[i32], batch: usize) -> Result<Vec<i32>> {
+    fn run(
+        &mut self,
+        layer: &QuantLayer,
+        x: QuantInput<'_>,
+        batch: usize,
+        epilogue: &Epilogue<'_>,
+        out: &mut [f32],
+    ) -> Result<()> {
         if !layer.is_linear {
-            self.inputs[layer.node].extend_from_slice(x);
+            self.inputs[layer.node].extend(x.to_i32());
         }
-        PlainExecutor.run(layer, x, batch)
+        PlainExecutor.run(layer, x, batch, epilogue, out)
     }
 }
 
@@ -241,7 +248,7 @@ pub fn attack_model(
             }
             let clouds = if opts.privacy == Privacy::TwoServer { Clouds::Two(&a, &b) } else { Clouds::One(&a) };
             let (y, _) = private.run(clouds, chunk, &mut client_rng)?;
-            if y != PlainExecutor.run(layer, chunk, images)? {
+            if y != layer.compute(chunk, images) {
                 return Err(Error::Internal(format!("layer `{}`: the private run is not exact", layer.name)));
             }
         }

@@ -7,6 +7,8 @@
 
 use rand::{Rng, RngExt};
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod slices;
 
 /// The production modulus, the Mersenne prime p = 2^31 - 1.
@@ -124,6 +126,75 @@ pub trait PrimeField: Copy + Send + Sync + std::fmt::Debug + 'static {
     #[inline]
     fn reduce_into(out: &mut [u32], acc: &[u64]) {
         reference::reduce_into::<Self>(out, acc);
+    }
+}
+
+/// Small signed integers that the client encrypts as they are, without a copy into field
+/// elements: quantized activations (`i8`, `i16`) and plain integers (`i32`). A value `v` with
+/// `|v| <= (p-1)/2` embeds as `v mod p` ([`PrimeField::embed`]).
+pub trait SmallInt: Copy + Send + Sync + sealed::Sealed + 'static {
+    /// The value.
+    fn get(self) -> i32;
+}
+
+mod sealed {
+    /// What the AVX-512F kernels need of a [`super::SmallInt`]: sixteen values at once.
+    pub trait Sealed: Sized {
+        /// `src[..16]`, sign-extended to sixteen 32-bit lanes.
+        ///
+        /// # Safety
+        /// The CPU has AVX-512F.
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn load16(src: &[Self; 16]) -> core::arch::x86_64::__m512i;
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    use core::arch::x86_64::*;
+
+    impl Sealed for i8 {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load16(src: &[Self; 16]) -> __m512i {
+            // SAFETY: 16 bytes are read from a 16-byte array.
+            unsafe { _mm512_cvtepi8_epi32(_mm_loadu_si128(src.as_ptr().cast())) }
+        }
+    }
+    impl Sealed for i16 {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load16(src: &[Self; 16]) -> __m512i {
+            // SAFETY: 32 bytes are read from a 32-byte array.
+            unsafe { _mm512_cvtepi16_epi32(_mm256_loadu_si256(src.as_ptr().cast())) }
+        }
+    }
+    impl Sealed for i32 {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load16(src: &[Self; 16]) -> __m512i {
+            // SAFETY: 64 bytes are read from a 64-byte array.
+            unsafe { _mm512_loadu_si512(src.as_ptr().cast()) }
+        }
+    }
+}
+
+impl SmallInt for i8 {
+    #[inline(always)]
+    fn get(self) -> i32 {
+        i32::from(self)
+    }
+}
+
+impl SmallInt for i16 {
+    #[inline(always)]
+    fn get(self) -> i32 {
+        i32::from(self)
+    }
+}
+
+impl SmallInt for i32 {
+    #[inline(always)]
+    fn get(self) -> i32 {
+        self
     }
 }
 
@@ -386,6 +457,113 @@ mod tests {
                     assert_eq!(u1, u2, "unmask_into, n = {n}, c = {c}, {count} terms");
                 }
             }
+        }
+    }
+
+    /// Small signed integers with the edges of their range mixed in.
+    fn small<T: SmallInt>(rng: &mut ChaCha20Rng, n: usize, bound: i32, to: impl Fn(i32) -> T) -> Vec<T> {
+        (0..n)
+            .map(|i| to(if i % 5 == 2 { [bound, -bound, 0][i % 3] } else { rng.random_range(-bound..=bound) }))
+            .collect()
+    }
+
+    /// The kernels of the client's hot path (each with its AVX-512F version where the CPU has
+    /// it, and the portable one) against scalar definitions written with [`M31`]'s operations.
+    #[test]
+    fn hot_path_kernels_match_their_scalar_definitions_bit_for_bit() {
+        let seed = 0x5eed_0003;
+        println!("seed = {seed:#x}");
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let lift = |u: u32| M31::lift(u) as i32;
+        for n in [0, 1, 7, 15, 16, 17, 33, 100, 1001] {
+            let (y, b, v) = (elements(&mut rng, n), elements(&mut rng, n), elements(&mut rng, n));
+            let rows: Vec<Vec<u32>> = (0..9).map(|_| elements(&mut rng, n)).collect();
+            let x8 = small(&mut rng, n, 127, |v| v as i8);
+            let x16 = small(&mut rng, n, 32767, |v| v as i16);
+            let x32 = small(&mut rng, n, M31::HALF as i32, |v| v);
+            for c in [0, 1, P - 1, M31::random(&mut rng)] {
+                for count in [0, 1, 3, 4, 5, 9] {
+                    let terms: Vec<(u32, &[u32])> = rows[..count]
+                        .iter()
+                        .enumerate()
+                        .map(|(k, r)| (M31::mul(c, k as u32 + 2), r.as_slice()))
+                        .collect();
+                    let mask: Vec<u32> = (0..n)
+                        .map(|i| terms.iter().fold(0, |acc, &(ck, xk)| M31::add(acc, M31::mul(ck, xk[i]))))
+                        .collect();
+                    // Encryption from small integers, three widths.
+                    let want = |x: &dyn Fn(usize) -> i32| -> Vec<u32> {
+                        (0..n)
+                            .map(|i| M31::add(M31::mul(c, M31::embed(i64::from(x(i))).expect("small")), mask[i]))
+                            .collect()
+                    };
+                    let (w8, w16, w32) = (want(&|i| i32::from(x8[i])), want(&|i| i32::from(x16[i])), want(&|i| x32[i]));
+                    let mut o = vec![0u32; n];
+                    slices::encrypt_small_into(&mut o, c, &x8, &terms);
+                    assert_eq!(o, w8, "encrypt_small_into i8, n = {n}, {count} terms");
+                    slices::encrypt_small_into_portable(&mut o, c, &x8, &terms);
+                    assert_eq!(o, w8, "portable encrypt_small_into i8, n = {n}, {count} terms");
+                    slices::encrypt_small_into(&mut o, c, &x16, &terms);
+                    assert_eq!(o, w16, "encrypt_small_into i16, n = {n}");
+                    slices::encrypt_small_into(&mut o, c, &x32, &terms);
+                    assert_eq!(o, w32, "encrypt_small_into i32, n = {n}");
+                    slices::combine_into_portable(&mut o, &terms);
+                    assert_eq!(o, mask, "portable combine_into, n = {n}, {count} terms");
+                    // A decryption row fused with the output side of verification.
+                    let want_out: Vec<i32> = (0..n).map(|i| lift(M31::sub(M31::mul(c, y[i]), mask[i]))).collect();
+                    let want_dot = reference::dot::<M31>(&y, &v);
+                    let want_max = y.iter().copied().max().unwrap_or(0);
+                    for portable in [false, true] {
+                        let mut out = vec![0i32; n];
+                        let (dot, max) = if portable {
+                            slices::unmask_row_portable(&mut out, &y, c, &terms, &v)
+                        } else {
+                            slices::unmask_row(&mut out, &y, c, &terms, &v)
+                        };
+                        assert_eq!(out, want_out, "unmask_row (portable: {portable}), n = {n}, {count} terms");
+                        assert_eq!((M31::reduce(dot), max), (want_dot, want_max), "unmask_row dot and max");
+                    }
+                }
+                // Mode two-server's row.
+                let sum: Vec<u32> = y.iter().zip(&b).map(|(&p, &q)| M31::add(p, q)).collect();
+                let want_out: Vec<i32> = sum.iter().map(|&s| lift(M31::mul(c, s))).collect();
+                let want = (reference::dot::<M31>(&sum, &v), y.iter().chain(&b).copied().max().unwrap_or(0));
+                for portable in [false, true] {
+                    let mut out = vec![0i32; n];
+                    let (dot, max) = if portable {
+                        slices::unmask_sum_row_portable(&mut out, &y, &b, c, &v)
+                    } else {
+                        slices::unmask_sum_row(&mut out, &y, &b, c, &v)
+                    };
+                    assert_eq!(out, want_out, "unmask_sum_row (portable: {portable}), n = {n}");
+                    assert_eq!((M31::reduce(dot), max), want, "unmask_sum_row dot and max");
+                }
+                // Cloud B's share from small integers.
+                let want: Vec<u32> =
+                    (0..n).map(|i| M31::sub(M31::mul(c, M31::embed(i64::from(x8[i])).expect("small")), b[i])).collect();
+                let mut o = vec![0u32; n];
+                slices::scale_sub_small(&mut o, c, &x8, &b);
+                assert_eq!(o, want, "scale_sub_small, n = {n}");
+                slices::scale_sub_small_portable(&mut o, c, &x8, &b);
+                assert_eq!(o, want, "portable scale_sub_small, n = {n}");
+                // The batch fold of verification's input side, and its reduction.
+                let mut acc = vec![0i64; n];
+                slices::fold_small(&mut acc, c, &x16);
+                slices::fold_small(&mut acc, P - 1 - c, &x32);
+                let mut folded = vec![0u32; n];
+                slices::reduce_signed_into(&mut folded, &acc);
+                let want: Vec<u32> = (0..n)
+                    .map(|i| {
+                        let e = |v: i32| M31::embed(i64::from(v)).expect("small");
+                        M31::add(M31::mul(c, e(i32::from(x16[i]))), M31::mul(P - 1 - c, e(x32[i])))
+                    })
+                    .collect();
+                assert_eq!(folded, want, "fold_small + reduce_signed_into, n = {n}");
+            }
+            assert_eq!(slices::dot(&y, &v), reference::dot::<M31>(&y, &v), "dot, n = {n}");
+            assert_eq!(slices::dot_portable(&y, &v), reference::dot::<M31>(&y, &v), "portable dot, n = {n}");
+            let want = x16.iter().map(|v| v.unsigned_abs() as u32).max().unwrap_or(0);
+            assert_eq!(slices::max_abs_small(&x16), want, "max_abs_small, n = {n}");
         }
     }
 

@@ -7,14 +7,35 @@
 //! and the Mersenne reduction is shifts, masks and adds, so the whole kernel stays in vector
 //! registers.
 //!
+//! The hottest kernels (the fused linear combinations, encryption from small integers, the
+//! decryption rows) also have hand-written AVX-512F versions, used when the CPU has it: a
+//! 32×32→64-bit product per lane on sixteen lanes at once, lazily folded. The portable versions
+//! stay the definition they are tested against.
+//!
 //! The generic scalar implementations in [`super::reference`] are the specification: tests check
 //! that every kernel here matches them bit for bit.
 
 use multiversion::multiversion;
 
-use super::P;
+#[cfg(target_arch = "x86_64")]
+use super::avx512;
+
+use super::{P, SmallInt};
 
 const P64: u64 = P as u64;
+
+/// Whether the AVX-512F kernels can run (the standard library caches the answer).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+/// Whether every term row holds at least `n` elements (the AVX-512F kernels read that many).
+#[cfg(target_arch = "x86_64")]
+fn terms_cover(terms: &[(u32, &[u32])], n: usize) -> bool {
+    terms.iter().all(|(_, x)| x.len() >= n)
+}
 
 /// `x mod 2^31 + x / 2^31`: below 2^32 for a product of two elements (below 2^62).
 #[inline(always)]
@@ -30,15 +51,26 @@ fn reduce(x: u64) -> u32 {
 }
 
 /// `Σ a[i]·b[i] mod p` over the common length.
-#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
 pub fn dot(a: &[u32], b: &[u32]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        let n = a.len().min(b.len());
+        // SAFETY: the CPU has AVX-512F; both slices hold `n` elements.
+        return reduce(unsafe { avx512::dot_max(&a[..n], &b[..n]) }.0);
+    }
+    dot_portable(a, b)
+}
+
+/// [`dot`] without the AVX-512F kernel.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub(crate) fn dot_portable(a: &[u32], b: &[u32]) -> u32 {
     // Each folded product is below 2^32, so 2^32 of them fit in the u64 sum.
     reduce(a.iter().zip(b).fold(0u64, |acc, (&x, &y)| acc + fold(u64::from(x) * u64::from(y))))
 }
 
 /// `acc[i] += fold(c·x[i])`: lazy accumulation; `acc` must stay below 2^64, which allows 2^32
 /// calls on a zeroed accumulator.
-#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2", "aarch64+neon"))]
 pub fn mul_acc(acc: &mut [u64], c: u32, x: &[u32]) {
     let c = u64::from(c);
     for (a, &v) in acc.iter_mut().zip(x) {
@@ -47,7 +79,7 @@ pub fn mul_acc(acc: &mut [u64], c: u32, x: &[u32]) {
 }
 
 /// `out[i] = acc[i] mod p`.
-#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2", "aarch64+neon"))]
 pub fn reduce_into(out: &mut [u32], acc: &[u64]) {
     for (o, &a) in out.iter_mut().zip(acc) {
         *o = reduce(a);
@@ -64,14 +96,14 @@ pub fn scale_mul_assign(x: &mut [u32], c: u32, b: &[u32]) {
 }
 
 /// The largest entry (0 for an empty slice): how every input is checked to be canonical.
-#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2", "aarch64+neon"))]
 pub fn max(v: &[u32]) -> u32 {
     v.iter().fold(0, |m, &x| m.max(x))
 }
 
 /// Cuts every entry to `mask` in place and returns the largest result: the share generator's
 /// words, of which the value `mask` is rejected.
-#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2", "aarch64+neon"))]
 pub fn mask_max(v: &mut [u32], mask: u32) -> u32 {
     v.iter_mut().fold(0, |m, x| {
         *x &= mask;
@@ -122,8 +154,18 @@ fn accumulate(acc: &mut [u64], terms: &[(u32, &[u32])], start: usize) {
 /// A fused linear combination: `out[i] = Σ_k c_k·x_k[i] mod p` for `terms = [(c_k, x_k)]`, in
 /// one pass over `out` (at most 2^32 terms; a term shorter than `out` contributes over its
 /// length only).
-#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
 pub fn combine_into(out: &mut [u32], terms: &[(u32, &[u32])]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() && terms_cover(terms, out.len()) {
+        // SAFETY: the CPU has AVX-512F; every term holds `out.len()` elements.
+        return unsafe { avx512::combine_into(out, terms) };
+    }
+    combine_into_portable(out, terms);
+}
+
+/// [`combine_into`] without the AVX-512F kernel.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub(crate) fn combine_into_portable(out: &mut [u32], terms: &[(u32, &[u32])]) {
     let mut acc = [0u64; BLOCK];
     for (blk, o) in out.chunks_mut(BLOCK).enumerate() {
         let acc = &mut acc[..o.len()];
@@ -153,4 +195,161 @@ pub fn unmask_into(out: &mut [i32], y: &[u32], c: u32, terms: &[(u32, &[u32])]) 
             *o = d.wrapping_sub(neg) as i32;
         }
     }
+}
+
+/// `v mod p` for a signed `v` with `|v| <= (p-1)/2`, without branches.
+#[inline(always)]
+fn embed(v: i32) -> u32 {
+    (v + ((v >> 31) & P as i32)) as u32
+}
+
+/// The largest magnitude `|x[i]|` (0 for an empty slice): how small-integer inputs are checked
+/// against their bound.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2", "aarch64+neon"))]
+pub fn max_abs_small<T: SmallInt>(x: &[T]) -> u32 {
+    x.iter().fold(0u32, |m, &v| m.max(v.get().unsigned_abs()))
+}
+
+/// Encryption of one plane from small integers, fused: `out[i] = c·x[i] + Σ_k c_k·x_k[i] mod p`
+/// for `|x[i]| <= (p-1)/2` (embedded as `x[i] mod p`) and `terms = [(c_k, x_k)]` (the mask
+/// rows, or a pad). `x` and the `x_k` have `out.len()` entries.
+pub fn encrypt_small_into<T: SmallInt>(out: &mut [u32], c: u32, x: &[T], terms: &[(u32, &[u32])]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() && x.len() >= out.len() && terms_cover(terms, out.len()) {
+        // SAFETY: the CPU has AVX-512F; `x` and every term hold `out.len()` elements.
+        return unsafe { avx512::encrypt_small_into(out, c, x, terms) };
+    }
+    encrypt_small_into_portable(out, c, x, terms);
+}
+
+/// [`encrypt_small_into`] without the AVX-512F kernel.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub(crate) fn encrypt_small_into_portable<T: SmallInt>(out: &mut [u32], c: u32, x: &[T], terms: &[(u32, &[u32])]) {
+    let mut acc = [0u64; BLOCK];
+    let c = u64::from(c);
+    for (blk, (o, xb)) in out.chunks_mut(BLOCK).zip(x.chunks(BLOCK)).enumerate() {
+        let acc = &mut acc[..o.len()];
+        acc.fill(0);
+        for (a, &v) in acc.iter_mut().zip(xb) {
+            *a = fold(c * u64::from(embed(v.get())));
+        }
+        accumulate(acc, terms, blk * BLOCK);
+        for (d, &a) in o.iter_mut().zip(acc.iter()) {
+            *d = reduce(a);
+        }
+    }
+}
+
+/// Mode `two-server`'s share from small integers: `out[i] = c·x[i] - a[i] mod p`, with `x[i]`
+/// embedded as `x[i] mod p` and `a` cloud A's share (canonical).
+pub fn scale_sub_small<T: SmallInt>(out: &mut [u32], c: u32, x: &[T], a: &[u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() && x.len() >= out.len() && a.len() >= out.len() {
+        // SAFETY: the CPU has AVX-512F; `x` and `a` hold `out.len()` elements.
+        return unsafe { avx512::scale_sub_small(out, c, x, a) };
+    }
+    scale_sub_small_portable(out, c, x, a);
+}
+
+/// [`scale_sub_small`] without the AVX-512F kernel.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub(crate) fn scale_sub_small_portable<T: SmallInt>(out: &mut [u32], c: u32, x: &[T], a: &[u32]) {
+    let c = u64::from(c);
+    for ((o, &v), &av) in out.iter_mut().zip(x).zip(a) {
+        let t = reduce(c * u64::from(embed(v.get()))) + P - av; // in [1, 2p)
+        *o = t.min(t.wrapping_sub(P));
+    }
+}
+
+/// `acc[i] += w·x[i]` over the integers, exactly while `|acc|` stays below 2^63: each term is
+/// below `2^31·|x[i]|`, so an accumulator holds 2^16 terms of 16-bit inputs.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2", "aarch64+neon"))]
+pub fn fold_small<T: SmallInt>(acc: &mut [i64], w: u32, x: &[T]) {
+    // w < 2^31 is a non-negative i32: both factors sign-extend, which is one vector multiply.
+    let w = i64::from(w as i32);
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a += w * i64::from(v.get());
+    }
+}
+
+/// `out[i] = acc[i] mod p` for signed accumulators.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2", "aarch64+neon"))]
+pub fn reduce_signed_into(out: &mut [u32], acc: &[i64]) {
+    for (o, &a) in out.iter_mut().zip(acc) {
+        let r = reduce(a.unsigned_abs());
+        // -r mod p: p - r, except 0.
+        let neg = P - r; // p for r = 0, which the `min` turns into 0
+        *o = if a < 0 { neg.min(neg.wrapping_sub(P)) } else { r };
+    }
+}
+
+/// Decryption of one output row fused with verification's output side: `out[i] =
+/// lift(c·y[i] - Σ_k c_k·x_k[i])` as [`unmask_into`] (the `x_k` of at least `out.len()`
+/// entries), and returns `Σ_i fold(v[i]·y[i])` (congruent to `Σ v·y mod p`) and `max_i y[i]`,
+/// which tells a non-canonical answer (for which nothing else is specified: such an answer is
+/// rejected).
+pub fn unmask_row(out: &mut [i32], y: &[u32], c: u32, terms: &[(u32, &[u32])], v: &[u32]) -> (u64, u32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() && y.len() >= out.len() && v.len() >= out.len() && terms_cover(terms, out.len()) {
+        // SAFETY: the CPU has AVX-512F; `y`, `v` and every term hold `out.len()` elements.
+        return unsafe { avx512::unmask_row(out, y, c, terms, v) };
+    }
+    unmask_row_portable(out, y, c, terms, v)
+}
+
+/// [`unmask_row`] without the AVX-512F kernel.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub(crate) fn unmask_row_portable(
+    out: &mut [i32],
+    y: &[u32],
+    c: u32,
+    terms: &[(u32, &[u32])],
+    v: &[u32],
+) -> (u64, u32) {
+    let mut acc = [0u64; BLOCK];
+    let (mut dot, mut max) = (0u64, 0u32);
+    let c = u64::from(c);
+    for (blk, ((o, yb), vb)) in out.chunks_mut(BLOCK).zip(y.chunks(BLOCK)).zip(v.chunks(BLOCK)).enumerate() {
+        let acc = &mut acc[..o.len()];
+        acc.fill(0);
+        accumulate(acc, terms, blk * BLOCK);
+        for (((o, &yv), &m), &vv) in o.iter_mut().zip(yb).zip(acc.iter()).zip(vb) {
+            dot += fold(u64::from(vv) * u64::from(yv));
+            max = max.max(yv);
+            let d = reduce(c * u64::from(yv)) + P - reduce(m); // in [1, 2p)
+            let d = d.min(d.wrapping_sub(P));
+            let neg = if d > (P - 1) / 2 { P } else { 0 };
+            *o = d.wrapping_sub(neg) as i32;
+        }
+    }
+    (dot, max)
+}
+
+/// Mode `two-server`'s decryption of one output row fused with verification's output side:
+/// `out[i] = lift(c·(a[i] + b[i]))`, and returns `Σ_i fold(v[i]·(a[i] + b[i]))` and the largest
+/// entry of `a` and `b` (beyond which nothing is specified for non-canonical entries).
+pub fn unmask_sum_row(out: &mut [i32], a: &[u32], b: &[u32], c: u32, v: &[u32]) -> (u64, u32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() && a.len() >= out.len() && b.len() >= out.len() && v.len() >= out.len() {
+        // SAFETY: the CPU has AVX-512F; `a`, `b` and `v` hold `out.len()` elements.
+        return unsafe { avx512::unmask_sum_row(out, a, b, c, v) };
+    }
+    unmask_sum_row_portable(out, a, b, c, v)
+}
+
+/// [`unmask_sum_row`] without the AVX-512F kernel.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub(crate) fn unmask_sum_row_portable(out: &mut [i32], a: &[u32], b: &[u32], c: u32, v: &[u32]) -> (u64, u32) {
+    let (mut dot, mut max) = (0u64, 0u32);
+    let c = u64::from(c);
+    for (((o, &x), &y), &vv) in out.iter_mut().zip(a).zip(b).zip(v) {
+        max = max.max(x).max(y);
+        // Below 2^33 even for non-canonical entries, so both products stay below 2^64.
+        let s = reduce(u64::from(x) + u64::from(y));
+        dot += fold(u64::from(vv) * u64::from(s));
+        let d = reduce(c * u64::from(s));
+        let neg = if d > (P - 1) / 2 { P } else { 0 };
+        *o = d.wrapping_sub(neg) as i32;
+    }
+    (dot, max)
 }

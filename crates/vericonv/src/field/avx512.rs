@@ -1,0 +1,266 @@
+//! The hottest slice kernels of [`super::slices`], written for AVX-512F with explicit
+//! intrinsics: sixteen field elements per vector, their 32×32→64-bit products taken on the
+//! even and the odd lanes separately (`vpmuludq` reads the low half of each 64-bit lane, so no
+//! widening is needed), folded lazily, and packed back to sixteen `u32` at the end.
+//!
+//! Each function computes exactly what its portable twin in [`super::slices`] does (tests
+//! compare them bit for bit); [`super::slices`] calls them when the CPU has AVX-512F. Every
+//! function requires, and its caller checks, that all slices it reads hold at least
+//! `out.len()` elements: tails are read with masked loads, which touch nothing beyond that.
+
+use core::arch::x86_64::*;
+
+use super::{P, SmallInt};
+
+/// Elements per vector.
+const LANES: usize = 16;
+
+/// The mask of the first `n` (at most 16) lanes.
+#[inline(always)]
+fn lanes(n: usize) -> __mmask16 {
+    if n >= LANES { 0xFFFF } else { (1u16 << n) - 1 }
+}
+
+/// `x mod 2^31 + x / 2^31` on each 64-bit lane: congruent mod p, below 2^31 + 2^33.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn fold(x: __m512i) -> __m512i {
+    _mm512_add_epi64(_mm512_and_si512(x, _mm512_set1_epi64(i64::from(P))), _mm512_srli_epi64(x, 31))
+}
+
+/// The products `c·v` of the even and the odd 32-bit lanes of `v` with the scalar `c` (held in
+/// the low half of every 64-bit lane), as 64-bit lanes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn mul_even_odd(v: __m512i, c: __m512i) -> (__m512i, __m512i) {
+    (_mm512_mul_epu32(v, c), _mm512_mul_epu32(_mm512_srli_epi64(v, 32), c))
+}
+
+/// The lane-by-lane products `a·b` of the even and the odd 32-bit lanes, as 64-bit lanes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn mul_lanes(a: __m512i, b: __m512i) -> (__m512i, __m512i) {
+    (_mm512_mul_epu32(a, b), _mm512_mul_epu32(_mm512_srli_epi64(a, 32), _mm512_srli_epi64(b, 32)))
+}
+
+/// Sixteen canonical residues from the 64-bit sums of the even and the odd lanes (each below
+/// 2^63): two folds each, the lanes interleaved back, one conditional subtraction.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn reduce(even: __m512i, odd: __m512i) -> __m512i {
+    let (e, o) = (fold(fold(even)), fold(fold(odd))); // below 2^31 + 8: fits 32 bits
+    canonical(_mm512_mask_blend_epi32(0xAAAA, e, _mm512_slli_epi64(o, 32)))
+}
+
+/// `min(r, r - p)` on 32-bit lanes: the canonical residue of any `r < 2p`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn canonical(r: __m512i) -> __m512i {
+    _mm512_min_epu32(r, _mm512_sub_epi32(r, _mm512_set1_epi32(P as i32)))
+}
+
+/// The signed integer in `[-(p-1)/2, (p-1)/2]` behind each canonical residue.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn lift(d: __m512i) -> __m512i {
+    let neg = _mm512_cmpgt_epu32_mask(d, _mm512_set1_epi32(((P - 1) / 2) as i32));
+    _mm512_mask_sub_epi32(d, neg, d, _mm512_set1_epi32(P as i32))
+}
+
+/// `v mod p` of sixteen signed integers with `|v| <= (p-1)/2`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn embed(v: __m512i) -> __m512i {
+    _mm512_add_epi32(v, _mm512_and_si512(_mm512_srai_epi32(v, 31), _mm512_set1_epi32(P as i32)))
+}
+
+/// Loads lanes `k` of `x` (from element `at`).
+///
+/// # Safety
+/// The lanes of `k` lie inside `x`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load(x: &[u32], at: usize, k: __mmask16) -> __m512i {
+    // SAFETY: masked lanes are not read; the others are inside `x` (the caller's contract).
+    unsafe { _mm512_maskz_loadu_epi32(k, x.as_ptr().add(at).cast()) }
+}
+
+/// Loads the first `n` (at most 16) small integers of `x` from element `at`, widened (a tail
+/// through a zero-padded copy).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn load_small<T: SmallInt>(x: &[T], at: usize, n: usize) -> __m512i {
+    let block: [T; LANES] = match x.get(at..at + LANES).and_then(|s| s.try_into().ok()) {
+        Some(full) if n == LANES => full,
+        _ => {
+            let mut b = [x[at]; LANES];
+            b[..n].copy_from_slice(&x[at..at + n]);
+            b
+        }
+    };
+    // SAFETY: this function has AVX-512F.
+    unsafe { T::load16(&block) }
+}
+
+/// The sum of the 64-bit lanes of `a` and `b`, wrapping.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn sum_lanes(a: __m512i, b: __m512i) -> u64 {
+    _mm512_reduce_add_epi64(_mm512_add_epi64(a, b)) as u64
+}
+
+/// `Σ_k c_k·x_k[at..]` (lanes `k`) plus the raw sums `raw` of `raw.2` products, as folded
+/// even and odd 64-bit lanes, lazily: up to four raw products (each below 2^62) are summed
+/// before a fold.
+///
+/// # Safety
+/// The lanes of `k` lie inside every `x_k`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn accumulate(
+    terms: &[(u32, &[u32])],
+    at: usize,
+    k: __mmask16,
+    mut raw: (__m512i, __m512i, usize),
+) -> (__m512i, __m512i) {
+    unsafe {
+        let (mut even, mut odd) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for &(c, x) in terms {
+            let (pe, po) = mul_even_odd(load(x, at, k), _mm512_set1_epi64(i64::from(c)));
+            raw = (_mm512_add_epi64(raw.0, pe), _mm512_add_epi64(raw.1, po), raw.2 + 1);
+            if raw.2 == 4 {
+                even = _mm512_add_epi64(even, fold(raw.0));
+                odd = _mm512_add_epi64(odd, fold(raw.1));
+                raw = (_mm512_setzero_si512(), _mm512_setzero_si512(), 0);
+            }
+        }
+        (_mm512_add_epi64(even, fold(raw.0)), _mm512_add_epi64(odd, fold(raw.1)))
+    }
+}
+
+/// [`super::slices::combine_into`].
+///
+/// # Safety
+/// The CPU has AVX-512F; every `x_k` holds at least `out.len()` elements.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn combine_into(out: &mut [u32], terms: &[(u32, &[u32])]) {
+    let zero = _mm512_setzero_si512();
+    for at in (0..out.len()).step_by(LANES) {
+        let k = lanes(out.len() - at);
+        unsafe {
+            let (e, o) = accumulate(terms, at, k, (zero, zero, 0));
+            _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), k, reduce(e, o));
+        }
+    }
+}
+
+/// [`super::slices::encrypt_small_into`].
+///
+/// # Safety
+/// The CPU has AVX-512F; `x` and every `x_k` hold at least `out.len()` elements.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn encrypt_small_into<T: SmallInt>(out: &mut [u32], c: u32, x: &[T], terms: &[(u32, &[u32])]) {
+    let c = _mm512_set1_epi64(i64::from(c));
+    for at in (0..out.len()).step_by(LANES) {
+        let n = (out.len() - at).min(LANES);
+        let k = lanes(n);
+        unsafe {
+            let (pe, po) = mul_even_odd(embed(load_small(x, at, n)), c);
+            let (e, o) = accumulate(terms, at, k, (pe, po, 1));
+            _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), k, reduce(e, o));
+        }
+    }
+}
+
+/// [`super::slices::scale_sub_small`].
+///
+/// # Safety
+/// The CPU has AVX-512F; `x` and `a` hold at least `out.len()` elements.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn scale_sub_small<T: SmallInt>(out: &mut [u32], c: u32, x: &[T], a: &[u32]) {
+    let c = _mm512_set1_epi64(i64::from(c));
+    for at in (0..out.len()).step_by(LANES) {
+        let n = (out.len() - at).min(LANES);
+        let k = lanes(n);
+        unsafe {
+            let (pe, po) = mul_even_odd(embed(load_small(x, at, n)), c);
+            let t = _mm512_add_epi32(reduce(pe, po), _mm512_set1_epi32(P as i32)); // in [p, 2p)
+            let d = canonical(_mm512_sub_epi32(t, load(a, at, k))); // a < p: in (0, 2p)
+            _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), k, d);
+        }
+    }
+}
+
+/// [`super::slices::dot`], as the lazy sum of folded products (congruent to the dot product,
+/// below 2^34 per 16 elements), and the largest entry of `a`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `b` holds at least `a.len()` elements.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn dot_max(a: &[u32], b: &[u32]) -> (u64, u32) {
+    unsafe {
+        let (mut de, mut do_, mut max) = (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512());
+        for at in (0..a.len()).step_by(LANES) {
+            let k = lanes(a.len() - at);
+            let av = load(a, at, k);
+            max = _mm512_max_epu32(max, av);
+            let (pe, po) = mul_lanes(av, load(b, at, k));
+            de = _mm512_add_epi64(de, fold(pe));
+            do_ = _mm512_add_epi64(do_, fold(po));
+        }
+        (sum_lanes(de, do_), _mm512_reduce_max_epu32(max))
+    }
+}
+
+/// [`super::slices::unmask_row`].
+///
+/// # Safety
+/// The CPU has AVX-512F; `y`, `v` and every `x_k` hold at least `out.len()` elements.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn unmask_row(out: &mut [i32], y: &[u32], c: u32, terms: &[(u32, &[u32])], v: &[u32]) -> (u64, u32) {
+    unsafe {
+        let c = _mm512_set1_epi64(i64::from(c));
+        let zero = _mm512_setzero_si512();
+        let (mut de, mut do_, mut max) = (zero, zero, zero);
+        for at in (0..out.len()).step_by(LANES) {
+            let k = lanes(out.len() - at);
+            let yv = load(y, at, k);
+            max = _mm512_max_epu32(max, yv);
+            let (pe, po) = mul_lanes(yv, load(v, at, k));
+            de = _mm512_add_epi64(de, fold(pe));
+            do_ = _mm512_add_epi64(do_, fold(po));
+            let (me, mo) = accumulate(terms, at, k, (zero, zero, 0));
+            let (ye, yo) = mul_even_odd(yv, c); // below 2^63 even for a non-canonical entry
+            let t = _mm512_add_epi32(reduce(ye, yo), _mm512_set1_epi32(P as i32)); // in [p, 2p)
+            let d = canonical(_mm512_sub_epi32(t, reduce(me, mo))); // in (0, 2p)
+            _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), k, lift(d));
+        }
+        (sum_lanes(de, do_), _mm512_reduce_max_epu32(max))
+    }
+}
+
+/// [`super::slices::unmask_sum_row`].
+///
+/// # Safety
+/// The CPU has AVX-512F; `a`, `b` and `v` hold at least `out.len()` elements.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn unmask_sum_row(out: &mut [i32], a: &[u32], b: &[u32], c: u32, v: &[u32]) -> (u64, u32) {
+    unsafe {
+        let c = _mm512_set1_epi64(i64::from(c));
+        let zero = _mm512_setzero_si512();
+        let (mut de, mut do_, mut max) = (zero, zero, zero);
+        for at in (0..out.len()).step_by(LANES) {
+            let k = lanes(out.len() - at);
+            let (av, bv) = (load(a, at, k), load(b, at, k));
+            max = _mm512_max_epu32(max, _mm512_max_epu32(av, bv));
+            // a + b mod p, canonical when both are (anything else is rejected by `max`).
+            let s = canonical(_mm512_add_epi32(av, bv));
+            let (pe, po) = mul_lanes(s, load(v, at, k));
+            de = _mm512_add_epi64(de, fold(pe));
+            do_ = _mm512_add_epi64(do_, fold(po));
+            let (se, so) = mul_even_odd(s, c);
+            _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), k, lift(reduce(se, so)));
+        }
+        (sum_lanes(de, do_), _mm512_reduce_max_epu32(max))
+    }
+}
