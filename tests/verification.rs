@@ -5,7 +5,7 @@
 use common::{ints, rng};
 use rand::RngExt;
 use vericonv::Error;
-use vericonv::client::{LayerConfig, PrivateConv};
+use vericonv::client::{CallBuffers, LayerConfig, PrivateConv};
 use vericonv::cloud::{Cheater, Clouds, CpuBackend, Tamper, TamperingBackend};
 use vericonv::field::{PrimeField, SmallPrime};
 use vericonv::geometry::{Conv2d, Padding};
@@ -117,6 +117,45 @@ fn every_tampering_strategy_is_rejected_in_modes_pad_and_two_server_naming_the_c
                     MODE_TRIALS as u64 * (u64::from(cheats_a) + u64::from(cheats_b))
                 );
             }
+        }
+    }
+}
+
+/// The fused pass of `run_into` hands every row it decrypts to the caller's epilogue before the
+/// verdict is known; when the answer is rejected, the whole output is zeroed before the error
+/// returns, in every privacy mode and for every cheating strategy.
+#[test]
+fn a_rejected_answer_leaves_nothing_decrypted_in_the_output() {
+    let seed = 0x7a5;
+    let mut r = rng(seed);
+    let g = tamper_geometry();
+    let k = ints(&mut r, g.kernel_len(), 127);
+    let own = CpuBackend::new();
+    for privacy in [Privacy::LowRank { rank: 2 }, Privacy::Pad, Privacy::TwoServer] {
+        for strategy in Tamper::ALL {
+            let (bad, good) = (TamperingBackend::new(CpuBackend::new(), &[strategy], 1.0, seed), CpuBackend::new());
+            let clouds = if privacy == Privacy::TwoServer { Clouds::Two(&good, &bad) } else { Clouds::One(&bad) };
+            let mut key_rng = seeded_rng(r.random());
+            let cfg = LayerConfig { privacy, ..LayerConfig::default() };
+            let mut layer = PrivateConv::new(g, &k, None, cfg, &mut key_rng).expect("layer");
+            if privacy == Privacy::Pad {
+                layer.add_pads(layer.generate_pads(3, &own, &mut key_rng).expect("pads")).expect("binds");
+            }
+            let x: Vec<i8> = ints(&mut r, 3 * g.image_len(), 127).into_iter().map(|v| v as i8).collect();
+            let mut out = vec![1.0f32; 3 * g.output_image_len()];
+            let rows = std::sync::atomic::AtomicUsize::new(0);
+            let epilogue = |_: usize, _: std::ops::Range<usize>, ints: &[i32], out: &mut [f32]| {
+                rows.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                out.iter_mut().zip(ints).for_each(|(o, &v)| *o = v as f32 + 0.5);
+            };
+            let result = layer.run_into(clouds, &x, &mut key_rng, &mut CallBuffers::default(), &mut out, &epilogue);
+            assert!(
+                matches!(result, Err(Error::VerificationFailed { .. } | Error::MalformedAnswer { .. })),
+                "{strategy:?} in {privacy:?} was not rejected"
+            );
+            // The epilogue did run (rows were decrypted on the way), and nothing of it is left.
+            assert!(rows.into_inner() > 0, "{strategy:?} in {privacy:?}: no row reached the epilogue");
+            assert!(out.iter().all(|&v| v == 0.0), "{strategy:?} in {privacy:?}: the output was not zeroed");
         }
     }
 }

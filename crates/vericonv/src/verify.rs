@@ -599,3 +599,58 @@ pub fn strict_products<F: PrimeField>(claim: &Claim<'_>, r: &[u32]) -> Result<St
         .collect();
     Ok(StrictProducts { l, t, v })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encrypt::{encrypt_input_into, encrypt_kernel, encrypt_shares_into};
+    use crate::geometry::Padding;
+    use crate::keys::seeded_rng;
+    use crate::privacy::Privacy;
+    use crate::share::ShareSeed;
+
+    /// Fast mode's input side `V`, computed from the plain small integers and the masks' factors
+    /// ([`FastRounds::draw_plain`]), is the very field element computed from `X'`, for both modes
+    /// it serves, on strided, padded, dilated and grouped layers and several batch sizes.
+    #[test]
+    fn input_side_from_the_plain_input_equals_the_one_from_x_prime() {
+        let seed = 0x1d5;
+        println!("seed = {seed:#x}");
+        let shapes = [
+            Conv2d::builder(3, 4, (9, 11), (3, 3)).padding(Padding::uniform(1)).build(),
+            Conv2d::builder(4, 6, (7, 6), (3, 2)).stride(2, 1).padding(Padding::new(1, 0, 2, 1)).groups(2).build(),
+            Conv2d::builder(2, 2, (8, 8), (2, 3)).dilation(2, 1).padding(Padding::new(0, 2, 1, 0)).build(),
+            Conv2d::builder(6, 6, (5, 5), (1, 1)).groups(6).build(),
+        ];
+        let mut rng = seeded_rng(seed);
+        for g in shapes.into_iter().map(|g| g.expect("valid")) {
+            for (privacy, batch) in
+                [(Privacy::LowRank { rank: 2 }, 1), (Privacy::LowRank { rank: 3 }, 3), (Privacy::TwoServer, 2)]
+            {
+                let key = SessionKey::generate_for(&g, privacy, &mut rng).expect("key");
+                let k: Vec<u32> = (0..g.kernel_len()).map(|_| M31::random(&mut rng)).collect();
+                let kp = encrypt_kernel(&key, &k).expect("kernel");
+                let x: Vec<i8> =
+                    (0..batch * g.image_len()).map(|i| [127, -127, 0, (i % 255) as i8][i % 4].max(-127)).collect();
+                let xf: Vec<u32> = x.iter().map(|&v| M31::embed(i64::from(v)).expect("small")).collect();
+                let mut xp = vec![0u32; xf.len()];
+                let masks = if privacy == Privacy::TwoServer {
+                    let mut share_b = vec![0u32; xf.len()];
+                    encrypt_shares_into(&key, &ShareSeed::generate(&mut rng), &xf, &mut xp, &mut share_b)
+                        .expect("split");
+                    Vec::new()
+                } else {
+                    let masks = ImageMask::generate_batch(&key, batch, &mut rng);
+                    encrypt_input_into(&key, &masks, &xf, &mut xp).expect("encrypt");
+                    masks
+                };
+                let y = vec![0u32; batch * g.output_image_len()];
+                let claim = Claim::new(&g, batch, &kp, &xp, &y).expect("claim");
+                let from_xp = FastRounds::draw::<M31, _>(&claim, 2, &mut seeded_rng(7)).expect("rounds");
+                let plain = FastRounds::draw_plain(&key, &kp, &x, 127, &masks, 2, &mut seeded_rng(7)).expect("rounds");
+                let v = |f: &FastRounds| f.rounds.iter().map(|r| r.1).collect::<Vec<_>>();
+                assert_eq!(v(&plain), v(&from_xp), "{g:?}, {privacy:?}, batch {batch}");
+            }
+        }
+    }
+}
