@@ -109,9 +109,9 @@ fn sum_lanes(a: __m512i, b: __m512i) -> u64 {
     _mm512_reduce_add_epi64(_mm512_add_epi64(a, b)) as u64
 }
 
-/// `Σ_k c_k·x_k[at..]` (lanes `k`) plus the raw sums `raw` of `raw.2` products, as folded
-/// even and odd 64-bit lanes, lazily: up to four raw products (each below 2^62) are summed
-/// before a fold.
+/// `Σ_k c_k·x_k[at..]` (lanes `k`; `-Σ` when `negate`, through the coefficients `p - c_k`) plus
+/// the raw sums `raw` of `raw.2` products, as folded even and odd 64-bit lanes, lazily: up to
+/// four raw products (each below 2^62) are summed before a fold.
 ///
 /// # Safety
 /// The lanes of `k` lie inside every `x_k`.
@@ -119,6 +119,7 @@ fn sum_lanes(a: __m512i, b: __m512i) -> u64 {
 #[target_feature(enable = "avx512f")]
 unsafe fn accumulate(
     terms: &[(u32, &[u32])],
+    negate: bool,
     at: usize,
     k: __mmask16,
     mut raw: (__m512i, __m512i, usize),
@@ -126,6 +127,7 @@ unsafe fn accumulate(
     unsafe {
         let (mut even, mut odd) = (_mm512_setzero_si512(), _mm512_setzero_si512());
         for &(c, x) in terms {
+            let c = if negate { P - c } else { c };
             let (pe, po) = mul_even_odd(load(x, at, k), _mm512_set1_epi64(i64::from(c)));
             raw = (_mm512_add_epi64(raw.0, pe), _mm512_add_epi64(raw.1, po), raw.2 + 1);
             if raw.2 == 4 {
@@ -148,7 +150,7 @@ pub(super) unsafe fn combine_into(out: &mut [u32], terms: &[(u32, &[u32])]) {
     for at in (0..out.len()).step_by(LANES) {
         let k = lanes(out.len() - at);
         unsafe {
-            let (e, o) = accumulate(terms, at, k, (zero, zero, 0));
+            let (e, o) = accumulate(terms, false, at, k, (zero, zero, 0));
             _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), k, reduce(e, o));
         }
     }
@@ -166,7 +168,7 @@ pub(super) unsafe fn encrypt_small_into<T: SmallInt>(out: &mut [u32], c: u32, x:
         let k = lanes(n);
         unsafe {
             let (pe, po) = mul_even_odd(embed(load_small(x, at, n)), c);
-            let (e, o) = accumulate(terms, at, k, (pe, po, 1));
+            let (e, o) = accumulate(terms, false, at, k, (pe, po, 1));
             _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), k, reduce(e, o));
         }
     }
@@ -229,11 +231,11 @@ pub(super) unsafe fn unmask_row(out: &mut [i32], y: &[u32], c: u32, terms: &[(u3
             let (pe, po) = mul_lanes(yv, load(v, at, k));
             de = _mm512_add_epi64(de, fold(pe));
             do_ = _mm512_add_epi64(do_, fold(po));
-            let (me, mo) = accumulate(terms, at, k, (zero, zero, 0));
-            let (ye, yo) = mul_even_odd(yv, c); // below 2^63 even for a non-canonical entry
-            let t = _mm512_add_epi32(reduce(ye, yo), _mm512_set1_epi32(P as i32)); // in [p, 2p)
-            let d = canonical(_mm512_sub_epi32(t, reduce(me, mo))); // in (0, 2p)
-            _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), k, lift(d));
+            // c·y - Σ c_k·x_k as one lazy sum, the mask's coefficients negated (a non-canonical
+            // entry may wrap it: such an answer is rejected through `max`).
+            let (ye, yo) = mul_even_odd(yv, c);
+            let (e, o) = accumulate(terms, true, at, k, (ye, yo, 1));
+            _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), k, lift(reduce(e, o)));
         }
         (sum_lanes(de, do_), _mm512_reduce_max_epu32(max))
     }
