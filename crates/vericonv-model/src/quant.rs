@@ -130,8 +130,8 @@ impl Epilogue<'_> {
     pub fn apply(&self, plane: usize, range: Range<usize>, acc: &[i32], out: &mut [f32]) {
         let cout = self.layer.geom.cout();
         let (b, o) = (plane / cout, plane % cout);
-        dequantize_into(acc, self.x_scale[b] * self.layer.weight_scale[o], self.layer.bias[o], out);
-        self.tail.apply(plane * self.layer.geom.n() + range.start, out);
+        let scale = self.x_scale[b] * self.layer.weight_scale[o];
+        self.tail.rescale(plane * self.layer.geom.n() + range.start, acc, scale, self.layer.bias[o], out);
     }
 
     /// [`Epilogue::apply`] over a whole batch of exact integers `acc` (`batch × Cout × Ho × Wo`).
@@ -391,7 +391,7 @@ fn quantize_batch<Q: Quantized>(
 
 /// `max |v|` over `x` (0 for an empty slice), in eight independent lanes so that it
 /// vectorises; the same value as a sequential fold, since `max` is exact.
-#[multiversion::multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2", "aarch64+neon"))]
 fn max_abs(x: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let mut chunks = x.chunks_exact(8);
@@ -427,14 +427,6 @@ fn quantize_into<Q: Quantized>(x: &[f32], scale: f32, qmax: i32, out: &mut [Q]) 
 fn round_half_away(x: f32) -> f32 {
     let t = x.trunc();
     if (x - t).abs() >= 0.5 { t + 1f32.copysign(x) } else { t }
-}
-
-/// `out = acc · scale + bias` (a multiply, then an add: no fused rounding).
-#[multiversion::multiversion(targets("x86_64+avx2", "aarch64+neon"))]
-fn dequantize_into(acc: &[i32], scale: f32, bias: f32, out: &mut [f32]) {
-    for (o, &v) in out.iter_mut().zip(acc) {
-        *o = v as f32 * scale + bias;
-    }
 }
 
 #[cfg(test)]
@@ -474,12 +466,6 @@ mod tests {
         quantize_into(&x, scale, 127, &mut q);
         for (&v, &got) in x.iter().zip(&q) {
             assert_eq!(i32::from(got), ((v / scale).round() as i32).clamp(-127, 127), "{v}");
-        }
-        let q: Vec<i32> = q.iter().map(|&v| i32::from(v) * 1000 + 17).collect();
-        let mut y = vec![0f32; q.len()];
-        dequantize_into(&q, 0.37, -1.25, &mut y);
-        for (&v, &got) in q.iter().zip(&y) {
-            assert_eq!(got.to_bits(), (v as f32 * 0.37 + -1.25).to_bits());
         }
     }
 }

@@ -5,20 +5,20 @@
 use std::time::{Duration, Instant};
 
 use crate::cloud::{Cheater, CloudBackend, Clouds, SessionKernel};
-use crate::decrypt::{
-    MaskKernel, Outcome, Unmask, decrypt, decrypt_padded_into, decrypt_sum_into, decrypt_verified_into,
-};
+use rayon::prelude::*;
+
+use crate::decrypt::{ImageTables, MaskKernel, Unmask, decrypt_image_into, image_tables};
 use crate::encrypt::{
-    encrypt_input_into, encrypt_kernel, encrypt_padded_into, encrypt_padded_small_into, encrypt_shares_into,
-    encrypt_small_into, split_share_small_into,
+    encrypt_image_lowrank, encrypt_image_padded, encrypt_kernel, split_share_image, split_share_small_into,
 };
 use crate::field::{M31, PrimeField, SmallInt, slices};
 use crate::geometry::Conv2d;
 use crate::keys::{ImageMask, KeyRng, SessionKey};
+use crate::pad::Pad;
 use crate::pad::PadPool;
 use crate::privacy::Privacy;
 use crate::share::ShareSeed;
-use crate::verify::{Claim, FastRounds, Mode, Verdict, verify};
+use crate::verify::{Claim, FastRounds, KernelTerm, Mode, Verdict, verify};
 use crate::{Error, Result};
 
 /// Settings of one private layer.
@@ -98,32 +98,111 @@ enum Masking {
 }
 
 /// Working memory of [`PrivateConv::run_into`], kept by the caller across calls and layers so
-/// that a stream of batches allocates (and page-faults) nothing: the tensor sent to the cloud
-/// and the spatial factors of mode `lowrank`'s masks. The factors are secret: the buffers print
-/// only their sizes and are zeroized on drop.
-#[derive(Default)]
+/// that a stream of batches allocates (and page-faults) nothing: the tensor sent to the cloud.
+#[derive(Debug, Default)]
 pub struct CallBuffers {
     sent: Vec<u32>,
-    spatial: Vec<u32>,
 }
 
-impl CallBuffers {
-    /// `sent` holding exactly `len` elements (their values are overwritten by the caller).
-    fn sent(&mut self, len: usize) -> &mut [u32] {
-        self.sent.resize(len, 0);
-        &mut self.sent
-    }
+/// The secrets of one batch in flight, per privacy mode.
+enum BatchSecrets {
+    /// Mode `lowrank`: one fresh mask per image.
+    Masks(Vec<ImageMask>),
+    /// Mode `pad`: one pad per image, taken from the pool.
+    Pads(Vec<Pad>),
+    /// Mode `two-server`: the seed of cloud A's share.
+    Seed(ShareSeed),
 }
 
-impl std::fmt::Debug for CallBuffers {
+/// One batch of a layer between [`PrivateConv::start`] and [`PrivateConv::send`]: its images
+/// are encrypted one by one, in any order and in parallel, with
+/// [`PrivateConv::encrypt_image`]. It holds the batch's secrets (masks, pads or seed), which it
+/// never prints; they are zeroized when dropped.
+pub struct Pending {
+    batch: usize,
+    session: u64,
+    secrets: BatchSecrets,
+    /// Mode `two-server`: a word of the key stream was rejected while an image was split (the
+    /// whole share is then made again, exactly, before it is sent).
+    rejected_word: std::sync::atomic::AtomicBool,
+    timings: Timings,
+}
+
+impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CallBuffers").field("sent", &self.sent.len()).field("spatial", &self.spatial.len()).finish()
+        f.debug_struct("Pending").field("batch", &self.batch).finish_non_exhaustive()
     }
 }
 
-impl Drop for CallBuffers {
+/// A batch's answer that passed verification: only [`PrivateConv::send`] makes one, after the
+/// answer was checked, and [`PrivateConv::decrypt_image`] decrypts nothing else. A rejected
+/// answer never becomes an `Answer`, so it cannot be decrypted.
+pub struct Answer {
+    batch: usize,
+    session: u64,
+    secrets: BatchSecrets,
+    tables: Vec<ImageTables>,
+    y: Vec<u32>,
+    yb: Option<Vec<u32>>,
+    timings: Timings,
+}
+
+impl Answer {
+    /// Images in the batch.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// The batch's time so far: session setup (`keygen`), the cloud and verification.
+    pub fn timings(&self) -> Timings {
+        self.timings
+    }
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer").field("batch", &self.batch).finish_non_exhaustive()
+    }
+}
+
+/// The plain kernel in the smallest integer type that holds it: Fast verification's kernel term
+/// reads it rather than `K'` (a quarter of the bytes for 8-bit weights).
+enum SmallKernel {
+    Bits8(Vec<i8>),
+    Bits16(Vec<i16>),
+    /// Weights beyond 16 bits: the kernel term reads `K'`.
+    Wide,
+}
+
+impl SmallKernel {
+    fn new(kernel: &[i32]) -> Self {
+        let bw = kernel.iter().map(|k| k.unsigned_abs()).max().unwrap_or(0);
+        if bw <= i8::MAX as u32 {
+            Self::Bits8(kernel.iter().map(|&k| k as i8).collect())
+        } else if bw <= i16::MAX as u32 {
+            Self::Bits16(kernel.iter().map(|&k| k as i16).collect())
+        } else {
+            Self::Wide
+        }
+    }
+
+    /// The kernel term of verification, given `K'`.
+    fn term<'a>(&'a self, kp: &'a [u32]) -> KernelTerm<'a> {
+        match self {
+            Self::Bits8(k) => KernelTerm::Plain8(k),
+            Self::Bits16(k) => KernelTerm::Plain16(k),
+            Self::Wide => KernelTerm::Encrypted(kp),
+        }
+    }
+}
+
+impl Drop for SmallKernel {
     fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.spatial);
+        match self {
+            Self::Bits8(k) => zeroize::Zeroize::zeroize(k),
+            Self::Bits16(k) => zeroize::Zeroize::zeroize(k),
+            Self::Wide => {}
+        }
     }
 }
 
@@ -132,6 +211,7 @@ pub struct PrivateConv {
     cfg: LayerConfig,
     geom: Conv2d,
     kernel: Vec<u32>,
+    small_kernel: SmallKernel,
     bias: Option<Vec<i32>>,
     key: SessionKey,
     kernel_enc: SessionKernel,
@@ -206,6 +286,7 @@ impl PrivateConv {
         let bw = kernel.iter().map(|&k| u64::from(k.unsigned_abs())).max().unwrap_or(0);
         let bb = bias.map_or(0, |b| b.iter().map(|&v| u64::from(v.unsigned_abs())).max().unwrap_or(0));
         check_exactness(&cfg.name, geom.m() as u64, u64::from(cfg.input_bound), bw, bb)?;
+        let small_kernel = SmallKernel::new(kernel);
         let kernel: Vec<u32> = kernel.iter().map(|&k| embed(k)).collect();
         let start = Instant::now();
         let (key, kernel_enc, masking) = Self::session(&geom, cfg.privacy, &kernel, rng)?;
@@ -213,6 +294,7 @@ impl PrivateConv {
             cfg,
             geom,
             kernel,
+            small_kernel,
             bias: bias.map(<[i32]>::to_vec),
             key,
             kernel_enc,
@@ -344,16 +426,16 @@ impl PrivateConv {
         Ok((y, t))
     }
 
-    /// [`PrivateConv::run`] for the hot path of a whole network: the input is any
-    /// [`SmallInt`] (the `i8` or `i16` of quantized activations, read as they are), the working
-    /// memory `bufs` is the caller's and reused, and the exact result is not returned but handed,
-    /// an output row at a time as it is decrypted, to `epilogue(plane, range, ints, out_row)`,
-    /// which writes `out[plane·Ho·Wo + range]` (`plane = b·Cout + o`) from the row's integers
-    /// (bias included): de-quantization and the layers that follow fuse into decryption.
+    /// [`PrivateConv::run`] with any [`SmallInt`] input (the `i8` or `i16` of quantized
+    /// activations, read as they are), the caller's working memory `bufs` (reused), and the
+    /// exact result handed, a piece of an output plane at a time as it is decrypted, to
+    /// `epilogue(plane, range, ints, out_piece)`, which writes `out[plane·Ho·Wo + range]`
+    /// (`plane = b·Cout + o`) from the piece's integers (bias included): whatever follows the
+    /// layer fuses into decryption.
     ///
-    /// In Fast mode, verification and decryption are one pass over the answer (its input side
-    /// reads `x` itself, not `X'`): if the answer is rejected, or malformed, `out` is zeroed
-    /// before the error returns, so nothing decrypted from it leaves this call.
+    /// It is [`PrivateConv::start`], [`PrivateConv::encrypt_image`] for every image,
+    /// [`PrivateConv::send`] (the cloud, then verification of the whole answer) and
+    /// [`PrivateConv::decrypt_image`] for every image.
     ///
     /// # Errors
     /// As [`PrivateConv::run`]; [`Error::LengthMismatch`] also when `out` does not hold
@@ -369,10 +451,38 @@ impl PrivateConv {
     ) -> Result<Timings>
     where
         T: SmallInt,
-        O: Copy + Default + Send,
+        O: Send,
         E: Fn(usize, std::ops::Range<usize>, &[i32], &mut [O]) + Sync,
     {
         let clouds = clouds.into();
+        self.check_clouds(clouds)?;
+        let batch = self.geom.batch_of_input(x.len())?;
+        let out_img = self.geom.output_image_len();
+        Conv2d::check_len("output buffer", batch * out_img, out.len())?;
+        // Before a pad is taken.
+        self.check_input(x, 0)?;
+        let pending = self.start(batch, rng)?;
+        let img = self.geom.image_len();
+        bufs.sent.resize(x.len(), 0);
+        let start = Instant::now();
+        let this = &*self;
+        bufs.sent
+            .par_chunks_mut(img)
+            .zip(x.par_chunks(img))
+            .enumerate()
+            .try_for_each(|(b, (sent, xb))| this.encrypt_image(&pending, b, xb, sent))?;
+        let encrypt = start.elapsed();
+        let answer = self.send(pending, clouds, &bufs.sent, x, rng)?;
+        let start = Instant::now();
+        let this = &*self;
+        out.par_chunks_mut(out_img).enumerate().try_for_each(|(b, o)| this.decrypt_image(&answer, b, o, epilogue))?;
+        let mut t = answer.timings;
+        t.encrypt += encrypt;
+        t.decrypt += start.elapsed();
+        Ok(t)
+    }
+
+    fn check_clouds(&self, clouds: Clouds<'_>) -> Result<()> {
         let privacy = self.cfg.privacy;
         if clouds.count() != privacy.clouds() {
             return Err(Error::CloudCount { mode: privacy.name(), needed: privacy.clouds(), got: clouds.count() });
@@ -382,172 +492,225 @@ impl PrivateConv {
         {
             return Err(Error::SameCloudTwice(a.name()));
         }
-        let batch = self.geom.batch_of_input(x.len())?;
-        Conv2d::check_len("output buffer", batch * self.geom.output_image_len(), out.len())?;
-        // Embedding needs |x| <= (p-1)/2 whatever the configured bound.
-        let bound = self.cfg.input_bound.min(M31::HALF);
-        if slices::max_abs_small(x) > bound {
-            let index = x.iter().position(|v| v.get().unsigned_abs() > bound).unwrap_or(0);
-            return Err(Error::ValueOutOfRange {
-                layer: self.cfg.name.clone(),
-                what: "input",
-                index,
-                value: i64::from(x[index].get()),
-                bound: u64::from(bound),
-            });
-        }
-        let mut t = Timings::default();
+        Ok(())
+    }
+
+    /// Starts a batch of `batch` images (the staged API, for callers that interleave layers
+    /// image by image, such as a whole network): rotates the session key when its policy says
+    /// so, and draws the batch's secrets — a fresh mask per image (mode `lowrank`), a pad per
+    /// image from the pool (`pad`: gone even if the batch fails) or the seed of cloud A's share
+    /// (`two-server`).
+    ///
+    /// # Errors
+    /// [`Error::PadPoolExhausted`] in mode `pad` without enough pads.
+    pub fn start(&mut self, batch: usize, rng: &mut KeyRng) -> Result<Pending> {
+        let mut timings = Timings::default();
         if self.cfg.rotate_after_images.is_some_and(|n| self.images_in_session >= n) {
-            t.keygen = self.rotate(rng)?;
+            timings.keygen = self.rotate(rng)?;
         } else if self.images_in_session == 0 {
-            t.keygen = self.setup_time;
+            timings.keygen = self.setup_time;
         }
-        self.images_in_session += batch as u64;
-        if self.cfg.mode == Mode::Strict {
-            let x: Vec<u32> = x.iter().map(|v| embed(v.get())).collect();
-            let mut y = match clouds {
-                Clouds::One(cloud) => self.strict_one(cloud, batch, &x, rng, &mut t)?,
-                Clouds::Two(a, b) => self.strict_two(a, b, batch, &x, rng, &mut t)?,
-            };
-            let start = Instant::now();
-            let (n, wo) = (self.geom.n(), self.geom.wo());
-            for (plane, (ints, dst)) in y.chunks_exact_mut(n).zip(out.chunks_exact_mut(n)).enumerate() {
-                if let Some(bias) = &self.bias {
-                    let b = bias[plane % self.geom.cout()];
-                    ints.iter_mut().for_each(|v| *v += b);
-                }
-                for (row, (ints, dst)) in ints.chunks_exact(wo).zip(dst.chunks_exact_mut(wo)).enumerate() {
-                    epilogue(plane, row * wo..(row + 1) * wo, ints, dst);
-                }
-            }
-            t.decrypt += start.elapsed();
-            return Ok(t);
-        }
-        match clouds {
-            Clouds::One(cloud) => self.fast_one(cloud, batch, x, bound, rng, bufs, out, epilogue, &mut t)?,
-            Clouds::Two(a, b) => self.fast_two(a, b, batch, x, bound, rng, bufs, out, epilogue, &mut t)?,
-        }
-        Ok(t)
-    }
-
-    /// Fast mode, modes `lowrank` and `pad`: one cloud; verification fused into decryption.
-    #[allow(clippy::too_many_arguments)]
-    fn fast_one<T, O, E>(
-        &mut self,
-        cloud: &dyn CloudBackend,
-        batch: usize,
-        x: &[T],
-        bound: u32,
-        rng: &mut KeyRng,
-        bufs: &mut CallBuffers,
-        out: &mut [O],
-        epilogue: &E,
-        t: &mut Timings,
-    ) -> Result<()>
-    where
-        T: SmallInt,
-        O: Copy + Default + Send,
-        E: Fn(usize, std::ops::Range<usize>, &[i32], &mut [O]) + Sync,
-    {
         let start = Instant::now();
-        let CallBuffers { sent, spatial } = bufs;
-        sent.resize(x.len(), 0);
-        let xp = sent.as_mut_slice();
         let secrets = match &self.masking {
-            Masking::LowRank(_) => {
-                let masks = ImageMask::generate_batch(&self.key, batch, rng);
-                encrypt_small_into(&self.key, &masks, x, xp, spatial)?;
-                OneCloudSecrets::Masks(masks)
-            }
-            Masking::Pad(_) => {
-                let pads = self.take_pads(batch)?;
-                encrypt_padded_small_into(&self.key, &pads, x, xp)?;
-                OneCloudSecrets::Pads(pads)
-            }
-            Masking::TwoServer => return Err(mode_mismatch(&self.cfg.name)),
+            Masking::LowRank(_) => BatchSecrets::Masks(ImageMask::generate_batch(&self.key, batch, rng)),
+            Masking::Pad(_) => BatchSecrets::Pads(self.take_pads(batch)?),
+            Masking::TwoServer => BatchSecrets::Seed(ShareSeed::generate(rng)),
         };
-        t.encrypt = start.elapsed();
+        timings.encrypt = start.elapsed();
+        self.images_in_session += batch as u64;
+        Ok(Pending {
+            batch,
+            session: self.key.id(),
+            secrets,
+            rejected_word: std::sync::atomic::AtomicBool::new(false),
+            timings,
+        })
+    }
 
-        let start = Instant::now();
-        let yp = cloud.conv_session(&self.kernel_enc, batch, xp)?;
-        t.cloud = start.elapsed();
-        self.check_answer_len(batch, &yp, None)?;
-
-        let start = Instant::now();
-        let kp = self.kernel_enc.data();
-        let rounds = self.cfg.rounds;
-        let checks = match &secrets {
-            OneCloudSecrets::Masks(masks) => FastRounds::draw_plain(&self.key, kp, x, bound, masks, rounds, rng)?,
-            OneCloudSecrets::Pads(_) => {
-                FastRounds::draw::<M31, _>(&Claim::new(&self.geom, batch, kp, xp, &yp)?, rounds, rng)?
+    /// Encrypts image `b` of a pending batch, `x` (`Cin × H × W` small integers with
+    /// `|x| <= Bx`), into `sent`, the image's part of the tensor sent to the cloud (`X'`, or
+    /// in mode `two-server` cloud B's share). Images may be encrypted in any order and in
+    /// parallel.
+    ///
+    /// # Errors
+    /// [`Error::ValueOutOfRange`] for an input beyond the bound; [`Error::LengthMismatch`]
+    /// for buffers that are not one image, an image beyond the batch, or a batch started under
+    /// another session key.
+    pub fn encrypt_image<T: SmallInt>(&self, pending: &Pending, b: usize, x: &[T], sent: &mut [u32]) -> Result<()> {
+        self.check_session(pending.session, pending.batch, b)?;
+        let img = self.geom.image_len();
+        Conv2d::check_len("image", img, x.len())?;
+        self.check_input(x, b * img)?;
+        match &pending.secrets {
+            BatchSecrets::Masks(masks) => encrypt_image_lowrank(&self.key, &masks[b], x, sent),
+            BatchSecrets::Pads(pads) => encrypt_image_padded(&self.key, &pads[b], x, sent),
+            BatchSecrets::Seed(seed) => {
+                if split_share_image(&self.key, seed, b, x, sent)? {
+                    pending.rejected_word.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(())
             }
-        };
-        t.verify = start.elapsed();
-
-        let start = Instant::now();
-        let unmask = match (&self.masking, &secrets) {
-            (Masking::LowRank(mk), OneCloudSecrets::Masks(masks)) => Unmask::LowRank { mk, masks },
-            (_, OneCloudSecrets::Pads(pads)) => Unmask::Pad(pads),
-            (_, OneCloudSecrets::Masks(_)) => return Err(mode_mismatch(&self.cfg.name)),
-        };
-        let outcome = decrypt_verified_into(&self.key, &unmask, &yp, self.bias.as_deref(), &checks, out, epilogue)?;
-        t.decrypt = start.elapsed();
-        match outcome {
-            Outcome::Accepted => Ok(()),
-            Outcome::Rejected { round } => Err(self.rejected(round, Cheater::TheCloud)),
-            Outcome::Malformed { .. } => Err(self.malformed(batch, &[(&yp, None)])),
         }
     }
 
-    /// Fast mode, mode `two-server`: cloud A convolves `G(seed)`, cloud B `β·x[π] - G(seed)`;
-    /// the client verifies the sum inside the decryption pass, and on failure each share alone,
-    /// to name the cheater.
-    #[allow(clippy::too_many_arguments)]
-    fn fast_two<T, O, E>(
+    /// Sends a pending batch to `clouds` and verifies the whole answer, before anything is
+    /// decrypted: `sent` is the batch's encrypted tensor (every image encrypted with
+    /// [`PrivateConv::encrypt_image`]) and `x` its plain input (Fast verification's input side
+    /// reads it rather than `X'`). Only an accepted answer comes back, as an [`Answer`].
+    ///
+    /// # Errors
+    /// As [`PrivateConv::run`].
+    pub fn send<'c, T: SmallInt>(
         &mut self,
-        a: &dyn CloudBackend,
-        b: &dyn CloudBackend,
-        batch: usize,
+        pending: Pending,
+        clouds: impl Into<Clouds<'c>>,
+        sent: &[u32],
         x: &[T],
-        bound: u32,
         rng: &mut KeyRng,
-        bufs: &mut CallBuffers,
-        out: &mut [O],
-        epilogue: &E,
-        t: &mut Timings,
-    ) -> Result<()>
+    ) -> Result<Answer> {
+        let clouds = clouds.into();
+        self.check_clouds(clouds)?;
+        let Pending { batch, session, secrets, rejected_word, mut timings } = pending;
+        self.check_session(session, batch, 0)?;
+        Conv2d::check_len("encrypted input", batch * self.geom.image_len(), sent.len())?;
+        Conv2d::check_len("input", sent.len(), x.len())?;
+        let mut share_b = Vec::new();
+        let sent = match &secrets {
+            BatchSecrets::Seed(seed) if rejected_word.into_inner() => {
+                let start = Instant::now();
+                share_b.resize(sent.len(), 0);
+                split_share_small_into(&self.key, seed, x, &mut share_b)?;
+                timings.encrypt += start.elapsed();
+                &share_b[..]
+            }
+            _ => sent,
+        };
+        let start = Instant::now();
+        let (y, yb) = match (&secrets, clouds) {
+            (BatchSecrets::Seed(seed), Clouds::Two(a, b)) => {
+                let (ya, yb) = self.both_clouds(a, b, batch, seed, sent);
+                (ya?, Some(yb?))
+            }
+            (_, Clouds::One(cloud)) => (cloud.conv_session(&self.kernel_enc, batch, sent)?, None),
+            _ => return Err(mode_mismatch(&self.cfg.name)),
+        };
+        timings.cloud = start.elapsed();
+        self.check_answer_len(batch, &y, yb.as_ref().map(|_| "cloud A"))?;
+        if let Some(yb) = &yb {
+            self.check_answer_len(batch, yb, Some("cloud B"))?;
+        }
+        let start = Instant::now();
+        self.verify_answer(batch, &secrets, sent, x, &y, yb.as_deref(), rng)?;
+        let tables = match &secrets {
+            BatchSecrets::Masks(masks) => image_tables(&self.key, masks),
+            _ => Vec::new(),
+        };
+        timings.verify = start.elapsed();
+        Ok(Answer { batch, session, secrets, tables, y, yb, timings })
+    }
+
+    /// Decrypts image `b` of a verified answer into `out` (`Cout × Ho × Wo`), a piece of an
+    /// output plane at a time through `epilogue`, as [`PrivateConv::run_into`] describes.
+    /// Images may be decrypted in any order and in parallel.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`] for an output that is not one image, an image beyond the
+    /// batch, or an answer of another session key.
+    pub fn decrypt_image<O, E>(&self, answer: &Answer, b: usize, out: &mut [O], epilogue: &E) -> Result<()>
     where
-        T: SmallInt,
-        O: Copy + Default + Send,
+        O: Send,
         E: Fn(usize, std::ops::Range<usize>, &[i32], &mut [O]) + Sync,
     {
-        let start = Instant::now();
-        let seed = ShareSeed::generate(rng);
-        let xb = bufs.sent(x.len());
-        split_share_small_into(&self.key, &seed, x, xb)?;
-        t.encrypt = start.elapsed();
+        self.check_session(answer.session, answer.batch, b)?;
+        let unmask = match (&self.masking, &answer.secrets, &answer.yb) {
+            (Masking::LowRank(mk), BatchSecrets::Masks(_), _) => Unmask::LowRank { mk, tables: &answer.tables },
+            (_, BatchSecrets::Pads(pads), _) => Unmask::Pad(pads),
+            (_, BatchSecrets::Seed(_), Some(yb)) => Unmask::Sum(yb),
+            _ => return Err(mode_mismatch(&self.cfg.name)),
+        };
+        decrypt_image_into(&self.key, &unmask, &answer.y, b, self.bias.as_deref(), out, epilogue)
+    }
 
-        let start = Instant::now();
-        let (ya, yb) = self.both_clouds(a, b, batch, &seed, xb);
-        let (ya, yb) = (ya?, yb?);
-        t.cloud = start.elapsed();
-        self.check_answer_len(batch, &ya, Some("cloud A"))?;
-        self.check_answer_len(batch, &yb, Some("cloud B"))?;
-
-        let start = Instant::now();
-        let kp = self.kernel_enc.data();
-        let checks = FastRounds::draw_plain(&self.key, kp, x, bound, &[], self.cfg.rounds, rng)?;
-        t.verify = start.elapsed();
-
-        let start = Instant::now();
-        let unmask = Unmask::Sum(&yb);
-        let outcome = decrypt_verified_into(&self.key, &unmask, &ya, self.bias.as_deref(), &checks, out, epilogue)?;
-        t.decrypt = start.elapsed();
-        match outcome {
-            Outcome::Accepted => Ok(()),
-            Outcome::Malformed { .. } => Err(self.malformed(batch, &[(&ya, Some("cloud A")), (&yb, Some("cloud B"))])),
-            Outcome::Rejected { round } => Err(self.name_cheater(round, batch, &seed, xb, &ya, &yb, rng)?),
+    /// Checks `|x| <= Bx` (and `<= (p-1)/2`, which embedding needs whatever the configured
+    /// bound); `offset` is where `x` starts in the batch, for the error's index.
+    fn check_input<T: SmallInt>(&self, x: &[T], offset: usize) -> Result<()> {
+        let bound = self.cfg.input_bound.min(M31::HALF);
+        if slices::max_abs_small(x) <= bound {
+            return Ok(());
         }
+        let i = x.iter().position(|v| v.get().unsigned_abs() > bound).unwrap_or(0);
+        Err(Error::ValueOutOfRange {
+            layer: self.cfg.name.clone(),
+            what: "input",
+            index: offset + i,
+            value: i64::from(x[i].get()),
+            bound: u64::from(bound),
+        })
+    }
+
+    /// Checks that a batch belongs to the current session key and has image `b`.
+    fn check_session(&self, session: u64, batch: usize, b: usize) -> Result<()> {
+        if session != self.key.id() {
+            return Err(Error::LengthMismatch { what: "batch of the current session key", expected: 1, got: 0 });
+        }
+        if b >= batch.max(1) {
+            return Err(Error::LengthMismatch { what: "image of the batch", expected: batch, got: b + 1 });
+        }
+        Ok(())
+    }
+
+    /// Verifies a whole answer in the configured mode and rounds: Fast mode's input side from
+    /// the plain input `x` (from `X'`, `sent`, in mode `pad`), its output side in one pass over
+    /// the answer; Strict mode from `X'` (in mode `two-server` rebuilt as the sum of the
+    /// shares). A non-canonical entry is [`Error::MalformedAnswer`]; a failed round is
+    /// [`Error::VerificationFailed`], naming the cheating cloud in mode `two-server`.
+    #[allow(clippy::too_many_arguments)]
+    fn verify_answer<T: SmallInt>(
+        &self,
+        batch: usize,
+        secrets: &BatchSecrets,
+        sent: &[u32],
+        x: &[T],
+        y: &[u32],
+        yb: Option<&[u32]>,
+        rng: &mut KeyRng,
+    ) -> Result<()> {
+        let (geom, kp, rounds) = (&self.geom, self.kernel_enc.data(), self.cfg.rounds);
+        let bound = self.cfg.input_bound.min(M31::HALF);
+        let answers = [(y, yb.map(|_| "cloud A")), (yb.unwrap_or_default(), Some("cloud B"))];
+        let rejected = if self.cfg.mode == Mode::Fast {
+            let term = self.small_kernel.term(kp);
+            let checks = match secrets {
+                BatchSecrets::Masks(masks) => FastRounds::draw_plain(&self.key, term, x, bound, masks, rounds, rng)?,
+                BatchSecrets::Seed(_) => FastRounds::draw_plain(&self.key, term, x, bound, &[], rounds, rng)?,
+                BatchSecrets::Pads(_) => {
+                    FastRounds::draw::<M31, _>(&Claim::new(geom, batch, kp, sent, y)?, rounds, rng)?
+                }
+            };
+            let (rejected, max) = checks.check_output(geom, y, yb);
+            if max >= M31::P {
+                return Err(self.malformed(batch, &answers[..1 + usize::from(yb.is_some())]));
+            }
+            rejected
+        } else {
+            for &(answer, cloud) in &answers[..1 + usize::from(yb.is_some())] {
+                self.check_answer(batch, answer, cloud)?;
+            }
+            match (secrets, yb) {
+                (BatchSecrets::Seed(seed), Some(yb)) => {
+                    // X' = X'_A + X'_B, for the claim.
+                    let xa = seed.expand(sent.len());
+                    let xp: Vec<u32> = xa.iter().zip(sent).map(|(&a, &b)| M31::add(a, b)).collect();
+                    check_claim(&Claim::with_parts(geom, batch, kp, &xp, y, yb)?, Mode::Strict, rounds, rng)?
+                }
+                _ => check_claim(&Claim::new(geom, batch, kp, sent, y)?, Mode::Strict, rounds, rng)?,
+            }
+        };
+        let Some(round) = rejected else { return Ok(()) };
+        Err(match (secrets, yb) {
+            (BatchSecrets::Seed(seed), Some(yb)) => self.name_cheater(round, batch, seed, sent, y, yb, rng)?,
+            _ => self.rejected(round, Cheater::TheCloud),
+        })
     }
 
     /// Both clouds of mode `two-server`, concurrently: A gets the seed, B its share.
@@ -594,103 +757,10 @@ impl PrivateConv {
     }
 
     /// Takes `batch` pads of mode `pad` (gone even if the call fails).
-    fn take_pads(&mut self, batch: usize) -> Result<Vec<crate::pad::Pad>> {
+    fn take_pads(&mut self, batch: usize) -> Result<Vec<Pad>> {
         match &mut self.masking {
             Masking::Pad(Some(pool)) => pool.take(batch),
             _ => Err(Error::PadPoolExhausted { layer: self.cfg.name.clone(), needed: batch, available: 0 }),
-        }
-    }
-
-    /// Strict mode, modes `lowrank` and `pad`: one cloud; verify, then decrypt.
-    fn strict_one(
-        &mut self,
-        cloud: &dyn CloudBackend,
-        batch: usize,
-        x: &[u32],
-        rng: &mut KeyRng,
-        t: &mut Timings,
-    ) -> Result<Vec<i32>> {
-        let start = Instant::now();
-        let mut xp = vec![0u32; x.len()];
-        let secrets = match &self.masking {
-            Masking::LowRank(_) => {
-                let masks = ImageMask::generate_batch(&self.key, batch, rng);
-                encrypt_input_into(&self.key, &masks, x, &mut xp)?;
-                OneCloudSecrets::Masks(masks)
-            }
-            Masking::Pad(_) => {
-                let pads = self.take_pads(batch)?;
-                encrypt_padded_into(&self.key, &pads, x, &mut xp)?;
-                OneCloudSecrets::Pads(pads)
-            }
-            Masking::TwoServer => return Err(mode_mismatch(&self.cfg.name)),
-        };
-        t.encrypt = start.elapsed();
-
-        let start = Instant::now();
-        let yp = cloud.conv_session(&self.kernel_enc, batch, &xp)?;
-        t.cloud = start.elapsed();
-        self.check_answer(batch, &yp, None)?;
-
-        let start = Instant::now();
-        let claim = Claim::new(&self.geom, batch, self.kernel_enc.data(), &xp, &yp)?;
-        let verdict = verify::<M31, _>(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
-        t.verify = start.elapsed();
-        let answer = match verdict {
-            Verdict::Accepted(answer) => answer,
-            Verdict::Rejected { round } => return Err(self.rejected(round, Cheater::TheCloud)),
-        };
-
-        let start = Instant::now();
-        let y = match (&self.masking, secrets) {
-            (Masking::LowRank(mk), OneCloudSecrets::Masks(masks)) => decrypt(&self.key, mk, &masks, &answer)?,
-            (_, OneCloudSecrets::Pads(pads)) => {
-                let mut y = vec![0i32; yp.len()];
-                decrypt_padded_into(&self.key, &pads, &answer, &mut y)?;
-                y
-            }
-            (_, OneCloudSecrets::Masks(_)) => return Err(mode_mismatch(&self.cfg.name)),
-        };
-        t.decrypt = start.elapsed();
-        Ok(y)
-    }
-
-    /// Strict mode, mode `two-server`: verify the sum (and on failure each share), then decrypt.
-    fn strict_two(
-        &mut self,
-        a: &dyn CloudBackend,
-        b: &dyn CloudBackend,
-        batch: usize,
-        x: &[u32],
-        rng: &mut KeyRng,
-        t: &mut Timings,
-    ) -> Result<Vec<i32>> {
-        let start = Instant::now();
-        let seed = ShareSeed::generate(rng);
-        let (mut xp, mut xb) = (vec![0u32; x.len()], vec![0u32; x.len()]);
-        encrypt_shares_into(&self.key, &seed, x, &mut xp, &mut xb)?;
-        t.encrypt = start.elapsed();
-
-        let start = Instant::now();
-        let (ya, yb) = self.both_clouds(a, b, batch, &seed, &xb);
-        let (ya, yb) = (ya?, yb?);
-        t.cloud = start.elapsed();
-        self.check_answer(batch, &ya, Some("cloud A"))?;
-        self.check_answer(batch, &yb, Some("cloud B"))?;
-
-        let start = Instant::now();
-        let claim = Claim::with_parts(&self.geom, batch, self.kernel_enc.data(), &xp, &ya, &yb)?;
-        let verdict = verify::<M31, _>(&claim, self.cfg.mode, self.cfg.rounds, rng)?;
-        t.verify = start.elapsed();
-        match verdict {
-            Verdict::Accepted(answer) => {
-                let start = Instant::now();
-                let mut y = vec![0i32; ya.len()];
-                decrypt_sum_into(&self.key, &answer, &mut y)?;
-                t.decrypt = start.elapsed();
-                Ok(y)
-            }
-            Verdict::Rejected { round } => Err(self.name_cheater(round, batch, &seed, &xb, &ya, &yb, rng)?),
         }
     }
 
@@ -729,15 +799,8 @@ impl PrivateConv {
     }
 }
 
-/// What the client keeps between encryption and decryption of one call in modes `lowrank` and
-/// `pad`.
-enum OneCloudSecrets {
-    Masks(Vec<ImageMask>),
-    Pads(Vec<crate::pad::Pad>),
-}
-
-/// A two-server layer never reaches the one-cloud path ([`PrivateConv::run`] checks the cloud
-/// count first); should it, this error is returned rather than a panic.
+/// The clouds, the secrets and the masking of a layer always agree ([`PrivateConv::send`]
+/// checks the cloud count first); should they not, this error is returned rather than a panic.
 fn mode_mismatch(layer: &str) -> Error {
     Error::Internal(format!("layer `{layer}`: privacy mode mismatch"))
 }

@@ -70,7 +70,7 @@ impl MaskKernel {
 /// The per-image tables `A_t[y,i]` (stored `Ho × ρ × kh`, so that the coefficients of one
 /// output row are contiguous) and `C_t[x,j]` (stored transposed, `ρ × kw × Wo`, so that `Q` is
 /// computed along output rows); zero where the index falls in the padding.
-struct ImageTables {
+pub(crate) struct ImageTables {
     a: Vec<u32>,
     c: Vec<u32>,
     /// For outputs narrower than [`MIN_ROW_WIDTH`]: the planes `B_{t,i,j} = A_t[·,i] ⊗ C_t[·,j]`
@@ -148,18 +148,26 @@ fn mask_channel(
         }
         return;
     }
-    for (t, qt) in q.chunks_exact_mut(kh * wo).enumerate() {
+    fill_q(g, rho, mk, tab, o, q);
+    for (y, coefs) in tab.a.chunks_exact(rho * kh).enumerate() {
+        terms.clear();
+        terms.extend(coefs.iter().zip(q.chunks_exact(wo)).filter(|(c, _)| **c != 0).map(|(&c, qrow)| (c, qrow)));
+        emit(y, &terms);
+    }
+}
+
+/// `Q_t[o,i,·] = Σ_j KG_t[o,i,j]·C_t[·,j]` for t = 1..ρ and every kernel row i, into `q`
+/// (`ρ·kh × Wo`, the order of the coefficients `A_t[y,i]` in [`ImageTables`]).
+fn fill_q(g: &Conv2d, rho: usize, mk: &MaskKernel, tab: &ImageTables, o: usize, q: &mut [u32]) {
+    let (kh, kw, wo) = (g.kh(), g.kw(), g.wo());
+    let mut terms: Vec<(u32, &[u32])> = Vec::with_capacity(kw);
+    for (t, qt) in q.chunks_exact_mut(kh * wo).enumerate().take(rho) {
         let kg = &mk.kg[(t * g.cout() + o) * kh * kw..][..kh * kw];
         for (qrow, kgi) in qt.chunks_exact_mut(wo).zip(kg.chunks_exact(kw)) {
             terms.clear();
             terms.extend(kgi.iter().enumerate().map(|(j, &k)| (k, &tab.c[(t * kw + j) * wo..][..wo])));
             slices::combine_into(qrow, &terms);
         }
-    }
-    for (y, coefs) in tab.a.chunks_exact(rho * kh).enumerate() {
-        terms.clear();
-        terms.extend(coefs.iter().zip(q.chunks_exact(wo)).filter(|(c, _)| **c != 0).map(|(&c, qrow)| (c, qrow)));
-        emit(y, &terms);
     }
 }
 
@@ -339,218 +347,158 @@ pub fn decrypt_sum_verified_into<'a>(
     }
 }
 
-/// What the client kept of one call to unmask its answer, per privacy mode.
+/// What the client kept of one batch to unmask its verified answer, per privacy mode.
 pub(crate) enum Unmask<'a> {
-    /// Mode `lowrank`: `Y = lift(α^-1·Y' - Mk_b)` with the image masks of the call.
-    LowRank { mk: &'a MaskKernel, masks: &'a [ImageMask] },
-    /// Mode `pad`: `Y = lift(α^-1·Y' - U_b)` with the pads of the call.
+    /// Mode `lowrank`: `Y = lift(α^-1·Y' - Mk_b)`, with each image's tables.
+    LowRank { mk: &'a MaskKernel, tables: &'a [ImageTables] },
+    /// Mode `pad`: `Y = lift(α^-1·Y' - U_b)` with the pads of the batch.
     Pad(&'a [Pad]),
     /// Mode `two-server`: `Y = lift(α^-1·(Y'_A + Y'_B))`; this is cloud B's answer.
     Sum(&'a [u32]),
 }
 
-/// The outcome of [`decrypt_verified_into`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// Every round accepted: the output holds the decrypted result.
-    Accepted,
-    /// Round `round` (from 1) rejected; the output was zeroed.
-    Rejected { round: usize },
-    /// An entry of an answer is not below p (its value); the output was zeroed.
-    Malformed { value: u32 },
+/// The per-image tables of mode `lowrank` for the masks of a batch.
+pub(crate) fn image_tables(key: &SessionKey, masks: &[ImageMask]) -> Vec<ImageTables> {
+    masks.iter().map(|m| ImageTables::new(key.geometry(), m)).collect()
 }
 
-/// Per-task state of the fused pass: each round's partial `L`, the largest answer entry, and
-/// working memory (one output row of integers, the `Q` rows of mode `lowrank`).
-struct PassState {
-    l: Vec<u64>,
-    max: u32,
-    ints: Vec<i32>,
-    q: Vec<u32>,
-}
-
-/// Verifies and decrypts in one pass over the answer (Fast mode), for every privacy mode: each
-/// output row is unmasked into exact integers (plus `bias[o]`, when given), contracted for every
-/// round of `checks` on the way, and handed to `epilogue(plane, range, ints, out_row)`, which
-/// writes `out[plane·Ho·Wo + range]` from them (`plane = b·Cout + o`, plain channel order). If
-/// an answer entry is not below p, or a round rejects, `out` is zeroed and the outcome says so:
-/// a rejected answer never leaves this function decrypted.
+/// Decrypts image `b` of a verified batch answer into `out` (`Cout × Ho × Wo`, plain channel
+/// order): each piece of an output plane is unmasked into exact integers (plus `bias[o]`, when
+/// given) and handed to `epilogue(plane, range, ints, out_piece)`, which writes the piece from
+/// them (`plane = b·Cout + o` indexes the batch's planes, `range` the elements of the plane).
+/// The image's planes are read in cloud order (the order the answer sits in memory), in
+/// parallel.
 ///
-/// `y` is the answer of the cloud (cloud A's in mode `two-server`, cloud B's in `unmask`).
+/// The answer must have passed verification: the caller ([`crate::client::PrivateConv`])
+/// holds the proof.
 ///
 /// # Errors
-/// [`crate::Error::LengthMismatch`] when the answers, `out`, `bias` or the masks or pads do not
-/// match the key's geometry.
+/// [`crate::Error::LengthMismatch`] when the answers, `out` or `bias` do not match the key's
+/// geometry, or the batch has no image `b`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn decrypt_verified_into<O, E>(
+pub(crate) fn decrypt_image_into<O, E>(
     key: &SessionKey,
     unmask: &Unmask<'_>,
     y: &[u32],
+    b: usize,
     bias: Option<&[i32]>,
-    checks: &FastRounds,
     out: &mut [O],
     epilogue: &E,
-) -> Result<Outcome>
+) -> Result<()>
 where
-    O: Copy + Default + Send,
+    O: Send,
     E: Fn(usize, std::ops::Range<usize>, &[i32], &mut [O]) + Sync,
 {
     let g = key.geometry();
     let (n, wo, cout, rho) = (g.n(), g.wo(), g.cout(), key.rank());
-    let batch = y.len() / g.output_image_len().max(1);
-    Conv2d::check_len("cloud output", batch * g.output_image_len(), y.len())?;
-    Conv2d::check_len("decrypted output buffer", y.len(), out.len())?;
-    if let Some(b) = bias {
-        Conv2d::check_len("bias", cout, b.len())?;
+    let img = g.output_image_len();
+    let batch = y.len() / img.max(1);
+    Conv2d::check_len("cloud output", batch * img, y.len())?;
+    Conv2d::check_len("decrypted image buffer", img, out.len())?;
+    if b >= batch {
+        return Err(crate::Error::LengthMismatch { what: "image of the batch", expected: batch, got: b + 1 });
     }
-    let tables: Vec<ImageTables> = match unmask {
-        Unmask::LowRank { masks, .. } => {
-            check_masks(key, masks, batch)?;
-            masks.iter().map(|m| ImageTables::new(g, m)).collect()
-        }
+    if let Some(bias) = bias {
+        Conv2d::check_len("bias", cout, bias.len())?;
+    }
+    match unmask {
+        Unmask::LowRank { tables, .. } => Conv2d::check_len("image tables", batch, tables.len())?,
         Unmask::Pad(pads) => {
             Conv2d::check_len("pads", batch, pads.len())?;
-            for p in pads.iter() {
-                Conv2d::check_len("pad mask convolution", g.output_image_len(), p.mask_conv().len())?;
-            }
-            Vec::new()
+            Conv2d::check_len("pad mask convolution", img, pads[b].mask_conv().len())?;
         }
-        Unmask::Sum(b) => {
-            Conv2d::check_len("cloud B output", y.len(), b.len())?;
-            Vec::new()
-        }
-    };
-    let sigma_inv = sigma_inverse(key);
-    let rounds = checks.len();
-    // Mode lowrank on outputs at least MIN_ROW_WIDTH wide goes row by row (its mask is per row);
-    // everything else goes in pieces of up to PIECE elements of a plane, weighted in the
-    // contraction by u ⊗ v directly.
-    let by_rows = tables.first().is_some_and(|t| t.basis.is_empty());
-    let uv: Vec<Vec<u32>> = if by_rows {
-        Vec::new()
-    } else {
-        (0..rounds)
-            .map(|r| {
-                let (u, v) = checks.row_col(r);
-                u.iter().flat_map(|&uy| v.iter().map(move |&vx| M31::mul(uy, vx))).collect()
-            })
-            .collect()
-    };
-    let q_len = if by_rows { rho * g.kh() * wo } else { 0 };
-    let ints_len = if by_rows { wo } else { PIECE.min(n) };
-    let fresh = || PassState { l: vec![0u64; rounds], max: 0, ints: vec![0i32; ints_len], q: vec![0u32; q_len] };
-    let (kh, kw) = (g.kh(), g.kw());
-    // The answer is read in its own (cloud) order, which is the order it sits in memory: reading
-    // planes in plain order would jump about it and defeat the hardware prefetcher.
-    let mut planes: Vec<Option<&mut [O]>> = out.chunks_exact_mut(n).map(Some).collect();
-    let cloud_order: Vec<(usize, &mut [O])> = (0..planes.len())
-        .filter_map(|cloud_plane| {
-            let (b, op) = (cloud_plane / cout, cloud_plane % cout);
-            let plane = b * cout + key.sigma()[op];
-            planes[plane].take().map(|dst| (plane, dst))
-        })
-        .collect();
-    let state = cloud_order
-        .into_par_iter()
-        .fold(fresh, |mut st, (plane, dst)| {
-            let (b, o) = (plane / cout, plane % cout);
-            let op = sigma_inv[o];
-            let cloud_plane = b * cout + op;
-            let src = &y[cloud_plane * n..][..n];
-            let ainv = key.alpha_inv()[op];
-            let add = bias.map_or(0, |bias| bias[o]);
-            // Σ_{y,x} u_y·v_x·Y'[y, x] of this plane, per round (lazy sums of folded products).
-            let mut c = vec![0u64; rounds];
-            let PassState { max, ints, q, .. } = &mut st;
-            let mut finish = |range: std::ops::Range<usize>, ints: &mut [i32], row_max: u32| {
-                *max = (*max).max(row_max);
-                if add != 0 {
-                    ints.iter_mut().for_each(|v| *v += add);
-                }
-                epilogue(plane, range.clone(), ints, &mut dst[range]);
-            };
-            if let (true, Unmask::LowRank { mk, .. }) = (by_rows, unmask) {
-                mask_channel(g, rho, mk, &tables[b], o, q, |yy, terms| {
-                    let range = yy * wo..(yy + 1) * wo;
-                    let yrow = &src[range.clone()];
-                    let (dot, m) = slices::unmask_row(ints, yrow, ainv, terms, checks.row_col(0).1);
-                    for (r, cr) in c.iter_mut().enumerate() {
-                        let (u, v) = checks.row_col(r);
-                        let d = if r == 0 { M31::reduce(dot) } else { slices::dot(yrow, v) };
-                        *cr += M31::fold_product(u64::from(u[yy]) * u64::from(d));
-                    }
-                    finish(range, ints, m);
-                });
-            } else {
-                let kg: Vec<u32> = match unmask {
-                    Unmask::LowRank { mk, .. } => {
-                        (0..rho).flat_map(|t| &mk.kg[(t * cout + o) * kh * kw..][..kh * kw]).copied().collect()
-                    }
-                    _ => Vec::new(),
-                };
-                for start in (0..n).step_by(PIECE) {
-                    let range = start..(start + PIECE).min(n);
-                    let ints = &mut ints[..range.len()];
-                    let (ys, w0) = (&src[range.clone()], &uv[0][range.clone()]);
-                    let (dot, m) = match unmask {
-                        Unmask::Sum(yb) => {
-                            let bs = &yb[cloud_plane * n..][range.clone()];
-                            for (r, cr) in c.iter_mut().enumerate().skip(1) {
-                                let w = &uv[r][range.clone()];
-                                *cr += u64::from(M31::add(slices::dot(ys, w), slices::dot(bs, w)));
-                            }
-                            slices::unmask_sum_row(ints, ys, bs, ainv, w0)
-                        }
-                        Unmask::Pad(pads) => {
-                            let u = &pads[b].mask_conv()[o * n..][range.clone()];
-                            slices::unmask_row(ints, ys, ainv, &[(1, u)], w0)
-                        }
-                        Unmask::LowRank { .. } => {
-                            let terms: Vec<(u32, &[u32])> = kg
-                                .iter()
-                                .zip(tables[b].basis.chunks_exact(n))
-                                .map(|(&k, basis)| (k, &basis[range.clone()]))
-                                .collect();
-                            slices::unmask_row(ints, ys, ainv, &terms, w0)
-                        }
-                    };
-                    if !matches!(unmask, Unmask::Sum(_)) {
-                        for (r, cr) in c.iter_mut().enumerate().skip(1) {
-                            *cr += u64::from(slices::dot(ys, &uv[r][range.clone()]));
-                        }
-                    }
-                    c[0] += dot;
-                    finish(range, ints, m);
-                }
-            }
-            for (r, (l, cr)) in st.l.iter_mut().zip(c).enumerate() {
-                let weight = checks.plane_weight::<M31>(r, cloud_plane);
-                *l += M31::fold_product(u64::from(weight) * u64::from(M31::reduce(cr)));
-            }
-            st
-        })
-        .map(|st| (st.l, st.max))
-        .reduce(
-            || (vec![0u64; rounds], 0),
-            |(mut la, ma), (lb, mb)| {
-                // Each part is a sum of at most 2^31 folded products: no overflow in practice;
-                // reduce anyway so that any number of tasks is safe.
-                la.iter_mut().zip(lb).for_each(|(a, b)| *a = u64::from(M31::reduce(*a)) + u64::from(M31::reduce(b)));
-                (la, ma.max(mb))
-            },
-        );
-    let (l, max) = state;
-    let outcome = if max >= M31::P {
-        Outcome::Malformed { value: max }
-    } else {
-        let l: Vec<u32> = l.into_iter().map(M31::reduce).collect();
-        match checks.rejected_round(&l) {
-            None => Outcome::Accepted,
-            Some(round) => Outcome::Rejected { round },
-        }
-    };
-    if outcome != Outcome::Accepted {
-        out.fill(O::default());
+        Unmask::Sum(yb) => Conv2d::check_len("cloud B output", y.len(), yb.len())?,
     }
-    Ok(outcome)
+    let (kh, kw) = (g.kh(), g.kw());
+    let tab = match unmask {
+        Unmask::LowRank { tables, .. } => Some(&tables[b]),
+        _ => None,
+    };
+    // Mode lowrank on outputs at least MIN_ROW_WIDTH wide goes by rows (its mask is per row,
+    // its rows Q per plane); everything else in pieces of up to PIECE elements of a plane.
+    let by_rows = tab.is_some_and(|t| t.basis.is_empty());
+    let q_len = if by_rows { rho * kh * wo } else { 0 };
+    let rows_per_piece = (PIECE / wo.max(1)).max(1);
+    let ints_len = if by_rows { rows_per_piece * wo } else { PIECE }.min(n);
+    let sigma_inv = sigma_inverse(key);
+    let mut planes: Vec<Option<&mut [O]>> = out.chunks_exact_mut(n).map(Some).collect();
+    let cloud_order: Vec<(usize, &mut [O])> =
+        key.sigma().iter().filter_map(|&o| planes[o].take().map(|dst| (o, dst))).collect();
+    let max = cloud_order
+        .into_par_iter()
+        .with_min_len((PIECE / n.max(1)).max(1))
+        .map_init(
+            || (vec![0i32; ints_len], vec![0u32; q_len]),
+            |(ints, q), (o, dst)| {
+                let op = sigma_inv[o];
+                let plane = b * cout + o;
+                let src = &y[(b * cout + op) * n..][..n];
+                let ainv = key.alpha_inv()[op];
+                let add = bias.map_or(0, |bias| bias[o]);
+                let mut finish = |range: std::ops::Range<usize>, ints: &mut [i32]| {
+                    if add != 0 {
+                        ints.iter_mut().for_each(|v| *v += add);
+                    }
+                    epilogue(plane, range.clone(), ints, &mut dst[range]);
+                };
+                let mut max = 0;
+                match (unmask, tab) {
+                    (Unmask::LowRank { mk, .. }, Some(tab)) if by_rows => {
+                        // Rows in groups that fill the working row: one kernel call per group.
+                        fill_q(g, rho, mk, tab, o, q);
+                        let kk = rho * kh;
+                        for y0 in (0..g.ho()).step_by(rows_per_piece) {
+                            let y1 = (y0 + rows_per_piece).min(g.ho());
+                            let range = y0 * wo..y1 * wo;
+                            let ints = &mut ints[..range.len()];
+                            let coefs = &tab.a[y0 * kk..y1 * kk];
+                            max = max.max(slices::unmask_rows(ints, &src[range.clone()], ainv, coefs, q, wo));
+                            finish(range, ints);
+                        }
+                    }
+                    (Unmask::LowRank { mk, .. }, Some(tab)) => {
+                        let kg = (0..rho).flat_map(|t| &mk.kg[(t * cout + o) * kh * kw..][..kh * kw]);
+                        let bases: Vec<(u32, &[u32])> = kg.copied().zip(tab.basis.chunks_exact(n)).collect();
+                        let mut terms: Vec<(u32, &[u32])> = Vec::with_capacity(bases.len());
+                        for start in (0..n).step_by(PIECE) {
+                            let range = start..(start + PIECE).min(n);
+                            let ints = &mut ints[..range.len()];
+                            terms.clear();
+                            terms.extend(bases.iter().map(|&(k, basis)| (k, &basis[range.clone()])));
+                            max = max.max(slices::unmask_into(ints, &src[range.clone()], ainv, &terms));
+                            finish(range, ints);
+                        }
+                    }
+                    (Unmask::Pad(pads), _) => {
+                        let u = &pads[b].mask_conv()[o * n..][..n];
+                        for start in (0..n).step_by(PIECE) {
+                            let range = start..(start + PIECE).min(n);
+                            let ints = &mut ints[..range.len()];
+                            let (ys, us) = (&src[range.clone()], &u[range.clone()]);
+                            max = max.max(slices::unmask_into(ints, ys, ainv, &[(1, us)]));
+                            finish(range, ints);
+                        }
+                    }
+                    (Unmask::Sum(yb), _) => {
+                        let bsrc = &yb[(b * cout + op) * n..][..n];
+                        for start in (0..n).step_by(PIECE) {
+                            let range = start..(start + PIECE).min(n);
+                            let ints = &mut ints[..range.len()];
+                            let (ys, bs) = (&src[range.clone()], &bsrc[range.clone()]);
+                            max = max.max(slices::unmask_sum_into(ints, ys, bs, ainv));
+                            finish(range, ints);
+                        }
+                    }
+                    (Unmask::LowRank { .. }, None) => {}
+                }
+                max
+            },
+        )
+        .max()
+        .unwrap_or(0);
+    // Verification checked every entry; this is a second line of defence, never reached.
+    if max >= M31::P {
+        return Err(crate::Error::Internal("decrypting an answer with entries not below p".into()));
+    }
+    Ok(())
 }

@@ -122,6 +122,10 @@ pub fn mask_tensor(key: &SessionKey, mask: &ImageMask) -> Vec<u32> {
 /// Elements of cloud A's share generated at a time by [`encrypt_shares_into`] (16 KiB, in L1).
 const SHARE_BLOCK: usize = 4096;
 
+/// Elements of cloud B's share a task of [`split_share_small_into`] makes (a multiple of the
+/// key stream's 16-word blocks).
+const SHARE_CHUNK: usize = 16 * SHARE_BLOCK;
+
 /// Mode `two-server` (SCHEME.md §11): writes `X' = β·X[π]` into `scaled` and cloud B's share
 /// `X'_B = X' - G(seed)` into `share_b`, in one pass per channel plane.
 ///
@@ -215,74 +219,54 @@ pub fn encrypt_padded_into(key: &SessionKey, pads: &[Pad], x: &[u32], out: &mut 
     Ok(())
 }
 
-/// [`encrypt_input_into`] from small integers (`|x| <= (p-1)/2`, quantized activations) rather
-/// than field elements, with the spatial factors `a_t ⊗ c_t` of every image in caller-owned
-/// working memory `spatial` (resized as needed), so that a stream of batches allocates nothing.
+/// Mode `lowrank`, one image from small integers (`|x| <= (p-1)/2`, quantized activations):
+/// `X'_b[c'] = β[c']·(x[π(c')] + R_b[π(c')])`, the mask made row by row from its factors as
+/// `R_b[c, y, ·] = Σ_t (g_t[c]·a_t[y])·c_t`, channel planes in parallel. `x` and `out` are
+/// `Cin × H × W`.
 ///
 /// # Errors
-/// [`Error::LengthMismatch`] (also for `out`).
-pub(crate) fn encrypt_small_into<T: SmallInt>(
+/// [`Error::LengthMismatch`] when `x`, `out` or the mask do not fit the key.
+pub(crate) fn encrypt_image_lowrank<T: SmallInt>(
     key: &SessionKey,
-    masks: &[ImageMask],
+    mask: &ImageMask,
     x: &[T],
     out: &mut [u32],
-    spatial: &mut Vec<u32>,
 ) -> Result<()> {
     let g = key.geometry();
-    let batch = g.batch_of_input(x.len())?;
-    check_masks(key, masks, batch)?;
-    Conv2d::check_len("encrypted input buffer", x.len(), out.len())?;
-    let (cin, hw, rho) = (g.cin(), g.h() * g.w(), key.rank());
-    spatial.resize(batch * rho * hw, 0);
-    spatial.par_chunks_exact_mut(hw).enumerate().for_each(|(bt, plane)| {
-        let (mask, t) = (&masks[bt / rho], bt % rho);
-        for (row, &a) in plane.chunks_exact_mut(g.w()).zip(mask.row_factor(t)) {
-            slices::combine_into(row, &[(a, mask.col_factor(t))]);
-        }
-    });
-    let spatial = &spatial[..];
-    out.par_chunks_exact_mut(hw).enumerate().for_each_init(
-        || Vec::with_capacity(rho),
-        |terms: &mut Vec<(u32, &[u32])>, (idx, dst)| {
-            let (b, cp) = (idx / cin, idx % cin);
+    check_masks(key, std::slice::from_ref(mask), 1)?;
+    Conv2d::check_len("image", g.image_len(), x.len())?;
+    Conv2d::check_len("encrypted image buffer", g.image_len(), out.len())?;
+    let (hw, rho, h, w) = (g.h() * g.w(), key.rank(), g.h(), g.w());
+    out.par_chunks_exact_mut(hw).enumerate().with_min_len((1 << 14) / hw + 1).for_each_init(
+        || vec![0u32; h * rho],
+        |coefs, (cp, dst)| {
             let (c, beta) = (key.pi()[cp], key.beta()[cp]);
-            terms.clear();
-            terms.extend(
-                (0..rho).map(|t| (M31::mul(beta, key.channel_factor(t)[c]), &spatial[(b * rho + t) * hw..][..hw])),
-            );
-            slices::encrypt_small_into(dst, beta, &x[(b * cin + c) * hw..][..hw], terms);
+            // coefs[y, t] = β·g_t[c]·a_t[y]: row y of the plane adds Σ_t coefs[y, t]·c_t.
+            for t in 0..rho {
+                let bg = M31::mul(beta, key.channel_factor(t)[c]);
+                for (y, &a) in mask.row_factor(t).iter().enumerate() {
+                    coefs[y * rho + t] = M31::mul(bg, a);
+                }
+            }
+            slices::encrypt_rows(dst, beta, &x[c * hw..][..hw], coefs, mask.col_factors(), w);
         },
     );
     Ok(())
 }
 
-/// [`encrypt_padded_into`] from small integers (`|x| <= (p-1)/2`).
+/// Mode `pad`, one image from small integers: `X'_b[c'] = β[c']·(x[π(c')] + R_b[π(c')])`.
 ///
 /// # Errors
-/// [`Error::LengthMismatch`] (also for `out` and the pads).
-pub(crate) fn encrypt_padded_small_into<T: SmallInt>(
-    key: &SessionKey,
-    pads: &[Pad],
-    x: &[T],
-    out: &mut [u32],
-) -> Result<()> {
+/// [`Error::LengthMismatch`] when `x`, `out` or the pad do not fit the key.
+pub(crate) fn encrypt_image_padded<T: SmallInt>(key: &SessionKey, pad: &Pad, x: &[T], out: &mut [u32]) -> Result<()> {
     let g = key.geometry();
-    let batch = g.batch_of_input(x.len())?;
-    Conv2d::check_len("pads", batch, pads.len())?;
-    for p in pads {
-        Conv2d::check_len("pad mask", g.image_len(), p.mask().len())?;
-    }
-    Conv2d::check_len("encrypted input buffer", x.len(), out.len())?;
-    let (cin, hw) = (g.cin(), g.h() * g.w());
-    out.par_chunks_exact_mut(hw).enumerate().for_each(|(idx, dst)| {
-        let (b, cp) = (idx / cin, idx % cin);
+    Conv2d::check_len("image", g.image_len(), x.len())?;
+    Conv2d::check_len("encrypted image buffer", g.image_len(), out.len())?;
+    Conv2d::check_len("pad mask", g.image_len(), pad.mask().len())?;
+    let hw = g.h() * g.w();
+    out.par_chunks_exact_mut(hw).enumerate().with_min_len((1 << 14) / hw + 1).for_each(|(cp, dst)| {
         let (c, beta) = (key.pi()[cp], key.beta()[cp]);
-        slices::encrypt_small_into(
-            dst,
-            beta,
-            &x[(b * cin + c) * hw..][..hw],
-            &[(beta, &pads[b].mask()[c * hw..][..hw])],
-        );
+        slices::encrypt_small_into(dst, beta, &x[c * hw..][..hw], &[(beta, &pad.mask()[c * hw..][..hw])]);
     });
     Ok(())
 }
@@ -301,48 +285,94 @@ pub(crate) fn split_share_small_into<T: SmallInt>(
     x: &[T],
     share_b: &mut [u32],
 ) -> Result<()> {
-    split_share_small_masked(key, seed, x, share_b, P)
+    Conv2d::check_len("share buffer", x.len(), share_b.len())?;
+    if split_share_small_masked(key, seed, x, 0, share_b, P)? {
+        let a = share::reference_masked(seed.as_bytes(), x.len(), P);
+        split_share_from(key, x, share_b, &a);
+    }
+    Ok(())
+}
+
+/// Mode `two-server`, image `b` of a batch: [`split_share_small_into`] for the image's part
+/// of cloud B's share (`x` and `share_b` are the image's), from the key stream at the image's
+/// position. Returns true when a word of the key stream was rejected: the share is then not
+/// the image's part of `G(seed)`, and the caller must make the whole batch's share with
+/// [`split_share_small_into`].
+///
+/// # Errors
+/// [`Error::LengthMismatch`] when `x` or `share_b` is not one image.
+pub(crate) fn split_share_image<T: SmallInt>(
+    key: &SessionKey,
+    seed: &ShareSeed,
+    b: usize,
+    x: &[T],
+    share_b: &mut [u32],
+) -> Result<bool> {
+    let img = key.geometry().image_len();
+    Conv2d::check_len("image", img, x.len())?;
+    Conv2d::check_len("share buffer", img, share_b.len())?;
+    split_share_small_masked(key, seed, x, b * img, share_b, P)
+}
+
+/// `share_b = β·x[π] - a` for cloud A's share `a` already expanded (the whole batch's).
+fn split_share_from<T: SmallInt>(key: &SessionKey, x: &[T], share_b: &mut [u32], a: &[u32]) {
+    let g = key.geometry();
+    let (cin, hw) = (g.cin(), g.h() * g.w());
+    share_b.par_chunks_exact_mut(hw).enumerate().for_each(|(idx, xb)| {
+        let src = &x[(idx / cin * cin + key.pi()[idx % cin]) * hw..][..hw];
+        slices::scale_sub_small(xb, key.beta()[idx % cin], src, &a[idx * hw..][..hw]);
+    });
 }
 
 /// [`split_share_small_into`] for a share generator that cuts words to `mask` (tests).
+/// The fast path of the split for whole images (`x` and `share_b`, from word `start` of the
+/// batch's share, `start` a multiple of the image size): returns true when a word was rejected,
+/// in which case `share_b` is not finished.
 fn split_share_small_masked<T: SmallInt>(
     key: &SessionKey,
     seed: &ShareSeed,
     x: &[T],
+    start: usize,
     share_b: &mut [u32],
     mask: u32,
-) -> Result<()> {
+) -> Result<bool> {
     let g = key.geometry();
     g.batch_of_input(x.len())?;
     Conv2d::check_len("share buffer", x.len(), share_b.len())?;
-    let (cin, hw) = (g.cin(), g.h() * g.w());
-    let plane = |idx: usize| &x[(idx / cin * cin + key.pi()[idx % cin]) * hw..][..hw];
+    let (cin, hw, img) = (g.cin(), g.h() * g.w(), g.image_len());
+    // Plane `idx` of the batch's share reads this plane of `x` (which starts at image start/img).
+    let first = start / img;
+    let plane = |idx: usize| &x[((idx / cin - first) * cin + key.pi()[idx % cin]) * hw..][..hw];
+    // The key stream is consumed in the order of the share, a chunk per task and a block at a
+    // time, whatever the planes' size: each block is split among the planes it covers.
     let rejected = share_b
-        .par_chunks_exact_mut(hw)
+        .par_chunks_mut(SHARE_CHUNK)
         .enumerate()
         .map_init(
-            || vec![0u32; SHARE_BLOCK.min(hw)],
-            |block, (idx, xb)| {
-                let mut stream = share::stream_at(seed.as_bytes(), idx * hw);
-                let beta = key.beta()[idx % cin];
-                for (xb, src) in xb.chunks_mut(SHARE_BLOCK).zip(plane(idx).chunks(SHARE_BLOCK)) {
-                    let a = &mut block[..src.len()];
+            || vec![0u32; SHARE_BLOCK],
+            |block, (chunk, xb)| {
+                let chunk_start = start + chunk * SHARE_CHUNK;
+                let mut stream = share::stream_at(seed.as_bytes(), chunk_start);
+                for (i, xb) in xb.chunks_mut(SHARE_BLOCK).enumerate() {
+                    let a = &mut block[..xb.len()];
                     if share::fill_masked(&mut stream, a, mask) {
                         return true;
                     }
-                    slices::scale_sub_small(xb, beta, src, a);
+                    let mut at = chunk_start + i * SHARE_BLOCK;
+                    let (mut xb, mut a) = (xb, &a[..]);
+                    while !xb.is_empty() {
+                        let (idx, off) = (at / hw, at % hw);
+                        let len = (hw - off).min(xb.len());
+                        let (head, rest) = xb.split_at_mut(len);
+                        slices::scale_sub_small(head, key.beta()[idx % cin], &plane(idx)[off..off + len], &a[..len]);
+                        (xb, a, at) = (rest, &a[len..], at + len);
+                    }
                 }
                 false
             },
         )
         .reduce(|| false, |a, b| a | b);
-    if rejected {
-        let a = share::reference_masked(seed.as_bytes(), x.len(), mask);
-        share_b.par_chunks_exact_mut(hw).enumerate().for_each(|(idx, xb)| {
-            slices::scale_sub_small(xb, key.beta()[idx % cin], plane(idx), &a[idx * hw..][..hw]);
-        });
-    }
-    Ok(())
+    Ok(rejected)
 }
 
 #[cfg(test)]
@@ -370,6 +400,42 @@ mod tests {
                 let plain = x[img * g.image_len() + key.pi()[cp] * hw + i % hw];
                 assert_eq!(s, M31::mul(key.beta()[cp], plain), "mask {mask:#x}, X' at {i}");
                 assert_eq!(b, M31::sub(s, av), "mask {mask:#x}, X'_B at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_share_from_small_integers_splits_exactly_across_planes_and_chunks() {
+        // Planes of 49 and of 70,000 elements: blocks and chunks straddle planes both ways.
+        for (c, hw) in [(37, (7, 7)), (2, (250, 280))] {
+            let g = Conv2d::builder(c, 2, hw, (3, 3)).padding(Padding::uniform(1)).build().expect("valid");
+            let key = SessionKey::generate_for(&g, Privacy::TwoServer, &mut seeded_rng(3)).expect("key");
+            let mut rng = seeded_rng(4);
+            let x: Vec<i8> =
+                (0..3 * g.image_len()).map(|_| (M31::random(&mut rng) % 255) as i8).map(|v| v.max(-127)).collect();
+            let seed = ShareSeed::generate(&mut rng);
+            for mask in [P, 0xF] {
+                let mut xb = vec![0u32; x.len()];
+                let a = share::reference_masked(seed.as_bytes(), x.len(), mask);
+                if split_share_small_masked(&key, &seed, &x, 0, &mut xb, mask).expect("splits") {
+                    split_share_from(&key, &x, &mut xb, &a);
+                }
+                // Image by image from their positions in the key stream, where no word is rejected.
+                if mask == P {
+                    let img = g.image_len();
+                    let mut by_image = vec![0u32; x.len()];
+                    for (b, (xi, si)) in x.chunks(img).zip(by_image.chunks_mut(img)).enumerate() {
+                        assert!(!split_share_image(&key, &seed, b, xi, si).expect("splits"));
+                    }
+                    assert_eq!(by_image, xb, "{c} channels, image by image");
+                }
+                let plane = g.h() * g.w();
+                for (i, (&b, &av)) in xb.iter().zip(&a).enumerate() {
+                    let (img, cp) = (i / g.image_len(), i % g.image_len() / plane);
+                    let plain = x[img * g.image_len() + key.pi()[cp] * plane + i % plane];
+                    let scaled = M31::mul(key.beta()[cp], M31::embed(i64::from(plain)).expect("small"));
+                    assert_eq!(b, M31::sub(scaled, av), "mask {mask:#x}, {c} channels, X'_B at {i}");
+                }
             }
         }
     }

@@ -188,6 +188,11 @@ impl ImageMask {
         &self.rows[t * h..(t + 1) * h]
     }
 
+    /// All column factors, `c_t` after `c_t-1` (`ρ × W`).
+    pub(crate) fn col_factors(&self) -> &[u32] {
+        &self.cols
+    }
+
     /// Column factor `c_t` (length W).
     pub fn col_factor(&self, t: usize) -> &[u32] {
         let w = self.cols.len() / self.rho;

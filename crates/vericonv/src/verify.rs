@@ -343,7 +343,7 @@ fn fast_input_side<F: PrimeField>(claim: &Claim<'_>, vecs: &FastVectors) -> u32 
 /// `T(R)[c,i,j] = Σ_t g_t[c]·Σ_b w_b·(Σ_y u_y a_{b,t}[y·sh+i·dh-pt])·(Σ_x v_x c_{b,t}[x·sw+j·dw-pl])`.
 fn fast_input_side_plain<T: SmallInt>(
     key: &SessionKey,
-    kp: &[u32],
+    kernel: KernelTerm<'_>,
     x: &[T],
     bound: u32,
     masks: &[ImageMask],
@@ -354,7 +354,8 @@ fn fast_input_side_plain<T: SmallInt>(
     let (w, u, v) = (&vecs.w, &vecs.u, &vecs.v);
     let (kh, kw, taps, hw, img) = (g.kh(), g.kw(), g.kh() * g.kw(), g.h() * g.w(), g.image_len());
     let batch = w.len();
-    let ks = kernel_fold::<F>(g, kp, &vecs.s);
+    // k_s·β per cloud input channel: X' carries a factor β[c'] that the plain input does not.
+    let kb = kernel.fold_scaled(key, &vecs.s);
     let vj = column_weights(g, v);
     // The mask's part: M_t[i,j] = Σ_b w_b·Au_{b,t}[i]·Cv_{b,t}[j], for t = 1..ρ.
     let rho = if masks.is_empty() { 0 } else { key.rank() };
@@ -405,12 +406,12 @@ fn fast_input_side_plain<T: SmallInt>(
                     slices::reduce_signed_into(part, wide);
                     folded.iter_mut().zip(part.iter()).for_each(|(f, &p)| *f = F::add(*f, p));
                 }
-                let ksc = &ks[cp * taps..][..taps];
-                let mut t = plane_term::<F>(g, folded, &vj, u, ksc, z);
+                let kbc = &kb[cp * taps..][..taps];
+                let mut t = plane_term::<F>(g, folded, &vj, u, kbc, z);
                 for (tt, mt) in m.chunks_exact(taps).enumerate() {
-                    t = F::add(t, F::mul(key.channel_factor(tt)[c], F::dot(ksc, mt)));
+                    t = F::add(t, F::mul(key.channel_factor(tt)[c], F::dot(kbc, mt)));
                 }
-                F::mul(key.beta()[cp], t)
+                t
             },
         )
         .collect();
@@ -451,7 +452,8 @@ impl FastRounds {
     /// rank-ρ masks `masks` (mode `lowrank`, one per image), or `β·x[π]` (`masks` empty: mode
     /// `two-server`, where `X'` is the sum of the shares). `V` is the same field element as
     /// from `X'`, computed from `x` and the masks' factors, so `X'` need not be read again (nor,
-    /// in mode `two-server`, ever written). `kernel` is `K'`.
+    /// in mode `two-server`, ever written); the kernel's part comes from `K'` or from the plain
+    /// kernel ([`KernelTerm`]).
     ///
     /// # Errors
     /// [`Error::InvalidRounds`] for zero rounds; [`Error::LengthMismatch`] when `x`, `kernel`
@@ -459,7 +461,7 @@ impl FastRounds {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn draw_plain<T: SmallInt, R: Rng>(
         key: &SessionKey,
-        kernel: &[u32],
+        kernel: KernelTerm<'_>,
         x: &[T],
         bound: u32,
         masks: &[ImageMask],
@@ -471,7 +473,7 @@ impl FastRounds {
         }
         let g = key.geometry();
         let batch = g.batch_of_input(x.len())?;
-        Conv2d::check_len("encrypted kernel", g.kernel_len(), kernel.len())?;
+        Conv2d::check_len("kernel", g.kernel_len(), kernel.len())?;
         if !masks.is_empty() {
             crate::encrypt::check_masks(key, masks, batch)?;
         }
@@ -485,20 +487,47 @@ impl FastRounds {
         Ok(Self { rounds })
     }
 
-    /// The number of rounds.
-    pub(crate) fn len(&self) -> usize {
-        self.rounds.len()
-    }
-
-    /// Round `r`'s row and column vectors `(u, v)`.
-    pub(crate) fn row_col(&self, r: usize) -> (&[u32], &[u32]) {
-        let vecs = &self.rounds[r].0;
-        (&vecs.u, &vecs.v)
-    }
-
-    /// Round `r`'s weight `w_b·s_o'` of the flat cloud plane index `plane = b·Cout + o'`.
-    pub(crate) fn plane_weight<F: PrimeField>(&self, r: usize, plane: usize) -> u32 {
-        self.rounds[r].0.weight::<F>(plane)
+    /// Checks the answer against the rounds: evaluates every round's output side `L` in one
+    /// pass over the answer `y` (plus `yb`, the second part of mode `two-server`'s answer),
+    /// planes in parallel. Returns the first rejecting round (from 1), if any, and the largest
+    /// entry of the answer, which the caller checks first: an entry not below p makes the
+    /// answer malformed whatever `L` says.
+    pub(crate) fn check_output(&self, g: &Conv2d, y: &[u32], yb: Option<&[u32]>) -> (Option<usize>, u32) {
+        let n = g.n();
+        // Per round, u ⊗ v over a plane: the weight of each output element.
+        let uv: Vec<Vec<u32>> = self
+            .rounds
+            .iter()
+            .map(|(vecs, _)| vecs.u.iter().flat_map(|&uy| vecs.v.iter().map(move |&vx| M31::mul(uy, vx))).collect())
+            .collect();
+        let rounds = self.rounds.len();
+        let (l, max) = (0..y.len() / n.max(1))
+            .into_par_iter()
+            .with_min_len((1 << 14) / n.max(1) + 1)
+            .fold(
+                || (vec![0u64; rounds], 0u32),
+                |(mut l, mut max), p| {
+                    for ((vecs, _), (lr, w)) in self.rounds.iter().zip(l.iter_mut().zip(&uv)) {
+                        let (da, ma) = slices::dot_max(&y[p * n..][..n], w);
+                        let (db, mb) = yb.map_or((0, 0), |yb| slices::dot_max(&yb[p * n..][..n], w));
+                        max = max.max(ma).max(mb);
+                        let c = M31::add(M31::reduce(da), M31::reduce(db));
+                        *lr += M31::fold_product(u64::from(vecs.weight::<M31>(p)) * u64::from(c));
+                    }
+                    (l, max)
+                },
+            )
+            .reduce(
+                || (vec![0u64; rounds], 0),
+                |(mut la, ma), (lb, mb)| {
+                    la.iter_mut()
+                        .zip(lb)
+                        .for_each(|(a, b)| *a = u64::from(M31::reduce(*a)) + u64::from(M31::reduce(b)));
+                    (la, ma.max(mb))
+                },
+            );
+        let l: Vec<u32> = l.into_iter().map(M31::reduce).collect();
+        (self.rejected_round(&l), max)
     }
 
     /// Each round's share of `L` from output plane `plane` (`b·Cout + o'`), whose two parts are
@@ -515,6 +544,89 @@ impl FastRounds {
     pub fn rejected_round(&self, l: &[u32]) -> Option<usize> {
         self.rounds.iter().zip(l).position(|((_, v), l)| v != l).map(|r| r + 1)
     }
+}
+
+/// Where Fast verification's kernel term comes from: `K'` itself, or the plain kernel `K` in
+/// small integers (a quarter of `K'`'s bytes for 8-bit weights; the scalars of `K'` are folded
+/// into `s`). Both give the same field elements.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum KernelTerm<'a> {
+    /// `K'` (`Cout × Cin/G × kh × kw`, cloud order).
+    Encrypted(&'a [u32]),
+    /// `K` in 8 bits (`Cout × Cin/G × kh × kw`, plain order).
+    Plain8(&'a [i8]),
+    /// `K` in 16 bits.
+    Plain16(&'a [i16]),
+}
+
+impl KernelTerm<'_> {
+    fn len(&self) -> usize {
+        match self {
+            KernelTerm::Encrypted(k) => k.len(),
+            KernelTerm::Plain8(k) => k.len(),
+            KernelTerm::Plain16(k) => k.len(),
+        }
+    }
+
+    /// `k_s[c', ·]·β[c']` (`Cin × kh × kw`, cloud order) with `k_s` as in [`kernel_fold`].
+    fn fold_scaled(&self, key: &SessionKey, s: &[u32]) -> Vec<u32> {
+        let g = key.geometry();
+        let taps = g.kh() * g.kw();
+        match self {
+            KernelTerm::Encrypted(kp) => {
+                let mut ks = kernel_fold::<M31>(g, kp, s);
+                for (row, &beta) in ks.chunks_exact_mut(taps).zip(key.beta()) {
+                    row.iter_mut().for_each(|v| *v = M31::mul(*v, beta));
+                }
+                ks
+            }
+            KernelTerm::Plain8(k) => kernel_fold_plain(key, k, s),
+            KernelTerm::Plain16(k) => kernel_fold_plain(key, k, s),
+        }
+    }
+}
+
+/// Output channels whose weighted kernel rows a task of [`kernel_fold_plain`] sums exactly.
+const FOLD_ROWS: usize = 64;
+
+/// `k_s[c', ·]·β[c']` from the plain kernel: since `K'[o', cl', ·] = α[o']·β[c']^-1·K[σ(o'), cl,
+/// ·]`, it is `Σ_{o'} (s_o'·α_o')·K[σ(o'), cl, ·]` with `cl` the plain local index of `π(c')`:
+/// small-integer rows summed exactly in `i64`, no inverse needed.
+fn kernel_fold_plain<T: SmallInt>(key: &SessionKey, k: &[T], s: &[u32]) -> Vec<u32> {
+    let g = key.geometry();
+    let (cpg, cpo, m, taps) = (g.cin_per_group(), g.cout_per_group(), g.m(), g.kh() * g.kw());
+    let mut out = vec![0u32; g.cin() * taps];
+    for (grp, dst) in out.chunks_exact_mut(cpg * taps).enumerate() {
+        // Σ over the group's output channels, in tasks of FOLD_ROWS rows (|Σ| < 2^6·2^31·2^15).
+        let acc = (grp * cpo..(grp + 1) * cpo)
+            .into_par_iter()
+            .with_min_len(FOLD_ROWS)
+            .fold(
+                || vec![0i64; m],
+                |mut acc, op| {
+                    let t = M31::mul(s[op], key.alpha()[op]);
+                    slices::fold_small(&mut acc, t, &k[key.sigma()[op] * m..][..m]);
+                    acc
+                },
+            )
+            .map(|acc| {
+                let mut f = vec![0u32; m];
+                slices::reduce_signed_into(&mut f, &acc);
+                f
+            })
+            .reduce(
+                || vec![0u32; m],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x = M31::add(*x, y));
+                    a
+                },
+            );
+        for (clp, row) in dst.chunks_exact_mut(taps).enumerate() {
+            let cl = key.pi()[grp * cpg + clp] % cpg;
+            row.copy_from_slice(&acc[cl * taps..][..taps]);
+        }
+    }
+    out
 }
 
 /// Fast mode's kernel term `k_s[c', ·] = Σ_{o' in the cloud group of c'} s_o'·K'[o', cl', ·]`
@@ -647,9 +759,18 @@ mod tests {
                 let y = vec![0u32; batch * g.output_image_len()];
                 let claim = Claim::new(&g, batch, &kp, &xp, &y).expect("claim");
                 let from_xp = FastRounds::draw::<M31, _>(&claim, 2, &mut seeded_rng(7)).expect("rounds");
-                let plain = FastRounds::draw_plain(&key, &kp, &x, 127, &masks, 2, &mut seeded_rng(7)).expect("rounds");
                 let v = |f: &FastRounds| f.rounds.iter().map(|r| r.1).collect::<Vec<_>>();
-                assert_eq!(v(&plain), v(&from_xp), "{g:?}, {privacy:?}, batch {batch}");
+                let k8: Vec<i8> = k.iter().map(|&w| (w % 255) as i8).collect();
+                // K' of the 8-bit kernel, for the plain kernel term to be compared against.
+                let k8_field: Vec<u32> = k8.iter().map(|&w| M31::embed(i64::from(w)).expect("small")).collect();
+                let kp8 = encrypt_kernel(&key, &k8_field).expect("kernel");
+                let claim8 = Claim::new(&g, batch, &kp8, &xp, &y).expect("claim");
+                let from_xp8 = FastRounds::draw::<M31, _>(&claim8, 2, &mut seeded_rng(7)).expect("rounds");
+                for (term, want) in [(KernelTerm::Encrypted(&kp), &from_xp), (KernelTerm::Plain8(&k8), &from_xp8)] {
+                    let plain =
+                        FastRounds::draw_plain(&key, term, &x, 127, &masks, 2, &mut seeded_rng(7)).expect("rounds");
+                    assert_eq!(v(&plain), v(want), "{g:?}, {privacy:?}, batch {batch}, {term:?}");
+                }
             }
         }
     }

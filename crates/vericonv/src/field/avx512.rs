@@ -4,7 +4,8 @@
 //! widening is needed), folded lazily, and packed back to sixteen `u32` at the end.
 //!
 //! Each function computes exactly what its portable twin in [`super::slices`] does (tests
-//! compare them bit for bit); [`super::slices`] calls them when the CPU has AVX-512F. Every
+//! compare them bit for bit); [`super::slices`] calls them when the CPU has AVX-512F, BW and
+//! VL (every AVX-512 CPU since Skylake-SP and Zen 4). Every
 //! function requires, and its caller checks, that all slices it reads hold at least
 //! `out.len()` elements: tails are read with masked loads, which touch nothing beyond that.
 
@@ -14,6 +15,9 @@ use super::{P, SmallInt};
 
 /// Elements per vector.
 const LANES: usize = 16;
+
+/// How far ahead (in elements) the answer rows are prefetched.
+const PREFETCH: usize = 512;
 
 /// The mask of the first `n` (at most 16) lanes.
 #[inline(always)]
@@ -85,21 +89,13 @@ unsafe fn load(x: &[u32], at: usize, k: __mmask16) -> __m512i {
     unsafe { _mm512_maskz_loadu_epi32(k, x.as_ptr().add(at).cast()) }
 }
 
-/// Loads the first `n` (at most 16) small integers of `x` from element `at`, widened (a tail
-/// through a zero-padded copy).
+/// Loads the first `n` (at most 16) small integers of `x` from element `at`, widened.
 #[inline]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn load_small<T: SmallInt>(x: &[T], at: usize, n: usize) -> __m512i {
-    let block: [T; LANES] = match x.get(at..at + LANES).and_then(|s| s.try_into().ok()) {
-        Some(full) if n == LANES => full,
-        _ => {
-            let mut b = [x[at]; LANES];
-            b[..n].copy_from_slice(&x[at..at + n]);
-            b
-        }
-    };
-    // SAFETY: this function has AVX-512F.
-    unsafe { T::load16(&block) }
+    let src = &x[at..at + n];
+    // SAFETY: this function has the features; the `n` lanes read lie inside `src`.
+    unsafe { T::load16(src.as_ptr(), lanes(n)) }
 }
 
 /// The sum of the 64-bit lanes of `a` and `b`, wrapping.
@@ -160,17 +156,30 @@ pub(super) unsafe fn combine_into(out: &mut [u32], terms: &[(u32, &[u32])]) {
 ///
 /// # Safety
 /// The CPU has AVX-512F; `x` and every `x_k` hold at least `out.len()` elements.
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn encrypt_small_into<T: SmallInt>(out: &mut [u32], c: u32, x: &[T], terms: &[(u32, &[u32])]) {
     let c = _mm512_set1_epi64(i64::from(c));
-    for at in (0..out.len()).step_by(LANES) {
-        let n = (out.len() - at).min(LANES);
-        let k = lanes(n);
+    for_blocks(out, |at, n, k| {
+        // SAFETY: lanes of `k` lie inside `x` and every term (the caller's contract).
         unsafe {
             let (pe, po) = mul_even_odd(embed(load_small(x, at, n)), c);
             let (e, o) = accumulate(terms, false, at, k, (pe, po, 1));
-            _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), k, reduce(e, o));
+            reduce(e, o)
         }
+    });
+}
+
+/// Calls `block(at, n, k)` for consecutive blocks of `out` (`n` elements from `at`, lanes `k`)
+/// and stores what it returns there.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn for_blocks(out: &mut [u32], mut block: impl FnMut(usize, usize, __mmask16) -> __m512i) {
+    for at in (0..out.len()).step_by(LANES) {
+        let n = (out.len() - at).min(LANES);
+        let k = lanes(n);
+        let v = block(at, n, k);
+        // SAFETY: lanes of `k` lie inside `out`.
+        unsafe { _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), k, v) };
     }
 }
 
@@ -178,19 +187,17 @@ pub(super) unsafe fn encrypt_small_into<T: SmallInt>(out: &mut [u32], c: u32, x:
 ///
 /// # Safety
 /// The CPU has AVX-512F; `x` and `a` hold at least `out.len()` elements.
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn scale_sub_small<T: SmallInt>(out: &mut [u32], c: u32, x: &[T], a: &[u32]) {
     let c = _mm512_set1_epi64(i64::from(c));
-    for at in (0..out.len()).step_by(LANES) {
-        let n = (out.len() - at).min(LANES);
-        let k = lanes(n);
+    for_blocks(out, |at, n, k| {
+        // SAFETY: lanes of `k` lie inside `x` and `a` (the caller's contract).
         unsafe {
             let (pe, po) = mul_even_odd(embed(load_small(x, at, n)), c);
             let t = _mm512_add_epi32(reduce(pe, po), _mm512_set1_epi32(P as i32)); // in [p, 2p)
-            let d = canonical(_mm512_sub_epi32(t, load(a, at, k))); // a < p: in (0, 2p)
-            _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), k, d);
+            canonical(_mm512_sub_epi32(t, load(a, at, k))) // a < p: in (0, 2p)
         }
-    }
+    });
 }
 
 /// [`super::slices::dot`], as the lazy sum of folded products (congruent to the dot product,
@@ -204,6 +211,7 @@ pub(super) unsafe fn dot_max(a: &[u32], b: &[u32]) -> (u64, u32) {
         let (mut de, mut do_, mut max) = (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512());
         for at in (0..a.len()).step_by(LANES) {
             let k = lanes(a.len() - at);
+            _mm_prefetch::<_MM_HINT_T0>(a.as_ptr().wrapping_add(at + PREFETCH).cast());
             let av = load(a, at, k);
             max = _mm512_max_epu32(max, av);
             let (pe, po) = mul_lanes(av, load(b, at, k));
@@ -214,55 +222,142 @@ pub(super) unsafe fn dot_max(a: &[u32], b: &[u32]) -> (u64, u32) {
     }
 }
 
-/// [`super::slices::unmask_row`].
+/// [`super::slices::unmask_into`]: returns the largest entry of `y`.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `y`, `v` and every `x_k` hold at least `out.len()` elements.
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn unmask_row(out: &mut [i32], y: &[u32], c: u32, terms: &[(u32, &[u32])], v: &[u32]) -> (u64, u32) {
-    unsafe {
-        let c = _mm512_set1_epi64(i64::from(c));
-        let zero = _mm512_setzero_si512();
-        let (mut de, mut do_, mut max) = (zero, zero, zero);
-        for at in (0..out.len()).step_by(LANES) {
-            let k = lanes(out.len() - at);
+/// The CPU has AVX-512F, BW and VL; `y` and every `x_k` hold at least `out.len()` elements.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn unmask_into(out: &mut [i32], y: &[u32], c: u32, terms: &[(u32, &[u32])]) -> u32 {
+    let c = _mm512_set1_epi64(i64::from(c));
+    let mut max = _mm512_setzero_si512();
+    for at in (0..out.len()).step_by(LANES) {
+        let k = lanes(out.len() - at);
+        // SAFETY: lanes of `k` lie inside `out`, `y` and every term (the caller's contract).
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(y.as_ptr().wrapping_add(at + PREFETCH).cast());
             let yv = load(y, at, k);
             max = _mm512_max_epu32(max, yv);
-            let (pe, po) = mul_lanes(yv, load(v, at, k));
-            de = _mm512_add_epi64(de, fold(pe));
-            do_ = _mm512_add_epi64(do_, fold(po));
             // c·y - Σ c_k·x_k as one lazy sum, the mask's coefficients negated (a non-canonical
-            // entry may wrap it: such an answer is rejected through `max`).
+            // entry may wrap it: such an answer never passes verification).
             let (ye, yo) = mul_even_odd(yv, c);
             let (e, o) = accumulate(terms, true, at, k, (ye, yo, 1));
             _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), k, lift(reduce(e, o)));
         }
-        (sum_lanes(de, do_), _mm512_reduce_max_epu32(max))
+    }
+    _mm512_reduce_max_epu32(max)
+}
+
+/// `out = c·x + Σ_k coefs[k]·q[k·wo + at..]` on lanes `k` from `at`, with `x` either small
+/// integers or field elements (already loaded), the coefficients negated when `negate`.
+///
+/// # Safety
+/// The lanes of `k` lie inside every row of `q`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn combine_rows(
+    x: __m512i,
+    c: __m512i,
+    coefs: &[u32],
+    negate: bool,
+    q: &[u32],
+    wo: usize,
+    at: usize,
+    k: __mmask16,
+) -> __m512i {
+    let zero = _mm512_setzero_si512();
+    let (mut raw_e, mut raw_o) = mul_even_odd(x, c);
+    let (mut even, mut odd, mut count) = (zero, zero, 1);
+    for (j, &cj) in coefs.iter().enumerate() {
+        let cj = if negate { P - cj } else { cj };
+        // SAFETY: the caller's contract.
+        let (pe, po) = mul_even_odd(unsafe { load(q, j * wo + at, k) }, _mm512_set1_epi64(i64::from(cj)));
+        raw_e = _mm512_add_epi64(raw_e, pe);
+        raw_o = _mm512_add_epi64(raw_o, po);
+        count += 1;
+        if count == 4 {
+            even = _mm512_add_epi64(even, fold(raw_e));
+            odd = _mm512_add_epi64(odd, fold(raw_o));
+            (raw_e, raw_o, count) = (zero, zero, 0);
+        }
+    }
+    reduce(_mm512_add_epi64(even, fold(raw_e)), _mm512_add_epi64(odd, fold(raw_o)))
+}
+
+/// [`super::slices::unmask_rows`].
+///
+/// # Safety
+/// The CPU has AVX-512F, BW and VL; `wo > 0`, `out` holds `rows·wo` elements, `y` at least as
+/// many, `coefs` `rows·K` and `q` at least `K·wo`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn unmask_rows(out: &mut [i32], y: &[u32], c: u32, coefs: &[u32], q: &[u32], wo: usize) -> u32 {
+    let rows = out.len() / wo;
+    let kk = coefs.len() / rows.max(1);
+    let c = _mm512_set1_epi64(i64::from(c));
+    let mut max = _mm512_setzero_si512();
+    for r in 0..rows {
+        for at in (0..wo).step_by(LANES) {
+            let (k, yr) = (lanes(wo - at), r * wo + at);
+            // SAFETY: lanes of `k` lie inside row r of `y` and `out` and inside each of the K
+            // rows of `q` (the caller's contract).
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(y.as_ptr().wrapping_add(yr + PREFETCH).cast());
+                let yv = load(y, yr, k);
+                max = _mm512_max_epu32(max, yv);
+                let d = combine_rows(yv, c, &coefs[r * kk..][..kk], true, q, wo, at, k);
+                _mm512_mask_storeu_epi32(out.as_mut_ptr().add(yr).cast(), k, lift(d));
+            }
+        }
+    }
+    _mm512_reduce_max_epu32(max)
+}
+
+/// [`super::slices::encrypt_rows`].
+///
+/// # Safety
+/// The CPU has AVX-512F, BW and VL; `wo > 0`, `out` holds `rows·wo` elements, `x` at least as
+/// many, `coefs` `rows·K` and `q` at least `K·wo`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn encrypt_rows<T: SmallInt>(out: &mut [u32], c: u32, x: &[T], coefs: &[u32], q: &[u32], wo: usize) {
+    let rows = out.len() / wo;
+    let kk = coefs.len() / rows.max(1);
+    let c = _mm512_set1_epi64(i64::from(c));
+    for r in 0..rows {
+        for at in (0..wo).step_by(LANES) {
+            let (n, xr) = ((wo - at).min(LANES), r * wo + at);
+            let k = lanes(n);
+            let xv = embed(load_small(x, xr, n));
+            // SAFETY: lanes of `k` lie inside row r of `out` and inside each row of `q` (the
+            // caller's contract).
+            unsafe {
+                let v = combine_rows(xv, c, &coefs[r * kk..][..kk], false, q, wo, at, k);
+                _mm512_mask_storeu_epi32(out.as_mut_ptr().add(xr).cast(), k, v);
+            }
+        }
     }
 }
 
-/// [`super::slices::unmask_sum_row`].
+/// [`super::slices::unmask_sum_into`]: returns the largest entry of `a` and `b`.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `a`, `b` and `v` hold at least `out.len()` elements.
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn unmask_sum_row(out: &mut [i32], a: &[u32], b: &[u32], c: u32, v: &[u32]) -> (u64, u32) {
-    unsafe {
-        let c = _mm512_set1_epi64(i64::from(c));
-        let zero = _mm512_setzero_si512();
-        let (mut de, mut do_, mut max) = (zero, zero, zero);
-        for at in (0..out.len()).step_by(LANES) {
-            let k = lanes(out.len() - at);
+/// The CPU has AVX-512F, BW and VL; `a` and `b` hold at least `out.len()` elements.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn unmask_sum_into(out: &mut [i32], a: &[u32], b: &[u32], c: u32) -> u32 {
+    let c = _mm512_set1_epi64(i64::from(c));
+    let mut max = _mm512_setzero_si512();
+    for at in (0..out.len()).step_by(LANES) {
+        let k = lanes(out.len() - at);
+        // SAFETY: lanes of `k` lie inside `out`, `a` and `b` (the caller's contract).
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(a.as_ptr().wrapping_add(at + PREFETCH).cast());
+            _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(at + PREFETCH).cast());
             let (av, bv) = (load(a, at, k), load(b, at, k));
             max = _mm512_max_epu32(max, _mm512_max_epu32(av, bv));
-            // a + b mod p, canonical when both are (anything else is rejected by `max`).
+            // a + b mod p, canonical when both are (anything else never passes verification).
             let s = canonical(_mm512_add_epi32(av, bv));
-            let (pe, po) = mul_lanes(s, load(v, at, k));
-            de = _mm512_add_epi64(de, fold(pe));
-            do_ = _mm512_add_epi64(do_, fold(po));
             let (se, so) = mul_even_odd(s, c);
             _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), k, lift(reduce(se, so)));
         }
-        (sum_lanes(de, do_), _mm512_reduce_max_epu32(max))
     }
+    _mm512_reduce_max_epu32(max)
 }

@@ -138,14 +138,16 @@ pub trait SmallInt: Copy + Send + Sync + sealed::Sealed + 'static {
 }
 
 mod sealed {
-    /// What the AVX-512F kernels need of a [`super::SmallInt`]: sixteen values at once.
+    /// What the AVX-512 kernels need of a [`super::SmallInt`]: sixteen values at once.
     pub trait Sealed: Sized {
-        /// `src[..16]`, sign-extended to sixteen 32-bit lanes.
+        /// The lanes `k` of the sixteen values from `src`, sign-extended to 32 bits (the
+        /// other lanes zero).
         ///
         /// # Safety
-        /// The CPU has AVX-512F.
+        /// The CPU has AVX-512F, BW and VL; the lanes of `k` lie inside one allocation from
+        /// `src`.
         #[cfg(target_arch = "x86_64")]
-        unsafe fn load16(src: &[Self; 16]) -> core::arch::x86_64::__m512i;
+        unsafe fn load16(src: *const Self, k: u16) -> core::arch::x86_64::__m512i;
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -153,26 +155,26 @@ mod sealed {
 
     impl Sealed for i8 {
         #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn load16(src: &[Self; 16]) -> __m512i {
-            // SAFETY: 16 bytes are read from a 16-byte array.
-            unsafe { _mm512_cvtepi8_epi32(_mm_loadu_si128(src.as_ptr().cast())) }
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn load16(src: *const Self, k: u16) -> __m512i {
+            // SAFETY: masked lanes are not read; the others are the caller's.
+            unsafe { _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, src)) }
         }
     }
     impl Sealed for i16 {
         #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn load16(src: &[Self; 16]) -> __m512i {
-            // SAFETY: 32 bytes are read from a 32-byte array.
-            unsafe { _mm512_cvtepi16_epi32(_mm256_loadu_si256(src.as_ptr().cast())) }
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn load16(src: *const Self, k: u16) -> __m512i {
+            // SAFETY: masked lanes are not read; the others are the caller's.
+            unsafe { _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, src)) }
         }
     }
     impl Sealed for i32 {
         #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn load16(src: &[Self; 16]) -> __m512i {
-            // SAFETY: 64 bytes are read from a 64-byte array.
-            unsafe { _mm512_loadu_si512(src.as_ptr().cast()) }
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn load16(src: *const Self, k: u16) -> __m512i {
+            // SAFETY: masked lanes are not read; the others are the caller's.
+            unsafe { _mm512_maskz_loadu_epi32(k, src) }
         }
     }
 }
@@ -509,34 +511,73 @@ mod tests {
                     assert_eq!(o, w32, "encrypt_small_into i32, n = {n}");
                     slices::combine_into_portable(&mut o, &terms);
                     assert_eq!(o, mask, "portable combine_into, n = {n}, {count} terms");
-                    // A decryption row fused with the output side of verification.
+                    // A decryption row, and the largest entry of the answer.
                     let want_out: Vec<i32> = (0..n).map(|i| lift(M31::sub(M31::mul(c, y[i]), mask[i]))).collect();
-                    let want_dot = reference::dot::<M31>(&y, &v);
                     let want_max = y.iter().copied().max().unwrap_or(0);
                     for portable in [false, true] {
                         let mut out = vec![0i32; n];
-                        let (dot, max) = if portable {
-                            slices::unmask_row_portable(&mut out, &y, c, &terms, &v)
+                        let max = if portable {
+                            slices::unmask_into_portable(&mut out, &y, c, &terms)
                         } else {
-                            slices::unmask_row(&mut out, &y, c, &terms, &v)
+                            slices::unmask_into(&mut out, &y, c, &terms)
                         };
-                        assert_eq!(out, want_out, "unmask_row (portable: {portable}), n = {n}, {count} terms");
-                        assert_eq!((M31::reduce(dot), max), (want_dot, want_max), "unmask_row dot and max");
+                        assert_eq!(
+                            (out, max),
+                            (want_out.clone(), want_max),
+                            "unmask_into ({portable}), n = {n}, {count} terms"
+                        );
                     }
                 }
-                // Mode two-server's row.
+                // Several rows of a plane sharing their mask rows, with per-row coefficients,
+                // decrypted and encrypted.
+                for (wo, kk) in [(n, 6), (1, 3), (n.div_ceil(3).max(1), 14)].into_iter().filter(|_| n > 0) {
+                    let rows = n / wo;
+                    let coefs: Vec<u32> =
+                        (0..rows * kk).map(|i| if i % 5 == 1 { 0 } else { M31::random(&mut rng) }).collect();
+                    let q = elements(&mut rng, kk * wo);
+                    let mix = |r: usize, x: usize| {
+                        (0..kk).fold(0, |acc, k| M31::add(acc, M31::mul(coefs[r * kk + k], q[k * wo + x])))
+                    };
+                    let mut want_out = vec![0i32; rows * wo];
+                    let mut want_enc = vec![0u32; rows * wo];
+                    for r in 0..rows {
+                        for x in 0..wo {
+                            let i = r * wo + x;
+                            want_out[i] = lift(M31::sub(M31::mul(c, y[i]), mix(r, x)));
+                            let e = M31::embed(i64::from(x16[i])).expect("small");
+                            want_enc[i] = M31::add(M31::mul(c, e), mix(r, x));
+                        }
+                    }
+                    let want_max = y[..rows * wo].iter().copied().max().unwrap_or(0);
+                    for portable in [false, true] {
+                        let (mut out, mut enc) = (vec![0i32; rows * wo], vec![0u32; rows * wo]);
+                        let max = if portable {
+                            slices::encrypt_rows_portable(&mut enc, c, &x16[..rows * wo], &coefs, &q, wo, kk);
+                            slices::unmask_rows_portable(&mut out, &y, c, &coefs, &q, wo, kk)
+                        } else {
+                            slices::encrypt_rows(&mut enc, c, &x16[..rows * wo], &coefs, &q, wo);
+                            slices::unmask_rows(&mut out, &y, c, &coefs, &q, wo)
+                        };
+                        assert_eq!(
+                            (out, max),
+                            (want_out.clone(), want_max),
+                            "unmask_rows ({portable}), {rows}×{wo}, K = {kk}"
+                        );
+                        assert_eq!(enc, want_enc, "encrypt_rows ({portable}), {rows}×{wo}, K = {kk}");
+                    }
+                }
+                // Mode two-server's decryption.
                 let sum: Vec<u32> = y.iter().zip(&b).map(|(&p, &q)| M31::add(p, q)).collect();
                 let want_out: Vec<i32> = sum.iter().map(|&s| lift(M31::mul(c, s))).collect();
-                let want = (reference::dot::<M31>(&sum, &v), y.iter().chain(&b).copied().max().unwrap_or(0));
+                let want_max = y.iter().chain(&b).copied().max().unwrap_or(0);
                 for portable in [false, true] {
                     let mut out = vec![0i32; n];
-                    let (dot, max) = if portable {
-                        slices::unmask_sum_row_portable(&mut out, &y, &b, c, &v)
+                    let max = if portable {
+                        slices::unmask_sum_into_portable(&mut out, &y, &b, c)
                     } else {
-                        slices::unmask_sum_row(&mut out, &y, &b, c, &v)
+                        slices::unmask_sum_into(&mut out, &y, &b, c)
                     };
-                    assert_eq!(out, want_out, "unmask_sum_row (portable: {portable}), n = {n}");
-                    assert_eq!((M31::reduce(dot), max), want, "unmask_sum_row dot and max");
+                    assert_eq!((out, max), (want_out.clone(), want_max), "unmask_sum_into ({portable}), n = {n}");
                 }
                 // Cloud B's share from small integers.
                 let want: Vec<u32> =
@@ -561,6 +602,11 @@ mod tests {
                 assert_eq!(folded, want, "fold_small + reduce_signed_into, n = {n}");
             }
             assert_eq!(slices::dot(&y, &v), reference::dot::<M31>(&y, &v), "dot, n = {n}");
+            let want = (reference::dot::<M31>(&y, &v), y.iter().copied().max().unwrap_or(0));
+            let (d, m) = slices::dot_max(&y, &v);
+            assert_eq!((M31::reduce(d), m), want, "dot_max, n = {n}");
+            let (d, m) = slices::dot_max_portable(&y, &v);
+            assert_eq!((M31::reduce(d), m), want, "portable dot_max, n = {n}");
             assert_eq!(slices::dot_portable(&y, &v), reference::dot::<M31>(&y, &v), "portable dot, n = {n}");
             let want = x16.iter().map(|v| v.unsigned_abs() as u32).max().unwrap_or(0);
             assert_eq!(slices::max_abs_small(&x16), want, "max_abs_small, n = {n}");

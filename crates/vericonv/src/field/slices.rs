@@ -8,7 +8,7 @@
 //! registers.
 //!
 //! The hottest kernels (the fused linear combinations, encryption from small integers, the
-//! decryption rows) also have hand-written AVX-512F versions, used when the CPU has it: a
+//! decryption rows) also have hand-written AVX-512 versions, used when the CPU has it: a
 //! 32×32→64-bit product per lane on sixteen lanes at once, lazily folded. The portable versions
 //! stay the definition they are tested against.
 //!
@@ -24,11 +24,13 @@ use super::{P, SmallInt};
 
 const P64: u64 = P as u64;
 
-/// Whether the AVX-512F kernels can run (the standard library caches the answer).
+/// Whether the AVX-512 kernels can run: F, BW and VL (the standard library caches the answer).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn has_avx512() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
 /// Whether every term row holds at least `n` elements (the AVX-512F kernels read that many).
@@ -125,15 +127,29 @@ pub fn scale_and_split(scaled: &mut [u32], share_b: &mut [u32], c: u32, x: &[u32
 }
 
 /// Mode `two-server`'s decryption, fused: `out[i] = lift(c·(a[i] + b[i]))`, the signed integer
-/// in `[-(p-1)/2, (p-1)/2]` behind the sum of the two clouds' answers.
+/// in `[-(p-1)/2, (p-1)/2]` behind the sum of the two clouds' answers. Returns the largest entry
+/// of `a` and `b` (for canonical entries; nothing else is specified for others).
+pub fn unmask_sum_into(out: &mut [i32], a: &[u32], b: &[u32], c: u32) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() && a.len() >= out.len() && b.len() >= out.len() {
+        // SAFETY: the CPU has AVX-512; `a` and `b` hold `out.len()` elements.
+        return unsafe { avx512::unmask_sum_into(out, a, b, c) };
+    }
+    unmask_sum_into_portable(out, a, b, c)
+}
+
+/// [`unmask_sum_into`] without the AVX-512 kernel.
 #[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
-pub fn unmask_sum_into(out: &mut [i32], a: &[u32], b: &[u32], c: u32) {
+pub(crate) fn unmask_sum_into_portable(out: &mut [i32], a: &[u32], b: &[u32], c: u32) -> u32 {
     let c = u64::from(c);
+    let mut max = 0;
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        let d = reduce(c * u64::from(x + y)); // x + y < 2^32
+        max = max.max(x).max(y);
+        let d = reduce(c * u64::from(reduce(u64::from(x) + u64::from(y))));
         let neg = if d > (P - 1) / 2 { P } else { 0 };
         *o = d.wrapping_sub(neg) as i32;
     }
+    max
 }
 
 /// Output elements per block of the fused kernels: a `u64` accumulator of this many lanes
@@ -178,22 +194,136 @@ pub(crate) fn combine_into_portable(out: &mut [u32], terms: &[(u32, &[u32])]) {
 }
 
 /// Decryption's last step, fused: `out[i] = lift(c·y[i] - Σ_k c_k·x_k[i])`, the signed integer
-/// in `[-(p-1)/2, (p-1)/2]`, for `terms = [(c_k, x_k)]` (the mask row).
+/// in `[-(p-1)/2, (p-1)/2]`, for `terms = [(c_k, x_k)]` (the mask row). Returns the largest
+/// entry of `y`, which tells a non-canonical answer (nothing else is specified for one).
+pub fn unmask_into(out: &mut [i32], y: &[u32], c: u32, terms: &[(u32, &[u32])]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() && y.len() >= out.len() && terms_cover(terms, out.len()) {
+        // SAFETY: the CPU has AVX-512; `y` and every term hold `out.len()` elements.
+        return unsafe { avx512::unmask_into(out, y, c, terms) };
+    }
+    unmask_into_portable(out, y, c, terms)
+}
+
+/// [`unmask_into`] without the AVX-512 kernel.
 #[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
-pub fn unmask_into(out: &mut [i32], y: &[u32], c: u32, terms: &[(u32, &[u32])]) {
+pub(crate) fn unmask_into_portable(out: &mut [i32], y: &[u32], c: u32, terms: &[(u32, &[u32])]) -> u32 {
     let mut acc = [0u64; BLOCK];
     let c = u64::from(c);
+    let mut max = 0;
     for (blk, (o, yb)) in out.chunks_mut(BLOCK).zip(y.chunks(BLOCK)).enumerate() {
         let acc = &mut acc[..o.len()];
         acc.fill(0);
         accumulate(acc, terms, blk * BLOCK);
         for ((o, &yv), &m) in o.iter_mut().zip(yb).zip(acc.iter()) {
+            max = max.max(yv);
             let d = reduce(c * u64::from(yv)) + P - reduce(m); // in [1, 2p)
             let d = d.min(d.wrapping_sub(P)); // canonical
             // Elements above (p-1)/2 stand for negative integers: subtract p (wrapping in i32).
             let neg = if d > (P - 1) / 2 { P } else { 0 };
             *o = d.wrapping_sub(neg) as i32;
         }
+    }
+    max
+}
+
+/// `Σ_i fold(a[i]·b[i])` over the common length — a lazy sum congruent to the dot product mod p
+/// (each term below 2^33) — and the largest entry of `a`: verification's output side, which
+/// must also tell a non-canonical answer.
+pub fn dot_max(a: &[u32], b: &[u32]) -> (u64, u32) {
+    let n = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has AVX-512; both slices hold `n` elements.
+        return unsafe { avx512::dot_max(&a[..n], &b[..n]) };
+    }
+    dot_max_portable(&a[..n], &b[..n])
+}
+
+/// [`dot_max`] without the AVX-512 kernel.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+pub(crate) fn dot_max_portable(a: &[u32], b: &[u32]) -> (u64, u32) {
+    a.iter().zip(b).fold((0u64, 0u32), |(d, m), (&x, &y)| (d + fold(u64::from(x) * u64::from(y)), m.max(x)))
+}
+
+/// Checks the operands of the row kernels: `out` is whole rows of `wo > 0`, `src` covers it,
+/// `coefs` has the same number of coefficients for every row, `q` holds that many rows.
+fn rows_fit(out: usize, src: usize, coefs: usize, q: usize, wo: usize) -> Option<(usize, usize)> {
+    let rows = out.checked_div(wo)?;
+    let kk = coefs.checked_div(rows.max(1))?;
+    let ok = out == rows * wo && src >= out && coefs == rows * kk && kk.checked_mul(wo).is_some_and(|n| q >= n);
+    ok.then_some((rows, kk))
+}
+
+/// Decryption of `rows = out.len() / wo` consecutive output rows of one plane (rows of `wo`
+/// elements) for mode `lowrank`'s separable mask: row `r` is `out[r] = lift(c·y[r] -
+/// Σ_k coefs[r·K + k]·q[k])` with `K` mask rows `q` (`K × wo`) shared by every row and their
+/// coefficients `coefs` (`rows × K`). Returns the largest entry of `y`, as [`unmask_into`].
+///
+/// # Panics
+/// If the lengths do not fit together (a caller's bug).
+pub fn unmask_rows(out: &mut [i32], y: &[u32], c: u32, coefs: &[u32], q: &[u32], wo: usize) -> u32 {
+    let (_, kk) = rows_fit(out.len(), y.len(), coefs.len(), q.len(), wo).expect("unmask_rows operand sizes");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has AVX-512; the lengths were checked above.
+        return unsafe { avx512::unmask_rows(out, y, c, coefs, q, wo) };
+    }
+    unmask_rows_portable(out, y, c, coefs, q, wo, kk)
+}
+
+/// [`unmask_rows`] without the AVX-512 kernel (`kk` coefficients per row).
+pub(crate) fn unmask_rows_portable(
+    out: &mut [i32],
+    y: &[u32],
+    c: u32,
+    coefs: &[u32],
+    q: &[u32],
+    wo: usize,
+    kk: usize,
+) -> u32 {
+    let mut terms: Vec<(u32, &[u32])> = Vec::with_capacity(kk);
+    let mut max = 0;
+    for (r, (o, yr)) in out.chunks_exact_mut(wo).zip(y.chunks_exact(wo)).enumerate() {
+        terms.clear();
+        terms.extend(coefs[r * kk..][..kk].iter().zip(q.chunks_exact(wo)).map(|(&ck, qk)| (ck, qk)));
+        max = max.max(unmask_into_portable(o, yr, c, &terms));
+    }
+    max
+}
+
+/// Encryption of `rows = out.len() / wo` consecutive input rows of one plane from small
+/// integers, for mode `lowrank`'s separable mask: `out[r] = c·x[r] + Σ_k coefs[r·K + k]·q[k]`
+/// with `K` rows `q` (`K × wo`, the column factors) shared by every row and their coefficients
+/// `coefs` (`rows × K`), `x[i]` embedded as `x[i] mod p`.
+///
+/// # Panics
+/// If the lengths do not fit together (a caller's bug).
+pub fn encrypt_rows<T: SmallInt>(out: &mut [u32], c: u32, x: &[T], coefs: &[u32], q: &[u32], wo: usize) {
+    let (_, kk) = rows_fit(out.len(), x.len(), coefs.len(), q.len(), wo).expect("encrypt_rows operand sizes");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has AVX-512; the lengths were checked above.
+        return unsafe { avx512::encrypt_rows(out, c, x, coefs, q, wo) };
+    }
+    encrypt_rows_portable(out, c, x, coefs, q, wo, kk);
+}
+
+/// [`encrypt_rows`] without the AVX-512 kernel.
+pub(crate) fn encrypt_rows_portable<T: SmallInt>(
+    out: &mut [u32],
+    c: u32,
+    x: &[T],
+    coefs: &[u32],
+    q: &[u32],
+    wo: usize,
+    kk: usize,
+) {
+    let mut terms: Vec<(u32, &[u32])> = Vec::with_capacity(kk);
+    for (r, (o, xr)) in out.chunks_exact_mut(wo).zip(x.chunks_exact(wo)).enumerate() {
+        terms.clear();
+        terms.extend(coefs[r * kk..][..kk].iter().zip(q.chunks_exact(wo)).map(|(&ck, qk)| (ck, qk)));
+        encrypt_small_into_portable(o, c, xr, &terms);
     }
 }
 
@@ -281,75 +411,4 @@ pub fn reduce_signed_into(out: &mut [u32], acc: &[i64]) {
         let neg = P - r; // p for r = 0, which the `min` turns into 0
         *o = if a < 0 { neg.min(neg.wrapping_sub(P)) } else { r };
     }
-}
-
-/// Decryption of one output row fused with verification's output side: `out[i] =
-/// lift(c·y[i] - Σ_k c_k·x_k[i])` as [`unmask_into`] (the `x_k` of at least `out.len()`
-/// entries), and returns `Σ_i fold(v[i]·y[i])` (congruent to `Σ v·y mod p`) and `max_i y[i]`,
-/// which tells a non-canonical answer (for which nothing else is specified: such an answer is
-/// rejected).
-pub fn unmask_row(out: &mut [i32], y: &[u32], c: u32, terms: &[(u32, &[u32])], v: &[u32]) -> (u64, u32) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() && y.len() >= out.len() && v.len() >= out.len() && terms_cover(terms, out.len()) {
-        // SAFETY: the CPU has AVX-512F; `y`, `v` and every term hold `out.len()` elements.
-        return unsafe { avx512::unmask_row(out, y, c, terms, v) };
-    }
-    unmask_row_portable(out, y, c, terms, v)
-}
-
-/// [`unmask_row`] without the AVX-512F kernel.
-#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
-pub(crate) fn unmask_row_portable(
-    out: &mut [i32],
-    y: &[u32],
-    c: u32,
-    terms: &[(u32, &[u32])],
-    v: &[u32],
-) -> (u64, u32) {
-    let mut acc = [0u64; BLOCK];
-    let (mut dot, mut max) = (0u64, 0u32);
-    let c = u64::from(c);
-    for (blk, ((o, yb), vb)) in out.chunks_mut(BLOCK).zip(y.chunks(BLOCK)).zip(v.chunks(BLOCK)).enumerate() {
-        let acc = &mut acc[..o.len()];
-        acc.fill(0);
-        accumulate(acc, terms, blk * BLOCK);
-        for (((o, &yv), &m), &vv) in o.iter_mut().zip(yb).zip(acc.iter()).zip(vb) {
-            dot += fold(u64::from(vv) * u64::from(yv));
-            max = max.max(yv);
-            let d = reduce(c * u64::from(yv)) + P - reduce(m); // in [1, 2p)
-            let d = d.min(d.wrapping_sub(P));
-            let neg = if d > (P - 1) / 2 { P } else { 0 };
-            *o = d.wrapping_sub(neg) as i32;
-        }
-    }
-    (dot, max)
-}
-
-/// Mode `two-server`'s decryption of one output row fused with verification's output side:
-/// `out[i] = lift(c·(a[i] + b[i]))`, and returns `Σ_i fold(v[i]·(a[i] + b[i]))` and the largest
-/// entry of `a` and `b` (beyond which nothing is specified for non-canonical entries).
-pub fn unmask_sum_row(out: &mut [i32], a: &[u32], b: &[u32], c: u32, v: &[u32]) -> (u64, u32) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() && a.len() >= out.len() && b.len() >= out.len() && v.len() >= out.len() {
-        // SAFETY: the CPU has AVX-512F; `a`, `b` and `v` hold `out.len()` elements.
-        return unsafe { avx512::unmask_sum_row(out, a, b, c, v) };
-    }
-    unmask_sum_row_portable(out, a, b, c, v)
-}
-
-/// [`unmask_sum_row`] without the AVX-512F kernel.
-#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
-pub(crate) fn unmask_sum_row_portable(out: &mut [i32], a: &[u32], b: &[u32], c: u32, v: &[u32]) -> (u64, u32) {
-    let (mut dot, mut max) = (0u64, 0u32);
-    let c = u64::from(c);
-    for (((o, &x), &y), &vv) in out.iter_mut().zip(a).zip(b).zip(v) {
-        max = max.max(x).max(y);
-        // Below 2^33 even for non-canonical entries, so both products stay below 2^64.
-        let s = reduce(u64::from(x) + u64::from(y));
-        dot += fold(u64::from(vv) * u64::from(s));
-        let d = reduce(c * u64::from(s));
-        let neg = if d > (P - 1) / 2 { P } else { 0 };
-        *o = d.wrapping_sub(neg) as i32;
-    }
-    (dot, max)
 }
