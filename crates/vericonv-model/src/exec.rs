@@ -24,7 +24,7 @@ pub(crate) const MIN_TASK: usize = 1 << 14;
 
 /// The element-wise activation fused into the `Conv` or `Linear` node before it.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Act {
+pub(crate) enum Act {
     Identity,
     Relu,
     Clip { min: f32, max: f32 },
@@ -34,9 +34,9 @@ enum Act {
 /// and the activation fused after it ([`Model::execute`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Tail<'a> {
-    /// The other operand of a fused `Add` (batch-flat, like the output).
-    residual: Option<&'a [f32]>,
-    act: Act,
+    /// The other operand of a fused `Add` (laid out like the output).
+    pub(crate) residual: Option<&'a [f32]>,
+    pub(crate) act: Act,
 }
 
 impl Tail<'_> {
@@ -117,8 +117,15 @@ impl Value {
 #[derive(Debug, Default)]
 pub struct Workspace {
     pub(crate) values: Pool,
-    /// Quantized activations (8 or 16 bits), the per-image scales, the integers of client-side
-    /// layers.
+    /// The quantized inputs (8 or 16 bits) and per-image scales of the layer being sent and of
+    /// the one being received, and the tensor sent to the cloud.
+    pub(crate) quant: [QuantBuffers; 2],
+    pub(crate) sent: Vec<u32>,
+}
+
+/// A batch's quantized activations entering one layer, and each image's scale.
+#[derive(Debug, Default)]
+pub(crate) struct QuantBuffers {
     pub(crate) q8: Vec<i8>,
     pub(crate) q16: Vec<i16>,
     pub(crate) scales: Vec<f32>,
@@ -159,20 +166,20 @@ impl Pool {
 
 /// A `Conv`/`Linear` node with the nodes fused after it, or any other node alone.
 #[derive(Clone, Copy, Debug)]
-struct Step {
-    node: usize,
+pub(crate) struct Step {
+    pub(crate) node: usize,
     /// The last node of the step, whose value it stores.
-    end: usize,
+    pub(crate) end: usize,
     /// A fused `Add`: its other operand.
-    add: Option<Source>,
-    act: Act,
+    pub(crate) add: Option<Source>,
+    pub(crate) act: Act,
 }
 
 impl Model {
     /// Fuses each `Conv`/`Linear` node with the `Add` and the `Relu`/`Clip` that follow it and
     /// read only it, and finds every value's last reader (the end of the step that reads it).
     /// Returns the steps, the last readers of the nodes' values and of the input.
-    fn plan(&self) -> (Vec<Step>, Vec<usize>, usize) {
+    pub(crate) fn plan(&self) -> (Vec<Step>, Vec<usize>, usize) {
         let n = self.nodes.len();
         let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
         for (j, node) in self.nodes.iter().enumerate() {
@@ -344,7 +351,7 @@ impl Model {
 
     /// Every operator but `Conv` and `Linear`, on a batch: `parts` are the inputs; writes every
     /// element of `out`.
-    fn other_op(&self, op: &Op, idx: usize, batch: usize, parts: &[&[f32]], out: &mut [f32]) {
+    pub(crate) fn other_op(&self, op: &Op, idx: usize, batch: usize, parts: &[&[f32]], out: &mut [f32]) {
         let node = &self.nodes[idx];
         let a = parts[0];
         let s = match node.inputs[0] {

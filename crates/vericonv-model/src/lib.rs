@@ -13,6 +13,7 @@ mod format;
 mod graph;
 pub mod onnx;
 pub mod ops;
+mod pipeline;
 mod private;
 pub mod quant;
 

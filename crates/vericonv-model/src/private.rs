@@ -2,8 +2,9 @@
 //! through [`vericonv::client::PrivateConv`] on untrusted clouds, with keys per layer and session.
 
 use crate::quant::{Epilogue, IntegerExecutor, QuantInput, QuantLayer, QuantModel, qmax};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use vericonv::client::{CallBuffers, LayerConfig, PrivateConv, Timings};
+use vericonv::client::{Answer, LayerConfig, Pending, PrivateConv, Timings};
 use vericonv::cloud::{CloudBackend, Clouds};
 use vericonv::keys::KeyRng;
 use vericonv::privacy::Privacy;
@@ -60,8 +61,14 @@ pub struct PrivateExecutor<'a> {
     rng: KeyRng,
     layers: Vec<Option<PrivateConv>>,
     stats: Vec<LayerStats>,
-    /// Working memory shared by every layer's calls, reused across passes.
-    bufs: CallBuffers,
+    /// Per layer, the batch in flight: being encrypted, then its verified answer.
+    pending: Vec<Option<Pending>>,
+    answers: Vec<Option<Answer>>,
+    /// Per layer the client computes itself, the batch's exact integers.
+    local: Vec<Option<Vec<i32>>>,
+    /// Per layer, the time of the per-image calls (encryption, then decryption), in
+    /// nanoseconds summed over images.
+    image_ns: Vec<[AtomicU64; 2]>,
 }
 
 impl<'a> PrivateExecutor<'a> {
@@ -110,7 +117,17 @@ impl<'a> PrivateExecutor<'a> {
             layers[layer.node] = Some(PrivateConv::new(layer.geom, &layer.weight, None, lc, &mut rng)?);
             stats[layer.node].outsourced = true;
         }
-        Ok(Self { clouds, rng, layers, stats, bufs: CallBuffers::default() })
+        let n = layers.len();
+        Ok(Self {
+            clouds,
+            rng,
+            layers,
+            stats,
+            pending: (0..n).map(|_| None).collect(),
+            answers: (0..n).map(|_| None).collect(),
+            local: vec![None; n],
+            image_ns: (0..n).map(|_| [AtomicU64::new(0), AtomicU64::new(0)]).collect(),
+        })
     }
 
     /// Mode `pad`, offline: precomputes `images` pads for every outsourced layer, with the mask
@@ -145,39 +162,66 @@ impl<'a> PrivateExecutor<'a> {
     }
 }
 
+/// `Duration` as nanoseconds, saturating.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl PrivateExecutor<'_> {
+    /// The missing state of a batch: a stage was skipped (a bug of the caller).
+    fn out_of_order(layer: &QuantLayer) -> Error {
+        Error::Internal(format!("layer `{}`: the batch's stages ran out of order", layer.name))
+    }
+}
+
 impl IntegerExecutor for PrivateExecutor<'_> {
-    fn run(
-        &mut self,
-        layer: &QuantLayer,
-        x: QuantInput<'_>,
-        batch: usize,
-        epilogue: &Epilogue<'_>,
-        out: &mut [f32],
-    ) -> Result<()> {
+    fn start(&mut self, layer: &QuantLayer, batch: usize) -> Result<()> {
+        let Some(private) = self.layers[layer.node].as_mut() else { return Ok(()) };
+        self.pending[layer.node] = Some(private.start(batch, &mut self.rng)?);
+        Ok(())
+    }
+
+    fn slot_len(&self, layer: &QuantLayer) -> usize {
+        self.layers[layer.node].as_ref().map_or(0, |l| l.geometry().image_len())
+    }
+
+    fn encrypt(&self, layer: &QuantLayer, b: usize, x: QuantInput<'_>, slot: &mut [u32]) -> Result<()> {
+        let Some(private) = self.layers[layer.node].as_ref() else { return Ok(()) };
+        let pending = self.pending[layer.node].as_ref().ok_or_else(|| Self::out_of_order(layer))?;
+        let start = Instant::now();
+        match x {
+            QuantInput::Bits8(x) => private.encrypt_image(pending, b, x, slot)?,
+            QuantInput::Bits16(x) => private.encrypt_image(pending, b, x, slot)?,
+        }
+        self.image_ns[layer.node][0].fetch_add(nanos(start.elapsed()), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn run(&mut self, layer: &QuantLayer, x: QuantInput<'_>, sent: &[u32]) -> Result<()> {
         let stats = &mut self.stats[layer.node];
         let Some(private) = self.layers[layer.node].as_mut() else {
+            // A layer the client computes itself: the whole batch at once (one GEMM).
             let start = Instant::now();
-            let acc = match x {
+            let batch = x.len() / layer.geom.image_len().max(1);
+            self.local[layer.node] = Some(match x {
                 QuantInput::Bits8(x) => layer.compute(x, batch),
                 QuantInput::Bits16(x) => layer.compute(x, batch),
-            };
-            epilogue.apply_all(&acc, out);
+            });
             stats.client_compute += start.elapsed();
             return Ok(());
         };
+        let pending = self.pending[layer.node].take().ok_or_else(|| Self::out_of_order(layer))?;
         stats.calls += 1;
-        let epi = |plane: usize, range: std::ops::Range<usize>, ints: &[i32], out: &mut [f32]| {
-            epilogue.apply(plane, range, ints, out);
+        stats.timings.encrypt += Duration::from_nanos(self.image_ns[layer.node][0].swap(0, Ordering::Relaxed));
+        let answer = match x {
+            QuantInput::Bits8(x) => private.send(pending, self.clouds, sent, x, &mut self.rng),
+            QuantInput::Bits16(x) => private.send(pending, self.clouds, sent, x, &mut self.rng),
         };
-        let (clouds, rng, bufs) = (self.clouds, &mut self.rng, &mut self.bufs);
-        let result = match x {
-            QuantInput::Bits8(x) => private.run_into(clouds, x, rng, bufs, out, &epi),
-            QuantInput::Bits16(x) => private.run_into(clouds, x, rng, bufs, out, &epi),
-        };
-        match result {
-            Ok(t) => {
+        match answer {
+            Ok(answer) => {
                 stats.verified += 1;
-                stats.timings += t;
+                stats.timings += answer.timings();
+                self.answers[layer.node] = Some(answer);
                 Ok(())
             }
             Err(e @ (Error::VerificationFailed { .. } | Error::MalformedAnswer { .. })) => {
@@ -186,5 +230,36 @@ impl IntegerExecutor for PrivateExecutor<'_> {
             }
             Err(e) => Err(e),
         }
+    }
+
+    fn output(
+        &self,
+        layer: &QuantLayer,
+        b: usize,
+        _x: QuantInput<'_>,
+        epilogue: &Epilogue<'_>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let Some(private) = self.layers[layer.node].as_ref() else {
+            let acc = self.local[layer.node].as_ref().ok_or_else(|| Self::out_of_order(layer))?;
+            let img = layer.geom.output_image_len();
+            epilogue.apply_image(b, &acc[b * img..][..img], out);
+            return Ok(());
+        };
+        let answer = self.answers[layer.node].as_ref().ok_or_else(|| Self::out_of_order(layer))?;
+        let start = Instant::now();
+        let epi = |plane: usize, range: std::ops::Range<usize>, ints: &[i32], out: &mut [f32]| {
+            epilogue.apply(plane, range, ints, out);
+        };
+        private.decrypt_image(answer, b, out, &epi)?;
+        self.image_ns[layer.node][1].fetch_add(nanos(start.elapsed()), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn finish(&mut self, layer: &QuantLayer) {
+        self.answers[layer.node] = None;
+        self.local[layer.node] = None;
+        let decrypt = Duration::from_nanos(self.image_ns[layer.node][1].swap(0, Ordering::Relaxed));
+        self.stats[layer.node].timings.decrypt += decrypt;
     }
 }

@@ -9,13 +9,13 @@
 //!   same client code, so both give bit-identical logits.
 
 use std::ops::Range;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rayon::prelude::*;
 
 use crate::exec::{MIN_TASK, Tail, Workspace, float_linear_op};
 use crate::ops::ExactWeights;
-use crate::{Model, Node, Op, ops};
+use crate::{Model, Op, ops};
 use vericonv::client::check_exactness;
 use vericonv::field::SmallInt;
 use vericonv::geometry::Conv2d;
@@ -65,10 +65,10 @@ pub struct QuantLayer {
 /// A quantized model: the float model plus integer weights and activation scales.
 #[derive(Clone, Debug)]
 pub struct QuantModel {
-    model: Model,
+    pub(crate) model: Model,
     pub(crate) cfg: QuantConfig,
     pub(crate) layers: Vec<Option<QuantLayer>>,
-    act_scale: Vec<Option<f32>>,
+    pub(crate) act_scale: Vec<Option<f32>>,
 }
 
 /// Where the time of one quantized forward pass went (client side).
@@ -104,6 +104,19 @@ pub enum QuantInput<'a> {
 }
 
 impl QuantInput<'_> {
+    /// The number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            QuantInput::Bits8(x) => x.len(),
+            QuantInput::Bits16(x) => x.len(),
+        }
+    }
+
+    /// True when there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The values, widened.
     pub fn to_i32(&self) -> Vec<i32> {
         match self {
@@ -113,56 +126,103 @@ impl QuantInput<'_> {
     }
 }
 
-/// What becomes of a layer's exact integers: the client code shared by the plaintext and the
-/// private executors, so that both give the same bits. For output plane `b·Cout + o`,
-/// `out = tail(acc·(s_x[b]·s_w[o]) + bias[o])`: the re-scaling to float (a multiply, then an
-/// add), then the residual `Add` and the activation fused after the layer.
+/// What becomes of one image's exact integers: the client code shared by the plaintext and
+/// the private executors, so that both give the same bits. For output channel `o`,
+/// `out = tail(acc·(s_x·s_w[o]) + bias[o])`: the re-scaling to float (a multiply, then an add)
+/// with the image's activation scale `s_x`, then the residual `Add` and the activation fused
+/// after the layer.
 #[derive(Clone, Copy, Debug)]
 pub struct Epilogue<'a> {
-    x_scale: &'a [f32],
+    x_scale: f32,
     layer: &'a QuantLayer,
     tail: Tail<'a>,
 }
 
-impl Epilogue<'_> {
-    /// Writes `out` from `acc`, the exact integers of elements `range` of output plane `plane`
-    /// (`b·Cout + o`, plain channel order; a linear layer's planes are single elements).
-    pub fn apply(&self, plane: usize, range: Range<usize>, acc: &[i32], out: &mut [f32]) {
-        let cout = self.layer.geom.cout();
-        let (b, o) = (plane / cout, plane % cout);
-        let scale = self.x_scale[b] * self.layer.weight_scale[o];
-        self.tail.rescale(plane * self.layer.geom.n() + range.start, acc, scale, self.layer.bias[o], out);
+impl<'a> Epilogue<'a> {
+    pub(crate) fn new(x_scale: f32, layer: &'a QuantLayer, tail: Tail<'a>) -> Self {
+        Self { x_scale, layer, tail }
     }
 
-    /// [`Epilogue::apply`] over a whole batch of exact integers `acc` (`batch × Cout × Ho × Wo`).
-    pub fn apply_all(&self, acc: &[i32], out: &mut [f32]) {
-        let n = self.layer.geom.n();
-        let per_task = MIN_TASK.div_ceil(n);
+    /// Writes `out` from `acc`, the exact integers of elements `range` of output plane `plane`
+    /// (`b·Cout + o`: the plane's index in the batch, plain channel order; a linear layer's
+    /// planes are single elements) of this epilogue's image.
+    pub fn apply(&self, plane: usize, range: Range<usize>, acc: &[i32], out: &mut [f32]) {
+        let (cout, n) = (self.layer.geom.cout(), self.layer.geom.n());
+        let o = plane % cout;
+        let scale = self.x_scale * self.layer.weight_scale[o];
+        self.tail.rescale(o * n + range.start, acc, scale, self.layer.bias[o], out);
+    }
+
+    /// [`Epilogue::apply`] over a whole image `b` of exact integers `acc` (`Cout × Ho × Wo`).
+    pub fn apply_image(&self, b: usize, acc: &[i32], out: &mut [f32]) {
+        let (cout, n) = (self.layer.geom.cout(), self.layer.geom.n());
         out.par_chunks_mut(n)
             .zip(acc.par_chunks(n))
-            .with_min_len(per_task)
+            .with_min_len(MIN_TASK.div_ceil(n))
             .enumerate()
-            .for_each(|(plane, (out, acc))| self.apply(plane, 0..n, acc, out));
+            .for_each(|(o, (out, acc))| self.apply(b * cout + o, 0..n, acc, out));
     }
 }
 
-/// Computes the integer accumulations of a quantized layer.
-pub trait IntegerExecutor {
-    /// Computes `Σ w_q·x_q` (no bias) of `layer` for `batch` images of quantized inputs `x`,
-    /// exactly, and writes every element of `out` (`batch × Cout × Ho × Wo`) from them through
-    /// `epilogue`.
+/// Computes the exact integer accumulations `Σ w_q·x_q` of the quantized layers, in the stages
+/// of the forward pass ([`crate::pipeline`]): for each `Conv` or `Linear` layer and batch,
+/// [`IntegerExecutor::start`], then [`IntegerExecutor::encrypt`] for every image (in parallel),
+/// [`IntegerExecutor::run`] once, [`IntegerExecutor::output`] for every image (in parallel) and
+/// [`IntegerExecutor::finish`]. An executor that computes on the client needs only `output`.
+pub trait IntegerExecutor: Sync {
+    /// Starts `layer` for a batch of `batch` images, before any of them is encrypted.
     ///
     /// # Errors
-    /// Whatever the executor can fail with (for the private one: verification failures, after
-    /// which `out` holds nothing decrypted).
-    fn run(
-        &mut self,
+    /// Whatever the executor can fail with.
+    fn start(&mut self, layer: &QuantLayer, batch: usize) -> Result<()> {
+        let _ = (layer, batch);
+        Ok(())
+    }
+
+    /// Elements of one image's slot in the tensor sent for `layer` (0: nothing is sent).
+    fn slot_len(&self, layer: &QuantLayer) -> usize {
+        let _ = layer;
+        0
+    }
+
+    /// Encrypts image `b`'s quantized input `x` into `slot` (its part of the tensor sent).
+    ///
+    /// # Errors
+    /// Whatever the executor can fail with.
+    fn encrypt(&self, layer: &QuantLayer, b: usize, x: QuantInput<'_>, slot: &mut [u32]) -> Result<()> {
+        let _ = (layer, b, x, slot);
+        Ok(())
+    }
+
+    /// Every image encrypted: runs `layer` on the batch, whose quantized input is `x` and whose
+    /// encrypted tensor is `sent`.
+    ///
+    /// # Errors
+    /// Whatever the executor can fail with (for the private one: the cloud's errors and
+    /// verification failures; nothing of a rejected answer is ever decrypted).
+    fn run(&mut self, layer: &QuantLayer, x: QuantInput<'_>, sent: &[u32]) -> Result<()> {
+        let _ = (layer, x, sent);
+        Ok(())
+    }
+
+    /// Writes image `b`'s output (`Cout × Ho × Wo`) from its exact integers through
+    /// `epilogue`; `x` is the image's quantized input.
+    ///
+    /// # Errors
+    /// Whatever the executor can fail with.
+    fn output(
+        &self,
         layer: &QuantLayer,
+        b: usize,
         x: QuantInput<'_>,
-        batch: usize,
         epilogue: &Epilogue<'_>,
         out: &mut [f32],
     ) -> Result<()>;
+
+    /// Every image's output written: what the batch kept can go.
+    fn finish(&mut self, layer: &QuantLayer) {
+        let _ = layer;
+    }
 }
 
 /// The client computes every layer itself, exactly: the quantized plaintext model.
@@ -170,19 +230,19 @@ pub trait IntegerExecutor {
 pub struct PlainExecutor;
 
 impl IntegerExecutor for PlainExecutor {
-    fn run(
-        &mut self,
+    fn output(
+        &self,
         layer: &QuantLayer,
+        b: usize,
         x: QuantInput<'_>,
-        batch: usize,
         epilogue: &Epilogue<'_>,
         out: &mut [f32],
     ) -> Result<()> {
         let acc = match x {
-            QuantInput::Bits8(x) => layer.compute(x, batch),
-            QuantInput::Bits16(x) => layer.compute(x, batch),
+            QuantInput::Bits8(x) => layer.compute(x, 1),
+            QuantInput::Bits16(x) => layer.compute(x, 1),
         };
-        epilogue.apply_all(&acc, out);
+        epilogue.apply_image(b, &acc, out);
         Ok(())
     }
 }
@@ -304,51 +364,10 @@ impl QuantModel {
     pub fn forward(&self, images: &[f32], exec: &mut dyn IntegerExecutor) -> Result<(Vec<f32>, ForwardTimes)> {
         self.forward_with(images, exec, &mut Workspace::new())
     }
-
-    /// [`QuantModel::forward`] with the caller's buffers, reused across passes: a stream of
-    /// batches allocates nothing after its first pass.
-    ///
-    /// # Errors
-    /// As [`QuantModel::forward`].
-    pub fn forward_with(
-        &self,
-        images: &[f32],
-        exec: &mut dyn IntegerExecutor,
-        ws: &mut Workspace,
-    ) -> Result<(Vec<f32>, ForwardTimes)> {
-        let Workspace { values, q8, q16, scales } = ws;
-        let (x, batch) = self.model.normalize_into(images, values)?;
-        let mut times = ForwardTimes::default();
-        let qmax = qmax(self.cfg.act_bits);
-        let (logits, nonlinear) = self.model.execute(x, batch, values, |idx, node: &Node, a, tail, out| {
-            let layer = self.layers[idx]
-                .as_ref()
-                .ok_or_else(|| Error::Unsupported(format!("layer `{}` is not quantized", node.name)))?;
-            let start = Instant::now();
-            let per = a.len() / batch;
-            let x = if self.cfg.act_bits <= 8 {
-                q8.resize(a.len(), 0);
-                quantize_batch(a, per, self.act_scale[idx], qmax, &mut q8[..a.len()], scales);
-                QuantInput::Bits8(&q8[..a.len()])
-            } else {
-                q16.resize(a.len(), 0);
-                quantize_batch(a, per, self.act_scale[idx], qmax, &mut q16[..a.len()], scales);
-                QuantInput::Bits16(&q16[..a.len()])
-            };
-            times.quantize += start.elapsed();
-            let start = Instant::now();
-            let epilogue = Epilogue { x_scale: scales, layer, tail: *tail };
-            exec.run(layer, x, batch, &epilogue, out)?;
-            times.integer += start.elapsed();
-            Ok(())
-        })?;
-        times.nonlinear = nonlinear;
-        Ok((logits, times))
-    }
 }
 
 /// The quantized integers the client stores: `i8` or `i16`.
-trait Quantized: Copy + Send + Sync {
+pub(crate) trait Quantized: Copy + Send + Sync {
     fn from_i32(v: i32) -> Self;
 }
 
@@ -364,29 +383,16 @@ impl Quantized for i16 {
     }
 }
 
-/// Quantizes a batch of images of `per` values each into `out`, each image with its own scale
-/// (`fixed`, or dynamic: `max |x| / qmax`), in parallel; the scales go to `scales`.
-fn quantize_batch<Q: Quantized>(
-    a: &[f32],
-    per: usize,
-    fixed: Option<f32>,
-    qmax: i32,
-    out: &mut [Q],
-    scales: &mut Vec<f32>,
-) {
-    // Images in parallel (each has its own scale), then pieces of an image: the result is the
-    // same in any order.
-    let image_scale = |img: &[f32]| {
-        fixed.unwrap_or_else(|| {
-            let m = img.par_chunks(MIN_TASK).map(max_abs).reduce(|| 0.0, f32::max);
-            if m > 0.0 { m / qmax as f32 } else { 1.0 }
-        })
-    };
-    scales.clear();
-    scales.extend(a.chunks_exact(per).map(image_scale));
-    out.par_chunks_mut(per).zip(a.par_chunks(per)).zip(scales.par_iter()).for_each(|((o, x), &scale)| {
-        o.par_chunks_mut(MIN_TASK).zip(x.par_chunks(MIN_TASK)).for_each(|(o, x)| quantize_into(x, scale, qmax, o));
+/// Quantizes one image `a` into `out` with the scale `fixed`, or a dynamic one
+/// (`max |a| / qmax`), which it returns; pieces in parallel (the result is the same in any
+/// order).
+pub(crate) fn quantize_image<Q: Quantized>(a: &[f32], fixed: Option<f32>, qmax: i32, out: &mut [Q]) -> f32 {
+    let scale = fixed.unwrap_or_else(|| {
+        let m = a.par_chunks(MIN_TASK).map(max_abs).reduce(|| 0.0, f32::max);
+        if m > 0.0 { m / qmax as f32 } else { 1.0 }
     });
+    out.par_chunks_mut(MIN_TASK).zip(a.par_chunks(MIN_TASK)).for_each(|(o, x)| quantize_into(x, scale, qmax, o));
+    scale
 }
 
 /// `max |v|` over `x` (0 for an empty slice), in eight independent lanes so that it

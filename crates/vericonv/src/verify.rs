@@ -393,18 +393,17 @@ fn fast_input_side_plain<T: SmallInt>(
     let per_channel: Vec<u32> = (0..g.cin())
         .into_par_iter()
         .map_init(
-            || (vec![0u32; g.h() * kw], vec![0u32; hw], vec![0u32; hw], vec![0i64; hw]),
-            |(z, folded, part, wide), cp| {
+            || (vec![0u32; g.h() * kw], vec![0u32; hw], vec![0u32; hw], Vec::with_capacity(batch)),
+            |(z, folded, part, planes), cp| {
                 let c = key.pi()[cp];
-                folded.fill(0);
                 for (first, ws) in w.chunks(per_sum).enumerate() {
-                    wide.fill(0);
-                    for (k, &wb) in ws.iter().enumerate() {
-                        let b = first * per_sum + k;
-                        slices::fold_small(wide, wb, &x[b * img + c * hw..][..hw]);
+                    planes.clear();
+                    planes.extend((0..ws.len()).map(|k| &x[((first * per_sum + k) * img + c * hw)..][..hw]));
+                    let dst = if first == 0 { &mut *folded } else { &mut *part };
+                    slices::fold_batch(dst, ws, planes);
+                    if first > 0 {
+                        folded.iter_mut().zip(part.iter()).for_each(|(f, &p)| *f = F::add(*f, p));
                     }
-                    slices::reduce_signed_into(part, wide);
-                    folded.iter_mut().zip(part.iter()).for_each(|(f, &p)| *f = F::add(*f, p));
                 }
                 let kbc = &kb[cp * taps..][..taps];
                 let mut t = plane_term::<F>(g, folded, &vj, u, kbc, z);

@@ -177,18 +177,22 @@ struct Capture {
 }
 
 impl IntegerExecutor for Capture {
-    fn run(
-        &mut self,
-        layer: &QuantLayer,
-        x: QuantInput<'_>,
-        batch: usize,
-        epilogue: &Epilogue<'_>,
-        out: &mut [f32],
-    ) -> Result<()> {
+    fn run(&mut self, layer: &QuantLayer, x: QuantInput<'_>, _: &[u32]) -> Result<()> {
         if !layer.is_linear {
             self.inputs[layer.node].extend(x.to_i32());
         }
-        PlainExecutor.run(layer, x, batch, epilogue, out)
+        Ok(())
+    }
+
+    fn output(
+        &self,
+        layer: &QuantLayer,
+        b: usize,
+        x: QuantInput<'_>,
+        epilogue: &Epilogue<'_>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        PlainExecutor.output(layer, b, x, epilogue, out)
     }
 }
 

@@ -361,3 +361,38 @@ pub(super) unsafe fn unmask_sum_into(out: &mut [i32], a: &[u32], b: &[u32], c: u
     }
     _mm512_reduce_max_epu32(max)
 }
+
+/// [`super::slices::fold_batch`]: sixteen positions at a time, every image's products summed
+/// in registers (`i64` lanes), then reduced once.
+///
+/// # Safety
+/// The CPU has AVX-512F, BW and VL; every plane of `xs` holds at least `out.len()` elements.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn fold_batch<T: SmallInt>(out: &mut [u32], w: &[u32], xs: &[&[T]]) {
+    let p64 = _mm512_set1_epi64(i64::from(P));
+    for at in (0..out.len()).step_by(LANES) {
+        let n = (out.len() - at).min(LANES);
+        let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for (&wb, x) in w.iter().zip(xs) {
+            let v = load_small(x, at, n);
+            let wv = _mm512_set1_epi64(i64::from(wb));
+            lo = _mm512_add_epi64(lo, _mm512_mul_epi32(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)), wv));
+            hi = _mm512_add_epi64(hi, _mm512_mul_epi32(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64::<1>(v)), wv));
+        }
+        // |sum| < 2^63: reduce the magnitude, then negate where negative.
+        let residue = |s: __m512i| {
+            let neg = _mm512_cmplt_epi64_mask(s, _mm512_setzero_si512());
+            let m = fold(fold(_mm512_abs_epi64(s))); // below 2^31 + 8
+            let m = _mm512_min_epu64(m, _mm512_sub_epi64(m, p64));
+            let minus = _mm512_sub_epi64(p64, m);
+            let minus = _mm512_min_epu64(minus, _mm512_sub_epi64(minus, p64));
+            _mm512_mask_blend_epi64(neg, m, minus)
+        };
+        let r = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm512_cvtepi64_epi32(residue(lo))),
+            _mm512_cvtepi64_epi32(residue(hi)),
+        );
+        // SAFETY: the first `n` lanes lie inside `out`.
+        unsafe { _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), lanes(n), r) };
+    }
+}

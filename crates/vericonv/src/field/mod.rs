@@ -155,6 +155,7 @@ mod sealed {
 
     impl Sealed for i8 {
         #[cfg(target_arch = "x86_64")]
+        #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
         unsafe fn load16(src: *const Self, k: u16) -> __m512i {
             // SAFETY: masked lanes are not read; the others are the caller's.
@@ -163,6 +164,7 @@ mod sealed {
     }
     impl Sealed for i16 {
         #[cfg(target_arch = "x86_64")]
+        #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
         unsafe fn load16(src: *const Self, k: u16) -> __m512i {
             // SAFETY: masked lanes are not read; the others are the caller's.
@@ -171,6 +173,7 @@ mod sealed {
     }
     impl Sealed for i32 {
         #[cfg(target_arch = "x86_64")]
+        #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
         unsafe fn load16(src: *const Self, k: u16) -> __m512i {
             // SAFETY: masked lanes are not read; the others are the caller's.
@@ -600,6 +603,26 @@ mod tests {
                     })
                     .collect();
                 assert_eq!(folded, want, "fold_small + reduce_signed_into, n = {n}");
+                // The batch fold of 16-bit planes, three images.
+                let planes = [&x16[..], &x16[n / 2..], &x16[n / 3..]];
+                let ws = [c, P - 1 - c, M31::random(&mut rng)];
+                let m = n - n / 2;
+                let want: Vec<u32> = (0..m)
+                    .map(|i| {
+                        planes.iter().zip(&ws).fold(0, |acc, (p, &wb)| {
+                            M31::add(acc, M31::mul(wb, M31::embed(i64::from(p[i])).expect("small")))
+                        })
+                    })
+                    .collect();
+                for portable in [false, true] {
+                    let mut got = vec![0u32; m];
+                    if portable {
+                        slices::fold_batch_portable(&mut got, &ws, &planes);
+                    } else {
+                        slices::fold_batch(&mut got, &ws, &planes);
+                    }
+                    assert_eq!(got, want, "fold_batch ({portable}), n = {n}");
+                }
             }
             assert_eq!(slices::dot(&y, &v), reference::dot::<M31>(&y, &v), "dot, n = {n}");
             let want = (reference::dot::<M31>(&y, &v), y.iter().copied().max().unwrap_or(0));

@@ -402,6 +402,31 @@ pub fn fold_small<T: SmallInt>(acc: &mut [i64], w: u32, x: &[T]) {
     }
 }
 
+/// `out[i] = Σ_b w[b]·xs[b][i] mod p` for small-integer planes `xs` (each at least
+/// `out.len()` long): verification's batch fold. Exact while `Σ_b |w_b·x_b[i]| < 2^63`, that is
+/// for any batch of 8- or 16-bit inputs up to 2^16 images (the caller splits larger sums).
+pub fn fold_batch<T: SmallInt>(out: &mut [u32], w: &[u32], xs: &[&[T]]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() && xs.iter().all(|x| x.len() >= out.len()) {
+        // SAFETY: the CPU has AVX-512; every plane holds `out.len()` elements.
+        return unsafe { avx512::fold_batch(out, w, xs) };
+    }
+    fold_batch_portable(out, w, xs);
+}
+
+/// [`fold_batch`] without the AVX-512 kernel.
+pub(crate) fn fold_batch_portable<T: SmallInt>(out: &mut [u32], w: &[u32], xs: &[&[T]]) {
+    let mut acc = [0i64; BLOCK];
+    for (blk, o) in out.chunks_mut(BLOCK).enumerate() {
+        let acc = &mut acc[..o.len()];
+        acc.fill(0);
+        for (&wb, x) in w.iter().zip(xs) {
+            fold_small(acc, wb, &x[blk * BLOCK..]);
+        }
+        reduce_signed_into(o, acc);
+    }
+}
+
 /// `out[i] = acc[i] mod p` for signed accumulators.
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2", "aarch64+neon"))]
 pub fn reduce_signed_into(out: &mut [u32], acc: &[i64]) {
