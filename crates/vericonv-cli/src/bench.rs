@@ -495,7 +495,7 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Vec<B
     quantize_into(&xf, &mut xq);
     let xi: Vec<i32> = xq.iter().map(|&v| M31::lift(v) as i32).collect();
     let mut exact = vec![0i32; b * g.output_image_len()];
-    ops::conv_int_into(g, b, &ops::ExactWeights::new(&wq, 127, 127), &xi, &mut exact);
+    ops::conv_int_into(g, b, &ops::ExactWeights::new(g, &wq, 127, 127), &xi, &mut exact);
     let cloud = CpuBackend::with_threads(opts.threads)?;
     let wscale = 1.0f32 / 127.0;
     let mut costs = Vec::new();

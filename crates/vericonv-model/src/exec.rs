@@ -121,6 +121,9 @@ pub struct Workspace {
     /// the one being received, and the tensor sent to the cloud.
     pub(crate) quant: [QuantBuffers; 2],
     pub(crate) sent: Vec<u32>,
+    /// One image's buffers for the values read only in the stage that writes them (they stay in
+    /// cache from one node to the next): a stack of sets, one taken by each image in flight.
+    pub(crate) scratch: std::sync::Mutex<Vec<Vec<Vec<f32>>>>,
 }
 
 /// A batch's quantized activations entering one layer, and each image's scale.

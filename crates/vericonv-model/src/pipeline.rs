@@ -81,7 +81,7 @@ impl QuantModel {
         ws: &mut Workspace,
     ) -> Result<(Vec<f32>, ForwardTimes)> {
         let model = &self.model;
-        let Workspace { values: pool, quant, sent } = ws;
+        let Workspace { values: pool, quant, sent, scratch } = ws;
         let (x, batch) = model.normalize_into(images, pool)?;
         let (steps, _, _) = model.plan();
         let is_linear = |s: &Step| matches!(model.nodes[s.node].op, Op::Conv { .. } | Op::Linear { .. });
@@ -101,10 +101,18 @@ impl QuantModel {
                 let recv = stage.checked_sub(1).map(|t| linear[t]);
                 let send = linear.get(stage).copied();
                 let body = recv.map_or(0, |r| r + 1)..send.unwrap_or(steps.len());
-                // The values this stage writes: the received layer's, then the body's.
+                // The values this stage writes: the received layer's, then the body's. Those read
+                // in later stages are kept for the batch; the others live in an image's scratch.
                 let written: Vec<usize> = recv.into_iter().chain(body.clone()).map(|i| steps[i].end).collect();
-                let mut outs: Vec<Value> =
-                    written.iter().map(|&node| pool.take(batch * model.nodes[node].shape.len())).collect();
+                let kept = |node: usize| last[node] > stage || node + 1 == model.nodes.len();
+                let mut outs: Vec<Value> = written
+                    .iter()
+                    .filter(|&&node| kept(node))
+                    .map(|&node| pool.take(batch * model.nodes[node].shape.len()))
+                    .collect();
+                let kept_nodes: Vec<usize> = written.iter().copied().filter(|&node| kept(node)).collect();
+                let scratch_lens: Vec<usize> =
+                    written.iter().filter(|&&node| !kept(node)).map(|&node| model.nodes[node].shape.len()).collect();
                 let (cur, prev) = {
                     let [a, b] = &mut *quant;
                     if stage % 2 == 0 { (a, b) } else { (b, a) }
@@ -130,61 +138,89 @@ impl QuantModel {
                     Some(r) => Some((r, self.layer_of(steps[r].node)?)),
                     None => None,
                 };
-                let parts = image_parts(&written, &mut outs, model, cur, sent, per, slot);
-                let (values_ref, x_ref, exec_ref, prev_ref) = (&values, &x, &*exec, &*prev);
+                let parts = image_parts(&kept_nodes, &mut outs, model, cur, sent, per, slot);
+                let (values_ref, x_ref, exec_ref, prev_ref, scratch) = (&values, &x, &*exec, &*prev, &*scratch);
                 let source = Sources { model, written: &written, values: values_ref, x: x_ref.as_ref() };
+                // Everything the stage does for image `b`, whose slices of the stage's values are
+                // `outs` (in the order of `written`).
+                let run_image = |b: usize, outs: &mut [&mut [f32]], p: ImageParts<'_>| -> Result<[Duration; 3]> {
+                    let mut t = [Duration::ZERO; 3];
+                    if let Some((r, layer)) = received {
+                        let start = Instant::now();
+                        let step = &steps[r];
+                        let out = std::mem::take(&mut outs[0]);
+                        let residual = match step.add {
+                            Some(src) => Some(source.get(src, b, outs)?),
+                            None => None,
+                        };
+                        let epilogue = Epilogue::new(prev_ref.scales[b], layer, Tail { residual, act: step.act });
+                        exec_ref.output(layer, b, prev_input(prev_ref, b, bits8), &epilogue, &mut *out)?;
+                        outs[0] = out;
+                        t[2] += start.elapsed();
+                    }
+                    for (w, i) in body.clone().enumerate() {
+                        let w = w + usize::from(received.is_some());
+                        let start = Instant::now();
+                        let node = &model.nodes[steps[i].node];
+                        let out = std::mem::take(&mut outs[w]);
+                        let ins =
+                            node.inputs.iter().map(|&src| source.get(src, b, outs)).collect::<Result<Vec<_>>>()?;
+                        model.other_op(&node.op, steps[i].node, 1, &ins, &mut *out);
+                        outs[w] = out;
+                        t[1] += start.elapsed();
+                    }
+                    if let Some((k, layer, _, _)) = sending {
+                        let start = Instant::now();
+                        let a = source.get(model.nodes[steps[k].node].inputs[0], b, outs)?;
+                        let fixed = self.act_scale[steps[k].node];
+                        *p.scale = if bits8 {
+                            quantize_image(a, fixed, qmax, p.q8)
+                        } else {
+                            quantize_image(a, fixed, qmax, p.q16)
+                        };
+                        t[0] += start.elapsed();
+                        let start = Instant::now();
+                        let q = if bits8 { QuantInput::Bits8(p.q8) } else { QuantInput::Bits16(p.q16) };
+                        exec_ref.encrypt(layer, b, q, p.sent)?;
+                        t[2] += start.elapsed();
+                    }
+                    Ok(t)
+                };
                 let per_image_times = parts
                     .into_par_iter()
                     .enumerate()
-                    .map(|(b, mut p)| -> Result<[Duration; 3]> {
-                        let mut t = [Duration::ZERO; 3];
-                        if let Some((r, layer)) = received {
-                            let start = Instant::now();
-                            let step = &steps[r];
-                            let out = std::mem::take(&mut p.outs[0]);
-                            let residual = match step.add {
-                                Some(src) => Some(source.get(src, b, &p.outs)?),
-                                None => None,
-                            };
-                            let epilogue = Epilogue::new(prev_ref.scales[b], layer, Tail { residual, act: step.act });
-                            exec_ref.output(layer, b, prev_input(prev_ref, b, bits8), &epilogue, &mut *out)?;
-                            p.outs[0] = out;
-                            t[2] += start.elapsed();
+                    .map(|(b, mut p)| {
+                        // A scratch set for this image (one per image in flight, reused).
+                        let mut set = scratch.lock().ok().and_then(|mut s| s.pop()).unwrap_or_default();
+                        set.resize_with(scratch_lens.len(), Vec::new);
+                        for (buf, &len) in set.iter_mut().zip(&scratch_lens) {
+                            if buf.len() < len {
+                                buf.resize(len, 0.0);
+                            }
                         }
-                        for (w, i) in body.clone().enumerate() {
-                            let w = w + usize::from(received.is_some());
-                            let start = Instant::now();
-                            let node = &model.nodes[steps[i].node];
-                            let out = std::mem::take(&mut p.outs[w]);
-                            let ins = node
-                                .inputs
-                                .iter()
-                                .map(|&src| source.get(src, b, &p.outs))
-                                .collect::<Result<Vec<_>>>()?;
-                            model.other_op(&node.op, steps[i].node, 1, &ins, &mut *out);
-                            p.outs[w] = out;
-                            t[1] += start.elapsed();
+                        let (mut kept_parts, mut free_parts) =
+                            (std::mem::take(&mut p.outs).into_iter(), set.iter_mut());
+                        let mut outs: Vec<&mut [f32]> = written
+                            .iter()
+                            .map(|&node| {
+                                let part = if kept(node) {
+                                    kept_parts.next()
+                                } else {
+                                    free_parts.next().map(|buf| &mut buf[..model.nodes[node].shape.len()])
+                                };
+                                part.unwrap_or_default()
+                            })
+                            .collect();
+                        let t = run_image(b, &mut outs, p);
+                        drop(outs);
+                        if let Ok(mut s) = scratch.lock() {
+                            s.push(set);
                         }
-                        if let Some((k, layer, _, _)) = sending {
-                            let start = Instant::now();
-                            let a = source.get(model.nodes[steps[k].node].inputs[0], b, &p.outs)?;
-                            let fixed = self.act_scale[steps[k].node];
-                            *p.scale = if bits8 {
-                                quantize_image(a, fixed, qmax, p.q8)
-                            } else {
-                                quantize_image(a, fixed, qmax, p.q16)
-                            };
-                            t[0] += start.elapsed();
-                            let start = Instant::now();
-                            let q = if bits8 { QuantInput::Bits8(p.q8) } else { QuantInput::Bits16(p.q16) };
-                            exec_ref.encrypt(layer, b, q, p.sent)?;
-                            t[2] += start.elapsed();
-                        }
-                        Ok(t)
+                        t
                     })
                     .collect::<Result<Vec<_>>>();
                 // The stage's values are kept (or returned) whatever happened.
-                for (&node, v) in written.iter().zip(outs) {
+                for (&node, v) in kept_nodes.iter().zip(outs) {
                     values[node] = Some(v);
                 }
                 for [q, n, i] in per_image_times? {
@@ -252,7 +288,7 @@ struct Sources<'a> {
 
 impl Sources<'_> {
     /// Image `b`'s slice of `src`; `outs` are the image's slices of the stage's own values.
-    fn get<'b>(&'b self, src: Source, b: usize, outs: &'b [&mut [f32]]) -> Result<&'b [f32]> {
+    fn get<'b>(&'b self, src: Source, b: usize, outs: &'b [&'b mut [f32]]) -> Result<&'b [f32]> {
         if let Source::Node(i) = src
             && let Some(w) = self.written.iter().position(|&n| n == i)
         {

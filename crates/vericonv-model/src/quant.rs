@@ -304,7 +304,7 @@ impl QuantModel {
                 name: node.name.clone(),
                 geom,
                 is_linear,
-                exact: ExactWeights::new(&q, wq as u32, xq as u32),
+                exact: ExactWeights::new(&geom, &q, wq as u32, xq as u32),
                 weight: q,
                 weight_scale: scales,
                 bias: bias.clone(),
