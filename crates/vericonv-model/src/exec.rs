@@ -31,9 +31,10 @@ pub(crate) enum Act {
 }
 
 /// What a `Conv` or `Linear` node's output goes through before it is stored: the residual `Add`
-/// and the activation fused after it ([`Model::execute`]).
+/// and the activation fused after it, which the linear node's pass applies to each piece of
+/// output as it produces it.
 #[derive(Clone, Copy, Debug)]
-pub struct Tail<'a> {
+pub(crate) struct Tail<'a> {
     /// The other operand of a fused `Add` (laid out like the output).
     pub(crate) residual: Option<&'a [f32]>,
     pub(crate) act: Act,
@@ -44,7 +45,7 @@ impl Tail<'_> {
     /// node's batch-flat output: the re-scaling of a quantized layer's exact integers (a
     /// multiply, then an add) and the fused nodes, in one pass. The same value as re-scaling,
     /// then [`Tail::apply`].
-    pub fn rescale(&self, start: usize, acc: &[i32], scale: f32, bias: f32, out: &mut [f32]) {
+    pub(crate) fn rescale(&self, start: usize, acc: &[i32], scale: f32, bias: f32, out: &mut [f32]) {
         let residual = self.residual.map(|r| &r[start..][..out.len()]);
         rescale_into(acc, scale, bias, residual, self.act, out);
     }
@@ -52,7 +53,7 @@ impl Tail<'_> {
     /// Applies the fused nodes to `row`, the elements `start..start + row.len()` of the node's
     /// batch-flat output, exactly as the nodes would one after the other (float addition is
     /// commutative, so the operands of the `Add` may come in either order).
-    pub fn apply(&self, start: usize, row: &mut [f32]) {
+    pub(crate) fn apply(&self, start: usize, row: &mut [f32]) {
         if let Some(other) = self.residual {
             let other = &other[start..][..row.len()];
             row.iter_mut().zip(other).for_each(|(v, &q)| *v += q);
@@ -403,7 +404,8 @@ impl Model {
     /// The float model's logits (`batch × classes`) for `[0, 1]` images.
     ///
     /// # Errors
-    /// As [`Model::normalize`](crate::Model) (lengths, non-finite pixels).
+    /// [`Error::LengthMismatch`] when `images` is not a positive multiple of the image size,
+    /// [`Error::NonFinite`] for NaN or infinite pixels.
     pub fn forward_float(&self, images: &[f32]) -> Result<Vec<f32>> {
         self.forward_float_with(images, &mut Workspace::new())
     }

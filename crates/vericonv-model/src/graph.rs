@@ -200,17 +200,6 @@ pub struct Node {
     pub shape: Shape,
 }
 
-/// A batch of activations.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Activation {
-    /// Images in the batch.
-    pub batch: usize,
-    /// Shape per image.
-    pub shape: Shape,
-    /// `batch × shape.len()` values.
-    pub data: Vec<f32>,
-}
-
 /// A CNN in topological order; the last node's output is the logits.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Model {

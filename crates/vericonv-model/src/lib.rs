@@ -1,10 +1,12 @@
 //! CNN models on the client: the graph, its native file format (a JSON architecture plus
-//! `safetensors` weights), BatchNorm folding, and one interpreter shared by the float,
-//! quantized-plaintext and private forward passes.
+//! `safetensors` weights), BatchNorm folding, the float forward pass, and the quantized forward
+//! pass shared by the plaintext and the private executors, which runs image by image between
+//! cloud calls ([`quant::QuantModel::forward_with`]).
 //!
-//! Only `Conv` and `Linear` nodes differ between those passes (see [`quant`]); every other
-//! operator runs the same client code, which is why private logits are bit-identical to the
-//! quantized plaintext model's whenever the integer convolutions are exact.
+//! Only the source of the exact integer accumulations differs between the quantized plaintext
+//! and the private pass (see [`quant`]); every other step runs the same client code, which is
+//! why private logits are bit-identical to the quantized plaintext model's whenever the integer
+//! convolutions are exact.
 
 pub mod data;
 mod exec;
@@ -17,9 +19,7 @@ mod pipeline;
 mod private;
 pub mod quant;
 
-pub use exec::{Tail, Workspace, argmax};
+pub use exec::{Workspace, argmax};
 pub use format::{FORMAT, LayerSpec, ModelFile, OpSpec, PoolSpec};
-pub use graph::{
-    Activation, BatchNorm, ConvAttrs, GraphBuilder, InputSpec, MAX_ELEMENTS, Model, Node, Op, Shape, Source,
-};
+pub use graph::{BatchNorm, ConvAttrs, GraphBuilder, InputSpec, MAX_ELEMENTS, Model, Node, Op, Shape, Source};
 pub use private::{LayerStats, PrivateConfig, PrivateExecutor};

@@ -68,9 +68,11 @@ impl QuantModel {
     /// [`QuantModel::forward`] with the caller's buffers, reused across passes: a stream of
     /// batches allocates nothing after its first pass.
     ///
-    /// The pass goes stage by stage, each stage image by image (module [`crate::pipeline`]):
-    /// the times in [`ForwardTimes`] are summed over images, which run in parallel when the
-    /// thread pool has several threads.
+    /// Between two cloud calls, all the client does for an image (decrypting the layer just
+    /// computed, the nodes up to the next `Conv` or `Linear`, quantizing and encrypting that
+    /// layer's input) runs image by image, images in parallel, so that each image's
+    /// activations are still in cache for the next step. The times in [`ForwardTimes`] are
+    /// summed over images (so over threads, when images run in parallel).
     ///
     /// # Errors
     /// As [`QuantModel::forward`].

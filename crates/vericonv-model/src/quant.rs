@@ -165,7 +165,7 @@ impl<'a> Epilogue<'a> {
 }
 
 /// Computes the exact integer accumulations `Σ w_q·x_q` of the quantized layers, in the stages
-/// of the forward pass ([`crate::pipeline`]): for each `Conv` or `Linear` layer and batch,
+/// of the forward pass ([`QuantModel::forward_with`]): for each `Conv` or `Linear` layer and batch,
 /// [`IntegerExecutor::start`], then [`IntegerExecutor::encrypt`] for every image (in parallel),
 /// [`IntegerExecutor::run`] once, [`IntegerExecutor::output`] for every image (in parallel) and
 /// [`IntegerExecutor::finish`]. An executor that computes on the client needs only `output`.
@@ -317,7 +317,7 @@ impl QuantModel {
     /// each layer in the float model, divided by `2^(b_x-1) - 1`. Larger values later clamp.
     ///
     /// # Errors
-    /// As [`Model::normalize`].
+    /// As [`Model::forward_float`].
     pub fn calibrate(&mut self, images: &[f32]) -> Result<()> {
         let mut ws = Workspace::new();
         let (x, batch) = self.model.normalize_into(images, &mut ws.values)?;
