@@ -1377,6 +1377,17 @@ fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv::Error> {
                     r.speedup,
                     s(r.cloud_s)
                 );
+                let ph = r.client_phases_s;
+                println!(
+                    "{:>28} client work, summed over images: encrypt {}, verify {}, decrypt {}, quantize {}, non-linear {}, client linear {}",
+                    "",
+                    s(ph.encrypt).trim(),
+                    s(ph.verify).trim(),
+                    s(ph.decrypt).trim(),
+                    s(r.client_quantize_s).trim(),
+                    s(r.client_nonlinear_s).trim(),
+                    s(ph.local).trim()
+                );
                 rows.push(r);
             }
         }

@@ -47,6 +47,11 @@ pub struct WholeRow {
     pub client_quantize_s: f64,
     /// Of which non-linear layers.
     pub client_nonlinear_s: f64,
+    /// The client's work per phase, summed over layers and over images (so over threads, when
+    /// images run in parallel): encryption, verification (the session kernels' fold included),
+    /// decryption with the re-scaling and the layers fused into it, and the linear layers the
+    /// client computes itself.
+    pub client_phases_s: ClientPhases,
     /// Session setup (keys, `K'`, the mask kernels of every layer), once per session.
     pub session_s: f64,
     /// The cloud's time in the same passes (both clouds, concurrently, in two-server).
@@ -65,6 +70,19 @@ pub struct WholeRow {
     pub speedup: f64,
     /// Whether the private logits equal the quantized plaintext model's, bit for bit.
     pub exact: bool,
+}
+
+/// Seconds per phase of the client's work (see [`WholeRow::client_phases_s`]).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ClientPhases {
+    /// Masking (or splitting into shares) the inputs.
+    pub encrypt: f64,
+    /// Verifying the answers.
+    pub verify: f64,
+    /// Unmasking the answers into the next activations.
+    pub decrypt: f64,
+    /// The linear layers the client computes itself.
+    pub local: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -109,8 +127,18 @@ pub fn run_whole(
     let (first, _) = pool.install(|| qm.forward_with(&x, &mut exec, &mut ws))?;
     let exact = first.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
     let (mut client, mut cloud, mut quantize, mut nonlinear) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut phases = Vec::new();
+    let phase_total = |exec: &PrivateExecutor<'_>| {
+        exec.stats().fold(ClientPhases::default(), |p, l| ClientPhases {
+            encrypt: p.encrypt + l.timings.encrypt.as_secs_f64(),
+            verify: p.verify + l.timings.verify.as_secs_f64(),
+            decrypt: p.decrypt + l.timings.decrypt.as_secs_f64(),
+            local: p.local + l.client_compute.as_secs_f64(),
+        })
+    };
     for _ in 0..opts.reps.max(1) {
         let before = cloud_total(&exec);
+        let phases_before = phase_total(&exec);
         let t = Instant::now();
         let (_, times) = pool.install(|| qm.forward_with(&x, &mut exec, &mut ws))?;
         let wall = t.elapsed();
@@ -119,6 +147,13 @@ pub fn run_whole(
         cloud.push(c.as_secs_f64());
         quantize.push(times.quantize.as_secs_f64());
         nonlinear.push(times.nonlinear.as_secs_f64());
+        let after = phase_total(&exec);
+        phases.push(ClientPhases {
+            encrypt: after.encrypt - phases_before.encrypt,
+            verify: after.verify - phases_before.verify,
+            decrypt: after.decrypt - phases_before.decrypt,
+            local: after.local - phases_before.local,
+        });
     }
     let mut ws = Workspace::new();
     pool.install(|| model.forward_float_with(&x, &mut ws))?;
@@ -135,6 +170,12 @@ pub fn run_whole(
     engines.extend(tract_s.map(|t| ("tract", t)));
     engines.extend(onnxruntime.map(|t| ("onnxruntime", t)));
     let (best, best_s) = engines.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or(("none", f64::NAN));
+    // The phases of the pass whose client time was the median.
+    let median_phases = {
+        let mut order: Vec<usize> = (0..client.len()).collect();
+        order.sort_by(|&a, &b| client[a].total_cmp(&client[b]));
+        order.get(order.len() / 2).map_or_else(ClientPhases::default, |&i| phases[i])
+    };
     let client_s = median(client);
     if !exact {
         return Err(Error::Internal(format!("{}: private logits differ from the quantized model's", model.name())));
@@ -147,6 +188,7 @@ pub fn run_whole(
         client_s,
         client_quantize_s: median(quantize),
         client_nonlinear_s: median(nonlinear),
+        client_phases_s: median_phases,
         session_s: session.as_secs_f64(),
         cloud_s: median(cloud),
         tract_s,

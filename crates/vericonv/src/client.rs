@@ -136,7 +136,13 @@ impl std::fmt::Debug for Pending {
 
 /// A batch's answer that passed verification: only [`PrivateConv::send`] makes one, after the
 /// answer was checked, and [`PrivateConv::decrypt_image`] decrypts nothing else. A rejected
-/// answer never becomes an `Answer`, so it cannot be decrypted.
+/// answer never becomes an `Answer`, so it cannot be decrypted; nor can one be made by hand:
+///
+/// ```compile_fail
+/// # fn f(y: Vec<u32>) {
+/// let forged = vericonv::client::Answer { batch: 1, y }; // private fields
+/// # }
+/// ```
 pub struct Answer {
     batch: usize,
     session: u64,
