@@ -395,19 +395,26 @@ pub(crate) fn quantize_image<Q: Quantized>(a: &[f32], fixed: Option<f32>, qmax: 
     scale
 }
 
-/// `max |v|` over `x` (0 for an empty slice), in eight independent lanes so that it
-/// vectorises; the same value as a sequential fold, since `max` is exact.
+/// `max |v|` over `x` ignoring NaN (0 for an empty slice or all NaN), as the sequential fold
+/// of `f32::max` from 0 gives it. On the bits: `|v|` orders as its bit pattern does, and a NaN
+/// (a pattern above the infinity's) counts as 0; 64 independent lanes, so that it runs at the
+/// vector units' throughput rather than a maximum's latency.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2", "aarch64+neon"))]
 fn max_abs(x: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let mut chunks = x.chunks_exact(8);
+    const INF: u32 = 0x7f80_0000;
+    let key = |v: f32| {
+        let b = v.to_bits() & 0x7fff_ffff;
+        if b > INF { 0 } else { b }
+    };
+    let mut lanes = [0u32; 64];
+    let mut chunks = x.chunks_exact(64);
     for c in &mut chunks {
         for (l, &v) in lanes.iter_mut().zip(c) {
-            *l = l.max(v.abs());
+            *l = (*l).max(key(v));
         }
     }
-    let tail = chunks.remainder().iter().fold(0f32, |m, &v| m.max(v.abs()));
-    lanes.iter().fold(tail, |m, &l| m.max(l))
+    let tail = chunks.remainder().iter().fold(0, |m, &v| m.max(key(v)));
+    f32::from_bits(lanes.iter().fold(tail, |m, &l| m.max(l)))
 }
 
 /// `out = clamp(round(x / scale), ±qmax)`, rounding half away from zero (`f32::round`).
@@ -466,6 +473,15 @@ mod tests {
             (0..1003).map(|i| ((i * 7919) % 2001) as f32 / 13.7 - 73.0).chain([2.5, -2.5, 0.5, -0.5]).collect();
         let m = x.iter().fold(0f32, |m, &v| m.max(v.abs()));
         assert_eq!(max_abs(&x).to_bits(), m.to_bits());
+        // NaN is ignored, infinities and negative zero count as f32::max counts them.
+        for extra in [[f32::NAN, -0.0], [f32::NEG_INFINITY, 1.0], [-0.0, -0.0], [f32::NAN, f32::NAN]] {
+            let v: Vec<f32> = x.iter().copied().take(70).chain(extra).collect();
+            let w: Vec<f32> = extra.to_vec();
+            for v in [&v, &w] {
+                let m = v.iter().fold(0f32, |m, &x| m.max(x.abs()));
+                assert_eq!(max_abs(v).to_bits(), m.to_bits(), "{extra:?}");
+            }
+        }
         assert_eq!(max_abs(&[]), 0.0);
         let scale = m / 127.0;
         let mut q = vec![0i8; x.len()];
