@@ -1313,9 +1313,6 @@ fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv::Error> {
     let mut privacy: Vec<Privacy> =
         args.privacy.iter().map(|&p| PrivacyArgs { privacy: p, rank: args.rank }.privacy()).collect();
     privacy.dedup();
-    if privacy.contains(&Privacy::Pad) {
-        return Err(vericonv::Error::Unsupported("bench --model measures modes lowrank and two-server".into()));
-    }
     if privacy.iter().any(|p| matches!(p, Privacy::LowRank { .. })) {
         eprintln!("{LOWRANK_WARNING}");
     }
@@ -1388,6 +1385,13 @@ fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv::Error> {
                     s(r.client_nonlinear_s).trim(),
                     s(ph.local).trim()
                 );
+                if let Some(offline) = r.pad_offline_s {
+                    println!(
+                        "{:>28} pad offline (the batch's pads, before the pass, not in client): {}",
+                        "",
+                        s(offline).trim()
+                    );
+                }
                 rows.push(r);
             }
         }
