@@ -89,6 +89,21 @@ unsafe fn load(x: &[u32], at: usize, k: __mmask16) -> __m512i {
     unsafe { _mm512_maskz_loadu_epi32(k, x.as_ptr().add(at).cast()) }
 }
 
+/// Prefetches the terms' elements [`PREFETCH`] ahead of `at` when there are at most two: such
+/// terms are whole tensors streamed from memory (mode pad's `R` and `U`), whose pages the
+/// hardware prefetcher does not cross; more terms are small tables already in cache.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn prefetch_streams(terms: &[(u32, &[u32])], at: usize) {
+    if terms.len() <= 2 {
+        for &(_, x) in terms {
+            // A prefetch never faults; `wrapping_add` keeps the address arithmetic defined even
+            // past the end of `x`.
+            _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(at + PREFETCH).cast());
+        }
+    }
+}
+
 /// Loads the first `n` (at most 16) small integers of `x` from element `at`, widened.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -160,6 +175,7 @@ pub(super) unsafe fn combine_into(out: &mut [u32], terms: &[(u32, &[u32])]) {
 pub(super) unsafe fn encrypt_small_into<T: SmallInt>(out: &mut [u32], c: u32, x: &[T], terms: &[(u32, &[u32])]) {
     let c = _mm512_set1_epi64(i64::from(c));
     for_blocks(out, |at, n, k| {
+        prefetch_streams(terms, at);
         // SAFETY: lanes of `k` lie inside `x` and every term (the caller's contract).
         unsafe {
             let (pe, po) = mul_even_odd(embed(load_small(x, at, n)), c);
@@ -235,6 +251,7 @@ pub(super) unsafe fn unmask_into(out: &mut [i32], y: &[u32], c: u32, terms: &[(u
         // SAFETY: lanes of `k` lie inside `out`, `y` and every term (the caller's contract).
         unsafe {
             _mm_prefetch::<_MM_HINT_T0>(y.as_ptr().wrapping_add(at + PREFETCH).cast());
+            prefetch_streams(terms, at);
             let yv = load(y, at, k);
             max = _mm512_max_epu32(max, yv);
             // c·y - Σ c_k·x_k as one lazy sum, the mask's coefficients negated (a non-canonical
