@@ -2,7 +2,7 @@
 """Exports the models users bring from PyTorch to ONNX, offline, with Debian's python3-torch and
 python3-torchvision (no network: torchvision's architectures with random weights, seeded).
 
-    /usr/bin/python3 scripts/export-torchvision.py [OUT_DIR]     (default: data/torchvision)
+    /usr/bin/python3 scripts/export-torchvision.py [OUT_DIR [NAME...]]   (default: data/torchvision, all)
 
 Writes, each with the default `torch.onnx.export` settings plus a dynamic batch axis:
   resnet18.onnx, vgg16.onnx, mobilenet_v2.onnx   torchvision at 3×224×224, random weights
@@ -14,6 +14,7 @@ Beside each: NAME.input.f32 and NAME.logits.f32, two seeded random inputs and to
 The exports carry no normalisation metadata, as PyTorch's never do: pass --mean/--std.
 """
 
+import inspect
 import os
 import sys
 
@@ -44,9 +45,11 @@ def export(model, shape, path):
     them (raw little-endian f32: NAME.input.f32, NAME.logits.f32), so that a test can check the
     import against torch itself."""
     model.eval()
+    # The TorchScript exporter, as torch 1.13 has it; newer torch defaults to the dynamo one.
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     torch.onnx.export(
         model, torch.zeros(1, *shape), path, input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=13,
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=13, **legacy,
     )
     x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -59,16 +62,21 @@ def export(model, shape, path):
 
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "data", "torchvision")
+    names = sys.argv[2:] or ["resnet18", "vgg16", "mobilenet_v2", "ccexam-mnist"]
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
     for name in ["resnet18", "vgg16", "mobilenet_v2"]:
+        # Every model is drawn, so that the seeded weights do not depend on which are exported.
         model = getattr(torchvision.models, name)()
         # Random BatchNorm statistics, so that folding them is exercised.
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-        export(model, (3, 224, 224), os.path.join(out, f"{name}.onnx"))
+        if name in names:
+            export(model, (3, 224, 224), os.path.join(out, f"{name}.onnx"))
+    if "ccexam-mnist" not in names:
+        return
     pth = os.path.join(ROOT, "data", "ccexam", "mnist.pth")
     if os.path.exists(pth):
         net = CcexamMnist()

@@ -4,11 +4,16 @@
 # whole-model bench with the cloud on the GPU (`bench --model M --backend gpu`). All JSON goes
 # to one folder.
 #
-#   scripts/gpu-bench.sh prepare DIR     on a build machine: copies target/release/vericonv, the
-#                                        committed and exported models, this script, ort-baseline.py
-#                                        and a Vulkan loader (Debian's libvulkan1) into DIR
+#   scripts/gpu-bench.sh prepare DIR     on a build machine: copies target/release/vericonv
+#                                        (stripped and gzipped: about 16 MB), the committed models,
+#                                        this script, ort-baseline.py, export-torchvision.py and a
+#                                        Vulkan loader (Debian's libvulkan1) into DIR, about 21 MB
+#                                        in all (a lent machine takes 64 MiB with the repository)
 #   DIR/gpu-bench.sh run [OUT]           on the GPU machine, inside DIR: runs everything, writes OUT
-#                                        (default: gpu-bench-out)
+#                                        (default: gpu-bench-out). ResNet-18 and MobileNetV2 (45 and
+#                                        14 MB of random weights, which do not compress) are exported
+#                                        there when its python3 has torch and torchvision, else
+#                                        skipped; exports found in DIR/models are used as they are.
 #
 # QUICK=1 limits the run to batch 1 and the quick layer suite (lavapipe, smoke tests).
 set -euo pipefail
@@ -17,13 +22,13 @@ prepare() {
   local dir=$1 root
   root=$(cd "$(dirname "$0")/.." && pwd)
   mkdir -p "$dir/lib" "$dir/models" "$dir/scripts"
-  cp "$root/target/release/vericonv" "$dir/"
+  # The binary without its debug information and symbols (320 MB with them), compressed.
+  cp "$root/target/release/vericonv" "$dir/vericonv"
+  strip -s "$dir/vericonv" 2>/dev/null || echo "strip not found: the binary keeps its debug information" >&2
+  gzip -f -6 "$dir/vericonv"
   cp "$root/scripts/gpu-bench.sh" "$dir/gpu-bench.sh"
-  cp "$root/scripts/ort-baseline.py" "$dir/scripts/"
+  cp "$root/scripts/ort-baseline.py" "$root/scripts/export-torchvision.py" "$dir/scripts/"
   cp "$root"/models/*.json "$root"/models/*.safetensors "$dir/models/"
-  if [ -d "$root/data/torchvision" ]; then
-    cp "$root"/data/torchvision/resnet18.onnx "$root"/data/torchvision/mobilenet_v2.onnx "$dir/models/" 2>/dev/null || true
-  fi
   # The Vulkan loader, in case the GPU machine has the driver's ICD but no libvulkan.so.1.
   local tmp
   tmp=$(mktemp -d)
@@ -35,8 +40,17 @@ prepare() {
 
 run() {
   local out=${1:-gpu-bench-out} bin=./vericonv
+  if [ ! -x "$bin" ] && [ -f vericonv.gz ]; then
+    gzip -dc vericonv.gz >vericonv 2>/dev/null || python3 -c 'import gzip,shutil,sys; shutil.copyfileobj(gzip.open("vericonv.gz"), sys.stdout.buffer)' >vericonv
+    chmod +x vericonv
+  fi
   [ -x "$bin" ] || bin=target/release/vericonv
   mkdir -p "$out"
+  # The torchvision models, exported here when they were not carried (they exceed what travels).
+  if [ "${QUICK:-0}" != 1 ] && [ ! -f models/resnet18.onnx ] && [ -f scripts/export-torchvision.py ] \
+    && python3 -c 'import torch, torchvision' 2>/dev/null; then
+    python3 scripts/export-torchvision.py models resnet18 mobilenet_v2 | tee "$out/export.txt" || true
+  fi
   if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1'; then
     export LD_LIBRARY_PATH="$PWD/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   fi
