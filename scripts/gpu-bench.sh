@@ -7,7 +7,7 @@
 #   scripts/gpu-bench.sh prepare DIR     on a build machine: copies target/release/vericonv
 #                                        (stripped and gzipped: about 16 MB), the committed models,
 #                                        this script, ort-baseline.py, export-torchvision.py and a
-#                                        Vulkan loader (Debian's libvulkan1) into DIR, about 21 MB
+#                                        Vulkan loader (Debian's libvulkan1) into DIR, about 20 MB
 #                                        in all (a lent machine takes 64 MiB with the repository)
 #   DIR/gpu-bench.sh run [OUT]           on the GPU machine, inside DIR: runs everything, writes OUT
 #                                        (default: gpu-bench-out). ResNet-18 and MobileNetV2 (45 and
