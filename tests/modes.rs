@@ -142,3 +142,105 @@ fn misuse_of_the_modes_gives_typed_errors() {
     // Pads exist only in mode pad.
     assert!(matches!(low.generate_pads(1, &cpu, &mut r), Err(Error::WrongPrivacyMode { needed: "pad", .. })));
 }
+
+#[test]
+fn answer_buffers_reused_across_layers_batches_and_rejections_keep_results_exact() {
+    // One set of buffers for two layers of different sizes, in every mode: an answer buffer
+    // left larger and dirty by one call, or by a rejected call, must not leak into the next.
+    let seed = 0xb0f;
+    let mut r = rng(seed);
+    let shapes = [Conv2d::builder(3, 8, (9, 9), (3, 3)).build(), Conv2d::builder(2, 3, (4, 5), (3, 3)).build()];
+    let shapes: Vec<Conv2d> = shapes.into_iter().map(|g| g.expect("valid")).collect();
+    let (a, b, own) = (CpuBackend::new(), CpuBackend::new(), CpuBackend::new());
+    let bad = vericonv::cloud::TamperingBackend::new(CpuBackend::new(), &[vericonv::cloud::Tamper::ALL[0]], 1.0, seed);
+    for privacy in [Privacy::LowRank { rank: 2 }, Privacy::TwoServer, Privacy::Pad] {
+        let mut bufs = vericonv::client::CallBuffers::default();
+        let mut key_rng = seeded_rng(seed);
+        let mut layers: Vec<(PrivateConv, Conv2d, Vec<i32>)> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| {
+                let k = ints(&mut r, g.kernel_len(), 127);
+                let cfg = LayerConfig { name: format!("l{i}"), privacy, ..LayerConfig::default() };
+                (PrivateConv::new(g, &k, None, cfg, &mut key_rng).expect("layer"), g, k)
+            })
+            .collect();
+        for (step, (which, batch, honest)) in
+            [(0, 3, true), (1, 2, true), (0, 1, false), (1, 4, true), (0, 3, true)].into_iter().enumerate()
+        {
+            let (layer, g, k) = &mut layers[which];
+            if privacy == Privacy::Pad {
+                layer.add_pads(layer.generate_pads(batch, &own, &mut key_rng).expect("pads")).expect("binds");
+            }
+            let x = ints(&mut r, batch * g.image_len(), 127);
+            let clouds = match (privacy, honest) {
+                (Privacy::TwoServer, true) => Clouds::Two(&a, &b),
+                (Privacy::TwoServer, false) => Clouds::Two(&a, &bad),
+                (_, true) => Clouds::One(&a),
+                (_, false) => Clouds::One(&bad),
+            };
+            let mut y = vec![0i32; batch * g.output_image_len()];
+            let copy = |_: usize, _: std::ops::Range<usize>, ints: &[i32], out: &mut [i32]| out.copy_from_slice(ints);
+            let result = layer.run_into(clouds, &x, &mut key_rng, &mut bufs, &mut y, &copy);
+            if honest {
+                result.unwrap_or_else(|e| panic!("{privacy:?}, step {step}: {e}"));
+                assert_eq!(y, expected(g, batch, k, &x, &vec![0; g.cout()]), "{privacy:?}, step {step}");
+            } else {
+                assert!(
+                    matches!(result, Err(Error::VerificationFailed { .. } | Error::MalformedAnswer { .. })),
+                    "{privacy:?}, step {step}: a tampered answer was not rejected"
+                );
+            }
+        }
+    }
+}
+
+/// A cloud that records every tensor it receives.
+struct Recording {
+    inner: CpuBackend,
+    seen: std::sync::Mutex<Vec<Vec<u32>>>,
+}
+
+impl CloudBackend for Recording {
+    fn name(&self) -> String {
+        "recording".into()
+    }
+
+    fn conv(&self, g: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> vericonv::Result<Vec<u32>> {
+        self.seen.lock().expect("not poisoned").push(input.to_vec());
+        self.inner.conv(g, batch, kernel, input)
+    }
+}
+
+#[test]
+fn refilled_pads_overwrite_the_used_ones_and_are_fresh_every_pass() {
+    let seed = 0x9ad;
+    let mut r = rng(seed);
+    let g = Conv2d::builder(3, 4, (6, 6), (3, 3)).padding(Padding::new(1, 1, 1, 1)).build().expect("valid");
+    let k = ints(&mut r, g.kernel_len(), 127);
+    let mut key_rng = seeded_rng(seed);
+    let cfg = LayerConfig { privacy: Privacy::Pad, ..LayerConfig::default() };
+    let mut layer = PrivateConv::new(g, &k, None, cfg, &mut key_rng).expect("layer");
+    let (cloud, own) = (Recording { inner: CpuBackend::new(), seen: Default::default() }, CpuBackend::new());
+    let x = ints(&mut r, 2 * g.image_len(), 127);
+    let mut bufs = vericonv::client::CallBuffers::default();
+    for pass in 0..4 {
+        layer.refill_pads(2, &own, &mut key_rng).expect("pads");
+        assert_eq!(layer.pads_available(), 2);
+        let mut y = vec![0i32; 2 * g.output_image_len()];
+        let copy = |_: usize, _: std::ops::Range<usize>, ints: &[i32], out: &mut [i32]| out.copy_from_slice(ints);
+        layer.run_into(&cloud, &x, &mut key_rng, &mut bufs, &mut y, &copy).expect("honest cloud");
+        assert_eq!(y, expected(&g, 2, &k, &x, &[0; 4]), "pass {pass}");
+        assert_eq!(layer.pads_available(), 0, "pass {pass}: each pad is used once");
+    }
+    // The same input, masked with a fresh pad in every pass: no two tensors the cloud saw agree
+    // anywhere near everywhere (a reused pad would repeat a whole tensor).
+    let seen = cloud.seen.into_inner().expect("not poisoned");
+    assert_eq!(seen.len(), 4);
+    for i in 0..seen.len() {
+        for j in i + 1..seen.len() {
+            let same = seen[i].iter().zip(&seen[j]).filter(|(a, b)| a == b).count();
+            assert!(same < seen[i].len() / 100 + 2, "passes {i} and {j} share {same} elements");
+        }
+    }
+}

@@ -4,7 +4,7 @@
 use crate::quant::{Epilogue, IntegerExecutor, QuantInput, QuantLayer, QuantModel, qmax};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use vericonv::client::{Answer, LayerConfig, Pending, PrivateConv, Timings};
+use vericonv::client::{Answer, AnswerBuffers, LayerConfig, Pending, PrivateConv, Timings};
 use vericonv::cloud::{CloudBackend, Clouds};
 use vericonv::keys::KeyRng;
 use vericonv::privacy::Privacy;
@@ -64,6 +64,8 @@ pub struct PrivateExecutor<'a> {
     /// Per layer, the batch in flight: being encrypted, then its verified answer.
     pending: Vec<Option<Pending>>,
     answers: Vec<Option<Answer>>,
+    /// The answers' buffers, reused from layer to layer and pass to pass.
+    answer_buffers: AnswerBuffers,
     /// Per layer the client computes itself, the batch's exact integers.
     local: Vec<Option<Vec<i32>>>,
     /// Per layer, the time of the per-image calls (encryption, then decryption), in
@@ -125,6 +127,7 @@ impl<'a> PrivateExecutor<'a> {
             stats,
             pending: (0..n).map(|_| None).collect(),
             answers: (0..n).map(|_| None).collect(),
+            answer_buffers: AnswerBuffers::default(),
             local: vec![None; n],
             image_ns: (0..n).map(|_| [AtomicU64::new(0), AtomicU64::new(0)]).collect(),
         })
@@ -142,8 +145,7 @@ impl<'a> PrivateExecutor<'a> {
         for (layer, stats) in self.layers.iter_mut().zip(self.stats.iter_mut()) {
             let Some(layer) = layer.as_mut().filter(|l| l.config().privacy == Privacy::Pad) else { continue };
             let start = Instant::now();
-            let pool = layer.generate_pads(images, backend, &mut self.rng)?;
-            layer.add_pads(pool)?;
+            layer.refill_pads(images, backend, &mut self.rng)?;
             let t = start.elapsed();
             stats.offline += t;
             total += t;
@@ -214,8 +216,12 @@ impl IntegerExecutor for PrivateExecutor<'_> {
         stats.calls += 1;
         stats.timings.encrypt += Duration::from_nanos(self.image_ns[layer.node][0].swap(0, Ordering::Relaxed));
         let answer = match x {
-            QuantInput::Bits8(x) => private.send(pending, self.clouds, sent, x, &mut self.rng),
-            QuantInput::Bits16(x) => private.send(pending, self.clouds, sent, x, &mut self.rng),
+            QuantInput::Bits8(x) => {
+                private.send(pending, self.clouds, sent, x, &mut self.rng, &mut self.answer_buffers)
+            }
+            QuantInput::Bits16(x) => {
+                private.send(pending, self.clouds, sent, x, &mut self.rng, &mut self.answer_buffers)
+            }
         };
         match answer {
             Ok(answer) => {
@@ -257,7 +263,9 @@ impl IntegerExecutor for PrivateExecutor<'_> {
     }
 
     fn finish(&mut self, layer: &QuantLayer) {
-        self.answers[layer.node] = None;
+        if let (Some(answer), Some(private)) = (self.answers[layer.node].take(), self.layers[layer.node].as_mut()) {
+            private.recycle(answer, &mut self.answer_buffers);
+        }
         self.local[layer.node] = None;
         let decrypt = Duration::from_nanos(self.image_ns[layer.node][1].swap(0, Ordering::Relaxed));
         self.stats[layer.node].timings.decrypt += decrypt;

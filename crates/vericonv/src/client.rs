@@ -15,7 +15,7 @@ use crate::field::{M31, PrimeField, SmallInt, slices};
 use crate::geometry::Conv2d;
 use crate::keys::{ImageMask, KeyRng, SessionKey};
 use crate::pad::Pad;
-use crate::pad::PadPool;
+use crate::pad::{PadPool, SpentPads};
 use crate::privacy::Privacy;
 use crate::share::ShareSeed;
 use crate::verify::{Claim, FastRounds, KernelTerm, Mode, Verdict, verify};
@@ -98,10 +98,62 @@ enum Masking {
 }
 
 /// Working memory of [`PrivateConv::run_into`], kept by the caller across calls and layers so
-/// that a stream of batches allocates (and page-faults) nothing: the tensor sent to the cloud.
-#[derive(Debug, Default)]
+/// that a stream of batches allocates (and page-faults) nothing: the tensor sent to the cloud
+/// and the buffers of the answers.
+#[derive(Default)]
 pub struct CallBuffers {
     sent: Vec<u32>,
+    answers: AnswerBuffers,
+}
+
+/// Buffers for the clouds' answers, kept across calls and layers: [`PrivateConv::send`] has
+/// the clouds write into them ([`CloudBackend::conv_session_into`]) and
+/// [`PrivateConv::recycle`] takes them back from a decrypted [`Answer`]. Freeing a tensor of
+/// tens of megabytes per call (and page-faulting a fresh one in) costs about a tenth of a
+/// whole network's client time otherwise. An answer is what the cloud sent: nothing secret is
+/// kept here.
+#[derive(Default)]
+pub struct AnswerBuffers {
+    free: Vec<Vec<u32>>,
+}
+
+impl std::fmt::Debug for CallBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallBuffers").field("sent", &self.sent.len()).field("answers", &self.answers).finish()
+    }
+}
+
+impl std::fmt::Debug for AnswerBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let capacities: Vec<usize> = self.free.iter().map(Vec::capacity).collect();
+        f.debug_struct("AnswerBuffers").field("capacities", &capacities).finish()
+    }
+}
+
+/// Buffers an [`AnswerBuffers`] keeps at most (a network has at most two answers in flight, of
+/// two clouds each).
+const MAX_FREE_ANSWERS: usize = 8;
+
+impl AnswerBuffers {
+    /// A buffer for an answer of `len` elements: the smallest kept one that holds it, else the
+    /// largest kept one (the cloud grows it), else a new one.
+    fn take(&mut self, len: usize) -> Vec<u32> {
+        let fits =
+            (0..self.free.len()).filter(|&i| self.free[i].capacity() >= len).min_by_key(|&i| self.free[i].capacity());
+        let pick = fits.or_else(|| (0..self.free.len()).max_by_key(|&i| self.free[i].capacity()));
+        pick.map(|i| self.free.swap_remove(i)).unwrap_or_default()
+    }
+
+    /// Keeps `buf` for a later answer, dropping the smallest buffer beyond
+    /// [`MAX_FREE_ANSWERS`].
+    fn give(&mut self, buf: Vec<u32>) {
+        self.free.push(buf);
+        if self.free.len() > MAX_FREE_ANSWERS
+            && let Some(i) = (0..self.free.len()).min_by_key(|&i| self.free[i].capacity())
+        {
+            self.free.swap_remove(i);
+        }
+    }
 }
 
 /// The secrets of one batch in flight, per privacy mode.
@@ -222,6 +274,8 @@ pub struct PrivateConv {
     key: SessionKey,
     kernel_enc: SessionKernel,
     masking: Masking,
+    /// Mode `pad`: the memory of used pads, for [`PrivateConv::refill_pads`] to overwrite.
+    spent_pads: SpentPads,
     images_in_session: u64,
     setup_time: Duration,
 }
@@ -305,6 +359,7 @@ impl PrivateConv {
             key,
             kernel_enc,
             masking,
+            spent_pads: SpentPads::default(),
             images_in_session: 0,
             setup_time: start.elapsed(),
         })
@@ -383,6 +438,36 @@ impl PrivateConv {
             }
         }
         Ok(())
+    }
+
+    /// Mode `pad`: generates `count` pads for the current key on `backend` (the client's own,
+    /// as [`PrivateConv::generate_pads`]) and adds them, writing them into the memory of the
+    /// pads that [`PrivateConv::recycle`] took back since the last refill: a pass that refills
+    /// before it runs neither zeroizes nor frees its used pads online, they are overwritten
+    /// offline. Up to `count` used pads are kept for the next refill.
+    ///
+    /// # Errors
+    /// As [`PrivateConv::generate_pads`].
+    pub fn refill_pads(&mut self, count: usize, backend: &dyn CloudBackend, rng: &mut KeyRng) -> Result<()> {
+        self.require_pad_mode("generating pads")?;
+        let pool =
+            PadPool::generate_into(&self.cfg.name, &self.key, &self.kernel, count, backend, rng, &mut self.spent_pads)?;
+        self.spent_pads.set_keep(count);
+        self.add_pads(pool)
+    }
+
+    /// Takes back a decrypted answer: its buffers go to `buffers` for the next call, and in mode
+    /// `pad` its used pads are kept for [`PrivateConv::refill_pads`] to overwrite (if it was
+    /// called; otherwise they are zeroized now). The other secrets are zeroized.
+    pub fn recycle(&mut self, answer: Answer, buffers: &mut AnswerBuffers) {
+        let Answer { y, yb, secrets, .. } = answer;
+        buffers.give(y);
+        if let Some(yb) = yb {
+            buffers.give(yb);
+        }
+        if let BatchSecrets::Pads(pads) = secrets {
+            self.spent_pads.put(pads);
+        }
     }
 
     /// Pads left (mode `pad`; 0 in the other modes).
@@ -478,11 +563,14 @@ impl PrivateConv {
             .enumerate()
             .try_for_each(|(b, (sent, xb))| this.encrypt_image(&pending, b, xb, sent))?;
         let encrypt = start.elapsed();
-        let answer = self.send(pending, clouds, &bufs.sent, x, rng)?;
+        let answer = self.send(pending, clouds, &bufs.sent, x, rng, &mut bufs.answers)?;
         let start = Instant::now();
         let this = &*self;
-        out.par_chunks_mut(out_img).enumerate().try_for_each(|(b, o)| this.decrypt_image(&answer, b, o, epilogue))?;
+        let decrypted =
+            out.par_chunks_mut(out_img).enumerate().try_for_each(|(b, o)| this.decrypt_image(&answer, b, o, epilogue));
         let mut t = answer.timings;
+        self.recycle(answer, &mut bufs.answers);
+        decrypted?;
         t.encrypt += encrypt;
         t.decrypt += start.elapsed();
         Ok(t)
@@ -562,7 +650,10 @@ impl PrivateConv {
     /// Sends a pending batch to `clouds` and verifies the whole answer, before anything is
     /// decrypted: `sent` is the batch's encrypted tensor (every image encrypted with
     /// [`PrivateConv::encrypt_image`]) and `x` its plain input (Fast verification's input side
-    /// reads it rather than `X'`). Only an accepted answer comes back, as an [`Answer`].
+    /// reads it rather than `X'`). Only an accepted answer comes back, as an [`Answer`]. The
+    /// clouds write their answers into buffers taken from `answers` (give them back with
+    /// [`PrivateConv::recycle`] once the answer is decrypted; those of a failed call go back
+    /// by themselves).
     ///
     /// # Errors
     /// As [`PrivateConv::run`].
@@ -573,6 +664,7 @@ impl PrivateConv {
         sent: &[u32],
         x: &[T],
         rng: &mut KeyRng,
+        answers: &mut AnswerBuffers,
     ) -> Result<Answer> {
         let clouds = clouds.into();
         self.check_clouds(clouds)?;
@@ -592,21 +684,33 @@ impl PrivateConv {
             _ => sent,
         };
         let start = Instant::now();
-        let (y, yb) = match (&secrets, clouds) {
+        let len = batch * self.geom.output_image_len();
+        let mut y = answers.take(len);
+        let (called, yb) = match (&secrets, clouds) {
             (BatchSecrets::Seed(seed), Clouds::Two(a, b)) => {
-                let (ya, yb) = self.both_clouds(a, b, batch, seed, sent);
-                (ya?, Some(yb?))
+                let mut yb = answers.take(len);
+                let called = self.both_clouds(a, b, batch, seed, sent, &mut y, &mut yb);
+                (called, Some(yb))
             }
-            (_, Clouds::One(cloud)) => (cloud.conv_session(&self.kernel_enc, batch, sent)?, None),
+            (_, Clouds::One(cloud)) => (cloud.conv_session_into(&self.kernel_enc, batch, sent, &mut y), None),
             _ => return Err(mode_mismatch(&self.cfg.name)),
         };
         timings.cloud = start.elapsed();
-        self.check_answer_len(batch, &y, yb.as_ref().map(|_| "cloud A"))?;
-        if let Some(yb) = &yb {
-            self.check_answer_len(batch, yb, Some("cloud B"))?;
-        }
         let start = Instant::now();
-        self.verify_answer(batch, &secrets, sent, x, &y, yb.as_deref(), rng)?;
+        let checked = called.and_then(|()| {
+            self.check_answer_len(batch, &y, yb.as_ref().map(|_| "cloud A"))?;
+            if let Some(yb) = &yb {
+                self.check_answer_len(batch, yb, Some("cloud B"))?;
+            }
+            self.verify_answer(batch, &secrets, sent, x, &y, yb.as_deref(), rng)
+        });
+        if let Err(e) = checked {
+            answers.give(y);
+            if let Some(yb) = yb {
+                answers.give(yb);
+            }
+            return Err(e);
+        }
         let tables = match &secrets {
             BatchSecrets::Masks(masks) => image_tables(&self.key, masks),
             _ => Vec::new(),
@@ -719,7 +823,9 @@ impl PrivateConv {
         })
     }
 
-    /// Both clouds of mode `two-server`, concurrently: A gets the seed, B its share.
+    /// Both clouds of mode `two-server`, concurrently: A gets the seed, B its share; their
+    /// answers land in `ya` and `yb`.
+    #[allow(clippy::too_many_arguments)]
     fn both_clouds(
         &self,
         a: &dyn CloudBackend,
@@ -727,13 +833,16 @@ impl PrivateConv {
         batch: usize,
         seed: &ShareSeed,
         xb: &[u32],
-    ) -> (Result<Vec<u32>>, Result<Vec<u32>>) {
+        ya: &mut Vec<u32>,
+        yb: &mut Vec<u32>,
+    ) -> Result<()> {
         let session = &self.kernel_enc;
-        std::thread::scope(|s| {
-            let from_a = s.spawn(|| a.conv_share_session(session, batch, seed));
-            let yb = b.conv_session(session, batch, xb);
-            (from_a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), yb)
-        })
+        let (from_a, from_b) = std::thread::scope(|s| {
+            let from_a = s.spawn(|| a.conv_share_session_into(session, batch, seed, ya));
+            let from_b = b.conv_session_into(session, batch, xb, yb);
+            (from_a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), from_b)
+        });
+        from_a.and(from_b)
     }
 
     /// After the sum of the two answers was rejected in round `round`: re-checks each share with
@@ -809,4 +918,27 @@ impl PrivateConv {
 /// checks the cloud count first); should they not, this error is returned rather than a panic.
 fn mode_mismatch(layer: &str) -> Error {
     Error::Internal(format!("layer `{layer}`: privacy mode mismatch"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AnswerBuffers, MAX_FREE_ANSWERS};
+
+    #[test]
+    fn answer_buffers_take_the_smallest_that_fits_else_the_largest_and_keep_a_bounded_number() {
+        let mut bufs = AnswerBuffers::default();
+        for cap in [10, 1000, 100] {
+            bufs.give(Vec::with_capacity(cap));
+        }
+        assert_eq!(bufs.take(50).capacity(), 100);
+        assert_eq!(bufs.take(5000).capacity(), 1000);
+        assert_eq!(bufs.take(1).capacity(), 10);
+        assert_eq!(bufs.take(1).capacity(), 0, "a new buffer when none is kept");
+        for cap in 1..=MAX_FREE_ANSWERS + 3 {
+            bufs.give(Vec::with_capacity(cap * 10));
+        }
+        let mut kept: Vec<usize> = bufs.free.iter().map(Vec::capacity).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, (4..=MAX_FREE_ANSWERS + 3).map(|c| c * 10).collect::<Vec<_>>(), "the smallest are dropped");
+    }
 }

@@ -51,6 +51,45 @@ impl std::fmt::Debug for Pad {
     }
 }
 
+/// The memory of pads already used, kept to be overwritten by the next pads of the same layer
+/// ([`crate::client::PrivateConv::refill_pads`]) rather than zeroized and freed while the
+/// client is online. A spent pad is never handed out again: only its buffers are reused, once
+/// overwritten whole. At most `keep` are kept; what is dropped is zeroized.
+#[derive(Default)]
+pub(crate) struct SpentPads {
+    pads: Vec<Pad>,
+    keep: usize,
+}
+
+impl SpentPads {
+    /// Keeps at most `keep` spent pads from now on.
+    pub(crate) fn set_keep(&mut self, keep: usize) {
+        self.keep = keep;
+        self.pads.truncate(keep);
+    }
+
+    /// Keeps the used `pads` for their memory (up to the bound; the rest are zeroized).
+    pub(crate) fn put(&mut self, pads: Vec<Pad>) {
+        let room = self.keep.saturating_sub(self.pads.len());
+        self.pads.extend(pads.into_iter().take(room));
+    }
+
+    /// A pad holding copies of `r` and `u`, in a spent pad's buffers when one is large enough.
+    fn refill(&mut self, r: &[u32], u: &[u32]) -> Pad {
+        match self.pads.pop() {
+            Some(mut pad) if pad.r.capacity() >= r.len() && pad.u.capacity() >= u.len() => {
+                // Within capacity: no reallocation leaves an old copy behind.
+                pad.r.clear();
+                pad.r.extend_from_slice(r);
+                pad.u.clear();
+                pad.u.extend_from_slice(u);
+                pad
+            }
+            _ => Pad { r: r.to_vec(), u: u.to_vec() },
+        }
+    }
+}
+
 /// A queue of pads bound to one layer and one session key.
 pub struct PadPool {
     layer: String,
@@ -81,16 +120,34 @@ impl PadPool {
         backend: &dyn CloudBackend,
         rng: &mut KeyRng,
     ) -> Result<Self> {
+        Self::generate_into(layer, key, kernel, count, backend, rng, &mut SpentPads::default())
+    }
+
+    /// [`PadPool::generate`] into the memory of spent pads where there are some (each is
+    /// overwritten whole by a fresh pad: no page is allocated, faulted in or freed for it).
+    pub(crate) fn generate_into(
+        layer: &str,
+        key: &SessionKey,
+        kernel: &[u32],
+        count: usize,
+        backend: &dyn CloudBackend,
+        rng: &mut KeyRng,
+        spent: &mut SpentPads,
+    ) -> Result<Self> {
         let g = key.geometry();
         let total = count.checked_mul(g.image_len()).ok_or(Error::TooLarge { what: "pad pool", value: count })?;
-        let r = ShareSeed::generate(rng).expand(total);
-        let u = if count == 0 { Vec::new() } else { backend.conv(g, count, kernel, &r)? };
-        Conv2d::check_len("offline mask convolution", count * g.output_image_len(), u.len())?;
+        let mut r = ShareSeed::generate(rng).expand(total);
+        let mut u = if count == 0 { Vec::new() } else { backend.conv(g, count, kernel, &r)? };
+        let checked = Conv2d::check_len("offline mask convolution", count * g.output_image_len(), u.len());
         let pads = r
             .chunks_exact(g.image_len())
             .zip(u.chunks_exact(g.output_image_len()))
-            .map(|(r, u)| Pad { r: r.to_vec(), u: u.to_vec() })
+            .map(|(r, u)| spent.refill(r, u))
             .collect();
+        // The batch's tensors are secret too.
+        r.zeroize();
+        u.zeroize();
+        checked?;
         Ok(Self { layer: layer.to_string(), session: key.id(), pads })
     }
 

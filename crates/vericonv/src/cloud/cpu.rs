@@ -3,10 +3,11 @@
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::{CloudBackend, check_conv_args};
+use super::{CloudBackend, SessionKernel, check_conv_args};
 use crate::Result;
 use crate::field::{M31, PrimeField};
 use crate::geometry::Conv2d;
+use crate::share::ShareSeed;
 
 /// Output pixels per task: the im2col tile gathered on the fly is `M × TILE_N`.
 const TILE_N: usize = 64;
@@ -45,21 +46,49 @@ impl CloudBackend for CpuBackend {
     }
 
     fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        self.conv_into(geom, batch, kernel, input, &mut out)?;
+        Ok(out)
+    }
+
+    fn conv_session_into(&self, kernel: &SessionKernel, batch: usize, input: &[u32], out: &mut Vec<u32>) -> Result<()> {
+        self.conv_into(kernel.geometry(), batch, kernel.data(), input, out)
+    }
+
+    fn conv_share_session_into(
+        &self,
+        kernel: &SessionKernel,
+        batch: usize,
+        seed: &ShareSeed,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        let len = batch
+            .checked_mul(kernel.geometry().image_len())
+            .ok_or(crate::Error::TooLarge { what: "share length", value: batch })?;
+        self.conv_session_into(kernel, batch, &seed.expand(len), out)
+    }
+}
+
+impl CpuBackend {
+    /// [`CloudBackend::conv`] into `out`, resized to the answer (its allocation reused).
+    fn conv_into(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32], out: &mut Vec<u32>) -> Result<()> {
         check_conv_args(geom, batch, kernel, input)?;
-        Ok(match &self.pool {
-            Some(pool) => pool.install(|| conv_m31(geom, batch, kernel, input)),
-            None => conv_m31(geom, batch, kernel, input),
-        })
+        // Every entry is written below: only growth is zero-filled.
+        out.resize(batch * geom.output_image_len(), 0);
+        match &self.pool {
+            Some(pool) => pool.install(|| conv_m31(geom, batch, kernel, input, out)),
+            None => conv_m31(geom, batch, kernel, input, out),
+        }
+        Ok(())
     }
 }
 
 /// `Y'[b, o, n] = Σ_m K'[o, m]·col_b[m, n]` per group, with the im2col tile of `TILE_N` output
 /// pixels gathered on the fly and multiplied by row blocks of `K'` in [`gemm_tile`].
-fn conv_m31(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32]) -> Vec<u32> {
+fn conv_m31(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32], out: &mut [u32]) {
     let (m, n, cpo, groups) = (g.m(), g.n(), g.cout_per_group(), g.groups());
     let tiles = n.div_ceil(TILE_N);
     let packed: Vec<Vec<u64>> = (0..groups).map(|grp| pack_rows(&kp[grp * cpo * m..][..cpo * m], m)).collect();
-    let mut out = vec![0u32; batch * g.output_image_len()];
     // One task per (image, group, pixel tile); each yields a cpo × TILE_N block.
     let blocks: Vec<Vec<u32>> = (0..batch * groups * tiles)
         .into_par_iter()
@@ -85,7 +114,6 @@ fn conv_m31(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32]) -> Vec<u32> {
             out[(b * g.cout() + o) * n + n0..][..width].copy_from_slice(&src[..width]);
         }
     }
-    out
 }
 
 /// Rows of the micro-kernel: output channels computed together, so that each loaded im2col

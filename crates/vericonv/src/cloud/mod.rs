@@ -64,6 +64,34 @@ pub trait CloudBackend: Send + Sync {
             .ok_or(crate::Error::TooLarge { what: "share length", value: batch })?;
         self.conv_session(kernel, batch, &seed.expand(len))
     }
+
+    /// [`CloudBackend::conv_session`] into `out`, whose allocation the backend may reuse: a
+    /// client that keeps its answer buffers from call to call ([`crate::client::AnswerBuffers`])
+    /// then neither allocates nor frees a tensor per call. `out` ends up holding exactly the
+    /// answer. The default calls [`CloudBackend::conv_session`] and moves its result into `out`.
+    ///
+    /// # Errors
+    /// As [`CloudBackend::conv`]; `out` is unspecified then.
+    fn conv_session_into(&self, kernel: &SessionKernel, batch: usize, input: &[u32], out: &mut Vec<u32>) -> Result<()> {
+        *out = self.conv_session(kernel, batch, input)?;
+        Ok(())
+    }
+
+    /// [`CloudBackend::conv_share_session`] into `out`, as [`CloudBackend::conv_session_into`].
+    /// The default calls [`CloudBackend::conv_share_session`].
+    ///
+    /// # Errors
+    /// As [`CloudBackend::conv`]; `out` is unspecified then.
+    fn conv_share_session_into(
+        &self,
+        kernel: &SessionKernel,
+        batch: usize,
+        seed: &ShareSeed,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        *out = self.conv_share_session(kernel, batch, seed)?;
+        Ok(())
+    }
 }
 
 /// `K'` of one session as the cloud receives it, with a 128-bit id drawn with the session key
@@ -233,5 +261,19 @@ impl<B: CloudBackend + ?Sized> CloudBackend for Box<B> {
 
     fn conv_share_session(&self, kernel: &SessionKernel, batch: usize, seed: &ShareSeed) -> Result<Vec<u32>> {
         (**self).conv_share_session(kernel, batch, seed)
+    }
+
+    fn conv_session_into(&self, kernel: &SessionKernel, batch: usize, input: &[u32], out: &mut Vec<u32>) -> Result<()> {
+        (**self).conv_session_into(kernel, batch, input, out)
+    }
+
+    fn conv_share_session_into(
+        &self,
+        kernel: &SessionKernel,
+        batch: usize,
+        seed: &ShareSeed,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        (**self).conv_share_session_into(kernel, batch, seed, out)
     }
 }
