@@ -302,9 +302,15 @@ fn linear_int8_portable<T: SmallInt>(in_f: usize, batch: usize, w: &[i8], x: &[T
     });
 }
 
+/// Rows of `w` and images of the batch in one block of [`linear_vnni`]: `LINEAR_BLOCK²`
+/// accumulators, `2·LINEAR_BLOCK` loads per `LINEAR_BLOCK²` VNNI instructions.
+#[cfg(target_arch = "x86_64")]
+const LINEAR_BLOCK: usize = 4;
+
 /// The rows `w` (`rows × in_f`) of a linear layer against the whole batch `xu` (inputs + 128,
-/// `batch × in_f`): `yt[r, b] = Σ_k xu[b, k]·w[r, k] - 128·rowsum[r]`, sixteen images at a time,
-/// each image's sum in the sixteen 32-bit lanes of one register.
+/// `batch × in_f`): `yt[r, b] = Σ_k xu[b, k]·w[r, k] - 128·rowsum[r]`, in blocks of four rows
+/// by four images, each sum in the sixteen 32-bit lanes of one register, so that every 64-byte
+/// load of a weight row or of an image feeds four VNNI instructions.
 ///
 /// # Safety
 /// The CPU has AVX-512F, BW and VNNI; `in_f·255·127` fits an `i32`.
@@ -312,29 +318,36 @@ fn linear_int8_portable<T: SmallInt>(in_f: usize, batch: usize, w: &[i8], x: &[T
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn linear_vnni(in_f: usize, batch: usize, w: &[i8], rowsum: &[i32], xu: &[u8], yt: &mut [i32]) {
     use core::arch::x86_64::*;
-    assert!(
-        w.len() == yt.len() / batch.max(1) * in_f
-            && xu.len() >= batch * in_f
-            && rowsum.len() >= yt.len() / batch.max(1)
-    );
-    for (r, (out, wr)) in yt.chunks_exact_mut(batch).zip(w.chunks_exact(in_f)).enumerate() {
-        for b0 in (0..batch).step_by(16) {
-            let nb = (batch - b0).min(16);
-            // Sixteen images; past the batch's end, image b0 again (computed, not stored).
-            let rows: [&[u8]; 16] = std::array::from_fn(|j| &xu[(b0 + if j < nb { j } else { 0 }) * in_f..][..in_f]);
-            let mut acc = [_mm512_setzero_si512(); 16];
+    const N: usize = LINEAR_BLOCK;
+    let rows = yt.len() / batch.max(1);
+    assert!(w.len() == rows * in_f && xu.len() >= batch * in_f && rowsum.len() >= rows);
+    for r0 in (0..rows).step_by(N) {
+        let nr = (rows - r0).min(N);
+        // Past the last row (or image), the first one of the block again: computed, not stored.
+        let wr: [&[i8]; N] = std::array::from_fn(|i| &w[(r0 + if i < nr { i } else { 0 }) * in_f..][..in_f]);
+        for b0 in (0..batch).step_by(N) {
+            let nb = (batch - b0).min(N);
+            let xr: [&[u8]; N] = std::array::from_fn(|j| &xu[(b0 + if j < nb { j } else { 0 }) * in_f..][..in_f]);
+            let mut acc = [[_mm512_setzero_si512(); N]; N];
             for k in (0..in_f).step_by(64) {
                 let km: __mmask64 = if in_f - k >= 64 { !0 } else { (1u64 << (in_f - k)) - 1 };
-                // SAFETY: the lanes of `km` lie inside the row of `w` and each row of `xu`.
-                unsafe {
-                    let wv = _mm512_maskz_loadu_epi8(km, wr.as_ptr().add(k).cast());
-                    for (a, xr) in acc.iter_mut().zip(&rows) {
-                        *a = _mm512_dpbusd_epi32(*a, _mm512_maskz_loadu_epi8(km, xr.as_ptr().add(k).cast()), wv);
+                // SAFETY: the lanes of `km` lie inside every row of `wr` and `xr`.
+                let (wv, xv): ([__m512i; N], [__m512i; N]) = unsafe {
+                    (
+                        std::array::from_fn(|i| _mm512_maskz_loadu_epi8(km, wr[i].as_ptr().add(k).cast())),
+                        std::array::from_fn(|j| _mm512_maskz_loadu_epi8(km, xr[j].as_ptr().add(k).cast())),
+                    )
+                };
+                for (row, &wv) in acc.iter_mut().zip(&wv) {
+                    for (a, &xv) in row.iter_mut().zip(&xv) {
+                        *a = _mm512_dpbusd_epi32(*a, xv, wv);
                     }
                 }
             }
-            for (j, a) in acc.iter().take(nb).enumerate() {
-                out[b0 + j] = _mm512_reduce_add_epi32(*a) - 128 * rowsum[r];
+            for (i, row) in acc.iter().enumerate().take(nr) {
+                for (j, a) in row.iter().enumerate().take(nb) {
+                    yt[(r0 + i) * batch + b0 + j] = _mm512_reduce_add_epi32(*a) - 128 * rowsum[r0 + i];
+                }
             }
         }
     }
