@@ -301,7 +301,53 @@ unsafe fn combine_rows(
     reduce(_mm512_add_epi64(even, fold(raw_e)), _mm512_add_epi64(odd, fold(raw_o)))
 }
 
-/// [`super::slices::unmask_rows`].
+/// [`combine_rows`] for two rows at once, `x0` with `coefs0` and `x1` with `coefs1`: each
+/// element of `q` is loaded (and split into its even and odd lanes) once for both.
+///
+/// # Safety
+/// The lanes of `k` lie inside every row of `q`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn combine_two_rows(
+    (x0, x1): (__m512i, __m512i),
+    c: __m512i,
+    (coefs0, coefs1): (&[u32], &[u32]),
+    negate: bool,
+    q: &[u32],
+    wo: usize,
+    at: usize,
+    k: __mmask16,
+) -> (__m512i, __m512i) {
+    let zero = _mm512_setzero_si512();
+    let ((mut e0, mut o0), (mut e1, mut o1)) = (mul_even_odd(x0, c), mul_even_odd(x1, c));
+    let (mut se0, mut so0, mut se1, mut so1, mut count) = (zero, zero, zero, zero, 1);
+    for (j, (&a, &b)) in coefs0.iter().zip(coefs1).enumerate() {
+        let (a, b) = if negate { (P - a, P - b) } else { (a, b) };
+        // SAFETY: the caller's contract.
+        let qe = unsafe { load(q, j * wo + at, k) };
+        let qo = _mm512_srli_epi64(qe, 32);
+        let (av, bv) = (_mm512_set1_epi64(i64::from(a)), _mm512_set1_epi64(i64::from(b)));
+        e0 = _mm512_add_epi64(e0, _mm512_mul_epu32(qe, av));
+        o0 = _mm512_add_epi64(o0, _mm512_mul_epu32(qo, av));
+        e1 = _mm512_add_epi64(e1, _mm512_mul_epu32(qe, bv));
+        o1 = _mm512_add_epi64(o1, _mm512_mul_epu32(qo, bv));
+        count += 1;
+        if count == 4 {
+            se0 = _mm512_add_epi64(se0, fold(e0));
+            so0 = _mm512_add_epi64(so0, fold(o0));
+            se1 = _mm512_add_epi64(se1, fold(e1));
+            so1 = _mm512_add_epi64(so1, fold(o1));
+            (e0, o0, e1, o1, count) = (zero, zero, zero, zero, 0);
+        }
+    }
+    (
+        reduce(_mm512_add_epi64(se0, fold(e0)), _mm512_add_epi64(so0, fold(o0))),
+        reduce(_mm512_add_epi64(se1, fold(e1)), _mm512_add_epi64(so1, fold(o1))),
+    )
+}
+
+/// [`super::slices::unmask_rows`], two rows at a time (they share the rows of `q`).
 ///
 /// # Safety
 /// The CPU has AVX-512F, BW and VL; `wo > 0`, `out` holds `rows·wo` elements, `y` at least as
@@ -312,17 +358,28 @@ pub(super) unsafe fn unmask_rows(out: &mut [i32], y: &[u32], c: u32, coefs: &[u3
     let kk = coefs.len() / rows.max(1);
     let c = _mm512_set1_epi64(i64::from(c));
     let mut max = _mm512_setzero_si512();
-    for r in 0..rows {
+    for r in (0..rows).step_by(2) {
+        let pair = r + 1 < rows;
         for at in (0..wo).step_by(LANES) {
             let (k, yr) = (lanes(wo - at), r * wo + at);
-            // SAFETY: lanes of `k` lie inside row r of `y` and `out` and inside each of the K
-            // rows of `q` (the caller's contract).
+            // SAFETY: lanes of `k` lie inside rows r (and r + 1 when `pair`) of `y` and `out`
+            // and inside each of the K rows of `q` (the caller's contract).
             unsafe {
                 _mm_prefetch::<_MM_HINT_T0>(y.as_ptr().wrapping_add(yr + PREFETCH).cast());
                 let yv = load(y, yr, k);
                 max = _mm512_max_epu32(max, yv);
-                let d = combine_rows(yv, c, &coefs[r * kk..][..kk], true, q, wo, at, k);
-                _mm512_mask_storeu_epi32(out.as_mut_ptr().add(yr).cast(), k, lift(d));
+                if pair {
+                    _mm_prefetch::<_MM_HINT_T0>(y.as_ptr().wrapping_add(yr + wo + PREFETCH).cast());
+                    let yv1 = load(y, yr + wo, k);
+                    max = _mm512_max_epu32(max, yv1);
+                    let rows_coefs = (&coefs[r * kk..][..kk], &coefs[(r + 1) * kk..][..kk]);
+                    let (d0, d1) = combine_two_rows((yv, yv1), c, rows_coefs, true, q, wo, at, k);
+                    _mm512_mask_storeu_epi32(out.as_mut_ptr().add(yr).cast(), k, lift(d0));
+                    _mm512_mask_storeu_epi32(out.as_mut_ptr().add(yr + wo).cast(), k, lift(d1));
+                } else {
+                    let d = combine_rows(yv, c, &coefs[r * kk..][..kk], true, q, wo, at, k);
+                    _mm512_mask_storeu_epi32(out.as_mut_ptr().add(yr).cast(), k, lift(d));
+                }
             }
         }
     }
