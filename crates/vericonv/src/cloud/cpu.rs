@@ -3,7 +3,7 @@
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::{CloudBackend, SessionKernel, check_conv_args};
+use super::{CloudBackend, SessionKernel, check_conv_args, share_len};
 use crate::Result;
 use crate::field::{M31, PrimeField};
 use crate::geometry::Conv2d;
@@ -62,10 +62,7 @@ impl CloudBackend for CpuBackend {
         seed: &ShareSeed,
         out: &mut Vec<u32>,
     ) -> Result<()> {
-        let len = batch
-            .checked_mul(kernel.geometry().image_len())
-            .ok_or(crate::Error::TooLarge { what: "share length", value: batch })?;
-        self.conv_session_into(kernel, batch, &seed.expand(len), out)
+        self.conv_session_into(kernel, batch, &seed.expand(share_len(kernel.geometry(), batch)?), out)
     }
 }
 

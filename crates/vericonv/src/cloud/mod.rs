@@ -38,9 +38,7 @@ pub trait CloudBackend: Send + Sync {
     /// # Errors
     /// As [`CloudBackend::conv`].
     fn conv_share(&self, geom: &Conv2d, batch: usize, kernel: &[u32], seed: &ShareSeed) -> Result<Vec<u32>> {
-        let len =
-            batch.checked_mul(geom.image_len()).ok_or(crate::Error::TooLarge { what: "share length", value: batch })?;
-        self.conv(geom, batch, kernel, &seed.expand(len))
+        self.conv(geom, batch, kernel, &seed.expand(share_len(geom, batch)?))
     }
 
     /// [`CloudBackend::conv`] with a kernel of the session, which a backend that keeps kernels
@@ -59,10 +57,7 @@ pub trait CloudBackend: Send + Sync {
     /// # Errors
     /// As [`CloudBackend::conv`].
     fn conv_share_session(&self, kernel: &SessionKernel, batch: usize, seed: &ShareSeed) -> Result<Vec<u32>> {
-        let len = batch
-            .checked_mul(kernel.geometry().image_len())
-            .ok_or(crate::Error::TooLarge { what: "share length", value: batch })?;
-        self.conv_session(kernel, batch, &seed.expand(len))
+        self.conv_session(kernel, batch, &seed.expand(share_len(kernel.geometry(), batch)?))
     }
 
     /// [`CloudBackend::conv_session`] into `out`, whose allocation the backend may reuse: a
@@ -231,6 +226,11 @@ impl std::fmt::Display for Cheater {
             Cheater::Unidentified => "the sum of the clouds' answers (each share passed a re-check)",
         })
     }
+}
+
+/// The length of a batch's share of mode `two-server` (the batch's input), checked.
+pub(crate) fn share_len(geom: &Conv2d, batch: usize) -> Result<usize> {
+    batch.checked_mul(geom.image_len()).ok_or(crate::Error::TooLarge { what: "share length", value: batch })
 }
 
 /// Checks the tensor lengths every backend receives.
