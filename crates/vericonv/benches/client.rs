@@ -103,6 +103,54 @@ fn field_kernels(c: &mut Criterion) {
     group.throughput(Throughput::Elements(n as u64));
     group.bench_function("dot/vectorised", |b| b.iter(|| slices::dot(&rows[0], &rows[1])));
     group.bench_function("dot/scalar_reference", |b| b.iter(|| reference::dot::<M31>(&rows[0], &rows[1])));
+    // Mode lowrank's decryption of a 56×56 plane of a 3×3 layer at rank 2: K = 6 mask rows.
+    let (wo, kk) = (56, 6);
+    let coefs: Vec<u32> = (0..wo * kk).map(|_| M31::random(&mut rng)).collect();
+    let (q, y) = (&rows[1][..kk * wo], &rows[2][..wo * wo]);
+    let mut out = vec![0i32; wo * wo];
+    slices::unmask_rows(&mut out, y, 12345, &coefs, q, wo);
+    let want: Vec<i32> = (0..wo * wo)
+        .map(|i| {
+            let (r, x) = (i / wo, i % wo);
+            let mask = (0..kk).fold(0, |acc, k| M31::add(acc, M31::mul(coefs[r * kk + k], q[k * wo + x])));
+            M31::lift(M31::sub(M31::mul(12345, y[i]), mask)) as i32
+        })
+        .collect();
+    assert_eq!(out, want);
+    group.throughput(Throughput::Elements((wo * wo) as u64));
+    group.bench_function("unmask_rows_6_terms/vectorised", |b| {
+        b.iter(|| slices::unmask_rows(&mut out, y, 12345, &coefs, q, wo))
+    });
+    group.finish();
+}
+
+/// Verification's output side in mode two-server, on two answers far beyond the caches (64 MiB
+/// each): the contraction of both with a plane's weights, against a plain sum of the two, which
+/// only reads them.
+fn verify_memory(c: &mut Criterion) {
+    let mut group = c.benchmark_group("memory");
+    group.sample_size(10).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(300));
+    let (n, plane) = (1 << 24, 56 * 56);
+    let mut rng = seeded_rng(9);
+    let a: Vec<u32> = (0..n).map(|_| M31::random(&mut rng)).collect();
+    let b: Vec<u32> = (0..n).map(|_| M31::random(&mut rng)).collect();
+    let w: Vec<u32> = (0..plane).map(|_| M31::random(&mut rng)).collect();
+    let contract = || {
+        a.chunks_exact(plane).zip(b.chunks_exact(plane)).fold(0u64, |acc, (pa, pb)| {
+            let ((da, _), (db, _)) = (slices::dot_max(pa, &w), slices::dot_max(pb, &w));
+            acc.wrapping_add(u64::from(M31::reduce(da))).wrapping_add(u64::from(M31::reduce(db)))
+        })
+    };
+    let want = a.chunks_exact(plane).zip(b.chunks_exact(plane)).fold(0u64, |acc, (pa, pb)| {
+        let (da, db) = (reference::dot::<M31>(pa, &w), reference::dot::<M31>(pb, &w));
+        acc.wrapping_add(u64::from(da)).wrapping_add(u64::from(db))
+    });
+    assert_eq!(contract(), want);
+    group.throughput(Throughput::Elements(n as u64));
+    group.bench_function("two_answers/contract", |bch| bch.iter(contract));
+    group.bench_function("two_answers/plain_sum", |bch| {
+        bch.iter(|| a.iter().zip(&b).fold(0u64, |acc, (&x, &y)| acc.wrapping_add(u64::from(x) + u64::from(y))))
+    });
     group.finish();
 }
 
@@ -122,5 +170,5 @@ fn share_generator(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, client_phases, field_kernels, share_generator);
+criterion_group!(benches, client_phases, field_kernels, verify_memory, share_generator);
 criterion_main!(benches);
