@@ -158,6 +158,8 @@ fn kernel_and_input_encryption_follow_the_formulas() {
     let mut sorted = key.sigma().to_vec();
     sorted.sort_unstable();
     assert_eq!(sorted, (0..g.cout()).collect::<Vec<_>>(), "σ is a permutation");
+    assert!(key.sigma().iter().enumerate().all(|(op, &o)| key.sigma_inv()[o] == op), "σ^-1 inverts σ");
+    assert!(key.pi().iter().enumerate().all(|(cp, &c)| key.pi_inv()[c] == cp), "π^-1 inverts π");
     assert!(key.alpha().iter().chain(key.beta()).all(|&v| v != 0 && v < M31::P), "α, β ∈ F_p*");
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rand::RngExt;
+use rayon::prelude::*;
 use vericonv::cloud::{CloudBackend, CpuBackend};
 use vericonv::decrypt::{MaskKernel, decrypt, decrypt_into};
 use vericonv::encrypt::{encrypt_input, encrypt_input_into, encrypt_kernel};
@@ -150,6 +151,21 @@ fn verify_memory(c: &mut Criterion) {
     group.bench_function("two_answers/contract", |bch| bch.iter(contract));
     group.bench_function("two_answers/plain_sum", |bch| {
         bch.iter(|| a.iter().zip(&b).fold(0u64, |acc, (&x, &y)| acc.wrapping_add(u64::from(x) + u64::from(y))))
+    });
+    // The contraction on every core (rayon's global pool): what more cores add to the memory
+    // bandwidth that bounds it.
+    let contract_par = || {
+        a.par_chunks_exact(plane)
+            .zip(b.par_chunks_exact(plane))
+            .map(|(pa, pb)| {
+                let ((da, _), (db, _)) = (slices::dot_max(pa, &w), slices::dot_max(pb, &w));
+                u64::from(M31::reduce(da)).wrapping_add(u64::from(M31::reduce(db)))
+            })
+            .reduce(|| 0, u64::wrapping_add)
+    };
+    assert_eq!(contract_par(), want);
+    group.bench_function(format!("two_answers/contract_threads_{}", rayon::current_num_threads()), |bch| {
+        bch.iter(contract_par)
     });
     group.finish();
 }

@@ -217,7 +217,7 @@ pub fn decrypt_into(
     Conv2d::check_len("cloud output", batch * g.output_image_len(), y_cloud.len())?;
     Conv2d::check_len("decrypted output buffer", y_cloud.len(), out.len())?;
     check_canonical::<M31>("cloud output", y_cloud)?;
-    let sigma_inv = sigma_inverse(key);
+    let sigma_inv = key.sigma_inv();
     let tables: Vec<ImageTables> = masks.iter().map(|m| ImageTables::new(g, m)).collect();
     let n = g.n();
     out.par_chunks_exact_mut(n).enumerate().for_each_init(
@@ -234,15 +234,6 @@ pub fn decrypt_into(
         },
     );
     Ok(())
-}
-
-/// `σ^-1`: plain output channel → cloud output channel.
-fn sigma_inverse(key: &SessionKey) -> Vec<usize> {
-    let mut sigma_inv = vec![0usize; key.sigma().len()];
-    for (op, &o) in key.sigma().iter().enumerate() {
-        sigma_inv[o] = op;
-    }
-    sigma_inv
 }
 
 /// Checks a cloud answer and the output buffer against the key's geometry; returns the batch.
@@ -271,7 +262,7 @@ pub fn decrypt_sum_into(key: &SessionKey, answer: &Verified<'_>, out: &mut [i32]
     })?;
     check_answer_len(key, y_a, out)?;
     check_answer_len(key, y_b, out)?;
-    let (g, sigma_inv) = (key.geometry(), sigma_inverse(key));
+    let (g, sigma_inv) = (key.geometry(), key.sigma_inv());
     let n = g.n();
     out.par_chunks_exact_mut(n).enumerate().for_each(|(idx, dst)| {
         let (b, o) = (idx / g.cout(), idx % g.cout());
@@ -291,7 +282,7 @@ pub fn decrypt_sum_into(key: &SessionKey, answer: &Verified<'_>, out: &mut [i32]
 pub fn decrypt_padded_into(key: &SessionKey, pads: &[Pad], answer: &Verified<'_>, out: &mut [i32]) -> Result<()> {
     let y_cloud = answer.output();
     let batch = check_answer_len(key, y_cloud, out)?;
-    let (g, sigma_inv) = (key.geometry(), sigma_inverse(key));
+    let (g, sigma_inv) = (key.geometry(), key.sigma_inv());
     Conv2d::check_len("pads", batch, pads.len())?;
     for p in pads {
         Conv2d::check_len("pad mask convolution", g.output_image_len(), p.mask_conv().len())?;
@@ -322,7 +313,7 @@ pub fn decrypt_sum_verified_into<'a>(
 ) -> Result<Verdict<'a>> {
     check_answer_len(key, y_a, out)?;
     check_answer_len(key, y_b, out)?;
-    let (g, sigma_inv) = (key.geometry(), sigma_inverse(key));
+    let (g, sigma_inv) = (key.geometry(), key.sigma_inv());
     let n = g.n();
     let terms: Vec<Vec<u32>> = out
         .par_chunks_exact_mut(n)
@@ -420,7 +411,7 @@ where
     let q_len = if by_rows { rho * kh * wo } else { 0 };
     let rows_per_piece = (PIECE / wo.max(1)).max(1);
     let ints_len = if by_rows { rows_per_piece * wo } else { PIECE }.min(n);
-    let sigma_inv = sigma_inverse(key);
+    let sigma_inv = key.sigma_inv();
     let mut planes: Vec<Option<&mut [O]>> = out.chunks_exact_mut(n).map(Some).collect();
     let cloud_order: Vec<(usize, &mut [O])> =
         key.sigma().iter().filter_map(|&o| planes[o].take().map(|dst| (o, dst))).collect();

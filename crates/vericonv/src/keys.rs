@@ -47,7 +47,9 @@ pub struct SessionKey {
     geom: Conv2d,
     rho: usize,
     sigma: Vec<usize>,
+    sigma_inv: Vec<usize>,
     pi: Vec<usize>,
+    pi_inv: Vec<usize>,
     alpha: Vec<u32>,
     alpha_inv: Vec<u32>,
     beta: Vec<u32>,
@@ -92,7 +94,9 @@ impl SessionKey {
             id: rng.next_u64(),
             geom: *geom,
             rho,
+            sigma_inv: inverse(&sigma),
             sigma,
+            pi_inv: inverse(&pi),
             pi,
             alpha_inv: alpha.iter().map(|&a| M31::inv(a)).collect(),
             alpha,
@@ -118,9 +122,17 @@ impl SessionKey {
     pub fn sigma(&self) -> &[usize] {
         &self.sigma
     }
+    /// σ^-1: plain output channel → cloud output channel.
+    pub fn sigma_inv(&self) -> &[usize] {
+        &self.sigma_inv
+    }
     /// π: cloud input channel → plain input channel.
     pub fn pi(&self) -> &[usize] {
         &self.pi
+    }
+    /// π^-1: plain input channel → cloud input channel.
+    pub fn pi_inv(&self) -> &[usize] {
+        &self.pi_inv
     }
     /// α, indexed by cloud output channel.
     pub fn alpha(&self) -> &[u32] {
@@ -138,6 +150,15 @@ impl SessionKey {
     pub fn channel_factor(&self, t: usize) -> &[u32] {
         &self.g[t * self.geom.cin()..(t + 1) * self.geom.cin()]
     }
+}
+
+/// The inverse of the permutation `perm`.
+fn inverse(perm: &[usize]) -> Vec<usize> {
+    let mut inv = vec![0; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p] = i;
+    }
+    inv
 }
 
 /// A permutation of `groups·per` channels that maps cloud group g' onto plain group γ(g') and
@@ -210,7 +231,9 @@ impl Drop for SessionKey {
     fn drop(&mut self) {
         self.id.zeroize();
         self.sigma.zeroize();
+        self.sigma_inv.zeroize();
         self.pi.zeroize();
+        self.pi_inv.zeroize();
         self.alpha.zeroize();
         self.alpha_inv.zeroize();
         self.beta.zeroize();

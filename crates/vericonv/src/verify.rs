@@ -390,12 +390,13 @@ fn fast_input_side_plain<T: SmallInt>(
     }
     // Images whose products w_b·x can be summed exactly in an i64 before reducing.
     let per_sum = ((1u64 << 62) / (1u64 << 31) / u64::from(bound.max(1))).max(1) as usize;
+    // Plain channels in order, so that each image's planes are read one after the other.
     let per_channel: Vec<u32> = (0..g.cin())
         .into_par_iter()
         .map_init(
             || (vec![0u32; g.h() * kw], vec![0u32; hw], vec![0u32; hw], Vec::with_capacity(batch)),
-            |(z, folded, part, planes), cp| {
-                let c = key.pi()[cp];
+            |(z, folded, part, planes), c| {
+                let cp = key.pi_inv()[c];
                 for (first, ws) in w.chunks(per_sum).enumerate() {
                     planes.clear();
                     planes.extend((0..ws.len()).map(|k| &x[((first * per_sum + k) * img + c * hw)..][..hw]));
@@ -596,15 +597,19 @@ fn kernel_fold_plain<T: SmallInt>(key: &SessionKey, k: &[T], s: &[u32]) -> Vec<u
     let (cpg, cpo, m, taps) = (g.cin_per_group(), g.cout_per_group(), g.m(), g.kh() * g.kw());
     let mut out = vec![0u32; g.cin() * taps];
     for (grp, dst) in out.chunks_exact_mut(cpg * taps).enumerate() {
-        // Σ over the group's output channels, in tasks of FOLD_ROWS rows (|Σ| < 2^6·2^31·2^15).
-        let acc = (grp * cpo..(grp + 1) * cpo)
+        // Σ over the group's output channels, in tasks of FOLD_ROWS rows (|Σ| < 2^6·2^31·2^15),
+        // taken in plain order (σ maps the cloud group onto one plain group) so that `K` is read
+        // from start to end.
+        let plain = key.sigma()[grp * cpo] / cpo.max(1) * cpo;
+        let acc = (plain..plain + cpo)
             .into_par_iter()
             .with_min_len(FOLD_ROWS)
             .fold(
                 || vec![0i64; m],
-                |mut acc, op| {
+                |mut acc, o| {
+                    let op = key.sigma_inv()[o];
                     let t = M31::mul(s[op], key.alpha()[op]);
-                    slices::fold_small(&mut acc, t, &k[key.sigma()[op] * m..][..m]);
+                    slices::fold_small(&mut acc, t, &k[o * m..][..m]);
                     acc
                 },
             )

@@ -623,6 +623,32 @@ mod tests {
                     }
                     assert_eq!(got, want, "fold_batch ({portable}), n = {n}");
                 }
+                // The batch fold of 8-bit planes, with the extremes -128 and 127 under the largest
+                // weight.
+                let extremes = [vec![-128i8; n], vec![127i8; n]];
+                let bytes: Vec<Vec<i8>> = (0..17).map(|_| (0..n).map(|_| rng.random::<i8>()).collect()).collect();
+                // 4101 images: large sums in the 64-bit accumulators.
+                for images in [1, 2, 3, 4, 5, 8, 9, 17, 4101] {
+                    let planes: Vec<&[i8]> =
+                        extremes.iter().chain(&bytes).cycle().take(images).map(Vec::as_slice).collect();
+                    let ws: Vec<u32> = (0..images).map(|b| if b < 2 { P - 1 } else { M31::random(&mut rng) }).collect();
+                    let want: Vec<u32> = (0..n)
+                        .map(|i| {
+                            planes.iter().zip(&ws).fold(0, |acc, (p, &wb)| {
+                                M31::add(acc, M31::mul(wb, M31::embed(i64::from(p[i])).expect("small")))
+                            })
+                        })
+                        .collect();
+                    for portable in [false, true] {
+                        let mut got = vec![0u32; n];
+                        if portable {
+                            slices::fold_batch_portable(&mut got, &ws, &planes);
+                        } else {
+                            slices::fold_batch(&mut got, &ws, &planes);
+                        }
+                        assert_eq!(got, want, "fold_batch i8 ({portable}), n = {n}, {images} images");
+                    }
+                }
             }
             assert_eq!(slices::dot(&y, &v), reference::dot::<M31>(&y, &v), "dot, n = {n}");
             let want = (reference::dot::<M31>(&y, &v), y.iter().copied().max().unwrap_or(0));
