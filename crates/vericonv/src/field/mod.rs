@@ -472,6 +472,27 @@ mod tests {
             .collect()
     }
 
+    /// [`slices::fold_batch`] and its portable twin on the first `len` elements of `planes`
+    /// against the sum of [`M31`] products.
+    fn assert_fold_batch<T: SmallInt>(planes: &[&[T]], ws: &[u32], len: usize, what: &str) {
+        let want: Vec<u32> = (0..len)
+            .map(|i| {
+                planes.iter().zip(ws).fold(0, |acc, (p, &wb)| {
+                    M31::add(acc, M31::mul(wb, M31::embed(i64::from(p[i].get())).expect("small")))
+                })
+            })
+            .collect();
+        for portable in [false, true] {
+            let mut got = vec![0u32; len];
+            if portable {
+                slices::fold_batch_portable(&mut got, ws, planes);
+            } else {
+                slices::fold_batch(&mut got, ws, planes);
+            }
+            assert_eq!(got, want, "fold_batch ({portable}), {what}");
+        }
+    }
+
     /// The kernels of the client's hot path (each with its AVX-512F version where the CPU has
     /// it, and the portable one) against scalar definitions written with [`M31`]'s operations.
     #[test]
@@ -606,23 +627,7 @@ mod tests {
                 // The batch fold of 16-bit planes, three images.
                 let planes = [&x16[..], &x16[n / 2..], &x16[n / 3..]];
                 let ws = [c, P - 1 - c, M31::random(&mut rng)];
-                let m = n - n / 2;
-                let want: Vec<u32> = (0..m)
-                    .map(|i| {
-                        planes.iter().zip(&ws).fold(0, |acc, (p, &wb)| {
-                            M31::add(acc, M31::mul(wb, M31::embed(i64::from(p[i])).expect("small")))
-                        })
-                    })
-                    .collect();
-                for portable in [false, true] {
-                    let mut got = vec![0u32; m];
-                    if portable {
-                        slices::fold_batch_portable(&mut got, &ws, &planes);
-                    } else {
-                        slices::fold_batch(&mut got, &ws, &planes);
-                    }
-                    assert_eq!(got, want, "fold_batch ({portable}), n = {n}");
-                }
+                assert_fold_batch(&planes, &ws, n - n / 2, &format!("16 bits, n = {n}"));
                 // The batch fold of 8-bit planes, with the extremes -128 and 127 under the largest
                 // weight.
                 let extremes = [vec![-128i8; n], vec![127i8; n]];
@@ -632,22 +637,7 @@ mod tests {
                     let planes: Vec<&[i8]> =
                         extremes.iter().chain(&bytes).cycle().take(images).map(Vec::as_slice).collect();
                     let ws: Vec<u32> = (0..images).map(|b| if b < 2 { P - 1 } else { M31::random(&mut rng) }).collect();
-                    let want: Vec<u32> = (0..n)
-                        .map(|i| {
-                            planes.iter().zip(&ws).fold(0, |acc, (p, &wb)| {
-                                M31::add(acc, M31::mul(wb, M31::embed(i64::from(p[i])).expect("small")))
-                            })
-                        })
-                        .collect();
-                    for portable in [false, true] {
-                        let mut got = vec![0u32; n];
-                        if portable {
-                            slices::fold_batch_portable(&mut got, &ws, &planes);
-                        } else {
-                            slices::fold_batch(&mut got, &ws, &planes);
-                        }
-                        assert_eq!(got, want, "fold_batch i8 ({portable}), n = {n}, {images} images");
-                    }
+                    assert_fold_batch(&planes, &ws, n, &format!("8 bits, n = {n}, {images} images"));
                 }
             }
             assert_eq!(slices::dot(&y, &v), reference::dot::<M31>(&y, &v), "dot, n = {n}");
