@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 use vericonv::Error;
 use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, Clouds, CpuBackend, Tamper, TamperingBackend};
+use vericonv::cloud::{CloudBackend, Clouds, CpuBackend, SessionKernel, Tamper, TamperingBackend};
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::seeded_rng;
 use vericonv::privacy::Privacy;
@@ -391,13 +391,10 @@ fn cloud_a_gets_32_bytes_and_expands_the_share_itself() {
     assert_eq!(remote, local);
 }
 
-#[test]
-fn grpcs_with_a_trusted_ca_works_and_an_untrusted_certificate_is_refused() {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("a self-signed certificate");
-    let (pem, key) = (cert.cert.pem().into_bytes(), cert.signing_key.serialize_pem().into_bytes());
+/// A TLS server on loopback with `tls`, stopped when the returned guard drops; its port.
+fn start_tls(tls: vericonv_remote::TlsIdentity, cfg: ServerConfig) -> (u16, TlsServer) {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let tls = vericonv_remote::TlsIdentity { cert: pem.clone(), key };
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(async move {
@@ -405,7 +402,7 @@ fn grpcs_with_a_trusted_ca_works_and_an_untrusted_certificate_is_refused() {
             addr_tx.send(listener.local_addr().expect("addr").port()).expect("send");
             let listen = Listen { listener, tls: Some(tls), metrics: None };
             let backend: Arc<dyn CloudBackend> = Arc::new(CpuBackend::new());
-            vericonv_remote::serve(backend, ServerConfig::default(), listen, async move {
+            vericonv_remote::serve(backend, cfg, listen, async move {
                 let _ = stopped.await;
             })
             .await
@@ -413,21 +410,67 @@ fn grpcs_with_a_trusted_ca_works_and_an_untrusted_certificate_is_refused() {
         });
     });
     let port = addr_rx.recv_timeout(Duration::from_secs(10)).expect("the server starts");
-    // The server listens on 127.0.0.1 only; `localhost` is the name in its certificate.
-    let url = vec![format!("grpcs://localhost:{port}")];
-    let trusted = RemoteBackend::connect(&url, RemoteOptions { tls_ca: Some(pem), ..fast_retries() }).expect("client");
+    (port, TlsServer(Some(stop), Some(thread)))
+}
+
+/// Stops a TLS test server when dropped.
+struct TlsServer(Option<tokio::sync::oneshot::Sender<()>>, Option<std::thread::JoinHandle<()>>);
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.1.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn grpcs_with_a_trusted_ca_works_and_an_untrusted_certificate_is_refused() {
+    // A self-signed CA that signs each server's certificate for `localhost`.
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let ca_pem = ca.pem().into_bytes();
+    let server_identity = || {
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("signed by the CA");
+        vericonv_remote::TlsIdentity { cert: cert.pem().into_bytes(), key: key.serialize_pem().into_bytes() }
+    };
+    let token = "tls-and-a-token";
+    let cfg = ServerConfig { token: Some(token.into()), ..ServerConfig::default() };
+    let (port_a, _a) = start_tls(server_identity(), cfg.clone());
+    let (port_b, _b) = start_tls(server_identity(), cfg);
+    // The servers listen on 127.0.0.1 only; `localhost` is the name in their certificates.
+    let url = |port: u16| vec![format!("grpcs://localhost:{port}")];
+    let trusted = RemoteOptions { tls_ca: Some(ca_pem), token: Some(token.into()), ..fast_retries() };
+    let a = RemoteBackend::connect(&url(port_a), trusted.clone()).expect("client");
+    let b = RemoteBackend::connect(&url(port_b), trusted.clone()).expect("client");
     let g = layer_geometry();
-    let (k, x, y) = layer_data(60, &g, 1);
+    let (k, x, y) = layer_data(60, &g, 2);
     let mut rng = seeded_rng(3);
     let mut layer = PrivateConv::new(g, &k, None, LayerConfig::default(), &mut rng).expect("layer");
-    let (got, _) = layer.run(&trusted, &x, &mut rng).expect("verified over TLS");
-    assert!(got.iter().zip(&y).all(|(&a, &b)| i64::from(a) == b));
-    let untrusted = RemoteBackend::connect(&url, fast_retries()).expect("client");
+    let (got, _) = layer.run(&a, &x, &mut rng).expect("verified over TLS");
+    assert!(got.iter().zip(&y).all(|(&p, &q)| i64::from(p) == q));
+    // Both clouds of two-server over TLS, each with its token.
+    let cfg = LayerConfig { privacy: Privacy::TwoServer, ..LayerConfig::default() };
+    let mut layer = PrivateConv::new(g, &k, None, cfg, &mut rng).expect("layer");
+    let (got, _) = layer.run(Clouds::Two(&a, &b), &x, &mut rng).expect("two-server over TLS");
+    assert!(got.iter().zip(&y).all(|(&p, &q)| i64::from(p) == q));
+    let no_token = RemoteOptions { token: None, ..trusted };
+    let err = RemoteBackend::connect(&url(port_a), no_token).expect("client").info().expect_err("no token");
+    assert!(matches!(&err, Error::Remote { code, .. } if code == "Unauthenticated"), "{err}");
+    let untrusted = RemoteBackend::connect(&url(port_a), fast_retries()).expect("client");
     assert!(matches!(untrusted.info(), Err(Error::Remote { .. })), "a certificate nobody vouches for is refused");
-    let plain = RemoteBackend::connect(&[format!("grpc://127.0.0.1:{port}")], fast_retries()).expect("client");
+    let plain = RemoteBackend::connect(&[format!("grpc://127.0.0.1:{port_a}")], fast_retries()).expect("client");
     assert!(plain.info().is_err(), "plaintext gRPC to a TLS port fails");
-    let _ = stop.send(());
-    let _ = thread.join();
 }
 
 #[test]
@@ -495,7 +538,9 @@ fn a_stream_that_lies_about_its_length_is_refused() {
         assert_eq!(call(vec![chunk(&handle, 1, x[..100].to_vec()), chunk(&[], 0, x[100..].to_vec())]).await, Ok(()));
         let short = vec![chunk(&handle, 2, x.clone())];
         assert_eq!(call(short).await, Err(tonic::Code::InvalidArgument), "half the data announced");
-        let long = vec![chunk(&handle, 1, x.clone()), chunk(&[], 0, vec![0; 8])];
+        let mut over = x[100..].to_vec();
+        over.extend([0; 8]);
+        let long = vec![chunk(&handle, 1, x[..100].to_vec()), chunk(&[], 0, over)];
         assert_eq!(call(long).await, Err(tonic::Code::InvalidArgument), "more data than announced");
         assert_eq!(call(vec![chunk(&[9; 32], 1, x.clone())]).await, Err(tonic::Code::NotFound));
         assert_eq!(call(vec![chunk(&handle, u64::MAX, vec![])]).await, Err(tonic::Code::ResourceExhausted));
@@ -519,4 +564,234 @@ fn sessions_seeded_alike_get_their_own_handles() {
         let (got, _) = layer.run(&cloud, &x, &mut rng).expect("verified");
         assert!(got.iter().zip(&exact).all(|(&a, &b)| i64::from(a) == b), "kernel {which}");
     }
+}
+
+/// A backend that counts the forms of the calls it receives, after an optional delay.
+#[derive(Default)]
+struct Counting {
+    delay: Duration,
+    tensors: AtomicUsize,
+    seeds: AtomicUsize,
+    cpu: CpuBackend,
+}
+
+impl CloudBackend for Counting {
+    fn name(&self) -> String {
+        "counting cpu".into()
+    }
+
+    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> vericonv::Result<Vec<u32>> {
+        self.tensors.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        self.cpu.conv(geom, batch, kernel, input)
+    }
+
+    fn conv_share_session(&self, kernel: &SessionKernel, batch: usize, seed: &ShareSeed) -> vericonv::Result<Vec<u32>> {
+        self.seeds.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        let g = kernel.geometry();
+        self.cpu.conv(g, batch, kernel.data(), &seed.expand(batch * g.image_len()))
+    }
+}
+
+/// An `Arc` of a backend, as a backend (the test keeps a handle to read its counters).
+struct Shared<B>(Arc<B>);
+
+impl<B: CloudBackend> CloudBackend for Shared<B> {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+
+    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> vericonv::Result<Vec<u32>> {
+        self.0.conv(geom, batch, kernel, input)
+    }
+
+    fn conv_share_session(&self, kernel: &SessionKernel, batch: usize, seed: &ShareSeed) -> vericonv::Result<Vec<u32>> {
+        self.0.conv_share_session(kernel, batch, seed)
+    }
+}
+
+/// A raw gRPC client of `server`, with a kernel of `g` registered; returns the handle too.
+async fn raw_client(server: &TestServer, g: &Conv2d) -> (CloudClient<tonic::transport::Channel>, Vec<u8>) {
+    let mut c = CloudClient::connect(server.url.replace("grpc://", "http://")).await.expect("connect");
+    let reg = RegisterKernelRequest {
+        geometry: Some(geometry_to_proto(g)),
+        kernel: encode_elements(&vec![1u32; g.kernel_len()]),
+    };
+    let handle = c.register_kernel(reg).await.expect("registers").into_inner().handle;
+    (c, handle)
+}
+
+#[test]
+fn a_32_byte_seed_call_is_held_to_the_tensor_limit() {
+    // The attack: a 1×1 kernel over a 46340×46340 input with stride 46340 (a 1×1 answer), cloud
+    // A's seed form, 2^20 images: 9 PB once expanded. Refused before anything is allocated, in
+    // both call forms, and the server stays up.
+    let cfg = ServerConfig { max_message_bytes: 1 << 20, max_tensor_bytes: 1 << 20, ..ServerConfig::default() };
+    let server = TestServer::start(Arc::new(CpuBackend::new()), cfg);
+    let g = Conv2d::builder(1, 1, (46340, 46340), (1, 1)).stride(46340, 46340).build().expect("geometry");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (mut c, handle) = raw_client(&server, &g).await;
+        for batch in [1u64 << 20, 1] {
+            let req = ConvRequest { handle: handle.clone(), batch, input: Some(Input::ShareSeed(vec![7; 32])) };
+            let err = c.conv(req).await.expect_err("the seed form is refused");
+            assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{}", err.message());
+            assert!(err.message().contains("input"), "the message says what is too large: {}", err.message());
+            let first = proto::ConvChunk { handle: handle.clone(), batch, share_seed: vec![7; 32], data: vec![] };
+            let err = match c.conv_stream(tokio_stream::iter(vec![first])).await {
+                Ok(mut s) => s.get_mut().message().await.expect_err("refused"),
+                Err(e) => e,
+            };
+            assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{}", err.message());
+        }
+    });
+    assert!(server.client().info().is_ok(), "the server is still up");
+}
+
+#[test]
+fn a_call_past_its_deadline_keeps_its_slot_until_the_computation_ends() {
+    let backend = Arc::new(Counting { delay: Duration::from_millis(1200), ..Counting::default() });
+    let cfg = ServerConfig { max_concurrent: 1, ..ServerConfig::default() };
+    let server = TestServer::start(Arc::new(Shared(backend.clone())), cfg);
+    let g = layer_geometry();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let codes = rt.block_on(async {
+        let (c, handle) = raw_client(&server, &g).await;
+        let mut codes = Vec::new();
+        for _ in 0..6 {
+            let input = Some(Input::Tensor(encode_elements(&vec![1u32; g.image_len()])));
+            let mut req = tonic::Request::new(ConvRequest { handle: handle.clone(), batch: 1, input });
+            req.set_timeout(Duration::from_millis(150));
+            codes.push(c.clone().conv(req).await.map(|_| ()).unwrap_err().code());
+        }
+        codes
+    });
+    println!("six calls with 150 ms deadlines to a 1.2 s layer, one slot: {codes:?}");
+    assert!(matches!(codes[0], tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{codes:?}");
+    let busy = codes.iter().filter(|&&c| c == tonic::Code::ResourceExhausted).count();
+    assert!(busy >= 4, "the slot stays taken while the first computation runs: {codes:?}");
+    assert!(backend.tensors.load(Ordering::SeqCst) <= 2, "at most one computation at a time was admitted");
+}
+
+#[test]
+fn streams_take_a_slot_only_once_their_input_is_complete() {
+    let g = layer_geometry();
+    let cfg = ServerConfig { max_concurrent: 2, ..ServerConfig::default() };
+    let server = TestServer::start(Arc::new(CpuBackend::new()), cfg);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (c, handle) = raw_client(&server, &g).await;
+        let x = encode_elements(&vec![3u32; g.image_len()]);
+        let first = |data: Vec<u8>| proto::ConvChunk { handle: handle.clone(), batch: 1, data, ..Default::default() };
+        // Four streams that announce a call and never send its input, their request side open.
+        let mut stalled = Vec::new();
+        for _ in 0..4 {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(first(vec![])).await.expect("send");
+            let mut c = c.clone();
+            let call =
+                tokio::spawn(async move { c.conv_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+            stalled.push((tx, call));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Twenty legitimate calls beside them: all answered.
+        for i in 0..20 {
+            let req = ConvRequest { handle: handle.clone(), batch: 1, input: Some(Input::Tensor(x.clone())) };
+            c.clone().conv(req).await.unwrap_or_else(|e| panic!("call {i} blocked by stalled streams: {e}"));
+        }
+        // A stream that sends its whole input but keeps its side open is answered at once.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(first(x.clone())).await.expect("send");
+        let started = Instant::now();
+        let mut answer = c
+            .clone()
+            .conv_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("answered")
+            .into_inner();
+        let mut bytes = 0;
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), answer.message())
+            .await
+            .expect("the answer comes before the deadline")
+            .expect("a chunk")
+        {
+            bytes += chunk.data.len();
+        }
+        assert_eq!(bytes, 4 * g.output_image_len());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(tx);
+        drop(stalled);
+    });
+}
+
+#[test]
+fn cloud_a_receives_its_seed_through_a_tampering_wrapper() {
+    let (a_backend, b_backend) = (Arc::new(Counting::default()), Arc::new(Counting::default()));
+    let a = TestServer::start(Arc::new(Shared(a_backend.clone())), ServerConfig::default());
+    let b = TestServer::start(Arc::new(Shared(b_backend.clone())), ServerConfig::default());
+    let g = layer_geometry();
+    let (k, x, y) = layer_data(95, &g, 2);
+    let cfg = LayerConfig { privacy: Privacy::TwoServer, ..LayerConfig::default() };
+    let mut rng = seeded_rng(12);
+    for rate in [0.0, 1.0] {
+        // The CLI wraps every cloud so; an honest wrapper must not change what crosses the wire.
+        let ca = TamperingBackend::new(a.client(), &Tamper::ALL, rate, 1);
+        let cb = TamperingBackend::new(b.client(), &Tamper::ALL, 0.0, 2);
+        let mut layer = PrivateConv::new(g, &k, None, cfg.clone(), &mut rng).expect("layer");
+        match (rate > 0.0, layer.run(Clouds::Two(&ca, &cb), &x, &mut rng)) {
+            (false, Ok((got, _))) => assert!(got.iter().zip(&y).all(|(&p, &q)| i64::from(p) == q)),
+            (true, Err(Error::VerificationFailed { .. } | Error::MalformedAnswer { .. })) => {}
+            (cheats, other) => panic!("rate {rate} (cheats {cheats}): {:?}", other.map(|_| ())),
+        }
+    }
+    assert_eq!(a_backend.tensors.load(Ordering::SeqCst), 0, "cloud A never received a tensor");
+    assert!(a_backend.seeds.load(Ordering::SeqCst) >= 2, "cloud A received its seeds");
+    assert_eq!(b_backend.seeds.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_dead_replica_is_skipped_for_a_back_off_period() {
+    let g = Conv2d::builder(32, 32, (32, 32), (3, 3)).padding(Padding::uniform(1)).build().expect("geometry");
+    let (k, x, y) = layer_data(96, &g, 4);
+    let alive = TestServer::cpu();
+    // A replica killed after it served: its port now refuses connections.
+    let killed = {
+        let s = TestServer::cpu();
+        let mut layer = PrivateConv::new(g, &k, None, LayerConfig::default(), &mut seeded_rng(1)).expect("layer");
+        layer.run(&s.client(), &x, &mut seeded_rng(2)).expect("the replica serves before it dies");
+        s.url.clone()
+    };
+    let opts = RemoteOptions::default();
+    let time = |urls: Vec<String>| {
+        let cloud = RemoteBackend::connect(&urls, opts.clone()).expect("client");
+        let mut rng = seeded_rng(3);
+        let mut layer = PrivateConv::new(g, &k, None, LayerConfig::default(), &mut rng).expect("layer");
+        let started = Instant::now();
+        for _ in 0..20 {
+            let (got, _) = layer.run(&cloud, &x, &mut rng).expect("verified");
+            assert!(got.iter().zip(&y).all(|(&p, &q)| i64::from(p) == q));
+        }
+        (started.elapsed(), cloud.retries())
+    };
+    let (healthy, _) = time(vec![alive.url.clone()]);
+    let (degraded, retries) = time(vec![killed, alive.url.clone()]);
+    println!("20 calls: healthy {healthy:?}; one of two replicas dead {degraded:?} ({retries} retries)");
+    assert!(retries <= 2, "the dead replica was tried once per back-off period, not per call: {retries}");
+    assert!(degraded <= healthy * 2, "{degraded:?} against {healthy:?} healthy");
+}
+
+#[test]
+fn an_element_count_that_is_not_whole_is_reported_in_bytes() {
+    let server = TestServer::cpu();
+    let g = Conv2d::builder(3, 4, (8, 8), (3, 3)).build().expect("geometry");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut c = CloudClient::connect(server.url.replace("grpc://", "http://")).await.expect("connect");
+        let kernel = vec![0u8; 4 * g.kernel_len() + 1];
+        let reg = RegisterKernelRequest { geometry: Some(geometry_to_proto(&g)), kernel };
+        let err = c.register_kernel(reg).await.expect_err("one byte too long");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("433 bytes") && err.message().contains("108"), "{}", err.message());
+    });
 }

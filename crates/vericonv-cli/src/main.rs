@@ -101,7 +101,24 @@ struct ServeArgs {
     /// The longest any call may run on the server, in seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout_s: u64,
-    /// Serve Prometheus metrics on http://ADDR/metrics.
+    /// Open connections at most; past it, new ones are closed at once.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536).map(|v| v as usize))]
+    max_connections: usize,
+    /// Close a connection that has had no call in flight for this many seconds.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    idle_timeout_s: u64,
+    /// Close a new connection that has not started HTTP/2 (or TLS) within this many seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    handshake_timeout_s: u64,
+    /// Ping clients every this many seconds while their calls run; drop one that leaves a ping
+    /// unanswered as long.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    keepalive_s: u64,
+    /// After SIGTERM or SIGINT, let the calls in flight finish for at most this many seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    shutdown_grace_s: u64,
+    /// Serve Prometheus metrics on http://ADDR/metrics (with --token-file, a scrape needs the
+    /// same bearer token).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
     /// Make the server lie: corrupt this fraction of answers (for demos and tests; every lie is
@@ -320,13 +337,43 @@ struct RemoteArgs {
     /// A PEM CA certificate to trust for grpcs:// clouds.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+    /// Allow plaintext grpc:// to hosts that are not loopback. Masked tensors, shares, seeds and
+    /// the token then cross the network unencrypted; every run warns. Without it, such hosts
+    /// need grpcs://.
+    #[arg(long)]
+    insecure_plaintext: bool,
+}
+
+/// A bearer token from `path`: its contents, trimmed, refused when empty.
+fn read_token(path: &Path) -> Result<String, vericonv::Error> {
+    let bytes = std::fs::read(path).map_err(|e| vericonv::Error::io(path, e))?;
+    let token = String::from_utf8(bytes)
+        .map_err(|_| vericonv::Error::Parse {
+            what: path.display().to_string(),
+            message: "the token is not UTF-8".into(),
+        })?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        return Err(vericonv::Error::Parse {
+            what: path.display().to_string(),
+            message: "the token file is empty: a server with an empty token would accept anyone".into(),
+        });
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(vericonv::Error::Parse {
+            what: path.display().to_string(),
+            message: "the token must be printable ASCII without spaces (it travels in an HTTP header)".into(),
+        });
+    }
+    Ok(token)
 }
 
 impl RemoteArgs {
-    /// Refuses one endpoint for both clouds: it would see both shares.
+    /// Refuses one cloud for both shares: URLs that resolve to a common socket address.
     fn check_distinct(&self) -> Result<(), vericonv::Error> {
-        match self.cloud.iter().find(|u| self.cloud_b.contains(u)) {
-            Some(url) => Err(vericonv::Error::SameCloudTwice(url.clone())),
+        match vericonv_remote::same_cloud(&self.cloud, &self.cloud_b)? {
+            Some(url) => Err(vericonv::Error::SameCloudTwice(url)),
             None => Ok(()),
         }
     }
@@ -338,15 +385,19 @@ impl RemoteArgs {
         }
         let read = |p: &Path| std::fs::read(p).map_err(|e| vericonv::Error::io(p, e));
         let opts = vericonv_remote::RemoteOptions {
-            token: self
-                .token_file
-                .as_deref()
-                .map(read)
-                .transpose()?
-                .map(|t| String::from_utf8_lossy(&t).trim().to_string()),
+            token: self.token_file.as_deref().map(read_token).transpose()?,
             tls_ca: self.tls_ca.as_deref().map(read).transpose()?,
+            allow_plaintext: self.insecure_plaintext,
             ..vericonv_remote::RemoteOptions::default()
         };
+        for url in urls {
+            let target = vericonv_remote::Target::resolve(url)?;
+            if !target.tls && !target.is_loopback() && self.insecure_plaintext {
+                eprintln!(
+                    "warning: --insecure-plaintext: {url} is not loopback; masked tensors, shares and the token cross the network unencrypted"
+                );
+            }
+        }
         vericonv_remote::RemoteBackend::connect(urls, opts).map(Some)
     }
 }
@@ -1083,15 +1134,22 @@ fn eval(args: &EvalArgs) -> Result<(), vericonv::Error> {
         .map_err(|e| vericonv::Error::Internal(format!("serializing the report: {e}")))?;
     std::fs::write(&path, json).map_err(|e| vericonv::Error::io(&path, e))?;
     println!("  report     {}", path.display());
-    let detected = report.layers.iter().map(|l| l.rejected).sum::<u64>() == report.corrupted_calls;
-    let exact = report.logits_bit_identical == report.private_answered;
-    if exact && detected {
-        Ok(())
-    } else {
-        Err(vericonv::Error::Internal(
+    let rejected: u64 = report.layers.iter().map(|l| l.rejected).sum();
+    if rejected < report.corrupted_calls || report.logits_bit_identical != report.private_answered {
+        return Err(vericonv::Error::Internal(
             "private inference disagreed with the quantized model or missed a corrupted answer".into(),
-        ))
+        ));
     }
+    // Rejections beyond the answers corrupted here on purpose: a cloud (a remote server) lied.
+    if rejected > report.corrupted_calls {
+        let caught = vericonv::Error::CheatingCloud {
+            rejected: rejected - report.corrupted_calls,
+            images: report.private_rejected,
+        };
+        println!("  verdict    {caught}");
+        return Err(caught);
+    }
+    Ok(())
 }
 
 /// A file-name-safe version of `s`: letters, digits, `-`, `_` and `.` kept, the rest `_`.
@@ -1513,7 +1571,8 @@ fn serve(args: &ServeArgs) -> Result<(), vericonv::Error> {
     use std::io::Write;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
     let read = |p: &Path| std::fs::read(p).map_err(|e| vericonv::Error::io(p, e));
     let (backend, why) = select_backend(args.backend)?;
     let backend: std::sync::Arc<dyn CloudBackend> = if args.tamper_rate > 0.0 {
@@ -1527,11 +1586,13 @@ fn serve(args: &ServeArgs) -> Result<(), vericonv::Error> {
         max_message_bytes: args.max_message_mb << 20,
         kernel_cache_bytes: args.kernel_cache_mb << 20,
         max_tensor_bytes: args.max_tensor_mb << 20,
-        token: match &args.token_file {
-            Some(p) => Some(String::from_utf8_lossy(&read(p)?).trim().to_string()),
-            None => None,
-        },
+        token: args.token_file.as_deref().map(read_token).transpose()?,
         request_timeout: Duration::from_secs(args.timeout_s),
+        max_connections: args.max_connections,
+        idle_timeout: Duration::from_secs(args.idle_timeout_s),
+        handshake_timeout: Duration::from_secs(args.handshake_timeout_s),
+        keepalive: Duration::from_secs(args.keepalive_s),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some(vericonv_remote::TlsIdentity { cert: read(c)?, key: read(k)? }),
@@ -1540,7 +1601,7 @@ fn serve(args: &ServeArgs) -> Result<(), vericonv::Error> {
     let scheme = if tls.is_some() { "grpcs" } else { "grpc" };
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| vericonv::Error::Internal(format!("tokio runtime: {e}")))?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let bind = |addr: std::net::SocketAddr| async move {
             tokio::net::TcpListener::bind(addr).await.map_err(|e| vericonv::Error::Remote {
                 endpoint: addr.to_string(),
@@ -1571,7 +1632,10 @@ fn serve(args: &ServeArgs) -> Result<(), vericonv::Error> {
         let _ = std::io::stdout().flush();
         let listen = vericonv_remote::Listen { listener, tls, metrics };
         vericonv_remote::serve(backend, cfg, listen, vericonv_remote::shutdown_signal()).await
-    })?;
+    });
+    // Past the grace period, what is left (a computation, a connection) is abandoned.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    served?;
     // stdout may be gone (a closed pipe): the message is not worth a failure.
     let _ = writeln!(std::io::stdout(), "vericonv serve: stopped");
     Ok(())

@@ -2,16 +2,22 @@
 //!
 //! - `K'` is uploaded once per kernel and server, then referenced by its handle.
 //! - `UNAVAILABLE` (a server down or restarting) or a connection cut mid-call moves to the next
-//!   replica, and `NOT_FOUND` (a replica that lost or never had the kernel) registers it again;
-//!   both with bounded attempts and exponential backoff. Everything else, `RESOURCE_EXHAUSTED` and deadlines included, is
-//!   returned at once as [`Error::Remote`].
+//!   replica at once, and takes the failed one out of rotation for a back-off period (1 s,
+//!   doubling with each failure in a row up to 30 s); `NOT_FOUND` (a replica that lost or never
+//!   had the kernel) registers it again. Attempts are bounded. Everything else,
+//!   `RESOURCE_EXHAUSTED` and deadlines included, is returned at once as [`Error::Remote`].
+//! - Transport (docs/scheme.md §15): plaintext `grpc://` only to hosts that resolve to loopback
+//!   addresses, and then to the resolved address itself; any other host needs `grpcs://`
+//!   unless [`RemoteOptions::allow_plaintext`] opts out, which logs a warning on every
+//!   connection. The check runs before anything is sent.
 //! - It never retries on a wrong answer: it cannot tell one. The client verifies every answer
 //!   above it, reports a failure and counts it.
 
 use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
@@ -47,6 +53,10 @@ pub struct RemoteOptions {
     pub stream_above: usize,
     /// The chunk size of `ConvStream`, in bytes (default 1 MiB).
     pub chunk_bytes: usize,
+    /// Allow plaintext `grpc://` to hosts that are not loopback (default `false`): masked
+    /// tensors, shares, seeds and the token then cross the network readable by anyone on the
+    /// path. Every connection made so logs a warning.
+    pub allow_plaintext: bool,
 }
 
 impl Default for RemoteOptions {
@@ -61,6 +71,7 @@ impl Default for RemoteOptions {
             max_message_bytes: 512 << 20,
             stream_above: 4 << 20,
             chunk_bytes: 1 << 20,
+            allow_plaintext: false,
         }
     }
 }
@@ -78,7 +89,30 @@ impl std::fmt::Debug for RemoteOptions {
 /// One replica.
 struct Replica {
     url: String,
+    /// The socket addresses its URL resolved to when the backend was made.
+    addrs: Vec<SocketAddr>,
     client: CloudClient<Channel>,
+    /// Out of rotation until this instant, after this many failures in a row.
+    down: Mutex<(Option<Instant>, u32)>,
+}
+
+impl Replica {
+    fn is_down(&self, now: Instant) -> bool {
+        self.down.lock().unwrap_or_else(|e| e.into_inner()).0.is_some_and(|until| now < until)
+    }
+
+    /// Takes the replica out of rotation: 1 s after its first failure in a row, doubling up
+    /// to 30 s.
+    fn mark_down(&self) {
+        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        let period = Duration::from_secs(1).saturating_mul(1 << down.1.min(5)).min(Duration::from_secs(30));
+        *down = (Some(Instant::now() + period), down.1.saturating_add(1));
+        tracing::warn!(replica = %self.url, seconds = period.as_secs(), "replica unreachable: out of rotation");
+    }
+
+    fn mark_up(&self) {
+        *self.down.lock().unwrap_or_else(|e| e.into_inner()) = (None, 0);
+    }
 }
 
 /// A cloud made of one or more interchangeable gRPC replicas.
@@ -99,18 +133,94 @@ impl std::fmt::Debug for RemoteBackend {
     }
 }
 
-/// `grpc://host:port` or `grpcs://host:port` as the URL tonic connects to, and whether it is TLS.
-fn parse_url(url: &str) -> Result<(String, bool)> {
-    let bad = |why: &str| Error::Remote { endpoint: url.into(), code: "InvalidArgument".into(), message: why.into() };
-    let (rest, tls) = match url.split_once("://") {
-        Some(("grpc", rest)) => (rest, false),
-        Some(("grpcs", rest)) => (rest, true),
-        _ => return Err(bad("expected grpc://HOST:PORT or grpcs://HOST:PORT")),
-    };
-    if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
-        return Err(bad("expected grpc://HOST:PORT or grpcs://HOST:PORT"));
+/// Where a cloud URL leads, resolved before anything is sent to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// `host:port` as written in the URL.
+    pub authority: String,
+    /// Whether the URL asks for TLS (`grpcs://`).
+    pub tls: bool,
+    /// The socket addresses the host resolved to.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Target {
+    /// Parses `grpc://HOST:PORT` or `grpcs://HOST:PORT` and resolves its host (an IP literal or
+    /// a name from the resolver: nothing is sent to the host itself).
+    ///
+    /// # Errors
+    /// [`Error::Remote`] (`InvalidArgument`) for a malformed URL, (`Unavailable`) for a host
+    /// that does not resolve.
+    pub fn resolve(url: &str) -> Result<Self> {
+        let bad = |code: &str, why: String| Error::Remote { endpoint: url.into(), code: code.into(), message: why };
+        let (rest, tls) = match url.split_once("://") {
+            Some(("grpc", rest)) => (rest, false),
+            Some(("grpcs", rest)) => (rest, true),
+            _ => return Err(bad("InvalidArgument", "expected grpc://HOST:PORT or grpcs://HOST:PORT".into())),
+        };
+        if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
+            return Err(bad("InvalidArgument", "expected grpc://HOST:PORT or grpcs://HOST:PORT".into()));
+        }
+        let addrs: Vec<SocketAddr> =
+            rest.to_socket_addrs().map_err(|e| bad("Unavailable", format!("cannot resolve `{rest}`: {e}")))?.collect();
+        if addrs.is_empty() {
+            return Err(bad("Unavailable", format!("`{rest}` resolves to no address")));
+        }
+        Ok(Self { authority: rest.to_string(), tls, addrs })
     }
-    Ok((format!("{}://{rest}", if tls { "https" } else { "http" }), tls))
+
+    /// Whether every address is a loopback one.
+    pub fn is_loopback(&self) -> bool {
+        self.addrs.iter().all(|a| a.ip().is_loopback())
+    }
+
+    /// The transport rule of docs/scheme.md §15, decided before any connection: plaintext only
+    /// to loopback, unless `allow_plaintext`. Returns the URL tonic connects to: for plaintext,
+    /// the resolved loopback address itself, so that a name cannot be re-resolved elsewhere.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] (`FailedPrecondition`) for plaintext to a host that is not loopback.
+    pub fn connect_url(&self, allow_plaintext: bool) -> Result<String> {
+        if self.tls {
+            return Ok(format!("https://{}", self.authority));
+        }
+        if self.is_loopback() {
+            return Ok(format!("http://{}", self.addrs[0]));
+        }
+        if !allow_plaintext {
+            return Err(Error::Remote {
+                endpoint: format!("grpc://{}", self.authority),
+                code: "FailedPrecondition".into(),
+                message: format!(
+                    "plaintext gRPC to a host that is not loopback ({}) would expose masked tensors, shares and the token to the network: use grpcs:// (or opt out explicitly, at your own risk)",
+                    self.addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        tracing::warn!(endpoint = %self.authority, "plaintext gRPC to a host that is not loopback: masked tensors, shares and the token cross the network unencrypted");
+        Ok(format!("http://{}", self.authority))
+    }
+
+    /// Whether the two targets lead to a common socket address (the same cloud).
+    pub fn same_socket(&self, other: &Target) -> bool {
+        self.addrs.iter().any(|a| other.addrs.contains(a))
+    }
+}
+
+/// The first URL of `a` that leads to the same socket address as one of `b`: one cloud that
+/// would receive both shares in a two-cloud mode.
+///
+/// # Errors
+/// As [`Target::resolve`].
+pub fn same_cloud(a: &[String], b: &[String]) -> Result<Option<String>> {
+    let b = b.iter().map(|u| Target::resolve(u)).collect::<Result<Vec<_>>>()?;
+    for url in a {
+        let t = Target::resolve(url)?;
+        if b.iter().any(|o| o.same_socket(&t)) {
+            return Ok(Some(url.clone()));
+        }
+    }
+    Ok(None)
 }
 
 impl RemoteBackend {
@@ -135,17 +245,18 @@ impl RemoteBackend {
             .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
         let mut replicas = Vec::new();
         for url in urls {
-            let (target, tls) = parse_url(url)?;
+            let target = Target::resolve(url)?;
+            let connect_to = target.connect_url(opts.allow_plaintext)?;
             let err = |e: &dyn std::fmt::Display| Error::Remote {
                 endpoint: url.clone(),
                 code: "InvalidArgument".into(),
                 message: e.to_string(),
             };
-            let mut endpoint = Endpoint::from_shared(target)
+            let mut endpoint = Endpoint::from_shared(connect_to)
                 .map_err(|e| err(&e))?
                 .timeout(opts.timeout)
                 .connect_timeout(opts.connect_timeout);
-            if tls {
+            if target.tls {
                 let mut cfg = ClientTlsConfig::new().with_enabled_roots();
                 if let Some(ca) = &opts.tls_ca {
                     cfg = cfg.ca_certificate(tonic::transport::Certificate::from_pem(ca));
@@ -159,7 +270,7 @@ impl RemoteBackend {
             let client = CloudClient::new(channel)
                 .max_decoding_message_size(opts.max_message_bytes)
                 .max_encoding_message_size(opts.max_message_bytes);
-            replicas.push(Replica { url: url.clone(), client });
+            replicas.push(Replica { url: url.clone(), addrs: target.addrs, client, down: Mutex::new((None, 0)) });
         }
         Ok(Self {
             replicas,
@@ -177,10 +288,10 @@ impl RemoteBackend {
         self.replicas.iter().map(|r| r.url.as_str())
     }
 
-    /// Whether the two backends share an endpoint (mode two-server must refuse that: one party
-    /// would see both shares).
+    /// Whether the two backends share a socket address (mode two-server must refuse that: one
+    /// party would see both shares).
     pub fn shares_endpoint_with(&self, other: &RemoteBackend) -> bool {
-        self.endpoints().any(|a| other.endpoints().any(|b| a == b))
+        self.replicas.iter().flat_map(|r| &r.addrs).any(|a| other.replicas.iter().any(|o| o.addrs.contains(a)))
     }
 
     /// Calls retried so far (`UNAVAILABLE`, `NOT_FOUND`).
@@ -243,12 +354,17 @@ impl RemoteBackend {
         input: Input,
     ) -> Result<Vec<u32>> {
         let n = self.replicas.len();
-        let mut replica = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut replica = self.pick(self.next.fetch_add(1, Ordering::Relaxed) % n);
         let mut last = None;
+        let mut failed_over = false;
         for attempt in 0..self.opts.attempts.max(1) {
             if attempt > 0 {
                 self.retries.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(self.opts.backoff.saturating_mul(1 << (attempt - 1).min(10)));
+                // Another replica is tried at once; the same one (or all of them down) after
+                // a growing pause.
+                if !failed_over {
+                    std::thread::sleep(self.opts.backoff.saturating_mul(1 << (attempt - 1).min(10)));
+                }
             }
             let r = &self.replicas[replica];
             if !self.registered().contains(&(replica, handle)) {
@@ -269,27 +385,46 @@ impl RemoteBackend {
                     }
                     Err(s) if lost_connection(&s) => {
                         last = Some(remote_error(&r.url, &s));
-                        replica = (replica + 1) % n;
+                        (replica, failed_over) = self.fail_over(replica);
                         continue;
                     }
                     Err(s) => return Err(remote_error(&r.url, &s)),
                 }
             }
             match self.runtime.block_on(self.conv_once(r, handle, geom, batch, &input)) {
-                Ok(output) => return decode_answer(&r.url, &output),
+                Ok(output) => {
+                    r.mark_up();
+                    return decode_answer(&r.url, &output);
+                }
                 Err(s) if s.code() == Code::NotFound => {
                     // Evicted, or a replica that never saw it: register again.
                     self.registered().remove(&(replica, handle));
                     last = Some(remote_error(&r.url, &s));
+                    failed_over = false;
                 }
                 Err(s) if lost_connection(&s) => {
                     last = Some(remote_error(&r.url, &s));
-                    replica = (replica + 1) % n;
+                    (replica, failed_over) = self.fail_over(replica);
                 }
                 Err(s) => return Err(remote_error(&r.url, &s)),
             }
         }
         Err(last.unwrap_or_else(|| Error::Internal("no attempt was made".into())))
+    }
+
+    /// The first replica from `start` on that is in rotation (`start` when none is).
+    fn pick(&self, start: usize) -> usize {
+        let n = self.replicas.len();
+        let now = Instant::now();
+        (0..n).map(|i| (start + i) % n).find(|&i| !self.replicas[i].is_down(now)).unwrap_or(start)
+    }
+
+    /// Takes `failed` out of rotation and returns the replica to try next, and whether it is
+    /// another one (tried at once).
+    fn fail_over(&self, failed: usize) -> (usize, bool) {
+        self.replicas[failed].mark_down();
+        let next = self.pick((failed + 1) % self.replicas.len());
+        (next, next != failed)
     }
 }
 
@@ -404,10 +539,43 @@ mod tests {
 
     #[test]
     fn only_grpc_and_grpcs_urls_with_a_port_are_accepted() {
-        assert_eq!(parse_url("grpc://127.0.0.1:7000").expect("ok"), ("http://127.0.0.1:7000".into(), false));
-        assert_eq!(parse_url("grpcs://cloud.example:443").expect("ok"), ("https://cloud.example:443".into(), true));
+        let t = Target::resolve("grpc://127.0.0.1:7000").expect("ok");
+        assert_eq!((t.tls, t.connect_url(false).expect("loopback")), (false, "http://127.0.0.1:7000".into()));
+        let t = Target::resolve("grpcs://192.0.2.7:443").expect("ok");
+        assert_eq!(t.connect_url(false).expect("TLS anywhere"), "https://192.0.2.7:443");
         for bad in ["http://127.0.0.1:7000", "grpc://", "grpc://host", "127.0.0.1:7000", "grpc://h:1/path"] {
-            assert!(matches!(parse_url(bad), Err(Error::Remote { .. })), "{bad}");
+            assert!(matches!(Target::resolve(bad), Err(Error::Remote { .. })), "{bad}");
         }
+    }
+
+    #[test]
+    fn plaintext_goes_only_to_loopback_unless_the_user_opts_out() {
+        // IP literals: resolving them sends nothing, and the decision comes before any socket.
+        for url in ["grpc://192.0.2.7:7000", "grpc://10.1.2.3:7000", "grpc://[2001:db8::1]:7000", "grpc://0.0.0.0:7000"]
+        {
+            let t = Target::resolve(url).expect("parses");
+            let err = t.connect_url(false).expect_err(url);
+            assert!(matches!(&err, Error::Remote { code, .. } if code == "FailedPrecondition"), "{url}: {err}");
+            assert!(err.to_string().contains("grpcs://"), "the message says what to do: {err}");
+            assert_eq!(t.connect_url(true).expect("opted out"), url.replace("grpc://", "http://"));
+        }
+        for url in ["grpc://127.0.0.1:7000", "grpc://127.9.9.9:7000", "grpc://[::1]:7000", "grpc://localhost:7000"] {
+            let t = Target::resolve(url).expect("parses");
+            let connect = t.connect_url(false).expect(url);
+            assert!(!connect.contains("localhost"), "plaintext goes to the resolved address itself: {connect}");
+        }
+        // A backend to a remote host is refused when it is made, before any connection.
+        let err = RemoteBackend::connect(&["grpc://192.0.2.7:7000".into()], RemoteOptions::default())
+            .expect_err("plaintext to a remote host");
+        assert!(matches!(&err, Error::Remote { code, .. } if code == "FailedPrecondition"), "{err}");
+    }
+
+    #[test]
+    fn urls_that_resolve_to_one_socket_are_one_cloud() {
+        let same = |a: &str, b: &str| same_cloud(&[a.into()], &[b.into()]).expect("resolves").is_some();
+        assert!(same("grpc://127.0.0.1:7000", "grpc://localhost:7000"));
+        assert!(same("grpc://127.0.0.1:7000", "grpc://127.0.0.1:07000"));
+        assert!(!same("grpc://127.0.0.1:7000", "grpc://127.0.0.1:7001"));
+        assert!(!same("grpc://127.0.0.1:7000", "grpc://127.0.0.2:7000"));
     }
 }

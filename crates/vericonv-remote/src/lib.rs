@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod conn;
 pub mod metrics;
 pub mod server;
 pub mod wire;
@@ -26,7 +27,7 @@ pub mod proto {
 use std::future::Future;
 use std::sync::Arc;
 
-pub use client::{RemoteBackend, RemoteOptions};
+pub use client::{RemoteBackend, RemoteOptions, Target, same_cloud};
 use metrics::Metrics;
 pub use server::{CloudService, ServerConfig};
 use tonic::codegen::http;
@@ -73,10 +74,19 @@ fn oversize_is_resource_exhausted<B>(mut r: http::Response<B>) -> http::Response
     r
 }
 
-/// Serves `backend` until `shutdown` resolves, then finishes the calls in flight and returns.
+/// HTTP/2 streams one connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+
+/// Serves `backend` until `shutdown` resolves, then stops accepting, lets the calls in flight
+/// finish for at most [`ServerConfig::shutdown_grace`], and returns.
+///
+/// Besides the limits of [`ServerConfig`], every connection has HTTP/2 limits: at most 32
+/// concurrent streams, 16 KiB of headers, 20 pending resets (against rapid-reset floods), and
+/// pings every [`ServerConfig::keepalive`], a peer that leaves one unanswered as long being
+/// dropped.
 ///
 /// # Errors
-/// [`Error::Remote`] when TLS is misconfigured or the server fails.
+/// [`Error::Remote`] when TLS is misconfigured, the token is empty, or the server fails.
 pub async fn serve(
     backend: Arc<dyn CloudBackend>,
     cfg: ServerConfig,
@@ -89,34 +99,61 @@ pub async fn serve(
         code: "Unavailable".into(),
         message: e.to_string(),
     };
+    if cfg.token.as_ref().is_some_and(|t| t.trim().is_empty()) {
+        return Err(transport(&"an empty bearer token would let anyone in: set a real one, or none"));
+    }
     let metrics = Arc::new(Metrics::default());
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<proto::cloud_server::CloudServer<CloudService>>().await;
-    let timeout = cfg.request_timeout;
+    let limits = conn::Limits {
+        max_connections: cfg.max_connections.max(1),
+        handshake_timeout: cfg.handshake_timeout,
+        idle_timeout: cfg.idle_timeout,
+    };
+    let (timeout, grace, keepalive) = (cfg.request_timeout, cfg.shutdown_grace, cfg.keepalive);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(listener) = listen.metrics {
+        let token = cfg.token.clone().map(Arc::new);
+        tokio::spawn(metrics::serve_http(listener, metrics.clone(), token, stop_rx.clone()));
+    }
     let service = CloudService::new(backend, cfg, metrics.clone()).into_server();
-    let mut builder = tonic::transport::Server::builder().timeout(timeout);
+    let mut builder = tonic::transport::Server::builder()
+        .timeout(timeout)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(16 << 10)
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive));
     if let Some(id) = &listen.tls {
         let identity = tonic::transport::Identity::from_pem(&id.cert, &id.key);
         builder = builder
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity).timeout(limits.handshake_timeout))
             .map_err(|e| transport(&e))?;
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(listener) = listen.metrics {
-        tokio::spawn(metrics::serve_http(listener, metrics.clone(), stop_rx.clone()));
-    }
     let router = builder
+        .layer(conn::TrackCallsLayer)
         .layer(tower::util::MapResponseLayer::new(oversize_is_resource_exhausted))
         .add_service(health_service)
         .add_service(service);
-    let incoming = tonic::transport::server::TcpIncoming::from(listen.listener).with_nodelay(Some(true));
-    let result = router
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await;
-    result.map_err(|e| transport(&e))
+    let incoming = conn::incoming(listen.listener, limits, listen.tls.is_some());
+    let mut stopping = stop_rx.clone();
+    let serving = router.serve_with_incoming_shutdown(incoming, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    // The grace period starts with the signal; past it, the server returns even if a call or a
+    // connection is still open (the caller's runtime then drops them).
+    let deadline = async move {
+        let _ = stopping.wait_for(|&s| s).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = serving => result.map_err(|e| transport(&e)),
+        () = deadline => {
+            tracing::warn!(seconds = grace.as_secs_f64(), "grace period over: stopping with calls or connections still open");
+            Ok(())
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM: the shutdown signal of `vericonv serve`.

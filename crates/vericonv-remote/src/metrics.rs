@@ -21,7 +21,8 @@ type Histogram = ([u64; BUCKETS.len()], u64, f64);
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, String), u64>>,
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
-    bytes_in: AtomicU64,
+    kernel_bytes_in: AtomicU64,
+    input_bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     unauthenticated: AtomicU64,
     cache_hits: AtomicU64,
@@ -48,9 +49,14 @@ impl Metrics {
         *sum += s;
     }
 
-    /// Counts request bytes.
-    pub fn bytes_in(&self, n: usize) {
-        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    /// Counts the bytes of a registered kernel.
+    pub fn kernel_bytes_in(&self, n: usize) {
+        self.kernel_bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts the bytes of a call's input: a tensor, or cloud A's 32-byte seed.
+    pub fn input_bytes_in(&self, n: usize) {
+        self.input_bytes_in.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Counts reply bytes.
@@ -92,7 +98,12 @@ impl Metrics {
             let _ = writeln!(out, "vericonv_request_seconds_count{{method=\"{method}\"}} {count}");
         }
         for (name, help, v) in [
-            ("vericonv_bytes_in_total", "Tensor bytes received.", &self.bytes_in),
+            ("vericonv_kernel_bytes_in_total", "Bytes of registered kernels received.", &self.kernel_bytes_in),
+            (
+                "vericonv_input_bytes_in_total",
+                "Bytes of call inputs (tensors or share seeds) received.",
+                &self.input_bytes_in,
+            ),
             ("vericonv_bytes_out_total", "Tensor bytes sent.", &self.bytes_out),
             ("vericonv_unauthenticated_total", "Calls refused for a missing or wrong token.", &self.unauthenticated),
             ("vericonv_kernel_cache_hits_total", "Conv calls whose kernel was cached.", &self.cache_hits),
@@ -105,9 +116,12 @@ impl Metrics {
 }
 
 /// Serves `GET /metrics` (and 404 for anything else) over HTTP/1.1 until `stop` turns true.
+/// With a `token`, a scrape needs `Authorization: Bearer <token>` (401 otherwise), as every
+/// call of the gRPC service does. A connection lives at most 30 s.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     metrics: std::sync::Arc<Metrics>,
+    token: Option<std::sync::Arc<String>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use http_body_util::Full;
@@ -117,16 +131,25 @@ pub async fn serve_http(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
+                    // Out of file descriptors, typically: wait instead of spinning.
                     tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
             _ = stop.changed() => return,
         };
-        let metrics = metrics.clone();
+        let (metrics, token) = (metrics.clone(), token.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (status, body) = if req.uri().path() == "/metrics" {
+                let authorized = token.as_ref().is_none_or(|t| {
+                    let given = req.headers().get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
+                    crate::server::bearer_matches(given, t)
+                });
+                let (status, body) = if !authorized {
+                    metrics.unauthenticated();
+                    (hyper::StatusCode::UNAUTHORIZED, "a valid bearer token is required\n".to_string())
+                } else if req.uri().path() == "/metrics" {
                     (hyper::StatusCode::OK, metrics.render())
                 } else {
                     (hyper::StatusCode::NOT_FOUND, "only /metrics is served here\n".to_string())
@@ -139,8 +162,14 @@ pub async fn serve_http(
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
-                tracing::debug!(error = %e, "metrics connection ended");
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(io, service);
+            match tokio::time::timeout(Duration::from_secs(30), conn).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection ended"),
+                Err(_) => tracing::debug!("metrics connection closed after 30 s"),
+                Ok(Ok(())) => {}
             }
         });
     }

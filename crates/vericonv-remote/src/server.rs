@@ -44,6 +44,18 @@ pub struct ServerConfig {
     /// The longest any call may take on the server (default 300 s); a client's own, shorter
     /// `grpc-timeout` applies too.
     pub request_timeout: Duration,
+    /// Open connections at most (default 256); past it, new ones are closed at once.
+    pub max_connections: usize,
+    /// How long a new connection may take to start HTTP/2 or TLS (default 10 s).
+    pub handshake_timeout: Duration,
+    /// How long a connection may stay open with no call in flight (default 120 s).
+    pub idle_timeout: Duration,
+    /// The HTTP/2 ping interval while calls run; a peer that leaves a ping unanswered as long
+    /// again is dropped (default 30 s).
+    pub keepalive: Duration,
+    /// After the shutdown signal, how long the calls in flight may take to finish before the
+    /// server stops anyway (default 30 s).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +67,11 @@ impl Default for ServerConfig {
             max_tensor_bytes: 2 << 30,
             token: None,
             request_timeout: Duration::from_secs(300),
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            keepalive: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -144,14 +161,19 @@ impl tonic::service::Interceptor for TokenCheck {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let Some(token) = &self.token else { return Ok(req) };
         let given = req.metadata().get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
-        let expected = format!("Bearer {token}");
-        if given.len() == expected.len() && bool::from(given.ct_eq(expected.as_bytes())) {
+        if bearer_matches(given, token) {
             Ok(req)
         } else {
             self.metrics.unauthenticated();
             Err(Status::unauthenticated("a valid bearer token is required"))
         }
     }
+}
+
+/// Whether an `authorization` header value is `Bearer <token>`, compared in constant time.
+pub(crate) fn bearer_matches(given: &[u8], token: &str) -> bool {
+    let expected = format!("Bearer {token}");
+    given.len() == expected.len() && bool::from(given.ct_eq(expected.as_bytes()))
 }
 
 /// The gRPC status for an error of the backend or of a decoder.
@@ -169,6 +191,11 @@ pub fn status_of(e: &Error) -> Status {
     }
 }
 
+/// `RESOURCE_EXHAUSTED` for an allocation of `bytes` that failed.
+fn out_of_memory(bytes: usize) -> Status {
+    Status::resource_exhausted(format!("this server cannot allocate {bytes} bytes now; retry later"))
+}
+
 /// The answer stream of `ConvStream`.
 type ChunkStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::ConvChunk, Status>> + Send>>;
 
@@ -181,12 +208,11 @@ impl Cloud for CloudService {
         req: Request<tonic::Streaming<proto::ConvChunk>>,
     ) -> Result<Response<Self::ConvStreamStream>, Status> {
         let start = Instant::now();
+        // The input is read first: a stream that never completes it holds no slot.
         let result = async {
-            let permit = self.permit()?;
             let request = self.read_stream(req.into_inner()).await?;
-            let reply = self.conv_inner(request, self.cfg.max_tensor_bytes).await?;
-            drop(permit);
-            Ok(reply)
+            let permit = self.permit()?;
+            self.conv_inner(request, self.cfg.max_tensor_bytes, permit).await
         }
         .await;
         if let Ok(reply) = &result {
@@ -219,7 +245,7 @@ impl Cloud for CloudService {
     ) -> Result<Response<proto::RegisterKernelReply>, Status> {
         let start = Instant::now();
         let req = req.into_inner();
-        self.metrics.bytes_in(req.kernel.len());
+        self.metrics.kernel_bytes_in(req.kernel.len());
         let result = (|| {
             let geom = req.geometry.as_ref().ok_or_else(|| Status::invalid_argument("no geometry"))?;
             let geom = geometry_from_proto(geom).map_err(|e| status_of(&e))?;
@@ -254,8 +280,7 @@ impl Cloud for CloudService {
             }
         };
         let req = req.into_inner();
-        let result = self.conv_inner(req, self.cfg.max_message_bytes).await;
-        drop(permit);
+        let result = self.conv_inner(req, self.cfg.max_message_bytes, permit).await;
         if let Ok(reply) = &result {
             self.metrics.bytes_out(reply.output.len());
         }
@@ -303,10 +328,21 @@ impl CloudService {
                 ))
             })?;
         // Grown as data arrives: a first chunk that announces a large batch allocates nothing.
+        // The input is complete when the announced bytes are in; the call starts then, whether
+        // or not the client has closed its side.
         let mut data = first.data;
-        while data.len() <= expected {
+        while data.len() < expected {
             match chunks.message().await? {
-                Some(c) => data.extend_from_slice(&c.data),
+                Some(c) if c.data.len() <= expected - data.len() => {
+                    data.try_reserve(c.data.len()).map_err(|_| out_of_memory(c.data.len()))?;
+                    data.extend_from_slice(&c.data);
+                }
+                Some(c) => {
+                    return Err(Status::invalid_argument(format!(
+                        "the stream carried at least {} bytes of input, the layer and batch need {expected}",
+                        data.len() + c.data.len()
+                    )));
+                }
                 None => break,
             }
         }
@@ -319,7 +355,15 @@ impl CloudService {
         Ok(proto::ConvRequest { handle: first.handle, batch: first.batch, input: Some(Input::Tensor(data)) })
     }
 
-    async fn conv_inner(&self, req: proto::ConvRequest, reply_limit: usize) -> Result<proto::ConvReply, Status> {
+    /// One convolution, its input and answer each at most `limit` bytes (checked before
+    /// anything is allocated, in the seed form too). `permit` is held until the computation
+    /// ends, even when the call's deadline drops this future first.
+    async fn conv_inner(
+        &self,
+        req: proto::ConvRequest,
+        limit: usize,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<proto::ConvReply, Status> {
         let handle = KernelHandle::from_bytes(&req.handle).map_err(|e| status_of(&e))?;
         let Some(kernel) = self.cache().get(&handle) else {
             self.metrics.cache_miss();
@@ -334,10 +378,16 @@ impl CloudService {
         let in_len = batch
             .checked_mul(geom.image_len())
             .ok_or_else(|| Status::invalid_argument(format!("batch = {batch} overflows the input size")))?;
-        let out_bytes = batch.checked_mul(geom.output_image_len()).and_then(|n| n.checked_mul(4));
-        if out_bytes.is_none_or(|n| n > reply_limit) {
+        // The seed form expands to the same tensor: the same limit applies.
+        if in_len.checked_mul(4).is_none_or(|n| n > limit) {
             return Err(Status::resource_exhausted(format!(
-                "the answer for {batch} images would exceed this server's limit of {reply_limit} bytes"
+                "the input for {batch} images of this layer ({in_len} field elements) would exceed this server's limit of {limit} bytes"
+            )));
+        }
+        let out_bytes = batch.checked_mul(geom.output_image_len()).and_then(|n| n.checked_mul(4));
+        if out_bytes.is_none_or(|n| n > limit) {
+            return Err(Status::resource_exhausted(format!(
+                "the answer for {batch} images would exceed this server's limit of {limit} bytes"
             )));
         }
         enum Job {
@@ -346,11 +396,11 @@ impl CloudService {
         }
         let job = match req.input {
             Some(Input::Tensor(bytes)) => {
-                self.metrics.bytes_in(bytes.len());
+                self.metrics.input_bytes_in(bytes.len());
                 Job::Tensor(decode_elements(&bytes, in_len, "input").map_err(|e| status_of(&e))?)
             }
             Some(Input::ShareSeed(bytes)) => {
-                self.metrics.bytes_in(bytes.len());
+                self.metrics.input_bytes_in(bytes.len());
                 let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
                     Status::invalid_argument(format!("share seed of {} bytes, 32 expected", bytes.len()))
                 })?;
@@ -360,9 +410,12 @@ impl CloudService {
         };
         let backend = self.backend.clone();
         let started = Instant::now();
-        let y = tokio::task::spawn_blocking(move || match job {
-            Job::Tensor(x) => backend.conv_session(&kernel, batch, &x),
-            Job::Seed(seed) => backend.conv_share_session(&kernel, batch, &seed),
+        let y = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            match job {
+                Job::Tensor(x) => backend.conv_session(&kernel, batch, &x),
+                Job::Seed(seed) => backend.conv_share_session(&kernel, batch, &seed),
+            }
         })
         .await
         .map_err(|e| Status::internal(format!("the convolution task failed: {e}")))?

@@ -109,14 +109,26 @@ pub fn encode_elements(v: &[u32]) -> Vec<u8> {
 /// `expected` field elements from little-endian bytes.
 ///
 /// # Errors
-/// [`Error::LengthMismatch`] when `bytes` does not hold exactly `expected` elements (the
-/// length is checked before anything is allocated), [`Error::NotAFieldElement`] for a value
-/// `>= p`.
+/// [`Error::Parse`] when `bytes` is not a whole number of 4-byte elements,
+/// [`Error::LengthMismatch`] when it does not hold exactly `expected` elements (the length is
+/// checked before anything is allocated), [`Error::TooLarge`] when the memory cannot be had,
+/// [`Error::NotAFieldElement`] for a value `>= p`.
 pub fn decode_elements(bytes: &[u8], expected: usize, what: &'static str) -> Result<Vec<u32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(Error::Parse {
+            what: what.into(),
+            message: format!(
+                "{} bytes are not a whole number of 4-byte field elements ({expected} elements expected)",
+                bytes.len()
+            ),
+        });
+    }
     if expected.checked_mul(4) != Some(bytes.len()) {
         return Err(Error::LengthMismatch { what, expected, got: bytes.len() / 4 });
     }
-    let v: Vec<u32> = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let mut v: Vec<u32> = Vec::new();
+    v.try_reserve_exact(expected).map_err(|_| Error::TooLarge { what, value: expected })?;
+    v.extend(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
     if let Some(index) = v.iter().position(|&x| x >= P) {
         return Err(Error::NotAFieldElement { what, index, value: v[index], p: P });
     }
@@ -153,7 +165,9 @@ mod tests {
         let v = vec![0, 1, P - 1];
         assert_eq!(decode_elements(&encode_elements(&v), 3, "t").expect("decodes"), v);
         assert!(matches!(decode_elements(&encode_elements(&v), 4, "t"), Err(Error::LengthMismatch { .. })));
-        assert!(matches!(decode_elements(&[0; 5], 1, "t"), Err(Error::LengthMismatch { .. })));
+        let err = decode_elements(&[0; 5], 1, "t").expect_err("5 bytes");
+        assert!(matches!(&err, Error::Parse { .. }), "{err}");
+        assert!(err.to_string().contains("5 bytes"), "the message says what is wrong: {err}");
         assert!(matches!(decode_elements(&encode_elements(&[P]), 1, "t"), Err(Error::NotAFieldElement { .. })));
         assert!(matches!(decode_elements(&[], usize::MAX, "t"), Err(Error::LengthMismatch { .. })));
     }

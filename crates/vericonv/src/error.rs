@@ -121,6 +121,17 @@ pub enum Error {
         /// Which cloud's answer was wrong (in mode `two-server`, from a re-check of each share).
         cheater: crate::cloud::Cheater,
     },
+    /// Over a run of many calls, clouds returned answers that failed verification on their own
+    /// (not injected by the client's own `--tamper-rate`): every one was discarded.
+    #[error(
+        "a cloud cheated and was caught: {rejected} answer(s) failed verification and were discarded, none decrypted; {images} image(s) got no prediction"
+    )]
+    CheatingCloud {
+        /// Answers rejected beyond those the client corrupted on purpose.
+        rejected: u64,
+        /// Images reported as errors.
+        images: usize,
+    },
     /// The privacy mode needs another number of clouds than it was given.
     #[error("privacy mode `{mode}` needs {needed} cloud(s), got {got}")]
     CloudCount {

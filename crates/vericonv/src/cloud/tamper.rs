@@ -5,11 +5,12 @@ use std::sync::Mutex;
 
 use rand::RngExt;
 
-use super::{CloudBackend, SessionKernel};
+use super::{CloudBackend, SessionKernel, share_len};
 use crate::Result;
 use crate::field::{M31, PrimeField};
 use crate::geometry::Conv2d;
 use crate::keys::{KeyRng, seeded_rng};
+use crate::share::ShareSeed;
 
 /// How the cloud cheats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,13 +79,41 @@ impl<B: CloudBackend> CloudBackend for TamperingBackend<B> {
     }
 
     fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
-        self.answer(geom, batch, kernel, input, || self.inner.conv(geom, batch, kernel, input))
+        self.answer(geom, batch, kernel, Input::Tensor(input), || self.inner.conv(geom, batch, kernel, input))
+    }
+
+    // Every form is forwarded to the same form of the inner backend: a remote cloud A keeps
+    // receiving its 32-byte seed, a GPU keeps the session's kernel on the device.
+
+    fn conv_share(&self, geom: &Conv2d, batch: usize, kernel: &[u32], seed: &ShareSeed) -> Result<Vec<u32>> {
+        self.answer(geom, batch, kernel, Input::Seed(seed), || self.inner.conv_share(geom, batch, kernel, seed))
     }
 
     fn conv_session(&self, kernel: &SessionKernel, batch: usize, input: &[u32]) -> Result<Vec<u32>> {
-        // The honest answer goes through the inner backend's own session path (a GPU keeps
-        // the kernel on the device).
-        self.answer(kernel.geometry(), batch, kernel.data(), input, || self.inner.conv_session(kernel, batch, input))
+        let g = kernel.geometry();
+        self.answer(g, batch, kernel.data(), Input::Tensor(input), || self.inner.conv_session(kernel, batch, input))
+    }
+
+    fn conv_share_session(&self, kernel: &SessionKernel, batch: usize, seed: &ShareSeed) -> Result<Vec<u32>> {
+        let g = kernel.geometry();
+        self.answer(g, batch, kernel.data(), Input::Seed(seed), || self.inner.conv_share_session(kernel, batch, seed))
+    }
+}
+
+/// The input of a call as the cloud received it: a tensor, or cloud A's seed (expanded only
+/// when a cheating strategy needs the tensor).
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Tensor(&'a [u32]),
+    Seed(&'a ShareSeed),
+}
+
+impl<'a> Input<'a> {
+    fn tensor(self, geom: &Conv2d, batch: usize) -> Result<std::borrow::Cow<'a, [u32]>> {
+        Ok(match self {
+            Input::Tensor(t) => std::borrow::Cow::Borrowed(t),
+            Input::Seed(s) => std::borrow::Cow::Owned(s.expand(share_len(geom, batch)?)),
+        })
     }
 }
 
@@ -95,7 +124,7 @@ impl<B: CloudBackend> TamperingBackend<B> {
         geom: &Conv2d,
         batch: usize,
         kernel: &[u32],
-        input: &[u32],
+        input: Input<'_>,
         honest: impl FnOnce() -> Result<Vec<u32>>,
     ) -> Result<Vec<u32>> {
         let mut guard = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -109,8 +138,14 @@ impl<B: CloudBackend> TamperingBackend<B> {
         let random_tensor = |rng: &mut KeyRng, len: usize| -> Vec<u32> { (0..len).map(|_| M31::random(rng)).collect() };
         let honest = honest()?;
         let mut y = match strategy {
-            Tamper::OtherInput => self.inner.conv(geom, batch, kernel, &random_tensor(rng, input.len()))?,
-            Tamper::OtherKernel => self.inner.conv(geom, batch, &random_tensor(rng, kernel.len()), input)?,
+            Tamper::OtherInput => {
+                let len = share_len(geom, batch)?;
+                self.inner.conv(geom, batch, kernel, &random_tensor(rng, len))?
+            }
+            Tamper::OtherKernel => {
+                let input = input.tensor(geom, batch)?;
+                self.inner.conv(geom, batch, &random_tensor(rng, kernel.len()), &input)?
+            }
             Tamper::AllZeros => vec![0; honest.len()],
             _ => honest.clone(),
         };
