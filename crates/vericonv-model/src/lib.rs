@@ -18,6 +18,8 @@ pub mod ops;
 mod pipeline;
 mod private;
 pub mod quant;
+#[cfg(feature = "tract")]
+pub mod tract;
 
 pub use exec::{Workspace, argmax};
 pub use format::{FORMAT, LayerSpec, ModelFile, OpSpec, PoolSpec};

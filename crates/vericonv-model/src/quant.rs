@@ -248,6 +248,44 @@ impl IntegerExecutor for PlainExecutor {
 }
 
 impl QuantLayer {
+    /// Quantizes the float weights of node `node` (symmetric, per output channel, `b_w` bits)
+    /// and checks the layer's exactness bound with `Bx = 2^(b_x-1) - 1`.
+    ///
+    /// # Errors
+    /// [`Error::ExactnessBound`] when the layer could overflow F_p.
+    pub(crate) fn quantize(
+        node: usize,
+        name: &str,
+        geom: Conv2d,
+        weight: &[f32],
+        bias: &[f32],
+        is_linear: bool,
+        cfg: &QuantConfig,
+    ) -> Result<Self> {
+        let (wq, xq) = (qmax(cfg.weight_bits), qmax(cfg.act_bits));
+        let per = geom.m();
+        let mut q = Vec::with_capacity(weight.len());
+        let mut scales = Vec::with_capacity(geom.cout());
+        for row in weight.chunks_exact(per) {
+            let max = row.iter().fold(0f32, |m, &v| m.max(v.abs()));
+            let scale = if max > 0.0 { max / wq as f32 } else { 1.0 };
+            q.extend(row.iter().map(|&v| ((v / scale).round() as i32).clamp(-wq, wq)));
+            scales.push(scale);
+        }
+        let bw = q.iter().map(|v| u64::from(v.unsigned_abs())).max().unwrap_or(0);
+        check_exactness(name, per as u64, xq as u64, bw, 0)?;
+        Ok(QuantLayer {
+            node,
+            name: name.to_string(),
+            geom,
+            is_linear,
+            exact: ExactWeights::new(&geom, &q, wq as u32, xq as u32),
+            weight: q,
+            weight_scale: scales,
+            bias: bias.to_vec(),
+        })
+    }
+
     /// The exact integers `Σ w_q·x_q` of this layer for `batch` images of `x`, computed by the
     /// client.
     pub fn compute<T: SmallInt>(&self, x: &[T], batch: usize) -> Vec<i32> {
@@ -275,7 +313,6 @@ impl QuantModel {
     pub fn new(model: &Model, cfg: QuantConfig) -> Result<Self> {
         bits_ok(cfg.weight_bits)?;
         bits_ok(cfg.act_bits)?;
-        let (wq, xq) = (qmax(cfg.weight_bits), qmax(cfg.act_bits));
         let mut layers = Vec::with_capacity(model.nodes.len());
         for (idx, node) in model.nodes.iter().enumerate() {
             let (geom, weight, bias, is_linear) = match &node.op {
@@ -288,27 +325,7 @@ impl QuantModel {
                     continue;
                 }
             };
-            let per = geom.m();
-            let mut q = Vec::with_capacity(weight.len());
-            let mut scales = Vec::with_capacity(geom.cout());
-            for row in weight.chunks_exact(per) {
-                let max = row.iter().fold(0f32, |m, &v| m.max(v.abs()));
-                let scale = if max > 0.0 { max / wq as f32 } else { 1.0 };
-                q.extend(row.iter().map(|&v| ((v / scale).round() as i32).clamp(-wq, wq)));
-                scales.push(scale);
-            }
-            let bw = q.iter().map(|v| u64::from(v.unsigned_abs())).max().unwrap_or(0);
-            check_exactness(&node.name, per as u64, xq as u64, bw, 0)?;
-            layers.push(Some(QuantLayer {
-                node: idx,
-                name: node.name.clone(),
-                geom,
-                is_linear,
-                exact: ExactWeights::new(&geom, &q, wq as u32, xq as u32),
-                weight: q,
-                weight_scale: scales,
-                bias: bias.clone(),
-            }));
+            layers.push(Some(QuantLayer::quantize(idx, &node.name, geom, weight, bias, is_linear, &cfg)?));
         }
         Ok(Self { act_scale: vec![None; layers.len()], model: model.clone(), cfg, layers })
     }

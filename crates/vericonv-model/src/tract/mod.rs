@@ -1,0 +1,293 @@
+//! Any ONNX model on tract, its convolutions private.
+//!
+//! tract loads the graph (shape inference, constant folding, hundreds of operators) and runs
+//! every node on the client, except the convolutions with constant weights: each becomes a
+//! [`op::PrivateConvOp`], put in with a tract model patch, which quantizes its input (8-bit
+//! symmetric per image, docs/scheme.md §10), has the exact integer convolution computed by a
+//! [`ConvExecutor`] and re-scales it to float with the same client code as the native
+//! pipeline. Two executors exist: [`Reference`], the client's own integer convolution (the
+//! quantized plaintext model), and [`PrivateConvs`], the private protocol on untrusted clouds.
+//! Only the source of the integers differs between them, so private logits are bit-identical
+//! to the quantized model's.
+//!
+//! 1-D convolutions run as 2-D ones with a height of 1. Every other node, `Gemm` and `MatMul`
+//! included, runs on the client in float.
+
+mod exec;
+mod op;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+use tract_onnx::tract_hir::infer::Factoid;
+use tract_onnx::tract_hir::internal::DimLike;
+use vericonv::geometry::{Conv2d, Padding};
+use vericonv::{Error, Result};
+
+pub use exec::{ConvExecutor, OwnedClouds, PrivateConvs, Reference};
+
+use crate::quant::{QuantConfig, QuantLayer};
+
+/// A convolution of the graph that runs privately: its quantized weights and geometry.
+#[derive(Debug)]
+pub struct PrivateLayer {
+    /// The index among the model's private layers.
+    pub index: usize,
+    /// The quantized layer (geometry, 8-bit weights, scales, float bias).
+    pub quant: QuantLayer,
+    /// Whether the ONNX node was a 1-D convolution (run with a height of 1).
+    pub one_d: bool,
+    /// The bits its input is quantized to.
+    pub act_bits: u32,
+}
+
+/// An ONNX model loaded by tract, with the convolutions it can run privately. Its batch
+/// dimension stays free.
+pub struct TractModel {
+    name: String,
+    /// The typed graph, its input `N × image_shape` with a symbolic batch `N`.
+    typed: TypedModel,
+    /// Per-image input shape (without the batch).
+    image_shape: Vec<usize>,
+    /// The private layers, by tract node id.
+    layers: Vec<(usize, Arc<PrivateLayer>)>,
+    /// Convolutions that stay on the client, with the reason.
+    skipped: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for TractModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TractModel")
+            .field("name", &self.name)
+            .field("image_shape", &self.image_shape)
+            .field("private_layers", &self.layers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A tract error as this crate's error, naming what was being done.
+fn tract_error(what: &str, e: &TractError) -> Error {
+    Error::Parse { what: what.to_string(), message: format!("{e:#}") }
+}
+
+impl TractModel {
+    /// Loads the ONNX model at `path`. `image_shape` is one image's input shape without the
+    /// batch (`[C, H, W]`, `[C, L]`…): it fixes the dimensions a model leaves dynamic; `None`
+    /// takes the model's own, which must then be fixed apart from the batch.
+    ///
+    /// # Errors
+    /// [`Error::Io`] for a file that cannot be read; [`Error::Parse`] with tract's reason (and
+    /// the node it names) for a model tract cannot load or type; [`Error::ExactnessBound`] for
+    /// a convolution that could overflow F_p.
+    pub fn open(path: &Path, image_shape: Option<&[usize]>, cfg: &QuantConfig) -> Result<Self> {
+        let what = format!("ONNX model {}", path.display());
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let model = tract_onnx::onnx().model_for_read(&mut &bytes[..]).map_err(|e| tract_error(&what, &e))?;
+        let image_shape = match image_shape {
+            Some(s) => s.to_vec(),
+            None => declared_image_shape(&model).map_err(|m| Error::Parse { what: what.clone(), message: m })?,
+        };
+        let batch = model.symbols.sym("N");
+        let shape: Vec<TDim> =
+            std::iter::once(TDim::from(batch)).chain(image_shape.iter().map(|&d| d.into())).collect();
+        // Typed, constants propagated (weights behind casts or reshapes become constants),
+        // but not decluttered: decluttering turns 1×1 convolutions into matrix products, which
+        // would hide them from the replacement; it runs after it, in `plan`.
+        let mut typed = model
+            .with_input_fact(0, f32::fact(shape).into())
+            .and_then(|m| m.into_typed())
+            .map_err(|e| tract_error(&what, &e))?;
+        typed.prop_consts().map_err(|e| tract_error(&what, &e))?;
+        let name = path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+        let mut layers = Vec::new();
+        let mut skipped = Vec::new();
+        for node in typed.nodes() {
+            let Some(conv) = node.op_as::<Conv>() else { continue };
+            match private_layer(&typed, node, conv, layers.len(), cfg)? {
+                Ok(layer) => layers.push((node.id, Arc::new(layer))),
+                Err(reason) => skipped.push((node.name.clone(), reason)),
+            }
+        }
+        Ok(Self { name, typed, image_shape, layers, skipped })
+    }
+
+    /// The model's name (its file stem).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// One image's input shape, without the batch.
+    pub fn image_shape(&self) -> &[usize] {
+        &self.image_shape
+    }
+
+    /// The convolutions that run privately.
+    pub fn private_layers(&self) -> impl Iterator<Item = &PrivateLayer> {
+        self.layers.iter().map(|(_, l)| &**l)
+    }
+
+    /// The convolutions that stay on the client, with the reason.
+    pub fn skipped(&self) -> &[(String, String)] {
+        &self.skipped
+    }
+
+    /// Nodes in the graph.
+    pub fn node_count(&self) -> usize {
+        self.typed.nodes().len()
+    }
+
+    /// A runnable plan of the model: the float model as tract runs it (`exec` `None`), or the
+    /// model with every private layer's integers from `exec`: the quantized plaintext model
+    /// with [`Reference`], the private one with [`PrivateConvs`].
+    ///
+    /// # Errors
+    /// [`Error::Parse`] with tract's reason when it cannot optimize the graph.
+    pub fn plan(&self, exec: Option<Arc<dyn ConvExecutor>>) -> Result<Plan> {
+        let what = format!("planning {}", self.name);
+        let err = |e: TractError| tract_error(&what, &e);
+        let mut model = self.typed.clone();
+        if let Some(exec) = &exec {
+            for (id, layer) in &self.layers {
+                let node = model.node(*id).clone();
+                let conv =
+                    node.op_as::<Conv>().cloned().ok_or_else(|| Error::Internal("a private node moved".into()))?;
+                let op = op::PrivateConvOp::new(layer.clone(), exec.clone(), conv);
+                let patch = TypedModelPatch::replace_single_op(&model, &node, &node.inputs[..1], op).map_err(err)?;
+                patch.apply(&mut model).map_err(err)?;
+            }
+        }
+        let plan = model.into_optimized().and_then(|m| m.into_runnable()).map_err(err)?;
+        Ok(Plan { name: self.name.clone(), image_shape: self.image_shape.clone(), plan, _exec: exec })
+    }
+}
+
+/// A runnable model (see [`TractModel::plan`]), for any batch.
+pub struct Plan {
+    name: String,
+    image_shape: Vec<usize>,
+    plan: Arc<TypedSimplePlan>,
+    _exec: Option<Arc<dyn ConvExecutor>>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Plan {
+    /// Runs `images` (`batch × image_shape`, any batch); returns the first output, flat, and
+    /// its shape.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`] for an input that is not whole images; the executor's errors
+    /// (for the private one: the clouds' errors and verification failures, which decrypt
+    /// nothing); [`Error::Parse`] with tract's reason when tract fails.
+    pub fn run(&self, images: &[f32]) -> Result<(Vec<f32>, Vec<usize>)> {
+        let per: usize = self.image_shape.iter().product();
+        if per == 0 || images.is_empty() || !images.len().is_multiple_of(per) {
+            return Err(Error::LengthMismatch { what: "model input", expected: per, got: images.len() });
+        }
+        let mut shape = vec![images.len() / per];
+        shape.extend(&self.image_shape);
+        let input = Tensor::from_shape(&shape, images).map_err(|e| tract_error(&self.name, &e))?;
+        // An executor's own error (a cheating cloud) comes back through tract: recover it.
+        let out = self.plan.run(tvec!(input.into())).map_err(|e| {
+            e.downcast_ref::<Error>().cloned().unwrap_or_else(|| tract_error(&format!("running {}", self.name), &e))
+        })?;
+        let first = out.first().ok_or_else(|| Error::Internal("the model has no output".into()))?;
+        let view = first.to_plain_array_view::<f32>().map_err(|e| tract_error(&self.name, &e))?;
+        Ok((view.iter().copied().collect(), first.shape().to_vec()))
+    }
+}
+
+/// The model's own input shape without the batch, when it is fixed.
+fn declared_image_shape(model: &InferenceModel) -> std::result::Result<Vec<usize>, String> {
+    let fact = model.input_fact(0).map_err(|e| format!("{e:#}"))?;
+    let shape = fact.shape.concretize().ok_or("the input's rank is not known: give the input shape")?;
+    shape
+        .iter()
+        .skip(1)
+        .map(|d| d.to_usize().map_err(|_| format!("the input dimension {d} is dynamic: give the input shape")))
+        .collect()
+}
+
+/// The private layer of a `Conv` node, `Ok(Err(reason))` when it stays on the client.
+fn private_layer(
+    model: &TypedModel,
+    node: &TypedNode,
+    conv: &Conv,
+    index: usize,
+    cfg: &QuantConfig,
+) -> Result<std::result::Result<PrivateLayer, String>> {
+    let facts: Vec<&TypedFact> = match node.inputs.iter().map(|o| model.outlet_fact(*o)).collect() {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(format!("{e:#}"))),
+    };
+    if conv.q_params.is_some() {
+        return Ok(Err("an already quantized convolution".into()));
+    }
+    if conv.pool_spec.data_format != DataFormat::NCHW || conv.kernel_fmt != KernelFormat::OIHW {
+        return Ok(Err("a layout other than NCHW/OIHW".into()));
+    }
+    let (Some(kernel), Some(bias)) = (facts[1].konst.clone(), facts.get(2).and_then(|f| f.konst.clone())) else {
+        return Ok(Err("weights that are not constant".into()));
+    };
+    let rank = conv.pool_spec.rank();
+    if !(1..=2).contains(&rank) || facts[0].shape.len() != rank + 2 {
+        return Ok(Err(format!("a {rank}-D convolution (1-D and 2-D are private)")));
+    }
+    // The batch may be symbolic; the spatial dimensions must not be.
+    let spatial: Option<Vec<usize>> =
+        facts[0].shape.iter().skip(2).map(|d| d.to_usize().ok()).collect::<Option<Vec<usize>>>();
+    let Some(spatial) = spatial else {
+        return Ok(Err("spatial dimensions that are not fixed (give the input shape)".into()));
+    };
+    let as_2d = |v: &[usize], one: usize| if rank == 1 { vec![one, v[0]] } else { v.to_vec() };
+    let hw = as_2d(&spatial, 1);
+    let padding = conv.pool_spec.computed_padding(&spatial);
+    let (before, after): (Vec<usize>, Vec<usize>) = padding.iter().map(|p| (p.pad_before, p.pad_after)).unzip();
+    let (before, after) = (as_2d(&before, 0), as_2d(&after, 0));
+    let kernel_shape = as_2d(&conv.pool_spec.kernel_shape, 1);
+    let strides = as_2d(&conv.pool_spec.strides(), 1);
+    let dilations = as_2d(&conv.pool_spec.dilations(), 1);
+    let geom = Conv2d::builder(
+        conv.input_channels(),
+        conv.output_channels(),
+        (hw[0], hw[1]),
+        (kernel_shape[0], kernel_shape[1]),
+    )
+    .stride(strides[0], strides[1])
+    .padding(Padding::new(before[0], before[1], after[0], after[1]))
+    .dilation(dilations[0], dilations[1])
+    .groups(conv.group)
+    .build();
+    let geom = match geom {
+        Ok(g) => g,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let floats = |t: &Tensor| -> std::result::Result<Vec<f32>, String> {
+        let t = t.cast_to::<f32>().map_err(|e| format!("{e:#}"))?;
+        let view = t.to_plain_array_view::<f32>().map_err(|e| format!("{e:#}"))?;
+        Ok(view.iter().copied().collect())
+    };
+    let (weight, bias) = match (floats(&kernel), floats(&bias)) {
+        (Ok(w), Ok(b)) => (w, b),
+        (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+    };
+    if weight.len() != geom.kernel_len() {
+        return Ok(Err(format!("{} weights for a kernel of {}", weight.len(), geom.kernel_len())));
+    }
+    // A bias is a scalar (often 0) or one value per output channel.
+    let bias = match bias.len() {
+        0 => vec![0.0; geom.cout()],
+        1 => vec![bias[0]; geom.cout()],
+        n if n == geom.cout() => bias,
+        n => return Ok(Err(format!("a bias of {n} values for {} channels", geom.cout()))),
+    };
+    let quant = QuantLayer::quantize(index, &node.name, geom, &weight, &bias, false, cfg)?;
+    Ok(Ok(PrivateLayer { index, quant, one_d: rank == 1, act_bits: cfg.act_bits }))
+}

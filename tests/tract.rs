@@ -1,0 +1,203 @@
+//! Any ONNX model on tract with its convolutions private (`vericonv_model::tract`): private
+//! logits bit-identical to the quantized plaintext model in every mode, float logits equal to
+//! the native model's, and a lying cloud caught through tract's graph.
+
+use std::sync::Arc;
+
+use vericonv::Error;
+use vericonv::cloud::{CloudBackend, CpuBackend, Tamper, TamperingBackend};
+use vericonv::keys::seeded_rng;
+use vericonv::privacy::Privacy;
+use vericonv_model::data::Dataset;
+use vericonv_model::quant::QuantConfig;
+use vericonv_model::tract::{ConvExecutor, PrivateConvs, Reference, TractModel};
+use vericonv_model::{Model, PrivateConfig, argmax};
+
+/// The committed LeNet-5 as an ONNX file in `dir`, and the 16 demo images normalized as the
+/// native model normalizes them.
+fn lenet_onnx(dir: &std::path::Path) -> (Model, std::path::PathBuf, Vec<f32>, Vec<usize>) {
+    let root = common::repo_root();
+    let model = Model::load(root.join("models/lenet5-mnist.json")).expect("model");
+    let path = dir.join("lenet5.onnx");
+    let proto = vericonv_model::onnx::import::export_model(&model);
+    std::fs::write(&path, prost::Message::encode_to_vec(&proto)).expect("write");
+    let data = Dataset::from_idx(
+        "demo",
+        &root.join("models/demo/mnist-t10k-16-images.idx"),
+        &root.join("models/demo/mnist-t10k-16-labels.idx"),
+    )
+    .expect("demo images");
+    let spec = model.input();
+    let per = spec.height * spec.width;
+    let at = |v: &[f32], c: usize| if v.len() == 1 { v[0] } else { v[c] };
+    let x = data
+        .images()
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let c = (i / per) % spec.channels;
+            (v - at(&spec.mean, c)) / at(&spec.std, c)
+        })
+        .collect();
+    (model, path, x, data.labels().to_vec())
+}
+
+#[test]
+fn lenet_through_tract_private_equals_quantized_in_every_mode() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (native, path, x, labels) = lenet_onnx(dir.path());
+    let tm = TractModel::open(&path, None, &QuantConfig::default()).expect("tract loads the export");
+    let names: Vec<&str> = tm.private_layers().map(|l| l.quant.name.as_str()).collect();
+    assert_eq!(names.len(), 2, "both convolutions are private: {names:?}");
+    assert!(tm.skipped().is_empty(), "{:?}", tm.skipped());
+    // Float: tract against the native float pass (the same model, normalized inputs).
+    let (float, shape) = tm.plan(None).expect("float plan").run(&x).expect("float");
+    assert_eq!(shape, vec![16, 10]);
+    let root = common::repo_root();
+    let images = Dataset::from_idx(
+        "demo",
+        &root.join("models/demo/mnist-t10k-16-images.idx"),
+        &root.join("models/demo/mnist-t10k-16-labels.idx"),
+    )
+    .expect("demo images");
+    let own = native.forward_float(images.images()).expect("native float");
+    let worst = float.iter().zip(&own).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+    assert!(worst < 1e-4, "tract's float logits differ from the native model's by {worst}");
+    // The quantized plaintext model, and the same graph private in every mode.
+    let reference: Arc<dyn ConvExecutor> = Arc::new(Reference);
+    let (quant, _) = tm.plan(Some(reference)).expect("plan").run(&x).expect("quantized");
+    assert!(
+        quant.iter().zip(&float).any(|(q, f)| q.to_bits() != f.to_bits()),
+        "the quantized plan must differ from the float one (its convolutions are replaced)"
+    );
+    let worst = quant.iter().zip(&float).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+    println!("LeNet-5 through tract: quantized against float logits, worst relative difference {worst:.4}");
+    let correct = argmax(&quant, 10).iter().zip(&labels).filter(|(p, l)| p == l).count();
+    assert!(correct >= 15, "quantized accuracy {correct}/16");
+    for privacy in [Privacy::default(), Privacy::Pad, Privacy::TwoServer] {
+        let a: Arc<dyn CloudBackend> = Arc::new(CpuBackend::new());
+        let b: Option<Arc<dyn CloudBackend>> =
+            (privacy == Privacy::TwoServer).then(|| Arc::new(CpuBackend::new()) as Arc<dyn CloudBackend>);
+        let cfg = PrivateConfig { privacy, ..PrivateConfig::default() };
+        let exec = Arc::new(PrivateConvs::new((a, b), cfg, seeded_rng(7)).expect("executor"));
+        let plan = tm.plan(Some(exec.clone() as Arc<dyn ConvExecutor>)).expect("plan");
+        // Two batches of different sizes through one plan: the batch stays free.
+        let (first, _) = plan.run(&x[..5 * 784]).expect("private");
+        let (rest, _) = plan.run(&x[5 * 784..]).expect("private");
+        let private: Vec<f32> = first.into_iter().chain(rest).collect();
+        assert!(
+            private.iter().zip(&quant).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{}: private logits differ from the quantized model's",
+            privacy.label()
+        );
+        let stats = exec.stats();
+        assert_eq!(stats.len(), 2);
+        assert!(stats.iter().all(|s| s.calls == 2 && s.verified == 2 && s.rejected == 0), "{stats:?}");
+        if privacy == Privacy::Pad {
+            assert!(stats.iter().all(|s| !s.offline.is_zero()), "pads were drawn and their time counted");
+        }
+    }
+}
+
+#[test]
+fn a_lying_cloud_is_caught_through_the_tract_graph() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (_, path, x, _) = lenet_onnx(dir.path());
+    let tm = TractModel::open(&path, None, &QuantConfig::default()).expect("loads");
+    for strategy in [Tamper::AddOne, Tamper::OtherInput] {
+        let liar: Arc<dyn CloudBackend> = Arc::new(TamperingBackend::new(CpuBackend::new(), &[strategy], 1.0, 3));
+        let cfg = PrivateConfig { privacy: Privacy::Pad, ..PrivateConfig::default() };
+        let exec = Arc::new(PrivateConvs::new((liar, None), cfg, seeded_rng(8)).expect("executor"));
+        let plan = tm.plan(Some(exec.clone() as Arc<dyn ConvExecutor>)).expect("plan");
+        let err = plan.run(&x).expect_err("a lie is caught");
+        assert!(matches!(err, Error::VerificationFailed { .. } | Error::MalformedAnswer { .. }), "{strategy:?}: {err}");
+        assert_eq!(exec.stats()[0].rejected, 1);
+    }
+}
+
+#[test]
+fn models_tract_cannot_load_get_a_typed_error() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"\x08\x07not a model at all").expect("write");
+    let err = TractModel::open(&junk, None, &QuantConfig::default()).expect_err("junk");
+    assert!(matches!(err, Error::Parse { .. }), "{err}");
+    let missing = TractModel::open(&dir.path().join("missing.onnx"), None, &QuantConfig::default());
+    assert!(matches!(missing, Err(Error::Io { .. })), "{missing:?}");
+}
+
+fn f32s(path: &std::path::Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// The small models of `scripts/export-zoo.py` (ops the native importer refuses: a Pad before
+/// AvgPool, SiLU, squeeze-excitation's Mul, depthwise and dilated convolutions with asymmetric
+/// padding, hard-swish, 1-D convolutions, an LSTM head, dynamic height and width): each loads,
+/// its float outputs are torch's, and private equals quantized in every mode on both inputs.
+#[test]
+fn torch_exports_load_and_run_privately_bit_for_bit() {
+    let dir = common::repo_root().join("data/zoo");
+    let names = ["lenet_avgpool", "silu_se", "conv1d", "cnn_lstm", "dynamic_hw"];
+    if !dir.join("lenet_avgpool.onnx").is_file() {
+        common::skip_unless_required(
+            "VERICONV_REQUIRE_DATA",
+            &format!("{} is missing: run /usr/bin/python3 scripts/export-zoo.py", dir.display()),
+        );
+        return;
+    }
+    for name in names {
+        let path = dir.join(format!("{name}.onnx"));
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path.with_extension("json")).expect("shape file")).expect("json");
+        let shape: Vec<usize> =
+            meta["input"].as_array().expect("input").iter().map(|v| v.as_u64().expect("dim") as usize).collect();
+        // A model with dynamic spatial dimensions needs them given; the others carry their own.
+        let given = meta["dynamic_hw"].as_bool().unwrap_or(false).then_some(shape.as_slice());
+        let tm = TractModel::open(&path, given, &QuantConfig::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let private = tm.private_layers().count();
+        assert!(
+            private > 0 && tm.skipped().is_empty(),
+            "{name}: every convolution private ({:?} skipped)",
+            tm.skipped()
+        );
+        let x = f32s(&path.with_extension("input.f32"));
+        let torch = f32s(&path.with_extension("logits.f32"));
+        let (float, out_shape) = tm.plan(None).expect("float plan").run(&x).expect("float");
+        let classes = out_shape[1..].iter().product::<usize>();
+        let scale = torch.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+        let worst = float.iter().zip(&torch).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert_eq!(float.len(), torch.len(), "{name}: output size");
+        assert!(worst <= 1e-4 * scale, "{name}: float outputs differ from torch's by {worst} (scale {scale})");
+        let (quant, _) = tm.plan(Some(Arc::new(Reference))).expect("plan").run(&x).expect("quantized");
+        // Top-1 of the quantized model equals the float one unless the float top two are a near tie.
+        for (b, (q, f)) in quant.chunks(classes).zip(float.chunks(classes)).enumerate() {
+            let mut sorted = f.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let tie = sorted.len() > 1 && sorted[0] - sorted[1] < 0.05 * sorted[0].abs().max(1.0);
+            if !tie {
+                assert_eq!(argmax(q, classes), argmax(f, classes), "{name}: image {b}: quantized top-1");
+            }
+        }
+        for privacy in [Privacy::default(), Privacy::Pad, Privacy::TwoServer] {
+            let a: Arc<dyn CloudBackend> = Arc::new(CpuBackend::new());
+            let b = (privacy == Privacy::TwoServer).then(|| Arc::new(CpuBackend::new()) as Arc<dyn CloudBackend>);
+            let cfg = PrivateConfig { privacy, ..PrivateConfig::default() };
+            let exec = Arc::new(PrivateConvs::new((a, b), cfg, seeded_rng(9)).expect("executor"));
+            let (got, _) =
+                tm.plan(Some(exec.clone() as Arc<dyn ConvExecutor>)).expect("plan").run(&x).expect("private");
+            assert!(
+                got.iter().zip(&quant).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{name}, {}: private outputs differ from the quantized model's",
+                privacy.label()
+            );
+            assert!(exec.stats().iter().all(|s| s.verified == 1 && s.rejected == 0));
+        }
+        println!(
+            "{name}: {private} private of {} nodes ({:?}); float within {worst:.1e} of torch (scale {scale:.1e}); skipped {:?}",
+            tm.node_count(),
+            tm.private_layers().map(|l| l.quant.name.as_str()).collect::<Vec<_>>(),
+            tm.skipped()
+        );
+    }
+}
