@@ -201,3 +201,60 @@ fn torch_exports_load_and_run_privately_bit_for_bit() {
         );
     }
 }
+
+/// torchvision's classification models (`scripts/export-zoo.py --large`, not exported by CI:
+/// too slow for it), when present: each loads, its float logits are torch's, and one image
+/// runs privately (mode pad, CPU cloud) bit-identical to the quantized model. Prints the
+/// coverage table of docs/models.md.
+#[test]
+fn torchvision_zoo_coverage() {
+    let dir = common::repo_root().join("data/zoo");
+    let names = [
+        "resnet18",
+        "resnet50",
+        "vgg16",
+        "alexnet",
+        "squeezenet1_1",
+        "googlenet",
+        "densenet121",
+        "mobilenet_v2",
+        "mobilenet_v3_small",
+        "shufflenet_v2_x0_5",
+        "efficientnet_b0",
+        "mnasnet0_5",
+        "regnet_x_400mf",
+    ];
+    let present: Vec<&str> = names.iter().copied().filter(|n| dir.join(format!("{n}.onnx")).is_file()).collect();
+    if present.is_empty() {
+        println!("skipped: no torchvision export in {} (run scripts/export-zoo.py --large)", dir.display());
+        return;
+    }
+    println!("model                private/convs  nodes  max|float-torch|/max|torch|  private==quantized  top-1 q==f");
+    for name in present {
+        let path = dir.join(format!("{name}.onnx"));
+        let tm = TractModel::open(&path, None, &QuantConfig::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (private, convs) = (tm.private_layers().count(), tm.private_layers().count() + tm.skipped().len());
+        let x = f32s(&path.with_extension("input.f32"));
+        let x = &x[..x.len() / 2];
+        let torch = f32s(&path.with_extension("logits.f32"));
+        let torch = &torch[..torch.len() / 2];
+        let (float, _) = tm.plan(None).expect("float plan").run(x).expect("float");
+        let scale = torch.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+        let worst = float.iter().zip(torch).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+        let (quant, _) = tm.plan(Some(Arc::new(Reference))).expect("plan").run(x).expect("quantized");
+        let cfg = PrivateConfig { privacy: Privacy::Pad, ..PrivateConfig::default() };
+        let a: Arc<dyn CloudBackend> = Arc::new(CpuBackend::new());
+        let exec = Arc::new(PrivateConvs::new((a, None), cfg, seeded_rng(10)).expect("executor"));
+        let (got, _) = tm.plan(Some(exec as Arc<dyn ConvExecutor>)).expect("plan").run(x).expect("private");
+        let exact = got.iter().zip(&quant).all(|(p, q)| p.to_bits() == q.to_bits());
+        let same_top = argmax(&quant, quant.len()) == argmax(&float, float.len());
+        println!(
+            "{name:<20} {private:>7}/{convs:<6} {:>5}  {worst:>27.1e}  {:>18}  {same_top:>10}",
+            tm.node_count(),
+            if exact { "yes" } else { "NO" }
+        );
+        assert!(exact, "{name}: private differs from quantized");
+        assert!(worst <= 1e-4, "{name}: float logits differ from torch's by {worst} of the largest");
+        assert_eq!(private, convs, "{name}: convolutions left on the client: {:?}", tm.skipped());
+    }
+}
