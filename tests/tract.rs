@@ -258,3 +258,70 @@ fn torchvision_zoo_coverage() {
         assert_eq!(private, convs, "{name}: convolutions left on the client: {:?}", tm.skipped());
     }
 }
+
+/// The GPU cloud (lavapipe here) runs the tract graph's private layers too, 1-D included:
+/// private == quantized bit for bit.
+#[cfg(feature = "gpu")]
+#[test]
+fn the_gpu_cloud_runs_tract_graphs_bit_for_bit() {
+    use vericonv_gpu::GpuOptions;
+    let dir = common::repo_root().join("data/zoo");
+    if !dir.join("conv1d.onnx").is_file() {
+        common::skip_unless_required("VERICONV_REQUIRE_DATA", "data/zoo is missing: run scripts/export-zoo.py");
+        return;
+    }
+    let Some(gpu) = common::gpu_or_skip(&GpuOptions::default()) else { return };
+    let gpu: Arc<dyn CloudBackend> = Arc::new(gpu);
+    for name in ["conv1d", "silu_se"] {
+        let path = dir.join(format!("{name}.onnx"));
+        let tm = TractModel::open(&path, None, &QuantConfig::default()).expect("loads");
+        let x = f32s(&path.with_extension("input.f32"));
+        let (quant, _) = tm.plan(Some(Arc::new(Reference))).expect("plan").run(&x).expect("quantized");
+        let cfg = PrivateConfig { privacy: Privacy::Pad, ..PrivateConfig::default() };
+        let exec = Arc::new(PrivateConvs::new((gpu.clone(), None), cfg, seeded_rng(11)).expect("executor"));
+        let (got, _) = tm.plan(Some(exec as Arc<dyn ConvExecutor>)).expect("plan").run(&x).expect("private on the GPU");
+        assert!(got.iter().zip(&quant).all(|(p, q)| p.to_bits() == q.to_bits()), "{name}: GPU private != quantized");
+    }
+}
+
+/// Mutated ONNX files of the small exports: tract refuses them or loads them, never a panic
+/// (seeded; the seed is printed).
+#[test]
+fn mutated_models_get_a_typed_error_or_load() {
+    use rand::RngExt;
+    let dir = common::repo_root().join("data/zoo");
+    if !dir.join("conv1d.onnx").is_file() {
+        common::skip_unless_required("VERICONV_REQUIRE_DATA", "data/zoo is missing: run scripts/export-zoo.py");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let mut rng = common::rng(0x7AC7);
+    let (mut loaded, mut refused) = (0, 0);
+    for name in ["conv1d", "lenet_avgpool", "silu_se"] {
+        let original = std::fs::read(dir.join(format!("{name}.onnx"))).expect("model");
+        for _ in 0..40 {
+            let mut bytes = original.clone();
+            match rng.random_range(0..3) {
+                0 => bytes.truncate(rng.random_range(0..bytes.len())),
+                1 => {
+                    for _ in 0..rng.random_range(1..16) {
+                        let i = rng.random_range(0..bytes.len());
+                        bytes[i] = rng.random();
+                    }
+                }
+                _ => {
+                    let i = rng.random_range(0..bytes.len());
+                    let n = rng.random_range(1..64).min(bytes.len() - i);
+                    bytes.drain(i..i + n);
+                }
+            }
+            let path = tmp.path().join("mutated.onnx");
+            std::fs::write(&path, &bytes).expect("write");
+            match TractModel::open(&path, None, &QuantConfig::default()) {
+                Ok(_) => loaded += 1,
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    println!("120 mutated models: {loaded} loaded, {refused} refused with a typed error");
+}

@@ -85,6 +85,21 @@ impl TractModel {
     pub fn open(path: &Path, image_shape: Option<&[usize]>, cfg: &QuantConfig) -> Result<Self> {
         let what = format!("ONNX model {}", path.display());
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        // tract is a large parser of untrusted files: should any of its checks panic, the
+        // caller still gets a typed error.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::load(path, &bytes, image_shape, cfg)))
+            .unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "tract panicked".into());
+                Err(Error::Parse { what, message: format!("tract failed on this model: {why}") })
+            })
+    }
+
+    fn load(path: &Path, bytes: &[u8], image_shape: Option<&[usize]>, cfg: &QuantConfig) -> Result<Self> {
+        let what = format!("ONNX model {}", path.display());
         let model = tract_onnx::onnx().model_for_read(&mut &bytes[..]).map_err(|e| tract_error(&what, &e))?;
         let image_shape = match image_shape {
             Some(s) => s.to_vec(),
