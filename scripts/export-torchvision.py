@@ -10,16 +10,18 @@ Writes, each with the default `torch.onnx.export` settings plus a dynamic batch 
                                                  (data/ccexam/mnist.pth, from scripts/fetch-data.sh),
                                                  whose forward is x.view(x.size(0), -1): the
                                                  Shape→Gather→Unsqueeze→Concat→Reshape pattern
-Beside each: NAME.input.f32 and NAME.logits.f32, two seeded random inputs and torch's logits.
+Beside each: NAME.input.f32 and NAME.logits.f32, two seeded random inputs and torch's logits
+(scripts/torch_export.py, shared with scripts/export-zoo.py).
 The exports carry no normalisation metadata, as PyTorch's never do: pass --mean/--std.
 """
 
-import inspect
 import os
 import sys
 
 import torch
 import torchvision
+
+from torch_export import export, randomize_batchnorm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,26 +42,6 @@ class CcexamMnist(torch.nn.Module):
         return self.classifier(x.view(x.size(0), -1))
 
 
-def export(model, shape, path):
-    """Exports `model`, and beside it two seeded random inputs in [0, 1] and torch's logits for
-    them (raw little-endian f32: NAME.input.f32, NAME.logits.f32), so that a test can check the
-    import against torch itself."""
-    model.eval()
-    # The TorchScript exporter, as torch 1.13 has it; newer torch defaults to the dynamo one.
-    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-    torch.onnx.export(
-        model, torch.zeros(1, *shape), path, input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=13, **legacy,
-    )
-    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        logits = model(x)
-    stem = path[: -len(".onnx")]
-    x.numpy().astype("<f4").tofile(stem + ".input.f32")
-    logits.numpy().astype("<f4").tofile(stem + ".logits.f32")
-    print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB) and torch's logits for 2 inputs")
-
-
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "data", "torchvision")
     names = sys.argv[2:] or ["resnet18", "vgg16", "mobilenet_v2", "ccexam-mnist"]
@@ -68,13 +50,9 @@ def main():
     for name in ["resnet18", "vgg16", "mobilenet_v2"]:
         # Every model is drawn, so that the seeded weights do not depend on which are exported.
         model = getattr(torchvision.models, name)()
-        # Random BatchNorm statistics, so that folding them is exercised.
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
+        randomize_batchnorm(model)
         if name in names:
-            export(model, (3, 224, 224), os.path.join(out, f"{name}.onnx"))
+            export(model, (3, 224, 224), os.path.join(out, f"{name}.onnx"), opset=13)
     if "ccexam-mnist" not in names:
         return
     pth = os.path.join(ROOT, "data", "ccexam", "mnist.pth")
@@ -82,7 +60,7 @@ def main():
         net = CcexamMnist()
         # weights_only: the file is a state dict, and nothing else may be unpickled from it.
         net.load_state_dict(torch.load(pth, map_location="cpu", weights_only=True))
-        export(net, (1, 28, 28), os.path.join(out, "ccexam-mnist.onnx"))
+        export(net, (1, 28, 28), os.path.join(out, "ccexam-mnist.onnx"), opset=13)
     else:
         print(f"skipped ccexam-mnist: {pth} is missing (run scripts/fetch-data.sh)")
 

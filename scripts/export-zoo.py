@@ -19,12 +19,12 @@ beside it NAME.input.f32 (two seeded inputs in [0, 1]), NAME.logits.f32 (torch's
 them, raw little-endian f32) and NAME.json (the input shape of one image).
 """
 
-import inspect
-import json
 import os
 import sys
 
 import torch
+
+from torch_export import export, randomize_batchnorm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,37 +112,6 @@ class DynamicHw(torch.nn.Module):
         return self.f(x)
 
 
-def export(model, shape, out, name, dynamic_hw=False):
-    """Exports `model` to OUT/NAME.onnx with two seeded inputs of one image `shape` and torch's
-    outputs for them beside it."""
-    model.eval()
-    path = os.path.join(out, f"{name}.onnx")
-    # The TorchScript exporter, as torch 1.13 has it; newer torch defaults to the dynamo one.
-    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-    axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
-    if dynamic_hw:
-        axes["input"].update({2: "height", 3: "width"})
-    torch.onnx.export(model, torch.zeros(1, *shape), path, input_names=["input"], output_names=["logits"],
-                      dynamic_axes=axes, **legacy)
-    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        logits = model(x)
-    stem = path[: -len(".onnx")]
-    x.numpy().astype("<f4").tofile(stem + ".input.f32")
-    logits.numpy().astype("<f4").tofile(stem + ".logits.f32")
-    with open(stem + ".json", "w") as f:
-        json.dump({"input": list(shape), "dynamic_hw": dynamic_hw}, f)
-    print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB) and torch's outputs for 2 inputs")
-
-
-def randomize_batchnorm(model):
-    """Random BatchNorm statistics, so that what tract folds is exercised."""
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-
-
 LARGE = ["resnet18", "resnet50", "vgg16", "alexnet", "squeezenet1_1", "googlenet", "densenet121", "mobilenet_v2",
          "mobilenet_v3_small", "shufflenet_v2_x0_5", "efficientnet_b0", "mnasnet0_5", "regnet_x_400mf"]
 
@@ -160,14 +129,14 @@ def main():
         ("dynamic_hw", DynamicHw(), (3, 40, 48), True),
     ]:
         randomize_batchnorm(model)
-        export(model, shape, out, name, dyn)
+        export(model, shape, os.path.join(out, f"{name}.onnx"), dynamic_hw=dyn)
     if "--large" in sys.argv:
         import torchvision
 
         for name in LARGE:
             model = getattr(torchvision.models, name)()
             randomize_batchnorm(model)
-            export(model, (3, 224, 224), out, name)
+            export(model, (3, 224, 224), os.path.join(out, f"{name}.onnx"))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 #
 #   scripts/gpu-bench.sh prepare DIR     on a build machine: copies target/release/vericonv
 #                                        (stripped and gzipped: about 16 MB), the committed models,
-#                                        this script, ort-baseline.py, export-torchvision.py and a
+#                                        this script, ort-baseline.py, export-torchvision.py (with
+#                                        torch_export.py) and a
 #                                        Vulkan loader (Debian's libvulkan1) into DIR, about 20 MB
 #                                        in all (a lent machine takes 64 MiB with the repository)
 #   DIR/gpu-bench.sh run [OUT]           on the GPU machine, inside DIR: runs everything, writes OUT
@@ -27,7 +28,7 @@ prepare() {
   strip -s "$dir/vericonv" 2>/dev/null || echo "strip not found: the binary keeps its debug information" >&2
   gzip -f -6 "$dir/vericonv"
   cp "$root/scripts/gpu-bench.sh" "$dir/gpu-bench.sh"
-  cp "$root/scripts/ort-baseline.py" "$root/scripts/export-torchvision.py" "$dir/scripts/"
+  cp "$root/scripts/ort-baseline.py" "$root/scripts/export-torchvision.py" "$root/scripts/torch_export.py" "$dir/scripts/"
   cp "$root"/models/*.json "$root"/models/*.safetensors "$dir/models/"
   # The Vulkan loader, in case the GPU machine has the driver's ICD but no libvulkan.so.1.
   local tmp

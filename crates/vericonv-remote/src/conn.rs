@@ -174,18 +174,11 @@ pub(crate) fn incoming(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
         loop {
-            let stream = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of file descriptors, typically: pause rather than spin.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
+            let accepted = tokio::select! {
+                accepted = accept(&listener, "gRPC") => accepted,
                 () = tx.closed() => return,
             };
+            let Some(stream) = accepted else { continue };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 tracing::warn!(max = limits.max_connections, "connection refused: too many open connections");
                 drop(stream);
@@ -205,6 +198,19 @@ pub(crate) fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The next connection of `listener`, or `None` after a pause when accepting failed (out of
+/// file descriptors, typically: the pause keeps an accept loop from spinning).
+pub(crate) async fn accept(listener: &TcpListener, what: &str) -> Option<TcpStream> {
+    match listener.accept().await {
+        Ok((stream, _)) => Some(stream),
+        Err(e) => {
+            tracing::warn!(error = %e, "{what}: accept failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    }
 }
 
 /// Waits, without consuming anything, until the connection has sent the HTTP/2 preface (or a

@@ -127,18 +127,11 @@ pub async fn serve_http(
     use http_body_util::Full;
     use hyper::body::Bytes;
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors, typically: wait instead of spinning.
-                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = crate::conn::accept(&listener, "metrics endpoint") => accepted,
             _ = stop.changed() => return,
         };
+        let Some(stream) = accepted else { continue };
         let (metrics, token) = (metrics.clone(), token.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {

@@ -2,8 +2,8 @@
 //!
 //! tract loads the graph (shape inference, constant folding, hundreds of operators) and runs
 //! every node on the client, except the convolutions with constant weights: each becomes a
-//! [`op::PrivateConvOp`], put in with a tract model patch, which quantizes its input (8-bit
-//! symmetric per image, docs/scheme.md §10), has the exact integer convolution computed by a
+//! private operator, put in with a tract model patch, which quantizes its input (8-bit
+//! symmetric per image, as the native pipeline does), has the exact integer convolution computed by a
 //! [`ConvExecutor`] and re-scales it to float with the same client code as the native
 //! pipeline. Two executors exist: [`Reference`], the client's own integer convolution (the
 //! quantized plaintext model), and [`PrivateConvs`], the private protocol on untrusted clouds.
