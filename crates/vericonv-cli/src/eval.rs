@@ -222,3 +222,128 @@ pub fn evaluate(
         errors,
     })
 }
+
+/// [`evaluate`] for a model on tract ([`vericonv_model::tract`]), whose graph the native
+/// importer refuses: the float plan, the quantized plan ([`vericonv_model::tract::Reference`])
+/// and the private one on `clouds`, batch by batch. `normalize` turns each image (pixels in
+/// [0, 1]) into the model's input. The client's time is reported as masking, verification and
+/// cloud per layer; tract's float nodes are not timed apart (`client_nonlinear_s` holds the rest
+/// of the private pass).
+///
+/// # Errors
+/// As [`evaluate`].
+#[cfg(feature = "tract")]
+pub fn evaluate_tract(
+    model: &vericonv_model::tract::TractModel,
+    data: &Dataset,
+    clouds: vericonv_model::tract::OwnedClouds,
+    opts: &EvalOptions,
+    rng: KeyRng,
+    normalize: impl Fn(&[f32]) -> Vec<f32>,
+    mut progress: impl FnMut(usize),
+) -> Result<EvalReport> {
+    use std::sync::Arc;
+    use vericonv_model::tract::{ConvExecutor, PrivateConvs, Reference};
+    let image_len: usize = model.image_shape().iter().product();
+    if data.image_len() != image_len {
+        return Err(Error::LengthMismatch {
+            what: "data set images (model expects another shape)",
+            expected: image_len,
+            got: data.image_len(),
+        });
+    }
+    let backend = match &clouds {
+        (a, Some(b)) => format!("A: {}; B: {}", a.name(), b.name()),
+        (a, None) => a.name(),
+    };
+    let exec = Arc::new(PrivateConvs::new(clouds, opts.private.clone(), rng)?);
+    let float_plan = model.plan(None)?;
+    let quant_plan = model.plan(Some(Arc::new(Reference)))?;
+    let private_plan = model.plan(Some(exec.clone() as Arc<dyn ConvExecutor>))?;
+    let (mut float_ok, mut quant_ok, mut private_ok) = (0usize, 0usize, 0usize);
+    let (mut answered, mut rejected, mut agree, mut bits_equal) = (0usize, 0usize, 0usize, 0usize);
+    let (mut float_time, mut quant_time, mut private_time) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut errors = Vec::new();
+    for start in (0..data.len()).step_by(opts.batch.max(1)) {
+        let (images, labels) = data.slice(start..start + opts.batch.max(1));
+        let x = normalize(images);
+        let t = Instant::now();
+        let (float_logits, shape) = float_plan.run(&x)?;
+        float_time += t.elapsed();
+        let classes = shape.iter().skip(1).product::<usize>().max(1);
+        let t = Instant::now();
+        let (quant_logits, _) = quant_plan.run(&x)?;
+        quant_time += t.elapsed();
+        let quant_pred = argmax(&quant_logits, classes);
+        float_ok += argmax(&float_logits, classes).iter().zip(labels).filter(|(p, l)| p == l).count();
+        quant_ok += quant_pred.iter().zip(labels).filter(|(p, l)| p == l).count();
+        let t = Instant::now();
+        match private_plan.run(&x) {
+            Ok((logits, _)) => {
+                let pred = argmax(&logits, classes);
+                answered += labels.len();
+                private_ok += pred.iter().zip(labels).filter(|(p, l)| p == l).count();
+                agree += pred.iter().zip(&quant_pred).filter(|(p, q)| p == q).count();
+                bits_equal += logits
+                    .chunks_exact(classes)
+                    .zip(quant_logits.chunks_exact(classes))
+                    .filter(|(a, b)| a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits()))
+                    .count();
+            }
+            Err(e @ (Error::VerificationFailed { .. } | Error::MalformedAnswer { .. })) => {
+                rejected += labels.len();
+                errors.push(format!("images {start}..{}: {e}", start + labels.len()));
+            }
+            Err(e) => return Err(e),
+        }
+        private_time += t.elapsed();
+        progress(start + labels.len());
+    }
+    let secs = |d: Duration| d.as_secs_f64();
+    let layers: Vec<LayerReport> = exec
+        .stats()
+        .iter()
+        .map(|s| LayerReport {
+            name: s.name.clone(),
+            outsourced: true,
+            calls: s.calls,
+            verified: s.verified,
+            rejected: s.rejected,
+            masking_s: secs(s.timings.keygen + s.timings.encrypt + s.timings.decrypt),
+            verify_s: secs(s.timings.verify),
+            cloud_s: secs(s.timings.cloud),
+            client_compute_s: 0.0,
+            offline_s: secs(s.offline),
+        })
+        .collect();
+    let sum = |f: fn(&LayerReport) -> f64| layers.iter().map(f).sum::<f64>();
+    let (masking, verify, cloud, offline) =
+        (sum(|l| l.masking_s), sum(|l| l.verify_s), sum(|l| l.cloud_s), sum(|l| l.offline_s));
+    let n = data.len().max(1) as f64;
+    Ok(EvalReport {
+        model: model.name().to_string(),
+        dataset: data.name().to_string(),
+        privacy: opts.private.privacy.label(),
+        backend,
+        images: data.len(),
+        float_accuracy: float_ok as f64 / n,
+        quantized_accuracy: quant_ok as f64 / n,
+        private_accuracy: private_ok as f64 / n,
+        private_answered: answered,
+        private_rejected: rejected,
+        prediction_agreement: agree,
+        logits_bit_identical: bits_equal,
+        corrupted_calls: 0,
+        client_masking_s: masking,
+        client_verify_s: verify,
+        client_nonlinear_s: (secs(private_time) - masking - verify - cloud - offline).max(0.0),
+        client_quantize_s: 0.0,
+        client_linear_s: 0.0,
+        cloud_s: cloud,
+        client_offline_s: offline,
+        float_plaintext_s: secs(float_time),
+        quantized_plaintext_s: secs(quant_time),
+        layers,
+        errors,
+    })
+}

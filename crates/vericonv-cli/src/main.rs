@@ -16,7 +16,7 @@ use vericonv::keys::{KeyRng, os_rng, seeded_rng};
 use vericonv::privacy::{LOWRANK_WARNING, Privacy};
 use vericonv::reference::conv_i64;
 use vericonv::verify::Mode;
-use vericonv_cli::eval::{EvalOptions, evaluate};
+use vericonv_cli::eval::{EvalOptions, EvalReport, evaluate};
 #[cfg(feature = "gpu")]
 use vericonv_gpu::{GpuBackend, GpuOptions, list_adapters};
 use vericonv_model::data::Dataset;
@@ -1077,7 +1077,17 @@ fn load_model(path: &Path, norm: &NormArgs) -> Result<Model, vericonv::Error> {
 
 fn eval(args: &EvalArgs) -> Result<(), vericonv::Error> {
     let p = &args.protocol;
-    let model = load_model(&args.model, &args.norm)?;
+    let model = match load_model(&args.model, &args.norm) {
+        Ok(model) => model,
+        // A graph the native importer refuses runs on tract, its convolutions private.
+        #[cfg(feature = "tract")]
+        Err(e @ (vericonv::Error::Unsupported(_) | vericonv::Error::Parse { .. }))
+            if args.model.extension().is_some_and(|x| x == "onnx") =>
+        {
+            return eval_tract(args, &e);
+        }
+        Err(e) => return Err(e),
+    };
     let i = &model.input();
     let mut data = Dataset::open(&args.dataset, &args.data_dir, false, i.channels, i.height, i.width)?;
     let mut qm = QuantModel::new(&model, QuantConfig { weight_bits: args.weight_bits, act_bits: args.act_bits })?;
@@ -1110,16 +1120,84 @@ fn eval(args: &EvalArgs) -> Result<(), vericonv::Error> {
     let mut report = evaluate(&qm, &data, setup.clouds(), &opts, rng, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     report.corrupted_calls = setup.corrupted();
+    finish_eval(args, report, if qm.is_calibrated() { "calibrated" } else { "dynamic" })
+}
+
+/// `vericonv eval` on tract, for an ONNX graph the native importer refused with `refused`.
+#[cfg(feature = "tract")]
+fn eval_tract(args: &EvalArgs, refused: &vericonv::Error) -> Result<(), vericonv::Error> {
+    use std::sync::Arc;
+    use vericonv_model::tract::TractModel;
+    let p = &args.protocol;
+    eprintln!("the native importer refuses {} ({refused}); running it on tract", args.model.display());
+    if args.calibrate.is_some() || args.outsource_linear {
+        return Err(vericonv::Error::Unsupported(
+            "--calibrate and --outsource-linear on a model that runs on tract".into(),
+        ));
+    }
+    let qc = QuantConfig { weight_bits: args.weight_bits, act_bits: args.act_bits };
+    let model = TractModel::open(&args.model, None, &qc)?;
+    let &[c, h, w] = model.image_shape() else {
+        return Err(vericonv::Error::Unsupported(format!(
+            "eval on images of a model whose input is {:?} (use vericonv run with .npy inputs)",
+            model.image_shape()
+        )));
+    };
+    let mut data = Dataset::open(&args.dataset, &args.data_dir, false, c, h, w)?;
+    if let Some(n) = args.limit {
+        data.truncate(n);
+    }
+    let (mean, std) = (args.norm.mean.clone().unwrap_or_default(), args.norm.std.clone().unwrap_or_default());
+    if args.norm.mean.is_none() {
+        eprintln!("warning: no --mean/--std given: the model gets pixels in [0, 1] as they are");
+    }
+    let setup = p.clouds(args.tamper_rate, args.tamper_cloud)?;
+    let (rng, seed_note) = p.rng();
+    warn_if_lowrank(p.privacy());
+    eprintln!(
+        "model {} on tract ({} nodes, {} convolutions private), data set {} ({} images); privacy {}; cloud {} ({}); CSPRNG {seed_note}",
+        model.name(),
+        model.node_count(),
+        model.private_layers().count(),
+        data.name(),
+        data.len(),
+        p.privacy().label(),
+        setup.clouds().name(),
+        setup.why
+    );
+    let CloudSetup { a, b, .. } = setup;
+    let (a, b) = (Arc::new(a), b.map(Arc::new));
+    let clouds = (a.clone() as Arc<dyn CloudBackend>, b.clone().map(|b| b as Arc<dyn CloudBackend>));
+    let opts = EvalOptions { batch: args.batch, private: p.private_config(false) };
+    let plane = h * w;
+    let at = |v: &[f32], ch: usize, default: f32| v.get(ch).or(v.first()).copied().unwrap_or(default);
+    let normalize = |images: &[f32]| -> Vec<f32> {
+        images
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let ch = (i / plane) % c;
+                (v - at(&mean, ch, 0.0)) / at(&std, ch, 1.0)
+            })
+            .collect()
+    };
+    let bar = ProgressBar::new(data.len() as u64);
+    let mut report = vericonv_cli::eval::evaluate_tract(&model, &data, clouds, &opts, rng, normalize, |done| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    report.corrupted_calls = a.corrupted() + b.as_ref().map_or(0, |b| b.corrupted());
+    finish_eval(args, report, "dynamic")
+}
+
+/// Prints an evaluation's report, writes its JSON, and says whether it went as it must: private
+/// logits equal to the quantized model's and every corrupted answer caught.
+fn finish_eval(args: &EvalArgs, report: EvalReport, scales: &str) -> Result<(), vericonv::Error> {
+    let p = &args.protocol;
     let pct = |x: f64| format!("{:6.2}%", 100.0 * x);
     println!(
         "{} on {} ({} images, privacy {}, {} weights / {} activations bits, {} activation scales)",
-        report.model,
-        report.dataset,
-        report.images,
-        report.privacy,
-        args.weight_bits,
-        args.act_bits,
-        if qm.is_calibrated() { "calibrated" } else { "dynamic" }
+        report.model, report.dataset, report.images, report.privacy, args.weight_bits, args.act_bits, scales
     );
     println!(
         "  accuracy   float {}   quantized {}   private {}   (drop quantized vs float {:+.2} pp)",

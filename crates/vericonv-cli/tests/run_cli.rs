@@ -102,3 +102,34 @@ fn run_classifies_an_array_and_an_image_privately_and_writes_exact_logits() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a .npy array"));
 }
+
+#[test]
+fn eval_runs_a_model_the_native_importer_refuses_on_tract() {
+    let model = repo().join("data/zoo/lenet_avgpool.onnx");
+    if !model.is_file() {
+        assert!(
+            std::env::var("VERICONV_REQUIRE_DATA").as_deref() != Ok("1"),
+            "{} is missing: run /usr/bin/python3 scripts/export-zoo.py",
+            model.display()
+        );
+        println!("skipped: {} is missing", model.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    // Three 28×28 images and their labels as IDX files.
+    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 28, 0, 0, 0, 28];
+    images.extend((0..3 * 28 * 28).map(|i| (i * 7 % 256) as u8));
+    std::fs::write(tmp.path().join("i.idx"), images).expect("write");
+    std::fs::write(tmp.path().join("l.idx"), [0, 0, 8, 1, 0, 0, 0, 3, 1, 2, 3]).expect("write");
+    let dataset = format!("idx:{},{}", tmp.path().join("i.idx").display(), tmp.path().join("l.idx").display());
+    let report = tmp.path().join("r.json").display().to_string();
+    for privacy in ["pad", "two-server"] {
+        let args = ["eval", "--model", &model.display().to_string(), "--dataset", &dataset, "--backend", "cpu"];
+        let o =
+            run(&[&args[..], &["--privacy", privacy, "--mean", "0.5", "--std", "0.25", "--report", &report]].concat());
+        let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{privacy}: {stdout}\n{stderr}");
+        assert!(stderr.contains("running it on tract"), "{stderr}");
+        assert!(stdout.contains("3/3 logits bit-identical"), "{stdout}");
+    }
+}
