@@ -774,10 +774,15 @@ fn a_dead_replica_is_skipped_for_a_back_off_period() {
         }
         (started.elapsed(), cloud.retries())
     };
-    let (healthy, _) = time(vec![alive.url.clone()]);
-    let (degraded, retries) = time(vec![killed, alive.url.clone()]);
-    println!("20 calls: healthy {healthy:?}; one of two replicas dead {degraded:?} ({retries} retries)");
-    assert!(retries <= 2, "the dead replica was tried once per back-off period, not per call: {retries}");
+    // Interleaved, three times each, the fastest of each kept: other tests share the cores.
+    let (mut healthy, mut degraded) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        healthy = healthy.min(time(vec![alive.url.clone()]).0);
+        let (took, retries) = time(vec![killed.clone(), alive.url.clone()]);
+        assert!(retries <= 2, "the dead replica was tried once per back-off period, not per call: {retries}");
+        degraded = degraded.min(took);
+    }
+    println!("20 calls, fastest of 3: healthy {healthy:?}; one of two replicas dead {degraded:?}");
     assert!(degraded <= healthy * 2, "{degraded:?} against {healthy:?} healthy");
 }
 

@@ -124,6 +124,21 @@ fn models_tract_cannot_load_get_a_typed_error() {
     assert!(matches!(err, Error::Parse { .. }), "{err}");
     let missing = TractModel::open(&dir.path().join("missing.onnx"), None, &QuantConfig::default());
     assert!(matches!(missing, Err(Error::Io { .. })), "{missing:?}");
+    // A NaN among a convolution's weights: refused, naming the node.
+    let root = common::repo_root();
+    let model = Model::load(root.join("models/lenet5-mnist.json")).expect("model");
+    let mut proto = vericonv_model::onnx::import::export_model(&model);
+    let graph = proto.graph.as_mut().expect("graph");
+    let w = graph.initializer.iter_mut().find(|t| t.dims.len() == 4).expect("a conv weight");
+    if w.raw_data.is_empty() {
+        w.float_data[0] = f32::NAN;
+    } else {
+        w.raw_data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    let nan = dir.path().join("nan.onnx");
+    std::fs::write(&nan, prost::Message::encode_to_vec(&proto)).expect("write");
+    let err = TractModel::open(&nan, None, &QuantConfig::default()).expect_err("a NaN weight");
+    assert!(matches!(&err, Error::Parse { what, .. } if what.contains("conv1")), "{err}");
 }
 
 fn f32s(path: &std::path::Path) -> Vec<f32> {

@@ -1079,11 +1079,11 @@ fn eval(args: &EvalArgs) -> Result<(), vericonv::Error> {
     let p = &args.protocol;
     let model = match load_model(&args.model, &args.norm) {
         Ok(model) => model,
-        // A graph the native importer refuses runs on tract, its convolutions private.
+        // A graph whose operators the native importer does not know runs on tract, its
+        // convolutions private. A file it refuses as invalid (non-finite weights, a negative
+        // variance…) stays refused.
         #[cfg(feature = "tract")]
-        Err(e @ (vericonv::Error::Unsupported(_) | vericonv::Error::Parse { .. }))
-            if args.model.extension().is_some_and(|x| x == "onnx") =>
-        {
+        Err(e @ vericonv::Error::Unsupported(_)) if args.model.extension().is_some_and(|x| x == "onnx") => {
             return eval_tract(args, &e);
         }
         Err(e) => return Err(e),

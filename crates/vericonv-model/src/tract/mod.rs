@@ -293,6 +293,12 @@ fn private_layer(
         (Ok(w), Ok(b)) => (w, b),
         (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
     };
+    if let Some(i) = weight.iter().chain(&bias).position(|v| !v.is_finite()) {
+        return Err(Error::Parse {
+            what: format!("ONNX node `{}`", node.name),
+            message: format!("weight or bias {i} is not finite"),
+        });
+    }
     if weight.len() != geom.kernel_len() {
         return Ok(Err(format!("{} weights for a kernel of {}", weight.len(), geom.kernel_len())));
     }
