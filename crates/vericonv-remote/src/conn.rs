@@ -2,9 +2,11 @@
 //! client may take to start HTTP/2 (or TLS), and how long a connection may stay open with no call
 //! in flight.
 //!
-//! - Past `max_connections`, a new connection is closed as soon as it is accepted (the client
-//!   gets `UNAVAILABLE` and can try another replica); when the process is out of file
-//!   descriptors, accepting pauses instead of spinning.
+//! - At `max_connections`, a new connection takes the slot of the oldest one still waiting for
+//!   its handshake (a silent socket), so a flood of them cannot lock out a client that speaks at
+//!   once; when every slot holds an established connection, the new one is closed as soon as it
+//!   is accepted (the client gets `UNAVAILABLE` and can try another replica). When the process
+//!   is out of file descriptors, accepting pauses instead of spinning.
 //! - A connection must send the 24-byte HTTP/2 preface (or, with TLS, a TLS record header)
 //!   within `handshake_timeout`, or it is closed without ever reaching tonic; the TLS handshake
 //!   itself has the same timeout.
@@ -12,6 +14,7 @@
 //!   connection by [`TrackCalls`], from the request until its answer's body is sent, so a long
 //!   convolution never makes its connection idle, and pings do not keep an idle one alive.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tonic::codegen::http;
 use tonic::transport::server::{Connected, TlsConnectInfo};
 
@@ -172,22 +175,50 @@ pub(crate) fn incoming(
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Connections still waiting for their handshake, oldest first, each with the means to
+    // evict it: at the limit, a new connection takes the slot of the oldest silent one, so
+    // that a flood of silent sockets cannot lock out a client that speaks at once.
+    let pending: Arc<Mutex<VecDeque<(u64, oneshot::Sender<()>)>>> = Arc::default();
     tokio::spawn(async move {
-        loop {
+        for id in 0u64.. {
             let accepted = tokio::select! {
                 accepted = accept(&listener, "gRPC") => accepted,
                 () = tx.closed() => return,
             };
             let Some(stream) = accepted else { continue };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    let oldest = pending.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                    match oldest {
+                        Some((_, evict)) => {
+                            let _ = evict.send(());
+                            // The evicted task drops its slot at once.
+                            tokio::time::timeout(Duration::from_millis(100), slots.clone().acquire_owned())
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                        }
+                        None => None,
+                    }
+                }
+            };
+            let Some(slot) = slot else {
                 tracing::warn!(max = limits.max_connections, "connection refused: too many open connections");
                 drop(stream);
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let tx = tx.clone();
+            let (evict, evicted) = oneshot::channel();
+            pending.lock().unwrap_or_else(|e| e.into_inner()).push_back((id, evict));
+            let (tx, pending) = (tx.clone(), pending.clone());
             tokio::spawn(async move {
-                if let Err(why) = await_preface(&stream, limits.handshake_timeout, tls).await {
+                let handshake = tokio::select! {
+                    done = await_preface(&stream, limits.handshake_timeout, tls) => done,
+                    _ = evicted => Err("evicted for a new connection at the limit"),
+                };
+                pending.lock().unwrap_or_else(|e| e.into_inner()).retain(|(p, _)| *p != id);
+                if let Err(why) = handshake {
                     tracing::debug!(peer = ?stream.peer_addr().ok(), why, "connection closed before its handshake");
                     return;
                 }
