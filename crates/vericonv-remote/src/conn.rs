@@ -178,7 +178,7 @@ pub(crate) fn incoming(
     // Connections still waiting for their handshake, oldest first, each with the means to
     // evict it: at the limit, a new connection takes the slot of the oldest silent one, so
     // that a flood of silent sockets cannot lock out a client that speaks at once.
-    let pending: Arc<Mutex<VecDeque<(u64, oneshot::Sender<()>)>>> = Arc::default();
+    let pending: Arc<Mutex<Pending>> = Arc::default();
     tokio::spawn(async move {
         for id in 0u64.. {
             let accepted = tokio::select! {
