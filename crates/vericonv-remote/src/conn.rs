@@ -37,6 +37,9 @@ pub(crate) struct Limits {
     pub idle_timeout: Duration,
 }
 
+/// Connections waiting for their handshake, oldest first: an id and the sender that evicts it.
+type Pending = VecDeque<(u64, oneshot::Sender<()>)>;
+
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
