@@ -92,6 +92,81 @@ pub struct EvalReport {
     pub errors: Vec<String>,
 }
 
+impl LayerReport {
+    fn of(s: &vericonv_model::LayerStats) -> Self {
+        let secs = |d: Duration| d.as_secs_f64();
+        Self {
+            name: s.name.clone(),
+            outsourced: s.outsourced,
+            calls: s.calls,
+            verified: s.verified,
+            rejected: s.rejected,
+            masking_s: secs(s.timings.keygen + s.timings.encrypt + s.timings.decrypt),
+            verify_s: secs(s.timings.verify),
+            cloud_s: secs(s.timings.cloud),
+            client_compute_s: secs(s.client_compute),
+            offline_s: secs(s.offline),
+        }
+    }
+}
+
+/// An evaluation's counts, batch by batch.
+#[derive(Default)]
+struct Tally {
+    float_ok: usize,
+    quant_ok: usize,
+    private_ok: usize,
+    answered: usize,
+    rejected: usize,
+    agree: usize,
+    bits_equal: usize,
+    errors: Vec<String>,
+}
+
+impl Tally {
+    /// Counts the float and quantized predictions of a batch.
+    fn plain(&mut self, labels: &[usize], float_logits: &[f32], quant_logits: &[f32], classes: usize) {
+        let correct = |logits: &[f32]| argmax(logits, classes).iter().zip(labels).filter(|(p, l)| p == l).count();
+        self.float_ok += correct(float_logits);
+        self.quant_ok += correct(quant_logits);
+    }
+
+    /// Counts the private run of the batch of images `start..` against the quantized logits:
+    /// a verification failure counts its images as rejected and keeps the message.
+    ///
+    /// # Errors
+    /// Any other error of the private run.
+    fn private(
+        &mut self,
+        start: usize,
+        labels: &[usize],
+        private: Result<Vec<f32>>,
+        quant_logits: &[f32],
+        classes: usize,
+    ) -> Result<()> {
+        match private {
+            Ok(logits) => {
+                let (pred, quant_pred) = (argmax(&logits, classes), argmax(quant_logits, classes));
+                self.answered += labels.len();
+                self.private_ok += pred.iter().zip(labels).filter(|(p, l)| p == l).count();
+                self.agree += pred.iter().zip(&quant_pred).filter(|(p, q)| p == q).count();
+                self.bits_equal += logits
+                    .chunks_exact(classes)
+                    .zip(quant_logits.chunks_exact(classes))
+                    .filter(|(a, b)| a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits()))
+                    .count();
+                Ok(())
+            }
+            Err(e @ (Error::VerificationFailed { .. } | Error::MalformedAnswer { .. })) => {
+                self.rejected += labels.len();
+                self.errors.push(format!("images {start}..{}: {e}", start + labels.len()));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Settings of [`evaluate`].
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
@@ -137,63 +212,31 @@ pub fn evaluate(
     let classes = model.num_classes();
     let mut exec = PrivateExecutor::new(qm, clouds, &opts.private, rng)?;
     let own_cpu = CpuBackend::new();
-    let (mut float_ok, mut quant_ok, mut private_ok) = (0usize, 0usize, 0usize);
-    let (mut answered, mut rejected, mut agree, mut bits_equal) = (0usize, 0usize, 0usize, 0usize);
+    let mut tally = Tally::default();
     let (mut float_time, mut quant_time) = (Duration::ZERO, Duration::ZERO);
     let mut private_times = ForwardTimes::default();
-    let mut errors = Vec::new();
     let batch = opts.batch.max(1);
     // Buffers reused across batches: one set per model pass.
     let (mut ws_float, mut ws_quant, mut ws_private) = (Workspace::new(), Workspace::new(), Workspace::new());
     for start in (0..data.len()).step_by(batch) {
         let (images, labels) = data.slice(start..start + batch);
         let t = Instant::now();
-        let float_pred = argmax(&model.forward_float_with(images, &mut ws_float)?, classes);
+        let float_logits = model.forward_float_with(images, &mut ws_float)?;
         float_time += t.elapsed();
         let t = Instant::now();
         let (quant_logits, _) = qm.forward_with(images, &mut PlainExecutor, &mut ws_quant)?;
         quant_time += t.elapsed();
-        let quant_pred = argmax(&quant_logits, classes);
-        float_ok += float_pred.iter().zip(labels).filter(|(p, l)| p == l).count();
-        quant_ok += quant_pred.iter().zip(labels).filter(|(p, l)| p == l).count();
+        tally.plain(labels, &float_logits, &quant_logits, classes);
         exec.prepare_pads(labels.len(), &own_cpu)?;
-        match qm.forward_with(images, &mut exec, &mut ws_private) {
-            Ok((logits, times)) => {
-                private_times += times;
-                let pred = argmax(&logits, classes);
-                answered += labels.len();
-                private_ok += pred.iter().zip(labels).filter(|(p, l)| p == l).count();
-                agree += pred.iter().zip(&quant_pred).filter(|(p, q)| p == q).count();
-                bits_equal += logits
-                    .chunks_exact(classes)
-                    .zip(quant_logits.chunks_exact(classes))
-                    .filter(|(a, b)| a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits()))
-                    .count();
-            }
-            Err(e @ (Error::VerificationFailed { .. } | Error::MalformedAnswer { .. })) => {
-                rejected += labels.len();
-                errors.push(format!("images {start}..{}: {e}", start + labels.len()));
-            }
-            Err(e) => return Err(e),
-        }
+        let private = qm.forward_with(images, &mut exec, &mut ws_private).map(|(logits, times)| {
+            private_times += times;
+            logits
+        });
+        tally.private(start, labels, private, &quant_logits, classes)?;
         progress(start + labels.len());
     }
     let secs = |d: Duration| d.as_secs_f64();
-    let layers: Vec<LayerReport> = exec
-        .stats()
-        .map(|s| LayerReport {
-            name: s.name.clone(),
-            outsourced: s.outsourced,
-            calls: s.calls,
-            verified: s.verified,
-            rejected: s.rejected,
-            masking_s: secs(s.timings.keygen + s.timings.encrypt + s.timings.decrypt),
-            verify_s: secs(s.timings.verify),
-            cloud_s: secs(s.timings.cloud),
-            client_compute_s: secs(s.client_compute),
-            offline_s: secs(s.offline),
-        })
-        .collect();
+    let layers: Vec<LayerReport> = exec.stats().map(LayerReport::of).collect();
     let n = data.len().max(1) as f64;
     Ok(EvalReport {
         model: model.name().to_string(),
@@ -201,13 +244,13 @@ pub fn evaluate(
         privacy: opts.private.privacy.label(),
         backend: clouds.name(),
         images: data.len(),
-        float_accuracy: float_ok as f64 / n,
-        quantized_accuracy: quant_ok as f64 / n,
-        private_accuracy: private_ok as f64 / n,
-        private_answered: answered,
-        private_rejected: rejected,
-        prediction_agreement: agree,
-        logits_bit_identical: bits_equal,
+        float_accuracy: tally.float_ok as f64 / n,
+        quantized_accuracy: tally.quant_ok as f64 / n,
+        private_accuracy: tally.private_ok as f64 / n,
+        private_answered: tally.answered,
+        private_rejected: tally.rejected,
+        prediction_agreement: tally.agree,
+        logits_bit_identical: tally.bits_equal,
         corrupted_calls: 0,
         client_masking_s: layers.iter().map(|l| l.masking_s).sum(),
         client_verify_s: layers.iter().map(|l| l.verify_s).sum(),
@@ -219,7 +262,7 @@ pub fn evaluate(
         float_plaintext_s: secs(float_time),
         quantized_plaintext_s: secs(quant_time),
         layers,
-        errors,
+        errors: tally.errors,
     })
 }
 
@@ -260,10 +303,8 @@ pub fn evaluate_tract(
     let float_plan = model.plan(None)?;
     let quant_plan = model.plan(Some(Arc::new(Reference)))?;
     let private_plan = model.plan(Some(exec.clone() as Arc<dyn ConvExecutor>))?;
-    let (mut float_ok, mut quant_ok, mut private_ok) = (0usize, 0usize, 0usize);
-    let (mut answered, mut rejected, mut agree, mut bits_equal) = (0usize, 0usize, 0usize, 0usize);
+    let mut tally = Tally::default();
     let (mut float_time, mut quant_time, mut private_time) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    let mut errors = Vec::new();
     for start in (0..data.len()).step_by(opts.batch.max(1)) {
         let (images, labels) = data.slice(start..start + opts.batch.max(1));
         let x = normalize(images);
@@ -274,48 +315,15 @@ pub fn evaluate_tract(
         let t = Instant::now();
         let (quant_logits, _) = quant_plan.run(&x)?;
         quant_time += t.elapsed();
-        let quant_pred = argmax(&quant_logits, classes);
-        float_ok += argmax(&float_logits, classes).iter().zip(labels).filter(|(p, l)| p == l).count();
-        quant_ok += quant_pred.iter().zip(labels).filter(|(p, l)| p == l).count();
+        tally.plain(labels, &float_logits, &quant_logits, classes);
         let t = Instant::now();
-        match private_plan.run(&x) {
-            Ok((logits, _)) => {
-                let pred = argmax(&logits, classes);
-                answered += labels.len();
-                private_ok += pred.iter().zip(labels).filter(|(p, l)| p == l).count();
-                agree += pred.iter().zip(&quant_pred).filter(|(p, q)| p == q).count();
-                bits_equal += logits
-                    .chunks_exact(classes)
-                    .zip(quant_logits.chunks_exact(classes))
-                    .filter(|(a, b)| a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits()))
-                    .count();
-            }
-            Err(e @ (Error::VerificationFailed { .. } | Error::MalformedAnswer { .. })) => {
-                rejected += labels.len();
-                errors.push(format!("images {start}..{}: {e}", start + labels.len()));
-            }
-            Err(e) => return Err(e),
-        }
+        let private = private_plan.run(&x).map(|(logits, _)| logits);
         private_time += t.elapsed();
+        tally.private(start, labels, private, &quant_logits, classes)?;
         progress(start + labels.len());
     }
     let secs = |d: Duration| d.as_secs_f64();
-    let layers: Vec<LayerReport> = exec
-        .stats()
-        .iter()
-        .map(|s| LayerReport {
-            name: s.name.clone(),
-            outsourced: true,
-            calls: s.calls,
-            verified: s.verified,
-            rejected: s.rejected,
-            masking_s: secs(s.timings.keygen + s.timings.encrypt + s.timings.decrypt),
-            verify_s: secs(s.timings.verify),
-            cloud_s: secs(s.timings.cloud),
-            client_compute_s: 0.0,
-            offline_s: secs(s.offline),
-        })
-        .collect();
+    let layers: Vec<LayerReport> = exec.stats().iter().map(LayerReport::of).collect();
     let sum = |f: fn(&LayerReport) -> f64| layers.iter().map(f).sum::<f64>();
     let (masking, verify, cloud, offline) =
         (sum(|l| l.masking_s), sum(|l| l.verify_s), sum(|l| l.cloud_s), sum(|l| l.offline_s));
@@ -326,13 +334,13 @@ pub fn evaluate_tract(
         privacy: opts.private.privacy.label(),
         backend,
         images: data.len(),
-        float_accuracy: float_ok as f64 / n,
-        quantized_accuracy: quant_ok as f64 / n,
-        private_accuracy: private_ok as f64 / n,
-        private_answered: answered,
-        private_rejected: rejected,
-        prediction_agreement: agree,
-        logits_bit_identical: bits_equal,
+        float_accuracy: tally.float_ok as f64 / n,
+        quantized_accuracy: tally.quant_ok as f64 / n,
+        private_accuracy: tally.private_ok as f64 / n,
+        private_answered: tally.answered,
+        private_rejected: tally.rejected,
+        prediction_agreement: tally.agree,
+        logits_bit_identical: tally.bits_equal,
         corrupted_calls: 0,
         client_masking_s: masking,
         client_verify_s: verify,
@@ -344,6 +352,6 @@ pub fn evaluate_tract(
         float_plaintext_s: secs(float_time),
         quantized_plaintext_s: secs(quant_time),
         layers,
-        errors,
+        errors: tally.errors,
     })
 }

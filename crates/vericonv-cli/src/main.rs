@@ -1250,7 +1250,11 @@ fn finish_eval(args: &EvalArgs, report: EvalReport, scales: &str) -> Result<(), 
     std::fs::write(&path, json).map_err(|e| vericonv::Error::io(&path, e))?;
     println!("  report     {}", path.display());
     let rejected: u64 = report.layers.iter().map(|l| l.rejected).sum();
-    if rejected < report.corrupted_calls || report.logits_bit_identical != report.private_answered {
+    // In mode two-server with both clouds cheating, one rejected call may hold two corrupted
+    // answers.
+    let cheats_per_call =
+        if p.privacy() == Privacy::TwoServer && args.tamper_cloud == TamperChoice::Both { 2 } else { 1 };
+    if rejected * cheats_per_call < report.corrupted_calls || report.logits_bit_identical != report.private_answered {
         return Err(vericonv::Error::Internal(
             "private inference disagreed with the quantized model or missed a corrupted answer".into(),
         ));

@@ -200,3 +200,30 @@ fn an_empty_token_file_is_refused_and_metrics_need_the_token() {
     assert!(log.contains("convolution done"), "the server logs its calls: {log}");
     assert!(!log.contains('\u{1b}'), "no ANSI colour codes in a log that is not a terminal");
 }
+
+#[test]
+fn eval_counts_two_cheating_clouds_in_one_call_as_caught() {
+    // Both clouds of two-server corrupt every answer: one rejected call holds two corrupted
+    // answers, and that is a cheater caught, not a missed corruption.
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let dataset = common::small_idx(tmp.path());
+    let model = common::repo().join("models/lenet5-mnist.json").display().to_string();
+    let report = format!("{}/r.json", tmp.path().display());
+    let out = run(&[
+        "eval",
+        "--model",
+        &model,
+        "--dataset",
+        &dataset,
+        "--privacy",
+        "two-server",
+        "--backend",
+        "cpu",
+        "--tamper-rate",
+        "1",
+        "--report",
+        &report,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("2 corrupted cloud answers, 1 rejected by verification"), "{stdout}");
+}
