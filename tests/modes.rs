@@ -1,4 +1,4 @@
-//! Modes `two-server` (SCHEME.md §11) and `pad` (§12): exactness on every test shape, the share
+//! Modes `two-server` (docs/scheme.md §11) and `pad` (§12): exactness on every test shape, the share
 //! generator, the pad pool's rules, and every misuse as a typed error.
 
 use common::{exact_on_every_shape, expected, ints, rng};
@@ -25,7 +25,7 @@ fn pad_decrypts_exactly_on_every_shape() {
 
 #[test]
 fn share_generator_is_pinned_for_a_fixed_seed() {
-    // ChaCha12 with key bytes 0, 1, ..., 31, each word cut to 31 bits (SCHEME.md §11); the
+    // ChaCha12 with key bytes 0, 1, ..., 31, each word cut to 31 bits (docs/scheme.md §11); the
     // values were computed with rand_chacha 0.9.0 directly, outside this crate.
     let seed: [u8; 32] = std::array::from_fn(|i| i as u8);
     let pinned = [2147037682, 1590065873, 636683588, 708897239, 526390089, 1011269314, 1137361897, 907680473];

@@ -303,9 +303,9 @@ impl From<ModeChoice> for Mode {
 enum PrivacyChoice {
     /// The paper's rank-ρ mask (default). Its input privacy does not hold on structured data.
     Lowrank,
-    /// Additive shares to two non-colluding clouds (SCHEME.md §11).
+    /// Additive shares to two non-colluding clouds (docs/scheme.md §11).
     TwoServer,
-    /// One-time pads precomputed offline by the client (SCHEME.md §12).
+    /// One-time pads precomputed offline by the client (docs/scheme.md §12).
     Pad,
 }
 
@@ -529,7 +529,7 @@ impl CloudSetup {
     }
 }
 
-/// Prints the one-line warning of mode lowrank (SCHEME.md §9) to stderr.
+/// Prints the one-line warning of mode lowrank (docs/scheme.md §9) to stderr.
 fn warn_if_lowrank(privacy: Privacy) {
     if matches!(privacy, Privacy::LowRank { .. }) {
         eprintln!("{LOWRANK_WARNING}");
@@ -610,7 +610,7 @@ struct EvalArgs {
     /// sets use their own first N images) instead of computing them per image.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|v| v as usize))]
     calibrate: Option<usize>,
-    /// Outsource linear layers too (weaker masks; SCHEME.md §9).
+    /// Outsource linear layers too (weaker masks; docs/scheme.md §9).
     #[arg(long)]
     outsource_linear: bool,
     /// Let the cloud corrupt this fraction of layer calls; every one must be detected.

@@ -1,4 +1,4 @@
-// Implicit-im2col convolution (SCHEME.md §6): Y[b,o,n] = Σ_m K[o,m]·col_b[m,n], where the
+// Implicit-im2col convolution (docs/scheme.md §6): Y[b,o,n] = Σ_m K[o,m]·col_b[m,n], where the
 // im2col matrix col_b is gathered on the fly from the input and never materialised.
 // The arithmetic (Elem, Acc, acc_zero, acc_mac, acc_finish) comes from the prelude this body is
 // appended to: F_p with u64 or u32 arithmetic, or plaintext f32.

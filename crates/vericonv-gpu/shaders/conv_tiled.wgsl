@@ -1,4 +1,4 @@
-// Tiled implicit-im2col GEMM convolution (SCHEME.md §6), for ungrouped convolutions:
+// Tiled implicit-im2col GEMM convolution (docs/scheme.md §6), for ungrouped convolutions:
 // Y[b,o,n] = Σ_m K[o,m]·col_b[m,n], with col_b gathered from the input, never materialised.
 // The arithmetic (Elem, Acc, acc_zero, acc_mac, acc_finish) comes from the prelude this body is
 // appended to, exactly as for the simple kernel in conv.wgsl, which stays the test oracle.

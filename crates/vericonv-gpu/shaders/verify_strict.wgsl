@@ -1,4 +1,4 @@
-// The batched verification matrix-vector product of Strict mode (SCHEME.md §8), for a batch:
+// The batched verification matrix-vector product of Strict mode (docs/scheme.md §8), for a batch:
 //   ydot:     L[b,o']      = Σ_n r[n]·Y'[b,o',n]
 //   im2col_r: T_b[c',i,j]  = Σ_{y,x} r[y,x]·X'pad[b,c',y·sh+i·dh,x·sw+j·dw]
 //   kt:       V[b,o']      = Σ_m K'[o',m]·T_b[g'(o')·Cin/G·kh·kw + m]

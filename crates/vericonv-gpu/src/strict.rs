@@ -1,4 +1,4 @@
-//! The batched Strict-mode verification products (SCHEME.md §8) on the client's own GPU.
+//! The batched Strict-mode verification products (docs/scheme.md §8) on the client's own GPU.
 
 use wgpu::util::DeviceExt;
 

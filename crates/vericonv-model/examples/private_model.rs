@@ -21,7 +21,7 @@ fn main() -> Result<(), vericonv::Error> {
         &root.join("models/demo/mnist-t10k-16-images.idx"),
         &root.join("models/demo/mnist-t10k-16-labels.idx"),
     )?;
-    // 8-bit weights and activations (SCHEME.md §10); the exactness bound is checked per layer.
+    // 8-bit weights and activations (docs/scheme.md §10); the exactness bound is checked per layer.
     let quantized = QuantModel::new(&model, QuantConfig::default())?;
     let (plain_logits, _) = quantized.forward(data.images(), &mut PlainExecutor)?;
 

@@ -20,7 +20,7 @@ pub struct PrivateConfig {
     pub rounds: usize,
     /// How inputs are masked (default `lowrank` with ρ = 2).
     pub privacy: Privacy,
-    /// Outsource `Linear` layers too (default false: SCHEME.md §9, their masks are weaker).
+    /// Outsource `Linear` layers too (default false: docs/scheme.md §9, their masks are weaker).
     pub outsource_linear: bool,
     /// Rotate each layer's session key after this many images (default: never).
     pub rotate_after_images: Option<u64>,
@@ -134,7 +134,7 @@ impl<'a> PrivateExecutor<'a> {
     }
 
     /// Mode `pad`, offline: precomputes `images` pads for every outsourced layer, with the mask
-    /// convolutions on `backend`, the client's own (SCHEME.md §12). Returns the time it took,
+    /// convolutions on `backend`, the client's own (docs/scheme.md §12). Returns the time it took,
     /// which is also added to each layer's [`LayerStats::offline`]. Does nothing in the other
     /// modes.
     ///

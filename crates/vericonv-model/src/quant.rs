@@ -1,4 +1,4 @@
-//! Quantization (SCHEME.md §10) and the integer executors.
+//! Quantization (docs/scheme.md §10) and the integer executors.
 //!
 //! - Weights: symmetric, per output channel, `b_w` bits (default 8).
 //! - Activations entering a `Conv` or `Linear`: symmetric, per tensor, `b_x` bits (default 8),

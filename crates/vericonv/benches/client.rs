@@ -170,7 +170,7 @@ fn verify_memory(c: &mut Criterion) {
     group.finish();
 }
 
-/// The share generator of mode `two-server` (SCHEME.md §11), in field elements per second,
+/// The share generator of mode `two-server` (docs/scheme.md §11), in field elements per second,
 /// against its word-by-word definition (the same output, checked first).
 fn share_generator(c: &mut Criterion) {
     let mut group = c.benchmark_group("share");

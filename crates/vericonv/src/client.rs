@@ -297,7 +297,7 @@ impl std::fmt::Debug for PrivateConv {
     }
 }
 
-/// Checks the exactness bound of SCHEME.md §2, `M·Bx·Bw + Bb <= (p-1)/2`, for layer `layer`.
+/// Checks the exactness bound of docs/scheme.md §2, `M·Bx·Bw + Bb <= (p-1)/2`, for layer `layer`.
 ///
 /// # Errors
 /// [`Error::ExactnessBound`] naming the layer and every term.
@@ -325,7 +325,7 @@ fn check_claim(claim: &Claim<'_>, mode: Mode, rounds: usize, rng: &mut KeyRng) -
 }
 
 impl PrivateConv {
-    /// Builds the layer: checks the exactness bound `M·Bx·Bw + Bb <= (p-1)/2` (SCHEME.md §2),
+    /// Builds the layer: checks the exactness bound `M·Bx·Bw + Bb <= (p-1)/2` (docs/scheme.md §2),
     /// draws the first session key and encrypts the kernel.
     ///
     /// `kernel` is `Cout × Cin/G × kh × kw` integers; `bias`, if any, has `Cout` integers and is
@@ -413,7 +413,7 @@ impl PrivateConv {
     }
 
     /// Mode `pad`, offline: precomputes `count` pads for this layer and its current key, with
-    /// `U = Conv(K, R)` on `backend`, the client's own CPU or GPU backend (SCHEME.md §12).
+    /// `U = Conv(K, R)` on `backend`, the client's own CPU or GPU backend (docs/scheme.md §12).
     ///
     /// # Errors
     /// [`Error::WrongPrivacyMode`] outside mode `pad`, and the errors of [`PadPool::generate`].

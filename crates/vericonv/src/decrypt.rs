@@ -1,4 +1,4 @@
-//! Decryption on the client (SCHEME.md §7).
+//! Decryption on the client (docs/scheme.md §7).
 //!
 //! `Y'[b,o',y,x] = α[o']·(Y[b,σ(o'),y,x] + Mk_b[σ(o'),y,x])` with `Mk_b = Conv(K, R_b)`. Because
 //! `R_b` is a sum of channel ⊗ row ⊗ column terms, `Mk_b` separates:
@@ -246,7 +246,7 @@ fn check_answer_len(key: &SessionKey, y_cloud: &[u32], out: &[i32]) -> Result<us
     Ok(batch)
 }
 
-/// Mode `two-server` (SCHEME.md §11): decrypts the verified answers of the two clouds,
+/// Mode `two-server` (docs/scheme.md §11): decrypts the verified answers of the two clouds,
 /// `Y[b,σ(o'),y,x] = lift(α[o']^-1·(Y'_A + Y'_B)[b,o',y,x])`, in one pass into a caller-owned
 /// buffer. The proof must come from a claim in two parts ([`crate::verify::Claim::with_parts`]).
 ///
@@ -273,7 +273,7 @@ pub fn decrypt_sum_into(key: &SessionKey, answer: &Verified<'_>, out: &mut [i32]
     Ok(())
 }
 
-/// Mode `pad` (SCHEME.md §12): `Y[b,σ(o'),y,x] = lift(α[o']^-1·Y'[b,o',y,x] - U_b[σ(o'),y,x])`
+/// Mode `pad` (docs/scheme.md §12): `Y[b,σ(o'),y,x] = lift(α[o']^-1·Y'[b,o',y,x] - U_b[σ(o'),y,x])`
 /// for the verified answer, with the pads the input was encrypted with, into a caller-owned
 /// buffer.
 ///

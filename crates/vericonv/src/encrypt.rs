@@ -1,4 +1,4 @@
-//! Encryption on the client (SCHEME.md §5).
+//! Encryption on the client (docs/scheme.md §5).
 //!
 //! - Kernel: `K'[o', cl', i, j] = α[o'] · β[c']^-1 · K[σ(o'), cl, i, j]`, once per session.
 //! - Input: `X'[b, c', y, x] = β[c'] · ( X[b, π(c'), y, x] + R_b[π(c'), y, x] )`, per image,
@@ -126,7 +126,7 @@ const SHARE_BLOCK: usize = 4096;
 /// key stream's 16-word blocks).
 const SHARE_CHUNK: usize = 16 * SHARE_BLOCK;
 
-/// Mode `two-server` (SCHEME.md §11): writes `X' = β·X[π]` into `scaled` and cloud B's share
+/// Mode `two-server` (docs/scheme.md §11): writes `X' = β·X[π]` into `scaled` and cloud B's share
 /// `X'_B = X' - G(seed)` into `share_b`, in one pass per channel plane.
 ///
 /// Cloud A's share is never written out: each plane's part of `G(seed)` is generated a block at
@@ -196,7 +196,7 @@ fn split_shares(
     Ok(())
 }
 
-/// Mode `pad` (SCHEME.md §12): `X'[b,c'] = β[c']·(X[b,π(c')] + R_b[π(c')])` with one pad per
+/// Mode `pad` (docs/scheme.md §12): `X'[b,c'] = β[c']·(X[b,π(c')] + R_b[π(c')])` with one pad per
 /// image.
 ///
 /// # Errors

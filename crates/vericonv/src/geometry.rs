@@ -1,4 +1,4 @@
-//! Convolution geometry (SCHEME.md §3): shapes, stride, asymmetric zero padding, dilation and
+//! Convolution geometry (docs/scheme.md §3): shapes, stride, asymmetric zero padding, dilation and
 //! groups, validated once when a [`Conv2d`] is built.
 
 use crate::{Error, Result};

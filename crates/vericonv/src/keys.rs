@@ -1,4 +1,4 @@
-//! Keys (SCHEME.md §4): the per-layer [`SessionKey`] and the per-image [`ImageMask`].
+//! Keys (docs/scheme.md §4): the per-layer [`SessionKey`] and the per-image [`ImageMask`].
 //!
 //! All randomness comes from [`KeyRng`], ChaCha20 seeded from the OS by [`os_rng`]. An explicit
 //! seed ([`seeded_rng`]) is for tests and benchmarks only.
@@ -42,7 +42,7 @@ pub const DEFAULT_RANK: usize = 2;
 /// Secret: its `Debug` prints only the geometry and rank, and it is zeroized on drop.
 #[derive(Clone)]
 pub struct SessionKey {
-    /// A random identifier: what pads (SCHEME.md §12) are bound to.
+    /// A random identifier: what pads (docs/scheme.md §12) are bound to.
     id: u64,
     geom: Conv2d,
     rho: usize,

@@ -5,7 +5,7 @@
 //! The client masks every convolution with secret keys, the cloud convolves the masked tensors
 //! over F_p (p = 2^31 - 1) with WGSL compute shaders or on a CPU, and the client checks the
 //! answer with a Freivalds-style test before unmasking it. The modules follow the scheme
-//! (`SCHEME.md`): [`field`] → [`geometry`] → [`keys`] / [`privacy`] ([`share`], [`pad`]) →
+//! (`docs/scheme.md`): [`field`] → [`geometry`] → [`keys`] / [`privacy`] ([`share`], [`pad`]) →
 //! [`encrypt`] / [`decrypt`] / [`verify`] → [`cloud`] (the trait and the CPU backend) →
 //! [`client`], the layer that ties them together.
 //!

@@ -1,4 +1,4 @@
-//! One-time pads of mode `pad` (SCHEME.md §12).
+//! One-time pads of mode `pad` (docs/scheme.md §12).
 //!
 //! Offline, for each future image, the client draws a uniform `R` (`Cin × H × W`) and computes
 //! `U = Conv(K, R)` over F_p with the plain kernel, on its own backend (never the cloud). A pad

@@ -1,4 +1,4 @@
-//! The three ways the client hides its inputs from the cloud (SCHEME.md §9, §11, §12).
+//! The three ways the client hides its inputs from the cloud (docs/scheme.md §9, §11, §12).
 //!
 //! | mode | what one cloud receives | input privacy |
 //! |---|---|---|
@@ -13,16 +13,16 @@ use crate::keys::DEFAULT_RANK;
 /// How the client masks the inputs of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Privacy {
-    /// The paper's scheme (SCHEME.md §4–§7): a rank-ρ mask whose row and column factors all
+    /// The paper's scheme (docs/scheme.md §4–§7): a rank-ρ mask whose row and column factors all
     /// channels of an image share. Its input privacy does not hold on structured data.
     LowRank {
         /// The mask rank ρ (at least 1).
         rank: usize,
     },
-    /// Two non-colluding clouds each convolve one additive share of `β·X[π]` (SCHEME.md §11).
+    /// Two non-colluding clouds each convolve one additive share of `β·X[π]` (docs/scheme.md §11).
     TwoServer,
     /// One cloud; the client masks with a uniform pad `R` and unmasks with `Conv(K, R)`, both
-    /// precomputed offline on its own backend (SCHEME.md §12).
+    /// precomputed offline on its own backend (docs/scheme.md §12).
     Pad,
 }
 
@@ -32,7 +32,7 @@ impl Default for Privacy {
     }
 }
 
-/// The one line every run in mode `lowrank` prints (SCHEME.md §9).
+/// The one line every run in mode `lowrank` prints (docs/scheme.md §9).
 pub const LOWRANK_WARNING: &str = "warning: privacy mode `lowrank` (the paper's scheme) does not keep structured inputs private: \
      `vericonv attack` recovers them exactly (README, \"Privacy, measured\"); use --privacy two-server or pad";
 

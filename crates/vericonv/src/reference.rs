@@ -1,4 +1,4 @@
-//! The direct convolution of SCHEME.md §3, written as literally as possible. It is the oracle
+//! The direct convolution of docs/scheme.md §3, written as literally as possible. It is the oracle
 //! every faster path is tested against, over any [`PrimeField`], over `i64` and over `f32`.
 
 use crate::Result;

@@ -1,4 +1,4 @@
-//! The share generator `G` of mode `two-server` (SCHEME.md §11).
+//! The share generator `G` of mode `two-server` (docs/scheme.md §11).
 //!
 //! Cloud A's share `X'_A = G(seed)` is expanded from a 32-byte seed, so that it can travel as
 //! 32 bytes: `rand_chacha::ChaCha12Rng::from_seed(seed)`, each `next_u32()` cut to its low 31
@@ -65,12 +65,12 @@ impl Drop for ShareSeed {
     }
 }
 
-/// Fills `out` with `G(seed)` (SCHEME.md §11), bit-identical to [`expand_reference`].
+/// Fills `out` with `G(seed)` (docs/scheme.md §11), bit-identical to [`expand_reference`].
 pub fn expand_into(seed: &[u8; 32], out: &mut [u32]) {
     expand_masked(seed, out, P);
 }
 
-/// `G(seed)` word by word, exactly as SCHEME.md §11 words it: the specification.
+/// `G(seed)` word by word, exactly as docs/scheme.md §11 words it: the specification.
 pub fn expand_reference(seed: &[u8; 32], len: usize) -> Vec<u32> {
     reference_masked(seed, len, P)
 }

@@ -1,4 +1,4 @@
-//! Verification on the client (SCHEME.md §8): exact Freivalds-style equality tests in F_p of the
+//! Verification on the client (docs/scheme.md §8): exact Freivalds-style equality tests in F_p of the
 //! claim `Y' = Conv(K', X')` for every image of a batch.
 //!
 //! The random vectors are drawn inside these functions, that is after the cloud has answered,

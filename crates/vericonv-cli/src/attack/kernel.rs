@@ -1,4 +1,4 @@
-//! Kernel recovery from `K'` alone, in every mode (SCHEME.md §9).
+//! Kernel recovery from `K'` alone, in every mode (docs/scheme.md §9).
 //!
 //! Each slice `K'[o', cl', ·, ·]` is the plain slice `K[σ(o'), cl, ·, ·]` times the unknown scalar
 //! `α[o']·β[c']^-1`. With integer weights bounded by `Bw`, the attacker takes the scalar that

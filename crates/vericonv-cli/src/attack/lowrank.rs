@@ -1,4 +1,4 @@
-//! Input recovery against mode `lowrank` (SCHEME.md §9), from `X'` alone.
+//! Input recovery against mode `lowrank` (docs/scheme.md §9), from `X'` alone.
 //!
 //! Each cloud channel plane of one image is `P_c = β_c·X_c + A·D_c·Cᵀ`, where the row factors
 //! `A = [a_1..a_ρ]` and column factors `C = [c_1..c_ρ]` are shared by every channel of the image.

@@ -1,4 +1,4 @@
-//! What a curious cloud recovers: the attacks behind `vericonv attack` (SCHEME.md §9).
+//! What a curious cloud recovers: the attacks behind `vericonv attack` (docs/scheme.md §9).
 //!
 //! The attacker gets exactly what each cloud gets, recorded at the [`CloudBackend`] boundary of
 //! a real private run: `K'` once per session, and `X'` (or its share) per call, with the

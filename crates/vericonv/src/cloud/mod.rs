@@ -1,4 +1,4 @@
-//! The untrusted cloud (SCHEME.md §6): `Y' = Conv(K', X')` over F_p, behind one trait.
+//! The untrusted cloud (docs/scheme.md §6): `Y' = Conv(K', X')` over F_p, behind one trait.
 //!
 //! The client never trusts what a backend returns: every answer is verified before it is
 //! decrypted. [`CpuBackend`] runs on the CPU with rayon; the `vericonv-gpu` crate's
@@ -30,7 +30,7 @@ pub trait CloudBackend: Send + Sync {
     fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>>;
 
     /// Mode `two-server`, cloud A: computes `Conv(K', X'_A)` where `X'_A = G(seed)` is the share
-    /// expanded from its 32-byte seed (SCHEME.md §11), `batch × Cin × H × W` elements.
+    /// expanded from its 32-byte seed (docs/scheme.md §11), `batch × Cin × H × W` elements.
     ///
     /// The default expands the share and calls [`CloudBackend::conv`]; a remote cloud sends the
     /// 32 bytes instead of the tensor.

@@ -1,4 +1,4 @@
-//! Prime-field arithmetic (SCHEME.md §2).
+//! Prime-field arithmetic (docs/scheme.md §2).
 //!
 //! Elements are `u32` in `[0, p)`. Production code uses [`M31`], the Mersenne prime
 //! p = 2^31 - 1, whose reduction is shift-and-add. [`SmallPrime`] runs the very same generic
