@@ -1723,18 +1723,32 @@ fn run(args: &RunArgs) -> Result<(), vericonv::Error> {
     );
     println!("  privacy {} on {clouds_name}; CSPRNG {seed_note}", p.privacy().label());
     let plan = model.plan(Some(exec.clone() as Arc<dyn ConvExecutor>))?;
+    let loaded = started.elapsed();
+    let t = std::time::Instant::now();
     let (logits, shape) = plan.run(&x)?;
+    let inference = t.elapsed();
     let classes = shape.iter().skip(1).product::<usize>().max(1);
-    for s in exec.stats() {
+    let stats = exec.stats();
+    for s in &stats {
         println!(
-            "    {:<24} {} call(s), {} verified, {} rejected; cloud {}",
+            "    {:<24} {} call(s), {} verified, {} rejected; client {} cloud {}",
             s.name,
             s.calls,
             s.verified,
             s.rejected,
+            ms(s.timings.client()),
             ms(s.timings.cloud)
         );
     }
+    let (cloud, offline): (Duration, Duration) =
+        stats.iter().fold(Default::default(), |(c, o), s| (c + s.timings.cloud, o + s.offline));
+    println!(
+        "  time    : loading and planning {}; inference {} (clouds {}, pads drawn offline {}, the rest on the client)",
+        ms(loaded),
+        ms(inference),
+        ms(cloud),
+        ms(offline)
+    );
     for (b, row) in logits.chunks(classes).enumerate() {
         println!("  input {b}: top {}", args.top.min(classes));
         for (class, logit, prob) in top_k(row, args.top) {
@@ -1743,7 +1757,7 @@ fn run(args: &RunArgs) -> Result<(), vericonv::Error> {
         }
     }
     write_npy(&args.out, &logits, &shape)?;
-    println!("  logits  {} ({shape:?}); {:.3} s in all", args.out.display(), started.elapsed().as_secs_f64());
+    println!("  logits  : {} ({shape:?})", args.out.display());
     Ok(())
 }
 
