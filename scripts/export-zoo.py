@@ -10,6 +10,8 @@ Small models, defined here (always):
   conv1d          a 1-D CNN over a signal: Conv1d, BatchNorm1d, pooling, Linear     1×128
   cnn_lstm        convolutions, then an LSTM over the columns, then Linear          1×32×64
   dynamic_hw      a CNN exported with dynamic height and width (run at 3×40×48)     3×H×W
+  transposed      ConvTranspose2d (stride, padding, output padding, groups)         3×12×12
+  transposed1d    ConvTranspose1d with dilation                                     2×40
 With --large, torchvision's classification models at 3×224×224 too: resnet18, resnet50, vgg16,
 alexnet, squeezenet1_1, googlenet, densenet121, mobilenet_v2, mobilenet_v3_small,
 shufflenet_v2_x0_5, efficientnet_b0, mnasnet0_5, regnet_x_400mf.
@@ -112,6 +114,32 @@ class DynamicHw(torch.nn.Module):
         return self.f(x)
 
 
+class Transposed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1), torch.nn.ReLU(),
+            torch.nn.ConvTranspose2d(4, 4, 2, stride=2, groups=2), torch.nn.ReLU(),
+            torch.nn.Conv2d(4, 4, 3, stride=2), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3),
+        )
+
+    def forward(self, x):
+        return self.f(x)
+
+
+class Transposed1d(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f = torch.nn.Sequential(
+            torch.nn.ConvTranspose1d(2, 6, 4, stride=3, padding=2, dilation=2), torch.nn.ReLU(),
+            torch.nn.Conv1d(6, 6, 3), torch.nn.AdaptiveMaxPool1d(1), torch.nn.Flatten(), torch.nn.Linear(6, 4),
+        )
+
+    def forward(self, x):
+        return self.f(x)
+
+
 LARGE = ["resnet18", "resnet50", "vgg16", "alexnet", "squeezenet1_1", "googlenet", "densenet121", "mobilenet_v2",
          "mobilenet_v3_small", "shufflenet_v2_x0_5", "efficientnet_b0", "mnasnet0_5", "regnet_x_400mf"]
 
@@ -127,6 +155,8 @@ def main():
         ("conv1d", Conv1dNet(), (1, 128), False),
         ("cnn_lstm", CnnLstm(), (1, 32, 64), False),
         ("dynamic_hw", DynamicHw(), (3, 40, 48), True),
+        ("transposed", Transposed(), (3, 12, 12), False),
+        ("transposed1d", Transposed1d(), (2, 40), False),
     ]:
         randomize_batchnorm(model)
         export(model, shape, os.path.join(out, f"{name}.onnx"), dynamic_hw=dyn)

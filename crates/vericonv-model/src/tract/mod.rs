@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
@@ -40,6 +40,10 @@ pub struct PrivateLayer {
     pub quant: QuantLayer,
     /// Whether the ONNX node was a 1-D convolution (run with a height of 1).
     pub one_d: bool,
+    /// For a transposed convolution (`ConvTranspose`), its strides `(sh, sw)`: the client spreads
+    /// the input with `sh − 1` and `sw − 1` zeros between pixels, and `quant` is the equivalent
+    /// convolution of that spread input (flipped kernel, stride 1).
+    pub spread: Option<(usize, usize)>,
     /// The bits its input is quantized to.
     pub act_bits: u32,
 }
@@ -120,8 +124,14 @@ impl TractModel {
         let mut layers = Vec::new();
         let mut skipped = Vec::new();
         for node in typed.nodes() {
-            let Some(conv) = node.op_as::<Conv>() else { continue };
-            match private_layer(&typed, node, conv, layers.len(), cfg)? {
+            let found = if let Some(conv) = node.op_as::<Conv>() {
+                private_layer(&typed, node, conv, layers.len(), cfg)?
+            } else if let Some(deconv) = node.op_as::<Deconv>() {
+                private_transposed(&typed, node, deconv, layers.len(), cfg)?
+            } else {
+                continue;
+            };
+            match found {
                 Ok(layer) => layers.push((node.id, Arc::new(layer))),
                 Err(reason) => skipped.push((node.name.clone(), reason)),
             }
@@ -167,9 +177,13 @@ impl TractModel {
         if let Some(exec) = &exec {
             for (id, layer) in &self.layers {
                 let node = model.node(*id).clone();
-                let conv =
-                    node.op_as::<Conv>().cloned().ok_or_else(|| Error::Internal("a private node moved".into()))?;
-                let op = op::PrivateConvOp::new(layer.clone(), exec.clone(), conv);
+                let replaced = match (node.op_as::<Conv>(), node.op_as::<Deconv>()) {
+                    (Some(c), _) => op::Replaced::Conv(c.clone()),
+                    (_, Some(d)) => op::Replaced::Deconv(d.clone()),
+                    _ => return Err(Error::Internal("a private node moved".into())),
+                };
+                let fact = |i: usize| model.outlet_fact(node.inputs[i]).map(|f| f.without_value()).map_err(err);
+                let op = op::PrivateConvOp::new(layer.clone(), exec.clone(), replaced, fact(1)?, fact(2)?);
                 let patch = TypedModelPatch::replace_single_op(&model, &node, &node.inputs[..1], op).map_err(err)?;
                 patch.apply(&mut model).map_err(err)?;
             }
@@ -219,6 +233,9 @@ impl Plan {
     }
 }
 
+/// What a node's inspection found, or why the node stays on the client.
+type Found<T> = std::result::Result<T, String>;
+
 /// The model's own input shape without the batch, when it is fixed.
 fn declared_image_shape(model: &InferenceModel) -> std::result::Result<Vec<usize>, String> {
     let fact = model.input_fact(0).map_err(|e| format!("{e:#}"))?;
@@ -237,7 +254,7 @@ fn private_layer(
     conv: &Conv,
     index: usize,
     cfg: &QuantConfig,
-) -> Result<std::result::Result<PrivateLayer, String>> {
+) -> Result<Found<PrivateLayer>> {
     let facts: Vec<&TypedFact> = match node.inputs.iter().map(|o| model.outlet_fact(*o)).collect() {
         Ok(f) => f,
         Err(e) => return Ok(Err(format!("{e:#}"))),
@@ -248,9 +265,6 @@ fn private_layer(
     if conv.pool_spec.data_format != DataFormat::NCHW || conv.kernel_fmt != KernelFormat::OIHW {
         return Ok(Err("a layout other than NCHW/OIHW".into()));
     }
-    let (Some(kernel), Some(bias)) = (facts[1].konst.clone(), facts.get(2).and_then(|f| f.konst.clone())) else {
-        return Ok(Err("weights that are not constant".into()));
-    };
     let rank = conv.pool_spec.rank();
     if !(1..=2).contains(&rank) || facts[0].shape.len() != rank + 2 {
         return Ok(Err(format!("a {rank}-D convolution (1-D and 2-D are private)")));
@@ -284,6 +298,30 @@ fn private_layer(
         Ok(g) => g,
         Err(e) => return Ok(Err(e.to_string())),
     };
+    let (weight, bias) = match weights_of(model, node)? {
+        Ok(wb) => wb,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    if weight.len() != geom.kernel_len() {
+        return Ok(Err(format!("{} weights for a kernel of {}", weight.len(), geom.kernel_len())));
+    }
+    // A bias is a scalar (often 0) or one value per output channel.
+    let bias = match bias.len() {
+        0 => vec![0.0; geom.cout()],
+        1 => vec![bias[0]; geom.cout()],
+        n if n == geom.cout() => bias,
+        n => return Ok(Err(format!("a bias of {n} values for {} channels", geom.cout()))),
+    };
+    let quant = QuantLayer::quantize(index, &node.name, geom, &weight, &bias, false, cfg)?;
+    Ok(Ok(PrivateLayer { index, quant, one_d: rank == 1, act_bits: cfg.act_bits, spread: None }))
+}
+
+/// The constant weights and bias of a node's inputs 1 and 2, as floats, checked finite.
+fn weights_of(model: &TypedModel, node: &TypedNode) -> Result<Found<(Vec<f32>, Vec<f32>)>> {
+    let konst = |i: usize| node.inputs.get(i).and_then(|o| model.outlet_fact(*o).ok()).and_then(|f| f.konst.clone());
+    let (Some(kernel), Some(bias)) = (konst(1), konst(2)) else {
+        return Ok(Err("weights that are not constant".into()));
+    };
     let floats = |t: &Tensor| -> std::result::Result<Vec<f32>, String> {
         let t = t.cast_to::<f32>().map_err(|e| format!("{e:#}"))?;
         let view = t.to_plain_array_view::<f32>().map_err(|e| format!("{e:#}"))?;
@@ -299,16 +337,88 @@ fn private_layer(
             message: format!("weight or bias {i} is not finite"),
         });
     }
+    Ok(Ok((weight, bias)))
+}
+
+/// A `ConvTranspose` node as the convolution of its input spread with zeros: stride 1, the
+/// kernel flipped and its in/out axes swapped, padding `dilation·(k−1) − pad` on each side
+/// (plus the output adjustment after). `Ok(Err(reason))` when it stays on the client.
+fn private_transposed(
+    model: &TypedModel,
+    node: &TypedNode,
+    deconv: &Deconv,
+    index: usize,
+    cfg: &QuantConfig,
+) -> Result<Found<PrivateLayer>> {
+    let spec = &deconv.pool_spec;
+    let rank = spec.rank();
+    if spec.data_format != DataFormat::NCHW || deconv.kernel_format != KernelFormat::OIHW {
+        return Ok(Err("a layout other than NCHW/OIHW".into()));
+    }
+    let Ok(input) = model.outlet_fact(node.inputs[0]) else { return Ok(Err("no input fact".into())) };
+    if !(1..=2).contains(&rank) || input.shape.len() != rank + 2 {
+        return Ok(Err(format!("a {rank}-D transposed convolution (1-D and 2-D are private)")));
+    }
+    let Some(spatial) = input.shape.iter().skip(2).map(|d| d.to_usize().ok()).collect::<Option<Vec<usize>>>() else {
+        return Ok(Err("spatial dimensions that are not fixed (give the input shape)".into()));
+    };
+    let (strides, dilations, kernel) = (spec.strides(), spec.dilations(), &spec.kernel_shape);
+    let Ok(out) = spec.padding.compute_for_deconv(&spatial, kernel, &dilations, &strides, &deconv.adjustments) else {
+        return Ok(Err("padding tract cannot compute".into()));
+    };
+    // Per axis: the spread length, and the equivalent convolution's padding.
+    let mut axes = Vec::with_capacity(rank);
+    for a in 0..rank {
+        let spread = (spatial[a] - 1) * strides[a] + 1;
+        let field = dilations[a] * (kernel[a] - 1);
+        let Some(before) = field.checked_sub(out[a].pad_before) else {
+            return Ok(Err("padding larger than the kernel's field".into()));
+        };
+        let Some(after) = (out[a].deconvoluted + field).checked_sub(spread + before) else {
+            return Ok(Err("an output shorter than its spread input".into()));
+        };
+        axes.push((spread, before, after, strides[a], dilations[a], kernel[a]));
+    }
+    if rank == 1 {
+        axes.insert(0, (1, 0, 0, 1, 1, 1));
+    }
+    let (cin, cout, groups) = (spec.input_channels, spec.output_channels, deconv.group);
+    let Some(cin_g) = cin.checked_div(groups) else {
+        return Ok(Err("zero groups".into()));
+    };
+    let ((h, pt, pb, sh, dh, kh), (w, pl, pr, sw, dw, kw)) = (axes[0], axes[1]);
+    let geom = Conv2d::builder(cin, cout, (h, w), (kh, kw))
+        .padding(Padding::new(pt, pl, pb, pr))
+        .dilation(dh, dw)
+        .groups(groups)
+        .build();
+    let geom = match geom {
+        Ok(g) => g,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let (weight, bias) = match weights_of(model, node)? {
+        Ok(wb) => wb,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    // tract-onnx has already reordered ONNX's `Cin × (Cout/G) × kh × kw` kernel into
+    // `Cout × (Cin/G) × kh × kw` (its `kernel_merge_group` node): only the flip is left.
     if weight.len() != geom.kernel_len() {
         return Ok(Err(format!("{} weights for a kernel of {}", weight.len(), geom.kernel_len())));
     }
-    // A bias is a scalar (often 0) or one value per output channel.
+    let mut flipped = vec![0f32; weight.len()];
+    for oc in 0..cout * cin_g {
+        for i in 0..kh {
+            for j in 0..kw {
+                flipped[(oc * kh + i) * kw + j] = weight[(oc * kh + (kh - 1 - i)) * kw + (kw - 1 - j)];
+            }
+        }
+    }
     let bias = match bias.len() {
-        0 => vec![0.0; geom.cout()],
-        1 => vec![bias[0]; geom.cout()],
-        n if n == geom.cout() => bias,
-        n => return Ok(Err(format!("a bias of {n} values for {} channels", geom.cout()))),
+        0 => vec![0.0; cout],
+        1 => vec![bias[0]; cout],
+        n if n == cout => bias,
+        n => return Ok(Err(format!("a bias of {n} values for {cout} channels"))),
     };
-    let quant = QuantLayer::quantize(index, &node.name, geom, &weight, &bias, false, cfg)?;
-    Ok(Ok(PrivateLayer { index, quant, one_d: rank == 1, act_bits: cfg.act_bits }))
+    let quant = QuantLayer::quantize(index, &node.name, geom, &flipped, &bias, false, cfg)?;
+    Ok(Ok(PrivateLayer { index, quant, one_d: rank == 1, act_bits: cfg.act_bits, spread: Some((sh, sw)) }))
 }

@@ -5,11 +5,18 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::cnn::Conv;
+use tract_onnx::tract_core::ops::cnn::{Conv, Deconv};
 
 use super::{ConvExecutor, PrivateLayer};
 use crate::exec::{Act, Tail};
 use crate::quant::{Epilogue, QuantInput, qmax, quantize_image};
+
+/// The tract operator a private one replaces: its output facts are the private one's.
+#[derive(Clone, Debug)]
+pub(crate) enum Replaced {
+    Conv(Conv),
+    Deconv(Deconv),
+}
 
 /// A convolution whose integers come from a [`ConvExecutor`]. Its one input is the float
 /// activation; the weights are the layer's quantized ones.
@@ -17,25 +24,37 @@ use crate::quant::{Epilogue, QuantInput, qmax, quantize_image};
 pub(crate) struct PrivateConvOp {
     layer: Arc<PrivateLayer>,
     exec: Arc<dyn ConvExecutor>,
-    /// The tract convolution it replaces, with its constant weights: the output facts.
-    conv: Conv,
+    /// The operator it replaces, and the facts of its constant weights and bias.
+    replaced: Replaced,
     kernel: TypedFact,
     bias: TypedFact,
 }
 
 impl PrivateConvOp {
-    pub(crate) fn new(layer: Arc<PrivateLayer>, exec: Arc<dyn ConvExecutor>, conv: Conv) -> Self {
-        let g = &layer.quant.geom;
-        let mut kshape = vec![g.cout(), g.cin() / g.groups().max(1)];
-        if layer.one_d {
-            kshape.push(g.kw());
-        } else {
-            kshape.extend([g.kh(), g.kw()]);
-        }
-        let kernel = f32::fact(&kshape);
-        let bias = f32::fact([g.cout()]);
-        Self { layer, exec, conv, kernel, bias }
+    pub(crate) fn new(
+        layer: Arc<PrivateLayer>,
+        exec: Arc<dyn ConvExecutor>,
+        replaced: Replaced,
+        kernel: TypedFact,
+        bias: TypedFact,
+    ) -> Self {
+        Self { layer, exec, replaced, kernel, bias }
     }
+}
+
+/// `x` (`batch × C × H × W`) with `sh − 1` zero rows and `sw − 1` zero columns between pixels:
+/// `batch × C × ((H−1)·sh + 1) × ((W−1)·sw + 1)`.
+fn spread(x: &[f32], planes: usize, (h, w): (usize, usize), (sh, sw): (usize, usize)) -> Vec<f32> {
+    let (hs, ws) = ((h - 1) * sh + 1, (w - 1) * sw + 1);
+    let mut out = vec![0f32; planes * hs * ws];
+    for (src, dst) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(hs * ws)) {
+        for (y, row) in src.chunks_exact(w).enumerate() {
+            for (xx, &v) in row.iter().enumerate() {
+                dst[y * sh * ws + xx * sw] = v;
+            }
+        }
+    }
+    out
 }
 
 impl std::fmt::Debug for PrivateConvOp {
@@ -72,8 +91,16 @@ impl EvalOp for PrivateConvOp {
         let input = args_1!(inputs);
         let q = &self.layer.quant;
         let g = &q.geom;
-        let x = input.to_plain_array_view::<f32>()?;
-        let x: Vec<f32> = x.iter().copied().collect();
+        let x: Vec<f32> = input.to_plain_array_view::<f32>()?.iter().copied().collect();
+        let x = match self.layer.spread {
+            Some((sh, sw)) => {
+                let shape = input.shape();
+                let (h, w) = if self.layer.one_d { (1, shape[2]) } else { (shape[2], shape[3]) };
+                ensure!(h > 0 && w > 0, "{}: an empty input", q.name);
+                spread(&x, shape[0] * shape[1], (h, w), (sh, sw))
+            }
+            None => x,
+        };
         let per = g.image_len();
         ensure!(per > 0 && x.len().is_multiple_of(per), "{}: input of {} values", q.name, x.len());
         let batch = x.len() / per;
@@ -106,6 +133,10 @@ impl TypedOp for PrivateConvOp {
     as_op!();
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        self.conv.output_facts(&[inputs[0], &self.kernel, &self.bias])
+        let facts = [inputs[0], &self.kernel, &self.bias];
+        match &self.replaced {
+            Replaced::Conv(c) => c.output_facts(&facts),
+            Replaced::Deconv(d) => d.output_facts(&facts),
+        }
     }
 }
