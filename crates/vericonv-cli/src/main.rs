@@ -613,6 +613,10 @@ struct EvalArgs {
     /// Outsource linear layers too (weaker masks; docs/scheme.md §9).
     #[arg(long)]
     outsource_linear: bool,
+    /// One image's input shape, e.g. 3,224,224, for an ONNX model that runs on tract and leaves
+    /// its spatial dimensions dynamic.
+    #[arg(long, value_delimiter = ',')]
+    input_shape: Option<Vec<usize>>,
     /// Let the cloud corrupt this fraction of layer calls; every one must be detected.
     #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     tamper_rate: f64,
@@ -1136,7 +1140,7 @@ fn eval_tract(args: &EvalArgs, refused: &vericonv::Error) -> Result<(), vericonv
         ));
     }
     let qc = QuantConfig { weight_bits: args.weight_bits, act_bits: args.act_bits };
-    let model = TractModel::open(&args.model, None, &qc)?;
+    let model = TractModel::open(&args.model, args.input_shape.as_deref(), &qc)?;
     let &[c, h, w] = model.image_shape() else {
         return Err(vericonv::Error::Unsupported(format!(
             "eval on images of a model whose input is {:?} (use vericonv run with .npy inputs)",

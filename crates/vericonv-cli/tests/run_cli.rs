@@ -132,4 +132,18 @@ fn eval_runs_a_model_the_native_importer_refuses_on_tract() {
         assert!(stderr.contains("running it on tract"), "{stderr}");
         assert!(stdout.contains("3/3 logits bit-identical"), "{stdout}");
     }
+    // A model with dynamic height and width, given its input shape, on a folder of PNG images.
+    let dynamic = repo().join("data/zoo/dynamic_hw.onnx").display().to_string();
+    for (i, class) in ["a", "b"].iter().enumerate() {
+        let dir = tmp.path().join("folder").join(class);
+        std::fs::create_dir_all(&dir).expect("folder");
+        let pixels: Vec<u8> = (0..50 * 60 * 3).map(|p| ((p * 13 + i * 101) % 256) as u8).collect();
+        image::RgbImage::from_raw(60, 50, pixels).expect("image").save(dir.join("x.png")).expect("png");
+    }
+    let folder = format!("folder:{}", tmp.path().join("folder").display());
+    let args = ["eval", "--model", &dynamic, "--dataset", &folder, "--backend", "cpu", "--privacy", "pad"];
+    let o = run(&[&args[..], &["--input-shape", "3,40,48", "--report", &report]].concat());
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("2/2 logits bit-identical"), "{stdout}");
 }
