@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat};
+use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, PoolSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
@@ -255,25 +255,13 @@ fn private_layer(
     index: usize,
     cfg: &QuantConfig,
 ) -> Result<Found<PrivateLayer>> {
-    let facts: Vec<&TypedFact> = match node.inputs.iter().map(|o| model.outlet_fact(*o)).collect() {
-        Ok(f) => f,
-        Err(e) => return Ok(Err(format!("{e:#}"))),
-    };
     if conv.q_params.is_some() {
         return Ok(Err("an already quantized convolution".into()));
     }
-    if conv.pool_spec.data_format != DataFormat::NCHW || conv.kernel_fmt != KernelFormat::OIHW {
-        return Ok(Err("a layout other than NCHW/OIHW".into()));
-    }
     let rank = conv.pool_spec.rank();
-    if !(1..=2).contains(&rank) || facts[0].shape.len() != rank + 2 {
-        return Ok(Err(format!("a {rank}-D convolution (1-D and 2-D are private)")));
-    }
-    // The batch may be symbolic; the spatial dimensions must not be.
-    let spatial: Option<Vec<usize>> =
-        facts[0].shape.iter().skip(2).map(|d| d.to_usize().ok()).collect::<Option<Vec<usize>>>();
-    let Some(spatial) = spatial else {
-        return Ok(Err("spatial dimensions that are not fixed (give the input shape)".into()));
+    let spatial = match spatial_input(model, node, &conv.pool_spec, conv.kernel_fmt) {
+        Ok(s) => s,
+        Err(reason) => return Ok(Err(reason)),
     };
     let as_2d = |v: &[usize], one: usize| if rank == 1 { vec![one, v[0]] } else { v.to_vec() };
     let hw = as_2d(&spatial, 1);
@@ -294,6 +282,48 @@ fn private_layer(
     .dilation(dilations[0], dilations[1])
     .groups(conv.group)
     .build();
+    let shape = LayerShape { index, one_d: rank == 1, spread: None };
+    finish_layer(model, node, geom, shape, cfg, |weight| weight)
+}
+
+/// The spatial dimensions of a (transposed) convolution's input, checked: NCHW data, an OIHW
+/// kernel, 1 or 2 spatial axes, all fixed (the batch may be symbolic).
+fn spatial_input(model: &TypedModel, node: &TypedNode, spec: &PoolSpec, kernel: KernelFormat) -> Found<Vec<usize>> {
+    if spec.data_format != DataFormat::NCHW || kernel != KernelFormat::OIHW {
+        return Err("a layout other than NCHW/OIHW".into());
+    }
+    let input = model.outlet_fact(node.inputs[0]).map_err(|e| format!("{e:#}"))?;
+    let rank = spec.rank();
+    if !(1..=2).contains(&rank) || input.shape.len() != rank + 2 {
+        return Err(format!("a {rank}-D convolution (1-D and 2-D are private)"));
+    }
+    input
+        .shape
+        .iter()
+        .skip(2)
+        .map(|d| d.to_usize().ok())
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| "spatial dimensions that are not fixed (give the input shape)".into())
+}
+
+/// Where a private layer sits and what its input goes through before the convolution.
+struct LayerShape {
+    index: usize,
+    one_d: bool,
+    spread: Option<(usize, usize)>,
+}
+
+/// The private layer of `node` with the geometry `geom` (its error: the node stays on the
+/// client): its constant weights through `weights`, its bias broadcast to the
+/// output channels, quantized.
+fn finish_layer(
+    model: &TypedModel,
+    node: &TypedNode,
+    geom: Result<Conv2d>,
+    shape: LayerShape,
+    cfg: &QuantConfig,
+    weights: impl FnOnce(Vec<f32>) -> Vec<f32>,
+) -> Result<Found<PrivateLayer>> {
     let geom = match geom {
         Ok(g) => g,
         Err(e) => return Ok(Err(e.to_string())),
@@ -305,6 +335,7 @@ fn private_layer(
     if weight.len() != geom.kernel_len() {
         return Ok(Err(format!("{} weights for a kernel of {}", weight.len(), geom.kernel_len())));
     }
+    let weight = weights(weight);
     // A bias is a scalar (often 0) or one value per output channel.
     let bias = match bias.len() {
         0 => vec![0.0; geom.cout()],
@@ -312,8 +343,9 @@ fn private_layer(
         n if n == geom.cout() => bias,
         n => return Ok(Err(format!("a bias of {n} values for {} channels", geom.cout()))),
     };
+    let LayerShape { index, one_d, spread } = shape;
     let quant = QuantLayer::quantize(index, &node.name, geom, &weight, &bias, false, cfg)?;
-    Ok(Ok(PrivateLayer { index, quant, one_d: rank == 1, act_bits: cfg.act_bits, spread: None }))
+    Ok(Ok(PrivateLayer { index, quant, one_d, act_bits: cfg.act_bits, spread }))
 }
 
 /// The constant weights and bias of a node's inputs 1 and 2, as floats, checked finite.
@@ -352,15 +384,9 @@ fn private_transposed(
 ) -> Result<Found<PrivateLayer>> {
     let spec = &deconv.pool_spec;
     let rank = spec.rank();
-    if spec.data_format != DataFormat::NCHW || deconv.kernel_format != KernelFormat::OIHW {
-        return Ok(Err("a layout other than NCHW/OIHW".into()));
-    }
-    let Ok(input) = model.outlet_fact(node.inputs[0]) else { return Ok(Err("no input fact".into())) };
-    if !(1..=2).contains(&rank) || input.shape.len() != rank + 2 {
-        return Ok(Err(format!("a {rank}-D transposed convolution (1-D and 2-D are private)")));
-    }
-    let Some(spatial) = input.shape.iter().skip(2).map(|d| d.to_usize().ok()).collect::<Option<Vec<usize>>>() else {
-        return Ok(Err("spatial dimensions that are not fixed (give the input shape)".into()));
+    let spatial = match spatial_input(model, node, spec, deconv.kernel_format) {
+        Ok(s) => s,
+        Err(reason) => return Ok(Err(reason)),
     };
     let (strides, dilations, kernel) = (spec.strides(), spec.dilations(), &spec.kernel_shape);
     let Ok(out) = spec.padding.compute_for_deconv(&spatial, kernel, &dilations, &strides, &deconv.adjustments) else {
@@ -392,33 +418,19 @@ fn private_transposed(
         .dilation(dh, dw)
         .groups(groups)
         .build();
-    let geom = match geom {
-        Ok(g) => g,
-        Err(e) => return Ok(Err(e.to_string())),
-    };
-    let (weight, bias) = match weights_of(model, node)? {
-        Ok(wb) => wb,
-        Err(reason) => return Ok(Err(reason)),
-    };
     // tract-onnx has already reordered ONNX's `Cin × (Cout/G) × kh × kw` kernel into
     // `Cout × (Cin/G) × kh × kw` (its `kernel_merge_group` node): only the flip is left.
-    if weight.len() != geom.kernel_len() {
-        return Ok(Err(format!("{} weights for a kernel of {}", weight.len(), geom.kernel_len())));
-    }
-    let mut flipped = vec![0f32; weight.len()];
-    for oc in 0..cout * cin_g {
-        for i in 0..kh {
-            for j in 0..kw {
-                flipped[(oc * kh + i) * kw + j] = weight[(oc * kh + (kh - 1 - i)) * kw + (kw - 1 - j)];
+    let flip = |weight: Vec<f32>| {
+        let mut flipped = vec![0f32; weight.len()];
+        for oc in 0..cout * cin_g {
+            for i in 0..kh {
+                for j in 0..kw {
+                    flipped[(oc * kh + i) * kw + j] = weight[(oc * kh + (kh - 1 - i)) * kw + (kw - 1 - j)];
+                }
             }
         }
-    }
-    let bias = match bias.len() {
-        0 => vec![0.0; cout],
-        1 => vec![bias[0]; cout],
-        n if n == cout => bias,
-        n => return Ok(Err(format!("a bias of {n} values for {cout} channels"))),
+        flipped
     };
-    let quant = QuantLayer::quantize(index, &node.name, geom, &flipped, &bias, false, cfg)?;
-    Ok(Ok(PrivateLayer { index, quant, one_d: rank == 1, act_bits: cfg.act_bits, spread: Some((sh, sw)) }))
+    let shape = LayerShape { index, one_d: rank == 1, spread: Some((sh, sw)) };
+    finish_layer(model, node, geom, shape, cfg, flip)
 }
