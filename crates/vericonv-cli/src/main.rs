@@ -427,15 +427,13 @@ impl RemoteArgs {
             allow_plaintext: self.insecure_plaintext,
             ..vericonv_remote::RemoteOptions::default()
         };
-        for url in urls {
-            let target = vericonv_remote::Target::resolve(url)?;
-            if !target.tls && !target.is_loopback() && self.insecure_plaintext {
-                eprintln!(
-                    "warning: --insecure-plaintext: {url} is not loopback; masked tensors, shares and the token cross the network unencrypted"
-                );
-            }
+        let remote = vericonv_remote::RemoteBackend::connect(urls, opts)?;
+        for url in remote.plaintext_remote_endpoints() {
+            eprintln!(
+                "warning: --insecure-plaintext: {url} is not loopback; masked tensors, shares and the token cross the network unencrypted"
+            );
         }
-        vericonv_remote::RemoteBackend::connect(urls, opts).map(Some)
+        Ok(Some(remote))
     }
 }
 

@@ -89,8 +89,8 @@ impl std::fmt::Debug for RemoteOptions {
 /// One replica.
 struct Replica {
     url: String,
-    /// The socket addresses its URL resolved to when the backend was made.
-    addrs: Vec<SocketAddr>,
+    /// Where its URL led when the backend was made.
+    target: Target,
     client: CloudClient<Channel>,
     /// Out of rotation until this instant, after this many failures in a row.
     down: Mutex<(Option<Instant>, u32)>,
@@ -270,7 +270,7 @@ impl RemoteBackend {
             let client = CloudClient::new(channel)
                 .max_decoding_message_size(opts.max_message_bytes)
                 .max_encoding_message_size(opts.max_message_bytes);
-            replicas.push(Replica { url: url.clone(), addrs: target.addrs, client, down: Mutex::new((None, 0)) });
+            replicas.push(Replica { url: url.clone(), target, client, down: Mutex::new((None, 0)) });
         }
         Ok(Self {
             replicas,
@@ -291,7 +291,13 @@ impl RemoteBackend {
     /// Whether the two backends share a socket address (mode two-server must refuse that: one
     /// party would see both shares).
     pub fn shares_endpoint_with(&self, other: &RemoteBackend) -> bool {
-        self.replicas.iter().flat_map(|r| &r.addrs).any(|a| other.replicas.iter().any(|o| o.addrs.contains(a)))
+        self.replicas.iter().any(|r| other.replicas.iter().any(|o| r.target.same_socket(&o.target)))
+    }
+
+    /// The endpoints reached over plaintext although they are not loopback (only with
+    /// [`RemoteOptions::allow_plaintext`]).
+    pub fn plaintext_remote_endpoints(&self) -> impl Iterator<Item = &str> {
+        self.replicas.iter().filter(|r| !r.target.tls && !r.target.is_loopback()).map(|r| r.url.as_str())
     }
 
     /// Calls retried so far (`UNAVAILABLE`, `NOT_FOUND`).
