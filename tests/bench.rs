@@ -19,7 +19,7 @@ fn bench_rows_are_self_checked_and_reported() {
         threads: 1,
         session: 64,
         min_time: Duration::from_millis(5),
-        privacy: vec![Privacy::default(), Privacy::TwoServer, Privacy::Pad],
+        privacy: vec![Privacy::LowRank { rank: 2 }, Privacy::TwoServer, Privacy::Pad],
         ..BenchOptions::default()
     };
     let mut rows = Vec::new();

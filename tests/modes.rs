@@ -1,5 +1,6 @@
-//! Modes `two-server` (docs/scheme.md §11) and `pad` (§12): exactness on every test shape, the share
-//! generator, the pad pool's rules, and every misuse as a typed error.
+//! Modes `two-server` (docs/scheme.md §11), `pad` (§12) and `split-model` (§14): exactness on
+//! every test shape, the share generator, the pad pool's rules, pads drawn on demand, what each
+//! cloud of `split-model` receives, naming the cheating cloud, and every misuse as a typed error.
 
 use common::{exact_on_every_shape, expected, ints, rng};
 use vericonv::Error;
@@ -21,6 +22,12 @@ fn two_server_decrypts_exactly_on_every_shape() {
 fn pad_decrypts_exactly_on_every_shape() {
     let cpu = CpuBackend::new();
     exact_on_every_shape(Privacy::Pad, &cpu, &cpu, &cpu, 0x9ad, 50);
+}
+
+#[test]
+fn split_model_decrypts_exactly_on_every_shape() {
+    let (a, b) = (CpuBackend::new(), CpuBackend::with_threads(1).expect("pool"));
+    exact_on_every_shape(Privacy::SplitModel, &a, &b, &CpuBackend::new(), 0x5b1, 50);
 }
 
 #[test]
@@ -108,20 +115,31 @@ fn misuse_of_the_modes_gives_typed_errors() {
     assert!(matches!(two.run(&cpu, &x, &mut r), Err(Error::CloudCount { mode: "two-server", needed: 2, got: 1 })));
     assert!(matches!(two.run(Clouds::Two(&cpu, &cpu), &x, &mut r), Err(Error::SameCloudTwice(_))));
     two.run(Clouds::Two(&cpu, &other), &x, &mut r).expect("two different clouds");
+    // So does split-model.
+    let (mut split, _, _) = layer(Privacy::SplitModel, "split");
+    assert!(matches!(split.run(&cpu, &x, &mut r), Err(Error::CloudCount { mode: "split-model", needed: 2, got: 1 })));
+    assert!(matches!(split.run(Clouds::Two(&cpu, &cpu), &x, &mut r), Err(Error::SameCloudTwice(_))));
+    split.run(Clouds::Two(&cpu, &other), &x, &mut r).expect("two different clouds");
     // And the one-cloud modes refuse two.
-    let (mut low, _, _) = layer(Privacy::default(), "low");
+    let (mut low, _, _) = layer(Privacy::LowRank { rank: 2 }, "low");
     assert!(matches!(low.run(Clouds::Two(&cpu, &other), &x, &mut r), Err(Error::CloudCount { needed: 1, got: 2, .. })));
 
-    // Pads: an empty pool, an exhausted one, and pads of another layer or key.
+    // Pads: the staged API refuses an empty pool and an exhausted one (the one-shot `run` draws
+    // what is missing instead, tested below); pads of another layer or key are refused.
+    for (privacy, name) in [(Privacy::Pad, "pad"), (Privacy::SplitModel, "split pads")] {
+        let (mut layer, _, _) = layer(privacy, name);
+        assert!(matches!(layer.start(1, &mut r), Err(Error::PadPoolExhausted { needed: 1, available: 0, .. })));
+        layer.add_pads(layer.generate_pads(1, &cpu, &mut r).expect("pads")).expect("binds");
+        layer.start(1, &mut r).expect("one pad, one image");
+        assert!(
+            matches!(layer.start(1, &mut r), Err(Error::PadPoolExhausted { available: 0, .. })),
+            "{name}: a pad is used once"
+        );
+        let (other_layer, _, _) = self::layer(privacy, "other");
+        let foreign = other_layer.generate_pads(1, &cpu, &mut r).expect("pads");
+        assert!(matches!(layer.add_pads(foreign), Err(Error::PadMismatch { .. })), "{name}: pads of another layer");
+    }
     let (mut pad, _, x) = layer(Privacy::Pad, "pad");
-    assert!(matches!(pad.run(&cpu, &x, &mut r), Err(Error::PadPoolExhausted { needed: 1, available: 0, .. })));
-    let pool = pad.generate_pads(1, &cpu, &mut r).expect("pads");
-    pad.add_pads(pool).expect("binds");
-    pad.run(&cpu, &x, &mut r).expect("one pad, one image");
-    assert!(
-        matches!(pad.run(&cpu, &x, &mut r), Err(Error::PadPoolExhausted { available: 0, .. })),
-        "a pad is used once"
-    );
     let (other_layer, _, _) = layer(Privacy::Pad, "other");
     let foreign = other_layer.generate_pads(2, &cpu, &mut r).expect("pads");
     assert!(matches!(pad.add_pads(foreign), Err(Error::PadMismatch { .. })), "pads of another layer");
@@ -139,8 +157,135 @@ fn misuse_of_the_modes_gives_typed_errors() {
     assert!(matches!(pad.run(&broken, &x, &mut r), Err(Error::VerificationFailed { .. })));
     assert_eq!(pad.pads_available(), 0, "the failed call consumed its pad");
 
-    // Pads exist only in mode pad.
-    assert!(matches!(low.generate_pads(1, &cpu, &mut r), Err(Error::WrongPrivacyMode { needed: "pad", .. })));
+    // Pads exist only in modes pad and split-model.
+    assert!(matches!(
+        low.generate_pads(1, &cpu, &mut r),
+        Err(Error::WrongPrivacyMode { needed: "pad or split-model", .. })
+    ));
+}
+
+#[test]
+fn one_shot_calls_draw_missing_pads_on_the_clients_cpu_as_offline_work() {
+    // Mode pad is the default: a layer built with the defaults and run with no pads prepared
+    // draws its pads, reports that time as offline work, and stays exact.
+    let (cpu, other) = (CpuBackend::new(), CpuBackend::new());
+    let mut r = seeded_rng(0xd1a);
+    let g = Conv2d::builder(2, 3, (5, 5), (3, 3)).build().expect("valid");
+    let k = ints(&mut rng(3), g.kernel_len(), 127);
+    let mut layer = PrivateConv::new(g, &k, None, LayerConfig::default(), &mut r).expect("layer");
+    assert_eq!(layer.config().privacy, Privacy::Pad, "the default mode");
+    for batch in [1, 3] {
+        let x = ints(&mut rng(5 + batch as u64), batch * g.image_len(), 127);
+        let (y, t) = layer.run(&cpu, &x, &mut r).expect("pads drawn on demand");
+        assert_eq!(y, expected(&g, batch, &k, &x, &[0; 3]));
+        assert!(t.offline > std::time::Duration::ZERO, "the drawing is reported as offline work");
+        assert_eq!(layer.pads_available(), 0, "exactly the batch's pads were drawn");
+    }
+    // Prepared pads are used first: no offline work in the call.
+    layer.refill_pads(2, &cpu, &mut r).expect("pads");
+    let x = ints(&mut rng(9), 2 * g.image_len(), 127);
+    let (_, t) = layer.run(&cpu, &x, &mut r).expect("prepared pads");
+    assert_eq!(t.offline, std::time::Duration::ZERO);
+    // Split-model the same way, on two clouds.
+    let cfg = LayerConfig { privacy: Privacy::SplitModel, ..LayerConfig::default() };
+    let mut split = PrivateConv::new(g, &k, None, cfg, &mut r).expect("layer");
+    let (y, t) = split.run(Clouds::Two(&cpu, &other), &x, &mut r).expect("pads drawn on demand");
+    assert_eq!(y, expected(&g, 2, &k, &x, &[0; 3]));
+    assert!(t.offline > std::time::Duration::ZERO);
+}
+
+/// A cloud that records the kernels and inputs it receives.
+struct KernelRecording {
+    inner: CpuBackend,
+    kernels: std::sync::Mutex<Vec<Vec<u32>>>,
+    inputs: std::sync::Mutex<Vec<Vec<u32>>>,
+}
+
+impl KernelRecording {
+    fn new() -> Self {
+        Self { inner: CpuBackend::new(), kernels: Default::default(), inputs: Default::default() }
+    }
+}
+
+impl CloudBackend for KernelRecording {
+    fn name(&self) -> String {
+        "kernel recording".into()
+    }
+
+    fn conv(&self, g: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> vericonv::Result<Vec<u32>> {
+        self.kernels.lock().expect("not poisoned").push(kernel.to_vec());
+        self.inputs.lock().expect("not poisoned").push(input.to_vec());
+        self.inner.conv(g, batch, kernel, input)
+    }
+}
+
+#[test]
+fn split_model_clouds_see_kernel_shares_that_sum_to_the_kernel_and_the_same_padded_input() {
+    let seed = 0x5b2;
+    let mut r = rng(seed);
+    let g = Conv2d::builder(4, 6, (7, 7), (3, 3)).padding(Padding::new(1, 1, 1, 1)).build().expect("valid");
+    let k = ints(&mut r, g.kernel_len(), 127);
+    let x = ints(&mut r, 2 * g.image_len(), 127);
+    let (a, b) = (KernelRecording::new(), KernelRecording::new());
+    let mut key_rng = seeded_rng(seed);
+    let cfg = LayerConfig { privacy: Privacy::SplitModel, ..LayerConfig::default() };
+    let mut layer = PrivateConv::new(g, &k, None, cfg, &mut key_rng).expect("layer");
+    for _ in 0..3 {
+        let (y, _) = layer.run(Clouds::Two(&a, &b), &x, &mut key_rng).expect("honest clouds");
+        assert_eq!(y, expected(&g, 2, &k, &x, &[0; 6]));
+    }
+    let (ka, kb) = (a.kernels.into_inner().expect("lock"), b.kernels.into_inner().expect("lock"));
+    let (ea, eb) = (a.inputs.into_inner().expect("lock"), b.inputs.into_inner().expect("lock"));
+    assert_eq!((ka.len(), kb.len()), (3, 3));
+    // One share per cloud for the session; together they are the plain kernel, alone neither
+    // is (nor anywhere near: a uniform share agrees with K on about none of its entries).
+    assert!(ka.iter().all(|s| s == &ka[0]) && kb.iter().all(|s| s == &kb[0]));
+    let plain: Vec<u32> = k.iter().map(|&v| M31::embed(i64::from(v)).expect("small")).collect();
+    let sum: Vec<u32> = ka[0].iter().zip(&kb[0]).map(|(&p, &q)| M31::add(p, q)).collect();
+    assert_eq!(sum, plain);
+    for share in [&ka[0], &kb[0]] {
+        let agree = share.iter().zip(&plain).filter(|(s, p)| s == p).count();
+        assert!(agree <= 1, "a share agrees with the kernel on {agree} entries");
+        assert!(share.iter().filter(|&&v| v > 1 << 20 && v < M31::P - (1 << 20)).count() * 10 > share.len() * 9);
+    }
+    // Both clouds receive the same E = X + R per call, a fresh R every call: E - X differs
+    // from call to call everywhere but by chance.
+    assert_eq!(ea, eb);
+    let xf: Vec<u32> = x.iter().map(|&v| M31::embed(i64::from(v)).expect("small")).collect();
+    let pads: Vec<Vec<u32>> = ea.iter().map(|e| e.iter().zip(&xf).map(|(&e, &x)| M31::sub(e, x)).collect()).collect();
+    for i in 0..pads.len() {
+        for j in 0..i {
+            let same = pads[i].iter().zip(&pads[j]).filter(|(p, q)| p == q).count();
+            assert!(same <= 1, "calls {j} and {i} share {same} pad entries");
+        }
+    }
+}
+
+#[test]
+fn split_model_names_the_cheating_cloud_for_every_strategy() {
+    use vericonv::cloud::{Cheater, Tamper, TamperingBackend};
+    let seed = 0x5b3;
+    let g = Conv2d::builder(3, 4, (6, 6), (3, 3)).padding(Padding::new(1, 1, 1, 1)).build().expect("valid");
+    let k = ints(&mut rng(seed), g.kernel_len(), 127);
+    let x = ints(&mut rng(seed + 1), 2 * g.image_len(), 127);
+    for mode in [vericonv::verify::Mode::Fast, vericonv::verify::Mode::Strict] {
+        for strategy in Tamper::ALL {
+            for (who, expected) in [("A", Cheater::CloudA), ("B", Cheater::CloudB), ("both", Cheater::BothClouds)] {
+                let mut key_rng = seeded_rng(seed);
+                let cfg = LayerConfig { privacy: Privacy::SplitModel, mode, ..LayerConfig::default() };
+                let mut layer = PrivateConv::new(g, &k, None, cfg, &mut key_rng).expect("layer");
+                let rate = |me: &str| if who == me || who == "both" { 1.0 } else { 0.0 };
+                let a = TamperingBackend::new(CpuBackend::new(), &[strategy], rate("A"), seed);
+                let b = TamperingBackend::new(CpuBackend::new(), &[strategy], rate("B"), seed + 1);
+                match layer.run(Clouds::Two(&a, &b), &x, &mut key_rng) {
+                    Err(Error::VerificationFailed { cheater, .. }) => {
+                        assert_eq!(cheater, expected, "{mode:?} {strategy:?}, cloud {who}")
+                    }
+                    other => panic!("{mode:?} {strategy:?}, cloud {who}: not rejected: {:?}", other.map(|_| ())),
+                }
+            }
+        }
+    }
 }
 
 #[test]
@@ -153,7 +298,7 @@ fn answer_buffers_reused_across_layers_batches_and_rejections_keep_results_exact
     let shapes: Vec<Conv2d> = shapes.into_iter().map(|g| g.expect("valid")).collect();
     let (a, b, own) = (CpuBackend::new(), CpuBackend::new(), CpuBackend::new());
     let bad = vericonv::cloud::TamperingBackend::new(CpuBackend::new(), &[vericonv::cloud::Tamper::ALL[0]], 1.0, seed);
-    for privacy in [Privacy::LowRank { rank: 2 }, Privacy::TwoServer, Privacy::Pad] {
+    for privacy in [Privacy::LowRank { rank: 2 }, Privacy::TwoServer, Privacy::Pad, Privacy::SplitModel] {
         let mut bufs = vericonv::client::CallBuffers::default();
         let mut key_rng = seeded_rng(seed);
         let mut layers: Vec<(PrivateConv, Conv2d, Vec<i32>)> = shapes
@@ -169,13 +314,13 @@ fn answer_buffers_reused_across_layers_batches_and_rejections_keep_results_exact
             [(0, 3, true), (1, 2, true), (0, 1, false), (1, 4, true), (0, 3, true)].into_iter().enumerate()
         {
             let (layer, g, k) = &mut layers[which];
-            if privacy == Privacy::Pad {
+            if privacy.uses_pads() {
                 layer.add_pads(layer.generate_pads(batch, &own, &mut key_rng).expect("pads")).expect("binds");
             }
             let x = ints(&mut r, batch * g.image_len(), 127);
-            let clouds = match (privacy, honest) {
-                (Privacy::TwoServer, true) => Clouds::Two(&a, &b),
-                (Privacy::TwoServer, false) => Clouds::Two(&a, &bad),
+            let clouds = match (privacy.clouds(), honest) {
+                (2, true) => Clouds::Two(&a, &b),
+                (2, false) => Clouds::Two(&a, &bad),
                 (_, true) => Clouds::One(&a),
                 (_, false) => Clouds::One(&bad),
             };

@@ -77,6 +77,73 @@ fn cpu_backend_is_exact_at_the_largest_elements_and_long_sums() {
     assert_eq!(cpu.conv(&g, 2, &k, &x).expect("conv"), conv_field::<M31>(&g, 2, &k, &x).expect("conv"));
 }
 
+/// Whether this CPU runs the int8 path at all (it needs AVX-512 VNNI); printed, so that a run
+/// on a CPU without it shows that only the F_p path was compared.
+fn int8_path_here() -> bool {
+    let g = vericonv::geometry::Conv2d::builder(1, 1, (1, 1), (1, 1)).build().expect("geometry");
+    let here = CpuBackend::takes_int8_path(&g, &[1]);
+    println!("int8 path on this CPU: {here}");
+    here
+}
+
+#[test]
+fn int8_path_equals_the_field_reference_on_every_shape() {
+    // Mode `pad`'s offline `Conv(K, R)`: a signed-byte kernel, a uniform input.
+    let seed = 0x1b8;
+    let mut r = rng(seed);
+    let here = int8_path_here();
+    let cpu = CpuBackend::with_threads(2).expect("pool");
+    let shapes = conv_shapes(seed, 50);
+    assert!(shapes.len() >= 60);
+    for (idx, (g, batch)) in shapes.into_iter().enumerate() {
+        // Every other shape pins the kernel to the extremes -128 and 127.
+        let k = if idx % 2 == 0 {
+            ints(&mut r, g.kernel_len(), 127)
+        } else {
+            (0..g.kernel_len()).map(|_| if r.random_bool(0.5) { 127 } else { -128 }).collect()
+        };
+        let k = embed(&k);
+        let x: Vec<u32> = (0..batch * g.image_len()).map(|_| M31::random(&mut r)).collect();
+        assert_eq!(CpuBackend::takes_int8_path(&g, &k), here, "shape {idx}: {g:?}");
+        assert_eq!(
+            cpu.conv(&g, batch, &k, &x).expect("conv"),
+            conv_field::<M31>(&g, batch, &k, &x).expect("conv"),
+            "shape {idx}: {g:?} batch {batch}"
+        );
+    }
+}
+
+#[test]
+fn int8_path_is_exact_at_its_bound_and_gives_way_beyond_it() {
+    let here = int8_path_here();
+    let cpu = CpuBackend::with_threads(2).expect("pool");
+    // Every product is -128·(p-1), the largest there is, with every byte of the input at its
+    // largest, summed over m = 65,792 terms (rounded to quads, m·255·128 < 2^31): the i32 limb
+    // sums are at their limit. Cout = 7 leaves a partial row block, 9×9 a partial tile.
+    let at_bound = vericonv::geometry::Conv2d::builder(7310, 7, (9, 9), (3, 3))
+        .padding(vericonv::geometry::Padding::new(1, 1, 1, 1))
+        .build()
+        .expect("geometry");
+    let k = vec![M31::P - 128; at_bound.kernel_len()];
+    let x = vec![M31::P - 1; at_bound.image_len()];
+    assert_eq!(CpuBackend::takes_int8_path(&at_bound, &k), here);
+    assert_eq!(cpu.conv(&at_bound, 1, &k, &x).expect("conv"), conv_field::<M31>(&at_bound, 1, &k, &x).expect("conv"));
+    // One more quad of the reduction and the i32 sums could wrap: the F_p path takes over.
+    let beyond = vericonv::geometry::Conv2d::builder(7311, 1, (3, 3), (3, 3)).build().expect("geometry");
+    let k = vec![M31::P - 128; beyond.kernel_len()];
+    assert!(!CpuBackend::takes_int8_path(&beyond, &k));
+    let x = vec![M31::P - 1; beyond.image_len()];
+    assert_eq!(cpu.conv(&beyond, 1, &k, &x).expect("conv"), conv_field::<M31>(&beyond, 1, &k, &x).expect("conv"));
+    // A kernel entry outside a signed byte: the F_p path.
+    let small = vericonv::geometry::Conv2d::builder(2, 2, (4, 4), (3, 3)).build().expect("geometry");
+    let mut k = embed(&vec![5; small.kernel_len()]);
+    assert_eq!(CpuBackend::takes_int8_path(&small, &k), here);
+    k[3] = M31::P - 129;
+    assert!(!CpuBackend::takes_int8_path(&small, &k));
+    k[3] = 128;
+    assert!(!CpuBackend::takes_int8_path(&small, &k));
+}
+
 #[test]
 fn cloud_output_is_alpha_times_plain_plus_mask_conv_in_sigma_order() {
     let seed = 0xa1fa;

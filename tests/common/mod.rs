@@ -174,11 +174,8 @@ pub fn exact_on_every_shape(
         let cfg = LayerConfig { name: format!("shape{idx}"), mode, privacy, ..LayerConfig::default() };
         let mut key_rng = seeded_rng(seed + idx as u64);
         let mut layer = PrivateConv::new(g, &k, Some(&bias), cfg, &mut key_rng).expect("layer builds");
-        let clouds = match privacy {
-            Privacy::TwoServer => Clouds::Two(a, b),
-            _ => Clouds::One(a),
-        };
-        if privacy == Privacy::Pad {
+        let clouds = if privacy.clouds() == 2 { Clouds::Two(a, b) } else { Clouds::One(a) };
+        if privacy.uses_pads() {
             let pool = layer.generate_pads(batch, own, &mut key_rng).expect("pads");
             layer.add_pads(pool).expect("same layer and key");
         }

@@ -686,6 +686,11 @@ fn client_cost(
                 cloud_s,
             }
         }
+        Privacy::SplitModel => {
+            return Err(Error::Unsupported(
+                "the per-layer bench times lowrank, two-server and pad; time split-model on a whole model with `vericonv bench --model`".into(),
+            ));
+        }
     })
     .and_then(|c| match cloud_err {
         Some(e) => Err(e),

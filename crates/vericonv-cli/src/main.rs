@@ -204,7 +204,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from))]
     reps: usize,
     /// Privacy modes to measure the client in (--backend cpu), side by side when several.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "lowrank")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "pad")]
     privacy: Vec<PrivacyChoice>,
     /// Mask rank ρ of mode lowrank.
     #[arg(long, default_value_t = vericonv::keys::DEFAULT_RANK, value_parser = clap::value_parser!(u16).range(1..=64).map(usize::from))]
@@ -301,20 +301,25 @@ impl From<ModeChoice> for Mode {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum PrivacyChoice {
-    /// The paper's rank-ρ mask (default). Its input privacy does not hold on structured data.
-    Lowrank,
-    /// Additive shares to two non-colluding clouds (docs/scheme.md §11).
-    TwoServer,
-    /// One-time pads precomputed offline by the client (docs/scheme.md §12).
+    /// One-time pads precomputed offline by the client, one cloud (docs/scheme.md §12; the
+    /// default).
     Pad,
+    /// Additive shares of the input to two non-colluding clouds (docs/scheme.md §11).
+    TwoServer,
+    /// Mode pad with the kernel split into additive shares between two non-colluding clouds:
+    /// the weights stay private too (docs/scheme.md §14).
+    SplitModel,
+    /// The paper's rank-ρ mask. Its input privacy does not hold on structured data.
+    Lowrank,
 }
 
 /// The privacy mode and its parameter, shared by every command that masks inputs.
 #[derive(clap::Args)]
 struct PrivacyArgs {
-    /// How inputs are masked: lowrank (the paper's scheme, broken on structured inputs),
-    /// two-server (two non-colluding clouds) or pad (one-time pads precomputed offline).
-    #[arg(long, value_enum, default_value_t = PrivacyChoice::Lowrank)]
+    /// How inputs are masked: pad (one cloud, one-time pads precomputed offline), two-server
+    /// (two non-colluding clouds), split-model (pads, and the weights shared between two
+    /// non-colluding clouds) or lowrank (the paper's scheme, broken on structured inputs).
+    #[arg(long, value_enum, default_value_t = PrivacyChoice::Pad)]
     privacy: PrivacyChoice,
     /// Mask rank ρ of mode lowrank.
     #[arg(long, default_value_t = vericonv::keys::DEFAULT_RANK, value_parser = clap::value_parser!(u16).range(1..=64).map(usize::from))]
@@ -327,6 +332,7 @@ impl PrivacyArgs {
             PrivacyChoice::Lowrank => Privacy::LowRank { rank: self.rank },
             PrivacyChoice::TwoServer => Privacy::TwoServer,
             PrivacyChoice::Pad => Privacy::Pad,
+            PrivacyChoice::SplitModel => Privacy::SplitModel,
         }
     }
 }
@@ -475,7 +481,7 @@ impl ProtocolArgs {
     /// corrupts `tamper_rate` of its answers (cloud A, B or both in mode two-server), and the
     /// reason for the backend choice.
     fn clouds(&self, tamper_rate: f64, tamper: TamperChoice) -> Result<CloudSetup, vericonv::Error> {
-        let two = self.privacy() == Privacy::TwoServer;
+        let two = self.privacy().clouds() == 2;
         if !self.remote.cloud_b.is_empty() && !two {
             return Err(vericonv::Error::CloudCount { mode: self.privacy().name(), needed: 1, got: 2 });
         }
@@ -485,7 +491,7 @@ impl ProtocolArgs {
         let stream = |k: u64| self.seed.map_or_else(|| os_rng().random(), |s| s.rotate_left(17) ^ k);
         let rate_a = if tamper != TamperChoice::B { tamper_rate } else { 0.0 };
         let a = TamperingBackend::new(a, &Tamper::ALL, rate_a, stream(0xA11CE));
-        if self.privacy() != Privacy::TwoServer {
+        if !two {
             return Ok(CloudSetup { a, b: None, why });
         }
         let (b, why_b) = self.backend_or_remote(self.backend_b, &self.remote.cloud_b)?;
@@ -745,7 +751,7 @@ fn demo(args: &DemoArgs) -> Result<(), vericonv::Error> {
     let float_pred = argmax(&model.forward_float(images)?, classes);
     let (quant_logits, _) = qm.forward(images, &mut PlainExecutor)?;
     let mut exec = PrivateExecutor::new(&qm, setup.clouds(), &private, rng)?;
-    if p.privacy() == Privacy::Pad {
+    if p.privacy().uses_pads() {
         let offline = exec.prepare_pads(data.len(), &CpuBackend::new())?;
         println!(
             "  offline : {} one-time pads per layer precomputed in {} (Conv(K, R) on the client's own CPU: a full convolution)",
@@ -1228,7 +1234,7 @@ fn finish_eval(args: &EvalArgs, report: EvalReport, scales: &str) -> Result<(), 
         report.client_linear_s
     );
     println!("  cloud      {:.3} s on {}", report.cloud_s, report.backend);
-    if p.privacy() == Privacy::Pad {
+    if p.privacy().uses_pads() {
         println!(
             "  offline    {:.3} s precomputing one-time pads (Conv(K, R) for every image and layer, on the client's CPU; not in the client time above)",
             report.client_offline_s
@@ -1254,8 +1260,7 @@ fn finish_eval(args: &EvalArgs, report: EvalReport, scales: &str) -> Result<(), 
     let rejected: u64 = report.layers.iter().map(|l| l.rejected).sum();
     // In mode two-server with both clouds cheating, one rejected call may hold two corrupted
     // answers.
-    let cheats_per_call =
-        if p.privacy() == Privacy::TwoServer && args.tamper_cloud == TamperChoice::Both { 2 } else { 1 };
+    let cheats_per_call = if p.privacy().clouds() == 2 && args.tamper_cloud == TamperChoice::Both { 2 } else { 1 };
     if rejected * cheats_per_call < report.corrupted_calls || report.logits_bit_identical != report.private_answered {
         return Err(vericonv::Error::Internal(
             "private inference disagreed with the quantized model or missed a corrupted answer".into(),
@@ -1394,7 +1399,7 @@ fn conv_demo(args: &ConvDemoArgs) -> Result<(), vericonv::Error> {
         ..LayerConfig::default()
     };
     let mut layer = PrivateConv::new(geom, &kernel, Some(&bias), cfg, &mut rng)?;
-    if p.privacy() == Privacy::Pad {
+    if p.privacy().uses_pads() {
         let start = Instant::now();
         let pool = layer.generate_pads(batch, &CpuBackend::new(), &mut rng)?;
         layer.add_pads(pool)?;
@@ -1429,6 +1434,11 @@ fn conv_demo(args: &ConvDemoArgs) -> Result<(), vericonv::Error> {
             "sum of the shares, lift, bias",
         ),
         Privacy::Pad => ("X' = β(X + R)", "Y' = Conv(K', X')", "subtract U, lift, bias"),
+        Privacy::SplitModel => (
+            "E = X + R",
+            "A: Conv(K_A, E), B: Conv(K_B, E), K = K_A + K_B, concurrently",
+            "sum of the answers, subtract U, lift, bias",
+        ),
     };
     println!("  phases  :");
     println!("    keygen  {}  (per session: keys and K')", ms(t.keygen));
@@ -1587,13 +1597,10 @@ fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv::Error> {
 fn bench_cloud(args: &BenchArgs) -> Result<(), vericonv::Error> {
     use vericonv_cli::load::{LoadOptions, run_load};
     let privacy = match args.privacy.first() {
-        Some(PrivacyChoice::Pad) => {
-            return Err(vericonv::Error::Unsupported("bench --cloud runs modes lowrank and two-server".into()));
-        }
         Some(&p) => PrivacyArgs { privacy: p, rank: args.rank }.privacy(),
         None => Privacy::default(),
     };
-    let two = privacy == Privacy::TwoServer;
+    let two = privacy.clouds() == 2;
     let remote = &args.remote;
     if two == remote.cloud_b.is_empty() {
         return Err(vericonv::Error::CloudCount {

@@ -117,7 +117,7 @@ pub fn run_whole(
     let qm = QuantModel::new(model, QuantConfig::default())?;
     let local = (CpuBackend::with_threads(opts.threads)?, CpuBackend::with_threads(opts.threads)?);
     let (cloud_a, cloud_b): (&dyn CloudBackend, &dyn CloudBackend) = clouds.unwrap_or((&local.0, &local.1));
-    let clouds = if opts.privacy == Privacy::TwoServer { Clouds::Two(cloud_a, cloud_b) } else { Clouds::One(cloud_a) };
+    let clouds = if opts.privacy.clouds() == 2 { Clouds::Two(cloud_a, cloud_b) } else { Clouds::One(cloud_a) };
     let cfg = PrivateConfig { privacy: opts.privacy, ..PrivateConfig::default() };
     // The session: keys, K' and the mask kernels of every layer.
     let t = Instant::now();
@@ -126,7 +126,7 @@ pub fn run_whole(
     let cloud_total = |exec: &PrivateExecutor<'_>| exec.stats().map(|l| l.timings.cloud).sum::<Duration>();
     let (reference, _) = pool.install(|| qm.forward(&x, &mut PlainExecutor))?;
     // Mode pad: each pass first draws its batch's pads offline, on the client's own CPU backend.
-    let pad = opts.privacy == Privacy::Pad;
+    let pad = opts.privacy.uses_pads();
     let mut offline = Vec::new();
     let mut prepare = |exec: &mut PrivateExecutor<'_>| -> Result<()> {
         if pad {

@@ -5,7 +5,7 @@ use crate::quant::{Epilogue, IntegerExecutor, QuantInput, QuantLayer, QuantModel
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use vericonv::client::{Answer, AnswerBuffers, LayerConfig, Pending, PrivateConv, Timings};
-use vericonv::cloud::{CloudBackend, Clouds};
+use vericonv::cloud::{CloudBackend, Clouds, CpuBackend};
 use vericonv::keys::KeyRng;
 use vericonv::privacy::Privacy;
 use vericonv::verify::Mode;
@@ -18,7 +18,7 @@ pub struct PrivateConfig {
     pub mode: Mode,
     /// Verification rounds (default 1).
     pub rounds: usize,
-    /// How inputs are masked (default `lowrank` with ρ = 2).
+    /// How inputs (and in mode `split-model` the weights) are masked (default `pad`).
     pub privacy: Privacy,
     /// Outsource `Linear` layers too (default false: docs/scheme.md §9, their masks are weaker).
     pub outsource_linear: bool,
@@ -75,8 +75,9 @@ pub struct PrivateExecutor<'a> {
 
 impl<'a> PrivateExecutor<'a> {
     /// Sets up one session per outsourced layer: keys, `K'` and the mode's secrets. `clouds` is
-    /// one cloud, or [`Clouds::Two`] for mode `two-server`. In mode `pad`, call
-    /// [`PrivateExecutor::prepare_pads`] before each forward pass.
+    /// one cloud, or [`Clouds::Two`] for modes `two-server` and `split-model`. In modes `pad`
+    /// and `split-model`, call [`PrivateExecutor::prepare_pads`] before each forward pass;
+    /// without it, each layer draws its pads on the client's CPU when it needs them.
     ///
     /// # Errors
     /// [`Error::CloudCount`] and [`Error::SameCloudTwice`] for the wrong clouds,
@@ -133,7 +134,7 @@ impl<'a> PrivateExecutor<'a> {
         })
     }
 
-    /// Mode `pad`, offline: precomputes `images` pads for every outsourced layer, with the mask
+    /// Modes `pad` and `split-model`, offline: precomputes `images` pads for every outsourced layer, with the mask
     /// convolutions on `backend`, the client's own (docs/scheme.md §12). Returns the time it took,
     /// which is also added to each layer's [`LayerStats::offline`]. Does nothing in the other
     /// modes.
@@ -143,7 +144,7 @@ impl<'a> PrivateExecutor<'a> {
     pub fn prepare_pads(&mut self, images: usize, backend: &dyn CloudBackend) -> Result<Duration> {
         let mut total = Duration::ZERO;
         for (layer, stats) in self.layers.iter_mut().zip(self.stats.iter_mut()) {
-            let Some(layer) = layer.as_mut().filter(|l| l.config().privacy == Privacy::Pad) else { continue };
+            let Some(layer) = layer.as_mut().filter(|l| l.config().privacy.uses_pads()) else { continue };
             let start = Instant::now();
             layer.refill_pads(images, backend, &mut self.rng)?;
             let t = start.elapsed();
@@ -179,7 +180,8 @@ impl PrivateExecutor<'_> {
 impl IntegerExecutor for PrivateExecutor<'_> {
     fn start(&mut self, layer: &QuantLayer, batch: usize) -> Result<()> {
         let Some(private) = self.layers[layer.node].as_mut() else { return Ok(()) };
-        self.pending[layer.node] = Some(private.start(batch, &mut self.rng)?);
+        // Pads the pass lacks (none prepared) are drawn on the client's own CPU, as offline work.
+        self.pending[layer.node] = Some(private.start_or_draw_pads(batch, &CpuBackend::new(), &mut self.rng)?);
         Ok(())
     }
 
@@ -227,6 +229,7 @@ impl IntegerExecutor for PrivateExecutor<'_> {
             Ok(answer) => {
                 stats.verified += 1;
                 stats.timings += answer.timings();
+                stats.offline += answer.timings().offline;
                 self.answers[layer.node] = Some(answer);
                 Ok(())
             }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cloud::{Cheater, CloudBackend, Clouds, SessionKernel};
+use crate::cloud::{Cheater, CloudBackend, Clouds, CpuBackend, SessionKernel};
 use rayon::prelude::*;
 
 use crate::decrypt::{ImageTables, MaskKernel, Unmask, decrypt_image_into, image_tables};
@@ -52,6 +52,10 @@ impl Default for LayerConfig {
     }
 }
 
+/// Batches of spent pads whose memory a layer keeps for [`PrivateConv::refill_pads`]: the
+/// one in use and the one being refilled.
+pub const SPENT_BATCHES: usize = 2;
+
 /// Wall-clock time of each phase of one private call.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Timings {
@@ -68,6 +72,9 @@ pub struct Timings {
     /// and with Fast verification also the output side of verification, fused into the same
     /// pass) and bias.
     pub decrypt: Duration,
+    /// Modes `pad` and `split-model`: pads drawn on the client's own CPU just before the call,
+    /// because too few were prepared (offline work: not in [`Timings::client`]).
+    pub offline: Duration,
 }
 
 impl Timings {
@@ -84,6 +91,7 @@ impl std::ops::AddAssign for Timings {
         self.cloud += o.cloud;
         self.verify += o.verify;
         self.decrypt += o.decrypt;
+        self.offline += o.offline;
     }
 }
 
@@ -93,8 +101,48 @@ enum Masking {
     LowRank(MaskKernel),
     /// Nothing beyond the key.
     TwoServer,
-    /// The precomputed pads of the current session key.
-    Pad(Option<PadPool>),
+    /// The precomputed pads of the current session key; in mode `split-model` also the two
+    /// clouds' shares of the kernel.
+    Pad { pads: Option<PadPool>, shares: Option<Box<KernelShares>> },
+}
+
+/// Mode `split-model`'s kernel shares (docs/scheme.md §14): `K_A = G(seed)` for cloud A and
+/// `K_B = K - K_A` for cloud B, each uniform alone. Zeroized when dropped (with their
+/// sessions).
+struct KernelShares {
+    a: SessionKernel,
+    b: SessionKernel,
+}
+
+impl KernelShares {
+    /// Splits the plain kernel `kernel` (field elements) into two fresh shares.
+    fn split(geom: &Conv2d, kernel: &[u32], rng: &mut KeyRng) -> Result<Self> {
+        let seed = ShareSeed::generate(rng);
+        let a = seed.expand(kernel.len());
+        let b = kernel.iter().zip(&a).map(|(&k, &ka)| M31::sub(k, ka)).collect();
+        Ok(Self {
+            a: SessionKernel::new(rand::RngExt::random(rng), *geom, a)?,
+            b: SessionKernel::new(rand::RngExt::random(rng), *geom, b)?,
+        })
+    }
+
+    /// Both clouds, concurrently, on the same padded input `e`: A with its share, B with its
+    /// own; their answers land in `ya` and `yb`.
+    fn call(
+        &self,
+        (a, b): (&dyn CloudBackend, &dyn CloudBackend),
+        batch: usize,
+        e: &[u32],
+        ya: &mut Vec<u32>,
+        yb: &mut Vec<u32>,
+    ) -> Result<()> {
+        let (from_a, from_b) = std::thread::scope(|s| {
+            let from_a = s.spawn(|| a.conv_session_into(&self.a, batch, e, ya));
+            let from_b = b.conv_session_into(&self.b, batch, e, yb);
+            (from_a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), from_b)
+        });
+        from_a.and(from_b)
+    }
 }
 
 /// Working memory of [`PrivateConv::run_into`], kept by the caller across calls and layers so
@@ -378,7 +426,10 @@ impl PrivateConv {
         let masking = match privacy {
             Privacy::LowRank { .. } => Masking::LowRank(MaskKernel::new(&key, kernel)?),
             Privacy::TwoServer => Masking::TwoServer,
-            Privacy::Pad => Masking::Pad(None),
+            Privacy::Pad => Masking::Pad { pads: None, shares: None },
+            Privacy::SplitModel => {
+                Masking::Pad { pads: None, shares: Some(Box::new(KernelShares::split(geom, kernel, rng)?)) }
+            }
         };
         Ok((key, kernel_enc, masking))
     }
@@ -431,7 +482,7 @@ impl PrivateConv {
     pub fn add_pads(&mut self, pool: PadPool) -> Result<()> {
         self.require_pad_mode("adding pads")?;
         pool.check_binding(&self.cfg.name, &self.key)?;
-        if let Masking::Pad(slot) = &mut self.masking {
+        if let Masking::Pad { pads: slot, .. } = &mut self.masking {
             match slot {
                 Some(existing) => existing.append(pool)?,
                 None => *slot = Some(pool),
@@ -444,7 +495,8 @@ impl PrivateConv {
     /// as [`PrivateConv::generate_pads`]) and adds them, writing them into the memory of the
     /// pads that [`PrivateConv::recycle`] took back since the last refill: a pass that refills
     /// before it runs neither zeroizes nor frees its used pads online, they are overwritten
-    /// offline. Up to `count` used pads are kept for the next refill.
+    /// offline. The memory of the batch of pads this refill makes is kept for the next one
+    /// (at most [`SPENT_BATCHES`] batches are kept).
     ///
     /// # Errors
     /// As [`PrivateConv::generate_pads`].
@@ -452,7 +504,7 @@ impl PrivateConv {
         self.require_pad_mode("generating pads")?;
         let pool =
             PadPool::generate_into(&self.cfg.name, &self.key, &self.kernel, count, backend, rng, &mut self.spent_pads)?;
-        self.spent_pads.set_keep(count);
+        self.spent_pads.set_keep(SPENT_BATCHES);
         self.add_pads(pool)
     }
 
@@ -473,19 +525,19 @@ impl PrivateConv {
     /// Pads left (mode `pad`; 0 in the other modes).
     pub fn pads_available(&self) -> usize {
         match &self.masking {
-            Masking::Pad(Some(pool)) => pool.len(),
+            Masking::Pad { pads: Some(pool), .. } => pool.len(),
             _ => 0,
         }
     }
 
     fn require_pad_mode(&self, what: &'static str) -> Result<()> {
-        if self.cfg.privacy == Privacy::Pad {
+        if self.cfg.privacy.uses_pads() {
             Ok(())
         } else {
             Err(Error::WrongPrivacyMode {
                 layer: self.cfg.name.clone(),
                 what,
-                needed: Privacy::Pad.name(),
+                needed: "pad or split-model",
                 actual: self.cfg.privacy.name(),
             })
         }
@@ -493,7 +545,10 @@ impl PrivateConv {
 
     /// Runs a batch `x` (`B × Cin × H × W` integers with `|x| <= Bx`) privately on `clouds`:
     /// one cloud for modes `lowrank` and `pad` (a `&CpuBackend` or any other backend converts
-    /// into [`Clouds`]), [`Clouds::Two`] for mode `two-server`.
+    /// into [`Clouds`]), [`Clouds::Two`] for modes `two-server` and `split-model`. In modes
+    /// `pad` and `split-model`, the pads the batch lacks are drawn first on the client's own
+    /// CPU ([`Timings::offline`]); prepare them with [`PrivateConv::refill_pads`] to keep that
+    /// work off the call.
     ///
     /// Returns the exact integer convolution plus bias, `B × Cout × Ho × Wo`, and the time of
     /// each phase. The first call of a session also reports the session setup as `keygen`.
@@ -501,8 +556,8 @@ impl PrivateConv {
     /// # Errors
     /// [`Error::LengthMismatch`] and [`Error::ValueOutOfRange`] for bad input;
     /// [`Error::CloudCount`] and [`Error::SameCloudTwice`] for the wrong clouds;
-    /// [`Error::PadPoolExhausted`] in mode `pad` without enough pads (the pads of a call are
-    /// consumed even when it fails); the cloud's own errors; [`Error::MalformedAnswer`] or
+    /// the errors of [`PrivateConv::generate_pads`] (the pads of a call are consumed even when
+    /// it fails); the cloud's own errors; [`Error::MalformedAnswer`] or
     /// [`Error::VerificationFailed`] for a wrong answer, which is never decrypted.
     pub fn run<'c>(
         &mut self,
@@ -552,7 +607,7 @@ impl PrivateConv {
         Conv2d::check_len("output buffer", batch * out_img, out.len())?;
         // Before a pad is taken.
         self.check_input(x, 0)?;
-        let pending = self.start(batch, rng)?;
+        let pending = self.start_or_draw_pads(batch, &CpuBackend::new(), rng)?;
         let img = self.geom.image_len();
         bufs.sent.resize(x.len(), 0);
         let start = Instant::now();
@@ -598,16 +653,36 @@ impl PrivateConv {
     /// # Errors
     /// [`Error::PadPoolExhausted`] in mode `pad` without enough pads.
     pub fn start(&mut self, batch: usize, rng: &mut KeyRng) -> Result<Pending> {
+        self.start_with(batch, None, rng)
+    }
+
+    /// [`PrivateConv::start`], except that in modes `pad` and `split-model` the pads the batch
+    /// lacks are first drawn on `own`, the client's own backend, and that time is reported as
+    /// [`Timings::offline`] (what the one-shot calls do when no pads were prepared).
+    ///
+    /// # Errors
+    /// As [`PrivateConv::start`] and [`PrivateConv::generate_pads`].
+    pub fn start_or_draw_pads(&mut self, batch: usize, own: &dyn CloudBackend, rng: &mut KeyRng) -> Result<Pending> {
+        self.start_with(batch, Some(own), rng)
+    }
+
+    fn start_with(&mut self, batch: usize, own: Option<&dyn CloudBackend>, rng: &mut KeyRng) -> Result<Pending> {
         let mut timings = Timings::default();
         if self.cfg.rotate_after_images.is_some_and(|n| self.images_in_session >= n) {
             timings.keygen = self.rotate(rng)?;
         } else if self.images_in_session == 0 {
             timings.keygen = self.setup_time;
         }
+        let missing = batch.saturating_sub(self.pads_available());
+        if let Some(own) = own.filter(|_| self.cfg.privacy.uses_pads() && missing > 0) {
+            let start = Instant::now();
+            self.refill_pads(missing, own, rng)?;
+            timings.offline = start.elapsed();
+        }
         let start = Instant::now();
         let secrets = match &self.masking {
             Masking::LowRank(_) => BatchSecrets::Masks(ImageMask::generate_batch(&self.key, batch, rng)),
-            Masking::Pad(_) => BatchSecrets::Pads(self.take_pads(batch)?),
+            Masking::Pad { .. } => BatchSecrets::Pads(self.take_pads(batch)?),
             Masking::TwoServer => BatchSecrets::Seed(ShareSeed::generate(rng)),
         };
         timings.encrypt = start.elapsed();
@@ -686,13 +761,18 @@ impl PrivateConv {
         let start = Instant::now();
         let len = batch * self.geom.output_image_len();
         let mut y = answers.take(len);
-        let (called, yb) = match (&secrets, clouds) {
-            (BatchSecrets::Seed(seed), Clouds::Two(a, b)) => {
+        let (called, yb) = match (&secrets, clouds, &self.masking) {
+            (BatchSecrets::Seed(seed), Clouds::Two(a, b), _) => {
                 let mut yb = answers.take(len);
                 let called = self.both_clouds(a, b, batch, seed, sent, &mut y, &mut yb);
                 (called, Some(yb))
             }
-            (_, Clouds::One(cloud)) => (cloud.conv_session_into(&self.kernel_enc, batch, sent, &mut y), None),
+            (BatchSecrets::Pads(_), Clouds::Two(a, b), Masking::Pad { shares: Some(shares), .. }) => {
+                let mut yb = answers.take(len);
+                let called = shares.call((a, b), batch, sent, &mut y, &mut yb);
+                (called, Some(yb))
+            }
+            (_, Clouds::One(cloud), _) => (cloud.conv_session_into(&self.kernel_enc, batch, sent, &mut y), None),
             _ => return Err(mode_mismatch(&self.cfg.name)),
         };
         timings.cloud = start.elapsed();
@@ -734,7 +814,8 @@ impl PrivateConv {
         self.check_session(answer.session, answer.batch, b)?;
         let unmask = match (&self.masking, &answer.secrets, &answer.yb) {
             (Masking::LowRank(mk), BatchSecrets::Masks(_), _) => Unmask::LowRank { mk, tables: &answer.tables },
-            (_, BatchSecrets::Pads(pads), _) => Unmask::Pad(pads),
+            (_, BatchSecrets::Pads(pads), Some(yb)) => Unmask::PadSum(pads, yb),
+            (_, BatchSecrets::Pads(pads), None) => Unmask::Pad(pads),
             (_, BatchSecrets::Seed(_), Some(yb)) => Unmask::Sum(yb),
             _ => return Err(mode_mismatch(&self.cfg.name)),
         };
@@ -813,12 +894,21 @@ impl PrivateConv {
                     let xp: Vec<u32> = xa.iter().zip(sent).map(|(&a, &b)| M31::add(a, b)).collect();
                     check_claim(&Claim::with_parts(geom, batch, kp, &xp, y, yb)?, Mode::Strict, rounds, rng)?
                 }
+                (_, Some(yb)) => {
+                    check_claim(&Claim::with_parts(geom, batch, kp, sent, y, yb)?, Mode::Strict, rounds, rng)?
+                }
                 _ => check_claim(&Claim::new(geom, batch, kp, sent, y)?, Mode::Strict, rounds, rng)?,
             }
         };
         let Some(round) = rejected else { return Ok(()) };
-        Err(match (secrets, yb) {
-            (BatchSecrets::Seed(seed), Some(yb)) => self.name_cheater(round, batch, seed, sent, y, yb, rng)?,
+        Err(match (secrets, yb, &self.masking) {
+            (BatchSecrets::Seed(seed), Some(yb), _) => {
+                let xa = seed.expand(sent.len());
+                self.name_cheater(round, batch, (kp, &xa, y), (kp, sent, yb), rng)?
+            }
+            (BatchSecrets::Pads(_), Some(yb), Masking::Pad { shares: Some(shares), .. }) => {
+                self.name_cheater(round, batch, (shares.a.data(), sent, y), (shares.b.data(), sent, yb), rng)?
+            }
             _ => self.rejected(round, Cheater::TheCloud),
         })
     }
@@ -845,23 +935,21 @@ impl PrivateConv {
         from_a.and(from_b)
     }
 
-    /// After the sum of the two answers was rejected in round `round`: re-checks each share with
-    /// fresh vectors (at least one is wrong) and returns the error naming the cheater.
-    #[allow(clippy::too_many_arguments)]
+    /// After the sum of the two answers was rejected in round `round`: re-checks each cloud's
+    /// claim `(kernel, input, answer)` with fresh vectors (at least one is wrong) and returns
+    /// the error naming the cheater. Mode `two-server`: `K'` with each input share; mode
+    /// `split-model`: each kernel share with the padded input.
     fn name_cheater(
         &self,
         round: usize,
         batch: usize,
-        seed: &ShareSeed,
-        xb: &[u32],
-        ya: &[u32],
-        yb: &[u32],
+        (ka, xa, ya): (&[u32], &[u32], &[u32]),
+        (kb, xb, yb): (&[u32], &[u32], &[u32]),
         rng: &mut KeyRng,
     ) -> Result<Error> {
-        let (geom, kp) = (&self.geom, self.kernel_enc.data());
-        let xa = seed.expand(xb.len());
-        let bad_a = check_claim(&Claim::new(geom, batch, kp, &xa, ya)?, self.cfg.mode, self.cfg.rounds, rng)?;
-        let bad_b = check_claim(&Claim::new(geom, batch, kp, xb, yb)?, self.cfg.mode, self.cfg.rounds, rng)?;
+        let geom = &self.geom;
+        let bad_a = check_claim(&Claim::new(geom, batch, ka, xa, ya)?, self.cfg.mode, self.cfg.rounds, rng)?;
+        let bad_b = check_claim(&Claim::new(geom, batch, kb, xb, yb)?, self.cfg.mode, self.cfg.rounds, rng)?;
         let cheater = match (bad_a.is_some(), bad_b.is_some()) {
             (true, true) => Cheater::BothClouds,
             (true, false) => Cheater::CloudA,
@@ -874,7 +962,7 @@ impl PrivateConv {
     /// Takes `batch` pads of mode `pad` (gone even if the call fails).
     fn take_pads(&mut self, batch: usize) -> Result<Vec<Pad>> {
         match &mut self.masking {
-            Masking::Pad(Some(pool)) => pool.take(batch),
+            Masking::Pad { pads: Some(pool), .. } => pool.take(batch),
             _ => Err(Error::PadPoolExhausted { layer: self.cfg.name.clone(), needed: batch, available: 0 }),
         }
     }

@@ -346,6 +346,9 @@ pub(crate) enum Unmask<'a> {
     Pad(&'a [Pad]),
     /// Mode `two-server`: `Y = lift(α^-1·(Y'_A + Y'_B))`; this is cloud B's answer.
     Sum(&'a [u32]),
+    /// Mode `split-model`: `Y = lift(Y_A + Y_B - U_b)` (its key has α = 1 and σ the
+    /// identity), with the pads of the batch and cloud B's answer.
+    PadSum(&'a [Pad], &'a [u32]),
 }
 
 /// The per-image tables of mode `lowrank` for the masks of a batch.
@@ -399,6 +402,11 @@ where
             Conv2d::check_len("pad mask convolution", img, pads[b].mask_conv().len())?;
         }
         Unmask::Sum(yb) => Conv2d::check_len("cloud B output", y.len(), yb.len())?,
+        Unmask::PadSum(pads, yb) => {
+            Conv2d::check_len("pads", batch, pads.len())?;
+            Conv2d::check_len("pad mask convolution", img, pads[b].mask_conv().len())?;
+            Conv2d::check_len("cloud B output", y.len(), yb.len())?;
+        }
     }
     let (kh, kw) = (g.kh(), g.kw());
     let tab = match unmask {
@@ -467,6 +475,18 @@ where
                             let ints = &mut ints[..range.len()];
                             let (ys, us) = (&src[range.clone()], &u[range.clone()]);
                             max = max.max(slices::unmask_into(ints, ys, ainv, &[(1, us)]));
+                            finish(range, ints);
+                        }
+                    }
+                    (Unmask::PadSum(pads, yb), _) => {
+                        let u = &pads[b].mask_conv()[o * n..][..n];
+                        let bsrc = &yb[(b * cout + op) * n..][..n];
+                        for start in (0..n).step_by(PIECE) {
+                            let range = start..(start + PIECE).min(n);
+                            let ints = &mut ints[..range.len()];
+                            let (ys, bs, us) = (&src[range.clone()], &bsrc[range.clone()], &u[range.clone()]);
+                            // ainv = 1: -(p - 1)·Y_B = +Y_B.
+                            max = max.max(slices::unmask_into(ints, ys, ainv, &[(M31::P - 1, bs), (1, us)]));
                             finish(range, ints);
                         }
                     }

@@ -78,6 +78,26 @@ impl SessionKey {
         match privacy {
             Privacy::LowRank { rank } => Self::generate(geom, rank, rng),
             Privacy::TwoServer | Privacy::Pad => Ok(Self::draw(geom, 0, rng)),
+            Privacy::SplitModel => Ok(Self::plain(geom, rng)),
+        }
+    }
+
+    /// The key of mode `split-model` (docs/scheme.md §14): a fresh identifier, and no σ, π, α
+    /// or β (identity permutations, unit scales), so that `K' = K` and `X' = X + R`.
+    fn plain(geom: &Conv2d, rng: &mut KeyRng) -> Self {
+        let (cout, cin) = (geom.cout(), geom.cin());
+        Self {
+            id: rng.next_u64(),
+            geom: *geom,
+            rho: 0,
+            sigma: (0..cout).collect(),
+            sigma_inv: (0..cout).collect(),
+            pi: (0..cin).collect(),
+            pi_inv: (0..cin).collect(),
+            alpha: vec![1; cout],
+            alpha_inv: vec![1; cout],
+            beta: vec![1; cin],
+            g: Vec::new(),
         }
     }
 

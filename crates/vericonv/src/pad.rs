@@ -10,38 +10,49 @@
 //! total work.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use zeroize::Zeroize;
 
 use crate::cloud::CloudBackend;
 use crate::geometry::Conv2d;
 use crate::keys::{KeyRng, SessionKey};
-use crate::share::ShareSeed;
+use crate::share::{ShareSeed, expand_into};
 use crate::{Error, Result};
 
-/// One image's pad: the mask `R` and its convolution `U = Conv(K, R)`, both in plain channel
-/// order. Secret: zeroized on drop, never printed, never cloned.
-pub struct Pad {
+/// The tensors of pads made together: `R` and `U = Conv(K, R)` of each image, one image after
+/// the other. Zeroized when the last of its pads (and the spent-pad memory) lets go of it.
+struct PadBatch {
     r: Vec<u32>,
     u: Vec<u32>,
+    images: usize,
+}
+
+impl Drop for PadBatch {
+    fn drop(&mut self) {
+        self.r.zeroize();
+        self.u.zeroize();
+    }
+}
+
+/// One image's pad: the mask `R` and its convolution `U = Conv(K, R)`, both in plain channel
+/// order. Secret: never printed, never cloned, zeroized with its batch.
+pub struct Pad {
+    batch: Arc<PadBatch>,
+    image: usize,
 }
 
 impl Pad {
     /// `R` (`Cin × H × W`).
     pub fn mask(&self) -> &[u32] {
-        &self.r
+        let len = self.batch.r.len() / self.batch.images;
+        &self.batch.r[self.image * len..][..len]
     }
 
     /// `U = Conv(K, R)` (`Cout × Ho × Wo`).
     pub fn mask_conv(&self) -> &[u32] {
-        &self.u
-    }
-}
-
-impl Drop for Pad {
-    fn drop(&mut self) {
-        self.r.zeroize();
-        self.u.zeroize();
+        let len = self.batch.u.len() / self.batch.images;
+        &self.batch.u[self.image * len..][..len]
     }
 }
 
@@ -53,39 +64,47 @@ impl std::fmt::Debug for Pad {
 
 /// The memory of pads already used, kept to be overwritten by the next pads of the same layer
 /// ([`crate::client::PrivateConv::refill_pads`]) rather than zeroized and freed while the
-/// client is online. A spent pad is never handed out again: only its buffers are reused, once
-/// overwritten whole. At most `keep` are kept; what is dropped is zeroized.
+/// client is online. A spent pad is never handed out again: only its batch's buffers are
+/// reused, once every pad of the batch is spent, and overwritten whole. At most `keep` batches
+/// are kept; what is let go of is zeroized.
 #[derive(Default)]
 pub(crate) struct SpentPads {
-    pads: Vec<Pad>,
+    batches: Vec<Arc<PadBatch>>,
     keep: usize,
 }
 
 impl SpentPads {
-    /// Keeps at most `keep` spent pads from now on.
+    /// Keeps at most `keep` batches of spent pads from now on.
     pub(crate) fn set_keep(&mut self, keep: usize) {
         self.keep = keep;
-        self.pads.truncate(keep);
+        self.batches.truncate(keep);
     }
 
-    /// Keeps the used `pads` for their memory (up to the bound; the rest are zeroized).
+    /// Keeps the batches of the used `pads` for their memory (up to the bound).
     pub(crate) fn put(&mut self, pads: Vec<Pad>) {
-        let room = self.keep.saturating_sub(self.pads.len());
-        self.pads.extend(pads.into_iter().take(room));
+        for pad in pads {
+            if self.batches.len() < self.keep && !self.batches.iter().any(|b| Arc::ptr_eq(b, &pad.batch)) {
+                self.batches.push(pad.batch);
+            }
+        }
     }
 
-    /// A pad holding copies of `r` and `u`, in a spent pad's buffers when one is large enough.
-    fn refill(&mut self, r: &[u32], u: &[u32]) -> Pad {
-        match self.pads.pop() {
-            Some(mut pad) if pad.r.capacity() >= r.len() && pad.u.capacity() >= u.len() => {
-                // Within capacity: no reallocation leaves an old copy behind.
-                pad.r.clear();
-                pad.r.extend_from_slice(r);
-                pad.u.clear();
-                pad.u.extend_from_slice(u);
-                pad
+    /// A batch of `images` whose buffers hold `r_len` and `u_len` elements, to be overwritten
+    /// whole: a spent batch's, when all its pads are spent and it has the capacity (no
+    /// reallocation leaves an old copy behind), else a new one.
+    fn take(&mut self, images: usize, r_len: usize, u_len: usize) -> PadBatch {
+        let reusable = self
+            .batches
+            .iter()
+            .position(|b| Arc::strong_count(b) == 1 && b.r.capacity() >= r_len && b.u.capacity() >= u_len);
+        match reusable.map(|i| Arc::try_unwrap(self.batches.swap_remove(i))) {
+            Some(Ok(mut batch)) => {
+                batch.r.resize(r_len, 0);
+                batch.u.resize(u_len, 0);
+                batch.images = images;
+                batch
             }
-            _ => Pad { r: r.to_vec(), u: u.to_vec() },
+            _ => PadBatch { r: vec![0; r_len], u: Vec::with_capacity(u_len), images },
         }
     }
 }
@@ -123,8 +142,9 @@ impl PadPool {
         Self::generate_into(layer, key, kernel, count, backend, rng, &mut SpentPads::default())
     }
 
-    /// [`PadPool::generate`] into the memory of spent pads where there are some (each is
-    /// overwritten whole by a fresh pad: no page is allocated, faulted in or freed for it).
+    /// [`PadPool::generate`] into the memory of a spent batch of pads where there is one (it is
+    /// overwritten whole: no page is allocated, faulted in or freed for it). The pads are made
+    /// in one batch, in place: no copy of `R` or `U` is made.
     pub(crate) fn generate_into(
         layer: &str,
         key: &SessionKey,
@@ -135,19 +155,18 @@ impl PadPool {
         spent: &mut SpentPads,
     ) -> Result<Self> {
         let g = key.geometry();
-        let total = count.checked_mul(g.image_len()).ok_or(Error::TooLarge { what: "pad pool", value: count })?;
-        let mut r = ShareSeed::generate(rng).expand(total);
-        let mut u = if count == 0 { Vec::new() } else { backend.conv(g, count, kernel, &r)? };
-        let checked = Conv2d::check_len("offline mask convolution", count * g.output_image_len(), u.len());
-        let pads = r
-            .chunks_exact(g.image_len())
-            .zip(u.chunks_exact(g.output_image_len()))
-            .map(|(r, u)| spent.refill(r, u))
-            .collect();
-        // The batch's tensors are secret too.
-        r.zeroize();
-        u.zeroize();
-        checked?;
+        let too_large = || Error::TooLarge { what: "pad pool", value: count };
+        let r_len = count.checked_mul(g.image_len()).ok_or_else(too_large)?;
+        let u_len = count.checked_mul(g.output_image_len()).ok_or_else(too_large)?;
+        if count == 0 {
+            return Ok(Self { layer: layer.to_string(), session: key.id(), pads: VecDeque::new() });
+        }
+        let mut batch = spent.take(count, r_len, u_len);
+        expand_into(ShareSeed::generate(rng).as_bytes(), &mut batch.r);
+        backend.conv_into(g, count, kernel, &batch.r, &mut batch.u)?;
+        Conv2d::check_len("offline mask convolution", u_len, batch.u.len())?;
+        let batch = Arc::new(batch);
+        let pads = (0..count).map(|image| Pad { batch: Arc::clone(&batch), image }).collect();
         Ok(Self { layer: layer.to_string(), session: key.id(), pads })
     }
 

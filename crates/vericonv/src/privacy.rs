@@ -1,14 +1,16 @@
-//! The three ways the client hides its inputs from the cloud (docs/scheme.md §9, §11, §12).
+//! The four ways the client hides its inputs, and in mode `split-model` its kernel, from the
+//! clouds (docs/scheme.md §9, §11, §12, §14).
 //!
-//! | mode | what one cloud receives | input privacy |
-//! |---|---|---|
-//! | [`Privacy::LowRank`] | `β·(X + R)`, `R` of rank ρ | broken on structured inputs (measured by `vericonv attack`) |
-//! | [`Privacy::TwoServer`] | one additive share of `β·X[π]` | ChaCha, while the two clouds do not collude |
-//! | [`Privacy::Pad`] | `β·(X + R)`, `R` a uniform one-time pad | ChaCha; the pad costs a full offline convolution |
+//! | mode | what a cloud receives | inputs private | kernel private |
+//! |---|---|---|---|
+//! | [`Privacy::Pad`] (default) | `K'`; `β·(X + R)`, `R` a uniform one-time pad | yes (ChaCha) | no |
+//! | [`Privacy::TwoServer`] | `K'`; one additive share of `β·X[π]` | while the two clouds do not collude | no |
+//! | [`Privacy::SplitModel`] | one additive share of `K`; `X + R`, `R` a uniform pad | yes, even if the clouds collude | while they do not collude |
+//! | [`Privacy::LowRank`] | `K'`; `β·(X + R)`, `R` of rank ρ | no: broken on structured inputs | no |
 //!
-//! The kernel is not private in any mode: `K'` reveals every kernel slice up to one scalar.
-
-use crate::keys::DEFAULT_RANK;
+//! `K'` is the kernel permuted and scaled per channel: `vericonv attack` recovers every kernel
+//! slice from it up to one scalar. Modes `pad` and `split-model` draw their pads offline on the
+//! client's own backend (`U = Conv(K, R)`, one convolution per image).
 
 /// How the client masks the inputs of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -22,13 +24,17 @@ pub enum Privacy {
     /// Two non-colluding clouds each convolve one additive share of `β·X[π]` (docs/scheme.md §11).
     TwoServer,
     /// One cloud; the client masks with a uniform pad `R` and unmasks with `Conv(K, R)`, both
-    /// precomputed offline on its own backend (docs/scheme.md §12).
+    /// precomputed offline on its own backend (docs/scheme.md §12). The default.
     Pad,
+    /// Mode `pad` with the plain kernel split into two additive shares, one per cloud: both
+    /// clouds receive the same padded input `X + R` (docs/scheme.md §14).
+    SplitModel,
 }
 
+/// Mode `pad`: the one-cloud mode whose input privacy holds (docs/scheme.md §15).
 impl Default for Privacy {
     fn default() -> Self {
-        Privacy::LowRank { rank: DEFAULT_RANK }
+        Privacy::Pad
     }
 }
 
@@ -37,12 +43,14 @@ pub const LOWRANK_WARNING: &str = "warning: privacy mode `lowrank` (the paper's 
      `vericonv attack` recovers them exactly (README, \"Privacy, measured\"); use --privacy two-server or pad";
 
 impl Privacy {
-    /// The mode's name on the command line and in reports: `lowrank`, `two-server` or `pad`.
+    /// The mode's name on the command line and in reports: `lowrank`, `two-server`, `pad` or
+    /// `split-model`.
     pub fn name(self) -> &'static str {
         match self {
             Privacy::LowRank { .. } => "lowrank",
             Privacy::TwoServer => "two-server",
             Privacy::Pad => "pad",
+            Privacy::SplitModel => "split-model",
         }
     }
 
@@ -57,9 +65,14 @@ impl Privacy {
     /// How many clouds the mode needs.
     pub fn clouds(self) -> usize {
         match self {
-            Privacy::TwoServer => 2,
-            _ => 1,
+            Privacy::TwoServer | Privacy::SplitModel => 2,
+            Privacy::LowRank { .. } | Privacy::Pad => 1,
         }
+    }
+
+    /// Whether the mode unmasks with one-time pads made offline (`pad` and `split-model`).
+    pub fn uses_pads(self) -> bool {
+        matches!(self, Privacy::Pad | Privacy::SplitModel)
     }
 
     /// The mask rank ρ in mode `lowrank`, else `None`.

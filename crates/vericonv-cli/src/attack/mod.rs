@@ -71,6 +71,13 @@ pub struct CloudView {
     pub seconds_per_image: f64,
     /// The statistical tests of this view.
     pub stats: ViewStats,
+    /// Slices of the kernel this cloud received (`K'`, or its share in mode `split-model`)
+    /// recovered exactly up to sign.
+    pub kernel_exact: usize,
+    /// Of those, slices for which the true slice is the only candidate.
+    pub kernel_unique: usize,
+    /// The statistical tests of the kernel this cloud received, against the plain weights.
+    pub kernel_stats: ViewStats,
 }
 
 /// The attacks on one layer.
@@ -90,13 +97,14 @@ pub struct LayerAttack {
     pub images: usize,
     /// Pixels per image.
     pub pixels_per_image: usize,
-    /// Every cloud's view (two in mode `two-server`).
+    /// Every cloud's view (two in modes `two-server` and `split-model`).
     pub views: Vec<CloudView>,
-    /// Kernel slices of `K'`.
+    /// Kernel slices (`Cout × Cin/G`).
     pub kernel_slices: usize,
-    /// Slices recovered exactly up to sign.
+    /// Slices recovered exactly up to sign, by the best view.
     pub kernel_exact: usize,
-    /// Slices for which the true slice is the only candidate (known for certain).
+    /// Slices for which the true slice is the only candidate (known for certain), by the best
+    /// view.
     pub kernel_unique: usize,
 }
 
@@ -148,15 +156,19 @@ pub struct Example {
 struct Recorder<'a> {
     inner: &'a dyn CloudBackend,
     seen: Mutex<Vec<u32>>,
+    kernel: Mutex<Vec<u32>>,
 }
 
 impl<'a> Recorder<'a> {
     fn new(inner: &'a dyn CloudBackend) -> Self {
-        Self { inner, seen: Mutex::new(Vec::new()) }
+        Self { inner, seen: Mutex::new(Vec::new()), kernel: Mutex::new(Vec::new()) }
     }
 
-    fn take(&self) -> Vec<u32> {
-        std::mem::take(&mut *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    /// The inputs received so far, and the kernel of the last call.
+    fn take(&self) -> (Vec<u32>, Vec<u32>) {
+        let take =
+            |m: &Mutex<Vec<u32>>| std::mem::take(&mut *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        (take(&self.seen), take(&self.kernel))
     }
 }
 
@@ -167,6 +179,7 @@ impl CloudBackend for Recorder<'_> {
 
     fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
         self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(input);
+        *self.kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = kernel.to_vec();
         self.inner.conv(geom, batch, kernel, input)
     }
 }
@@ -246,11 +259,11 @@ pub fn attack_model(
         let (a, b) = (Recorder::new(cloud_a), Recorder::new(cloud_b));
         for chunk in x.chunks(batch * g.image_len()) {
             let images = chunk.len() / g.image_len();
-            if opts.privacy == Privacy::Pad {
+            if opts.privacy.uses_pads() {
                 let pool = private.generate_pads(images, &CpuBackend::new(), &mut client_rng)?;
                 private.add_pads(pool)?;
             }
-            let clouds = if opts.privacy == Privacy::TwoServer { Clouds::Two(&a, &b) } else { Clouds::One(&a) };
+            let clouds = if opts.privacy.clouds() == 2 { Clouds::Two(&a, &b) } else { Clouds::One(&a) };
             let (y, _) = private.run(clouds, chunk, &mut client_rng)?;
             if y != layer.compute(chunk, images) {
                 return Err(Error::Internal(format!("layer `{}`: the private run is not exact", layer.name)));
@@ -267,23 +280,27 @@ pub fn attack_model(
             .collect();
         let mut views = Vec::new();
         let mut best_examples: Option<(usize, Vec<Example>)> = None;
-        let received: Vec<(&str, Vec<u32>)> = if opts.privacy == Privacy::TwoServer {
+        let received = if opts.privacy.clouds() == 2 {
             vec![("cloud A", a.take()), ("cloud B", b.take())]
         } else {
             vec![("the cloud", a.take())]
         };
-        for (name, seen) in received {
-            let (view, examples) =
+        for (name, (seen, kernel_seen)) in received {
+            let (mut view, examples) =
                 attack_view(name, &seen, &truth, &g, xbound, opts.examples, &mut attacker_rng, |done| {
                     progress(&layer.name, done, n);
                 });
+            // The kernel attack on the kernel this cloud received.
+            let slices = kernel::recover_kernel(&g, &kernel_seen, wbound);
+            (view.kernel_exact, view.kernel_unique) = score_kernel(&slices, &layer.weight, &g, key);
+            view.kernel_stats = stats::view_stats(&kernel_seen, &layer.weight, g.kernel_len(), g.kh(), g.kw());
             if best_examples.as_ref().is_none_or(|(e, _)| view.exact_images > *e) {
                 best_examples = Some((view.exact_images, examples));
             }
             views.push(view);
         }
-        let slices = kernel::recover_kernel(&g, private.encrypted_kernel(), wbound);
-        let (kernel_exact, kernel_unique) = score_kernel(&slices, &layer.weight, &g, key);
+        let kernel_exact = views.iter().map(|v| v.kernel_exact).max().unwrap_or(0);
+        let kernel_unique = views.iter().map(|v| v.kernel_unique).max().unwrap_or(0);
         out.push((
             LayerAttack {
                 model: model.name().to_string(),
@@ -294,7 +311,7 @@ pub fn attack_model(
                 images: n,
                 pixels_per_image: g.image_len(),
                 views,
-                kernel_slices: slices.len(),
+                kernel_slices: g.cout() * g.cin_per_group(),
                 kernel_exact,
                 kernel_unique,
             },
@@ -348,6 +365,9 @@ fn attack_view(
             col_space_found: cols_found,
             seconds_per_image,
             stats,
+            kernel_exact: 0,
+            kernel_unique: 0,
+            kernel_stats: ViewStats::default(),
         },
         examples,
     )
@@ -378,7 +398,7 @@ fn score_kernel(
 /// The attack table: one line per layer.
 pub fn format_table(rows: &[LayerAttack]) -> String {
     let mut s = format!(
-        "{:<22} {:<12} {:<18} {:>10} {:>6} | {:>8} {:>8} {:>9} | {:>8} {:>8} | {:>9} {:>9} {:>11} {:>8}\n",
+        "{:<22} {:<12} {:<18} {:>10} {:>6} | {:>8} {:>8} {:>9} | {:>8} {:>8} {:>9} | {:>9} {:>9} {:>11} {:>8}\n",
         "model",
         "layer",
         "privacy",
@@ -389,6 +409,7 @@ pub fn format_table(rows: &[LayerAttack]) -> String {
         "s/image",
         "kernel%",
         "certain%",
+        "kernel χ² p",
         "χ² p",
         "χ²pos p",
         "full rank",
@@ -402,8 +423,9 @@ pub fn format_table(rows: &[LayerAttack]) -> String {
         let full: usize = r.views.iter().map(|v| v.stats.full_rank_planes).sum();
         let planes: usize = r.views.iter().map(|v| v.stats.planes).sum();
         let corr = r.views.iter().map(|v| v.stats.correlation.abs()).fold(0.0, f64::max);
+        let kernel_p = r.views.iter().map(|v| v.kernel_stats.chi2_high_bits_p).fold(1.0, f64::min);
         s += &format!(
-            "{:<22} {:<12} {:<18} {:>10} {:>6} | {} {} {:>9.4} | {} {} | {:>9.3} {:>9.3} {:>11} {:>8.4}\n",
+            "{:<22} {:<12} {:<18} {:>10} {:>6} | {} {} {:>9.4} | {} {} {:>9.3} | {:>9.3} {:>9.3} {:>11} {:>8.4}\n",
             r.model,
             r.layer,
             r.privacy,
@@ -414,6 +436,7 @@ pub fn format_table(rows: &[LayerAttack]) -> String {
             v.map_or(0.0, |v| v.seconds_per_image),
             pct(r.kernel_share()),
             pct(r.kernel_unique as f64 / r.kernel_slices.max(1) as f64),
+            kernel_p,
             worst_p,
             worst_pos,
             format!("{full}/{planes}"),

@@ -17,7 +17,7 @@ use super::linalg::Matrix;
 use vericonv::field::P;
 
 /// The results of the tests on one cloud's view of one layer.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct ViewStats {
     /// Elements tested.
     pub elements: usize,

@@ -3,12 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, Clouds, CpuBackend};
+use vericonv::cloud::{CloudBackend, Clouds};
 use vericonv::keys::KeyRng;
-use vericonv::privacy::Privacy;
 use vericonv::{Error, Result};
 
 use super::PrivateLayer;
@@ -100,7 +98,7 @@ impl PrivateConvs {
 }
 
 impl ConvExecutor for PrivateConvs {
-    fn conv(&self, layer: &PrivateLayer, x: QuantInput<'_>, batch: usize) -> Result<Vec<i32>> {
+    fn conv(&self, layer: &PrivateLayer, x: QuantInput<'_>, _batch: usize) -> Result<Vec<i32>> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let State { rng, layers, stats } = &mut *state;
         let q = &layer.quant;
@@ -123,11 +121,6 @@ impl ConvExecutor for PrivateConvs {
             outsourced: true,
             ..LayerStats::default()
         });
-        if self.cfg.privacy == Privacy::Pad && conv.pads_available() < batch {
-            let start = Instant::now();
-            conv.refill_pads(batch, &CpuBackend::new(), rng)?;
-            st.offline += start.elapsed();
-        }
         let clouds = match &self.clouds {
             (a, Some(b)) => Clouds::Two(&**a, &**b),
             (a, None) => Clouds::One(&**a),
@@ -137,6 +130,7 @@ impl ConvExecutor for PrivateConvs {
             Ok((y, t)) => {
                 st.verified += 1;
                 st.timings += t;
+                st.offline += t.offline;
                 Ok(y)
             }
             Err(e) => {

@@ -1,8 +1,12 @@
-//! The CPU cloud: exact F_p convolution as an implicit-im2col GEMM, parallel with rayon.
+//! The CPU cloud: exact F_p convolution as an implicit-im2col GEMM, parallel with rayon. A
+//! kernel whose entries are signed bytes (mode `pad`'s offline mask convolution) takes the
+//! int8 path of [`super::int8`] where the CPU has it.
 
 use multiversion::multiversion;
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::int8::Int8Kernel;
 use super::{CloudBackend, SessionKernel, check_conv_args, share_len};
 use crate::Result;
 use crate::field::{M31, PrimeField};
@@ -10,7 +14,7 @@ use crate::geometry::Conv2d;
 use crate::share::ShareSeed;
 
 /// Output pixels per task: the im2col tile gathered on the fly is `M × TILE_N`.
-const TILE_N: usize = 64;
+pub(super) const TILE_N: usize = 64;
 
 /// Exact F_p convolution on the CPU, multi-threaded with rayon (the global pool unless
 /// [`CpuBackend::with_threads`] sets one).
@@ -51,6 +55,41 @@ impl CloudBackend for CpuBackend {
         Ok(out)
     }
 
+    fn conv_into(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32], out: &mut Vec<u32>) -> Result<()> {
+        check_conv_args(geom, batch, kernel, input)?;
+        // Every entry is written below: only growth is zero-filled.
+        out.resize(batch * geom.output_image_len(), 0);
+        let mut run = || {
+            #[cfg(target_arch = "x86_64")]
+            if let Some(k8) = Int8Kernel::new(geom, kernel) {
+                return conv_tiles(
+                    geom,
+                    batch,
+                    input,
+                    out,
+                    || vec![0u32; k8.scratch_len()],
+                    |grp, col, scratch, block, _| k8.tile(grp, col, scratch, block),
+                );
+            }
+            let (m, cpo) = (geom.m(), geom.cout_per_group());
+            let packed: Vec<Vec<u64>> =
+                (0..geom.groups()).map(|grp| pack_rows(&kernel[grp * cpo * m..][..cpo * m], m)).collect();
+            conv_tiles(
+                geom,
+                batch,
+                input,
+                out,
+                || (),
+                |grp, col, (), block, width| gemm_tile(&packed[grp], m, col, block, width),
+            )
+        };
+        match &self.pool {
+            Some(pool) => pool.install(run),
+            None => run(),
+        }
+        Ok(())
+    }
+
     fn conv_session_into(&self, kernel: &SessionKernel, batch: usize, input: &[u32], out: &mut Vec<u32>) -> Result<()> {
         self.conv_into(kernel.geometry(), batch, kernel.data(), input, out)
     }
@@ -67,50 +106,55 @@ impl CloudBackend for CpuBackend {
 }
 
 impl CpuBackend {
-    /// [`CloudBackend::conv`] into `out`, resized to the answer (its allocation reused).
-    fn conv_into(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32], out: &mut Vec<u32>) -> Result<()> {
-        check_conv_args(geom, batch, kernel, input)?;
-        // Every entry is written below: only growth is zero-filled.
-        out.resize(batch * geom.output_image_len(), 0);
-        match &self.pool {
-            Some(pool) => pool.install(|| conv_m31(geom, batch, kernel, input, out)),
-            None => conv_m31(geom, batch, kernel, input, out),
-        }
-        Ok(())
+    /// Whether [`CloudBackend::conv`] with `kernel` takes the int8 path on this CPU: every
+    /// entry of `kernel` is a signed byte (a quantized kernel, as in mode `pad`'s offline
+    /// `Conv(K, R)`), `Cin/G·kh·kw·255·128 < 2^31`, and the CPU has AMX-INT8 or AVX-512 VNNI.
+    /// The answer is the same either way; only the speed differs.
+    pub fn takes_int8_path(geom: &Conv2d, kernel: &[u32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return kernel.len() == geom.kernel_len() && Int8Kernel::new(geom, kernel).is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        return false;
     }
 }
 
 /// `Y'[b, o, n] = Σ_m K'[o, m]·col_b[m, n]` per group, with the im2col tile of `TILE_N` output
-/// pixels gathered on the fly and multiplied by row blocks of `K'` in [`gemm_tile`].
-fn conv_m31(g: &Conv2d, batch: usize, kp: &[u32], xp: &[u32], out: &mut [u32]) {
+/// pixels gathered on the fly and multiplied by `tile(group, col, scratch, block, width)`, which
+/// writes the group's `cpo × TILE_N` block for the tile's first `width` pixels (`scratch` and
+/// `block` are one per worker).
+pub(super) fn conv_tiles<S>(
+    g: &Conv2d,
+    batch: usize,
+    xp: &[u32],
+    out: &mut [u32],
+    scratch: impl Fn() -> S + Sync + Send,
+    tile: impl Fn(usize, &[u32], &mut S, &mut [u32], usize) + Sync + Send,
+) {
     let (m, n, cpo, groups) = (g.m(), g.n(), g.cout_per_group(), g.groups());
+    if n == 0 {
+        return;
+    }
     let tiles = n.div_ceil(TILE_N);
-    let packed: Vec<Vec<u64>> = (0..groups).map(|grp| pack_rows(&kp[grp * cpo * m..][..cpo * m], m)).collect();
-    // One task per (image, group, pixel tile); each yields a cpo × TILE_N block.
-    let blocks: Vec<Vec<u32>> = (0..batch * groups * tiles)
-        .into_par_iter()
-        .map_init(
-            || vec![0u32; m * TILE_N],
-            |col, task| {
-                let (bg, tile) = (task / tiles, task % tiles);
-                let (b, grp) = (bg / groups, bg % groups);
-                gather_tile(g, xp, b, grp, tile * TILE_N, col);
-                let mut block = vec![0u32; cpo * TILE_N];
-                gemm_tile(&packed[grp], m, col, &mut block, (n - tile * TILE_N).min(TILE_N));
-                block
-            },
-        )
-        .collect();
-    for (task, block) in blocks.iter().enumerate() {
-        let (bg, tile) = (task / tiles, task % tiles);
-        let (b, grp) = (bg / groups, bg % groups);
-        let n0 = tile * TILE_N;
-        let width = TILE_N.min(n - n0);
-        for (ol, src) in block.chunks_exact(TILE_N).enumerate() {
-            let o = grp * cpo + ol;
-            out[(b * g.cout() + o) * n + n0..][..width].copy_from_slice(&src[..width]);
+    // Task (image, group, pixel tile) writes the tile's segment of each of the group's rows.
+    let mut segments: Vec<Vec<&mut [u32]>> = (0..batch * groups * tiles).map(|_| Vec::with_capacity(cpo)).collect();
+    for (row, plane) in out.chunks_exact_mut(n).enumerate() {
+        let (b, grp) = (row / g.cout(), row % g.cout() / cpo);
+        for (t, segment) in plane.chunks_mut(TILE_N).enumerate() {
+            segments[(b * groups + grp) * tiles + t].push(segment);
         }
     }
+    segments.into_par_iter().enumerate().for_each_init(
+        || (vec![0u32; m * TILE_N], scratch(), vec![0u32; cpo * TILE_N]),
+        |(col, s, block), (task, rows)| {
+            let (bg, t) = (task / tiles, task % tiles);
+            let (b, grp) = (bg / groups, bg % groups);
+            gather_tile(g, xp, b, grp, t * TILE_N, col);
+            tile(grp, col, s, block, (n - t * TILE_N).min(TILE_N));
+            for (dst, src) in rows.into_iter().zip(block.chunks_exact(TILE_N)) {
+                dst.copy_from_slice(&src[..dst.len()]);
+            }
+        },
+    );
 }
 
 /// Rows of the micro-kernel: output channels computed together, so that each loaded im2col
@@ -157,21 +201,25 @@ fn gather_tile(g: &Conv2d, xp: &[u32], b: usize, grp: usize, n0: usize, col: &mu
                         continue;
                     };
                     let row = &plane[r * w..][..w];
-                    if g.stride().1 == 1 {
-                        // Input column x + off for x in [x0, x0 + seg), valid where in [0, w).
-                        let off = (j * g.dilation().1) as isize - g.padding().left as isize;
-                        let lo = (-off).clamp(x0 as isize, (x0 + seg) as isize) as usize - x0;
-                        let hi = (w as isize - off).clamp((x0 + lo) as isize, (x0 + seg) as isize) as usize - x0;
-                        d[..lo].fill(0);
-                        if hi > lo {
-                            d[lo..hi].copy_from_slice(&row[(x0 + lo).wrapping_add_signed(off)..][..hi - lo]);
-                        }
-                        d[hi..].fill(0);
-                    } else {
-                        for (k, v) in d.iter_mut().enumerate() {
-                            *v = g.in_col(x0 + k, j).map_or(0, |c| row[c]);
+                    // Input column x·sw + off for x in [x0, x0 + seg), valid where in [0, w):
+                    // for x in [x0 + lo, x0 + hi).
+                    let sw = g.stride().1 as isize;
+                    let off = (j * g.dilation().1) as isize - g.padding().left as isize;
+                    let (first, end) = (x0 as isize, (x0 + seg) as isize);
+                    let lo = ((-off) + sw - 1).div_euclid(sw).clamp(first, end) as usize - x0;
+                    let hi = (w as isize - off + sw - 1).div_euclid(sw).clamp((x0 + lo) as isize, end) as usize - x0;
+                    d[..lo].fill(0);
+                    if hi > lo {
+                        let start = ((x0 + lo) as isize * sw + off) as usize;
+                        if sw == 1 {
+                            d[lo..hi].copy_from_slice(&row[start..][..hi - lo]);
+                        } else {
+                            for (v, &c) in d[lo..hi].iter_mut().zip(row[start..].iter().step_by(sw as usize)) {
+                                *v = c;
+                            }
                         }
                     }
+                    d[hi..].fill(0);
                 }
             }
         }

@@ -5,12 +5,16 @@
 //! `GpuBackend` runs WGSL compute shaders through wgpu.
 
 mod cpu;
+#[cfg(target_arch = "x86_64")]
+mod int8;
 mod tamper;
 
 pub use cpu::CpuBackend;
 pub use tamper::{Tamper, TamperingBackend};
 
 use std::sync::{Arc, Weak};
+
+use zeroize::Zeroize;
 
 use crate::Result;
 use crate::geometry::Conv2d;
@@ -28,6 +32,27 @@ pub trait CloudBackend: Send + Sync {
     /// [`crate::Error::LengthMismatch`] for tensors that do not match `geom`, and
     /// backend-specific errors (device limits, wgpu errors).
     fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>>;
+
+    /// [`CloudBackend::conv`] into `out`, whose allocation the backend may reuse (mode `pad`'s
+    /// offline `Conv(K, R)` writes each pad's secret `U` in place this way). The default calls
+    /// [`CloudBackend::conv`], copies its result into `out` and zeroizes it (or zeroizes
+    /// `out`'s old contents when the result does not fit its allocation): no copy of a secret
+    /// answer is freed unzeroized here.
+    ///
+    /// # Errors
+    /// As [`CloudBackend::conv`]; `out` is unspecified then.
+    fn conv_into(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32], out: &mut Vec<u32>) -> Result<()> {
+        let mut y = self.conv(geom, batch, kernel, input)?;
+        if out.capacity() >= y.len() {
+            out.clear();
+            out.extend_from_slice(&y);
+            y.zeroize();
+        } else {
+            out.zeroize();
+            *out = y;
+        }
+        Ok(())
+    }
 
     /// Mode `two-server`, cloud A: computes `Conv(K', X'_A)` where `X'_A = G(seed)` is the share
     /// expanded from its 32-byte seed (docs/scheme.md §11), `batch × Cin × H × W` elements.
@@ -89,14 +114,26 @@ pub trait CloudBackend: Send + Sync {
     }
 }
 
-/// `K'` of one session as the cloud receives it, with a 128-bit id drawn with the session key
-/// (or, on a server, taken from the kernel's content hash). Backends that keep kernels key them
-/// by this id. `K'` is what the cloud sees anyway: the id reveals nothing more.
+/// `K'` of one session as the cloud receives it (in mode `split-model`, one cloud's share of
+/// the kernel), with a 128-bit id drawn with the session key (or, on a server, taken from the
+/// kernel's content hash). Backends that keep kernels key them by this id. The kernel is what
+/// the cloud sees anyway: the id reveals nothing more. It is zeroized when the last clone
+/// drops.
 #[derive(Clone)]
 pub struct SessionKernel {
     id: u128,
     geom: Conv2d,
-    data: Arc<Vec<u32>>,
+    data: Arc<KernelData>,
+}
+
+/// A session kernel's elements, zeroized on drop (two shares of mode `split-model` together
+/// are the client's model).
+struct KernelData(Vec<u32>);
+
+impl Drop for KernelData {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
 }
 
 impl SessionKernel {
@@ -106,7 +143,7 @@ impl SessionKernel {
     /// [`crate::Error::LengthMismatch`] when `data` is not `geom.kernel_len()` elements.
     pub fn new(id: u128, geom: Conv2d, data: Vec<u32>) -> Result<Self> {
         Conv2d::check_len("kernel", geom.kernel_len(), data.len())?;
-        Ok(Self { id, geom, data: Arc::new(data) })
+        Ok(Self { id, geom, data: Arc::new(KernelData(data)) })
     }
 
     /// The id.
@@ -121,7 +158,7 @@ impl SessionKernel {
 
     /// `K'`, `Cout × Cin/G × kh × kw`.
     pub fn data(&self) -> &[u32] {
-        &self.data
+        &self.data.0
     }
 
     /// A reference for a backend's cache that does not keep `K'` alive.
@@ -137,7 +174,7 @@ impl SessionKernel {
 #[derive(Clone)]
 pub struct KernelRef {
     id: u128,
-    data: Weak<Vec<u32>>,
+    data: Weak<KernelData>,
 }
 
 impl KernelRef {
