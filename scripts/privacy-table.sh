@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Regenerates the README's "Privacy, measured" tables: runs `vericonv attack` on the input of
-# every convolution of every committed model, on the test split of the model's data set, in
-# mode lowrank at ranks 1, 2, 4 and 8 and in modes two-server and pad, then prints Markdown
-# tables from the JSON reports. Run scripts/fetch-data.sh first.
+# Regenerates the "Privacy, measured" tables of docs/privacy.md: runs `vericonv attack` on the
+# input of every convolution of every committed model, on the test split of the model's data
+# set, in mode lowrank at ranks 1, 2, 4 and 8 and in modes two-server, pad and split-model, then
+# prints Markdown tables from the JSON reports. Run scripts/fetch-data.sh first.
 #
 # IMAGES (default 100) images per model; the 32- and 64-channel models (vgg-*, resnet-*) use
-# IMAGES_LARGE (default 50), since the attack at rank 8 takes seconds per image there.
+# IMAGES_LARGE (default 50), since the attack at rank 8 takes seconds per image there. MODES
+# (a `;`-separated list, default all) runs only some columns; the others print as `-`.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -19,7 +20,8 @@ for json in models/*.json; do
   dataset="${name#*-}"
   limit="$images"
   case "$name" in vgg-* | resnet-*) limit="$images_large" ;; esac
-  for mode in "lowrank --rank 1" "lowrank --rank 2" "lowrank --rank 4" "lowrank --rank 8" "two-server" "pad"; do
+  IFS=';' read -r -a modes <<<"${MODES:-lowrank --rank 1;lowrank --rank 2;lowrank --rank 4;lowrank --rank 8;two-server;pad;split-model}"
+  for mode in "${modes[@]}"; do
     tag="$(echo "$mode" | tr -d ' -')"
     report="$out/table/$name-$tag.json"
     # A report newer than its model is reused (delete the folder to start over).
@@ -50,20 +52,23 @@ def cell(r):
     px = 100 * v["exact_pixels"] / (r["images"] * r["pixels_per_image"])
     return f"{img:.0f}% / {px:.1f}%"
 
-modes = ["lowrank (rank 1)", "lowrank (rank 2)", "lowrank (rank 4)", "lowrank (rank 8)", "two-server", "pad"]
-print("| model | data set | layer | input | images | " + " | ".join(modes) + " | kernel slices (certain) | s/image at ρ = 2 |")
-print("|---|---|---|---|---|" + "---|" * len(modes) + "---|---|")
+modes = ["lowrank (rank 1)", "lowrank (rank 2)", "lowrank (rank 4)", "lowrank (rank 8)", "two-server", "pad", "split-model"]
+print("| model | data set | layer | input | images | " + " | ".join(modes) + " | kernel slices from K' (certain) | kernel slices, split-model | s/image at ρ = 2 |")
+print("|---|---|---|---|---|" + "---|" * len(modes) + "---|---|---|")
+def kernel(k):
+    return f'{100 * k["kernel_exact"] / k["kernel_slices"]:.1f}% ({100 * k["kernel_unique"] / k["kernel_slices"]:.0f}%)'
 for (model, dataset, layer, shape, n), by_mode in rows.items():
     cells = [cell(by_mode[m]) if m in by_mode else "-" for m in modes]
-    k = by_mode.get("lowrank (rank 2)") or next(iter(by_mode.values()))
-    kernel = f'{100 * k["kernel_exact"] / k["kernel_slices"]:.1f}% ({100 * k["kernel_unique"] / k["kernel_slices"]:.0f}%)'
-    secs = f'{best(k)["seconds_per_image"]:.3f}'
-    print(f"| {model} | {dataset} | {layer} | {shape} | {n} | " + " | ".join(cells) + f" | {kernel} | {secs} |")
+    k = next((by_mode[m] for m in modes if m in by_mode and m != "split-model"), None)
+    split = by_mode.get("split-model")
+    secs = f'{best(by_mode["lowrank (rank 2)"])["seconds_per_image"]:.3f}' if "lowrank (rank 2)" in by_mode else "-"
+    print(f"| {model} | {dataset} | {layer} | {shape} | {n} | " + " | ".join(cells)
+          + f" | {kernel(k) if k else '-'} | {kernel(split) if split else '-'} | {secs} |")
 
 print()
-print("| mode | views tested | elements | worst χ² p (high bits) | worst χ² p (per position) | planes of full rank | largest \\|correlation\\| (4σ bound) | images or pixels recovered |")
-print("|---|---|---|---|---|---|---|---|")
-for mode in ["lowrank (rank 2)", "two-server", "pad"]:
+print("| mode | views tested | elements | worst χ² p (high bits) | worst χ² p (per position) | planes of full rank | largest \\|correlation\\| (4σ bound) | images or pixels recovered | kernel received: worst χ² p (high bits), largest \\|correlation\\| |")
+print("|---|---|---|---|---|---|---|---|---|")
+for mode in ["lowrank (rank 2)", "two-server", "pad", "split-model"]:
     views = [(r, v) for by_mode in rows.values() if mode in by_mode for r in [by_mode[mode]] for v in r["views"]]
     if not views:
         continue
@@ -76,5 +81,7 @@ for mode in ["lowrank (rank 2)", "two-server", "pad"]:
     bound = max(v["stats"]["correlation_4_sigma"] for _, v in views)
     pixels = sum(v["exact_pixels"] for _, v in views)
     imgs = sum(v["exact_images"] for _, v in views)
-    print(f"| {mode} | {len(views)} | {elements:,} | {p_high:.3f} | {p_pos:.3f} | {full:,} of {planes:,} | {corr:.4f} ({bound:.4f}) | {imgs} images, {pixels:,} pixels |")
+    k_p = min(v["kernel_stats"]["chi2_high_bits_p"] for _, v in views)
+    k_corr = max(abs(v["kernel_stats"]["correlation"]) for _, v in views)
+    print(f"| {mode} | {len(views)} | {elements:,} | {p_high:.3f} | {p_pos:.3f} | {full:,} of {planes:,} | {corr:.4f} ({bound:.4f}) | {imgs} images, {pixels:,} pixels | {k_p:.3g}, {k_corr:.3f} |")
 PY

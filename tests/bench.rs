@@ -98,11 +98,12 @@ fn the_whole_model_bench_checks_the_private_logits_and_times_every_engine() {
     use vericonv_cli::whole::{WholeOptions, run_whole};
     let model = vericonv_model::Model::load(common::repo_root().join("models/lenet5-mnist.json")).expect("model");
     let onnx = prost::Message::encode_to_vec(&vericonv_model::onnx::import::export_model(&model));
-    for privacy in [Privacy::default(), Privacy::TwoServer, Privacy::Pad] {
+    for privacy in [Privacy::LowRank { rank: 2 }, Privacy::TwoServer, Privacy::Pad, Privacy::SplitModel] {
         let opts = WholeOptions { batch: 4, threads: 1, privacy, reps: 2, seed: 3 };
         let r = run_whole(&model, &onnx, &opts, None, None).expect("measured");
-        // Mode pad draws each pass's pads offline, timed apart; the other modes have no such work.
-        assert_eq!(r.pad_offline_s.is_some_and(|s| s > 0.0), privacy == Privacy::Pad, "{r:?}");
+        // Modes pad and split-model draw each pass's pads offline, timed apart; the other modes
+        // have no such work.
+        assert_eq!(r.pad_offline_s.is_some_and(|s| s > 0.0), privacy.uses_pads(), "{r:?}");
         assert!(r.exact, "private logits equal the quantized model's");
         assert!(r.tract_s.is_some(), "tract ran the exported graph");
         for v in [r.client_s, r.session_s, r.cloud_s, r.float_s, r.best_plaintext_s] {

@@ -101,6 +101,7 @@ fn two_server_and_pad_on_gpu_equal_plaintext_on_every_shape() {
     // convolutions on the client's own GPU.
     exact_on_every_shape(Privacy::TwoServer, &gpu, &cpu, &cpu, 0x69_0003, 40);
     exact_on_every_shape(Privacy::Pad, &gpu, &gpu, &gpu, 0x69_0004, 40);
+    exact_on_every_shape(Privacy::SplitModel, &gpu, &cpu, &gpu, 0x69_0005, 40);
 }
 
 #[test]

@@ -62,7 +62,7 @@ fn private_inference_equals_quantized_plaintext_on_every_committed_model_on_cpu(
             dataset,
             300,
             Clouds::One(&CpuBackend::new()),
-            Privacy::default(),
+            Privacy::LowRank { rank: 2 },
             0x30de1 + idx as u64,
         );
     }
@@ -74,6 +74,7 @@ fn private_inference_in_modes_two_server_and_pad_equals_quantized_plaintext_on_e
     for (idx, (path, dataset)) in committed_models().iter().enumerate() {
         check_private_run(path, dataset, 50, Clouds::Two(&a, &b), Privacy::TwoServer, 0x2de1 + idx as u64);
         check_private_run(path, dataset, 50, Clouds::One(&a), Privacy::Pad, 0x9de1 + idx as u64);
+        check_private_run(path, dataset, 50, Clouds::Two(&a, &b), Privacy::SplitModel, 0x5de1 + idx as u64);
     }
 }
 
@@ -82,10 +83,11 @@ fn private_inference_in_modes_two_server_and_pad_equals_quantized_plaintext_on_e
 fn private_inference_equals_quantized_plaintext_on_every_committed_model_on_gpu() {
     let Some(gpu) = common::gpu_or_skip(&vericonv_gpu::GpuOptions::default()) else { return };
     for (idx, (path, dataset)) in committed_models().iter().enumerate() {
-        check_private_run(path, dataset, 6, Clouds::One(&gpu), Privacy::default(), 0x69de1 + idx as u64);
+        check_private_run(path, dataset, 6, Clouds::One(&gpu), Privacy::LowRank { rank: 2 }, 0x69de1 + idx as u64);
         let cpu = CpuBackend::new();
         check_private_run(path, dataset, 3, Clouds::Two(&gpu, &cpu), Privacy::TwoServer, 0x69de2 + idx as u64);
         check_private_run(path, dataset, 3, Clouds::One(&gpu), Privacy::Pad, 0x69de3 + idx as u64);
+        check_private_run(path, dataset, 3, Clouds::Two(&gpu, &cpu), Privacy::SplitModel, 0x69de4 + idx as u64);
     }
 }
 

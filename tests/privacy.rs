@@ -1,5 +1,6 @@
 //! What a curious cloud recovers, both ways: the attack breaks mode `lowrank` on real inputs
-//! (so the README's table cannot go stale), and finds nothing in modes `two-server` and `pad`,
+//! (so the README's table cannot go stale), and finds nothing of the inputs in modes `two-server`, `pad`
+//! and `split-model` nor of the kernel in `split-model`,
 //! whose every view passes the uniformity, rank and correlation tests.
 
 use common::{data_dir_or_skip, rng};
@@ -67,9 +68,34 @@ fn two_server_and_pad_leave_the_attack_nothing_and_pass_every_statistical_test()
                 assert_eq!(s.full_rank_planes, s.planes, "{what}: every plane of full rank");
                 assert!(s.correlation.abs() < s.correlation_4_sigma, "{what}: correlation {}", s.correlation);
             }
-            // The kernel is not private in any mode: K' is the same as in lowrank.
+            // The kernel is not private in either mode: K' is the same as in lowrank.
             assert!(r.kernel_exact * 10 >= r.kernel_slices * 9, "{privacy:?} {}: kernel slices recovered", r.layer);
         }
+    }
+}
+
+#[test]
+fn split_model_leaves_the_attacks_nothing_of_the_inputs_or_the_kernel() {
+    let Some(rows) = attack_lenet(Privacy::SplitModel) else { return };
+    for r in &rows {
+        assert_eq!(r.views.len(), 2, "one view per cloud");
+        for v in &r.views {
+            let what = format!("split-model {} {}", r.layer, v.cloud);
+            assert_eq!((v.exact_images, v.exact_pixels), (0, 0), "{what}: nothing of the inputs recovered");
+            assert_eq!((v.row_space_found, v.col_space_found), (0, 0), "{what}: no low-rank structure");
+            let s = &v.stats;
+            assert!(s.chi2_high_bits_p > 1e-4, "{what}: high bits uniform, p = {}", s.chi2_high_bits_p);
+            assert!(s.chi2_positions_p > 1e-4, "{what}: every position uniform, p = {}", s.chi2_positions_p);
+            assert_eq!(s.full_rank_planes, s.planes, "{what}: every plane of full rank");
+            assert!(s.correlation.abs() < s.correlation_4_sigma, "{what}: correlation {}", s.correlation);
+            // Each cloud's kernel share: no slice recovered, uniform high bits, no correlation
+            // with the weights.
+            assert_eq!((v.kernel_exact, v.kernel_unique), (0, 0), "{what}: kernel slices recovered");
+            let k = &v.kernel_stats;
+            assert!(k.chi2_high_bits_p > 1e-4, "{what}: kernel share high bits, p = {}", k.chi2_high_bits_p);
+            assert!(k.correlation.abs() < k.correlation_4_sigma, "{what}: kernel correlation {}", k.correlation);
+        }
+        assert_eq!(r.kernel_exact, 0, "split-model {}", r.layer);
     }
 }
 

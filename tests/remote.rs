@@ -105,8 +105,8 @@ fn whole_models_through_remote_clouds_equal_the_quantized_model_bit_for_bit() {
     let (a, b) = (TestServer::cpu(), TestServer::cpu());
     let (ca, cb) = (a.client(), b.client());
     let own = CpuBackend::new();
-    for privacy in [Privacy::default(), Privacy::Pad, Privacy::TwoServer] {
-        let clouds = if privacy == Privacy::TwoServer { Clouds::Two(&ca, &cb) } else { Clouds::One(&ca) };
+    for privacy in [Privacy::LowRank { rank: 2 }, Privacy::Pad, Privacy::TwoServer, Privacy::SplitModel] {
+        let clouds = if privacy.clouds() == 2 { Clouds::Two(&ca, &cb) } else { Clouds::One(&ca) };
         let cfg = PrivateConfig { privacy, ..PrivateConfig::default() };
         let mut exec = PrivateExecutor::new(&qm, clouds, &cfg, seeded_rng(3)).expect("executor");
         exec.prepare_pads(data.len(), &own).expect("pads");

@@ -51,7 +51,7 @@ fn check(name: &str, images: usize, privacy: Privacy) {
     let x = &x[..images * model.image_len()];
     let (plain, _) = qm.forward(x, &mut PlainExecutor).expect("quantized");
     let (cloud_a, cloud_b) = (CpuBackend::new(), CpuBackend::new());
-    let clouds = if privacy == Privacy::TwoServer {
+    let clouds = if privacy.clouds() == 2 {
         vericonv::cloud::Clouds::Two(&cloud_a, &cloud_b)
     } else {
         vericonv::cloud::Clouds::One(&cloud_a)
@@ -70,6 +70,7 @@ fn check(name: &str, images: usize, privacy: Privacy) {
 #[test]
 fn torchvision_resnet18_imports_and_runs_privately() {
     check("resnet18", 2, Privacy::TwoServer);
+    check("resnet18", 1, Privacy::SplitModel);
 }
 
 #[test]

@@ -74,10 +74,10 @@ fn lenet_through_tract_private_equals_quantized_in_every_mode() {
     println!("LeNet-5 through tract: quantized against float logits, worst relative difference {worst:.4}");
     let correct = argmax(&quant, 10).iter().zip(&labels).filter(|(p, l)| p == l).count();
     assert!(correct >= 15, "quantized accuracy {correct}/16");
-    for privacy in [Privacy::default(), Privacy::Pad, Privacy::TwoServer] {
+    for privacy in [Privacy::LowRank { rank: 2 }, Privacy::Pad, Privacy::TwoServer, Privacy::SplitModel] {
         let a: Arc<dyn CloudBackend> = Arc::new(CpuBackend::new());
         let b: Option<Arc<dyn CloudBackend>> =
-            (privacy == Privacy::TwoServer).then(|| Arc::new(CpuBackend::new()) as Arc<dyn CloudBackend>);
+            (privacy.clouds() == 2).then(|| Arc::new(CpuBackend::new()) as Arc<dyn CloudBackend>);
         let cfg = PrivateConfig { privacy, ..PrivateConfig::default() };
         let exec = Arc::new(PrivateConvs::new((a, b), cfg, seeded_rng(7)).expect("executor"));
         let plan = tm.plan(Some(exec.clone() as Arc<dyn ConvExecutor>)).expect("plan");
@@ -93,7 +93,7 @@ fn lenet_through_tract_private_equals_quantized_in_every_mode() {
         let stats = exec.stats();
         assert_eq!(stats.len(), 2);
         assert!(stats.iter().all(|s| s.calls == 2 && s.verified == 2 && s.rejected == 0), "{stats:?}");
-        if privacy == Privacy::Pad {
+        if privacy.uses_pads() {
             assert!(stats.iter().all(|s| !s.offline.is_zero()), "pads were drawn and their time counted");
         }
     }
@@ -199,9 +199,9 @@ fn torch_exports_load_and_run_privately_bit_for_bit() {
                 assert_eq!(argmax(q, classes), argmax(f, classes), "{name}: image {b}: quantized top-1");
             }
         }
-        for privacy in [Privacy::default(), Privacy::Pad, Privacy::TwoServer] {
+        for privacy in [Privacy::LowRank { rank: 2 }, Privacy::Pad, Privacy::TwoServer, Privacy::SplitModel] {
             let a: Arc<dyn CloudBackend> = Arc::new(CpuBackend::new());
-            let b = (privacy == Privacy::TwoServer).then(|| Arc::new(CpuBackend::new()) as Arc<dyn CloudBackend>);
+            let b = (privacy.clouds() == 2).then(|| Arc::new(CpuBackend::new()) as Arc<dyn CloudBackend>);
             let cfg = PrivateConfig { privacy, ..PrivateConfig::default() };
             let exec = Arc::new(PrivateConvs::new((a, b), cfg, seeded_rng(9)).expect("executor"));
             let (got, _) =
