@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the README's accuracy table: runs `vericonv eval` for every committed model on
+# Regenerates the accuracy table of docs/models.md: runs `vericonv eval` for every committed model on
 # the full test split of its data set (private path on the CPU backend) and prints a Markdown
 # table from the JSON reports. Run scripts/fetch-data.sh first.
 set -euo pipefail

@@ -195,21 +195,21 @@ fn one_shot_calls_draw_missing_pads_on_the_clients_cpu_as_offline_work() {
 }
 
 /// A cloud that records the kernels and inputs it receives.
-struct KernelRecording {
+struct Recording {
     inner: CpuBackend,
     kernels: std::sync::Mutex<Vec<Vec<u32>>>,
     inputs: std::sync::Mutex<Vec<Vec<u32>>>,
 }
 
-impl KernelRecording {
+impl Recording {
     fn new() -> Self {
         Self { inner: CpuBackend::new(), kernels: Default::default(), inputs: Default::default() }
     }
 }
 
-impl CloudBackend for KernelRecording {
+impl CloudBackend for Recording {
     fn name(&self) -> String {
-        "kernel recording".into()
+        "recording".into()
     }
 
     fn conv(&self, g: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> vericonv::Result<Vec<u32>> {
@@ -226,7 +226,7 @@ fn split_model_clouds_see_kernel_shares_that_sum_to_the_kernel_and_the_same_padd
     let g = Conv2d::builder(4, 6, (7, 7), (3, 3)).padding(Padding::new(1, 1, 1, 1)).build().expect("valid");
     let k = ints(&mut r, g.kernel_len(), 127);
     let x = ints(&mut r, 2 * g.image_len(), 127);
-    let (a, b) = (KernelRecording::new(), KernelRecording::new());
+    let (a, b) = (Recording::new(), Recording::new());
     let mut key_rng = seeded_rng(seed);
     let cfg = LayerConfig { privacy: Privacy::SplitModel, ..LayerConfig::default() };
     let mut layer = PrivateConv::new(g, &k, None, cfg, &mut key_rng).expect("layer");
@@ -340,23 +340,6 @@ fn answer_buffers_reused_across_layers_batches_and_rejections_keep_results_exact
     }
 }
 
-/// A cloud that records every tensor it receives.
-struct Recording {
-    inner: CpuBackend,
-    seen: std::sync::Mutex<Vec<Vec<u32>>>,
-}
-
-impl CloudBackend for Recording {
-    fn name(&self) -> String {
-        "recording".into()
-    }
-
-    fn conv(&self, g: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> vericonv::Result<Vec<u32>> {
-        self.seen.lock().expect("not poisoned").push(input.to_vec());
-        self.inner.conv(g, batch, kernel, input)
-    }
-}
-
 #[test]
 fn refilled_pads_overwrite_the_used_ones_and_are_fresh_every_pass() {
     let seed = 0x9ad;
@@ -366,7 +349,7 @@ fn refilled_pads_overwrite_the_used_ones_and_are_fresh_every_pass() {
     let mut key_rng = seeded_rng(seed);
     let cfg = LayerConfig { privacy: Privacy::Pad, ..LayerConfig::default() };
     let mut layer = PrivateConv::new(g, &k, None, cfg, &mut key_rng).expect("layer");
-    let (cloud, own) = (Recording { inner: CpuBackend::new(), seen: Default::default() }, CpuBackend::new());
+    let (cloud, own) = (Recording::new(), CpuBackend::new());
     let x = ints(&mut r, 2 * g.image_len(), 127);
     let mut bufs = vericonv::client::CallBuffers::default();
     for pass in 0..4 {
@@ -380,7 +363,7 @@ fn refilled_pads_overwrite_the_used_ones_and_are_fresh_every_pass() {
     }
     // The same input, masked with a fresh pad in every pass: no two tensors the cloud saw agree
     // anywhere near everywhere (a reused pad would repeat a whole tensor).
-    let seen = cloud.seen.into_inner().expect("not poisoned");
+    let seen = cloud.inputs.into_inner().expect("not poisoned");
     assert_eq!(seen.len(), 4);
     for i in 0..seen.len() {
         for j in i + 1..seen.len() {

@@ -47,6 +47,18 @@ fn decrypt_inverts_encrypt_for_every_shape_on_cpu() {
     }
 }
 
+/// The CPU backend's answer equals the F_p reference convolution.
+fn assert_matches_reference(
+    cpu: &CpuBackend,
+    g: &vericonv::geometry::Conv2d,
+    batch: usize,
+    k: &[u32],
+    x: &[u32],
+    what: &str,
+) {
+    assert_eq!(cpu.conv(g, batch, k, x).expect("conv"), conv_field::<M31>(g, batch, k, x).expect("conv"), "{what}");
+}
+
 #[test]
 fn cpu_backend_equals_reference_field_convolution() {
     let seed = 0xc0;
@@ -55,11 +67,7 @@ fn cpu_backend_equals_reference_field_convolution() {
     for (g, batch) in conv_shapes(seed, 40) {
         let k: Vec<u32> = (0..g.kernel_len()).map(|_| M31::random(&mut r)).collect();
         let x: Vec<u32> = (0..batch * g.image_len()).map(|_| M31::random(&mut r)).collect();
-        assert_eq!(
-            cpu.conv(&g, batch, &k, &x).expect("conv"),
-            conv_field::<M31>(&g, batch, &k, &x).expect("conv"),
-            "{g:?}"
-        );
+        assert_matches_reference(&cpu, &g, batch, &k, &x, &format!("{g:?}"));
     }
 }
 
@@ -74,7 +82,7 @@ fn cpu_backend_is_exact_at_the_largest_elements_and_long_sums() {
     let cpu = CpuBackend::with_threads(2).expect("pool");
     let k = vec![M31::P - 1; g.kernel_len()];
     let x = vec![M31::P - 1; 2 * g.image_len()];
-    assert_eq!(cpu.conv(&g, 2, &k, &x).expect("conv"), conv_field::<M31>(&g, 2, &k, &x).expect("conv"));
+    assert_matches_reference(&cpu, &g, 2, &k, &x, "largest elements");
 }
 
 /// Whether this CPU runs the int8 path at all (it needs AVX-512 VNNI); printed, so that a run
@@ -105,11 +113,7 @@ fn int8_path_equals_the_field_reference_on_every_shape() {
         let k = embed(&k);
         let x: Vec<u32> = (0..batch * g.image_len()).map(|_| M31::random(&mut r)).collect();
         assert_eq!(CpuBackend::takes_int8_path(&g, &k), here, "shape {idx}: {g:?}");
-        assert_eq!(
-            cpu.conv(&g, batch, &k, &x).expect("conv"),
-            conv_field::<M31>(&g, batch, &k, &x).expect("conv"),
-            "shape {idx}: {g:?} batch {batch}"
-        );
+        assert_matches_reference(&cpu, &g, batch, &k, &x, &format!("shape {idx}: {g:?} batch {batch}"));
     }
 }
 
@@ -127,13 +131,13 @@ fn int8_path_is_exact_at_its_bound_and_gives_way_beyond_it() {
     let k = vec![M31::P - 128; at_bound.kernel_len()];
     let x = vec![M31::P - 1; at_bound.image_len()];
     assert_eq!(CpuBackend::takes_int8_path(&at_bound, &k), here);
-    assert_eq!(cpu.conv(&at_bound, 1, &k, &x).expect("conv"), conv_field::<M31>(&at_bound, 1, &k, &x).expect("conv"));
+    assert_matches_reference(&cpu, &at_bound, 1, &k, &x, "at the bound");
     // One more quad of the reduction and the i32 sums could wrap: the F_p path takes over.
     let beyond = vericonv::geometry::Conv2d::builder(7311, 1, (3, 3), (3, 3)).build().expect("geometry");
     let k = vec![M31::P - 128; beyond.kernel_len()];
     assert!(!CpuBackend::takes_int8_path(&beyond, &k));
     let x = vec![M31::P - 1; beyond.image_len()];
-    assert_eq!(cpu.conv(&beyond, 1, &k, &x).expect("conv"), conv_field::<M31>(&beyond, 1, &k, &x).expect("conv"));
+    assert_matches_reference(&cpu, &beyond, 1, &k, &x, "beyond the bound");
     // A kernel entry outside a signed byte: the F_p path.
     let small = vericonv::geometry::Conv2d::builder(2, 2, (4, 4), (3, 3)).build().expect("geometry");
     let mut k = embed(&vec![5; small.kernel_len()]);

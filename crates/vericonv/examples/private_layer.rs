@@ -1,4 +1,4 @@
-//! One private convolution layer in each privacy mode, on the CPU backend, checked against
+//! One private convolution layer in each of the four privacy modes, on the CPU backend, checked against
 //! the plaintext convolution: the library's basic use.
 //!
 //! `cargo run --release --example private_layer`
@@ -28,17 +28,14 @@ fn main() -> Result<(), vericonv::Error> {
     // Clouds: in a deployment these would be remote; here, CPU backends in this process.
     let (cloud, cloud_a, cloud_b, own_cpu) =
         (CpuBackend::new(), CpuBackend::new(), CpuBackend::new(), CpuBackend::new());
-    for privacy in [Privacy::default(), Privacy::TwoServer, Privacy::Pad] {
+    for privacy in [Privacy::Pad, Privacy::TwoServer, Privacy::SplitModel, Privacy::LowRank { rank: 2 }] {
         let cfg = LayerConfig { privacy, ..LayerConfig::default() };
         let mut layer = PrivateConv::new(geom, &kernel, Some(&bias), cfg, &mut rng)?;
-        let clouds = match privacy {
-            Privacy::TwoServer => Clouds::Two(&cloud_a, &cloud_b),
-            _ => Clouds::One(&cloud),
-        };
-        if privacy == Privacy::Pad {
-            // Offline, on the client's own backend: one pad per image.
-            let pads = layer.generate_pads(4, &own_cpu, &mut rng)?;
-            layer.add_pads(pads)?;
+        let clouds = if privacy.clouds() == 2 { Clouds::Two(&cloud_a, &cloud_b) } else { Clouds::One(&cloud) };
+        if privacy.uses_pads() {
+            // Offline, on the client's own backend: one pad per image (without this, `run`
+            // draws them itself and reports the time as `timings.offline`).
+            layer.refill_pads(4, &own_cpu, &mut rng)?;
         }
         let (y, timings) = layer.run(clouds, &batch, &mut rng)?; // exact i32, verified
         let exact = y.iter().zip(&plain).all(|(&a, &b)| i64::from(a) == b);

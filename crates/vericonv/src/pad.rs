@@ -1,4 +1,4 @@
-//! One-time pads of mode `pad` (docs/scheme.md §12).
+//! One-time pads of modes `pad` and `split-model` (docs/scheme.md §12, §14).
 //!
 //! Offline, for each future image, the client draws a uniform `R` (`Cin × H × W`) and computes
 //! `U = Conv(K, R)` over F_p with the plain kernel, on its own backend (never the cloud). A pad
@@ -6,8 +6,9 @@
 //! be cloned, a [`PadPool`] hands pads out by value, and a pad that was taken is gone, even if the
 //! call that took it fails.
 //!
-//! The offline convolution costs as much as the plaintext layer: this mode buys latency, not
-//! total work.
+//! Mode `split-model` (§14) uses the same pads. The offline convolution has the plain 8-bit
+//! kernel: the CPU backend computes it at int8 speed where the CPU allows
+//! ([`crate::cloud::CpuBackend::takes_int8_path`]), about the cost of the plaintext layer.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

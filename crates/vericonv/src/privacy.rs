@@ -40,7 +40,7 @@ impl Default for Privacy {
 
 /// The one line every run in mode `lowrank` prints (docs/scheme.md §9).
 pub const LOWRANK_WARNING: &str = "warning: privacy mode `lowrank` (the paper's scheme) does not keep structured inputs private: \
-     `vericonv attack` recovers them exactly (README, \"Privacy, measured\"); use --privacy two-server or pad";
+     `vericonv attack` recovers them exactly (docs/privacy.md, \"Privacy, measured\"); use --privacy pad, two-server or split-model";
 
 impl Privacy {
     /// The mode's name on the command line and in reports: `lowrank`, `two-server`, `pad` or

@@ -44,7 +44,7 @@ const SPACE_TRIALS: usize = 300;
 /// The span search of one dimension stops this many trials after its last improvement.
 const SPACE_PATIENCE: usize = 16;
 /// The largest mask rank the attack looks for (the client's ρ is secret, but a larger one costs
-/// it more than it buys: see the README).
+/// it more than it buys: see docs/privacy.md).
 const MAX_DIM: usize = 16;
 /// The most candidate combinations tried for one line of the randomised search.
 const MAX_LINE_TRIALS: usize = 400;
