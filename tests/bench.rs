@@ -100,7 +100,7 @@ fn the_whole_model_bench_checks_the_private_logits_and_times_every_engine() {
     let onnx = prost::Message::encode_to_vec(&vericonv_model::onnx::import::export_model(&model));
     for privacy in [Privacy::LowRank { rank: 2 }, Privacy::TwoServer, Privacy::Pad, Privacy::SplitModel] {
         let opts = WholeOptions { batch: 4, threads: 1, privacy, reps: 2, seed: 3 };
-        let r = run_whole(&model, &onnx, &opts, None, None).expect("measured");
+        let r = run_whole(&model, &onnx, &opts, None, None, None).expect("measured");
         // Modes pad and split-model draw each pass's pads offline, timed apart; the other modes
         // have no such work.
         assert_eq!(r.pad_offline_s.is_some_and(|s| s > 0.0), privacy.uses_pads(), "{r:?}");
@@ -110,5 +110,20 @@ fn the_whole_model_bench_checks_the_private_logits_and_times_every_engine() {
             assert!(v.is_finite() && v > 0.0, "{r:?}");
         }
         assert!(r.client_quantize_s < r.client_s, "{r:?}");
+    }
+}
+
+#[cfg(feature = "gpu")]
+#[test]
+fn pads_made_on_the_clients_gpu_keep_the_whole_model_exact() {
+    use vericonv_cli::whole::{WholeOptions, run_whole};
+    let Some(gpu) = common::gpu_or_skip(&vericonv_gpu::GpuOptions::default()) else { return };
+    let model = vericonv_model::Model::load(common::repo_root().join("models/lenet5-mnist.json")).expect("model");
+    let onnx = prost::Message::encode_to_vec(&vericonv_model::onnx::import::export_model(&model));
+    for privacy in [Privacy::Pad, Privacy::SplitModel] {
+        let opts = WholeOptions { batch: 2, threads: 1, privacy, reps: 1, seed: 4 };
+        let r = run_whole(&model, &onnx, &opts, None, Some(&gpu), None).expect("measured");
+        assert!(r.exact, "{privacy:?}: private logits equal the quantized model's with pads from the GPU");
+        assert!(r.pad_offline_s.is_some_and(|s| s > 0.0), "{r:?}");
     }
 }

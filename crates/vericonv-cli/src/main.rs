@@ -179,6 +179,10 @@ struct BenchArgs {
     /// cloud of the whole-model pipeline on the GPU.
     #[arg(long, value_enum, default_value_t = BenchBackend::Cpu)]
     backend: BenchBackend,
+    /// With --model, in modes pad and split-model: where the client makes its pads
+    /// (`Conv(K, R)`): its own CPU (the threads of the row) or its own GPU.
+    #[arg(long, value_enum, default_value_t = BenchBackend::Cpu)]
+    pads_backend: BenchBackend,
     /// Which layers [default: full; quick for --backend gpu on a CPU rasteriser].
     #[arg(long, value_enum)]
     suite: Option<SuiteChoice>,
@@ -1539,6 +1543,14 @@ fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv::Error> {
     if let Some((a, _)) = &gpu {
         println!("  cloud: {}", a.name());
     }
+    // --pads-backend gpu: the client's own GPU makes the pads.
+    let pads_gpu = match args.pads_backend {
+        BenchBackend::Gpu => Some(select_backend(BackendChoice::Gpu)?.0),
+        BenchBackend::Cpu => None,
+    };
+    if let Some(g) = &pads_gpu {
+        println!("  pads made on the client's own {}", g.name());
+    }
     let mut rows = Vec::new();
     for &batch in &batches {
         for &t in &threads {
@@ -1547,7 +1559,7 @@ fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv::Error> {
             let clouds = gpu.as_ref().map(|(a, b)| (a.as_ref(), b.as_ref()));
             for &p in &privacy {
                 let opts = WholeOptions { batch, threads: t, privacy: p, reps: args.reps, seed: args.seed };
-                let r = run_whole(&model, &onnx, &opts, clouds, ort)?;
+                let r = run_whole(&model, &onnx, &opts, clouds, pads_gpu.as_deref(), ort)?;
                 println!(
                     "{:<18} {:>5} {:>3} | {:>11} {:>11} {:>11} | {} {} {:>11} | {:>11} {:>7.2}x | {:>11}",
                     r.privacy,

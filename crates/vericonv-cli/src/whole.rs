@@ -54,9 +54,10 @@ pub struct WholeRow {
     pub client_phases_s: ClientPhases,
     /// Session setup (keys, `K'`, the mask kernels of every layer), once per session.
     pub session_s: f64,
-    /// Mode `pad`: the offline work of one batch (drawing its pads and their mask convolutions
-    /// `Conv(K, R)` on the client's own CPU, with the same threads), done before each pass and
-    /// not part of `client_s`; `None` in the other modes.
+    /// Modes `pad` and `split-model`: the offline work of one batch (drawing its pads and their
+    /// mask convolutions `Conv(K, R)` on the client's own backend, by default its CPU with the
+    /// same threads), done before each pass and not part of `client_s`; `None` in the other
+    /// modes.
     pub pad_offline_s: Option<f64>,
     /// The cloud's time in the same passes (both clouds, concurrently, in two-server).
     pub cloud_s: f64,
@@ -95,8 +96,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Measures `model` (whose ONNX form is `onnx`, for tract) at one batch, thread count and
-/// privacy mode, with the cloud(s) `clouds` (`None`: CPU backends with the same threads);
-/// `onnxruntime` is the time onnxruntime took, if it ran.
+/// privacy mode, with the cloud(s) `clouds` (`None`: CPU backends with the same threads) and,
+/// in modes `pad` and `split-model`, the pads made on `pads_on`, the client's own backend
+/// (`None`: its CPU with the same threads); `onnxruntime` is the time onnxruntime took, if it
+/// ran.
 ///
 /// # Errors
 /// The model's and the protocol's errors; [`Error::Internal`] when tract fails or the private
@@ -106,6 +109,7 @@ pub fn run_whole(
     onnx: &[u8],
     opts: &WholeOptions,
     clouds: Option<(&dyn CloudBackend, &dyn CloudBackend)>,
+    pads_on: Option<&dyn CloudBackend>,
     onnxruntime: Option<f64>,
 ) -> Result<WholeRow> {
     let pool = rayon::ThreadPoolBuilder::new()
@@ -125,12 +129,14 @@ pub fn run_whole(
     let session = t.elapsed();
     let cloud_total = |exec: &PrivateExecutor<'_>| exec.stats().map(|l| l.timings.cloud).sum::<Duration>();
     let (reference, _) = pool.install(|| qm.forward(&x, &mut PlainExecutor))?;
-    // Mode pad: each pass first draws its batch's pads offline, on the client's own CPU backend.
+    // Modes pad and split-model: each pass first draws its batch's pads offline, on the
+    // client's own backend.
     let pad = opts.privacy.uses_pads();
+    let own: &dyn CloudBackend = pads_on.unwrap_or(&local.0);
     let mut offline = Vec::new();
     let mut prepare = |exec: &mut PrivateExecutor<'_>| -> Result<()> {
         if pad {
-            offline.push(pool.install(|| exec.prepare_pads(opts.batch, &local.0))?.as_secs_f64());
+            offline.push(pool.install(|| exec.prepare_pads(opts.batch, own))?.as_secs_f64());
         }
         Ok(())
     };
