@@ -77,18 +77,21 @@ fn torchvision_resnet18_imports_and_runs_privately() {
 fn torchvision_mobilenet_v2_imports_and_runs_privately() {
     // ReLU6 (Clip), depthwise convolutions, residual adds.
     check("mobilenet_v2", 2, Privacy::TwoServer);
+    check("mobilenet_v2", 1, Privacy::SplitModel);
 }
 
 #[test]
 fn torchvision_vgg16_imports_and_runs_privately() {
-    check("vgg16", 1, Privacy::default());
+    check("vgg16", 1, Privacy::Pad);
+    check("vgg16", 1, Privacy::SplitModel);
 }
 
 #[test]
 fn a_pretrained_mnist_model_with_a_dynamic_view_imports_and_keeps_its_accuracy() {
     let Some(path) = export("ccexam-mnist") else { return };
     let Some(data_dir) = common::data_dir_or_skip() else { return };
-    check("ccexam-mnist", 2, Privacy::default());
+    check("ccexam-mnist", 2, Privacy::Pad);
+    check("ccexam-mnist", 2, Privacy::SplitModel);
     // PyTorch records no normalisation; ccexam trained with mean 0.1307, std 0.3081.
     let model = import_model(&path).expect("import").with_normalization(vec![0.1307], vec![0.3081]).expect("norm");
     let native = Model::load(common::repo_root().join("models/ccexam-mnist.json")).expect("the committed conversion");
