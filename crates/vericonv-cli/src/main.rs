@@ -391,31 +391,6 @@ struct RemoteArgs {
     insecure_plaintext: bool,
 }
 
-/// A bearer token from `path`: its contents, trimmed, refused when empty.
-fn read_token(path: &Path) -> Result<String, vericonv::Error> {
-    let bytes = std::fs::read(path).map_err(|e| vericonv::Error::io(path, e))?;
-    let token = String::from_utf8(bytes)
-        .map_err(|_| vericonv::Error::Parse {
-            what: path.display().to_string(),
-            message: "the token is not UTF-8".into(),
-        })?
-        .trim()
-        .to_string();
-    if token.is_empty() {
-        return Err(vericonv::Error::Parse {
-            what: path.display().to_string(),
-            message: "the token file is empty: a server with an empty token would accept anyone".into(),
-        });
-    }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(vericonv::Error::Parse {
-            what: path.display().to_string(),
-            message: "the token must be printable ASCII without spaces (it travels in an HTTP header)".into(),
-        });
-    }
-    Ok(token)
-}
-
 impl RemoteArgs {
     /// Refuses one cloud for both shares: URLs that resolve to a common socket address.
     fn check_distinct(&self) -> Result<(), vericonv::Error> {
@@ -432,7 +407,7 @@ impl RemoteArgs {
         }
         let read = |p: &Path| std::fs::read(p).map_err(|e| vericonv::Error::io(p, e));
         let opts = vericonv_remote::RemoteOptions {
-            token: self.token_file.as_deref().map(read_token).transpose()?,
+            token: self.token_file.as_deref().map(vericonv_remote::read_token).transpose()?,
             tls_ca: self.tls_ca.as_deref().map(read).transpose()?,
             allow_plaintext: self.insecure_plaintext,
             ..vericonv_remote::RemoteOptions::default()
@@ -1802,7 +1777,7 @@ fn serve(args: &ServeArgs) -> Result<(), vericonv::Error> {
         max_message_bytes: args.max_message_mb << 20,
         kernel_cache_bytes: args.kernel_cache_mb << 20,
         max_tensor_bytes: args.max_tensor_mb << 20,
-        token: args.token_file.as_deref().map(read_token).transpose()?,
+        token: args.token_file.as_deref().map(vericonv_remote::read_token).transpose()?,
         request_timeout: Duration::from_secs(args.timeout_s),
         max_connections: args.max_connections,
         idle_timeout: Duration::from_secs(args.idle_timeout_s),

@@ -16,6 +16,7 @@ mod client;
 mod conn;
 pub mod metrics;
 pub mod server;
+mod token;
 pub mod wire;
 
 /// The generated protobuf messages and gRPC stubs of `proto/vericonv.proto`.
@@ -30,6 +31,7 @@ use std::sync::Arc;
 pub use client::{RemoteBackend, RemoteOptions, Target, same_cloud};
 use metrics::Metrics;
 pub use server::{CloudService, ServerConfig};
+pub use token::read_token;
 use tonic::codegen::http;
 use vericonv::cloud::CloudBackend;
 use vericonv::{Error, Result};

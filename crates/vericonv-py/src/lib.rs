@@ -1,0 +1,393 @@
+//! The native half of the `vericonv` Python package: a model loaded through tract with every
+//! convolution private, run on in-process or remote clouds, with NumPy arrays in and out. The
+//! Python half (`python/vericonv/__init__.py`) checks and converts arguments and holds the
+//! documented API; everything that computes runs here, with the GIL released.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use vericonv::cloud::{Cheater, CloudBackend, CpuBackend};
+use vericonv::keys::{os_rng, seeded_rng};
+use vericonv::privacy::Privacy;
+use vericonv::verify::Mode;
+use vericonv_model::PrivateConfig;
+use vericonv_model::quant::QuantConfig;
+use vericonv_model::tract::{ConvExecutor, Plan, PrivateConvs, Reference, TractModel};
+
+create_exception!(_vericonv, Error, PyException, "The base class of every vericonv error.");
+create_exception!(
+    _vericonv,
+    VerificationError,
+    Error,
+    "A cloud's answer failed verification (it is never decrypted); `cheater` names the cloud."
+);
+create_exception!(_vericonv, ModelError, Error, "The model cannot be loaded or run.");
+create_exception!(_vericonv, RemoteError, Error, "A remote cloud could not be reached or refused the call.");
+create_exception!(_vericonv, ConfigError, Error, "Settings that do not fit together (mode, clouds, backend).");
+
+/// The Python exception for a vericonv error.
+fn py_err(e: vericonv::Error) -> PyErr {
+    use vericonv::Error as E;
+    let message = e.to_string();
+    match e {
+        E::VerificationFailed { cheater, .. } => Python::attach(|py| {
+            let err = VerificationError::new_err(message);
+            let name = match cheater {
+                Cheater::TheCloud => "the cloud",
+                Cheater::CloudA => "cloud A",
+                Cheater::CloudB => "cloud B",
+                Cheater::BothClouds => "both clouds",
+                Cheater::Unidentified => "unidentified",
+            };
+            // Setting an attribute on a fresh exception object cannot fail in practice; if it
+            // did, the message still names the cheater.
+            let _ = err.value(py).setattr("cheater", name);
+            err
+        }),
+        E::MalformedAnswer { .. } | E::CheatingCloud { .. } => VerificationError::new_err(message),
+        E::Remote { .. } => RemoteError::new_err(message),
+        E::Parse { .. } | E::Io { .. } | E::Unsupported(_) | E::NonFinite { .. } | E::ExactnessBound { .. } => {
+            ModelError::new_err(message)
+        }
+        E::CloudCount { .. }
+        | E::SameCloudTwice(_)
+        | E::InvalidRank
+        | E::InvalidRounds
+        | E::NoAdapter(_)
+        | E::UnsupportedFeature(_)
+        | E::WrongPrivacyMode { .. } => ConfigError::new_err(message),
+        _ => Error::new_err(message),
+    }
+}
+
+/// A model on tract: its graph, its private layers and its input normalisation.
+#[pyclass(frozen, module = "vericonv._vericonv")]
+struct NativeModel {
+    model: Arc<TractModel>,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    /// The float graph, planned on first use.
+    float: std::sync::OnceLock<Plan>,
+}
+
+/// `(x - mean[c]) / std[c]` per channel of `N × C × …` images (one value for every channel when
+/// a single one is given; nothing when none).
+fn normalise(x: &mut [f32], channels: usize, per_channel: usize, mean: &[f32], std: &[f32]) {
+    if mean.is_empty() && std.is_empty() {
+        return;
+    }
+    let pick = |v: &[f32], c: usize, default: f32| v.get(if v.len() == 1 { 0 } else { c }).copied().unwrap_or(default);
+    for (i, plane) in x.chunks_exact_mut(per_channel.max(1)).enumerate() {
+        let c = i % channels.max(1);
+        let (m, s) = (pick(mean, c, 0.0), pick(std, c, 1.0));
+        plane.iter_mut().for_each(|v| *v = (*v - m) / s);
+    }
+}
+
+#[pymethods]
+impl NativeModel {
+    /// Opens an ONNX file, or a native model (`.json` with its `.safetensors`; its recorded
+    /// normalisation is the default). `input_shape` fixes dynamic dimensions; the batch stays
+    /// free.
+    #[new]
+    #[pyo3(signature = (path, input_shape=None, mean=None, std=None))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        input_shape: Option<Vec<usize>>,
+        mean: Option<Vec<f32>>,
+        std: Option<Vec<f32>>,
+    ) -> PyResult<Self> {
+        let native = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let opened = py.detach(|| -> vericonv::Result<(TractModel, Option<Normalisation>)> {
+            if !native {
+                return Ok((TractModel::open(&path, input_shape.as_deref(), &QuantConfig::default())?, None));
+            }
+            // tract runs the native model's ONNX export, written to a private temporary file.
+            let model = vericonv_model::Model::load(&path)?;
+            let dir = std::env::temp_dir().join(format!("vericonv-py-{}-{}", std::process::id(), model.name()));
+            std::fs::create_dir_all(&dir).map_err(|e| vericonv::Error::io(&dir, e))?;
+            let onnx = dir.join(format!("{}.onnx", model.name()));
+            let opened = vericonv_model::onnx::import::write_model(&model, &onnx)
+                .and_then(|()| TractModel::open(&onnx, input_shape.as_deref(), &QuantConfig::default()));
+            // Best effort: a leftover temporary file holds only the model the caller gave.
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok((opened?, Some((model.input().mean.clone(), model.input().std.clone()))))
+        });
+        let (model, recorded) = opened.map_err(py_err)?;
+        let (rec_mean, rec_std) = recorded.unwrap_or_default();
+        let (mean, std) = (mean.unwrap_or(rec_mean), std.unwrap_or(rec_std));
+        let channels = model.image_shape().first().copied().unwrap_or(1);
+        for (what, v) in [("mean", &mean), ("std", &std)] {
+            if !(v.is_empty() || v.len() == 1 || v.len() == channels) {
+                return Err(ConfigError::new_err(format!(
+                    "{what} has {} values; the model's input has {channels} channels (give 1 or {channels})",
+                    v.len()
+                )));
+            }
+        }
+        if std.iter().any(|&s| s == 0.0 || !s.is_finite()) || mean.iter().any(|m| !m.is_finite()) {
+            return Err(ConfigError::new_err("mean must be finite and std finite and non-zero"));
+        }
+        Ok(Self { model: Arc::new(model), mean, std, float: std::sync::OnceLock::new() })
+    }
+
+    /// The float model's outputs of a batch, on the client (no cloud, no quantization).
+    fn float<'py>(&self, py: Python<'py>, x: PyReadonlyArrayDyn<'py, f32>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let plan = match self.float.get() {
+            Some(plan) => plan,
+            None => {
+                let plan = py.detach(|| self.model.plan(None)).map_err(py_err)?;
+                self.float.get_or_init(|| plan)
+            }
+        };
+        run_plan(py, &self.model, plan, &self.mean, &self.std, x)
+    }
+
+    /// The model's name (its file stem).
+    #[getter]
+    fn name(&self) -> String {
+        self.model.name().to_string()
+    }
+
+    /// The shape of one input, without the batch dimension.
+    #[getter]
+    fn input_shape(&self) -> Vec<usize> {
+        self.model.image_shape().to_vec()
+    }
+
+    /// The convolutions that run privately.
+    #[getter]
+    fn private_layers(&self) -> usize {
+        self.model.private_layers().count()
+    }
+
+    /// Convolutions that stay on the client, with the reason.
+    #[getter]
+    fn client_layers(&self) -> Vec<(String, String)> {
+        self.model.skipped().to_vec()
+    }
+
+    /// The private model: its clouds, mode and verification settings.
+    #[pyo3(signature = (privacy, clouds, backend, mode, rounds, seed, token_file, tls_ca, insecure_plaintext))]
+    #[allow(clippy::too_many_arguments)]
+    fn private(
+        &self,
+        py: Python<'_>,
+        privacy: &str,
+        clouds: Vec<String>,
+        backend: &str,
+        mode: &str,
+        rounds: usize,
+        seed: Option<u64>,
+        token_file: Option<PathBuf>,
+        tls_ca: Option<PathBuf>,
+        insecure_plaintext: bool,
+    ) -> PyResult<NativePrivate> {
+        let privacy = match privacy {
+            "pad" => Privacy::Pad,
+            "two-server" => Privacy::TwoServer,
+            "split-model" => Privacy::SplitModel,
+            "lowrank" => Privacy::LowRank { rank: vericonv::keys::DEFAULT_RANK },
+            other => {
+                return Err(ConfigError::new_err(format!(
+                    "unknown privacy mode {other:?}: pad, two-server, split-model or lowrank"
+                )));
+            }
+        };
+        let mode = match mode {
+            "fast" => Mode::Fast,
+            "strict" => Mode::Strict,
+            other => return Err(ConfigError::new_err(format!("unknown verification mode {other:?}: fast or strict"))),
+        };
+        if rounds == 0 {
+            return Err(py_err(vericonv::Error::InvalidRounds));
+        }
+        if matches!(privacy, Privacy::LowRank { .. }) {
+            let warnings = py.import("warnings")?;
+            warnings.call_method1("warn", (vericonv::privacy::LOWRANK_WARNING,))?;
+        }
+        let built = py.detach(|| -> vericonv::Result<(OwnedPair, String)> {
+            if clouds.is_empty() {
+                let one = || local_backend(backend);
+                let b = if privacy.clouds() == 2 { Some(one()?) } else { None };
+                Ok(((one()?, b), format!("in-process {backend}")))
+            } else {
+                remote_clouds(&clouds, privacy, token_file.as_deref(), tls_ca.as_deref(), insecure_plaintext)
+            }
+        });
+        let (owned, where_) = built.map_err(py_err)?;
+        let rng = match seed {
+            Some(s) => seeded_rng(s),
+            None => os_rng(),
+        };
+        let cfg = PrivateConfig { privacy, mode, rounds, ..PrivateConfig::default() };
+        let exec = Arc::new(PrivateConvs::new(owned, cfg, rng).map_err(py_err)?);
+        let plans = py.detach(|| -> vericonv::Result<(Plan, Plan)> {
+            Ok((
+                self.model.plan(Some(exec.clone() as Arc<dyn ConvExecutor>))?,
+                self.model.plan(Some(Arc::new(Reference) as Arc<dyn ConvExecutor>))?,
+            ))
+        });
+        let (plan, reference) = plans.map_err(py_err)?;
+        Ok(NativePrivate {
+            model: self.model.clone(),
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+            plan,
+            reference,
+            exec,
+            description: format!("{} on {where_}", privacy.label()),
+        })
+    }
+}
+
+/// An input normalisation: per-channel means and standard deviations.
+type Normalisation = (Vec<f32>, Vec<f32>);
+
+/// One or two clouds, owned.
+type OwnedPair = (Arc<dyn CloudBackend>, Option<Arc<dyn CloudBackend>>);
+
+/// A cloud in this process: the CPU backend, or the GPU one.
+fn local_backend(backend: &str) -> vericonv::Result<Arc<dyn CloudBackend>> {
+    match backend {
+        "cpu" => Ok(Arc::new(CpuBackend::new())),
+        #[cfg(feature = "gpu")]
+        "gpu" => Ok(Arc::new(vericonv_gpu::GpuBackend::new(&vericonv_gpu::GpuOptions::default())?)),
+        #[cfg(not(feature = "gpu"))]
+        "gpu" => Err(vericonv::Error::Unsupported("this build has no GPU backend".into())),
+        other => Err(vericonv::Error::Unsupported(format!("unknown backend {other:?}: cpu or gpu"))),
+    }
+}
+
+/// Remote clouds: one URL per cloud (`grpcs://` to any host but loopback).
+fn remote_clouds(
+    urls: &[String],
+    privacy: Privacy,
+    token_file: Option<&std::path::Path>,
+    tls_ca: Option<&std::path::Path>,
+    insecure_plaintext: bool,
+) -> vericonv::Result<(OwnedPair, String)> {
+    if urls.len() != privacy.clouds() {
+        return Err(vericonv::Error::CloudCount { mode: privacy.name(), needed: privacy.clouds(), got: urls.len() });
+    }
+    if let [a, b] = urls
+        && let Some(url) = vericonv_remote::same_cloud(std::slice::from_ref(a), std::slice::from_ref(b))?
+    {
+        return Err(vericonv::Error::SameCloudTwice(url));
+    }
+    let opts = vericonv_remote::RemoteOptions {
+        token: token_file.map(vericonv_remote::read_token).transpose()?,
+        tls_ca: tls_ca.map(|p| std::fs::read(p).map_err(|e| vericonv::Error::io(p, e))).transpose()?,
+        allow_plaintext: insecure_plaintext,
+        ..vericonv_remote::RemoteOptions::default()
+    };
+    let connect = |url: &String| -> vericonv::Result<Arc<dyn CloudBackend>> {
+        Ok(Arc::new(vericonv_remote::RemoteBackend::connect(std::slice::from_ref(url), opts.clone())?))
+    };
+    let a = connect(&urls[0])?;
+    let b = urls.get(1).map(connect).transpose()?;
+    Ok(((a, b), urls.join(" + ")))
+}
+
+/// A private model: its plan on the clouds and the quantized plaintext twin.
+#[pyclass(frozen, module = "vericonv._vericonv")]
+struct NativePrivate {
+    model: Arc<TractModel>,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    plan: Plan,
+    reference: Plan,
+    exec: Arc<PrivateConvs>,
+    description: String,
+}
+
+/// Runs `x` (a C-contiguous float32 array of `N × input_shape`, checked by the Python side
+/// too) through `plan` after normalising it, with the GIL released; the input is copied first.
+fn run_plan<'py>(
+    py: Python<'py>,
+    model: &TractModel,
+    plan: &Plan,
+    mean: &[f32],
+    std: &[f32],
+    x: PyReadonlyArrayDyn<'py, f32>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let shape = model.image_shape();
+    let dims = x.shape().to_vec();
+    if dims.len() != shape.len() + 1 || dims[1..] != *shape || dims[0] == 0 {
+        return Err(ConfigError::new_err(format!("an array of shape {dims:?}; the model takes N × {shape:?}")));
+    }
+    let mut images = x.as_slice().map_err(|_| ConfigError::new_err("the array must be C-contiguous"))?.to_vec();
+    let channels = shape.first().copied().unwrap_or(1);
+    let per_channel = shape.iter().skip(1).product::<usize>();
+    let (logits, out_shape) = py
+        .detach(|| {
+            normalise(&mut images, channels, per_channel, mean, std);
+            plan.run(&images)
+        })
+        .map_err(py_err)?;
+    numpy::PyArray1::from_vec(py, logits).reshape(out_shape)
+}
+
+#[pymethods]
+impl NativePrivate {
+    /// Private, verified logits of a batch.
+    fn run<'py>(&self, py: Python<'py>, x: PyReadonlyArrayDyn<'py, f32>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        run_plan(py, &self.model, &self.plan, &self.mean, &self.std, x)
+    }
+
+    /// The quantized plaintext model's logits of a batch, on the client.
+    fn quantized<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArrayDyn<'py, f32>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        run_plan(py, &self.model, &self.reference, &self.mean, &self.std, x)
+    }
+
+    /// Per private layer so far: calls, verified, rejected, and the client's, the cloud's and
+    /// the offline time in seconds.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        self.exec
+            .stats()
+            .into_iter()
+            .map(|s| {
+                let d = PyDict::new(py);
+                d.set_item("layer", s.name)?;
+                d.set_item("calls", s.calls)?;
+                d.set_item("verified", s.verified)?;
+                d.set_item("rejected", s.rejected)?;
+                d.set_item("client_s", s.timings.client().as_secs_f64())?;
+                d.set_item("cloud_s", s.timings.cloud.as_secs_f64())?;
+                d.set_item("offline_s", s.offline.as_secs_f64())?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// The mode and the clouds.
+    #[getter]
+    fn description(&self) -> String {
+        self.description.clone()
+    }
+}
+
+/// The `vericonv._vericonv` extension module.
+#[pymodule]
+fn _vericonv(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<NativeModel>()?;
+    m.add_class::<NativePrivate>()?;
+    m.add("Error", py.get_type::<Error>())?;
+    m.add("VerificationError", py.get_type::<VerificationError>())?;
+    m.add("ModelError", py.get_type::<ModelError>())?;
+    m.add("RemoteError", py.get_type::<RemoteError>())?;
+    m.add("ConfigError", py.get_type::<ConfigError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
