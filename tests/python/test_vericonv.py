@@ -174,6 +174,22 @@ def test_an_input_changed_during_or_after_the_call_does_not_change_the_result():
     assert np.array_equal(out["logits"], expected), "the result does not alias the input"
 
 
+def test_bit_widths_and_the_lowrank_rank_are_reachable():
+    x = np.random.default_rng(6).random((2, 1, 28, 28), dtype=np.float32)
+    model = vericonv.load(LENET, weight_bits=6, act_bits=7)
+    pm = model.private(privacy="split-model")
+    assert np.array_equal(pm(x), pm.quantized(x))
+    assert not np.array_equal(pm.quantized(x), vericonv.load(LENET).private().quantized(x)), "6/7 bits differ from 8/8"
+    with pytest.warns(UserWarning):
+        low = model.private(privacy="lowrank", rank=3)
+    assert np.array_equal(low(x), low.quantized(x))
+    for bad in ({"weight_bits": 1}, {"act_bits": 17}):
+        with pytest.raises(vericonv.ConfigError):
+            vericonv.load(LENET, **bad)
+    with pytest.raises(vericonv.ConfigError):
+        model.private(privacy="lowrank", rank=0)
+
+
 def test_lowrank_warns_and_the_default_is_pad():
     model = vericonv.load(LENET)
     with warnings.catch_warnings():

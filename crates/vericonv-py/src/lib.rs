@@ -92,21 +92,29 @@ fn normalise(x: &mut [f32], channels: usize, per_channel: usize, mean: &[f32], s
 #[pymethods]
 impl NativeModel {
     /// Opens an ONNX file, or a native model (`.json` with its `.safetensors`; its recorded
-    /// normalisation is the default). `input_shape` fixes dynamic dimensions; the batch stays
-    /// free.
+    /// normalisation is the default), quantized to `weight_bits` and `act_bits` (2 to 16).
+    /// `input_shape` fixes dynamic dimensions; the batch stays free.
     #[new]
-    #[pyo3(signature = (path, input_shape=None, mean=None, std=None))]
+    #[pyo3(signature = (path, input_shape=None, mean=None, std=None, weight_bits=8, act_bits=8))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         input_shape: Option<Vec<usize>>,
         mean: Option<Vec<f32>>,
         std: Option<Vec<f32>>,
+        weight_bits: u32,
+        act_bits: u32,
     ) -> PyResult<Self> {
+        for (what, bits) in [("weight_bits", weight_bits), ("act_bits", act_bits)] {
+            if !(2..=16).contains(&bits) {
+                return Err(ConfigError::new_err(format!("{what} must be 2 to 16, got {bits}")));
+            }
+        }
+        let quant = QuantConfig { weight_bits, act_bits };
         let native = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
         let opened = py.detach(|| -> vericonv::Result<(TractModel, Option<Normalisation>)> {
             if !native {
-                return Ok((TractModel::open(&path, input_shape.as_deref(), &QuantConfig::default())?, None));
+                return Ok((TractModel::open(&path, input_shape.as_deref(), &quant)?, None));
             }
             // tract runs the native model's ONNX export, written to a private temporary file.
             let model = vericonv_model::Model::load(&path)?;
@@ -114,7 +122,7 @@ impl NativeModel {
             std::fs::create_dir_all(&dir).map_err(|e| vericonv::Error::io(&dir, e))?;
             let onnx = dir.join(format!("{}.onnx", model.name()));
             let opened = vericonv_model::onnx::import::write_model(&model, &onnx)
-                .and_then(|()| TractModel::open(&onnx, input_shape.as_deref(), &QuantConfig::default()));
+                .and_then(|()| TractModel::open(&onnx, input_shape.as_deref(), &quant));
             // Best effort: a leftover temporary file holds only the model the caller gave.
             let _ = std::fs::remove_dir_all(&dir);
             Ok((opened?, Some((model.input().mean.clone(), model.input().std.clone()))))
@@ -174,7 +182,7 @@ impl NativeModel {
     }
 
     /// The private model: its clouds, mode and verification settings.
-    #[pyo3(signature = (privacy, clouds, backend, mode, rounds, seed, token_file, tls_ca, insecure_plaintext))]
+    #[pyo3(signature = (privacy, clouds, backend, mode, rounds, seed, token_file, tls_ca, insecure_plaintext, rank))]
     #[allow(clippy::too_many_arguments)]
     fn private(
         &self,
@@ -188,12 +196,14 @@ impl NativeModel {
         token_file: Option<PathBuf>,
         tls_ca: Option<PathBuf>,
         insecure_plaintext: bool,
+        rank: usize,
     ) -> PyResult<NativePrivate> {
         let privacy = match privacy {
             "pad" => Privacy::Pad,
             "two-server" => Privacy::TwoServer,
             "split-model" => Privacy::SplitModel,
-            "lowrank" => Privacy::LowRank { rank: vericonv::keys::DEFAULT_RANK },
+            "lowrank" if rank >= 1 => Privacy::LowRank { rank },
+            "lowrank" => return Err(py_err(vericonv::Error::InvalidRank)),
             other => {
                 return Err(ConfigError::new_err(format!(
                     "unknown privacy mode {other:?}: pad, two-server, split-model or lowrank"
@@ -328,7 +338,9 @@ fn run_plan<'py>(
     let (logits, out_shape) = py
         .detach(|| {
             normalise(&mut images, channels, per_channel, mean, std);
-            plan.run(&images)
+            // A panic inside the graph engine becomes an error, never a Python panic.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan.run(&images)))
+                .unwrap_or_else(|_| Err(vericonv::Error::Internal("the graph engine panicked".into())))
         })
         .map_err(py_err)?;
     numpy::PyArray1::from_vec(py, logits).reshape(out_shape)

@@ -134,6 +134,7 @@ class Model:
         token_file: Optional[Union[str, os.PathLike]] = None,
         tls_ca: Optional[Union[str, os.PathLike]] = None,
         insecure_plaintext: bool = False,
+        rank: int = 2,
     ) -> PrivateModel:
         """The private model.
 
@@ -145,6 +146,7 @@ class Model:
         (``grpcs://host:port``; plaintext ``grpc://`` only to loopback unless
         ``insecure_plaintext``). ``mode``: verification, ``"fast"`` or ``"strict"``, with
         ``rounds`` rounds. ``seed`` makes keys and masks reproducible: for tests only.
+        ``rank`` is mode lowrank's mask rank.
         """
         if privacy not in PRIVACY_MODES:
             raise ConfigError(f"unknown privacy mode {privacy!r}: one of {', '.join(PRIVACY_MODES)}")
@@ -164,6 +166,7 @@ class Model:
             None if token_file is None else os.fspath(token_file),
             None if tls_ca is None else os.fspath(tls_ca),
             bool(insecure_plaintext),
+            int(rank),
         )
         return PrivateModel(native, self.input_shape)
 
@@ -185,14 +188,21 @@ def load(
     mean: Optional[Union[float, Sequence[float]]] = None,
     std: Optional[Union[float, Sequence[float]]] = None,
     input_shape: Optional[Sequence[int]] = None,
+    weight_bits: int = 8,
+    act_bits: int = 8,
 ) -> Model:
-    """Loads an ONNX model. ``mean`` and ``std`` (one value, or one per channel) normalise
-    inputs as ``(x - mean) / std``; ``input_shape`` (``C, H, W``) fixes dynamic dimensions."""
+    """Loads an ONNX model, or a native one (``.json``). ``mean`` and ``std`` (one value, or
+    one per channel) normalise inputs as ``(x - mean) / std``; ``input_shape`` (``C, H, W``)
+    fixes dynamic dimensions; ``weight_bits`` and ``act_bits`` (2 to 16) set the
+    quantization."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelError(f"{path}: no such file")
     shape = None if input_shape is None else [int(d) for d in input_shape]
-    return Model(NativeModel(path, shape, _floats(mean, "mean"), _floats(std, "std")))
+    for what, bits in (("weight_bits", weight_bits), ("act_bits", act_bits)):
+        if not isinstance(bits, int) or not 2 <= bits <= 16:
+            raise ConfigError(f"{what} must be an integer from 2 to 16, got {bits!r}")
+    return Model(NativeModel(path, shape, _floats(mean, "mean"), _floats(std, "std"), weight_bits, act_bits))
 
 
 def from_torch(
@@ -201,6 +211,8 @@ def from_torch(
     mean: Optional[Union[float, Sequence[float]]] = None,
     std: Optional[Union[float, Sequence[float]]] = None,
     opset: int = 13,
+    weight_bits: int = 8,
+    act_bits: int = 8,
 ) -> Model:
     """Exports a PyTorch module through ``torch.onnx`` (batch dimension left free) and loads
     it. ``example_input`` is one batch the module accepts."""
@@ -225,4 +237,4 @@ def from_torch(
                 )
         finally:
             module.train(was_training)
-        return load(path, mean=mean, std=std)
+        return load(path, mean=mean, std=std, weight_bits=weight_bits, act_bits=act_bits)

@@ -29,6 +29,8 @@ class NativeModel:
         input_shape: Optional[Sequence[int]] = None,
         mean: Optional[Sequence[float]] = None,
         std: Optional[Sequence[float]] = None,
+        weight_bits: int = 8,
+        act_bits: int = 8,
     ) -> None: ...
     @property
     def name(self) -> str: ...
@@ -50,4 +52,5 @@ class NativeModel:
         token_file: Optional[str],
         tls_ca: Optional[str],
         insecure_plaintext: bool,
+        rank: int,
     ) -> NativePrivate: ...
