@@ -1,0 +1,52 @@
+//! `vericonv convert`: any loadable model to the native format.
+
+use std::path::PathBuf;
+
+use vericonv_model::Model;
+
+use super::options::*;
+
+#[derive(clap::Args)]
+pub(crate) struct ConvertArgs {
+    /// The model to convert: `.onnx` or native `.json`.
+    #[arg(long)]
+    pub(crate) model: PathBuf,
+    #[command(flatten)]
+    pub(crate) norm: NormArgs,
+    /// The native model to write (`.json`; the `.safetensors` goes beside it).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// The model's name in the file [default: the output's file name].
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+}
+
+/// `vericonv convert`: any model to the native format, checked by loading it back.
+pub(crate) fn convert(args: &ConvertArgs) -> Result<(), vericonv::Error> {
+    let model = load_model(&args.model, &args.norm)?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        args.out.file_stem().map_or_else(|| model.name().to_string(), |s| s.to_string_lossy().into_owned())
+    });
+    let model = model.renamed(&name).with_plain_layer_names();
+    let provenance = serde_json::json!({
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "source": args.model.display().to_string(),
+    });
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| vericonv::Error::io(dir, e))?;
+    }
+    model.save(&args.out, Some(provenance))?;
+    let back = Model::load(&args.out)?;
+    let x = vec![0.5; model.image_len()];
+    let same = back.forward_float(&x)? == model.forward_float(&x)?;
+    if !same {
+        return Err(vericonv::Error::Internal("the written model computes other logits".into()));
+    }
+    println!(
+        "wrote {} and {} ({} layers); it loads back with identical logits",
+        args.out.display(),
+        args.out.with_extension("safetensors").display(),
+        back.nodes().len()
+    );
+    Ok(())
+}
