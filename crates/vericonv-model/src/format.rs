@@ -216,6 +216,22 @@ fn tensor_f32(st: &safetensors::SafeTensors<'_>, name: &str, layer: &str) -> Res
 }
 
 impl Model {
+    /// Opens any model file this crate reads: ONNX (`.onnx`, through the native importer) or
+    /// the native format (anything else, see [`Model::load`]). Also returns whether the file
+    /// records the input normalisation (a native file always does; an ONNX file when it has the
+    /// `vericonv.mean` / `vericonv.std` metadata).
+    ///
+    /// # Errors
+    /// As [`Model::load`] and [`crate::onnx::import::import_model`].
+    pub fn open(path: impl AsRef<Path>) -> Result<(Self, bool)> {
+        let path = path.as_ref();
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+            crate::onnx::import::import_model_recorded(path)
+        } else {
+            Ok((Self::load(path)?, true))
+        }
+    }
+
     /// Loads the native format: `path` is the JSON file; the weights are the `.safetensors`
     /// file with the same stem.
     ///

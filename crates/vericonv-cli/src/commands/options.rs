@@ -323,15 +323,7 @@ pub(crate) fn write_json<T: serde::Serialize>(rows: &[T], path: &Path) -> Result
 /// Loads a native or ONNX model, applies `--mean/--std`, and says which normalisation is in
 /// use (and warns when an ONNX model has none: PyTorch exports never do).
 pub(crate) fn load_model(path: &Path, norm: &NormArgs) -> Result<Model, vericonv::Error> {
-    let (model, recorded) = match path.extension().and_then(|e| e.to_str()) {
-        Some("onnx") => {
-            let proto = vericonv_model::onnx::read_model(path)?;
-            let recorded = proto.metadata_props.iter().any(|m| m.key == "vericonv.mean" || m.key == "vericonv.std");
-            let name = path.file_stem().map_or_else(|| "onnx".to_string(), |s| s.to_string_lossy().to_string());
-            (vericonv_model::onnx::import::import_proto(&proto, &name)?, recorded)
-        }
-        _ => (Model::load(path)?, true),
-    };
+    let (model, recorded) = Model::open(path)?;
     let (model, source) = match (&norm.mean, &norm.std) {
         (Some(mean), Some(std)) => (model.with_normalization(mean.clone(), std.clone())?, "from --mean/--std"),
         _ if recorded => (model, "from the model file"),

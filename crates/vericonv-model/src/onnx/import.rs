@@ -105,11 +105,19 @@ fn pool_of(node: &NodeProto) -> Result<Pool> {
 /// [`Error::Io`], [`Error::Parse`] for a corrupt file, [`Error::Unsupported`] naming the first
 /// unsupported operator or attribute.
 pub fn import_model(path: impl AsRef<Path>) -> Result<Model> {
-    let model = read_model(path.as_ref())?;
-    import_proto(
-        &model,
-        &path.as_ref().file_stem().map_or_else(|| "onnx".to_string(), |s| s.to_string_lossy().to_string()),
-    )
+    import_model_recorded(path.as_ref()).map(|(model, _)| model)
+}
+
+/// [`import_model`], and whether the file records its input normalisation (the metadata keys
+/// `vericonv.mean` / `vericonv.std`; PyTorch's exports never do).
+///
+/// # Errors
+/// As [`import_model`].
+pub fn import_model_recorded(path: &Path) -> Result<(Model, bool)> {
+    let proto = read_model(path)?;
+    let recorded = proto.metadata_props.iter().any(|m| m.key == "vericonv.mean" || m.key == "vericonv.std");
+    let name = path.file_stem().map_or_else(|| "onnx".to_string(), |s| s.to_string_lossy().to_string());
+    Ok((import_proto(&proto, &name)?, recorded))
 }
 
 /// The most elements a folded constant may have: shape arithmetic, not data.
