@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use vericonv::{Error, Result};
 
-use crate::conv::KernelCache;
+use crate::kernel_cache::KernelCache;
 use crate::shaders::{Arithmetic, ConvKernel, ShaderProgram, ShaderVariant};
 
 /// Options for [`GpuBackend::new`]. The defaults pick everything automatically.

@@ -11,6 +11,7 @@
 
 mod conv;
 mod device;
+mod kernel_cache;
 mod plan;
 mod shaders;
 mod strict;
