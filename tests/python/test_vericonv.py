@@ -146,6 +146,14 @@ def test_bad_arguments_raise_typed_errors(tmp_path):
         model.private(clouds=["grpc://192.0.2.1:7000"])  # refused before any packet is sent
     with pytest.raises(vericonv.ConfigError):
         vericonv.load(LENET, mean=[0.1, 0.2])
+    with pytest.raises(vericonv.ConfigError):
+        vericonv.load(LENET, input_shape=[1, -28, 28])
+    with pytest.raises(vericonv.ModelError, match="at most"):
+        vericonv.load(ROOT / "data/zoo/dynamic_hw.onnx", input_shape=[3, 2**40, 2**40])
+    with pytest.raises(vericonv.ConfigError, match="backend"):
+        model.private(backend="tpu")
+    with pytest.raises(vericonv.ConfigError, match="token_file"):
+        model.private(privacy="pad", clouds=["grpc://127.0.0.1:1"], token_file=tmp_path / "missing")
     pm = model.private()
     with pytest.raises(vericonv.ConfigError, match="model takes"):
         pm(np.zeros((2, 3, 28, 28), np.float32))

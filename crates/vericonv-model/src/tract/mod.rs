@@ -77,6 +77,9 @@ fn tract_error(what: &str, e: &TractError) -> Error {
     Error::Parse { what: what.to_string(), message: format!("{e:#}") }
 }
 
+/// The most elements one input image may have (1 GiB of `f32`).
+pub const MAX_IMAGE_ELEMENTS: usize = 1 << 28;
+
 impl TractModel {
     /// Loads the ONNX model at `path`. `image_shape` is one image's input shape without the
     /// batch (`[C, H, W]`, `[C, L]`…): it fixes the dimensions a model leaves dynamic; `None`
@@ -109,6 +112,17 @@ impl TractModel {
             Some(s) => s.to_vec(),
             None => declared_image_shape(&model).map_err(|m| Error::Parse { what: what.clone(), message: m })?,
         };
+        // One image must be a tensor that can exist: every dimension at least 1, at most
+        // MAX_IMAGE_ELEMENTS in all (checked before tract plans anything for it).
+        let elements = image_shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d).filter(|_| d > 0));
+        if elements.is_none_or(|n| n > MAX_IMAGE_ELEMENTS) {
+            return Err(Error::Parse {
+                what,
+                message: format!(
+                    "an input of shape {image_shape:?} per image; each dimension must be at least 1 and an image at most {MAX_IMAGE_ELEMENTS} elements"
+                ),
+            });
+        }
         let batch = model.symbols.sym("N");
         let shape: Vec<TDim> =
             std::iter::once(TDim::from(batch)).chain(image_shape.iter().map(|&d| d.into())).collect();

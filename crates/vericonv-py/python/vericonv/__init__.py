@@ -154,8 +154,13 @@ class Model:
             clouds = [clouds]
         if not isinstance(rounds, int) or rounds < 1:
             raise ConfigError(f"rounds must be a positive integer, got {rounds!r}")
-        if seed is not None and (not isinstance(seed, int) or seed < 0):
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        if seed is not None and (not isinstance(seed, int) or not 0 <= seed < 2**64):
+            raise ConfigError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
+        if backend not in ("cpu", "gpu"):
+            raise ConfigError(f"unknown backend {backend!r}: cpu or gpu")
+        for what, path in (("token_file", token_file), ("tls_ca", tls_ca)):
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"{what} {os.fspath(path)!r} is not a file")
         native = self._native.private(
             privacy,
             list(clouds or []),
@@ -199,6 +204,8 @@ def load(
     if not os.path.exists(path):
         raise ModelError(f"{path}: no such file")
     shape = None if input_shape is None else [int(d) for d in input_shape]
+    if shape is not None and any(d < 1 for d in shape):
+        raise ConfigError(f"input_shape must hold positive dimensions, got {shape}")
     for what, bits in (("weight_bits", weight_bits), ("act_bits", act_bits)):
         if not isinstance(bits, int) or not 2 <= bits <= 16:
             raise ConfigError(f"{what} must be an integer from 2 to 16, got {bits!r}")
