@@ -146,4 +146,11 @@ fn eval_runs_a_model_the_native_importer_refuses_on_tract() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout.contains("2/2 logits bit-identical"), "{stdout}");
+    // An input shape no image can have is refused before tract plans anything.
+    for shape in ["3,1099511627776,1099511627776", "3,0,48"] {
+        let o = run(&[&args[..], &["--input-shape", shape, "--report", &report]].concat());
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{shape}: {stderr}");
+        assert!(stderr.contains("each dimension must be at least 1"), "{shape}: {stderr}");
+    }
 }
