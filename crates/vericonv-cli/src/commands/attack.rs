@@ -13,11 +13,8 @@ use super::options::*;
 
 #[derive(clap::Args)]
 pub(crate) struct AttackArgs {
-    /// The model: a native `.json` (with its `.safetensors` beside it) or an `.onnx` file.
-    #[arg(long)]
-    pub(crate) model: PathBuf,
     #[command(flatten)]
-    pub(crate) norm: NormArgs,
+    pub(crate) input: ModelArgs,
     /// mnist, fashion-mnist, digits (test splits under --data-dir), or any --dataset of eval.
     #[arg(long)]
     pub(crate) dataset: String,
@@ -48,7 +45,7 @@ pub(crate) struct AttackArgs {
 
 pub(crate) fn attack(args: &AttackArgs) -> Result<(), vericonv::Error> {
     use vericonv_cli::attack::{AttackOptions, attack_model, format_table, write_examples_png};
-    let model = load_model(&args.model, &args.norm)?;
+    let model = load_model(&args.input.model, &args.input.norm)?;
     let i = &model.input();
     let mut data = Dataset::open(&args.dataset, &args.data_dir, false, i.channels, i.height, i.width)?;
     data.truncate(args.limit);

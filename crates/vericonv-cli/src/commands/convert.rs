@@ -8,11 +8,8 @@ use super::options::*;
 
 #[derive(clap::Args)]
 pub(crate) struct ConvertArgs {
-    /// The model to convert: `.onnx` or native `.json`.
-    #[arg(long)]
-    pub(crate) model: PathBuf,
     #[command(flatten)]
-    pub(crate) norm: NormArgs,
+    pub(crate) input: ModelArgs,
     /// The native model to write (`.json`; the `.safetensors` goes beside it).
     #[arg(long)]
     pub(crate) out: PathBuf,
@@ -23,14 +20,14 @@ pub(crate) struct ConvertArgs {
 
 /// `vericonv convert`: any model to the native format, checked by loading it back.
 pub(crate) fn convert(args: &ConvertArgs) -> Result<(), vericonv::Error> {
-    let model = load_model(&args.model, &args.norm)?;
+    let model = load_model(&args.input.model, &args.input.norm)?;
     let name = args.name.clone().unwrap_or_else(|| {
         args.out.file_stem().map_or_else(|| model.name().to_string(), |s| s.to_string_lossy().into_owned())
     });
     let model = model.renamed(&name).with_plain_layer_names();
     let provenance = serde_json::json!({
         "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "source": args.model.display().to_string(),
+        "source": args.input.model.display().to_string(),
     });
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| vericonv::Error::io(dir, e))?;

@@ -15,11 +15,8 @@ use super::options::*;
 
 #[derive(clap::Args)]
 pub(crate) struct EvalArgs {
-    /// The model: a native `.json` (with its `.safetensors` beside it) or an `.onnx` file.
-    #[arg(long)]
-    pub(crate) model: PathBuf,
     #[command(flatten)]
-    pub(crate) norm: NormArgs,
+    pub(crate) input: ModelArgs,
     /// mnist, fashion-mnist, digits (test splits under --data-dir), idx:IMAGES,LABELS,
     /// cifar10:FILE[,FILE…], cifar100:FILE[,FILE…] or folder:DIR.
     #[arg(long)]
@@ -65,13 +62,13 @@ pub(crate) struct EvalArgs {
 
 pub(crate) fn eval(args: &EvalArgs) -> Result<(), vericonv::Error> {
     let p = &args.protocol;
-    let model = match load_model(&args.model, &args.norm) {
+    let model = match load_model(&args.input.model, &args.input.norm) {
         Ok(model) => model,
         // A graph whose operators the native importer does not know runs on tract, its
         // convolutions private. A file it refuses as invalid (non-finite weights, a negative
         // variance…) stays refused.
         #[cfg(feature = "tract")]
-        Err(e @ vericonv::Error::Unsupported(_)) if args.model.extension().is_some_and(|x| x == "onnx") => {
+        Err(e @ vericonv::Error::Unsupported(_)) if args.input.model.extension().is_some_and(|x| x == "onnx") => {
             return eval_tract(args, &e);
         }
         Err(e) => return Err(e),
@@ -117,14 +114,14 @@ pub(crate) fn eval_tract(args: &EvalArgs, refused: &vericonv::Error) -> Result<(
     use std::sync::Arc;
     use vericonv_model::tract::TractModel;
     let p = &args.protocol;
-    eprintln!("the native importer refuses {} ({refused}); running it on tract", args.model.display());
+    eprintln!("the native importer refuses {} ({refused}); running it on tract", args.input.model.display());
     if args.calibrate.is_some() || args.outsource_linear {
         return Err(vericonv::Error::Unsupported(
             "--calibrate and --outsource-linear on a model that runs on tract".into(),
         ));
     }
     let qc = QuantConfig { weight_bits: args.weight_bits, act_bits: args.act_bits };
-    let model = TractModel::open(&args.model, args.input_shape.as_deref(), &qc)?;
+    let model = TractModel::open(&args.input.model, args.input_shape.as_deref(), &qc)?;
     let &[c, h, w] = model.image_shape() else {
         return Err(vericonv::Error::Unsupported(format!(
             "eval on images of a model whose input is {:?} (use vericonv run with .npy inputs)",
@@ -135,8 +132,9 @@ pub(crate) fn eval_tract(args: &EvalArgs, refused: &vericonv::Error) -> Result<(
     if let Some(n) = args.limit {
         data.truncate(n);
     }
-    let (mean, std) = (args.norm.mean.clone().unwrap_or_default(), args.norm.std.clone().unwrap_or_default());
-    if args.norm.mean.is_none() {
+    let (mean, std) =
+        (args.input.norm.mean.clone().unwrap_or_default(), args.input.norm.std.clone().unwrap_or_default());
+    if args.input.norm.mean.is_none() {
         eprintln!("warning: no --mean/--std given: the model gets pixels in [0, 1] as they are");
     }
     let setup = p.clouds(args.tamper_rate, args.tamper_cloud)?;

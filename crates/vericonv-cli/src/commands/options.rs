@@ -267,6 +267,16 @@ pub(crate) fn fraction(s: &str) -> Result<f64, String> {
 }
 
 /// The input normalisation, for models whose file does not carry it (PyTorch's ONNX exports).
+/// The model file and its input normalisation, as every command that loads a model takes them.
+#[derive(clap::Args)]
+pub(crate) struct ModelArgs {
+    /// The model: a native `.json` (with its `.safetensors` beside it) or an `.onnx` file.
+    #[arg(long)]
+    pub(crate) model: PathBuf,
+    #[command(flatten)]
+    pub(crate) norm: NormArgs,
+}
+
 #[derive(clap::Args)]
 pub(crate) struct NormArgs {
     /// Per-channel mean of `(x - mean) / std` on pixels in [0, 1], e.g. 0.485,0.456,0.406
