@@ -39,7 +39,7 @@ pub struct LayerReport {
 }
 
 /// The result of [`evaluate`].
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct EvalReport {
     /// Model name.
     pub model: String,
@@ -124,6 +124,28 @@ struct Tally {
 }
 
 impl Tally {
+    /// The report of the counted run: its identity and what the tally counted (accuracies over
+    /// the data set, answers, agreement, the errors kept); the times are the caller's to fill.
+    fn report(self, model: &str, data: &Dataset, opts: &EvalOptions, backend: String) -> EvalReport {
+        let n = data.len().max(1) as f64;
+        EvalReport {
+            model: model.to_string(),
+            dataset: data.name().to_string(),
+            privacy: opts.private.privacy.label(),
+            backend,
+            images: data.len(),
+            float_accuracy: self.float_ok as f64 / n,
+            quantized_accuracy: self.quant_ok as f64 / n,
+            private_accuracy: self.private_ok as f64 / n,
+            private_answered: self.answered,
+            private_rejected: self.rejected,
+            prediction_agreement: self.agree,
+            logits_bit_identical: self.bits_equal,
+            errors: self.errors,
+            ..EvalReport::default()
+        }
+    }
+
     /// Counts the float and quantized predictions of a batch.
     fn plain(&mut self, labels: &[usize], float_logits: &[f32], quant_logits: &[f32], classes: usize) {
         let correct = |logits: &[f32]| argmax(logits, classes).iter().zip(labels).filter(|(p, l)| p == l).count();
@@ -237,21 +259,7 @@ pub fn evaluate(
     }
     let secs = |d: Duration| d.as_secs_f64();
     let layers: Vec<LayerReport> = exec.stats().map(LayerReport::of).collect();
-    let n = data.len().max(1) as f64;
     Ok(EvalReport {
-        model: model.name().to_string(),
-        dataset: data.name().to_string(),
-        privacy: opts.private.privacy.label(),
-        backend: clouds.name(),
-        images: data.len(),
-        float_accuracy: tally.float_ok as f64 / n,
-        quantized_accuracy: tally.quant_ok as f64 / n,
-        private_accuracy: tally.private_ok as f64 / n,
-        private_answered: tally.answered,
-        private_rejected: tally.rejected,
-        prediction_agreement: tally.agree,
-        logits_bit_identical: tally.bits_equal,
-        corrupted_calls: 0,
         client_masking_s: layers.iter().map(|l| l.masking_s).sum(),
         client_verify_s: layers.iter().map(|l| l.verify_s).sum(),
         client_nonlinear_s: secs(private_times.nonlinear),
@@ -262,7 +270,7 @@ pub fn evaluate(
         float_plaintext_s: secs(float_time),
         quantized_plaintext_s: secs(quant_time),
         layers,
-        errors: tally.errors,
+        ..tally.report(model.name(), data, opts, clouds.name())
     })
 }
 
@@ -327,21 +335,7 @@ pub fn evaluate_tract(
     let sum = |f: fn(&LayerReport) -> f64| layers.iter().map(f).sum::<f64>();
     let (masking, verify, cloud, offline) =
         (sum(|l| l.masking_s), sum(|l| l.verify_s), sum(|l| l.cloud_s), sum(|l| l.offline_s));
-    let n = data.len().max(1) as f64;
     Ok(EvalReport {
-        model: model.name().to_string(),
-        dataset: data.name().to_string(),
-        privacy: opts.private.privacy.label(),
-        backend,
-        images: data.len(),
-        float_accuracy: tally.float_ok as f64 / n,
-        quantized_accuracy: tally.quant_ok as f64 / n,
-        private_accuracy: tally.private_ok as f64 / n,
-        private_answered: tally.answered,
-        private_rejected: tally.rejected,
-        prediction_agreement: tally.agree,
-        logits_bit_identical: tally.bits_equal,
-        corrupted_calls: 0,
         client_masking_s: masking,
         client_verify_s: verify,
         client_nonlinear_s: (secs(private_time) - masking - verify - cloud - offline).max(0.0),
@@ -352,6 +346,6 @@ pub fn evaluate_tract(
         float_plaintext_s: secs(float_time),
         quantized_plaintext_s: secs(quant_time),
         layers,
-        errors: tally.errors,
+        ..tally.report(model.name(), data, opts, backend)
     })
 }

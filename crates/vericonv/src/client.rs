@@ -136,13 +136,19 @@ impl KernelShares {
         ya: &mut Vec<u32>,
         yb: &mut Vec<u32>,
     ) -> Result<()> {
-        let (from_a, from_b) = std::thread::scope(|s| {
-            let from_a = s.spawn(|| a.conv_session_into(&self.a, batch, e, ya));
-            let from_b = b.conv_session_into(&self.b, batch, e, yb);
-            (from_a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), from_b)
-        });
-        from_a.and(from_b)
+        concurrently(|| a.conv_session_into(&self.a, batch, e, ya), || b.conv_session_into(&self.b, batch, e, yb))
     }
+}
+
+/// Runs cloud A's call on a scoped thread while cloud B's runs on this one; cloud A's error
+/// first, if both fail (a panic in A's call is resumed here).
+fn concurrently(a: impl FnOnce() -> Result<()> + Send, b: impl FnOnce() -> Result<()>) -> Result<()> {
+    let (from_a, from_b) = std::thread::scope(|s| {
+        let from_a = s.spawn(a);
+        let from_b = b();
+        (from_a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), from_b)
+    });
+    from_a.and(from_b)
 }
 
 /// Working memory of [`PrivateConv::run_into`], kept by the caller across calls and layers so
@@ -927,12 +933,10 @@ impl PrivateConv {
         yb: &mut Vec<u32>,
     ) -> Result<()> {
         let session = &self.kernel_enc;
-        let (from_a, from_b) = std::thread::scope(|s| {
-            let from_a = s.spawn(|| a.conv_share_session_into(session, batch, seed, ya));
-            let from_b = b.conv_session_into(session, batch, xb, yb);
-            (from_a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), from_b)
-        });
-        from_a.and(from_b)
+        concurrently(
+            || a.conv_share_session_into(session, batch, seed, ya),
+            || b.conv_session_into(session, batch, xb, yb),
+        )
     }
 
     /// After the sum of the two answers was rejected in round `round`: re-checks each cloud's
