@@ -15,7 +15,8 @@ const MAX_INPUT_BYTES: u64 = 256 << 20;
 ///
 /// # Errors
 /// [`Error::Io`] for a file that cannot be read; [`Error::Parse`] for one that is not a valid
-/// array or image, or whose shape does not fit the model.
+/// array or image, or whose shape does not fit the model, and for a `mean`/`std` that does not
+/// fit its channels.
 pub fn read_input(path: &Path, shape: &[usize], mean: &[f32], std: &[f32]) -> Result<Vec<f32>> {
     let parse = |message: String| Error::Parse { what: path.display().to_string(), message };
     let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
@@ -52,12 +53,12 @@ pub fn read_input(path: &Path, shape: &[usize], mean: &[f32], std: &[f32]) -> Re
         3 => img.to_rgb8().into_raw(),
         _ => return Err(parse(format!("an image, but the model takes {c} channels: give a .npy array"))),
     };
-    let at = |v: &[f32], ch: usize, default: f32| v.get(ch).or(v.first()).copied().unwrap_or(default);
     let mut out = vec![0f32; per];
     for (i, &p) in pixels.iter().enumerate() {
         let (pixel, ch) = (i / c, i % c);
-        out[ch * h * w + pixel] = (f32::from(p) / 255.0 - at(mean, ch, 0.0)) / at(std, ch, 1.0);
+        out[ch * h * w + pixel] = f32::from(p) / 255.0;
     }
+    vericonv_model::InputSpec::of_shape(shape, mean, std)?.normalize(&mut out);
     Ok(out)
 }
 

@@ -259,11 +259,9 @@ impl Model {
             return Err(Error::NonFinite { what: "input images".into(), index: i, value: images[i].to_string() });
         }
         let hw = self.input.height * self.input.width;
-        let pick = |v: &[f32], c: usize| if v.len() == 1 { v[0] } else { v[c] };
         let mut x = pool.take(images.len());
         x.data_mut().par_chunks_mut(hw).zip(images.par_chunks(hw)).enumerate().for_each(|(plane, (out, img))| {
-            let c = plane % self.input.channels;
-            let (mean, std) = (pick(&self.input.mean, c), pick(&self.input.std, c));
+            let (mean, std) = self.input.channel_scale(plane % self.input.channels);
             out.iter_mut().zip(img).for_each(|(o, &v)| *o = (v - mean) / std);
         });
         Ok((x, images.len() / per))

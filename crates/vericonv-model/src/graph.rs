@@ -65,6 +65,41 @@ pub struct InputSpec {
 }
 
 impl InputSpec {
+    /// The specification of inputs of shape `image_shape` (channels first; the other
+    /// dimensions are the plane each channel's normalisation covers) normalised by `mean` and
+    /// `std` (one value, or one per channel; none: mean 0, std 1), checked.
+    ///
+    /// # Errors
+    /// As [`InputSpec::check`].
+    pub fn of_shape(image_shape: &[usize], mean: &[f32], std: &[f32]) -> Result<Self> {
+        let or = |v: &[f32], identity: f32| if v.is_empty() { vec![identity] } else { v.to_vec() };
+        let spec = Self {
+            channels: image_shape.first().copied().unwrap_or(1),
+            height: image_shape.iter().skip(1).product(),
+            width: 1,
+            mean: or(mean, 0.0),
+            std: or(std, 1.0),
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// The mean and standard deviation of channel `c` (one value serves every channel).
+    pub fn channel_scale(&self, c: usize) -> (f32, f32) {
+        let pick = |v: &[f32]| if v.len() == 1 { v[0] } else { v[c] };
+        (pick(&self.mean), pick(&self.std))
+    }
+
+    /// Normalises images in place, `(x - mean[c]) / std[c]` over each `height × width` plane,
+    /// the planes in channel order, image after image.
+    pub fn normalize(&self, images: &mut [f32]) {
+        let plane = (self.height * self.width).max(1);
+        for (i, p) in images.chunks_mut(plane).enumerate() {
+            let (mean, std) = self.channel_scale(i % self.channels.max(1));
+            p.iter_mut().for_each(|v| *v = (*v - mean) / std);
+        }
+    }
+
     /// Checks the specification: a non-empty image, and one finite mean and one finite,
     /// non-zero standard deviation for every channel (or one for all).
     ///

@@ -15,9 +15,9 @@ use vericonv::cloud::{Cheater, CloudBackend, CpuBackend};
 use vericonv::keys::{os_rng, seeded_rng};
 use vericonv::privacy::Privacy;
 use vericonv::verify::Mode;
-use vericonv_model::PrivateConfig;
 use vericonv_model::quant::QuantConfig;
 use vericonv_model::tract::{ConvExecutor, Plan, PrivateConvs, Reference, TractModel};
+use vericonv_model::{InputSpec, PrivateConfig};
 
 create_exception!(_vericonv, Error, PyException, "The base class of every vericonv error.");
 create_exception!(
@@ -69,24 +69,10 @@ fn py_err(e: vericonv::Error) -> PyErr {
 #[pyclass(frozen, module = "vericonv._vericonv")]
 struct NativeModel {
     model: Arc<TractModel>,
-    mean: Vec<f32>,
-    std: Vec<f32>,
+    /// The input's shape and normalisation.
+    input: InputSpec,
     /// The float graph, planned on first use.
     float: std::sync::OnceLock<Plan>,
-}
-
-/// `(x - mean[c]) / std[c]` per channel of `N × C × …` images (one value for every channel when
-/// a single one is given; nothing when none).
-fn normalise(x: &mut [f32], channels: usize, per_channel: usize, mean: &[f32], std: &[f32]) {
-    if mean.is_empty() && std.is_empty() {
-        return;
-    }
-    let pick = |v: &[f32], c: usize, default: f32| v.get(if v.len() == 1 { 0 } else { c }).copied().unwrap_or(default);
-    for (i, plane) in x.chunks_exact_mut(per_channel.max(1)).enumerate() {
-        let c = i % channels.max(1);
-        let (m, s) = (pick(mean, c, 0.0), pick(std, c, 1.0));
-        plane.iter_mut().for_each(|v| *v = (*v - m) / s);
-    }
 }
 
 #[pymethods]
@@ -130,19 +116,9 @@ impl NativeModel {
         let (model, recorded) = opened.map_err(py_err)?;
         let (rec_mean, rec_std) = recorded.unwrap_or_default();
         let (mean, std) = (mean.unwrap_or(rec_mean), std.unwrap_or(rec_std));
-        let channels = model.image_shape().first().copied().unwrap_or(1);
-        for (what, v) in [("mean", &mean), ("std", &std)] {
-            if !(v.is_empty() || v.len() == 1 || v.len() == channels) {
-                return Err(ConfigError::new_err(format!(
-                    "{what} has {} values; the model's input has {channels} channels (give 1 or {channels})",
-                    v.len()
-                )));
-            }
-        }
-        if std.iter().any(|&s| s == 0.0 || !s.is_finite()) || mean.iter().any(|m| !m.is_finite()) {
-            return Err(ConfigError::new_err("mean must be finite and std finite and non-zero"));
-        }
-        Ok(Self { model: Arc::new(model), mean, std, float: std::sync::OnceLock::new() })
+        let input = InputSpec::of_shape(model.image_shape(), &mean, &std)
+            .map_err(|e| ConfigError::new_err(format!("mean and std: {e}")))?;
+        Ok(Self { model: Arc::new(model), input, float: std::sync::OnceLock::new() })
     }
 
     /// The float model's outputs of a batch, on the client (no cloud, no quantization).
@@ -154,7 +130,7 @@ impl NativeModel {
                 self.float.get_or_init(|| plan)
             }
         };
-        run_plan(py, &self.model, plan, &self.mean, &self.std, x)
+        run_plan(py, &self.model, plan, &self.input, x)
     }
 
     /// The model's name (its file stem).
@@ -222,16 +198,24 @@ impl NativeModel {
             let warnings = py.import("warnings")?;
             warnings.call_method1("warn", (vericonv::privacy::LOWRANK_WARNING,))?;
         }
-        let built = py.detach(|| -> vericonv::Result<(OwnedPair, String)> {
+        let built = py.detach(|| -> vericonv::Result<Remote> {
             if clouds.is_empty() {
                 let one = || local_backend(backend);
                 let b = if privacy.clouds() == 2 { Some(one()?) } else { None };
-                Ok(((one()?, b), format!("in-process {backend}")))
+                Ok(Remote { clouds: (one()?, b), name: format!("in-process {backend}"), plaintext: Vec::new() })
             } else {
                 remote_clouds(&clouds, privacy, token_file.as_deref(), tls_ca.as_deref(), insecure_plaintext)
             }
         });
-        let (owned, where_) = built.map_err(py_err)?;
+        let Remote { clouds: owned, name: where_, plaintext } = built.map_err(py_err)?;
+        for url in plaintext {
+            py.import("warnings")?.call_method1(
+                "warn",
+                (format!(
+                    "insecure_plaintext: {url} is not loopback; masked tensors, shares and the token cross the network unencrypted"
+                ),),
+            )?;
+        }
         let rng = match seed {
             Some(s) => seeded_rng(s),
             None => os_rng(),
@@ -247,8 +231,7 @@ impl NativeModel {
         let (plan, reference) = plans.map_err(py_err)?;
         Ok(NativePrivate {
             model: self.model.clone(),
-            mean: self.mean.clone(),
-            std: self.std.clone(),
+            input: self.input.clone(),
             plan,
             reference,
             exec,
@@ -282,7 +265,7 @@ fn remote_clouds(
     token_file: Option<&std::path::Path>,
     tls_ca: Option<&std::path::Path>,
     insecure_plaintext: bool,
-) -> vericonv::Result<(OwnedPair, String)> {
+) -> vericonv::Result<Remote> {
     if urls.len() != privacy.clouds() {
         return Err(vericonv::Error::CloudCount { mode: privacy.name(), needed: privacy.clouds(), got: urls.len() });
     }
@@ -291,26 +274,31 @@ fn remote_clouds(
     {
         return Err(vericonv::Error::SameCloudTwice(url));
     }
-    let opts = vericonv_remote::RemoteOptions {
-        token: token_file.map(vericonv_remote::read_token).transpose()?,
-        tls_ca: tls_ca.map(|p| std::fs::read(p).map_err(|e| vericonv::Error::io(p, e))).transpose()?,
-        allow_plaintext: insecure_plaintext,
-        ..vericonv_remote::RemoteOptions::default()
-    };
-    let connect = |url: &String| -> vericonv::Result<Arc<dyn CloudBackend>> {
-        Ok(Arc::new(vericonv_remote::RemoteBackend::connect(std::slice::from_ref(url), opts.clone())?))
+    let opts = vericonv_remote::RemoteOptions::from_files(token_file, tls_ca, insecure_plaintext)?;
+    let mut plaintext = Vec::new();
+    let mut connect = |url: &String| -> vericonv::Result<Arc<dyn CloudBackend>> {
+        let remote = vericonv_remote::RemoteBackend::connect(std::slice::from_ref(url), opts.clone())?;
+        plaintext.extend(remote.plaintext_remote_endpoints().map(str::to_string));
+        Ok(Arc::new(remote))
     };
     let a = connect(&urls[0])?;
-    let b = urls.get(1).map(connect).transpose()?;
-    Ok(((a, b), urls.join(" + ")))
+    let b = urls.get(1).map(&mut connect).transpose()?;
+    Ok(Remote { clouds: (a, b), name: urls.join(" + "), plaintext })
+}
+
+/// Remote clouds, their names, and the endpoints reached in plaintext although not loopback
+/// (only with `insecure_plaintext`; every run warns of them).
+struct Remote {
+    clouds: OwnedPair,
+    name: String,
+    plaintext: Vec<String>,
 }
 
 /// A private model: its plan on the clouds and the quantized plaintext twin.
 #[pyclass(frozen, module = "vericonv._vericonv")]
 struct NativePrivate {
     model: Arc<TractModel>,
-    mean: Vec<f32>,
-    std: Vec<f32>,
+    input: InputSpec,
     plan: Plan,
     reference: Plan,
     exec: Arc<PrivateConvs>,
@@ -323,8 +311,7 @@ fn run_plan<'py>(
     py: Python<'py>,
     model: &TractModel,
     plan: &Plan,
-    mean: &[f32],
-    std: &[f32],
+    input: &InputSpec,
     x: PyReadonlyArrayDyn<'py, f32>,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let shape = model.image_shape();
@@ -333,11 +320,9 @@ fn run_plan<'py>(
         return Err(ConfigError::new_err(format!("an array of shape {dims:?}; the model takes N × {shape:?}")));
     }
     let mut images = x.as_slice().map_err(|_| ConfigError::new_err("the array must be C-contiguous"))?.to_vec();
-    let channels = shape.first().copied().unwrap_or(1);
-    let per_channel = shape.iter().skip(1).product::<usize>();
     let (logits, out_shape) = py
         .detach(|| {
-            normalise(&mut images, channels, per_channel, mean, std);
+            input.normalize(&mut images);
             // A panic inside the graph engine becomes an error, never a Python panic.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan.run(&images)))
                 .unwrap_or_else(|_| Err(vericonv::Error::Internal("the graph engine panicked".into())))
@@ -350,7 +335,7 @@ fn run_plan<'py>(
 impl NativePrivate {
     /// Private, verified logits of a batch.
     fn run<'py>(&self, py: Python<'py>, x: PyReadonlyArrayDyn<'py, f32>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-        run_plan(py, &self.model, &self.plan, &self.mean, &self.std, x)
+        run_plan(py, &self.model, &self.plan, &self.input, x)
     }
 
     /// The quantized plaintext model's logits of a batch, on the client.
@@ -359,7 +344,7 @@ impl NativePrivate {
         py: Python<'py>,
         x: PyReadonlyArrayDyn<'py, f32>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-        run_plan(py, &self.model, &self.reference, &self.mean, &self.std, x)
+        run_plan(py, &self.model, &self.reference, &self.input, x)
     }
 
     /// Per private layer so far: calls, verified, rejected, and the client's, the cloud's and

@@ -76,6 +76,27 @@ impl Default for RemoteOptions {
     }
 }
 
+impl RemoteOptions {
+    /// The default options with the bearer token read from `token_file`
+    /// ([`crate::read_token`]) and the PEM CA certificate from `tls_ca`, and `allow_plaintext`.
+    ///
+    /// # Errors
+    /// [`vericonv::Error::Io`] for a file that cannot be read; the errors of
+    /// [`crate::read_token`] for a bad token.
+    pub fn from_files(
+        token_file: Option<&std::path::Path>,
+        tls_ca: Option<&std::path::Path>,
+        allow_plaintext: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            token: token_file.map(crate::read_token).transpose()?,
+            tls_ca: tls_ca.map(|p| std::fs::read(p).map_err(|e| vericonv::Error::io(p, e))).transpose()?,
+            allow_plaintext,
+            ..Self::default()
+        })
+    }
+}
+
 impl std::fmt::Debug for RemoteOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteOptions")

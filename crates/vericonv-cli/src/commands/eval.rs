@@ -155,17 +155,11 @@ pub(crate) fn eval_tract(args: &EvalArgs, refused: &vericonv::Error) -> Result<(
     let (a, b) = (Arc::new(a), b.map(Arc::new));
     let clouds = (a.clone() as Arc<dyn CloudBackend>, b.clone().map(|b| b as Arc<dyn CloudBackend>));
     let opts = EvalOptions { batch: args.batch, private: p.private_config(false) };
-    let plane = h * w;
-    let at = |v: &[f32], ch: usize, default: f32| v.get(ch).or(v.first()).copied().unwrap_or(default);
+    let input = vericonv_model::InputSpec::of_shape(&[c, h, w], &mean, &std)?;
     let normalize = |images: &[f32]| -> Vec<f32> {
-        images
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| {
-                let ch = (i / plane) % c;
-                (v - at(&mean, ch, 0.0)) / at(&std, ch, 1.0)
-            })
-            .collect()
+        let mut x = images.to_vec();
+        input.normalize(&mut x);
+        x
     };
     let bar = ProgressBar::new(data.len() as u64);
     let mut report = vericonv_cli::eval::evaluate_tract(&model, &data, clouds, &opts, rng, normalize, |done| {

@@ -143,13 +143,11 @@ impl RemoteArgs {
         if urls.is_empty() {
             return Ok(None);
         }
-        let read = |p: &Path| std::fs::read(p).map_err(|e| vericonv::Error::io(p, e));
-        let opts = vericonv_remote::RemoteOptions {
-            token: self.token_file.as_deref().map(vericonv_remote::read_token).transpose()?,
-            tls_ca: self.tls_ca.as_deref().map(read).transpose()?,
-            allow_plaintext: self.insecure_plaintext,
-            ..vericonv_remote::RemoteOptions::default()
-        };
+        let opts = vericonv_remote::RemoteOptions::from_files(
+            self.token_file.as_deref(),
+            self.tls_ca.as_deref(),
+            self.insecure_plaintext,
+        )?;
         let remote = vericonv_remote::RemoteBackend::connect(urls, opts)?;
         for url in remote.plaintext_remote_endpoints() {
             eprintln!(
