@@ -106,11 +106,44 @@ fn the_whole_model_bench_checks_the_private_logits_and_times_every_engine() {
         assert_eq!(r.pad_offline_s.is_some_and(|s| s > 0.0), privacy.uses_pads(), "{r:?}");
         assert!(r.exact, "private logits equal the quantized model's");
         assert!(r.tract_s.is_some(), "tract ran the exported graph");
-        for v in [r.client_s, r.session_s, r.cloud_s, r.float_s, r.best_plaintext_s] {
+        assert_eq!(r.path, "native");
+        for v in [r.client_s, r.session_s, r.cloud_s, r.float_s.unwrap_or(0.0), r.best_plaintext_s] {
             assert!(v.is_finite() && v > 0.0, "{r:?}");
         }
-        assert!(r.client_quantize_s < r.client_s, "{r:?}");
+        assert!(r.client_quantize_s.is_some_and(|q| q < r.client_s), "{r:?}");
     }
+}
+
+/// `bench --model` on the tract path (a model the native importer refuses): the private logits
+/// checked against the quantized graph, the client, cloud and tract timed, in every mode.
+#[test]
+fn the_whole_model_bench_runs_the_tract_path_too() {
+    use std::sync::Arc;
+    use vericonv_cli::whole::{WholeOptions, run_whole_tract};
+    use vericonv_model::tract::TractModel;
+    let path = common::repo_root().join("data/zoo/silu_se.onnx");
+    if !path.is_file() {
+        common::skip_unless_required("VERICONV_REQUIRE_DATA", "data/zoo is missing: run scripts/export-zoo.py");
+        return;
+    }
+    let model = TractModel::open(&path, None, &vericonv_model::quant::QuantConfig::default()).expect("loads");
+    let onnx = std::fs::read(&path).expect("model");
+    for privacy in [Privacy::LowRank { rank: 2 }, Privacy::TwoServer, Privacy::Pad, Privacy::SplitModel] {
+        let opts = WholeOptions { batch: 3, threads: 1, privacy, reps: 2, seed: 5 };
+        let r = run_whole_tract(&model, &onnx, &opts, None, None, None).expect("measured");
+        assert!(r.exact && r.path == "tract", "{r:?}");
+        assert_eq!(r.pad_offline_s.is_some_and(|s| s > 0.0), privacy.uses_pads(), "{r:?}");
+        assert!(r.float_s.is_none() && r.client_quantize_s.is_none(), "{r:?}");
+        for v in [r.client_s, r.session_s, r.cloud_s, r.tract_s.unwrap_or(0.0), r.best_plaintext_s] {
+            assert!(v.is_finite() && v > 0.0, "{r:?}");
+        }
+        assert_eq!(r.best_plaintext, "tract");
+    }
+    // The clouds may be given: the same model on one cloud the caller made.
+    let cloud: Arc<dyn vericonv::cloud::CloudBackend> = Arc::new(vericonv::cloud::CpuBackend::new());
+    let opts = WholeOptions { batch: 2, threads: 1, privacy: Privacy::Pad, reps: 1, seed: 6 };
+    let r = run_whole_tract(&model, &onnx, &opts, Some((cloud, None)), None, None).expect("measured");
+    assert!(r.exact, "{r:?}");
 }
 
 #[cfg(feature = "gpu")]

@@ -35,6 +35,9 @@ pub struct WholeOptions {
 pub struct WholeRow {
     /// Model name.
     pub model: String,
+    /// Which client pipeline ran it: `native` (vericonv's own fused pass) or `tract` (tract's
+    /// graph, the convolutions private).
+    pub path: &'static str,
     /// The privacy mode.
     pub privacy: String,
     /// Images per batch.
@@ -43,10 +46,11 @@ pub struct WholeRow {
     pub threads: usize,
     /// The client's online work: the private forward pass minus the cloud's time.
     pub client_s: f64,
-    /// Of which quantization and re-scaling.
-    pub client_quantize_s: f64,
-    /// Of which non-linear layers.
-    pub client_nonlinear_s: f64,
+    /// Of which quantization and re-scaling (native path only).
+    pub client_quantize_s: Option<f64>,
+    /// Of which non-linear layers (native path only: on the tract path they are tract's nodes,
+    /// not timed apart).
+    pub client_nonlinear_s: Option<f64>,
     /// The client's work per phase, summed over layers and over images (so over threads, when
     /// images run in parallel): encryption, verification (the session kernels' fold included),
     /// decryption with the re-scaling and the layers fused into it, and the linear layers the
@@ -63,8 +67,8 @@ pub struct WholeRow {
     pub cloud_s: f64,
     /// tract on the same ONNX graph, inputs and threads.
     pub tract_s: Option<f64>,
-    /// vericonv's own float interpreter.
-    pub float_s: f64,
+    /// vericonv's own float interpreter (native path only).
+    pub float_s: Option<f64>,
     /// onnxruntime (`scripts/ort-baseline.py`), when it ran.
     pub onnxruntime_s: Option<f64>,
     /// The fastest plaintext engine.
@@ -186,59 +190,174 @@ pub fn run_whole(
             })
             .collect::<Result<Vec<_>>>()?,
     );
-    let tract_s = tract_time(onnx, opts, model, &x)?;
-    let mut engines: Vec<(&str, f64)> = vec![("vericonv float", float_s)];
-    engines.extend(tract_s.map(|t| ("tract", t)));
-    engines.extend(onnxruntime.map(|t| ("onnxruntime", t)));
-    let (best, best_s) = engines.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or(("none", f64::NAN));
-    // The phases of the pass whose client time was the median.
-    let median_phases = {
-        let mut order: Vec<usize> = (0..client.len()).collect();
-        order.sort_by(|&a, &b| client[a].total_cmp(&client[b]));
-        order.get(order.len() / 2).map_or_else(ClientPhases::default, |&i| phases[i])
-    };
-    let client_s = median(client);
-    if !exact {
-        return Err(Error::Internal(format!("{}: private logits differ from the quantized model's", model.name())));
-    }
-    Ok(WholeRow {
-        model: model.name().to_string(),
-        privacy: opts.privacy.label(),
-        batch: opts.batch,
-        threads: opts.threads,
-        client_s,
-        client_quantize_s: median(quantize),
-        client_nonlinear_s: median(nonlinear),
-        client_phases_s: median_phases,
-        session_s: session.as_secs_f64(),
-        pad_offline_s: pad.then(|| median(offline)),
-        cloud_s: median(cloud),
-        tract_s,
-        float_s,
-        onnxruntime_s: onnxruntime,
-        best_plaintext: best.to_string(),
-        best_plaintext_s: best_s,
-        speedup: best_s / client_s,
-        exact,
-    })
+    let i = model.input();
+    let tract_s = tract_time(onnx, &[opts.batch, i.channels, i.height, i.width], opts, &x)?;
+    let passes = Passes { client, cloud, phases, offline: pad.then_some(offline) };
+    let mut row = passes.row(model.name(), opts, session, exact, tract_s, Some(float_s), onnxruntime)?;
+    row.client_quantize_s = Some(median(quantize));
+    row.client_nonlinear_s = Some(median(nonlinear));
+    Ok(row)
 }
 
+/// The measured passes of one configuration, per pass.
+struct Passes {
+    client: Vec<f64>,
+    cloud: Vec<f64>,
+    phases: Vec<ClientPhases>,
+    offline: Option<Vec<f64>>,
+}
+
+impl Passes {
+    /// The row of these passes against the plaintext engines that ran; an error when the
+    /// private logits were not the quantized model's.
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        self,
+        model: &str,
+        opts: &WholeOptions,
+        session: Duration,
+        exact: bool,
+        tract_s: Option<f64>,
+        float_s: Option<f64>,
+        onnxruntime: Option<f64>,
+    ) -> Result<WholeRow> {
+        if !exact {
+            return Err(Error::Internal(format!("{model}: private logits differ from the quantized model's")));
+        }
+        let mut engines: Vec<(&str, f64)> = Vec::new();
+        engines.extend(float_s.map(|t| ("vericonv float", t)));
+        engines.extend(tract_s.map(|t| ("tract", t)));
+        engines.extend(onnxruntime.map(|t| ("onnxruntime", t)));
+        let (best, best_s) = engines.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or(("none", f64::NAN));
+        // The phases of the pass whose client time was the median.
+        let median_phases = {
+            let mut order: Vec<usize> = (0..self.client.len()).collect();
+            order.sort_by(|&a, &b| self.client[a].total_cmp(&self.client[b]));
+            order.get(order.len() / 2).map_or_else(ClientPhases::default, |&i| self.phases[i])
+        };
+        let client_s = median(self.client);
+        Ok(WholeRow {
+            model: model.to_string(),
+            path: if float_s.is_some() { "native" } else { "tract" },
+            privacy: opts.privacy.label(),
+            batch: opts.batch,
+            threads: opts.threads,
+            client_s,
+            client_quantize_s: None,
+            client_nonlinear_s: None,
+            client_phases_s: median_phases,
+            session_s: session.as_secs_f64(),
+            pad_offline_s: self.offline.map(median),
+            cloud_s: median(self.cloud),
+            tract_s,
+            float_s,
+            onnxruntime_s: onnxruntime,
+            best_plaintext: best.to_string(),
+            best_plaintext_s: best_s,
+            speedup: best_s / client_s,
+            exact,
+        })
+    }
+}
+
+/// [`run_whole`] for a model on the tract path (`vericonv_model::tract`): tract runs the graph
+/// on the client, each convolution is private on `clouds` (`None`: CPU backends with the same
+/// threads). The client's time is the private pass minus the clouds' time; the plaintext
+/// engines are tract on the same graph and onnxruntime (`onnxruntime`, if it ran).
+///
+/// # Errors
+/// As [`run_whole`].
 #[cfg(feature = "tract")]
-fn tract_time(onnx: &[u8], opts: &WholeOptions, model: &Model, x: &[f32]) -> Result<Option<f64>> {
-    let i = model.input();
-    let shape = [opts.batch, i.channels, i.height, i.width];
-    let plan = crate::bench::TractPlan::from_onnx(onnx, &shape)?;
-    plan.run(&shape, x, opts.threads)?;
+pub fn run_whole_tract(
+    model: &vericonv_model::tract::TractModel,
+    onnx: &[u8],
+    opts: &WholeOptions,
+    clouds: Option<vericonv_model::tract::OwnedClouds>,
+    pads_on: Option<&dyn CloudBackend>,
+    onnxruntime: Option<f64>,
+) -> Result<WholeRow> {
+    use std::sync::Arc;
+    use vericonv_model::tract::{ConvExecutor, PrivateConvs, Reference};
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .build()
+        .map_err(|e| Error::Internal(format!("thread pool: {e}")))?;
+    let mut rng = seeded_rng(opts.seed);
+    let image_len: usize = model.image_shape().iter().product();
+    let x: Vec<f32> = (0..opts.batch * image_len).map(|_| rng.random_range(0.0..1.0)).collect();
+    let cpu = || CpuBackend::with_threads(opts.threads).map(|c| Arc::new(c) as Arc<dyn CloudBackend>);
+    let clouds = match clouds {
+        Some(c) => c,
+        None => (cpu()?, if opts.privacy.clouds() == 2 { Some(cpu()?) } else { None }),
+    };
+    let own = CpuBackend::with_threads(opts.threads)?;
+    let own: &dyn CloudBackend = pads_on.unwrap_or(&own);
+    let cfg = PrivateConfig { privacy: opts.privacy, ..PrivateConfig::default() };
+    let exec = Arc::new(PrivateConvs::new(clouds, cfg, seeded_rng(opts.seed ^ 0x5e55))?);
+    let private = model.plan(Some(exec.clone() as Arc<dyn ConvExecutor>))?;
+    let reference = model.plan(Some(Arc::new(Reference)))?;
+    // The session: keys and K' of every layer.
+    let session = pool.install(|| exec.prepare(model, 0, own))?;
+    let (want, _) = pool.install(|| reference.run(&x))?;
+    let pad = opts.privacy.uses_pads();
+    let mut offline = Vec::new();
+    // Each pass first draws its batch's pads offline (modes pad and split-model); the warm-up
+    // pass is checked against the quantized model.
+    let pass = |offline: &mut Vec<f64>| -> Result<(Vec<f32>, f64, f64, ClientPhases)> {
+        let drawn = pool.install(|| exec.prepare(model, opts.batch, own))?;
+        if pad {
+            offline.push(drawn.as_secs_f64());
+        }
+        let before = exec.stats();
+        let t = Instant::now();
+        let (logits, _) = pool.install(|| private.run(&x))?;
+        let wall = t.elapsed();
+        let after = exec.stats();
+        let total = |f: fn(&vericonv::client::Timings) -> Duration, s: &[vericonv_model::LayerStats]| {
+            s.iter().map(|l| f(&l.timings)).sum::<Duration>().as_secs_f64()
+        };
+        let delta = |f: fn(&vericonv::client::Timings) -> Duration| total(f, &after) - total(f, &before);
+        let cloud = delta(|t| t.cloud);
+        let phases = ClientPhases {
+            encrypt: delta(|t| t.encrypt),
+            verify: delta(|t| t.verify),
+            decrypt: delta(|t| t.decrypt),
+            local: 0.0,
+        };
+        Ok((logits, (wall.as_secs_f64() - cloud).max(0.0), cloud, phases))
+    };
+    let (first, ..) = pass(&mut Vec::new())?;
+    let exact = first.len() == want.len() && first.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+    let (mut client, mut cloud, mut phases) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.reps.max(1) {
+        let (_, c, cl, ph) = pass(&mut offline)?;
+        client.push(c);
+        cloud.push(cl);
+        phases.push(ph);
+    }
+    let mut shape = vec![opts.batch];
+    shape.extend(model.image_shape());
+    let tract_s = tract_time(onnx, &shape, opts, &x)?;
+    let passes = Passes { client, cloud, phases, offline: pad.then_some(offline) };
+    passes.row(model.name(), opts, session, exact, tract_s, None, onnxruntime)
+}
+
+/// tract's time on the ONNX graph `onnx` for input `x` of `shape`, the median of the passes
+/// after a warm-up.
+#[cfg(feature = "tract")]
+fn tract_time(onnx: &[u8], shape: &[usize], opts: &WholeOptions, x: &[f32]) -> Result<Option<f64>> {
+    let plan = crate::bench::TractPlan::from_onnx(onnx, shape)?;
+    plan.run(shape, x, opts.threads)?;
     let times = (0..opts.reps.max(1))
         .map(|_| {
             let t = Instant::now();
-            plan.run(&shape, x, opts.threads).map(|_| t.elapsed().as_secs_f64())
+            plan.run(shape, x, opts.threads).map(|_| t.elapsed().as_secs_f64())
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Some(median(times)))
 }
 
 #[cfg(not(feature = "tract"))]
-fn tract_time(_: &[u8], _: &WholeOptions, _: &Model, _: &[f32]) -> Result<Option<f64>> {
+fn tract_time(_: &[u8], _: &[usize], _: &WholeOptions, _: &[f32]) -> Result<Option<f64>> {
     Ok(None)
 }

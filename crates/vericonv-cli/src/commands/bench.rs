@@ -73,6 +73,14 @@ pub(crate) struct BenchArgs {
     /// client's whole private pipeline against tract, onnxruntime and vericonv's float model.
     #[arg(long)]
     pub(crate) model: Option<PathBuf>,
+    /// With --model: run it on the tract path (tract's graph, the convolutions private) even when
+    /// the native pipeline covers it. A model the native importer refuses runs there anyway.
+    #[arg(long)]
+    pub(crate) tract: bool,
+    /// With --model on the tract path: one input's shape, e.g. 3,224,224, for a model that
+    /// leaves dimensions dynamic.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) input_shape: Option<Vec<usize>>,
     /// With --cloud: concurrent clients.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
     pub(crate) clients: usize,
@@ -359,17 +367,41 @@ pub(crate) fn onnxruntime_time(onnx: &Path, batch: usize, threads: usize, reps: 
 /// `vericonv bench --model`: a whole network end to end.
 pub(crate) fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv::Error> {
     use vericonv_cli::whole::{WholeOptions, run_whole};
-    let model = load_model(path, &NormArgs { mean: None, std: None })?;
+    let is_onnx = path.extension().is_some_and(|e| e == "onnx");
+    let native = if args.tract && is_onnx {
+        None
+    } else {
+        match load_model(path, &NormArgs { mean: None, std: None }) {
+            Ok(model) => Some(model),
+            // A graph whose operators the native importer does not know runs on tract.
+            Err(e @ vericonv::Error::Unsupported(_)) if is_onnx && cfg!(feature = "tract") => {
+                eprintln!("the native importer refuses {} ({e}); running it on tract", path.display());
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let out = args.out_dir()?;
     // tract and onnxruntime read the model as ONNX: the file itself, or the native model exported.
-    let onnx_path = if path.extension().is_some_and(|e| e == "onnx") {
-        path.to_path_buf()
-    } else {
-        let p = out.join(format!("{}.onnx", file_safe(model.name())));
-        vericonv_model::onnx::import::write_model(&model, &p)?;
-        p
+    let onnx_path = match &native {
+        Some(model) if !is_onnx => {
+            let p = out.join(format!("{}.onnx", file_safe(model.name())));
+            vericonv_model::onnx::import::write_model(model, &p)?;
+            p
+        }
+        _ => path.to_path_buf(),
     };
     let onnx = std::fs::read(&onnx_path).map_err(|e| vericonv::Error::io(&onnx_path, e))?;
+    let on_tract = open_tract(args, path, native.is_none())?;
+    let (name, shape) = match (&native, &on_tract) {
+        (Some(m), _) => (m.name().to_string(), vec![m.input().channels, m.input().height, m.input().width]),
+        (None, Some(t)) => name_and_shape(t),
+        (None, None) => {
+            return Err(vericonv::Error::Unsupported(
+                "a model the native importer refuses, without the tract feature".into(),
+            ));
+        }
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads: Vec<usize> = args.threads.iter().map(|&t| if t == 0 { cores } else { t }).collect();
     threads.dedup();
@@ -381,12 +413,10 @@ pub(crate) fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv:
         eprintln!("{LOWRANK_WARNING}");
     }
     println!(
-        "vericonv bench --model {}: {} ({}×{}×{} input); times per batch, speed-up against the fastest plaintext engine",
+        "vericonv bench --model {}: {name} ({} input) on the {} path; times per batch, speed-up against the fastest plaintext engine",
         path.display(),
-        model.name(),
-        model.input().channels,
-        model.input().height,
-        model.input().width
+        shape.iter().map(ToString::to_string).collect::<Vec<_>>().join("×"),
+        if native.is_some() { "native" } else { "tract" },
     );
     println!(
         "{:<18} {:>5} {:>3} | {:>11} {:>11} {:>11} | {:>11} {:>11} {:>11} | {:>11} {:>8} | {:>11}",
@@ -408,7 +438,10 @@ pub(crate) fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv:
     // --backend gpu: the cloud on the GPU (two backends on the device in mode two-server);
     // the CPU cloud otherwise.
     let gpu = match args.backend {
-        BenchBackend::Gpu => Some((select_backend(BackendChoice::Gpu)?.0, select_backend(BackendChoice::Gpu)?.0)),
+        BenchBackend::Gpu => {
+            let gpu = || select_backend(BackendChoice::Gpu).map(|b| std::sync::Arc::<dyn CloudBackend>::from(b.0));
+            Some((gpu()?, gpu()?))
+        }
         BenchBackend::Cpu => None,
     };
     if let Some((a, _)) = &gpu {
@@ -430,18 +463,25 @@ pub(crate) fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv:
             let clouds = gpu.as_ref().map(|(a, b)| (a.as_ref(), b.as_ref()));
             for &p in &privacy {
                 let opts = WholeOptions { batch, threads: t, privacy: p, reps: args.reps, seed: args.seed };
-                let r = run_whole(&model, &onnx, &opts, clouds, pads_gpu.as_deref(), ort)?;
+                let r = match (&native, &on_tract) {
+                    (Some(model), _) => run_whole(model, &onnx, &opts, clouds, pads_gpu.as_deref(), ort)?,
+                    (None, Some(model)) => {
+                        let clouds = gpu.as_ref().map(|(a, b)| (a.clone(), (p.clouds() == 2).then(|| b.clone())));
+                        whole_on_tract(model, &onnx, &opts, clouds, pads_gpu.as_deref(), ort)?
+                    }
+                    (None, None) => unreachable!("checked above"),
+                };
                 println!(
                     "{:<18} {:>5} {:>3} | {:>11} {:>11} {:>11} | {} {} {:>11} | {:>11} {:>7.2}x | {:>11}",
                     r.privacy,
                     r.batch,
                     r.threads,
                     s(r.client_s),
-                    s(r.client_quantize_s),
+                    opt(r.client_quantize_s),
                     s(r.session_s),
                     opt(r.tract_s),
                     opt(r.onnxruntime_s),
-                    s(r.float_s),
+                    opt(r.float_s),
                     r.best_plaintext,
                     r.speedup,
                     s(r.cloud_s)
@@ -453,8 +493,8 @@ pub(crate) fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv:
                     s(ph.encrypt).trim(),
                     s(ph.verify).trim(),
                     s(ph.decrypt).trim(),
-                    s(r.client_quantize_s).trim(),
-                    s(r.client_nonlinear_s).trim(),
+                    opt(r.client_quantize_s).trim(),
+                    opt(r.client_nonlinear_s).trim(),
                     s(ph.local).trim()
                 );
                 if let Some(offline) = r.pad_offline_s {
@@ -474,6 +514,68 @@ pub(crate) fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv:
         out.display()
     );
     Ok(())
+}
+
+/// The model on the tract path, when `bench --model` runs it there (`refused`: the native
+/// importer refused it; else only with `--tract`).
+#[cfg(feature = "tract")]
+fn open_tract(
+    args: &BenchArgs,
+    path: &Path,
+    refused: bool,
+) -> Result<Option<vericonv_model::tract::TractModel>, vericonv::Error> {
+    if !(refused || args.tract) {
+        return Ok(None);
+    }
+    let cfg = vericonv_model::quant::QuantConfig::default();
+    vericonv_model::tract::TractModel::open(path, args.input_shape.as_deref(), &cfg).map(Some)
+}
+
+#[cfg(not(feature = "tract"))]
+fn open_tract(args: &BenchArgs, _: &Path, _: bool) -> Result<Option<std::convert::Infallible>, vericonv::Error> {
+    if args.tract {
+        return Err(vericonv::Error::Unsupported("--tract without the tract feature".into()));
+    }
+    Ok(None)
+}
+
+/// The clouds of a model on the tract path: one, or two.
+type OwnedClouds = (std::sync::Arc<dyn CloudBackend>, Option<std::sync::Arc<dyn CloudBackend>>);
+
+/// A model's name and one input's shape, on the tract path.
+#[cfg(feature = "tract")]
+fn name_and_shape(model: &vericonv_model::tract::TractModel) -> (String, Vec<usize>) {
+    (model.name().to_string(), model.image_shape().to_vec())
+}
+
+#[cfg(not(feature = "tract"))]
+fn name_and_shape(model: &std::convert::Infallible) -> (String, Vec<usize>) {
+    match *model {}
+}
+
+/// One configuration of a model on the tract path (`clouds`: `None` for CPU clouds).
+#[cfg(feature = "tract")]
+fn whole_on_tract(
+    model: &vericonv_model::tract::TractModel,
+    onnx: &[u8],
+    opts: &vericonv_cli::whole::WholeOptions,
+    clouds: Option<OwnedClouds>,
+    pads_on: Option<&dyn CloudBackend>,
+    ort: Option<f64>,
+) -> Result<vericonv_cli::whole::WholeRow, vericonv::Error> {
+    vericonv_cli::whole::run_whole_tract(model, onnx, opts, clouds, pads_on, ort)
+}
+
+#[cfg(not(feature = "tract"))]
+fn whole_on_tract(
+    model: &std::convert::Infallible,
+    _: &[u8],
+    _: &vericonv_cli::whole::WholeOptions,
+    _: Option<OwnedClouds>,
+    _: Option<&dyn CloudBackend>,
+    _: Option<f64>,
+) -> Result<vericonv_cli::whole::WholeRow, vericonv::Error> {
+    match *model {}
 }
 
 /// `vericonv bench --cloud`: the remote cloud under load.

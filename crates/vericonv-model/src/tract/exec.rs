@@ -2,26 +2,43 @@
 //! the private protocol on untrusted clouds ([`PrivateConvs`]).
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use vericonv::client::{LayerConfig, PrivateConv};
+use rayon::prelude::*;
+use vericonv::client::{CallBuffers, LayerConfig, PrivateConv};
 use vericonv::cloud::{CloudBackend, Clouds};
 use vericonv::keys::KeyRng;
 use vericonv::{Error, Result};
 
-use super::PrivateLayer;
+use super::{PrivateLayer, TractModel};
+use crate::exec::MIN_TASK;
 use crate::private::{LayerStats, PrivateConfig};
 use crate::quant::{QuantInput, qmax};
+
+/// What becomes of a private layer's exact integers: `epilogue(plane, range, ints, out)` writes
+/// the elements `range` of output plane `plane` (`b·Cout + o`) from their integers (bias
+/// excluded), as [`PrivateConv::run_into`] takes it.
+pub type Epilogue<'a> = dyn Fn(usize, Range<usize>, &[i32], &mut [f32]) + Sync + 'a;
 
 /// The source of a private layer's exact integers `Σ w_q·x_q` (bias excluded).
 pub trait ConvExecutor: Send + Sync {
     /// The integers of `layer` for `batch` images of quantized input `x`
-    /// (`batch × Cin × H × W`), `batch × Cout × Ho × Wo`.
+    /// (`batch × Cin × H × W`), handed to `epilogue` plane piece by plane piece, which writes
+    /// `out` (`batch × Cout × Ho × Wo`).
     ///
     /// # Errors
     /// Whatever the executor can fail with (for the private one: the clouds' errors and
     /// verification failures; nothing of a rejected answer is ever decrypted).
-    fn conv(&self, layer: &PrivateLayer, x: QuantInput<'_>, batch: usize) -> Result<Vec<i32>>;
+    fn conv(
+        &self,
+        layer: &PrivateLayer,
+        x: QuantInput<'_>,
+        batch: usize,
+        out: &mut [f32],
+        epilogue: &Epilogue<'_>,
+    ) -> Result<()>;
 
     /// One line for graph dumps.
     fn describe(&self) -> String;
@@ -32,11 +49,26 @@ pub trait ConvExecutor: Send + Sync {
 pub struct Reference;
 
 impl ConvExecutor for Reference {
-    fn conv(&self, layer: &PrivateLayer, x: QuantInput<'_>, batch: usize) -> Result<Vec<i32>> {
-        Ok(match x {
+    fn conv(
+        &self,
+        layer: &PrivateLayer,
+        x: QuantInput<'_>,
+        batch: usize,
+        out: &mut [f32],
+        epilogue: &Epilogue<'_>,
+    ) -> Result<()> {
+        let acc = match x {
             QuantInput::Bits8(x) => layer.quant.compute(x, batch),
             QuantInput::Bits16(x) => layer.quant.compute(x, batch),
-        })
+        };
+        vericonv::geometry::Conv2d::check_len("output", acc.len(), out.len())?;
+        let n = layer.quant.geom.n();
+        out.par_chunks_mut(n)
+            .zip(acc.par_chunks(n))
+            .with_min_len(MIN_TASK.div_ceil(n))
+            .enumerate()
+            .for_each(|(plane, (out, acc))| epilogue(plane, 0..n, acc, out));
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -60,6 +92,8 @@ struct State {
     rng: KeyRng,
     layers: HashMap<usize, PrivateConv>,
     stats: HashMap<usize, LayerStats>,
+    /// Working memory reused by every call (the tensor sent, the answers' buffers).
+    bufs: CallBuffers,
 }
 
 impl std::fmt::Debug for PrivateConvs {
@@ -84,7 +118,7 @@ impl PrivateConvs {
         {
             return Err(Error::SameCloudTwice(a.name()));
         }
-        let state = State { rng, layers: HashMap::new(), stats: HashMap::new() };
+        let state = State { rng, layers: HashMap::new(), stats: HashMap::new(), bufs: CallBuffers::default() };
         Ok(Self { clouds, cfg, state: Mutex::new(state) })
     }
 
@@ -97,14 +131,18 @@ impl PrivateConvs {
     }
 }
 
-impl ConvExecutor for PrivateConvs {
-    fn conv(&self, layer: &PrivateLayer, x: QuantInput<'_>, _batch: usize) -> Result<Vec<i32>> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let State { rng, layers, stats } = &mut *state;
-        let q = &layer.quant;
-        let conv = match layers.entry(layer.index) {
+impl PrivateConvs {
+    /// The session of `layer`, made on first use.
+    fn session<'s>(
+        &self,
+        layers: &'s mut HashMap<usize, PrivateConv>,
+        layer: &PrivateLayer,
+        rng: &mut KeyRng,
+    ) -> Result<&'s mut PrivateConv> {
+        Ok(match layers.entry(layer.index) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
+                let q = &layer.quant;
                 let lc = LayerConfig {
                     name: q.name.clone(),
                     privacy: self.cfg.privacy,
@@ -115,9 +153,47 @@ impl ConvExecutor for PrivateConvs {
                 };
                 e.insert(PrivateConv::new(q.geom, &q.weight, None, lc, rng)?)
             }
-        };
+        })
+    }
+
+    /// Prepares every private layer of `model` for `images` more images ahead of the calls:
+    /// makes each layer's session (keys, `K'`) and, in modes `pad` and `split-model`, draws
+    /// the pads those images need on `own`, the client's own backend. Returns the time it took
+    /// (offline work: the calls then only send, verify and unmask).
+    ///
+    /// # Errors
+    /// The errors of [`PrivateConv::new`] and [`PrivateConv::refill_pads`].
+    pub fn prepare(&self, model: &TractModel, images: usize, own: &dyn CloudBackend) -> Result<Duration> {
+        let start = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let State { rng, layers, .. } = &mut *state;
+        for layer in model.private_layers() {
+            let conv = self.session(layers, layer, rng)?;
+            if self.cfg.privacy.uses_pads() {
+                let missing = images.saturating_sub(conv.pads_available());
+                if missing > 0 {
+                    conv.refill_pads(missing, own, rng)?;
+                }
+            }
+        }
+        Ok(start.elapsed())
+    }
+}
+
+impl ConvExecutor for PrivateConvs {
+    fn conv(
+        &self,
+        layer: &PrivateLayer,
+        x: QuantInput<'_>,
+        _batch: usize,
+        out: &mut [f32],
+        epilogue: &Epilogue<'_>,
+    ) -> Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let State { rng, layers, stats, bufs } = &mut *state;
+        let conv = self.session(layers, layer, rng)?;
         let st = stats.entry(layer.index).or_insert_with(|| LayerStats {
-            name: q.name.clone(),
+            name: layer.quant.name.clone(),
             outsourced: true,
             ..LayerStats::default()
         });
@@ -126,12 +202,16 @@ impl ConvExecutor for PrivateConvs {
             (a, None) => Clouds::One(&**a),
         };
         st.calls += 1;
-        match conv.run(clouds, &x.to_i32(), rng) {
-            Ok((y, t)) => {
+        let ran = match x {
+            QuantInput::Bits8(x) => conv.run_into(clouds, x, rng, bufs, out, &epilogue),
+            QuantInput::Bits16(x) => conv.run_into(clouds, x, rng, bufs, out, &epilogue),
+        };
+        match ran {
+            Ok(t) => {
                 st.verified += 1;
                 st.timings += t;
                 st.offline += t.offline;
-                Ok(y)
+                Ok(())
             }
             Err(e) => {
                 if matches!(e, Error::VerificationFailed { .. } | Error::MalformedAnswer { .. }) {

@@ -9,7 +9,7 @@ use tract_onnx::tract_core::ops::cnn::{Conv, Deconv};
 
 use super::{ConvExecutor, PrivateLayer};
 use crate::exec::{Act, Tail};
-use crate::quant::{Epilogue, QuantInput, qmax, quantize_image};
+use crate::quant::{Epilogue, QuantInput, Quantized, qmax, quantize_image};
 
 /// The tract operator a private one replaces: its output facts are the private one's.
 #[derive(Clone, Debug)]
@@ -91,42 +91,62 @@ impl EvalOp for PrivateConvOp {
         let input = args_1!(inputs);
         let q = &self.layer.quant;
         let g = &q.geom;
-        let x: Vec<f32> = input.to_plain_array_view::<f32>()?.iter().copied().collect();
-        let x = match self.layer.spread {
+        let spread_input;
+        let x: &[f32] = match self.layer.spread {
             Some((sh, sw)) => {
                 let shape = input.shape();
                 let (h, w) = if self.layer.one_d { (1, shape[2]) } else { (shape[2], shape[3]) };
                 ensure!(h > 0 && w > 0, "{}: an empty input", q.name);
-                spread(&x, shape[0] * shape[1], (h, w), (sh, sw))
+                spread_input =
+                    spread(input.try_as_plain_ram()?.as_slice::<f32>()?, shape[0] * shape[1], (h, w), (sh, sw));
+                &spread_input
             }
-            None => x,
+            None => input.try_as_plain_ram()?.as_slice::<f32>()?,
         };
         let per = g.image_len();
         ensure!(per > 0 && x.len().is_multiple_of(per), "{}: input of {} values", q.name, x.len());
         let batch = x.len() / per;
-        // Each image quantized with its own scale, exactly as the native pipeline does.
-        let bits = self.layer.act_bits;
-        let mut xq = vec![0i16; x.len()];
-        let mut scales = Vec::with_capacity(batch);
-        for (img, out) in x.chunks_exact(per).zip(xq.chunks_exact_mut(per)) {
-            scales.push(quantize_image(img, None, qmax(bits), out));
-        }
-        let acc = self.exec.conv(&self.layer, QuantInput::Bits16(&xq), batch).map_err(TractError::from)?;
-        let n_out = g.output_image_len();
-        ensure!(acc.len() == batch * n_out, "{}: {} integers for {batch} images", q.name, acc.len());
-        let mut y = vec![0f32; acc.len()];
-        let tail = Tail { residual: None, act: Act::Identity };
-        for (b, (acc, out)) in acc.chunks_exact(n_out).zip(y.chunks_exact_mut(n_out)).enumerate() {
-            Epilogue::new(scales[b], q, tail).apply_image(0, acc, out);
-        }
         let mut shape = vec![batch, g.cout()];
         if self.layer.one_d {
             shape.push(g.wo());
         } else {
             shape.extend([g.ho(), g.wo()]);
         }
-        Ok(tvec!(Tensor::from_shape(&shape, &y)?.into()))
+        let mut y = Tensor::zero::<f32>(&shape)?;
+        // Each image quantized with its own scale, exactly as the native pipeline does, into 8
+        // bits when they suffice; the re-scaling fused into decryption.
+        let (bits, cout) = (self.layer.act_bits, g.cout());
+        let tail = Tail { residual: None, act: Act::Identity };
+        let mut view = y.try_as_plain_ram_mut()?;
+        let out = view.as_slice_mut::<f32>()?;
+        let run = |xq: QuantInput<'_>, scales: Vec<f32>, out: &mut [f32]| {
+            let epilogues: Vec<Epilogue<'_>> = scales.into_iter().map(|s| Epilogue::new(s, q, tail)).collect();
+            let epilogue = |plane: usize, range: std::ops::Range<usize>, ints: &[i32], out: &mut [f32]| {
+                epilogues[plane / cout].apply(plane, range, ints, out);
+            };
+            self.exec.conv(&self.layer, xq, batch, out, &epilogue).map_err(TractError::from)
+        };
+        if bits <= 8 {
+            let (xq, scales) = quantize_batch::<i8>(x, per, bits);
+            run(QuantInput::Bits8(&xq), scales, out)?;
+        } else {
+            let (xq, scales) = quantize_batch::<i16>(x, per, bits);
+            run(QuantInput::Bits16(&xq), scales, out)?;
+        }
+        Ok(tvec!(y.into()))
     }
+}
+
+/// `x`, whole images of `per` values, quantized to `bits` each with its own scale: the
+/// integers and the scales.
+fn quantize_batch<Q: Quantized + Default + Clone>(x: &[f32], per: usize, bits: u32) -> (Vec<Q>, Vec<f32>) {
+    let mut xq = vec![Q::default(); x.len()];
+    let scales = x
+        .chunks_exact(per)
+        .zip(xq.chunks_exact_mut(per))
+        .map(|(img, out)| quantize_image(img, None, qmax(bits), out))
+        .collect();
+    (xq, scales)
 }
 
 impl TypedOp for PrivateConvOp {
