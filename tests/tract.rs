@@ -13,12 +13,12 @@ use vericonv_model::quant::QuantConfig;
 use vericonv_model::tract::{ConvExecutor, PrivateConvs, Reference, TractModel};
 use vericonv_model::{Model, PrivateConfig, argmax};
 
-/// The committed LeNet-5 as an ONNX file in `dir`, and the 16 demo images normalized as the
-/// native model normalizes them.
-fn lenet_onnx(dir: &std::path::Path) -> (Model, std::path::PathBuf, Vec<f32>, Vec<usize>) {
+/// The committed MNIST model `name` as an ONNX file in `dir`, and the 16 demo images normalized
+/// as the native model normalizes them.
+fn committed_onnx(dir: &std::path::Path, name: &str) -> (Model, std::path::PathBuf, Vec<f32>, Vec<usize>) {
     let root = common::repo_root();
-    let model = Model::load(root.join("models/lenet5-mnist.json")).expect("model");
-    let path = dir.join("lenet5.onnx");
+    let model = Model::load(root.join(format!("models/{name}.json"))).expect("model");
+    let path = dir.join(format!("{name}.onnx"));
     let proto = vericonv_model::onnx::import::export_model(&model);
     std::fs::write(&path, prost::Message::encode_to_vec(&proto)).expect("write");
     let data = Dataset::from_idx(
@@ -45,7 +45,7 @@ fn lenet_onnx(dir: &std::path::Path) -> (Model, std::path::PathBuf, Vec<f32>, Ve
 #[test]
 fn lenet_through_tract_private_equals_quantized_in_every_mode() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let (native, path, x, labels) = lenet_onnx(dir.path());
+    let (native, path, x, labels) = committed_onnx(dir.path(), "lenet5-mnist");
     let tm = TractModel::open(&path, None, &QuantConfig::default()).expect("tract loads the export");
     let names: Vec<&str> = tm.private_layers().map(|l| l.quant.name.as_str()).collect();
     assert_eq!(names.len(), 2, "both convolutions are private: {names:?}");
@@ -99,10 +99,49 @@ fn lenet_through_tract_private_equals_quantized_in_every_mode() {
     }
 }
 
+/// A residual network through tract: each block's `Add` and ReLU run inside the private
+/// operator's re-scaling pass (as in the native pipeline), and the result is still the float
+/// model's up to quantization, private bit-identical to quantized.
+#[test]
+fn residual_adds_and_relus_fuse_into_the_private_operators() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (_, path, x, labels) = committed_onnx(dir.path(), "resnet-mnist");
+    let tm = TractModel::open(&path, None, &QuantConfig::default()).expect("tract loads the export");
+    let (float, _) = tm.plan(None).expect("float plan").run(&x).expect("float");
+    let plan = tm.plan(Some(Arc::new(Reference))).expect("plan");
+    // Three residual blocks: three Adds, and a ReLU after the stem, each block's first
+    // convolution and each block's Add.
+    assert_eq!(plan.fused(), (3, 7), "residual Adds and ReLUs fused");
+    let (quant, _) = plan.run(&x).expect("quantized");
+    // The same values as with every node on its own, bit for bit.
+    let unfused = tm.plan_unfused(Some(Arc::new(Reference))).expect("plan");
+    assert_eq!(unfused.fused(), (0, 0));
+    let (separate, _) = unfused.run(&x).expect("quantized, unfused");
+    assert!(quant.iter().zip(&separate).all(|(a, b)| a.to_bits() == b.to_bits()), "fusion changed the logits");
+    // 8-bit quantization of a net trained for two epochs moves the logits by a few percent
+    // of the largest (the native pipeline: 4%), never more.
+    let scale = float.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let drift = quant.iter().zip(&float).map(|(q, f)| (q - f).abs()).fold(0f32, f32::max) / scale;
+    assert!(drift < 0.1, "quantized logits drift {drift} of the largest from the float ones");
+    let correct = argmax(&quant, 10).iter().zip(&labels).filter(|(p, l)| p == l).count();
+    assert!(correct >= 15, "quantized accuracy {correct}/16");
+    for privacy in [Privacy::Pad, Privacy::TwoServer] {
+        let a: Arc<dyn CloudBackend> = Arc::new(CpuBackend::new());
+        let b = (privacy.clouds() == 2).then(|| Arc::new(CpuBackend::new()) as Arc<dyn CloudBackend>);
+        let cfg = PrivateConfig { privacy, ..PrivateConfig::default() };
+        let exec = Arc::new(PrivateConvs::new((a, b), cfg, seeded_rng(12)).expect("executor"));
+        let private = tm.plan(Some(exec as Arc<dyn ConvExecutor>)).expect("plan");
+        assert_eq!(private.fused(), (3, 7));
+        let (got, _) = private.run(&x).expect("private");
+        assert!(got.iter().zip(&quant).all(|(p, q)| p.to_bits() == q.to_bits()), "{}", privacy.label());
+    }
+    println!("resnet-mnist through tract: 3 Adds and 7 ReLUs fused; quantized drift {drift:.4}; {correct}/16 correct");
+}
+
 #[test]
 fn a_lying_cloud_is_caught_through_the_tract_graph() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let (_, path, x, _) = lenet_onnx(dir.path());
+    let (_, path, x, _) = committed_onnx(dir.path(), "lenet5-mnist");
     let tm = TractModel::open(&path, None, &QuantConfig::default()).expect("loads");
     for strategy in [Tamper::AddOne, Tamper::OtherInput] {
         let liar: Arc<dyn CloudBackend> = Arc::new(TamperingBackend::new(CpuBackend::new(), &[strategy], 1.0, 3));
@@ -186,6 +225,8 @@ fn torch_exports_load_and_run_privately_bit_for_bit() {
         assert_eq!(float.len(), torch.len(), "{name}: output size");
         assert!(worst <= 1e-4 * scale, "{name}: float outputs differ from torch's by {worst} (scale {scale})");
         let (quant, _) = tm.plan(Some(Arc::new(Reference))).expect("plan").run(&x).expect("quantized");
+        let (separate, _) = tm.plan_unfused(Some(Arc::new(Reference))).expect("plan").run(&x).expect("unfused");
+        assert!(quant.iter().zip(&separate).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: fusion changed outputs");
         // 8-bit quantization moves the outputs a little, never far: a private layer that computed
         // another function (a wrong kernel flip, a wrong padding) would.
         let drift = quant.iter().zip(&float).map(|(q, f)| (q - f).abs()).fold(0f32, f32::max) / scale;

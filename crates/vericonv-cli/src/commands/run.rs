@@ -81,6 +81,8 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), vericonv::Error> {
     );
     println!("  privacy {} on {clouds_name}; CSPRNG {seed_note}", p.privacy().label());
     let plan = model.plan(Some(exec.clone() as Arc<dyn ConvExecutor>))?;
+    let (adds, relus) = plan.fused();
+    println!("  fused into decryption: {adds} residual Add(s), {relus} ReLU(s)");
     let loaded = started.elapsed();
     let t = std::time::Instant::now();
     let (logits, shape) = plan.run(&x)?;

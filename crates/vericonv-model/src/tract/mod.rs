@@ -20,6 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, PoolSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_hir::infer::Factoid;
@@ -185,9 +186,24 @@ impl TractModel {
     /// # Errors
     /// [`Error::Parse`] with tract's reason when it cannot optimize the graph.
     pub fn plan(&self, exec: Option<Arc<dyn ConvExecutor>>) -> Result<Plan> {
+        self.plan_with(exec, true)
+    }
+
+    /// [`TractModel::plan`] without fusing any node into the private operators: each `Add` and
+    /// ReLU after a convolution stays a tract node. The same values bit for bit, only slower;
+    /// it is there to check the fusion.
+    ///
+    /// # Errors
+    /// As [`TractModel::plan`].
+    pub fn plan_unfused(&self, exec: Option<Arc<dyn ConvExecutor>>) -> Result<Plan> {
+        self.plan_with(exec, false)
+    }
+
+    fn plan_with(&self, exec: Option<Arc<dyn ConvExecutor>>, fuse: bool) -> Result<Plan> {
         let what = format!("planning {}", self.name);
         let err = |e: TractError| tract_error(&what, &e);
         let mut model = self.typed.clone();
+        let mut counts = (0, 0);
         if let Some(exec) = &exec {
             for (id, layer) in &self.layers {
                 let node = model.node(*id).clone();
@@ -197,14 +213,79 @@ impl TractModel {
                     _ => return Err(Error::Internal("a private node moved".into())),
                 };
                 let fact = |i: usize| model.outlet_fact(node.inputs[i]).map(|f| f.without_value()).map_err(err);
-                let op = op::PrivateConvOp::new(layer.clone(), exec.clone(), replaced, fact(1)?, fact(2)?);
-                let patch = TypedModelPatch::replace_single_op(&model, &node, &node.inputs[..1], op).map_err(err)?;
+                let (fused, residual, last) =
+                    if fuse { fusable(&model, node.id) } else { (op::Fused::default(), None, node.id) };
+                counts.0 += usize::from(fused.residual);
+                counts.1 += usize::from(fused.relu);
+                let op = op::PrivateConvOp::new(layer.clone(), exec.clone(), replaced, (fact(1)?, fact(2)?), fused);
+                let mut patch = TypedModelPatch::default();
+                let mut taps = vec![patch.tap_model(&model, node.inputs[0]).map_err(err)?];
+                if let Some(r) = residual {
+                    taps.push(patch.tap_model(&model, r).map_err(err)?);
+                }
+                let out = patch.wire_node(&node.name, op, &taps).map_err(err)?;
+                patch.shunt_outside(&model, OutletId::new(last, 0), out[0]).map_err(err)?;
                 patch.apply(&mut model).map_err(err)?;
             }
         }
         let plan = model.into_optimized().and_then(|m| m.into_runnable()).map_err(err)?;
-        Ok(Plan { name: self.name.clone(), image_shape: self.image_shape.clone(), plan, _exec: exec })
+        Ok(Plan { name: self.name.clone(), image_shape: self.image_shape.clone(), plan, fused: counts, _exec: exec })
     }
+}
+
+/// The node that alone reads output 0 of node `id` (a graph output has no such node).
+fn only_consumer(model: &TypedModel, id: usize) -> Option<&TypedNode> {
+    let outlet = OutletId::new(id, 0);
+    match model.outlet_successors(outlet) {
+        [inlet] if !model.output_outlets().is_ok_and(|o| o.contains(&outlet)) => Some(model.node(inlet.node)),
+        _ => None,
+    }
+}
+
+/// A binary element-wise node named `name` (`Add`, `Max`) of `from`'s output and another
+/// operand: that operand.
+fn binary_with(node: &TypedNode, name: &str, from: usize) -> Option<OutletId> {
+    let op = node.op_as::<TypedBinOp>().filter(|op| op.0.name() == name)?;
+    let from = OutletId::new(from, 0);
+    match node.inputs.as_slice() {
+        [a, b] if *a == from && *b != from => Some(*b),
+        [a, b] if *b == from && *a != from => Some(*a),
+        _ => None,
+    }
+    .filter(|_| op.1.is_none_or(|dt| dt == f32::datum_type()))
+}
+
+/// What after the convolution node `conv` fuses into its private operator, as the native
+/// pipeline fuses it: an `Add` whose other operand has exactly the convolution's output shape
+/// (the residual), then a ReLU (`Max` with a constant 0), each the only reader of what comes
+/// before it. Returns the fusion, the residual operand and the last node fused.
+fn fusable(model: &TypedModel, conv: usize) -> (op::Fused, Option<OutletId>, usize) {
+    let same_shape = |a: OutletId, b: OutletId| match (model.outlet_fact(a), model.outlet_fact(b)) {
+        (Ok(a), Ok(b)) => a.datum_type == f32::datum_type() && a.datum_type == b.datum_type && a.shape == b.shape,
+        _ => false,
+    };
+    let (mut fused, mut residual, mut last) = (op::Fused::default(), None, conv);
+    if let Some(add) = only_consumer(model, conv)
+        && let Some(other) = binary_with(add, "Add", conv)
+        && same_shape(other, OutletId::new(conv, 0))
+        && same_shape(OutletId::new(add.id, 0), OutletId::new(conv, 0))
+    {
+        fused.residual = true;
+        residual = Some(other);
+        last = add.id;
+    }
+    if let Some(max) = only_consumer(model, last)
+        && let Some(zero) = binary_with(max, "Max", last)
+        && let Ok(fact) = model.outlet_fact(zero)
+        && let Some(k) = &fact.konst
+        && k.len() == 1
+        && k.cast_to_scalar::<f32>().is_ok_and(|z| z == 0.0)
+        && same_shape(OutletId::new(max.id, 0), OutletId::new(last, 0))
+    {
+        fused.relu = true;
+        last = max.id;
+    }
+    (fused, residual, last)
 }
 
 /// A runnable model (see [`TractModel::plan`]), for any batch.
@@ -212,6 +293,8 @@ pub struct Plan {
     name: String,
     image_shape: Vec<usize>,
     plan: Arc<TypedSimplePlan>,
+    /// Residual `Add`s and ReLUs fused into the private operators.
+    fused: (usize, usize),
     _exec: Option<Arc<dyn ConvExecutor>>,
 }
 
@@ -222,6 +305,12 @@ impl std::fmt::Debug for Plan {
 }
 
 impl Plan {
+    /// The residual `Add`s and the ReLUs that run inside the private operators' re-scaling pass
+    /// (as the native pipeline fuses them) rather than as nodes of their own.
+    pub fn fused(&self) -> (usize, usize) {
+        self.fused
+    }
+
     /// Runs `images` (`batch × image_shape`, any batch); returns the first output, flat, and
     /// its shape.
     ///

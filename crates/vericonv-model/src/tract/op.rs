@@ -1,5 +1,5 @@
 //! The tract operator that replaces a convolution: quantize, exact integers from the executor,
-//! re-scale.
+//! re-scale, and the residual `Add` and ReLU that follow it, fused into that last pass.
 
 use std::sync::Arc;
 
@@ -18,8 +18,18 @@ pub(crate) enum Replaced {
     Deconv(Deconv),
 }
 
-/// A convolution whose integers come from a [`ConvExecutor`]. Its one input is the float
-/// activation; the weights are the layer's quantized ones.
+/// The nodes after a convolution that run inside its re-scaling pass, as the native pipeline
+/// fuses them: a residual `Add` (its other operand is the operator's second input) and then a
+/// ReLU (`max(·, 0)`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Fused {
+    pub(crate) residual: bool,
+    pub(crate) relu: bool,
+}
+
+/// A convolution whose integers come from a [`ConvExecutor`]. Its first input is the float
+/// activation, its second the residual operand when an `Add` is fused; the weights are the
+/// layer's quantized ones.
 #[derive(Clone)]
 pub(crate) struct PrivateConvOp {
     layer: Arc<PrivateLayer>,
@@ -28,6 +38,7 @@ pub(crate) struct PrivateConvOp {
     replaced: Replaced,
     kernel: TypedFact,
     bias: TypedFact,
+    fused: Fused,
 }
 
 impl PrivateConvOp {
@@ -35,10 +46,10 @@ impl PrivateConvOp {
         layer: Arc<PrivateLayer>,
         exec: Arc<dyn ConvExecutor>,
         replaced: Replaced,
-        kernel: TypedFact,
-        bias: TypedFact,
+        (kernel, bias): (TypedFact, TypedFact),
+        fused: Fused,
     ) -> Self {
-        Self { layer, exec, replaced, kernel, bias }
+        Self { layer, exec, replaced, kernel, bias, fused }
     }
 }
 
@@ -59,13 +70,13 @@ fn spread(x: &[f32], planes: usize, (h, w): (usize, usize), (sh, sw): (usize, us
 
 impl std::fmt::Debug for PrivateConvOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PrivateConv({})", self.layer.quant.name)
+        write!(f, "PrivateConv({}, {:?})", self.layer.quant.name, self.fused)
     }
 }
 
 impl PartialEq for PrivateConvOp {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.layer, &other.layer) && Arc::ptr_eq(&self.exec, &other.exec)
+        Arc::ptr_eq(&self.layer, &other.layer) && Arc::ptr_eq(&self.exec, &other.exec) && self.fused == other.fused
     }
 }
 
@@ -87,7 +98,9 @@ impl EvalOp for PrivateConvOp {
     // The executor may talk to clouds and keep sessions: never evaluated out of a plan.
     not_out_of_plan!();
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn eval(&self, _ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 1 + usize::from(self.fused.residual), "PrivateConv: {} inputs", inputs.len());
+        let residual = if self.fused.residual { inputs.pop() } else { None };
         let input = args_1!(inputs);
         let q = &self.layer.quant;
         let g = &q.geom;
@@ -113,14 +126,25 @@ impl EvalOp for PrivateConvOp {
             shape.extend([g.ho(), g.wo()]);
         }
         let mut y = Tensor::zero::<f32>(&shape)?;
+        let residual = residual.as_ref().map(|r| r.try_as_plain_ram()?.as_slice::<f32>()).transpose()?;
+        let out_len = g.output_image_len();
+        ensure!(residual.is_none_or(|r| r.len() == batch * out_len), "{}: a residual of another shape", q.name);
         // Each image quantized with its own scale, exactly as the native pipeline does, into 8
-        // bits when they suffice; the re-scaling fused into decryption.
+        // bits when they suffice; the re-scaling, the residual Add and the ReLU fused into
+        // decryption.
         let (bits, cout) = (self.layer.act_bits, g.cout());
-        let tail = Tail { residual: None, act: Act::Identity };
+        let act = if self.fused.relu { Act::Relu } else { Act::Identity };
         let mut view = y.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<f32>()?;
         let run = |xq: QuantInput<'_>, scales: Vec<f32>, out: &mut [f32]| {
-            let epilogues: Vec<Epilogue<'_>> = scales.into_iter().map(|s| Epilogue::new(s, q, tail)).collect();
+            let epilogues: Vec<Epilogue<'_>> = scales
+                .into_iter()
+                .enumerate()
+                .map(|(b, s)| {
+                    let residual = residual.map(|r| &r[b * out_len..(b + 1) * out_len]);
+                    Epilogue::new(s, q, Tail { residual, act })
+                })
+                .collect();
             let epilogue = |plane: usize, range: std::ops::Range<usize>, ints: &[i32], out: &mut [f32]| {
                 epilogues[plane / cout].apply(plane, range, ints, out);
             };
@@ -153,6 +177,7 @@ impl TypedOp for PrivateConvOp {
     as_op!();
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(!inputs.is_empty(), "PrivateConv without an input");
         let facts = [inputs[0], &self.kernel, &self.bias];
         match &self.replaced {
             Replaced::Conv(c) => c.output_facts(&facts),
