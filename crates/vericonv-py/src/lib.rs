@@ -79,9 +79,11 @@ struct NativeModel {
 impl NativeModel {
     /// Opens an ONNX file, or a native model (`.json` with its `.safetensors`; its recorded
     /// normalisation is the default), quantized to `weight_bits` and `act_bits` (2 to 16).
-    /// `input_shape` fixes dynamic dimensions; the batch stays free.
+    /// `input_shape` fixes dynamic dimensions; the batch stays free. `outsource_linear` makes
+    /// the linear layers private too.
     #[new]
-    #[pyo3(signature = (path, input_shape=None, mean=None, std=None, weight_bits=8, act_bits=8))]
+    #[pyo3(signature = (path, input_shape=None, mean=None, std=None, weight_bits=8, act_bits=8, outsource_linear=false))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -90,6 +92,7 @@ impl NativeModel {
         std: Option<Vec<f32>>,
         weight_bits: u32,
         act_bits: u32,
+        outsource_linear: bool,
     ) -> PyResult<Self> {
         for (what, bits) in [("weight_bits", weight_bits), ("act_bits", act_bits)] {
             if !(2..=16).contains(&bits) {
@@ -113,7 +116,8 @@ impl NativeModel {
             let _ = std::fs::remove_dir_all(&dir);
             Ok((opened?, Some((model.input().mean.clone(), model.input().std.clone()))))
         });
-        let (model, recorded) = opened.map_err(py_err)?;
+        let (mut model, recorded) = opened.map_err(py_err)?;
+        model.outsource_linear(outsource_linear);
         let (rec_mean, rec_std) = recorded.unwrap_or_default();
         let (mean, std) = (mean.unwrap_or(rec_mean), std.unwrap_or(rec_std));
         let input = InputSpec::of_shape(model.image_shape(), &mean, &std)

@@ -115,13 +115,12 @@ pub(crate) fn eval_tract(args: &EvalArgs, refused: &vericonv::Error) -> Result<(
     use vericonv_model::tract::TractModel;
     let p = &args.protocol;
     eprintln!("the native importer refuses {} ({refused}); running it on tract", args.input.model.display());
-    if args.calibrate.is_some() || args.outsource_linear {
-        return Err(vericonv::Error::Unsupported(
-            "--calibrate and --outsource-linear on a model that runs on tract".into(),
-        ));
+    if args.calibrate.is_some() {
+        return Err(vericonv::Error::Unsupported("--calibrate on a model that runs on tract".into()));
     }
     let qc = QuantConfig { weight_bits: args.weight_bits, act_bits: args.act_bits };
-    let model = TractModel::open(&args.input.model, args.input_shape.as_deref(), &qc)?;
+    let mut model = TractModel::open(&args.input.model, args.input_shape.as_deref(), &qc)?;
+    model.outsource_linear(args.outsource_linear);
     let &[c, h, w] = model.image_shape() else {
         return Err(vericonv::Error::Unsupported(format!(
             "eval on images of a model whose input is {:?} (use vericonv run with .npy inputs)",
@@ -154,7 +153,7 @@ pub(crate) fn eval_tract(args: &EvalArgs, refused: &vericonv::Error) -> Result<(
     let CloudSetup { a, b, .. } = setup;
     let (a, b) = (Arc::new(a), b.map(Arc::new));
     let clouds = (a.clone() as Arc<dyn CloudBackend>, b.clone().map(|b| b as Arc<dyn CloudBackend>));
-    let opts = EvalOptions { batch: args.batch, private: p.private_config(false) };
+    let opts = EvalOptions { batch: args.batch, private: p.private_config(args.outsource_linear) };
     let input = vericonv_model::InputSpec::of_shape(&[c, h, w], &mean, &std)?;
     let normalize = |images: &[f32]| -> Vec<f32> {
         let mut x = images.to_vec();

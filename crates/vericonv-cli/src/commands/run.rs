@@ -39,6 +39,10 @@ pub(crate) struct RunArgs {
     /// Where to write the logits (`.npy`, float32, batch × classes).
     #[arg(long, default_value = "logits.npy")]
     pub(crate) out: PathBuf,
+    /// Outsource the linear layers (`Gemm`, `MatMul` with constant weights) too, as 1×1
+    /// convolutions (weaker masks; docs/scheme.md §9).
+    #[arg(long)]
+    pub(crate) outsource_linear: bool,
     #[command(flatten)]
     pub(crate) protocol: ProtocolArgs,
 }
@@ -51,7 +55,8 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), vericonv::Error> {
     use vericonv_model::tract::{ConvExecutor, PrivateConvs, TractModel};
     let p = &args.protocol;
     let started = std::time::Instant::now();
-    let model = TractModel::open(&args.model, args.input_shape.as_deref(), &QuantConfig::default())?;
+    let mut model = TractModel::open(&args.model, args.input_shape.as_deref(), &QuantConfig::default())?;
+    model.outsource_linear(args.outsource_linear);
     let (mean, std) = (args.mean.clone().unwrap_or_default(), args.std.clone().unwrap_or_default());
     let x = read_input(&args.input, model.image_shape(), &mean, &std)?;
     let labels = match &args.labels {
@@ -66,12 +71,12 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), vericonv::Error> {
     let setup = p.clouds(0.0, TamperChoice::Both)?;
     let clouds_name = setup.clouds().name();
     let (rng, seed_note) = p.rng();
-    let cfg = p.private_config(false);
+    let cfg = p.private_config(args.outsource_linear);
     let CloudSetup { a, b, .. } = setup;
     let clouds = (Arc::new(a) as Arc<dyn CloudBackend>, b.map(|b| Arc::new(b) as Arc<dyn CloudBackend>));
     let exec = Arc::new(PrivateConvs::new(clouds, cfg, rng)?);
     println!(
-        "vericonv run: {} ({} nodes, {} convolutions private{}); input {} {:?}",
+        "vericonv run: {} ({} nodes, {} layers private{}); input {} {:?}",
         model.name(),
         model.node_count(),
         model.private_layers().count(),

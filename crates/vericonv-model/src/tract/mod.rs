@@ -22,6 +22,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, PoolSpec};
+use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
@@ -39,14 +40,30 @@ pub struct PrivateLayer {
     pub index: usize,
     /// The quantized layer (geometry, 8-bit weights, scales, float bias).
     pub quant: QuantLayer,
-    /// Whether the ONNX node was a 1-D convolution (run with a height of 1).
-    pub one_d: bool,
+    /// What the node was, which sets the output's layout.
+    pub kind: LayerKind,
     /// For a transposed convolution (`ConvTranspose`), its strides `(sh, sw)`: the client spreads
     /// the input with `sh − 1` and `sw − 1` zeros between pixels, and `quant` is the equivalent
     /// convolution of that spread input (flipped kernel, stride 1).
     pub spread: Option<(usize, usize)>,
     /// The bits its input is quantized to.
     pub act_bits: u32,
+    /// For a linear layer, which input of the node is the activation (the other is the
+    /// weights).
+    pub linear_input: usize,
+}
+
+/// What a private layer was in the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    /// A 2-D (or transposed 2-D) convolution.
+    Conv2d,
+    /// A 1-D (or transposed 1-D) convolution, run with a height of 1.
+    Conv1d,
+    /// A matrix product of a `batch × K` activation and constant `K × M` weights (`Gemm`,
+    /// `MatMul`), run as the 1×1 convolution of a `K × 1 × 1` input; private only when the
+    /// model outsources its linear layers ([`TractModel::outsource_linear`]).
+    Linear,
 }
 
 /// An ONNX model loaded by tract, with the convolutions it can run privately. Its batch
@@ -57,10 +74,14 @@ pub struct TractModel {
     typed: TypedModel,
     /// Per-image input shape (without the batch).
     image_shape: Vec<usize>,
-    /// The private layers, by tract node id.
+    /// The private layers, by tract node id (the linear ones only count when outsourced).
     layers: Vec<(usize, Arc<PrivateLayer>)>,
     /// Convolutions that stay on the client, with the reason.
     skipped: Vec<(String, String)>,
+    /// Matrix products with constant weights that cannot be outsourced, with the reason.
+    linear_skipped: Vec<(String, String)>,
+    /// Whether the linear layers run privately too.
+    outsource_linear: bool,
 }
 
 impl std::fmt::Debug for TractModel {
@@ -136,22 +157,26 @@ impl TractModel {
             .map_err(|e| tract_error(&what, &e))?;
         typed.prop_consts().map_err(|e| tract_error(&what, &e))?;
         let name = path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
-        let mut layers = Vec::new();
-        let mut skipped = Vec::new();
+        let (mut layers, mut skipped, mut linear_skipped) = (Vec::new(), Vec::new(), Vec::new());
         for node in typed.nodes() {
-            let found = if let Some(conv) = node.op_as::<Conv>() {
-                private_layer(&typed, node, conv, layers.len(), cfg)?
+            let (found, skips) = if let Some(conv) = node.op_as::<Conv>() {
+                (private_layer(&typed, node, conv, layers.len(), cfg)?, &mut skipped)
             } else if let Some(deconv) = node.op_as::<Deconv>() {
-                private_transposed(&typed, node, deconv, layers.len(), cfg)?
+                (private_transposed(&typed, node, deconv, layers.len(), cfg)?, &mut skipped)
+            } else if let Some(einsum) = node.op_as::<EinSum>() {
+                match private_linear(&typed, node, einsum, layers.len(), cfg)? {
+                    Some(found) => (found, &mut linear_skipped),
+                    None => continue,
+                }
             } else {
                 continue;
             };
             match found {
                 Ok(layer) => layers.push((node.id, Arc::new(layer))),
-                Err(reason) => skipped.push((node.name.clone(), reason)),
+                Err(reason) => skips.push((node.name.clone(), reason)),
             }
         }
-        Ok(Self { name, typed, image_shape, layers, skipped })
+        Ok(Self { name, typed, image_shape, layers, skipped, linear_skipped, outsource_linear: false })
     }
 
     /// The model's name (its file stem).
@@ -164,14 +189,29 @@ impl TractModel {
         &self.image_shape
     }
 
-    /// The convolutions that run privately.
-    pub fn private_layers(&self) -> impl Iterator<Item = &PrivateLayer> {
-        self.layers.iter().map(|(_, l)| &**l)
+    /// Sends the linear layers (`Gemm` and `MatMul` of a `batch × K` activation by constant
+    /// weights) to the clouds too, as 1×1 convolutions, in every plan made afterwards (the
+    /// quantized reference included, so that it stays the private run's twin). Their masks are
+    /// weaker than a convolution's (docs/scheme.md §9): by default they stay on the client, in
+    /// float.
+    pub fn outsource_linear(&mut self, on: bool) {
+        self.outsource_linear = on;
     }
 
-    /// The convolutions that stay on the client, with the reason.
-    pub fn skipped(&self) -> &[(String, String)] {
-        &self.skipped
+    fn private(&self) -> impl Iterator<Item = &(usize, Arc<PrivateLayer>)> {
+        self.layers.iter().filter(|(_, l)| self.outsource_linear || l.kind != LayerKind::Linear)
+    }
+
+    /// The layers that run privately: the convolutions, and the linear layers when outsourced.
+    pub fn private_layers(&self) -> impl Iterator<Item = &PrivateLayer> {
+        self.private().map(|(_, l)| &**l)
+    }
+
+    /// The convolutions (and, when outsourced, the linear layers) that stay on the client, with
+    /// the reason.
+    pub fn skipped(&self) -> Vec<(String, String)> {
+        let linear = self.linear_skipped.iter().filter(|_| self.outsource_linear);
+        self.skipped.iter().chain(linear).cloned().collect()
     }
 
     /// Nodes in the graph.
@@ -205,21 +245,26 @@ impl TractModel {
         let mut model = self.typed.clone();
         let mut counts = (0, 0);
         if let Some(exec) = &exec {
-            for (id, layer) in &self.layers {
+            for (id, layer) in self.private() {
                 let node = model.node(*id).clone();
                 let replaced = match (node.op_as::<Conv>(), node.op_as::<Deconv>()) {
+                    _ if layer.kind == LayerKind::Linear => op::Replaced::Linear { outputs: layer.quant.geom.cout() },
                     (Some(c), _) => op::Replaced::Conv(c.clone()),
                     (_, Some(d)) => op::Replaced::Deconv(d.clone()),
                     _ => return Err(Error::Internal("a private node moved".into())),
                 };
-                let fact = |i: usize| model.outlet_fact(node.inputs[i]).map(|f| f.without_value()).map_err(err);
+                let input = if layer.kind == LayerKind::Linear { layer.linear_input } else { 0 };
+                let fact = |i: usize| match node.inputs.get(i) {
+                    Some(o) => model.outlet_fact(*o).map(|f| f.without_value()).map_err(err),
+                    None => Ok(f32::fact([0usize; 0])),
+                };
                 let (fused, residual, last) =
                     if fuse { fusable(&model, node.id) } else { (op::Fused::default(), None, node.id) };
                 counts.0 += usize::from(fused.residual);
                 counts.1 += usize::from(fused.relu);
                 let op = op::PrivateConvOp::new(layer.clone(), exec.clone(), replaced, (fact(1)?, fact(2)?), fused);
                 let mut patch = TypedModelPatch::default();
-                let mut taps = vec![patch.tap_model(&model, node.inputs[0]).map_err(err)?];
+                let mut taps = vec![patch.tap_model(&model, node.inputs[input]).map_err(err)?];
                 if let Some(r) = residual {
                     taps.push(patch.tap_model(&model, r).map_err(err)?);
                 }
@@ -385,7 +430,8 @@ fn private_layer(
     .dilation(dilations[0], dilations[1])
     .groups(conv.group)
     .build();
-    let shape = LayerShape { index, one_d: rank == 1, spread: None };
+    let kind = if rank == 1 { LayerKind::Conv1d } else { LayerKind::Conv2d };
+    let shape = LayerShape { index, kind, spread: None };
     finish_layer(model, node, geom, shape, cfg, |weight| weight)
 }
 
@@ -412,7 +458,7 @@ fn spatial_input(model: &TypedModel, node: &TypedNode, spec: &PoolSpec, kernel: 
 /// Where a private layer sits and what its input goes through before the convolution.
 struct LayerShape {
     index: usize,
-    one_d: bool,
+    kind: LayerKind,
     spread: Option<(usize, usize)>,
 }
 
@@ -446,33 +492,100 @@ fn finish_layer(
         n if n == geom.cout() => bias,
         n => return Ok(Err(format!("a bias of {n} values for {} channels", geom.cout()))),
     };
-    let LayerShape { index, one_d, spread } = shape;
-    let quant = QuantLayer::quantize(index, &node.name, geom, &weight, &bias, false, cfg)?;
-    Ok(Ok(PrivateLayer { index, quant, one_d, act_bits: cfg.act_bits, spread }))
+    let LayerShape { index, kind, spread } = shape;
+    let quant = QuantLayer::quantize(index, &node.name, geom, &weight, &bias, kind == LayerKind::Linear, cfg)?;
+    Ok(Ok(PrivateLayer { index, quant, kind, act_bits: cfg.act_bits, spread, linear_input: 0 }))
+}
+
+/// The values of a constant tensor as floats.
+fn floats(t: &Tensor) -> std::result::Result<Vec<f32>, String> {
+    let t = t.cast_to::<f32>().map_err(|e| format!("{e:#}"))?;
+    let view = t.to_plain_array_view::<f32>().map_err(|e| format!("{e:#}"))?;
+    Ok(view.iter().copied().collect())
+}
+
+/// The constant value of input `i` of `node`, if it has one.
+fn konst(model: &TypedModel, node: &TypedNode, i: usize) -> Option<Arc<Tensor>> {
+    node.inputs.get(i).and_then(|o| model.outlet_fact(*o).ok()).and_then(|f| f.konst.clone())
 }
 
 /// The constant weights and bias of a node's inputs 1 and 2, as floats, checked finite.
 fn weights_of(model: &TypedModel, node: &TypedNode) -> Result<Found<(Vec<f32>, Vec<f32>)>> {
-    let konst = |i: usize| node.inputs.get(i).and_then(|o| model.outlet_fact(*o).ok()).and_then(|f| f.konst.clone());
-    let (Some(kernel), Some(bias)) = (konst(1), konst(2)) else {
+    let (Some(kernel), Some(bias)) = (konst(model, node, 1), konst(model, node, 2)) else {
         return Ok(Err("weights that are not constant".into()));
-    };
-    let floats = |t: &Tensor| -> std::result::Result<Vec<f32>, String> {
-        let t = t.cast_to::<f32>().map_err(|e| format!("{e:#}"))?;
-        let view = t.to_plain_array_view::<f32>().map_err(|e| format!("{e:#}"))?;
-        Ok(view.iter().copied().collect())
     };
     let (weight, bias) = match (floats(&kernel), floats(&bias)) {
         (Ok(w), Ok(b)) => (w, b),
         (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
     };
-    if let Some(i) = weight.iter().chain(&bias).position(|v| !v.is_finite()) {
+    check_finite(node, &weight, &bias)?;
+    Ok(Ok((weight, bias)))
+}
+
+/// A non-finite weight or bias is an error naming the node.
+fn check_finite(node: &TypedNode, weight: &[f32], bias: &[f32]) -> Result<()> {
+    if let Some(i) = weight.iter().chain(bias).position(|v| !v.is_finite()) {
         return Err(Error::Parse {
             what: format!("ONNX node `{}`", node.name),
             message: format!("weight or bias {i} is not finite"),
         });
     }
-    Ok(Ok((weight, bias)))
+    Ok(())
+}
+
+/// The linear layer of an `EinSum` node (what tract makes of `Gemm` and `MatMul`), `None` when
+/// the node is not a matrix product with constant weights, `Some(Err(reason))` when it is one
+/// that cannot be outsourced: it must multiply a `batch × K` activation by constant weights
+/// (`K × M` or `M × K`, either order of operands) into `batch × M`.
+fn private_linear(
+    model: &TypedModel,
+    node: &TypedNode,
+    einsum: &EinSum,
+    index: usize,
+    cfg: &QuantConfig,
+) -> Result<Option<Found<PrivateLayer>>> {
+    if node.inputs.len() != 2 || einsum.q_params.is_some() {
+        return Ok(None);
+    }
+    let (w, a) = match (konst(model, node, 0), konst(model, node, 1)) {
+        (None, Some(k)) => (k, 0),
+        (Some(k), None) => (k, 1),
+        _ => return Ok(None),
+    };
+    let (inputs, outputs) = einsum.axes.to_strs();
+    let (act, wax, out) = (inputs[a].as_str(), inputs[1 - a].as_str(), outputs[0].as_str());
+    let chars = |s: &str| s.chars().collect::<Vec<char>>();
+    let (act, wax, out) = (chars(act), chars(wax), chars(out));
+    let not_linear = || Ok(Some(Err("a matrix product that is not batch × K by K × M".into())));
+    let [n, k] = act[..] else {
+        return Ok(Some(Err(format!("a matrix product of a rank-{} activation (rank 2 is outsourced)", act.len()))));
+    };
+    let (&[n2, m], &[x, y]) = (&out[..], &wax[..]) else {
+        return not_linear();
+    };
+    let k_first = match (x, y) {
+        _ if n2 != n || x == n || y == n => return not_linear(),
+        (x, y) if x == k && y == m => true,
+        (x, y) if x == m && y == k => false,
+        _ => return not_linear(),
+    };
+    let shape = w.shape();
+    let (kk, mm) = if k_first { (shape[0], shape[1]) } else { (shape[1], shape[0]) };
+    let weight = match floats(&w) {
+        Ok(v) => v,
+        Err(e) => return Ok(Some(Err(e))),
+    };
+    check_finite(node, &weight, &[])?;
+    // The 1×1 kernel is Cout × Cin = M × K.
+    let weight = if k_first { (0..mm * kk).map(|i| weight[(i % kk) * mm + i / kk]).collect() } else { weight };
+    let geom = match Conv2d::builder(kk, mm, (1, 1), (1, 1)).build() {
+        Ok(g) => g,
+        Err(e) => return Ok(Some(Err(e.to_string()))),
+    };
+    let quant = QuantLayer::quantize(index, &node.name, geom, &weight, &vec![0.0; mm], true, cfg)?;
+    let layer =
+        PrivateLayer { index, quant, kind: LayerKind::Linear, act_bits: cfg.act_bits, spread: None, linear_input: a };
+    Ok(Some(Ok(layer)))
 }
 
 /// A `ConvTranspose` node as the convolution of its input spread with zeros: stride 1, the
@@ -534,6 +647,7 @@ fn private_transposed(
         }
         flipped
     };
-    let shape = LayerShape { index, one_d: rank == 1, spread: Some((sh, sw)) };
+    let kind = if rank == 1 { LayerKind::Conv1d } else { LayerKind::Conv2d };
+    let shape = LayerShape { index, kind, spread: Some((sh, sw)) };
     finish_layer(model, node, geom, shape, cfg, flip)
 }

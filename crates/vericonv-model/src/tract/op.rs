@@ -7,7 +7,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, Deconv};
 
-use super::{ConvExecutor, PrivateLayer};
+use super::{ConvExecutor, LayerKind, PrivateLayer};
 use crate::exec::{Act, Tail};
 use crate::quant::{Epilogue, QuantInput, Quantized, qmax, quantize_image};
 
@@ -16,6 +16,10 @@ use crate::quant::{Epilogue, QuantInput, Quantized, qmax, quantize_image};
 pub(crate) enum Replaced {
     Conv(Conv),
     Deconv(Deconv),
+    /// A matrix product into `batch × outputs`.
+    Linear {
+        outputs: usize,
+    },
 }
 
 /// The nodes after a convolution that run inside its re-scaling pass, as the native pipeline
@@ -108,7 +112,7 @@ impl EvalOp for PrivateConvOp {
         let x: &[f32] = match self.layer.spread {
             Some((sh, sw)) => {
                 let shape = input.shape();
-                let (h, w) = if self.layer.one_d { (1, shape[2]) } else { (shape[2], shape[3]) };
+                let (h, w) = if self.layer.kind == LayerKind::Conv1d { (1, shape[2]) } else { (shape[2], shape[3]) };
                 ensure!(h > 0 && w > 0, "{}: an empty input", q.name);
                 spread_input =
                     spread(input.try_as_plain_ram()?.as_slice::<f32>()?, shape[0] * shape[1], (h, w), (sh, sw));
@@ -120,10 +124,10 @@ impl EvalOp for PrivateConvOp {
         ensure!(per > 0 && x.len().is_multiple_of(per), "{}: input of {} values", q.name, x.len());
         let batch = x.len() / per;
         let mut shape = vec![batch, g.cout()];
-        if self.layer.one_d {
-            shape.push(g.wo());
-        } else {
-            shape.extend([g.ho(), g.wo()]);
+        match self.layer.kind {
+            LayerKind::Linear => {}
+            LayerKind::Conv1d => shape.push(g.wo()),
+            LayerKind::Conv2d => shape.extend([g.ho(), g.wo()]),
         }
         let mut y = Tensor::zero::<f32>(&shape)?;
         let residual = residual.as_ref().map(|r| r.try_as_plain_ram()?.as_slice::<f32>()).transpose()?;
@@ -182,6 +186,7 @@ impl TypedOp for PrivateConvOp {
         match &self.replaced {
             Replaced::Conv(c) => c.output_facts(&facts),
             Replaced::Deconv(d) => d.output_facts(&facts),
+            Replaced::Linear { outputs } => Ok(tvec!(f32::fact([inputs[0].shape[0].clone(), (*outputs).into()]))),
         }
     }
 }

@@ -195,11 +195,14 @@ def load(
     input_shape: Optional[Sequence[int]] = None,
     weight_bits: int = 8,
     act_bits: int = 8,
+    outsource_linear: bool = False,
 ) -> Model:
     """Loads an ONNX model, or a native one (``.json``). ``mean`` and ``std`` (one value, or
     one per channel) normalise inputs as ``(x - mean) / std``; ``input_shape`` (``C, H, W``)
     fixes dynamic dimensions; ``weight_bits`` and ``act_bits`` (2 to 16) set the
-    quantization."""
+    quantization. With ``outsource_linear``, the linear layers (``Gemm``/``MatMul`` with
+    constant weights) go to the clouds too, as 1×1 convolutions (their masks are weaker);
+    by default they run on the client in float."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelError(f"{path}: no such file")
@@ -209,7 +212,11 @@ def load(
     for what, bits in (("weight_bits", weight_bits), ("act_bits", act_bits)):
         if not isinstance(bits, int) or not 2 <= bits <= 16:
             raise ConfigError(f"{what} must be an integer from 2 to 16, got {bits!r}")
-    return Model(NativeModel(path, shape, _floats(mean, "mean"), _floats(std, "std"), weight_bits, act_bits))
+    return Model(
+        NativeModel(
+            path, shape, _floats(mean, "mean"), _floats(std, "std"), weight_bits, act_bits, bool(outsource_linear)
+        )
+    )
 
 
 def from_torch(
@@ -220,6 +227,7 @@ def from_torch(
     opset: int = 13,
     weight_bits: int = 8,
     act_bits: int = 8,
+    outsource_linear: bool = False,
 ) -> Model:
     """Exports a PyTorch module through ``torch.onnx`` (batch dimension left free) and loads
     it. ``example_input`` is one batch the module accepts."""
@@ -244,4 +252,6 @@ def from_torch(
                 )
         finally:
             module.train(was_training)
-        return load(path, mean=mean, std=std, weight_bits=weight_bits, act_bits=act_bits)
+        return load(
+            path, mean=mean, std=std, weight_bits=weight_bits, act_bits=act_bits, outsource_linear=outsource_linear
+        )

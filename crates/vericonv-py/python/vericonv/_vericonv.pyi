@@ -31,6 +31,7 @@ class NativeModel:
         std: Optional[Sequence[float]] = None,
         weight_bits: int = 8,
         act_bits: int = 8,
+        outsource_linear: bool = False,
     ) -> None: ...
     @property
     def name(self) -> str: ...
