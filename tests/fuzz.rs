@@ -1,5 +1,6 @@
-//! Fuzzing every parser that reads what a user hands us: the ONNX importer, the native model
-//! loader, and the IDX, CIFAR and digits-CSV loaders.
+//! Fuzzing every parser that reads what a user hands us: the ONNX importer, the tract path's
+//! loader (`TractModel::open` and planning), the native model loader, and the IDX, CIFAR and
+//! digits-CSV loaders.
 //!
 //! Random bytes never get past the first length check, so the inputs here are the committed
 //! models and well-formed data files, mutated a few places at a time (an attribute set to
@@ -294,6 +295,30 @@ fn onnx_importer_survives_mutated_models() {
         if let Ok(m) = &r {
             exercise(m);
         }
+        outcome(&r)
+    });
+}
+
+/// The tract path's loader on the same mutated models as the ONNX importer: `TractModel::open`
+/// (tract's parser, typing, constant propagation, the private layers' quantization) and, when
+/// it loads, planning the quantized model. Either succeeds or returns a typed error.
+#[test]
+fn tract_loader_survives_mutated_models() {
+    use std::sync::Arc;
+    use vericonv_model::quant::QuantConfig;
+    use vericonv_model::tract::{Reference, TractModel};
+    let seeds = onnx_seeds();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    fuzz("tract", (0..seeds.len(), any::<u64>(), 1..6usize), |(i, s, n)| {
+        let mut rng = ChaCha20Rng::seed_from_u64(s);
+        let mut model = seeds[i].clone();
+        for _ in 0..n {
+            mutate_onnx(&mut model, &mut rng);
+        }
+        let path = dir.path().join("case.onnx");
+        std::fs::write(&path, model.encode_to_vec()).expect("write the case");
+        let r = TractModel::open(&path, None, &QuantConfig::default())
+            .and_then(|m| m.plan(Some(Arc::new(Reference))).map(|_| m));
         outcome(&r)
     });
 }

@@ -374,8 +374,8 @@ fn torchvision_zoo_coverage() {
     }
 }
 
-/// The GPU cloud (lavapipe here) runs the tract graph's private layers too, 1-D included:
-/// private == quantized bit for bit.
+/// The GPU cloud (lavapipe here) runs every kind of private layer of the tract path, 1-D,
+/// transposed and outsourced linear layers included: private == quantized bit for bit.
 #[cfg(feature = "gpu")]
 #[test]
 fn the_gpu_cloud_runs_tract_graphs_bit_for_bit() {
@@ -387,10 +387,16 @@ fn the_gpu_cloud_runs_tract_graphs_bit_for_bit() {
     }
     let Some(gpu) = common::gpu_or_skip(&GpuOptions::default()) else { return };
     let gpu: Arc<dyn CloudBackend> = Arc::new(gpu);
-    for name in ["conv1d", "silu_se"] {
-        let path = dir.join(format!("{name}.onnx"));
-        let tm = TractModel::open(&path, None, &QuantConfig::default()).expect("loads");
-        let x = f32s(&path.with_extension("input.f32"));
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let (_, lenet, lenet_x, _) = committed_onnx(tmp.path(), "lenet5-mnist");
+    for name in ["conv1d", "silu_se", "transposed1d", "lenet5-mnist"] {
+        let (path, x) = match name {
+            "lenet5-mnist" => (lenet.clone(), lenet_x.clone()),
+            _ => (dir.join(format!("{name}.onnx")), f32s(&dir.join(format!("{name}.input.f32")))),
+        };
+        let mut tm = TractModel::open(&path, None, &QuantConfig::default()).expect("loads");
+        // LeNet-5 with its linear layers outsourced: 1×1 convolutions on the GPU too.
+        tm.outsource_linear(true);
         let (quant, _) = tm.plan(Some(Arc::new(Reference))).expect("plan").run(&x).expect("quantized");
         let cfg = PrivateConfig { privacy: Privacy::Pad, ..PrivateConfig::default() };
         let exec = Arc::new(PrivateConvs::new((gpu.clone(), None), cfg, seeded_rng(11)).expect("executor"));

@@ -99,6 +99,19 @@ fn tract_error(what: &str, e: &TractError) -> Error {
     Error::Parse { what: what.to_string(), message: format!("{e:#}") }
 }
 
+/// `f()`, with a panic inside tract (a large parser and optimizer of untrusted graphs) turned
+/// into an [`Error::Parse`] about `what`: the caller always gets a typed error.
+fn guarded<T>(what: String, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "tract panicked".into());
+        Err(Error::Parse { what, message: format!("tract failed on this model: {why}") })
+    })
+}
+
 /// The most elements one input image may have (1 GiB of `f32`).
 pub const MAX_IMAGE_ELEMENTS: usize = 1 << 28;
 
@@ -114,17 +127,7 @@ impl TractModel {
     pub fn open(path: &Path, image_shape: Option<&[usize]>, cfg: &QuantConfig) -> Result<Self> {
         let what = format!("ONNX model {}", path.display());
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        // tract is a large parser of untrusted files: should any of its checks panic, the
-        // caller still gets a typed error.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::load(path, &bytes, image_shape, cfg)))
-            .unwrap_or_else(|panic| {
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "tract panicked".into());
-                Err(Error::Parse { what, message: format!("tract failed on this model: {why}") })
-            })
+        guarded(what, || Self::load(path, &bytes, image_shape, cfg))
     }
 
     fn load(path: &Path, bytes: &[u8], image_shape: Option<&[usize]>, cfg: &QuantConfig) -> Result<Self> {
@@ -273,7 +276,7 @@ impl TractModel {
                 patch.apply(&mut model).map_err(err)?;
             }
         }
-        let plan = model.into_optimized().and_then(|m| m.into_runnable()).map_err(err)?;
+        let plan = guarded(what.clone(), || model.into_optimized().and_then(|m| m.into_runnable()).map_err(err))?;
         Ok(Plan { name: self.name.clone(), image_shape: self.image_shape.clone(), plan, fused: counts, _exec: exec })
     }
 }
