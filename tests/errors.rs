@@ -3,7 +3,7 @@
 use common::{ints, rng};
 use rand::Rng;
 use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, CpuBackend};
+use vericonv::cloud::{CloudBackend, ConvCall, CpuBackend};
 use vericonv::decrypt::{MaskKernel, decrypt};
 use vericonv::encrypt::{encrypt_input, encrypt_kernel};
 use vericonv::field::{M31, P};
@@ -107,8 +107,9 @@ impl CloudBackend for Liar {
     fn name(&self) -> String {
         "liar".into()
     }
-    fn conv(&self, g: &Conv2d, batch: usize, _: &[u32], _: &[u32]) -> Result<Vec<u32>> {
-        Ok((self.0)(batch * g.output_image_len()))
+    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> Result<()> {
+        *out = (self.0)(call.batch * call.geometry().output_image_len());
+        Ok(())
     }
 }
 

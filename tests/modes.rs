@@ -5,7 +5,7 @@
 use common::{exact_on_every_shape, expected, ints, rng};
 use vericonv::Error;
 use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, Clouds, CpuBackend};
+use vericonv::cloud::{CloudBackend, Clouds, ConvCall, CpuBackend};
 use vericonv::field::{M31, PrimeField};
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::seeded_rng;
@@ -212,10 +212,10 @@ impl CloudBackend for Recording {
         "recording".into()
     }
 
-    fn conv(&self, g: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> vericonv::Result<Vec<u32>> {
-        self.kernels.lock().expect("not poisoned").push(kernel.to_vec());
-        self.inputs.lock().expect("not poisoned").push(input.to_vec());
-        self.inner.conv(g, batch, kernel, input)
+    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> vericonv::Result<()> {
+        self.kernels.lock().expect("not poisoned").push(call.kernel_data().to_vec());
+        self.inputs.lock().expect("not poisoned").push(call.input_tensor()?.into_owned());
+        self.inner.call(call, out)
     }
 }
 

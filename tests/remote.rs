@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 use vericonv::Error;
 use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, Clouds, CpuBackend, SessionKernel, Tamper, TamperingBackend};
+use vericonv::cloud::{CallInput, CloudBackend, Clouds, ConvCall, CpuBackend, Tamper, TamperingBackend};
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::seeded_rng;
 use vericonv::privacy::Privacy;
@@ -265,9 +265,9 @@ impl CloudBackend for Slow {
         "slow cpu".into()
     }
 
-    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> vericonv::Result<Vec<u32>> {
+    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> vericonv::Result<()> {
         std::thread::sleep(self.0);
-        self.1.conv(geom, batch, kernel, input)
+        self.1.call(call, out)
     }
 }
 
@@ -580,17 +580,14 @@ impl CloudBackend for Counting {
         "counting cpu".into()
     }
 
-    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> vericonv::Result<Vec<u32>> {
-        self.tensors.fetch_add(1, Ordering::SeqCst);
+    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> vericonv::Result<()> {
+        let count = match call.input {
+            CallInput::Tensor(_) => &self.tensors,
+            CallInput::Seed(_) => &self.seeds,
+        };
+        count.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(self.delay);
-        self.cpu.conv(geom, batch, kernel, input)
-    }
-
-    fn conv_share_session(&self, kernel: &SessionKernel, batch: usize, seed: &ShareSeed) -> vericonv::Result<Vec<u32>> {
-        self.seeds.fetch_add(1, Ordering::SeqCst);
-        std::thread::sleep(self.delay);
-        let g = kernel.geometry();
-        self.cpu.conv(g, batch, kernel.data(), &seed.expand(batch * g.image_len()))
+        self.cpu.call(call, out)
     }
 }
 
@@ -602,12 +599,8 @@ impl<B: CloudBackend> CloudBackend for Shared<B> {
         self.0.name()
     }
 
-    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> vericonv::Result<Vec<u32>> {
-        self.0.conv(geom, batch, kernel, input)
-    }
-
-    fn conv_share_session(&self, kernel: &SessionKernel, batch: usize, seed: &ShareSeed) -> vericonv::Result<Vec<u32>> {
-        self.0.conv_share_session(kernel, batch, seed)
+    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> vericonv::Result<()> {
+        self.0.call(call, out)
     }
 }
 

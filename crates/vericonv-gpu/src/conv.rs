@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
-use vericonv::cloud::{CloudBackend, SessionKernel, check_conv_args};
+use vericonv::cloud::{CallKernel, CloudBackend, ConvCall, SessionKernel, check_conv_args, replace_zeroized};
 use vericonv::geometry::Conv2d;
 use vericonv::{Error, Result};
 
@@ -295,14 +295,19 @@ impl CloudBackend for GpuBackend {
         format!("gpu: {} [{:?} shaders]", self.info, self.variant)
     }
 
-    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
-        self.conv_field(self.kernel, geom, batch, kernel, input)
-    }
-
-    fn conv_session(&self, kernel: &SessionKernel, batch: usize, input: &[u32]) -> Result<Vec<u32>> {
-        let g = kernel.geometry();
-        check_conv_args(g, batch, kernel.data(), input)?;
-        let arith = Arithmetic::Field(self.variant);
-        self.run_conv(arith, self.kernel, g, batch, kernel.data(), input, Some(kernel))
+    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> Result<()> {
+        let input = call.input_tensor()?;
+        let y = match call.kernel {
+            CallKernel::Raw(geom, kernel) => self.conv_field(self.kernel, geom, call.batch, kernel, &input)?,
+            // A kernel of the session stays on the device from one call to the next.
+            CallKernel::Session(kernel) => {
+                let g = kernel.geometry();
+                check_conv_args(g, call.batch, kernel.data(), &input)?;
+                let arith = Arithmetic::Field(self.variant);
+                self.run_conv(arith, self.kernel, g, call.batch, kernel.data(), &input, Some(kernel))?
+            }
+        };
+        replace_zeroized(out, y);
+        Ok(())
     }
 }

@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
-use vericonv::cloud::{CloudBackend, KernelRef, SessionKernel, check_conv_args};
+use vericonv::cloud::{CallInput, CallKernel, CloudBackend, ConvCall, KernelRef, SessionKernel, replace_zeroized};
 use vericonv::geometry::Conv2d;
-use vericonv::share::ShareSeed;
 use vericonv::{Error, Result};
 
 use crate::proto;
@@ -372,7 +371,7 @@ impl RemoteBackend {
     }
 
     /// One convolution, with registration, retries and failover.
-    fn call(
+    fn convolve(
         &self,
         geom: &Conv2d,
         batch: usize,
@@ -537,26 +536,20 @@ impl CloudBackend for RemoteBackend {
         self.endpoints().collect::<Vec<_>>().join(", ")
     }
 
-    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
-        check_conv_args(geom, batch, kernel, input)?;
-        self.call(geom, batch, kernel, KernelHandle::of(geom, kernel), Input::Tensor(encode_elements(input)))
-    }
-
-    fn conv_share(&self, geom: &Conv2d, batch: usize, kernel: &[u32], seed: &ShareSeed) -> Result<Vec<u32>> {
-        Conv2d::check_len("kernel", geom.kernel_len(), kernel.len())?;
-        // Cloud A gets 32 bytes instead of the expanded share.
-        self.call(geom, batch, kernel, KernelHandle::of(geom, kernel), Input::ShareSeed(seed.as_bytes().to_vec()))
-    }
-
-    fn conv_session(&self, kernel: &SessionKernel, batch: usize, input: &[u32]) -> Result<Vec<u32>> {
-        let g = kernel.geometry();
-        check_conv_args(g, batch, kernel.data(), input)?;
-        self.call(g, batch, kernel.data(), self.handle_of(kernel), Input::Tensor(encode_elements(input)))
-    }
-
-    fn conv_share_session(&self, kernel: &SessionKernel, batch: usize, seed: &ShareSeed) -> Result<Vec<u32>> {
-        let seed = Input::ShareSeed(seed.as_bytes().to_vec());
-        self.call(kernel.geometry(), batch, kernel.data(), self.handle_of(kernel), seed)
+    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> Result<()> {
+        call.check()?;
+        let (geom, kernel) = (call.geometry(), call.kernel_data());
+        let handle = match call.kernel {
+            CallKernel::Raw(g, k) => KernelHandle::of(g, k),
+            CallKernel::Session(k) => self.handle_of(k),
+        };
+        let input = match call.input {
+            CallInput::Tensor(t) => Input::Tensor(encode_elements(t)),
+            // Cloud A gets 32 bytes instead of the expanded share.
+            CallInput::Seed(seed) => Input::ShareSeed(seed.as_bytes().to_vec()),
+        };
+        replace_zeroized(out, self.convolve(geom, call.batch, kernel, handle, input)?);
+        Ok(())
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rand::RngExt;
 use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, check_conv_args};
+use vericonv::cloud::{CloudBackend, ConvCall};
 use vericonv::field::M31;
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::os_rng;
@@ -26,15 +26,19 @@ impl CloudBackend for NaiveCloud {
         "naive direct convolution".into()
     }
 
-    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
+    // The one method a backend implements: every form of call (raw or session kernel, tensor
+    // or seed input) comes here.
+    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> Result<()> {
         // A backend must refuse bad arguments with a typed error, never panic.
-        check_conv_args(geom, batch, kernel, input)?;
+        call.check()?;
+        let (geom, kernel, input) = (call.geometry(), call.kernel_data(), call.input_tensor()?);
         self.elements_received.fetch_add(kernel.len() + input.len(), Ordering::Relaxed);
-        let mut y = conv_field::<M31>(geom, batch, kernel, input)?;
+        let mut y = conv_field::<M31>(geom, call.batch, kernel, &input)?;
         if self.lie.load(Ordering::Relaxed) {
             y[0] = (y[0] + 1) % vericonv::field::P;
         }
-        Ok(y)
+        *out = y;
+        Ok(())
     }
 }
 

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use stats::ViewStats;
 use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, Clouds, CpuBackend};
+use vericonv::cloud::{CloudBackend, Clouds, ConvCall, CpuBackend};
 use vericonv::geometry::Conv2d;
 use vericonv::keys::{KeyRng, seeded_rng};
 use vericonv::privacy::Privacy;
@@ -177,10 +177,11 @@ impl CloudBackend for Recorder<'_> {
         format!("recording {}", self.inner.name())
     }
 
-    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
-        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(input);
-        *self.kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = kernel.to_vec();
-        self.inner.conv(geom, batch, kernel, input)
+    // What the cloud sees: its input (cloud A can expand its seed itself) and its kernel.
+    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> Result<()> {
+        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(&call.input_tensor()?);
+        *self.kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = call.kernel_data().to_vec();
+        self.inner.call(call, out)
     }
 }
 

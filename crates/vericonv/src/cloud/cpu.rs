@@ -7,11 +7,10 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::int8::Int8Kernel;
-use super::{CloudBackend, SessionKernel, check_conv_args, share_len};
+use super::{CloudBackend, ConvCall};
 use crate::Result;
 use crate::field::{M31, PrimeField};
 use crate::geometry::Conv2d;
-use crate::share::ShareSeed;
 
 /// Output pixels per task: the im2col tile gathered on the fly is `M × TILE_N`.
 pub(super) const TILE_N: usize = 64;
@@ -49,14 +48,10 @@ impl CloudBackend for CpuBackend {
         format!("cpu ({threads} threads)")
     }
 
-    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
-        let mut out = Vec::new();
-        self.conv_into(geom, batch, kernel, input, &mut out)?;
-        Ok(out)
-    }
-
-    fn conv_into(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32], out: &mut Vec<u32>) -> Result<()> {
-        check_conv_args(geom, batch, kernel, input)?;
+    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> Result<()> {
+        call.check()?;
+        let (geom, batch, kernel) = (call.geometry(), call.batch, call.kernel_data());
+        let input = call.input_tensor()?;
         // Every entry is written below: only growth is zero-filled.
         out.resize(batch * geom.output_image_len(), 0);
         let mut run = || {
@@ -65,7 +60,7 @@ impl CloudBackend for CpuBackend {
                 return conv_tiles(
                     geom,
                     batch,
-                    input,
+                    &input,
                     out,
                     || vec![0u32; k8.scratch_len()],
                     |grp, col, scratch, block, _| k8.tile(grp, col, scratch, block),
@@ -77,7 +72,7 @@ impl CloudBackend for CpuBackend {
             conv_tiles(
                 geom,
                 batch,
-                input,
+                &input,
                 out,
                 || (),
                 |grp, col, (), block, width| gemm_tile(&packed[grp], m, col, block, width),
@@ -88,20 +83,6 @@ impl CloudBackend for CpuBackend {
             None => run(),
         }
         Ok(())
-    }
-
-    fn conv_session_into(&self, kernel: &SessionKernel, batch: usize, input: &[u32], out: &mut Vec<u32>) -> Result<()> {
-        self.conv_into(kernel.geometry(), batch, kernel.data(), input, out)
-    }
-
-    fn conv_share_session_into(
-        &self,
-        kernel: &SessionKernel,
-        batch: usize,
-        seed: &ShareSeed,
-        out: &mut Vec<u32>,
-    ) -> Result<()> {
-        self.conv_session_into(kernel, batch, &seed.expand(share_len(kernel.geometry(), batch)?), out)
     }
 }
 

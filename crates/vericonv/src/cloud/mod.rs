@@ -20,88 +20,172 @@ use crate::Result;
 use crate::geometry::Conv2d;
 use crate::share::ShareSeed;
 
-/// A cloud that convolves masked tensors over F_p, p = 2^31 - 1.
-pub trait CloudBackend: Send + Sync {
-    /// A human-readable description (backend and adapter).
-    fn name(&self) -> String;
+/// The kernel of a cloud call.
+#[derive(Clone, Copy, Debug)]
+pub enum CallKernel<'a> {
+    /// `K'` (`Cout × Cin/G × kh × kw`) for the geometry, sent with the call.
+    Raw(&'a Conv2d, &'a [u32]),
+    /// A kernel of the session, which a backend that keeps kernels (a GPU's memory, a remote
+    /// server's cache) recognises by its id: it is sent once per session, not once per call.
+    Session(&'a SessionKernel),
+}
 
-    /// Computes `Y' = Conv(K', X')` over F_p for a batch: `kernel` is `Cout × Cin/G × kh × kw`,
-    /// `input` is `batch × Cin × H × W`, the result `batch × Cout × Ho × Wo`.
-    ///
-    /// # Errors
-    /// [`crate::Error::LengthMismatch`] for tensors that do not match `geom`, and
-    /// backend-specific errors (device limits, wgpu errors).
-    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>>;
+/// The input of a cloud call.
+#[derive(Clone, Copy, Debug)]
+pub enum CallInput<'a> {
+    /// `X'`, `batch × Cin × H × W`.
+    Tensor(&'a [u32]),
+    /// Mode `two-server`, cloud A: the 32-byte seed of its share `X'_A = G(seed)`
+    /// (docs/scheme.md §11); a remote cloud receives the seed, not the tensor.
+    Seed(&'a ShareSeed),
+}
 
-    /// [`CloudBackend::conv`] into `out`, whose allocation the backend may reuse (mode `pad`'s
-    /// offline `Conv(K, R)` writes each pad's secret `U` in place this way). The default calls
-    /// [`CloudBackend::conv`], copies its result into `out` and zeroizes it (or zeroizes
-    /// `out`'s old contents when the result does not fit its allocation): no copy of a secret
-    /// answer is freed unzeroized here.
-    ///
-    /// # Errors
-    /// As [`CloudBackend::conv`]; `out` is unspecified then.
-    fn conv_into(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32], out: &mut Vec<u32>) -> Result<()> {
-        let mut y = self.conv(geom, batch, kernel, input)?;
-        if out.capacity() >= y.len() {
-            out.clear();
-            out.extend_from_slice(&y);
-            y.zeroize();
-        } else {
-            out.zeroize();
-            *out = y;
+/// One convolution a cloud is asked for: `Y' = Conv(kernel, input)` over F_p for `batch`
+/// images, `batch × Cout × Ho × Wo`.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvCall<'a> {
+    /// The kernel, raw or of a session.
+    pub kernel: CallKernel<'a>,
+    /// Images in the batch.
+    pub batch: usize,
+    /// The input, a tensor or a share's seed.
+    pub input: CallInput<'a>,
+}
+
+impl<'a> ConvCall<'a> {
+    /// The layer geometry.
+    pub fn geometry(&self) -> &'a Conv2d {
+        match self.kernel {
+            CallKernel::Raw(g, _) => g,
+            CallKernel::Session(k) => k.geometry(),
         }
-        Ok(())
     }
 
-    /// Mode `two-server`, cloud A: computes `Conv(K', X'_A)` where `X'_A = G(seed)` is the share
-    /// expanded from its 32-byte seed (docs/scheme.md §11), `batch × Cin × H × W` elements.
-    ///
-    /// The default expands the share and calls [`CloudBackend::conv`]; a remote cloud sends the
-    /// 32 bytes instead of the tensor.
+    /// The kernel's elements.
+    pub fn kernel_data(&self) -> &'a [u32] {
+        match self.kernel {
+            CallKernel::Raw(_, k) => k,
+            CallKernel::Session(k) => k.data(),
+        }
+    }
+
+    /// The input as a tensor: a seed is expanded to its share.
     ///
     /// # Errors
-    /// As [`CloudBackend::conv`].
+    /// [`crate::Error::TooLarge`] for a share too large to address.
+    pub fn input_tensor(&self) -> Result<std::borrow::Cow<'a, [u32]>> {
+        Ok(match self.input {
+            CallInput::Tensor(t) => std::borrow::Cow::Borrowed(t),
+            CallInput::Seed(s) => std::borrow::Cow::Owned(s.expand(share_len(self.geometry(), self.batch)?)),
+        })
+    }
+
+    /// Checks the lengths every backend must check (and, for a tensor, that its elements are
+    /// canonical), as [`check_conv_args`] does.
+    ///
+    /// # Errors
+    /// [`crate::Error::LengthMismatch`], [`crate::Error::TooLarge`] and the field's errors.
+    pub fn check(&self) -> Result<()> {
+        let (geom, kernel) = (self.geometry(), self.kernel_data());
+        match self.input {
+            CallInput::Tensor(input) => check_conv_args(geom, self.batch, kernel, input),
+            CallInput::Seed(_) => {
+                share_len(geom, self.batch)?;
+                Conv2d::check_len("encrypted kernel", geom.kernel_len(), kernel.len())
+            }
+        }
+    }
+}
+
+/// A cloud that convolves masked tensors over F_p, p = 2^31 - 1.
+///
+/// One method is required, [`CloudBackend::call`], which takes a description of the call
+/// ([`ConvCall`]: the kernel raw or of a session, the input as a tensor or a seed) and the
+/// output buffer; every other method is provided in terms of it, so a wrapper that forwards
+/// `call` forwards every form (a remote cloud A behind it keeps receiving 32 bytes).
+pub trait CloudBackend: Send + Sync {
+    /// A human-readable description (backend and adapter). The default is the type's name.
+    fn name(&self) -> String {
+        std::any::type_name::<Self>().to_string()
+    }
+
+    /// Runs `call` into `out`, whose allocation the backend may reuse; `out` ends up holding
+    /// exactly the answer, `batch × Cout × Ho × Wo`. A backend that replaces `out`'s
+    /// allocation zeroizes the old contents ([`replace_zeroized`]): mode `pad`'s offline
+    /// `Conv(K, R)` writes each pad's secret `U` in place this way.
+    ///
+    /// # Errors
+    /// [`crate::Error::LengthMismatch`] for tensors that do not match the geometry (see
+    /// [`ConvCall::check`]), and backend-specific errors (device limits, wgpu and transport
+    /// errors); `out` is unspecified then.
+    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> Result<()>;
+
+    /// `Y' = Conv(K', X')` over F_p for a batch: `kernel` is `Cout × Cin/G × kh × kw`, `input`
+    /// is `batch × Cin × H × W`, the result `batch × Cout × Ho × Wo`.
+    ///
+    /// # Errors
+    /// As [`CloudBackend::call`].
+    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        self.conv_into(geom, batch, kernel, input, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`CloudBackend::conv`] into `out`, as [`CloudBackend::call`] writes it.
+    ///
+    /// # Errors
+    /// As [`CloudBackend::call`].
+    fn conv_into(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32], out: &mut Vec<u32>) -> Result<()> {
+        let call = ConvCall { kernel: CallKernel::Raw(geom, kernel), batch, input: CallInput::Tensor(input) };
+        self.call(call, out)
+    }
+
+    /// Mode `two-server`, cloud A: `Conv(K', X'_A)` where `X'_A = G(seed)` is the share expanded
+    /// from its 32-byte seed (docs/scheme.md §11), `batch × Cin × H × W` elements.
+    ///
+    /// # Errors
+    /// As [`CloudBackend::call`].
     fn conv_share(&self, geom: &Conv2d, batch: usize, kernel: &[u32], seed: &ShareSeed) -> Result<Vec<u32>> {
-        self.conv(geom, batch, kernel, &seed.expand(share_len(geom, batch)?))
+        let mut out = Vec::new();
+        let call = ConvCall { kernel: CallKernel::Raw(geom, kernel), batch, input: CallInput::Seed(seed) };
+        self.call(call, &mut out)?;
+        Ok(out)
     }
 
-    /// [`CloudBackend::conv`] with a kernel of the session, which a backend that keeps kernels
-    /// (a GPU's memory, a remote server's cache) recognises by its id: it is sent `K'` once per
-    /// session, not once per call. The default calls [`CloudBackend::conv`].
+    /// [`CloudBackend::conv`] with a kernel of the session.
     ///
     /// # Errors
-    /// As [`CloudBackend::conv`].
+    /// As [`CloudBackend::call`].
     fn conv_session(&self, kernel: &SessionKernel, batch: usize, input: &[u32]) -> Result<Vec<u32>> {
-        self.conv(kernel.geometry(), batch, kernel.data(), input)
+        let mut out = Vec::new();
+        self.conv_session_into(kernel, batch, input, &mut out)?;
+        Ok(out)
     }
 
-    /// [`CloudBackend::conv_share`] with a kernel of the session. The default expands the share
-    /// and calls [`CloudBackend::conv_session`].
+    /// [`CloudBackend::conv_share`] with a kernel of the session.
     ///
     /// # Errors
-    /// As [`CloudBackend::conv`].
+    /// As [`CloudBackend::call`].
     fn conv_share_session(&self, kernel: &SessionKernel, batch: usize, seed: &ShareSeed) -> Result<Vec<u32>> {
-        self.conv_session(kernel, batch, &seed.expand(share_len(kernel.geometry(), batch)?))
+        let mut out = Vec::new();
+        self.conv_share_session_into(kernel, batch, seed, &mut out)?;
+        Ok(out)
     }
 
-    /// [`CloudBackend::conv_session`] into `out`, whose allocation the backend may reuse: a
-    /// client that keeps its answer buffers from call to call ([`crate::client::AnswerBuffers`])
-    /// then neither allocates nor frees a tensor per call. `out` ends up holding exactly the
-    /// answer. The default calls [`CloudBackend::conv_session`] and moves its result into `out`.
+    /// [`CloudBackend::conv_session`] into `out`: a client that keeps its answer buffers from
+    /// call to call ([`crate::client::AnswerBuffers`]) then neither allocates nor frees a tensor
+    /// per call.
     ///
     /// # Errors
-    /// As [`CloudBackend::conv`]; `out` is unspecified then.
+    /// As [`CloudBackend::call`].
     fn conv_session_into(&self, kernel: &SessionKernel, batch: usize, input: &[u32], out: &mut Vec<u32>) -> Result<()> {
-        *out = self.conv_session(kernel, batch, input)?;
-        Ok(())
+        self.call(ConvCall { kernel: CallKernel::Session(kernel), batch, input: CallInput::Tensor(input) }, out)
     }
 
     /// [`CloudBackend::conv_share_session`] into `out`, as [`CloudBackend::conv_session_into`].
-    /// The default calls [`CloudBackend::conv_share_session`].
     ///
     /// # Errors
-    /// As [`CloudBackend::conv`]; `out` is unspecified then.
+    /// As [`CloudBackend::call`].
     fn conv_share_session_into(
         &self,
         kernel: &SessionKernel,
@@ -109,8 +193,21 @@ pub trait CloudBackend: Send + Sync {
         seed: &ShareSeed,
         out: &mut Vec<u32>,
     ) -> Result<()> {
-        *out = self.conv_share_session(kernel, batch, seed)?;
-        Ok(())
+        self.call(ConvCall { kernel: CallKernel::Session(kernel), batch, input: CallInput::Seed(seed) }, out)
+    }
+}
+
+/// Puts `y`, a freshly computed answer, into `out` as [`CloudBackend::call`] requires: copied
+/// into `out`'s allocation when it fits (then `y` is zeroized), else moved in after `out`'s old
+/// contents are zeroized. No copy of a secret answer (a pad's `U`) is freed unzeroized.
+pub fn replace_zeroized(out: &mut Vec<u32>, mut y: Vec<u32>) {
+    if out.capacity() >= y.len() {
+        out.clear();
+        out.extend_from_slice(&y);
+        y.zeroize();
+    } else {
+        out.zeroize();
+        *out = y;
     }
 }
 
@@ -284,33 +381,7 @@ impl<B: CloudBackend + ?Sized> CloudBackend for Box<B> {
         (**self).name()
     }
 
-    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
-        (**self).conv(geom, batch, kernel, input)
-    }
-
-    fn conv_share(&self, geom: &Conv2d, batch: usize, kernel: &[u32], seed: &ShareSeed) -> Result<Vec<u32>> {
-        (**self).conv_share(geom, batch, kernel, seed)
-    }
-
-    fn conv_session(&self, kernel: &SessionKernel, batch: usize, input: &[u32]) -> Result<Vec<u32>> {
-        (**self).conv_session(kernel, batch, input)
-    }
-
-    fn conv_share_session(&self, kernel: &SessionKernel, batch: usize, seed: &ShareSeed) -> Result<Vec<u32>> {
-        (**self).conv_share_session(kernel, batch, seed)
-    }
-
-    fn conv_session_into(&self, kernel: &SessionKernel, batch: usize, input: &[u32], out: &mut Vec<u32>) -> Result<()> {
-        (**self).conv_session_into(kernel, batch, input, out)
-    }
-
-    fn conv_share_session_into(
-        &self,
-        kernel: &SessionKernel,
-        batch: usize,
-        seed: &ShareSeed,
-        out: &mut Vec<u32>,
-    ) -> Result<()> {
-        (**self).conv_share_session_into(kernel, batch, seed, out)
+    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> Result<()> {
+        (**self).call(call, out)
     }
 }

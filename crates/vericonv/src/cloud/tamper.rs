@@ -5,12 +5,10 @@ use std::sync::Mutex;
 
 use rand::RngExt;
 
-use super::{CloudBackend, SessionKernel, share_len};
+use super::{CloudBackend, ConvCall, share_len};
 use crate::Result;
 use crate::field::{M31, PrimeField};
-use crate::geometry::Conv2d;
 use crate::keys::{KeyRng, seeded_rng};
-use crate::share::ShareSeed;
 
 /// How the cloud cheats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,76 +76,45 @@ impl<B: CloudBackend> CloudBackend for TamperingBackend<B> {
         }
     }
 
-    fn conv(&self, geom: &Conv2d, batch: usize, kernel: &[u32], input: &[u32]) -> Result<Vec<u32>> {
-        self.answer(geom, batch, kernel, Input::Tensor(input), || self.inner.conv(geom, batch, kernel, input))
-    }
-
-    // Every form is forwarded to the same form of the inner backend: a remote cloud A keeps
-    // receiving its 32-byte seed, a GPU keeps the session's kernel on the device.
-
-    fn conv_share(&self, geom: &Conv2d, batch: usize, kernel: &[u32], seed: &ShareSeed) -> Result<Vec<u32>> {
-        self.answer(geom, batch, kernel, Input::Seed(seed), || self.inner.conv_share(geom, batch, kernel, seed))
-    }
-
-    fn conv_session(&self, kernel: &SessionKernel, batch: usize, input: &[u32]) -> Result<Vec<u32>> {
-        let g = kernel.geometry();
-        self.answer(g, batch, kernel.data(), Input::Tensor(input), || self.inner.conv_session(kernel, batch, input))
-    }
-
-    fn conv_share_session(&self, kernel: &SessionKernel, batch: usize, seed: &ShareSeed) -> Result<Vec<u32>> {
-        let g = kernel.geometry();
-        self.answer(g, batch, kernel.data(), Input::Seed(seed), || self.inner.conv_share_session(kernel, batch, seed))
-    }
-}
-
-/// The input of a call as the cloud received it: a tensor, or cloud A's seed (expanded only
-/// when a cheating strategy needs the tensor).
-#[derive(Clone, Copy)]
-enum Input<'a> {
-    Tensor(&'a [u32]),
-    Seed(&'a ShareSeed),
-}
-
-impl<'a> Input<'a> {
-    fn tensor(self, geom: &Conv2d, batch: usize) -> Result<std::borrow::Cow<'a, [u32]>> {
-        Ok(match self {
-            Input::Tensor(t) => std::borrow::Cow::Borrowed(t),
-            Input::Seed(s) => std::borrow::Cow::Owned(s.expand(share_len(geom, batch)?)),
-        })
-    }
-}
-
-impl<B: CloudBackend> TamperingBackend<B> {
-    /// The answer to one call: `honest()`, or with probability `rate` a corruption of it.
-    fn answer(
-        &self,
-        geom: &Conv2d,
-        batch: usize,
-        kernel: &[u32],
-        input: Input<'_>,
-        honest: impl FnOnce() -> Result<Vec<u32>>,
-    ) -> Result<Vec<u32>> {
+    // Every form is forwarded as it came: a remote cloud A keeps receiving its 32-byte seed,
+    // a GPU keeps the session's kernel on the device.
+    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> Result<()> {
         let mut guard = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (rng, next, count) = &mut *guard;
         if self.strategies.is_empty() || !rng.random_bool(self.rate.clamp(0.0, 1.0)) {
             drop(guard);
-            return honest();
+            return self.inner.call(call, out);
         }
         let strategy = self.strategies[*next % self.strategies.len()];
         *next += 1;
+        self.inner.call(call, out)?;
+        let corrupt = self.corrupt(strategy, call, rng, out)?;
+        // Only a real change counts as a corruption: zeroing a plane that is already zero, or
+        // another input that happens to give the same answer, is an honest answer.
+        if corrupt != *out {
+            *count += 1;
+        }
+        *out = corrupt;
+        Ok(())
+    }
+}
+
+impl<B: CloudBackend> TamperingBackend<B> {
+    /// The answer `strategy` makes of the honest answer `honest` to `call`.
+    fn corrupt(&self, strategy: Tamper, call: ConvCall<'_>, rng: &mut KeyRng, honest: &[u32]) -> Result<Vec<u32>> {
+        let (geom, batch, kernel) = (call.geometry(), call.batch, call.kernel_data());
         let random_tensor = |rng: &mut KeyRng, len: usize| -> Vec<u32> { (0..len).map(|_| M31::random(rng)).collect() };
-        let honest = honest()?;
         let mut y = match strategy {
             Tamper::OtherInput => {
                 let len = share_len(geom, batch)?;
                 self.inner.conv(geom, batch, kernel, &random_tensor(rng, len))?
             }
             Tamper::OtherKernel => {
-                let input = input.tensor(geom, batch)?;
+                let input = call.input_tensor()?;
                 self.inner.conv(geom, batch, &random_tensor(rng, kernel.len()), &input)?
             }
             Tamper::AllZeros => vec![0; honest.len()],
-            _ => honest.clone(),
+            _ => honest.to_vec(),
         };
         let n = geom.n();
         let planes = y.len() / n;
@@ -178,11 +145,6 @@ impl<B: CloudBackend> TamperingBackend<B> {
                 y.iter_mut().take(n).for_each(|v| *v = M31::neg(*v));
             }
             Tamper::OtherInput | Tamper::OtherKernel | Tamper::AllZeros => {}
-        }
-        // Only a real change counts as a corruption: zeroing a plane that is already zero, or
-        // another input that happens to give the same answer, is an honest answer.
-        if y != honest {
-            *count += 1;
         }
         Ok(y)
     }
