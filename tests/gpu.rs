@@ -130,7 +130,11 @@ fn gpu_splits_work_that_exceeds_binding_and_dispatch_limits() {
     // A kernel row larger than a binding cannot be split: a typed error, not a panic.
     let g = vericonv::geometry::Conv2d::builder(64, 2, (4, 4), (3, 3)).build().expect("valid");
     let err = gpu.conv(&g, 1, &vec![0; g.kernel_len()], &vec![0; g.image_len()]).expect_err("too large");
-    assert!(matches!(err, vericonv::Error::DeviceLimit(_)), "{err}");
+    assert!(
+        matches!(err.backend_error::<vericonv_gpu::GpuError>(), Some(vericonv_gpu::GpuError::DeviceLimit(_))),
+        "{err}"
+    );
+    assert!(matches!(err, vericonv::Error::Backend { exhausted: true, .. }), "a device limit is an exhausted backend");
 }
 
 #[test]

@@ -122,7 +122,7 @@ pub fn run_load(
                             let online = t.elapsed().saturating_sub(timings.offline);
                             latencies.lock().unwrap_or_else(|e| e.into_inner()).push(online.as_secs_f64());
                         }
-                        Err(Error::Remote { code, .. }) if code == "ResourceExhausted" => {
+                        Err(Error::Backend { exhausted: true, .. }) => {
                             *busy.lock().unwrap_or_else(|e| e.into_inner()) += 1;
                         }
                         Err(e) => failed.lock().unwrap_or_else(|e| e.into_inner()).push(e.to_string()),

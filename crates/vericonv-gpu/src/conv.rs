@@ -1,13 +1,14 @@
 //! The convolution itself: buffers, bindings, one submission per chunk of the plan, read-back.
 
+use crate::GpuError;
 use std::sync::mpsc;
 
 use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
+use vericonv::Result;
 use vericonv::cloud::{CallKernel, CloudBackend, ConvCall, SessionKernel, check_conv_args, replace_zeroized};
 use vericonv::geometry::Conv2d;
-use vericonv::{Error, Result};
 
 use crate::device::{GpuBackend, scoped};
 use crate::plan::{Band, ConvPlan, Params, u};
@@ -163,14 +164,16 @@ impl GpuBackend {
             });
             self.device
                 .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| Error::Gpu { stage, message: e.to_string() })?;
+                .map_err(|e| GpuError::Wgpu { stage, message: e.to_string() })?;
             match rx.recv() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(Error::Gpu { stage, message: format!("buffer mapping failed: {e}") }),
-                Err(_) => return Err(Error::Gpu { stage, message: "buffer mapping was cancelled".into() }),
+                Ok(Err(e)) => {
+                    return Err(GpuError::Wgpu { stage, message: format!("buffer mapping failed: {e}") }.into());
+                }
+                Err(_) => return Err(GpuError::Wgpu { stage, message: "buffer mapping was cancelled".into() }.into()),
             }
             let data: Vec<T> = {
-                let view = slice.get_mapped_range().map_err(|e| Error::Gpu { stage, message: e.to_string() })?;
+                let view = slice.get_mapped_range().map_err(|e| GpuError::Wgpu { stage, message: e.to_string() })?;
                 bytemuck::pod_collect_to_vec(&view)
             };
             st.unmap();
@@ -186,9 +189,10 @@ impl GpuBackend {
         let max = self.info.max_workgroups_per_dimension as usize;
         let (x, y) = if groups <= max { (groups, 1) } else { (max, groups.div_ceil(max)) };
         if y > max {
-            return Err(Error::DeviceLimit(format!(
+            return Err(GpuError::DeviceLimit(format!(
                 "{invocations} invocations exceed the dispatch limit of {max}×{max} workgroups"
-            )));
+            ))
+            .into());
         }
         Ok((u(x), u(y)))
     }

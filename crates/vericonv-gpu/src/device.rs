@@ -1,6 +1,7 @@
 //! Adapter selection, device creation with the adapter's own limits, and the pipelines built
 //! once per backend.
 
+use crate::GpuError;
 use std::sync::Arc;
 
 use vericonv::{Error, Result};
@@ -126,7 +127,7 @@ pub(crate) fn scoped<T>(device: &wgpu::Device, stage: &'static str, f: impl FnOn
     let errors =
         [pollster::block_on(internal.pop()), pollster::block_on(oom.pop()), pollster::block_on(validation.pop())];
     match errors.into_iter().flatten().next() {
-        Some(e) => Err(Error::Gpu { stage, message: e.to_string() }),
+        Some(e) => Err(GpuError::Wgpu { stage, message: e.to_string() }.into()),
         None => Ok(value),
     }
 }
@@ -140,8 +141,8 @@ impl GpuBackend {
     /// (e.g. `vulkan`) restricts the graphics APIs probed.
     ///
     /// # Errors
-    /// [`Error::NoAdapter`] when nothing matches, [`Error::UnsupportedFeature`] when `U64` is
-    /// forced on an adapter without `SHADER_INT64`, [`Error::Gpu`] when device creation or shader
+    /// [`GpuError::NoAdapter`] when nothing matches, [`GpuError::UnsupportedFeature`] when `U64` is
+    /// forced on an adapter without `SHADER_INT64`, [`GpuError::Wgpu`] when device creation or shader
     /// compilation fails (the message carries the WGSL diagnostics).
     pub fn new(opts: &GpuOptions) -> Result<Self> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -152,17 +153,17 @@ impl GpuBackend {
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
             Ok(wanted) => {
                 let wanted = wanted.to_lowercase();
-                adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&wanted)).ok_or_else(|| Error::NoAdapter(format!("WGPU_ADAPTER_NAME={wanted:?} matches none of [{}]", names.join(", "))))?
+                adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&wanted)).ok_or_else(|| GpuError::NoAdapter(format!("WGPU_ADAPTER_NAME={wanted:?} matches none of [{}]", names.join(", "))))?
             }
             Err(_) => adapters.into_iter().min_by_key(|a| preference(a.get_info().device_type)).ok_or_else(|| {
-                Error::NoAdapter(format!("wgpu found no adapter for backends {backends:?}; install a GPU driver or Mesa's lavapipe (Debian: mesa-vulkan-drivers)"))
+                GpuError::NoAdapter(format!("wgpu found no adapter for backends {backends:?}; install a GPU driver or Mesa's lavapipe (Debian: mesa-vulkan-drivers)"))
             })?,
         };
         let ainfo = adapter.get_info();
         let has_int64 = adapter.features().contains(wgpu::Features::SHADER_INT64);
         let variant = match opts.variant {
             Some(ShaderVariant::U64) if !has_int64 => {
-                return Err(Error::UnsupportedFeature("SHADER_INT64 (needed by the u64 shader variant)"));
+                return Err(GpuError::UnsupportedFeature("SHADER_INT64 (needed by the u64 shader variant)").into());
             }
             Some(v) => v,
             None if has_int64 => ShaderVariant::U64,
@@ -178,7 +179,7 @@ impl GpuBackend {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
-        .map_err(|e| Error::Gpu { stage: "device creation", message: e.to_string() })?;
+        .map_err(|e| GpuError::Wgpu { stage: "device creation", message: e.to_string() })?;
         // Errors outside our scopes are logged, never turned into a panic.
         device.on_uncaptured_error(Arc::new(|e| log::error!("uncaptured wgpu error: {e}")));
 
@@ -266,11 +267,12 @@ impl GpuBackend {
                     })
                     .collect()
             })
-            .map_err(|e| match e {
-                Error::Gpu { stage, message } => {
-                    Error::Gpu { stage, message: format!("{message}\n--- WGSL of {program:?} ---\n{source}") }
+            .map_err(|e| match e.backend_error::<GpuError>() {
+                Some(GpuError::Wgpu { stage, message }) => {
+                    let message = format!("{message}\n--- WGSL of {program:?} ---\n{source}");
+                    GpuError::Wgpu { stage, message }.into()
                 }
-                other => other,
+                _ => e,
             })
         };
         let conv_pipeline = |a, k| Ok::<_, Error>(pipeline(ShaderProgram::Conv(a, k), &conv_layout)?.remove(0));
@@ -281,7 +283,11 @@ impl GpuBackend {
         ];
         let mut s = pipeline(ShaderProgram::Strict(variant), &strict_layout)?.into_iter();
         let (Some(ydot), Some(im2col_r), Some(kt)) = (s.next(), s.next(), s.next()) else {
-            return Err(Error::Gpu { stage: "shader compilation", message: "missing strict-mode entry point".into() });
+            return Err(GpuError::Wgpu {
+                stage: "shader compilation",
+                message: "missing strict-mode entry point".into(),
+            }
+            .into());
         };
         Ok(Self {
             device,

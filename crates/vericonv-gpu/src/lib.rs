@@ -7,10 +7,12 @@
 //!   `max_storage_buffer_binding_size` or `max_compute_workgroups_per_dimension` is split into
 //!   chunks of output channels, output-row bands and images.
 //! - Every wgpu call that can fail runs inside error scopes, so failures come back as
-//!   [`vericonv::Error::Gpu`] instead of the default handler's panic.
+//!   [`GpuError::Wgpu`] (through [`vericonv::Error::Backend`]) instead of the default
+//!   handler's panic.
 
 mod conv;
 mod device;
+mod error;
 mod kernel_cache;
 mod plan;
 mod shaders;
@@ -18,5 +20,6 @@ mod strict;
 mod timing;
 
 pub use device::{GpuBackend, GpuInfo, GpuOptions, list_adapters};
+pub use error::GpuError;
 pub use shaders::{Arithmetic, ConvKernel, ShaderProgram, ShaderVariant};
 pub use timing::KernelTiming;

@@ -1,10 +1,11 @@
 //! How a convolution is split to fit the device: chunks of output channels, output-row bands
 //! (each itself a convolution with its own top padding) and images.
 
+use crate::GpuError;
 use bytemuck::{Pod, Zeroable};
 
+use vericonv::Result;
 use vericonv::geometry::Conv2d;
-use vericonv::{Error, Result};
 
 use crate::shaders::{ConvKernel, TILE, WORKGROUP_X};
 
@@ -89,11 +90,12 @@ impl ConvPlan {
     pub(crate) fn new(g: &Conv2d, batch: usize, max_elems: u64, max_groups: usize, kernel: ConvKernel) -> Result<Self> {
         let max_elems = usize::try_from(max_elems).unwrap_or(usize::MAX);
         if g.m().div_ceil(4) * 4 > max_elems {
-            return Err(Error::DeviceLimit(format!(
+            return Err(GpuError::DeviceLimit(format!(
                 "one kernel row ({} weights) exceeds the storage binding limit of {} bytes",
                 g.m(),
                 max_elems * 4
-            )));
+            ))
+            .into());
         }
         let band_rows = |rows: usize| g.h().min((rows - 1) * g.stride().0 + (g.kh() - 1) * g.dilation().0 + 1);
         let fits = |rows: usize| {
@@ -104,7 +106,7 @@ impl ConvPlan {
         let mut rows = g.ho();
         while !fits(rows) {
             if rows == 1 {
-                return Err(Error::DeviceLimit(format!(
+                return Err(GpuError::DeviceLimit(format!(
                     "one output row ({} outputs, {} input rows of {}×{}) exceeds the storage binding limit of {} bytes or {} workgroups",
                     g.wo(),
                     band_rows(1),
@@ -112,7 +114,7 @@ impl ConvPlan {
                     g.w(),
                     max_elems * 4,
                     max_groups
-                )));
+                )).into());
             }
             rows = rows.div_ceil(2);
         }

@@ -1,11 +1,12 @@
 //! The batched Strict-mode verification products (docs/scheme.md §8) on the client's own GPU.
 
+use crate::GpuError;
 use wgpu::util::DeviceExt;
 
+use vericonv::Result;
 use vericonv::field::{M31, PrimeField};
 use vericonv::geometry::Conv2d;
 use vericonv::verify::{Claim, StrictProducts};
-use vericonv::{Error, Result};
 
 use crate::device::{GpuBackend, scoped};
 use crate::plan::Params;
@@ -16,8 +17,8 @@ impl GpuBackend {
     /// only when the GPU is the client's own, never the cloud's.
     ///
     /// # Errors
-    /// [`Error::LengthMismatch`] for a bad `r`, [`Error::DeviceLimit`] when one image does not fit a binding,
-    /// [`Error::Gpu`].
+    /// [`vericonv::Error::LengthMismatch`] for a bad `r`, [`GpuError::DeviceLimit`] when one image does not fit a binding,
+    /// [`GpuError::Wgpu`].
     pub fn strict_products(&self, claim: &Claim<'_>, r: &[u32]) -> Result<StrictProducts> {
         let (g, batch) = (claim.geometry(), claim.batch());
         let (kp, xp) = (claim.kernel(), claim.input());
@@ -35,11 +36,12 @@ impl GpuBackend {
         let max_elems = (self.info.max_binding_size / 4) as usize;
         let per_image = g.image_len().max(g.output_image_len()).max(g.cin() * taps);
         if per_image > max_elems || g.kernel_len() > max_elems {
-            return Err(Error::DeviceLimit(format!(
+            return Err(GpuError::DeviceLimit(format!(
                 "one image of this layer needs {} bytes in one binding; the device allows {}",
                 per_image.max(g.kernel_len()) * 4,
                 self.info.max_binding_size
-            )));
+            ))
+            .into());
         }
         let images = (max_elems / per_image).clamp(1, batch);
         let kbuf = self.storage_buffer("kernel", kp, false);

@@ -1,5 +1,6 @@
 //! Kernel timing on the GPU clock (timestamp queries), or wall clock where the adapter has none.
 
+use crate::GpuError;
 use bytemuck::Pod;
 
 use vericonv::geometry::Conv2d;
@@ -26,7 +27,7 @@ impl GpuBackend {
     ///
     /// # Errors
     /// [`Error::LengthMismatch`], [`Error::Unsupported`] for a field variant other than the
-    /// backend's, [`Error::DeviceLimit`] when the layer needs several dispatches, [`Error::Gpu`].
+    /// backend's, [`GpuError::DeviceLimit`] when the layer needs several dispatches, [`GpuError::Wgpu`].
     #[allow(clippy::too_many_arguments)]
     pub fn time_conv<T: Pod + Default>(
         &self,
@@ -49,9 +50,10 @@ impl GpuBackend {
         let max_groups = self.info.max_workgroups_per_dimension as usize;
         let plan = ConvPlan::new(g, batch, self.info.max_binding_size / 4, max_groups, kernel)?;
         if plan != (ConvPlan { channels: g.cout(), rows: g.ho(), images: batch }) {
-            return Err(Error::DeviceLimit(format!(
+            return Err(GpuError::DeviceLimit(format!(
                 "this layer at batch {batch} needs several dispatches on this adapter; time a smaller batch"
-            )));
+            ))
+            .into());
         }
         let kbuf = scoped(&self.device, "buffer upload", || self.kernel_buffer(kernel, g.m(), weights))?;
         let (bind, _) =
@@ -93,7 +95,7 @@ impl GpuBackend {
         let wait = || {
             self.device
                 .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| Error::Gpu { stage: "kernel timing", message: e.to_string() })
+                .map_err(|e| GpuError::Wgpu { stage: "kernel timing", message: e.to_string() })
         };
         self.submit_and_read::<u32>("kernel timing warm-up", &[], |enc| record(enc, false))?;
         wait()?;

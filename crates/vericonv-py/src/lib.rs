@@ -50,7 +50,10 @@ fn py_err(e: vericonv::Error) -> PyErr {
             err
         }),
         E::MalformedAnswer { .. } | E::CheatingCloud { .. } => VerificationError::new_err(message),
-        E::Remote { .. } => RemoteError::new_err(message),
+        E::Backend { .. } if e.backend_error::<vericonv_remote::RemoteError>().is_some() => {
+            RemoteError::new_err(message)
+        }
+        E::Backend { .. } if is_setup_error(&e) => ConfigError::new_err(message),
         E::Parse { .. } | E::Io { .. } | E::Unsupported(_) | E::NonFinite { .. } | E::ExactnessBound { .. } => {
             ModelError::new_err(message)
         }
@@ -58,11 +61,21 @@ fn py_err(e: vericonv::Error) -> PyErr {
         | E::SameCloudTwice(_)
         | E::InvalidRank
         | E::InvalidRounds
-        | E::NoAdapter(_)
-        | E::UnsupportedFeature(_)
         | E::WrongPrivacyMode { .. } => ConfigError::new_err(message),
         _ => Error::new_err(message),
     }
+}
+
+/// A GPU that is missing or lacks a feature: the settings ask for what this machine has not.
+#[cfg(feature = "gpu")]
+fn is_setup_error(e: &vericonv::Error) -> bool {
+    use vericonv_gpu::GpuError;
+    matches!(e.backend_error::<GpuError>(), Some(GpuError::NoAdapter(_) | GpuError::UnsupportedFeature(_)))
+}
+
+#[cfg(not(feature = "gpu"))]
+fn is_setup_error(_: &vericonv::Error) -> bool {
+    false
 }
 
 /// A model on tract: its graph, its private layers and its input normalisation.

@@ -5,7 +5,7 @@
 //!   replica at once, and takes the failed one out of rotation for a back-off period (1 s,
 //!   doubling with each failure in a row up to 30 s); `NOT_FOUND` (a replica that lost or never
 //!   had the kernel) registers it again. Attempts are bounded. Everything else,
-//!   `RESOURCE_EXHAUSTED` and deadlines included, is returned at once as [`Error::Remote`].
+//!   `RESOURCE_EXHAUSTED` and deadlines included, is returned at once as [`RemoteError`].
 //! - Transport (docs/scheme.md §15): plaintext `grpc://` only to hosts that resolve to loopback
 //!   addresses, and then to the resolved address itself; any other host needs `grpcs://`
 //!   unless [`RemoteOptions::allow_plaintext`] opts out, which logs a warning on every
@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::RemoteError;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 use vericonv::cloud::{CallInput, CallKernel, CloudBackend, ConvCall, KernelRef, SessionKernel, replace_zeroized};
@@ -169,10 +170,12 @@ impl Target {
     /// a name from the resolver: nothing is sent to the host itself).
     ///
     /// # Errors
-    /// [`Error::Remote`] (`InvalidArgument`) for a malformed URL, (`Unavailable`) for a host
+    /// [`RemoteError`] (`InvalidArgument`) for a malformed URL, (`Unavailable`) for a host
     /// that does not resolve.
     pub fn resolve(url: &str) -> Result<Self> {
-        let bad = |code: &str, why: String| Error::Remote { endpoint: url.into(), code: code.into(), message: why };
+        let bad = |code: &str, why: String| {
+            Error::from(RemoteError { endpoint: url.into(), code: code.into(), message: why })
+        };
         let (rest, tls) = match url.split_once("://") {
             Some(("grpc", rest)) => (rest, false),
             Some(("grpcs", rest)) => (rest, true),
@@ -199,7 +202,7 @@ impl Target {
     /// the resolved loopback address itself, so that a name cannot be re-resolved elsewhere.
     ///
     /// # Errors
-    /// [`Error::Remote`] (`FailedPrecondition`) for plaintext to a host that is not loopback.
+    /// [`RemoteError`] (`FailedPrecondition`) for plaintext to a host that is not loopback.
     pub fn connect_url(&self, allow_plaintext: bool) -> Result<String> {
         if self.tls {
             return Ok(format!("https://{}", self.authority));
@@ -208,14 +211,14 @@ impl Target {
             return Ok(format!("http://{}", self.addrs[0]));
         }
         if !allow_plaintext {
-            return Err(Error::Remote {
+            return Err(Error::from(RemoteError {
                 endpoint: format!("grpc://{}", self.authority),
                 code: "FailedPrecondition".into(),
                 message: format!(
                     "plaintext gRPC to a host that is not loopback ({}) would expose masked tensors, shares and the token to the network: use grpcs:// (or opt out explicitly, at your own risk)",
                     self.addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
                 ),
-            });
+            }));
         }
         tracing::warn!(endpoint = %self.authority, "plaintext gRPC to a host that is not loopback: masked tensors, shares and the token cross the network unencrypted");
         Ok(format!("http://{}", self.authority))
@@ -248,14 +251,14 @@ impl RemoteBackend {
     /// Connections are made lazily, on the first call.
     ///
     /// # Errors
-    /// [`Error::Remote`] for a malformed URL, no URL at all, or a TLS setup that fails.
+    /// [`RemoteError`] for a malformed URL, no URL at all, or a TLS setup that fails.
     pub fn connect(urls: &[String], opts: RemoteOptions) -> Result<Self> {
         if urls.is_empty() {
-            return Err(Error::Remote {
+            return Err(Error::from(RemoteError {
                 endpoint: String::new(),
                 code: "InvalidArgument".into(),
                 message: "no server given".into(),
-            });
+            }));
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -267,10 +270,12 @@ impl RemoteBackend {
         for url in urls {
             let target = Target::resolve(url)?;
             let connect_to = target.connect_url(opts.allow_plaintext)?;
-            let err = |e: &dyn std::fmt::Display| Error::Remote {
-                endpoint: url.clone(),
-                code: "InvalidArgument".into(),
-                message: e.to_string(),
+            let err = |e: &dyn std::fmt::Display| {
+                Error::from(RemoteError {
+                    endpoint: url.clone(),
+                    code: "InvalidArgument".into(),
+                    message: e.to_string(),
+                })
             };
             let mut endpoint = Endpoint::from_shared(connect_to)
                 .map_err(|e| err(&e))?
@@ -328,7 +333,7 @@ impl RemoteBackend {
     /// The `Info` of the first replica that answers.
     ///
     /// # Errors
-    /// [`Error::Remote`] when none does.
+    /// [`RemoteError`] when none does.
     pub fn info(&self) -> Result<proto::InfoReply> {
         let mut last = None;
         for r in &self.replicas {
@@ -403,11 +408,11 @@ impl RemoteBackend {
                         self.registered().insert((replica, handle));
                     }
                     Ok(_) => {
-                        return Err(Error::Remote {
+                        return Err(Error::from(RemoteError {
                             endpoint: r.url.clone(),
                             code: "DataLoss".into(),
                             message: "the server returned another handle than the kernel's".into(),
-                        });
+                        }));
                     }
                     Err(s) if lost_connection(&s) => {
                         last = Some(remote_error(&r.url, &s));
@@ -511,11 +516,11 @@ impl RemoteBackend {
 /// count is reported by the client as a malformed answer, like any other lie.
 fn decode_answer(url: &str, bytes: &[u8]) -> Result<Vec<u32>> {
     if !bytes.len().is_multiple_of(4) {
-        return Err(Error::Remote {
+        return Err(Error::from(RemoteError {
             endpoint: url.into(),
             code: "DataLoss".into(),
             message: format!("an answer of {} bytes is not a whole number of field elements", bytes.len()),
-        });
+        }));
     }
     Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
@@ -528,7 +533,7 @@ fn lost_connection(s: &Status) -> bool {
 }
 
 fn remote_error(url: &str, s: &Status) -> Error {
-    Error::Remote { endpoint: url.into(), code: format!("{:?}", s.code()), message: s.message().to_string() }
+    Error::from(RemoteError { endpoint: url.into(), code: format!("{:?}", s.code()), message: s.message().to_string() })
 }
 
 impl CloudBackend for RemoteBackend {
@@ -557,6 +562,11 @@ impl CloudBackend for RemoteBackend {
 mod tests {
     use super::*;
 
+    /// The gRPC code of a remote cloud's error.
+    fn code(e: &Error) -> Option<&str> {
+        e.backend_error::<RemoteError>().map(|r| r.code.as_str())
+    }
+
     #[test]
     fn only_grpc_and_grpcs_urls_with_a_port_are_accepted() {
         let t = Target::resolve("grpc://127.0.0.1:7000").expect("ok");
@@ -564,7 +574,7 @@ mod tests {
         let t = Target::resolve("grpcs://192.0.2.7:443").expect("ok");
         assert_eq!(t.connect_url(false).expect("TLS anywhere"), "https://192.0.2.7:443");
         for bad in ["http://127.0.0.1:7000", "grpc://", "grpc://host", "127.0.0.1:7000", "grpc://h:1/path"] {
-            assert!(matches!(Target::resolve(bad), Err(Error::Remote { .. })), "{bad}");
+            assert!(Target::resolve(bad).is_err_and(|e| code(&e).is_some()), "{bad}");
         }
     }
 
@@ -575,7 +585,7 @@ mod tests {
         {
             let t = Target::resolve(url).expect("parses");
             let err = t.connect_url(false).expect_err(url);
-            assert!(matches!(&err, Error::Remote { code, .. } if code == "FailedPrecondition"), "{url}: {err}");
+            assert_eq!(code(&err), Some("FailedPrecondition"), "{url}: {err}");
             assert!(err.to_string().contains("grpcs://"), "the message says what to do: {err}");
             assert_eq!(t.connect_url(true).expect("opted out"), url.replace("grpc://", "http://"));
         }
@@ -587,7 +597,7 @@ mod tests {
         // A backend to a remote host is refused when it is made, before any connection.
         let err = RemoteBackend::connect(&["grpc://192.0.2.7:7000".into()], RemoteOptions::default())
             .expect_err("plaintext to a remote host");
-        assert!(matches!(&err, Error::Remote { code, .. } if code == "FailedPrecondition"), "{err}");
+        assert_eq!(code(&err), Some("FailedPrecondition"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 mod client;
 mod conn;
+mod error;
 pub mod metrics;
 pub mod server;
 mod token;
@@ -29,6 +30,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use client::{RemoteBackend, RemoteOptions, Target, same_cloud};
+pub use error::RemoteError;
 use metrics::Metrics;
 pub use server::{CloudService, ServerConfig};
 pub use token::read_token;
@@ -88,7 +90,7 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 /// dropped.
 ///
 /// # Errors
-/// [`Error::Remote`] when TLS is misconfigured, the token is empty, or the server fails.
+/// [`RemoteError`] when TLS is misconfigured, the token is empty, or the server fails.
 pub async fn serve(
     backend: Arc<dyn CloudBackend>,
     cfg: ServerConfig,
@@ -96,11 +98,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let endpoint = listen.listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let transport = |e: &dyn std::fmt::Display| Error::Remote {
-        endpoint: endpoint.clone(),
-        code: "Unavailable".into(),
-        message: e.to_string(),
-    };
+    let transport = |e: &dyn std::fmt::Display| Error::from(RemoteError::new(&endpoint, "Unavailable", e.to_string()));
     if cfg.token.as_ref().is_some_and(|t| t.trim().is_empty()) {
         return Err(transport(&"an empty bearer token would let anyone in: set a real one, or none"));
     }

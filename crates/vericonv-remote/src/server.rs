@@ -186,7 +186,7 @@ pub fn status_of(e: &Error) -> Status {
         | Error::KernelLargerThanInput { .. }
         | Error::TooLarge { .. }
         | Error::Parse { .. } => Status::invalid_argument(e.to_string()),
-        Error::DeviceLimit(_) => Status::resource_exhausted(e.to_string()),
+        Error::Backend { exhausted: true, .. } => Status::resource_exhausted(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
 }

@@ -184,33 +184,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// No wgpu adapter matched the request.
-    #[error("no GPU adapter available: {0}")]
-    NoAdapter(String),
-    /// The adapter or device cannot hold the work even after splitting it.
-    #[error("device limit exceeded: {0}")]
-    DeviceLimit(String),
-    /// A requested shader variant needs a feature the adapter does not offer.
-    #[error("the adapter does not support {0}")]
-    UnsupportedFeature(&'static str),
-    /// wgpu reported an error (validation, out of memory or internal); the message is wgpu's.
-    #[error("wgpu error during {stage}: {message}")]
-    Gpu {
-        /// What was being done.
-        stage: &'static str,
-        /// wgpu's message (for shader failures, it includes the WGSL diagnostics).
-        message: String,
-    },
-    /// A remote cloud refused a call or could not be reached (after the retries its client
-    /// allows); the message is the server's, or the transport's.
-    #[error("remote cloud {endpoint}: {code}: {message}")]
-    Remote {
-        /// The endpoint, e.g. `grpc://127.0.0.1:7000`.
-        endpoint: String,
-        /// The gRPC status code, e.g. `Unavailable`.
-        code: String,
-        /// What the server or the transport said.
-        message: String,
+    /// A cloud backend's own failure (a GPU's, a remote cloud's transport or status), opaque
+    /// here: the backend crate's error type is the source, which [`Error::backend_error`]
+    /// recovers (`vericonv_gpu::GpuError`, `vericonv_remote::RemoteError`).
+    #[error("{source}")]
+    Backend {
+        /// Whether the work did not fit the backend's limits (a device's memory or dispatch
+        /// size, a server's message and tensor limits): it may fit smaller, or elsewhere.
+        exhausted: bool,
+        /// The backend's error.
+        source: Arc<dyn std::error::Error + Send + Sync>,
     },
     /// A tensor or model file could not be parsed.
     #[error("parse error in {what}: {message}")]
@@ -251,6 +234,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// An [`Error::Backend`] from a backend's own error; `exhausted` as that variant says.
+    pub fn backend(source: impl std::error::Error + Send + Sync + 'static, exhausted: bool) -> Self {
+        Error::Backend { exhausted, source: Arc::new(source) }
+    }
+
+    /// The backend's own error of an [`Error::Backend`], as its type `E`.
+    pub fn backend_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            Error::Backend { source, .. } => source.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
+
     /// An [`Error::Io`] on `path`, keeping `source` as the error's source.
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Error::Io { path: path.as_ref().display().to_string(), hint: String::new(), source: Arc::new(source) }

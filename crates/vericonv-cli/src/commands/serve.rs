@@ -106,10 +106,12 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), vericonv::Error> {
         tokio::runtime::Runtime::new().map_err(|e| vericonv::Error::Internal(format!("tokio runtime: {e}")))?;
     let served = runtime.block_on(async {
         let bind = |addr: std::net::SocketAddr| async move {
-            tokio::net::TcpListener::bind(addr).await.map_err(|e| vericonv::Error::Remote {
-                endpoint: addr.to_string(),
-                code: "Unavailable".into(),
-                message: format!("cannot listen: {e}"),
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                vericonv::Error::from(vericonv_remote::RemoteError::new(
+                    addr.to_string(),
+                    "Unavailable",
+                    format!("cannot listen: {e}"),
+                ))
             })
         };
         let listener = bind(args.listen).await?;

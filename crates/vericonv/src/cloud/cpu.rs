@@ -31,8 +31,7 @@ impl CpuBackend {
     /// A backend on its own pool of `threads` threads.
     ///
     /// # Errors
-    /// [`crate::Error::Gpu`] is never returned; [`crate::Error::Unsupported`] when the pool cannot
-    /// be built.
+    /// [`crate::Error::Internal`] when the pool cannot be built.
     pub fn with_threads(threads: usize) -> Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
