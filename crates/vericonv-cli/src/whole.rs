@@ -94,6 +94,17 @@ pub struct ClientPhases {
     pub local: f64,
 }
 
+/// The thread pool of a measurement and its seeded inputs, a batch of images of `image_len`
+/// values in [0, 1).
+fn pool_and_inputs(opts: &WholeOptions, image_len: usize) -> Result<(rayon::ThreadPool, Vec<f32>)> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .build()
+        .map_err(|e| Error::Internal(format!("thread pool: {e}")))?;
+    let mut rng = seeded_rng(opts.seed);
+    Ok((pool, (0..opts.batch * image_len).map(|_| rng.random_range(0.0..1.0)).collect()))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -116,12 +127,7 @@ pub fn run_whole(
     pads_on: Option<&dyn CloudBackend>,
     onnxruntime: Option<f64>,
 ) -> Result<WholeRow> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads)
-        .build()
-        .map_err(|e| Error::Internal(format!("thread pool: {e}")))?;
-    let mut rng = seeded_rng(opts.seed);
-    let x: Vec<f32> = (0..opts.batch * model.image_len()).map(|_| rng.random_range(0.0..1.0)).collect();
+    let (pool, x) = pool_and_inputs(opts, model.image_len())?;
     let qm = QuantModel::new(model, QuantConfig::default())?;
     let local = (CpuBackend::with_threads(opts.threads)?, CpuBackend::with_threads(opts.threads)?);
     let (cloud_a, cloud_b): (&dyn CloudBackend, &dyn CloudBackend) = clouds.unwrap_or((&local.0, &local.1));
@@ -278,13 +284,7 @@ pub fn run_whole_tract(
 ) -> Result<WholeRow> {
     use std::sync::Arc;
     use vericonv_model::tract::{ConvExecutor, PrivateConvs, Reference};
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads)
-        .build()
-        .map_err(|e| Error::Internal(format!("thread pool: {e}")))?;
-    let mut rng = seeded_rng(opts.seed);
-    let image_len: usize = model.image_shape().iter().product();
-    let x: Vec<f32> = (0..opts.batch * image_len).map(|_| rng.random_range(0.0..1.0)).collect();
+    let (pool, x) = pool_and_inputs(opts, model.image_shape().iter().product())?;
     let cpu = || CpuBackend::with_threads(opts.threads).map(|c| Arc::new(c) as Arc<dyn CloudBackend>);
     let clouds = match clouds {
         Some(c) => c,
