@@ -4,7 +4,12 @@
 use crate::GpuError;
 use std::sync::Arc;
 
+use bytemuck::Pod;
+use vericonv::geometry::Conv2d;
+use vericonv::verify::{Claim, StrictProducts};
 use vericonv::{Error, Result};
+
+use crate::KernelTiming;
 
 use crate::kernel_cache::KernelCache;
 use crate::shaders::{Arithmetic, ConvKernel, ShaderProgram, ShaderVariant};
@@ -318,5 +323,69 @@ impl GpuBackend {
     /// The F_p shader variant in use.
     pub fn variant(&self) -> ShaderVariant {
         self.variant
+    }
+
+    /// The plaintext f32 convolution on the GPU with the given kernel: the cloud-side baseline.
+    ///
+    /// # Errors
+    /// As [`vericonv::cloud::CloudBackend::conv`].
+    pub fn conv_f32(
+        &self,
+        kernel: ConvKernel,
+        geom: &Conv2d,
+        batch: usize,
+        weights: &[f32],
+        input: &[f32],
+    ) -> Result<Vec<f32>> {
+        crate::conv::conv_f32(self, kernel, geom, batch, weights, input)
+    }
+
+    /// The F_p convolution with an explicit kernel choice (the tests compare the tiled kernel
+    /// with the simple one, its oracle).
+    ///
+    /// # Errors
+    /// As [`vericonv::cloud::CloudBackend::conv`].
+    pub fn conv_field(
+        &self,
+        kernel: ConvKernel,
+        geom: &Conv2d,
+        batch: usize,
+        weights: &[u32],
+        input: &[u32],
+    ) -> Result<Vec<u32>> {
+        crate::conv::conv_field(self, kernel, geom, batch, weights, input)
+    }
+
+    /// The batched Strict-mode products on this GPU (`Y'_b·r`, `im2col(X'_b)·r`, `K'·T_b`),
+    /// bit-identical to [`vericonv::verify::strict_products`]. Verifying on a GPU proves something
+    /// only when the GPU is the client's own, never the cloud's.
+    ///
+    /// # Errors
+    /// [`vericonv::Error::LengthMismatch`] for a bad `r`, [`GpuError::DeviceLimit`] when one image does not fit a binding,
+    /// [`GpuError::Wgpu`].
+    pub fn strict_products(&self, claim: &Claim<'_>, r: &[u32]) -> Result<StrictProducts> {
+        crate::strict::strict_products(self, claim, r)
+    }
+
+    /// Times one convolution kernel on this adapter: one warm-up run, then the median of `reps`
+    /// runs, on the GPU clock (timestamp queries) when the adapter offers it, else wall clock
+    /// around submit-and-wait. The output is not read back; check it with
+    /// [`GpuBackend::conv_field`] or [`GpuBackend::conv_f32`] first.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`], [`Error::Unsupported`] for a field variant other than the
+    /// backend's, [`GpuError::DeviceLimit`] when the layer needs several dispatches, [`GpuError::Wgpu`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn time_conv<T: Pod + Default>(
+        &self,
+        arith: Arithmetic,
+        kernel: ConvKernel,
+        g: &Conv2d,
+        batch: usize,
+        weights: &[T],
+        input: &[T],
+        reps: usize,
+    ) -> Result<KernelTiming> {
+        crate::timing::time_conv(self, arith, kernel, g, batch, weights, input, reps)
     }
 }

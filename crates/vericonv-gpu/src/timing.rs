@@ -6,6 +6,7 @@ use bytemuck::Pod;
 use vericonv::geometry::Conv2d;
 use vericonv::{Error, Result};
 
+use crate::conv::{conv_bindings, conv_pipeline, kernel_buffer, submit_and_read};
 use crate::device::{GpuBackend, scoped};
 use crate::plan::{ConvPlan, Params, u};
 use crate::shaders::{Arithmetic, ConvKernel};
@@ -19,103 +20,101 @@ pub struct KernelTiming {
     pub gpu_clock: bool,
 }
 
-impl GpuBackend {
-    /// Times one convolution kernel on this adapter: one warm-up run, then the median of `reps`
-    /// runs, on the GPU clock (timestamp queries) when the adapter offers it, else wall clock
-    /// around submit-and-wait. The output is not read back; check it with
-    /// [`GpuBackend::conv_field`] or [`GpuBackend::conv_f32`] first.
-    ///
-    /// # Errors
-    /// [`Error::LengthMismatch`], [`Error::Unsupported`] for a field variant other than the
-    /// backend's, [`GpuError::DeviceLimit`] when the layer needs several dispatches, [`GpuError::Wgpu`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn time_conv<T: Pod + Default>(
-        &self,
-        arith: Arithmetic,
-        kernel: ConvKernel,
-        g: &Conv2d,
-        batch: usize,
-        weights: &[T],
-        input: &[T],
-        reps: usize,
-    ) -> Result<KernelTiming> {
-        Conv2d::check_len("kernel", g.kernel_len(), weights.len())?;
-        Conv2d::check_len("input", batch * g.image_len(), input.len())?;
-        if let Arithmetic::Field(v) = arith
-            && v != self.variant
-        {
-            return Err(Error::Unsupported(format!("this backend runs {:?} shaders, not {v:?}", self.variant)));
-        }
-        let (pipeline, kernel) = self.conv_pipeline(arith, kernel, g);
-        let max_groups = self.info.max_workgroups_per_dimension as usize;
-        let plan = ConvPlan::new(g, batch, self.info.max_binding_size / 4, max_groups, kernel)?;
-        if plan != (ConvPlan { channels: g.cout(), rows: g.ho(), images: batch }) {
-            return Err(GpuError::DeviceLimit(format!(
-                "this layer at batch {batch} needs several dispatches on this adapter; time a smaller batch"
-            ))
-            .into());
-        }
-        let kbuf = scoped(&self.device, "buffer upload", || self.kernel_buffer(kernel, g.m(), weights))?;
-        let (bind, _) =
-            self.conv_bindings(pipeline, &Params::whole(g, batch), &kbuf, input, batch * g.output_image_len())?;
-        let (x, y) = ConvPlan::workgroups(kernel, g.n(), g.cout());
-        let timestamps = self.info.timestamps.then(|| {
-            let qs = self.device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("timing"),
-                ty: wgpu::QueryType::Timestamp,
-                count: 2,
-            });
-            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("timestamps"),
-                size: 16,
-                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            });
-            (qs, resolve)
-        });
-        let record = |enc: &mut wgpu::CommandEncoder, timed: bool| {
-            let writes = timestamps.as_ref().filter(|_| timed).map(|(qs, _)| wgpu::ComputePassTimestampWrites {
-                query_set: qs,
-                beginning_of_pass_write_index: Some(0),
-                end_of_pass_write_index: Some(1),
-            });
-            {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("timed conv"),
-                    timestamp_writes: writes,
-                });
-                pass.set_pipeline(pipeline);
-                pass.set_bind_group(0, &bind, &[]);
-                pass.dispatch_workgroups(u(x), u(y), u(batch));
-            }
-            if let Some((qs, resolve)) = timestamps.as_ref().filter(|_| timed) {
-                enc.resolve_query_set(qs, 0..2, resolve, 0);
-            }
-        };
-        let wait = || {
-            self.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| GpuError::Wgpu { stage: "kernel timing", message: e.to_string() })
-        };
-        self.submit_and_read::<u32>("kernel timing warm-up", &[], |enc| record(enc, false))?;
-        wait()?;
-        let mut samples = Vec::with_capacity(reps.max(1));
-        for _ in 0..reps.max(1) {
-            let start = std::time::Instant::now();
-            match &timestamps {
-                Some((_, resolve)) => {
-                    let ticks = self.submit_and_read::<u64>("kernel timing", &[resolve], |enc| record(enc, true))?;
-                    let [t0, t1] = ticks.first().and_then(|t| t.get(..2)).map_or([0, 0], |t| [t[0], t[1]]);
-                    samples.push(t1.saturating_sub(t0) as f64 * f64::from(self.queue.get_timestamp_period()) * 1e-9);
-                }
-                None => {
-                    self.submit_and_read::<u32>("kernel timing", &[], |enc| record(enc, true))?;
-                    wait()?;
-                    samples.push(start.elapsed().as_secs_f64());
-                }
-            }
-        }
-        samples.sort_by(f64::total_cmp);
-        Ok(KernelTiming { seconds: samples[samples.len() / 2], gpu_clock: timestamps.is_some() })
+/// Times one convolution kernel on this adapter: one warm-up run, then the median of `reps`
+/// runs, on the GPU clock (timestamp queries) when the adapter offers it, else wall clock
+/// around submit-and-wait. The output is not read back; check it with
+/// [`GpuBackend::conv_field`] or [`GpuBackend::conv_f32`] first.
+///
+/// # Errors
+/// [`Error::LengthMismatch`], [`Error::Unsupported`] for a field variant other than the
+/// backend's, [`GpuError::DeviceLimit`] when the layer needs several dispatches, [`GpuError::Wgpu`].
+#[allow(clippy::too_many_arguments)]
+/// See [`GpuBackend::time_conv`].
+pub(crate) fn time_conv<T: Pod + Default>(
+    gpu: &GpuBackend,
+    arith: Arithmetic,
+    kernel: ConvKernel,
+    g: &Conv2d,
+    batch: usize,
+    weights: &[T],
+    input: &[T],
+    reps: usize,
+) -> Result<KernelTiming> {
+    Conv2d::check_len("kernel", g.kernel_len(), weights.len())?;
+    Conv2d::check_len("input", batch * g.image_len(), input.len())?;
+    if let Arithmetic::Field(v) = arith
+        && v != gpu.variant
+    {
+        return Err(Error::Unsupported(format!("this backend runs {:?} shaders, not {v:?}", gpu.variant)));
     }
+    let (pipeline, kernel) = conv_pipeline(gpu, arith, kernel, g);
+    let max_groups = gpu.info.max_workgroups_per_dimension as usize;
+    let plan = ConvPlan::new(g, batch, gpu.info.max_binding_size / 4, max_groups, kernel)?;
+    if plan != (ConvPlan { channels: g.cout(), rows: g.ho(), images: batch }) {
+        return Err(GpuError::DeviceLimit(format!(
+            "this layer at batch {batch} needs several dispatches on this adapter; time a smaller batch"
+        ))
+        .into());
+    }
+    let kbuf = scoped(&gpu.device, "buffer upload", || kernel_buffer(gpu, kernel, g.m(), weights))?;
+    let (bind, _) = conv_bindings(gpu, pipeline, &Params::whole(g, batch), &kbuf, input, batch * g.output_image_len())?;
+    let (x, y) = ConvPlan::workgroups(kernel, g.n(), g.cout());
+    let timestamps = gpu.info.timestamps.then(|| {
+        let qs = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("timing"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        (qs, resolve)
+    });
+    let record = |enc: &mut wgpu::CommandEncoder, timed: bool| {
+        let writes = timestamps.as_ref().filter(|_| timed).map(|(qs, _)| wgpu::ComputePassTimestampWrites {
+            query_set: qs,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("timed conv"),
+                timestamp_writes: writes,
+            });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(u(x), u(y), u(batch));
+        }
+        if let Some((qs, resolve)) = timestamps.as_ref().filter(|_| timed) {
+            enc.resolve_query_set(qs, 0..2, resolve, 0);
+        }
+    };
+    let wait = || {
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Wgpu { stage: "kernel timing", message: e.to_string() })
+    };
+    submit_and_read::<u32>(gpu, "kernel timing warm-up", &[], |enc| record(enc, false))?;
+    wait()?;
+    let mut samples = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        let start = std::time::Instant::now();
+        match &timestamps {
+            Some((_, resolve)) => {
+                let ticks = submit_and_read::<u64>(gpu, "kernel timing", &[resolve], |enc| record(enc, true))?;
+                let [t0, t1] = ticks.first().and_then(|t| t.get(..2)).map_or([0, 0], |t| [t[0], t[1]]);
+                samples.push(t1.saturating_sub(t0) as f64 * f64::from(gpu.queue.get_timestamp_period()) * 1e-9);
+            }
+            None => {
+                submit_and_read::<u32>(gpu, "kernel timing", &[], |enc| record(enc, true))?;
+                wait()?;
+                samples.push(start.elapsed().as_secs_f64());
+            }
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(KernelTiming { seconds: samples[samples.len() / 2], gpu_clock: timestamps.is_some() })
 }

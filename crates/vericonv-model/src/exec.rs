@@ -117,7 +117,7 @@ impl Value {
 /// that a stream of batches allocates nothing after its first pass.
 #[derive(Debug, Default)]
 pub struct Workspace {
-    pub(crate) values: Pool,
+    pub(crate) values: BufferPool,
     /// The quantized inputs (8 or 16 bits) and per-image scales of the layer being sent and of
     /// the one being received, and the tensor sent to the cloud.
     pub(crate) quant: [QuantBuffers; 2],
@@ -145,11 +145,11 @@ impl Workspace {
 /// Free activation buffers. A buffer keeps its full length while pooled, so that handing it out
 /// again writes nothing.
 #[derive(Debug, Default)]
-pub(crate) struct Pool {
+pub(crate) struct BufferPool {
     free: Vec<Vec<f32>>,
 }
 
-impl Pool {
+impl BufferPool {
     /// A value of `len` elements (contents unspecified): the smallest free buffer that holds it,
     /// else the largest grown to it.
     pub(crate) fn take(&mut self, len: usize) -> Value {
@@ -179,247 +179,237 @@ pub(crate) struct Step {
     pub(crate) act: Act,
 }
 
-impl Model {
-    /// Fuses each `Conv`/`Linear` node with the `Add` and the `Relu`/`Clip` that follow it and
-    /// read only it, and finds every value's last reader (the end of the step that reads it).
-    /// Returns the steps, the last readers of the nodes' values and of the input.
-    pub(crate) fn plan(&self) -> (Vec<Step>, Vec<usize>, usize) {
-        let n = self.nodes.len();
-        let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (j, node) in self.nodes.iter().enumerate() {
-            for s in &node.inputs {
-                if let Source::Node(i) = *s {
-                    readers[i].push(j);
-                }
+/// Fuses each `Conv`/`Linear` node with the `Add` and the `Relu`/`Clip` that follow it and
+/// read only it, and finds every value's last reader (the end of the step that reads it).
+/// Returns the steps, the last readers of the nodes' values and of the input.
+pub(crate) fn plan(model: &Model) -> (Vec<Step>, Vec<usize>, usize) {
+    let n = model.nodes.len();
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (j, node) in model.nodes.iter().enumerate() {
+        for s in &node.inputs {
+            if let Source::Node(i) = *s {
+                readers[i].push(j);
             }
         }
-        let only_reader = |i: usize, j: usize| j < n && readers[i] == [j];
-        let mut steps = Vec::new();
-        let mut k = 0;
-        while k < n {
-            let mut step = Step { node: k, end: k, add: None, act: Act::Identity };
-            if matches!(self.nodes[k].op, Op::Conv { .. } | Op::Linear { .. }) {
-                let next = &self.nodes.get(k + 1);
-                if let Some(add) = next.filter(|a| a.op == Op::Add && only_reader(k, k + 1))
-                    && let [p, q] = add.inputs[..]
-                    && (p == Source::Node(k)) != (q == Source::Node(k))
-                {
-                    step.add = Some(if p == Source::Node(k) { q } else { p });
-                    step.end = k + 1;
-                }
-                let e = step.end;
-                if let Some(next) =
-                    self.nodes.get(e + 1).filter(|a| a.inputs == [Source::Node(e)] && only_reader(e, e + 1))
-                {
-                    step.act = match next.op {
-                        Op::Relu => Act::Relu,
-                        Op::Clip { min, max } => Act::Clip { min, max },
-                        _ => Act::Identity,
-                    };
-                    if step.act != Act::Identity {
-                        step.end = e + 1;
-                    }
-                }
-            }
-            k = step.end + 1;
-            steps.push(step);
-        }
-        let mut end_of = vec![0; n];
-        for s in &steps {
-            end_of[s.node..=s.end].iter_mut().for_each(|e| *e = s.end);
-        }
-        let mut last = vec![0usize; n];
-        let mut input_last = 0;
-        for (j, node) in self.nodes.iter().enumerate() {
-            for s in &node.inputs {
-                match *s {
-                    Source::Node(i) => last[i] = last[i].max(end_of[j]),
-                    Source::Input => input_last = input_last.max(end_of[j]),
-                }
-            }
-        }
-        (steps, last, input_last)
     }
+    let only_reader = |i: usize, j: usize| j < n && readers[i] == [j];
+    let mut steps = Vec::new();
+    let mut k = 0;
+    while k < n {
+        let mut step = Step { node: k, end: k, add: None, act: Act::Identity };
+        if matches!(model.nodes[k].op, Op::Conv { .. } | Op::Linear { .. }) {
+            let next = &model.nodes.get(k + 1);
+            if let Some(add) = next.filter(|a| a.op == Op::Add && only_reader(k, k + 1))
+                && let [p, q] = add.inputs[..]
+                && (p == Source::Node(k)) != (q == Source::Node(k))
+            {
+                step.add = Some(if p == Source::Node(k) { q } else { p });
+                step.end = k + 1;
+            }
+            let e = step.end;
+            if let Some(next) =
+                model.nodes.get(e + 1).filter(|a| a.inputs == [Source::Node(e)] && only_reader(e, e + 1))
+            {
+                step.act = match next.op {
+                    Op::Relu => Act::Relu,
+                    Op::Clip { min, max } => Act::Clip { min, max },
+                    _ => Act::Identity,
+                };
+                if step.act != Act::Identity {
+                    step.end = e + 1;
+                }
+            }
+        }
+        k = step.end + 1;
+        steps.push(step);
+    }
+    let mut end_of = vec![0; n];
+    for s in &steps {
+        end_of[s.node..=s.end].iter_mut().for_each(|e| *e = s.end);
+    }
+    let mut last = vec![0usize; n];
+    let mut input_last = 0;
+    for (j, node) in model.nodes.iter().enumerate() {
+        for s in &node.inputs {
+            match *s {
+                Source::Node(i) => last[i] = last[i].max(end_of[j]),
+                Source::Input => input_last = input_last.max(end_of[j]),
+            }
+        }
+    }
+    (steps, last, input_last)
+}
 
-    /// Normalises a batch of `[0, 1]` images into a pooled value: `(x - mean[c]) / std[c]`.
-    ///
-    /// # Errors
-    /// [`Error::LengthMismatch`] when `images` is not a positive multiple of the image size,
-    /// [`Error::NonFinite`] for NaN or infinite pixels.
-    pub(crate) fn normalize_into(&self, images: &[f32], pool: &mut Pool) -> Result<(Value, usize)> {
-        let per = self.image_len();
-        if images.is_empty() || !images.len().is_multiple_of(per) {
-            return Err(Error::LengthMismatch {
-                what: "images (not a positive multiple of the model's C·H·W)",
-                expected: per,
-                got: images.len(),
-            });
-        }
-        if let Some(i) = images.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite { what: "input images".into(), index: i, value: images[i].to_string() });
-        }
-        let hw = self.input.height * self.input.width;
-        let mut x = pool.take(images.len());
-        x.data_mut().par_chunks_mut(hw).zip(images.par_chunks(hw)).enumerate().for_each(|(plane, (out, img))| {
-            let (mean, std) = self.input.channel_scale(plane % self.input.channels);
-            out.iter_mut().zip(img).for_each(|(o, &v)| *o = (v - mean) / std);
+/// Normalises a batch of `[0, 1]` images into a pooled value: `(x - mean[c]) / std[c]`.
+///
+/// # Errors
+/// [`Error::LengthMismatch`] when `images` is not a positive multiple of the image size,
+/// [`Error::NonFinite`] for NaN or infinite pixels.
+pub(crate) fn normalize_into(model: &Model, images: &[f32], pool: &mut BufferPool) -> Result<(Value, usize)> {
+    let per = model.image_len();
+    if images.is_empty() || !images.len().is_multiple_of(per) {
+        return Err(Error::LengthMismatch {
+            what: "images (not a positive multiple of the model's C·H·W)",
+            expected: per,
+            got: images.len(),
         });
-        Ok((x, images.len() / per))
     }
+    if let Some(i) = images.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite { what: "input images".into(), index: i, value: images[i].to_string() });
+    }
+    let hw = model.input.height * model.input.width;
+    let mut x = pool.take(images.len());
+    x.data_mut().par_chunks_mut(hw).zip(images.par_chunks(hw)).enumerate().for_each(|(plane, (out, img))| {
+        let (mean, std) = model.input.channel_scale(plane % model.input.channels);
+        out.iter_mut().zip(img).for_each(|(o, &v)| *o = (v - mean) / std);
+    });
+    Ok((x, images.len() / per))
+}
 
-    /// Runs the graph on the normalised batch `x` of `batch` images. Each `Conv` and `Linear`
-    /// node, with the nodes fused after it, is delegated to `linear_op(node_index, node, input,
-    /// tail, out)`, which must write every element of `out` (`batch × Cout × Ho × Wo`) and apply
-    /// `tail` to it; every other operator runs here. Returns the logits and the time spent in
-    /// the other operators.
-    ///
-    /// # Errors
-    /// Whatever `linear_op` returns.
-    pub(crate) fn execute<F>(
-        &self,
-        x: Value,
-        batch: usize,
-        pool: &mut Pool,
-        mut linear_op: F,
-    ) -> Result<(Vec<f32>, Duration)>
-    where
-        F: FnMut(usize, &Node, &[f32], &Tail<'_>, &mut [f32]) -> Result<()>,
-    {
-        let (steps, last, input_last) = self.plan();
-        let mut other = Duration::ZERO;
-        let mut values: Vec<Option<Value>> = (0..self.nodes.len()).map(|_| None).collect();
-        let mut x = Some(x);
-        let result =
-            (|| {
-                for step in &steps {
-                    let node = &self.nodes[step.node];
-                    let get = |s: &Source| -> Result<&[f32]> {
-                        match s {
-                            Source::Input => x.as_ref(),
-                            Source::Node(i) => values[*i].as_ref(),
-                        }
-                        .map(Value::data)
-                        .ok_or_else(|| Error::Internal(format!("node `{}` reads a value already freed", node.name)))
+/// Runs the graph on the normalised batch `x` of `batch` images. Each `Conv` and `Linear`
+/// node, with the nodes fused after it, is delegated to `linear_op(node_index, node, input,
+/// tail, out)`, which must write every element of `out` (`batch × Cout × Ho × Wo`) and apply
+/// `tail` to it; every other operator runs here. Returns the logits and the time spent in
+/// the other operators.
+///
+/// # Errors
+/// Whatever `linear_op` returns.
+pub(crate) fn execute<F>(
+    model: &Model,
+    x: Value,
+    batch: usize,
+    pool: &mut BufferPool,
+    mut linear_op: F,
+) -> Result<(Vec<f32>, Duration)>
+where
+    F: FnMut(usize, &Node, &[f32], &Tail<'_>, &mut [f32]) -> Result<()>,
+{
+    let (steps, last, input_last) = plan(model);
+    let mut other = Duration::ZERO;
+    let mut values: Vec<Option<Value>> = (0..model.nodes.len()).map(|_| None).collect();
+    let mut x = Some(x);
+    let result = (|| {
+        for step in &steps {
+            let node = &model.nodes[step.node];
+            let get = |s: &Source| -> Result<&[f32]> {
+                match s {
+                    Source::Input => x.as_ref(),
+                    Source::Node(i) => values[*i].as_ref(),
+                }
+                .map(Value::data)
+                .ok_or_else(|| Error::Internal(format!("node `{}` reads a value already freed", node.name)))
+            };
+            let mut out = pool.take(batch * model.nodes[step.end].shape.len());
+            let a = get(&node.inputs[0])?;
+            match &node.op {
+                Op::Conv { .. } | Op::Linear { .. } => {
+                    let residual = match step.add {
+                        Some(src) => Some(get(&src)?),
+                        None => None,
                     };
-                    let mut out = pool.take(batch * self.nodes[step.end].shape.len());
-                    let a = get(&node.inputs[0])?;
-                    match &node.op {
-                        Op::Conv { .. } | Op::Linear { .. } => {
-                            let residual = match step.add {
-                                Some(src) => Some(get(&src)?),
-                                None => None,
-                            };
-                            let tail = Tail { residual, act: step.act };
-                            linear_op(step.node, node, a, &tail, out.data_mut())?;
-                        }
-                        op => {
-                            let start = Instant::now();
-                            let parts = node.inputs.iter().map(&get).collect::<Result<Vec<_>>>()?;
-                            self.other_op(op, step.node, batch, &parts, out.data_mut());
-                            other += start.elapsed();
-                        }
-                    }
-                    values[step.end] = Some(out);
-                    // Free what no later step reads.
-                    for n in &self.nodes[step.node..=step.end] {
-                        for s in &n.inputs {
-                            match *s {
-                                Source::Input if input_last == step.end => {
-                                    if let Some(v) = x.take() {
-                                        pool.give(v);
-                                    }
-                                }
-                                Source::Node(i) if last[i] == step.end && i + 1 < self.nodes.len() => {
-                                    if let Some(v) = values[i].take() {
-                                        pool.give(v);
-                                    }
-                                }
-                                _ => {}
+                    let tail = Tail { residual, act: step.act };
+                    linear_op(step.node, node, a, &tail, out.data_mut())?;
+                }
+                op => {
+                    let start = Instant::now();
+                    let parts = node.inputs.iter().map(&get).collect::<Result<Vec<_>>>()?;
+                    other_op(model, op, step.node, batch, &parts, out.data_mut());
+                    other += start.elapsed();
+                }
+            }
+            values[step.end] = Some(out);
+            // Free what no later step reads.
+            for n in &model.nodes[step.node..=step.end] {
+                for s in &n.inputs {
+                    match *s {
+                        Source::Input if input_last == step.end => {
+                            if let Some(v) = x.take() {
+                                pool.give(v);
                             }
                         }
+                        Source::Node(i) if last[i] == step.end && i + 1 < model.nodes.len() => {
+                            if let Some(v) = values[i].take() {
+                                pool.give(v);
+                            }
+                        }
+                        _ => {}
                     }
                 }
-                let logits = values.last().and_then(Option::as_ref).map(|v| v.data().to_vec()).ok_or_else(|| {
-                    Error::Parse { what: format!("model `{}`", self.name), message: "no layers".into() }
-                })?;
-                Ok(logits)
-            })();
-        // Every buffer goes back to the pool, whatever happened.
-        for v in values.into_iter().flatten().chain(x) {
-            pool.give(v);
+            }
         }
-        Ok((result?, other))
-    }
-
-    /// Every operator but `Conv` and `Linear`, on a batch: `parts` are the inputs; writes every
-    /// element of `out`.
-    pub(crate) fn other_op(&self, op: &Op, idx: usize, batch: usize, parts: &[&[f32]], out: &mut [f32]) {
-        let node = &self.nodes[idx];
-        let a = parts[0];
-        let s = match node.inputs[0] {
-            Source::Input => crate::graph::Shape { c: self.input.channels, h: self.input.height, w: self.input.width },
-            Source::Node(i) => self.nodes[i].shape,
-        };
-        match op {
-            Op::Relu => map_into(out, a, |v| v.max(0.0)),
-            Op::Clip { min, max } => map_into(out, a, |v| v.max(*min).min(*max)),
-            Op::Sigmoid => map_into(out, a, |v| 1.0 / (1.0 + (-v).exp())),
-            Op::HardSigmoid { alpha, beta } => map_into(out, a, |v| (alpha * v + beta).clamp(0.0, 1.0)),
-            Op::HardSwish => map_into(out, a, |v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
-            Op::MaxPool(p) => p.apply_into(a, batch * s.c, s.h, s.w, true, out),
-            Op::AvgPool(p) => p.apply_into(a, batch * s.c, s.h, s.w, false, out),
-            Op::GlobalAvgPool => ops::global_avg_pool_into(a, s.h * s.w, out),
-            Op::Flatten => out.copy_from_slice(a),
-            Op::Add => {
-                let b = parts.get(1).copied().unwrap_or_default();
-                out.par_chunks_mut(MIN_TASK)
-                    .zip(a.par_chunks(MIN_TASK).zip(b.par_chunks(MIN_TASK)))
-                    .for_each(|(o, (p, q))| o.iter_mut().zip(p.iter().zip(q)).for_each(|(o, (p, q))| *o = p + q));
-            }
-            Op::Concat => {
-                let mut at = 0;
-                for img in 0..batch {
-                    for p in parts {
-                        let n = p.len() / batch;
-                        out[at..at + n].copy_from_slice(&p[img * n..][..n]);
-                        at += n;
-                    }
-                }
-            }
-            Op::Resize { scale_h, scale_w } => {
-                let (h, w) = (s.h * scale_h, s.w * scale_w);
-                for (plane, dst) in a.chunks_exact(s.h * s.w).zip(out.chunks_exact_mut(h * w)) {
-                    for (y, drow) in dst.chunks_exact_mut(w).enumerate() {
-                        let row = &plane[(y / scale_h) * s.w..][..s.w];
-                        drow.iter_mut().enumerate().for_each(|(x, d)| *d = row[x / scale_w]);
-                    }
-                }
-            }
-            Op::Conv { .. } | Op::Linear { .. } => {}
-        }
-    }
-
-    /// The float model's logits (`batch × classes`) for `[0, 1]` images.
-    ///
-    /// # Errors
-    /// [`Error::LengthMismatch`] when `images` is not a positive multiple of the image size,
-    /// [`Error::NonFinite`] for NaN or infinite pixels.
-    pub fn forward_float(&self, images: &[f32]) -> Result<Vec<f32>> {
-        self.forward_float_with(images, &mut Workspace::new())
-    }
-
-    /// [`Model::forward_float`] with the caller's buffers, reused across passes.
-    ///
-    /// # Errors
-    /// As [`Model::forward_float`].
-    pub fn forward_float_with(&self, images: &[f32], ws: &mut Workspace) -> Result<Vec<f32>> {
-        let (x, batch) = self.normalize_into(images, &mut ws.values)?;
-        let (logits, _) = self.execute(x, batch, &mut ws.values, |_, node, a, tail, out| {
-            float_linear_op(node, batch, a, tail, out);
-            Ok(())
-        })?;
+        let logits = values
+            .last()
+            .and_then(Option::as_ref)
+            .map(|v| v.data().to_vec())
+            .ok_or_else(|| Error::Parse { what: format!("model `{}`", model.name), message: "no layers".into() })?;
         Ok(logits)
+    })();
+    // Every buffer goes back to the pool, whatever happened.
+    for v in values.into_iter().flatten().chain(x) {
+        pool.give(v);
     }
+    Ok((result?, other))
+}
+
+/// Every operator but `Conv` and `Linear`, on a batch: `parts` are the inputs; writes every
+/// element of `out`.
+pub(crate) fn other_op(model: &Model, op: &Op, idx: usize, batch: usize, parts: &[&[f32]], out: &mut [f32]) {
+    let node = &model.nodes[idx];
+    let a = parts[0];
+    let s = match node.inputs[0] {
+        Source::Input => crate::graph::Shape { c: model.input.channels, h: model.input.height, w: model.input.width },
+        Source::Node(i) => model.nodes[i].shape,
+    };
+    match op {
+        Op::Relu => map_into(out, a, |v| v.max(0.0)),
+        Op::Clip { min, max } => map_into(out, a, |v| v.max(*min).min(*max)),
+        Op::Sigmoid => map_into(out, a, |v| 1.0 / (1.0 + (-v).exp())),
+        Op::HardSigmoid { alpha, beta } => map_into(out, a, |v| (alpha * v + beta).clamp(0.0, 1.0)),
+        Op::HardSwish => map_into(out, a, |v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
+        Op::MaxPool(p) => p.apply_into(a, batch * s.c, s.h, s.w, true, out),
+        Op::AvgPool(p) => p.apply_into(a, batch * s.c, s.h, s.w, false, out),
+        Op::GlobalAvgPool => ops::global_avg_pool_into(a, s.h * s.w, out),
+        Op::Flatten => out.copy_from_slice(a),
+        Op::Add => {
+            let b = parts.get(1).copied().unwrap_or_default();
+            out.par_chunks_mut(MIN_TASK)
+                .zip(a.par_chunks(MIN_TASK).zip(b.par_chunks(MIN_TASK)))
+                .for_each(|(o, (p, q))| o.iter_mut().zip(p.iter().zip(q)).for_each(|(o, (p, q))| *o = p + q));
+        }
+        Op::Concat => {
+            let mut at = 0;
+            for img in 0..batch {
+                for p in parts {
+                    let n = p.len() / batch;
+                    out[at..at + n].copy_from_slice(&p[img * n..][..n]);
+                    at += n;
+                }
+            }
+        }
+        Op::Resize { scale_h, scale_w } => {
+            let (h, w) = (s.h * scale_h, s.w * scale_w);
+            for (plane, dst) in a.chunks_exact(s.h * s.w).zip(out.chunks_exact_mut(h * w)) {
+                for (y, drow) in dst.chunks_exact_mut(w).enumerate() {
+                    let row = &plane[(y / scale_h) * s.w..][..s.w];
+                    drow.iter_mut().enumerate().for_each(|(x, d)| *d = row[x / scale_w]);
+                }
+            }
+        }
+        Op::Conv { .. } | Op::Linear { .. } => {}
+    }
+}
+
+/// [`Model::forward_float_with`]: the float model's logits, with the caller's buffers.
+///
+/// # Errors
+/// As [`Model::forward_float`].
+pub(crate) fn forward_float_with(model: &Model, images: &[f32], ws: &mut Workspace) -> Result<Vec<f32>> {
+    let (x, batch) = normalize_into(model, images, &mut ws.values)?;
+    let (logits, _) = execute(model, x, batch, &mut ws.values, |_, node, a, tail, out| {
+        float_linear_op(node, batch, a, tail, out);
+        Ok(())
+    })?;
+    Ok(logits)
 }
 
 /// `out[i] = f(a[i])`, in parallel pieces.

@@ -215,198 +215,176 @@ fn tensor_f32(st: &safetensors::SafeTensors<'_>, name: &str, layer: &str) -> Res
     Ok(values)
 }
 
-impl Model {
-    /// Opens any model file this crate reads: ONNX (`.onnx`, through the native importer) or
-    /// the native format (anything else, see [`Model::load`]). Also returns whether the file
-    /// records the input normalisation (a native file always does; an ONNX file when it has the
-    /// `vericonv.mean` / `vericonv.std` metadata).
-    ///
-    /// # Errors
-    /// As [`Model::load`] and [`crate::onnx::import::import_model`].
-    pub fn open(path: impl AsRef<Path>) -> Result<(Self, bool)> {
-        let path = path.as_ref();
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
-            crate::onnx::import::import_model_recorded(path)
-        } else {
-            Ok((Self::load(path)?, true))
-        }
-    }
-
-    /// Loads the native format: `path` is the JSON file; the weights are the `.safetensors`
-    /// file with the same stem.
-    ///
-    /// # Errors
-    /// [`Error::Io`], [`Error::Parse`] for a corrupt or inconsistent file (naming the layer),
-    /// [`Error::Unsupported`], [`Error::NonFinite`] for NaN or infinite weights.
-    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(p, e));
-        let json = read(path)?;
-        let weights = read(&path.with_extension("safetensors"))?;
-        Self::from_bytes(&json, &weights)
-    }
-
-    /// Parses the native format from memory.
-    ///
-    /// # Errors
-    /// As [`Model::load`].
-    pub fn from_bytes(json: &[u8], weights: &[u8]) -> Result<Self> {
-        let file: ModelFile = serde_json::from_slice(json)
-            .map_err(|e| Error::Parse { what: "model JSON".into(), message: e.to_string() })?;
-        if file.format != FORMAT {
-            return Err(Error::Parse {
-                what: "model JSON".into(),
-                message: format!("format `{}`, expected `{FORMAT}`", file.format),
-            });
-        }
-        let st = safetensors::SafeTensors::deserialize(weights)
-            .map_err(|e| Error::Parse { what: "model weights (safetensors)".into(), message: e.to_string() })?;
-        let mut b = GraphBuilder::new(file.input)?;
-        for layer in &file.layers {
-            let n = layer.name.as_str();
-            let inputs = match &layer.inputs {
-                Some(names) => names.iter().map(|i| b.source(n, i)).collect::<Result<Vec<_>>>()?,
-                None => vec![b.source(n, &b.last())?],
-            };
-            let first = *inputs.first().ok_or_else(|| layer_err(n, "no input"))?;
-            let w = |suffix: &str| tensor_f32(&st, &format!("{n}.{suffix}"), n);
-            match &layer.op {
-                OpSpec::Conv2d { out_channels, kernel, stride, padding, dilation, groups, bias } => {
-                    let [t, l, bo, r] = *padding;
-                    let bias = if *bias { w("bias")? } else { Vec::new() };
-                    let attrs = ConvAttrs {
-                        out_channels: *out_channels,
-                        kernel: (kernel[0], kernel[1]),
-                        stride: (stride[0], stride[1]),
-                        padding: Padding::new(t, l, bo, r),
-                        dilation: (dilation[0], dilation[1]),
-                        groups: *groups,
-                    };
-                    b.conv(n, first, attrs, w("weight")?, bias)?;
-                }
-                OpSpec::Linear { out_features, bias } => {
-                    let bias = if *bias { w("bias")? } else { Vec::new() };
-                    b.linear(n, first, *out_features, w("weight")?, bias)?;
-                }
-                OpSpec::Batchnorm2d { eps } => {
-                    let bn = BatchNorm {
-                        gamma: w("weight")?,
-                        beta: w("bias")?,
-                        mean: w("running_mean")?,
-                        var: w("running_var")?,
-                        eps: *eps,
-                    };
-                    b.batchnorm(n, first, &bn)?
-                }
-                OpSpec::Relu => b.simple(n, Op::Relu, inputs)?,
-                OpSpec::Clip { min, max } => b.simple(n, Op::Clip { min: *min, max: *max }, inputs)?,
-                OpSpec::Sigmoid => b.simple(n, Op::Sigmoid, inputs)?,
-                OpSpec::HardSigmoid { alpha, beta } => {
-                    b.simple(n, Op::HardSigmoid { alpha: *alpha, beta: *beta }, inputs)?
-                }
-                OpSpec::HardSwish => b.simple(n, Op::HardSwish, inputs)?,
-                OpSpec::Maxpool2d(p) => b.simple(n, Op::MaxPool(p.into()), inputs)?,
-                OpSpec::Avgpool2d(p) => b.simple(n, Op::AvgPool(p.into()), inputs)?,
-                OpSpec::GlobalAvgpool => b.simple(n, Op::GlobalAvgPool, inputs)?,
-                OpSpec::Flatten => b.simple(n, Op::Flatten, inputs)?,
-                OpSpec::Add => b.simple(n, Op::Add, inputs)?,
-                OpSpec::Concat => b.simple(n, Op::Concat, inputs)?,
-                OpSpec::Resize { scale } => b.simple(n, Op::Resize { scale_h: scale[0], scale_w: scale[1] }, inputs)?,
-            }
-        }
-        let model = b.finish(&file.name)?;
-        if let Some(n) = file.num_classes.filter(|&n| n != model.num_classes()) {
-            return Err(Error::Parse {
-                what: "model JSON".into(),
-                message: format!("num_classes is {n}, but the last layer outputs {}", model.num_classes()),
-            });
-        }
-        Ok(model)
+/// See [`Model::open`].
+pub(crate) fn open(path: impl AsRef<Path>) -> Result<(Model, bool)> {
+    let path = path.as_ref();
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+        crate::onnx::import::import_model_recorded(path)
+    } else {
+        Ok((load(path)?, true))
     }
 }
 
-impl Model {
-    /// Writes the native format: `path` (the JSON) and the `.safetensors` beside it, f32.
-    /// BatchNorm stays folded into its convolution; `training` records the provenance.
-    ///
-    /// # Errors
-    /// [`Error::Io`]; [`Error::Internal`] if serialisation fails.
-    pub fn save(&self, path: impl AsRef<Path>, training: Option<serde_json::Value>) -> Result<()> {
-        let path = path.as_ref();
-        let name_of = |s: &Source| match s {
-            Source::Input => "input".to_string(),
-            Source::Node(i) => self.nodes[*i].name.clone(),
-        };
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let mut layers = Vec::new();
-        for (i, n) in self.nodes.iter().enumerate() {
-            // The previous node (or the input, for the first) is the default input.
-            let default = if i == 0 { Source::Input } else { Source::Node(i - 1) };
-            let inputs = (n.inputs.as_slice() != [default]).then(|| n.inputs.iter().map(name_of).collect());
-            let op = match &n.op {
-                Op::Conv { geom: g, weight, bias } => {
-                    tensors.push((
-                        format!("{}.weight", n.name),
-                        vec![g.cout(), g.cin_per_group(), g.kh(), g.kw()],
-                        bytes(weight),
-                    ));
-                    if !bias.is_empty() {
-                        tensors.push((format!("{}.bias", n.name), vec![g.cout()], bytes(bias)));
-                    }
-                    let p = g.padding();
-                    OpSpec::Conv2d {
-                        out_channels: g.cout(),
-                        kernel: [g.kh(), g.kw()],
-                        stride: [g.stride().0, g.stride().1],
-                        padding: [p.top, p.left, p.bottom, p.right],
-                        dilation: [g.dilation().0, g.dilation().1],
-                        groups: g.groups(),
-                        bias: !bias.is_empty(),
-                    }
-                }
-                Op::Linear { in_features, out_features, weight, bias } => {
-                    tensors.push((format!("{}.weight", n.name), vec![*out_features, *in_features], bytes(weight)));
-                    if !bias.is_empty() {
-                        tensors.push((format!("{}.bias", n.name), vec![*out_features], bytes(bias)));
-                    }
-                    OpSpec::Linear { out_features: *out_features, bias: !bias.is_empty() }
-                }
-                Op::Relu => OpSpec::Relu,
-                Op::Clip { min, max } => OpSpec::Clip { min: *min, max: *max },
-                Op::Sigmoid => OpSpec::Sigmoid,
-                Op::HardSigmoid { alpha, beta } => OpSpec::HardSigmoid { alpha: *alpha, beta: *beta },
-                Op::HardSwish => OpSpec::HardSwish,
-                Op::MaxPool(p) => OpSpec::Maxpool2d(p.into()),
-                Op::AvgPool(p) => OpSpec::Avgpool2d(p.into()),
-                Op::GlobalAvgPool => OpSpec::GlobalAvgpool,
-                Op::Flatten => OpSpec::Flatten,
-                Op::Add => OpSpec::Add,
-                Op::Concat => OpSpec::Concat,
-                Op::Resize { scale_h, scale_w } => OpSpec::Resize { scale: [*scale_h, *scale_w] },
-            };
-            layers.push(LayerSpec { name: n.name.clone(), inputs, op });
-        }
-        let file = ModelFile {
-            format: FORMAT.into(),
-            name: self.name.clone(),
-            input: self.input.clone(),
-            num_classes: Some(self.num_classes()),
-            layers,
-            training,
-        };
-        let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(format!("model JSON: {e}")))?;
-        let views = tensors
-            .iter()
-            .map(|(n, shape, b)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| Error::Internal(format!("tensor `{n}`: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let weights = safetensors::serialize(views, None).map_err(|e| Error::Internal(format!("safetensors: {e}")))?;
-        std::fs::write(path, json).map_err(|e| Error::io(path, e))?;
-        let wpath = path.with_extension("safetensors");
-        std::fs::write(&wpath, weights).map_err(|e| Error::io(&wpath, e))
+/// See [`Model::load`].
+pub(crate) fn load(path: impl AsRef<Path>) -> Result<Model> {
+    let path = path.as_ref();
+    let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(p, e));
+    let json = read(path)?;
+    let weights = read(&path.with_extension("safetensors"))?;
+    from_bytes(&json, &weights)
+}
+
+/// See [`Model::from_bytes`].
+pub(crate) fn from_bytes(json: &[u8], weights: &[u8]) -> Result<Model> {
+    let file: ModelFile =
+        serde_json::from_slice(json).map_err(|e| Error::Parse { what: "model JSON".into(), message: e.to_string() })?;
+    if file.format != FORMAT {
+        return Err(Error::Parse {
+            what: "model JSON".into(),
+            message: format!("format `{}`, expected `{FORMAT}`", file.format),
+        });
     }
+    let st = safetensors::SafeTensors::deserialize(weights)
+        .map_err(|e| Error::Parse { what: "model weights (safetensors)".into(), message: e.to_string() })?;
+    let mut b = GraphBuilder::new(file.input)?;
+    for layer in &file.layers {
+        let n = layer.name.as_str();
+        let inputs = match &layer.inputs {
+            Some(names) => names.iter().map(|i| b.source(n, i)).collect::<Result<Vec<_>>>()?,
+            None => vec![b.source(n, &b.last())?],
+        };
+        let first = *inputs.first().ok_or_else(|| layer_err(n, "no input"))?;
+        let w = |suffix: &str| tensor_f32(&st, &format!("{n}.{suffix}"), n);
+        match &layer.op {
+            OpSpec::Conv2d { out_channels, kernel, stride, padding, dilation, groups, bias } => {
+                let [t, l, bo, r] = *padding;
+                let bias = if *bias { w("bias")? } else { Vec::new() };
+                let attrs = ConvAttrs {
+                    out_channels: *out_channels,
+                    kernel: (kernel[0], kernel[1]),
+                    stride: (stride[0], stride[1]),
+                    padding: Padding::new(t, l, bo, r),
+                    dilation: (dilation[0], dilation[1]),
+                    groups: *groups,
+                };
+                b.conv(n, first, attrs, w("weight")?, bias)?;
+            }
+            OpSpec::Linear { out_features, bias } => {
+                let bias = if *bias { w("bias")? } else { Vec::new() };
+                b.linear(n, first, *out_features, w("weight")?, bias)?;
+            }
+            OpSpec::Batchnorm2d { eps } => {
+                let bn = BatchNorm {
+                    gamma: w("weight")?,
+                    beta: w("bias")?,
+                    mean: w("running_mean")?,
+                    var: w("running_var")?,
+                    eps: *eps,
+                };
+                b.batchnorm(n, first, &bn)?
+            }
+            OpSpec::Relu => b.simple(n, Op::Relu, inputs)?,
+            OpSpec::Clip { min, max } => b.simple(n, Op::Clip { min: *min, max: *max }, inputs)?,
+            OpSpec::Sigmoid => b.simple(n, Op::Sigmoid, inputs)?,
+            OpSpec::HardSigmoid { alpha, beta } => {
+                b.simple(n, Op::HardSigmoid { alpha: *alpha, beta: *beta }, inputs)?
+            }
+            OpSpec::HardSwish => b.simple(n, Op::HardSwish, inputs)?,
+            OpSpec::Maxpool2d(p) => b.simple(n, Op::MaxPool(p.into()), inputs)?,
+            OpSpec::Avgpool2d(p) => b.simple(n, Op::AvgPool(p.into()), inputs)?,
+            OpSpec::GlobalAvgpool => b.simple(n, Op::GlobalAvgPool, inputs)?,
+            OpSpec::Flatten => b.simple(n, Op::Flatten, inputs)?,
+            OpSpec::Add => b.simple(n, Op::Add, inputs)?,
+            OpSpec::Concat => b.simple(n, Op::Concat, inputs)?,
+            OpSpec::Resize { scale } => b.simple(n, Op::Resize { scale_h: scale[0], scale_w: scale[1] }, inputs)?,
+        }
+    }
+    let model = b.finish(&file.name)?;
+    if let Some(n) = file.num_classes.filter(|&n| n != model.num_classes()) {
+        return Err(Error::Parse {
+            what: "model JSON".into(),
+            message: format!("num_classes is {n}, but the last layer outputs {}", model.num_classes()),
+        });
+    }
+    Ok(model)
+}
+
+/// See [`Model::save`].
+pub(crate) fn save(model: &Model, path: impl AsRef<Path>, training: Option<serde_json::Value>) -> Result<()> {
+    let path = path.as_ref();
+    let name_of = |s: &Source| match s {
+        Source::Input => "input".to_string(),
+        Source::Node(i) => model.nodes[*i].name.clone(),
+    };
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut layers = Vec::new();
+    for (i, n) in model.nodes.iter().enumerate() {
+        // The previous node (or the input, for the first) is the default input.
+        let default = if i == 0 { Source::Input } else { Source::Node(i - 1) };
+        let inputs = (n.inputs.as_slice() != [default]).then(|| n.inputs.iter().map(name_of).collect());
+        let op = match &n.op {
+            Op::Conv { geom: g, weight, bias } => {
+                tensors.push((
+                    format!("{}.weight", n.name),
+                    vec![g.cout(), g.cin_per_group(), g.kh(), g.kw()],
+                    bytes(weight),
+                ));
+                if !bias.is_empty() {
+                    tensors.push((format!("{}.bias", n.name), vec![g.cout()], bytes(bias)));
+                }
+                let p = g.padding();
+                OpSpec::Conv2d {
+                    out_channels: g.cout(),
+                    kernel: [g.kh(), g.kw()],
+                    stride: [g.stride().0, g.stride().1],
+                    padding: [p.top, p.left, p.bottom, p.right],
+                    dilation: [g.dilation().0, g.dilation().1],
+                    groups: g.groups(),
+                    bias: !bias.is_empty(),
+                }
+            }
+            Op::Linear { in_features, out_features, weight, bias } => {
+                tensors.push((format!("{}.weight", n.name), vec![*out_features, *in_features], bytes(weight)));
+                if !bias.is_empty() {
+                    tensors.push((format!("{}.bias", n.name), vec![*out_features], bytes(bias)));
+                }
+                OpSpec::Linear { out_features: *out_features, bias: !bias.is_empty() }
+            }
+            Op::Relu => OpSpec::Relu,
+            Op::Clip { min, max } => OpSpec::Clip { min: *min, max: *max },
+            Op::Sigmoid => OpSpec::Sigmoid,
+            Op::HardSigmoid { alpha, beta } => OpSpec::HardSigmoid { alpha: *alpha, beta: *beta },
+            Op::HardSwish => OpSpec::HardSwish,
+            Op::MaxPool(p) => OpSpec::Maxpool2d(p.into()),
+            Op::AvgPool(p) => OpSpec::Avgpool2d(p.into()),
+            Op::GlobalAvgPool => OpSpec::GlobalAvgpool,
+            Op::Flatten => OpSpec::Flatten,
+            Op::Add => OpSpec::Add,
+            Op::Concat => OpSpec::Concat,
+            Op::Resize { scale_h, scale_w } => OpSpec::Resize { scale: [*scale_h, *scale_w] },
+        };
+        layers.push(LayerSpec { name: n.name.clone(), inputs, op });
+    }
+    let file = ModelFile {
+        format: FORMAT.into(),
+        name: model.name.clone(),
+        input: model.input.clone(),
+        num_classes: Some(model.num_classes()),
+        layers,
+        training,
+    };
+    let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(format!("model JSON: {e}")))?;
+    let views = tensors
+        .iter()
+        .map(|(n, shape, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Internal(format!("tensor `{n}`: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let weights = safetensors::serialize(views, None).map_err(|e| Error::Internal(format!("safetensors: {e}")))?;
+    std::fs::write(path, json).map_err(|e| Error::io(path, e))?;
+    let wpath = path.with_extension("safetensors");
+    std::fs::write(&wpath, weights).map_err(|e| Error::io(&wpath, e))
 }

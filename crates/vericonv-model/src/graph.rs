@@ -2,9 +2,11 @@
 //! adds a node (products cannot wrap; every tensor stays below [`MAX_ELEMENTS`]).
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::exec::Workspace;
 use crate::ops::Pool;
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::{Error, Result};
@@ -661,5 +663,60 @@ impl Model {
     /// Elements of one input image.
     pub fn image_len(&self) -> usize {
         self.input.channels * self.input.height * self.input.width
+    }
+
+    /// Opens any model file this crate reads: ONNX (`.onnx`, through the native importer) or
+    /// the native format (anything else, see [`Model::load`]). Also returns whether the file
+    /// records the input normalisation (a native file always does; an ONNX file when it has the
+    /// `vericonv.mean` / `vericonv.std` metadata).
+    ///
+    /// # Errors
+    /// As [`Model::load`] and [`crate::onnx::import::import_model`].
+    pub fn open(path: impl AsRef<Path>) -> Result<(Self, bool)> {
+        crate::format::open(path.as_ref())
+    }
+
+    /// Loads the native format: `path` is the JSON file; the weights are the `.safetensors`
+    /// file with the same stem.
+    ///
+    /// # Errors
+    /// [`Error::Io`], [`Error::Parse`] for a corrupt or inconsistent file (naming the layer),
+    /// [`Error::Unsupported`], [`Error::NonFinite`] for NaN or infinite weights.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        crate::format::load(path.as_ref())
+    }
+
+    /// Parses the native format from memory.
+    ///
+    /// # Errors
+    /// As [`Model::load`].
+    pub fn from_bytes(json: &[u8], weights: &[u8]) -> Result<Self> {
+        crate::format::from_bytes(json, weights)
+    }
+
+    /// Writes the native format: `path` (the JSON) and the `.safetensors` beside it, f32.
+    /// BatchNorm stays folded into its convolution; `training` records the provenance.
+    ///
+    /// # Errors
+    /// [`Error::Io`]; [`Error::Internal`] if serialisation fails.
+    pub fn save(&self, path: impl AsRef<Path>, training: Option<serde_json::Value>) -> Result<()> {
+        crate::format::save(self, path.as_ref(), training)
+    }
+
+    /// The float model's logits (`batch × classes`) for `[0, 1]` images.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`] when `images` is not a positive multiple of the image size,
+    /// [`Error::NonFinite`] for NaN or infinite pixels.
+    pub fn forward_float(&self, images: &[f32]) -> Result<Vec<f32>> {
+        self.forward_float_with(images, &mut Workspace::new())
+    }
+
+    /// [`Model::forward_float`] with the caller's buffers, reused across passes.
+    ///
+    /// # Errors
+    /// As [`Model::forward_float`].
+    pub fn forward_float_with(&self, images: &[f32], ws: &mut Workspace) -> Result<Vec<f32>> {
+        crate::exec::forward_float_with(self, images, ws)
     }
 }

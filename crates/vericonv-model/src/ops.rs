@@ -443,9 +443,7 @@ impl Pool {
             }
         }
     }
-}
 
-impl Pool {
     /// Max pooling of one plane, separably: for each output row, the maximum over the window's
     /// real rows, column by column, into a row that -∞ pads to the window's reach; then the
     /// maximum over each window's columns of that row. The maximum of a set does not depend on

@@ -57,214 +57,200 @@ fn last_stages(model: &crate::Model, steps: &[Step], linear: &[usize]) -> (Vec<u
     (last, input_last)
 }
 
-impl QuantModel {
-    /// The quantized layer of a `Conv` or `Linear` node.
-    fn layer_of(&self, node: usize) -> Result<&QuantLayer> {
-        self.layers[node]
-            .as_ref()
-            .ok_or_else(|| Error::Unsupported(format!("layer `{}` is not quantized", self.model.nodes[node].name)))
-    }
+/// The quantized layer of a `Conv` or `Linear` node.
+fn layer_of(qm: &QuantModel, node: usize) -> Result<&QuantLayer> {
+    qm.layers[node]
+        .as_ref()
+        .ok_or_else(|| Error::Unsupported(format!("layer `{}` is not quantized", qm.model.nodes[node].name)))
+}
 
-    /// [`QuantModel::forward`] with the caller's buffers, reused across passes: a stream of
-    /// batches allocates nothing after its first pass.
-    ///
-    /// Between two cloud calls, all the client does for an image (decrypting the layer just
-    /// computed, the nodes up to the next `Conv` or `Linear`, quantizing and encrypting that
-    /// layer's input) runs image by image, images in parallel, so that each image's
-    /// activations are still in cache for the next step. The times in [`ForwardTimes`] are
-    /// summed over images (so over threads, when images run in parallel).
-    ///
-    /// # Errors
-    /// As [`QuantModel::forward`].
-    pub fn forward_with(
-        &self,
-        images: &[f32],
-        exec: &mut dyn IntegerExecutor,
-        ws: &mut Workspace,
-    ) -> Result<(Vec<f32>, ForwardTimes)> {
-        let model = &self.model;
-        let Workspace { values: pool, quant, sent, scratch } = ws;
-        let (x, batch) = model.normalize_into(images, pool)?;
-        let (steps, _, _) = model.plan();
-        let is_linear = |s: &Step| matches!(model.nodes[s.node].op, Op::Conv { .. } | Op::Linear { .. });
-        let linear: Vec<usize> = (0..steps.len()).filter(|&i| is_linear(&steps[i])).collect();
-        let (last, input_last) = last_stages(model, &steps, &linear);
-        let per_image = |src: Source| match src {
-            Source::Input => model.image_len(),
-            Source::Node(i) => model.nodes[i].shape.len(),
-        };
-        let bits8 = self.cfg.act_bits <= 8;
-        let qmax = crate::quant::qmax(self.cfg.act_bits);
-        let mut values: Vec<Option<Value>> = (0..model.nodes.len()).map(|_| None).collect();
-        let mut x = Some(x);
-        let mut times = ForwardTimes::default();
-        let result = (|| -> Result<Vec<f32>> {
-            for stage in 0..=linear.len() {
-                let recv = stage.checked_sub(1).map(|t| linear[t]);
-                let send = linear.get(stage).copied();
-                let body = recv.map_or(0, |r| r + 1)..send.unwrap_or(steps.len());
-                // The values this stage writes: the received layer's, then the body's. Those read
-                // in later stages are kept for the batch; the others live in an image's scratch.
-                let written: Vec<usize> = recv.into_iter().chain(body.clone()).map(|i| steps[i].end).collect();
-                let kept = |node: usize| last[node] > stage || node + 1 == model.nodes.len();
-                let mut outs: Vec<Value> = written
-                    .iter()
-                    .filter(|&&node| kept(node))
-                    .map(|&node| pool.take(batch * model.nodes[node].shape.len()))
-                    .collect();
-                let kept_nodes: Vec<usize> = written.iter().copied().filter(|&node| kept(node)).collect();
-                let scratch_lens: Vec<usize> =
-                    written.iter().filter(|&&node| !kept(node)).map(|&node| model.nodes[node].shape.len()).collect();
-                let (cur, prev) = {
-                    let [a, b] = &mut *quant;
-                    if stage % 2 == 0 { (a, b) } else { (b, a) }
-                };
-                // The layer sent in this stage, and its per-image lengths.
-                let sending = match send {
-                    Some(k) => {
-                        let layer = self.layer_of(steps[k].node)?;
-                        let start = Instant::now();
-                        exec.start(layer, batch)?;
-                        times.integer += start.elapsed();
-                        let per = per_image(model.nodes[steps[k].node].inputs[0]);
-                        Some((k, layer, per, exec.slot_len(layer)))
-                    }
-                    None => None,
-                };
-                let (per, slot) = sending.map_or((0, 0), |(_, _, per, slot)| (per, slot));
-                cur.q8.resize(if bits8 { batch * per } else { 0 }, 0);
-                cur.q16.resize(if bits8 { 0 } else { batch * per }, 0);
-                cur.scales.resize(batch, 1.0);
-                sent.resize(batch * slot, 0);
-                let received = match recv {
-                    Some(r) => Some((r, self.layer_of(steps[r].node)?)),
-                    None => None,
-                };
-                let parts = image_parts(&kept_nodes, &mut outs, model, cur, sent, per, slot);
-                let (values_ref, x_ref, exec_ref, prev_ref, scratch) = (&values, &x, &*exec, &*prev, &*scratch);
-                let source = Sources { model, written: &written, values: values_ref, x: x_ref.as_ref() };
-                // Everything the stage does for image `b`, whose slices of the stage's values are
-                // `outs` (in the order of `written`).
-                let run_image = |b: usize, outs: &mut [&mut [f32]], p: ImageParts<'_>| -> Result<[Duration; 3]> {
-                    let mut t = [Duration::ZERO; 3];
-                    if let Some((r, layer)) = received {
-                        let start = Instant::now();
-                        let step = &steps[r];
-                        let out = std::mem::take(&mut outs[0]);
-                        let residual = match step.add {
-                            Some(src) => Some(source.get(src, b, outs)?),
-                            None => None,
-                        };
-                        let epilogue = Epilogue::new(prev_ref.scales[b], layer, Tail { residual, act: step.act });
-                        exec_ref.output(layer, b, prev_input(prev_ref, b, bits8), &epilogue, &mut *out)?;
-                        outs[0] = out;
-                        t[2] += start.elapsed();
-                    }
-                    for (w, i) in body.clone().enumerate() {
-                        let w = w + usize::from(received.is_some());
-                        let start = Instant::now();
-                        let node = &model.nodes[steps[i].node];
-                        let out = std::mem::take(&mut outs[w]);
-                        let ins =
-                            node.inputs.iter().map(|&src| source.get(src, b, outs)).collect::<Result<Vec<_>>>()?;
-                        model.other_op(&node.op, steps[i].node, 1, &ins, &mut *out);
-                        outs[w] = out;
-                        t[1] += start.elapsed();
-                    }
-                    if let Some((k, layer, _, _)) = sending {
-                        let start = Instant::now();
-                        let a = source.get(model.nodes[steps[k].node].inputs[0], b, outs)?;
-                        let fixed = self.act_scale[steps[k].node];
-                        *p.scale = if bits8 {
-                            quantize_image(a, fixed, qmax, p.q8)
-                        } else {
-                            quantize_image(a, fixed, qmax, p.q16)
-                        };
-                        t[0] += start.elapsed();
-                        let start = Instant::now();
-                        let q = if bits8 { QuantInput::Bits8(p.q8) } else { QuantInput::Bits16(p.q16) };
-                        exec_ref.encrypt(layer, b, q, p.sent)?;
-                        t[2] += start.elapsed();
-                    }
-                    Ok(t)
-                };
-                let per_image_times = parts
-                    .into_par_iter()
-                    .enumerate()
-                    .map(|(b, mut p)| {
-                        // A scratch set for this image (one per image in flight, reused).
-                        let mut set = scratch.lock().ok().and_then(|mut s| s.pop()).unwrap_or_default();
-                        set.resize_with(scratch_lens.len(), Vec::new);
-                        for (buf, &len) in set.iter_mut().zip(&scratch_lens) {
-                            if buf.len() < len {
-                                buf.resize(len, 0.0);
-                            }
+/// See [`QuantModel::forward_with`].
+pub(crate) fn forward_with(
+    qm: &QuantModel,
+    images: &[f32],
+    exec: &mut dyn IntegerExecutor,
+    ws: &mut Workspace,
+) -> Result<(Vec<f32>, ForwardTimes)> {
+    let model = &qm.model;
+    let Workspace { values: pool, quant, sent, scratch } = ws;
+    let (x, batch) = crate::exec::normalize_into(model, images, pool)?;
+    let (steps, _, _) = crate::exec::plan(model);
+    let is_linear = |s: &Step| matches!(model.nodes[s.node].op, Op::Conv { .. } | Op::Linear { .. });
+    let linear: Vec<usize> = (0..steps.len()).filter(|&i| is_linear(&steps[i])).collect();
+    let (last, input_last) = last_stages(model, &steps, &linear);
+    let per_image = |src: Source| match src {
+        Source::Input => model.image_len(),
+        Source::Node(i) => model.nodes[i].shape.len(),
+    };
+    let bits8 = qm.cfg.act_bits <= 8;
+    let qmax = crate::quant::qmax(qm.cfg.act_bits);
+    let mut values: Vec<Option<Value>> = (0..model.nodes.len()).map(|_| None).collect();
+    let mut x = Some(x);
+    let mut times = ForwardTimes::default();
+    let result = (|| -> Result<Vec<f32>> {
+        for stage in 0..=linear.len() {
+            let recv = stage.checked_sub(1).map(|t| linear[t]);
+            let send = linear.get(stage).copied();
+            let body = recv.map_or(0, |r| r + 1)..send.unwrap_or(steps.len());
+            // The values this stage writes: the received layer's, then the body's. Those read
+            // in later stages are kept for the batch; the others live in an image's scratch.
+            let written: Vec<usize> = recv.into_iter().chain(body.clone()).map(|i| steps[i].end).collect();
+            let kept = |node: usize| last[node] > stage || node + 1 == model.nodes.len();
+            let mut outs: Vec<Value> = written
+                .iter()
+                .filter(|&&node| kept(node))
+                .map(|&node| pool.take(batch * model.nodes[node].shape.len()))
+                .collect();
+            let kept_nodes: Vec<usize> = written.iter().copied().filter(|&node| kept(node)).collect();
+            let scratch_lens: Vec<usize> =
+                written.iter().filter(|&&node| !kept(node)).map(|&node| model.nodes[node].shape.len()).collect();
+            let (cur, prev) = {
+                let [a, b] = &mut *quant;
+                if stage % 2 == 0 { (a, b) } else { (b, a) }
+            };
+            // The layer sent in this stage, and its per-image lengths.
+            let sending = match send {
+                Some(k) => {
+                    let layer = layer_of(qm, steps[k].node)?;
+                    let start = Instant::now();
+                    exec.start(layer, batch)?;
+                    times.integer += start.elapsed();
+                    let per = per_image(model.nodes[steps[k].node].inputs[0]);
+                    Some((k, layer, per, exec.slot_len(layer)))
+                }
+                None => None,
+            };
+            let (per, slot) = sending.map_or((0, 0), |(_, _, per, slot)| (per, slot));
+            cur.q8.resize(if bits8 { batch * per } else { 0 }, 0);
+            cur.q16.resize(if bits8 { 0 } else { batch * per }, 0);
+            cur.scales.resize(batch, 1.0);
+            sent.resize(batch * slot, 0);
+            let received = match recv {
+                Some(r) => Some((r, layer_of(qm, steps[r].node)?)),
+                None => None,
+            };
+            let parts = image_parts(&kept_nodes, &mut outs, model, cur, sent, per, slot);
+            let (values_ref, x_ref, exec_ref, prev_ref, scratch) = (&values, &x, &*exec, &*prev, &*scratch);
+            let source = Sources { model, written: &written, values: values_ref, x: x_ref.as_ref() };
+            // Everything the stage does for image `b`, whose slices of the stage's values are
+            // `outs` (in the order of `written`).
+            let run_image = |b: usize, outs: &mut [&mut [f32]], p: ImageParts<'_>| -> Result<[Duration; 3]> {
+                let mut t = [Duration::ZERO; 3];
+                if let Some((r, layer)) = received {
+                    let start = Instant::now();
+                    let step = &steps[r];
+                    let out = std::mem::take(&mut outs[0]);
+                    let residual = match step.add {
+                        Some(src) => Some(source.get(src, b, outs)?),
+                        None => None,
+                    };
+                    let epilogue = Epilogue::new(prev_ref.scales[b], layer, Tail { residual, act: step.act });
+                    exec_ref.output(layer, b, prev_input(prev_ref, b, bits8), &epilogue, &mut *out)?;
+                    outs[0] = out;
+                    t[2] += start.elapsed();
+                }
+                for (w, i) in body.clone().enumerate() {
+                    let w = w + usize::from(received.is_some());
+                    let start = Instant::now();
+                    let node = &model.nodes[steps[i].node];
+                    let out = std::mem::take(&mut outs[w]);
+                    let ins = node.inputs.iter().map(|&src| source.get(src, b, outs)).collect::<Result<Vec<_>>>()?;
+                    crate::exec::other_op(model, &node.op, steps[i].node, 1, &ins, &mut *out);
+                    outs[w] = out;
+                    t[1] += start.elapsed();
+                }
+                if let Some((k, layer, _, _)) = sending {
+                    let start = Instant::now();
+                    let a = source.get(model.nodes[steps[k].node].inputs[0], b, outs)?;
+                    let fixed = qm.act_scale[steps[k].node];
+                    *p.scale = if bits8 {
+                        quantize_image(a, fixed, qmax, p.q8)
+                    } else {
+                        quantize_image(a, fixed, qmax, p.q16)
+                    };
+                    t[0] += start.elapsed();
+                    let start = Instant::now();
+                    let q = if bits8 { QuantInput::Bits8(p.q8) } else { QuantInput::Bits16(p.q16) };
+                    exec_ref.encrypt(layer, b, q, p.sent)?;
+                    t[2] += start.elapsed();
+                }
+                Ok(t)
+            };
+            let per_image_times = parts
+                .into_par_iter()
+                .enumerate()
+                .map(|(b, mut p)| {
+                    // A scratch set for this image (one per image in flight, reused).
+                    let mut set = scratch.lock().ok().and_then(|mut s| s.pop()).unwrap_or_default();
+                    set.resize_with(scratch_lens.len(), Vec::new);
+                    for (buf, &len) in set.iter_mut().zip(&scratch_lens) {
+                        if buf.len() < len {
+                            buf.resize(len, 0.0);
                         }
-                        let (mut kept_parts, mut free_parts) =
-                            (std::mem::take(&mut p.outs).into_iter(), set.iter_mut());
-                        let mut outs: Vec<&mut [f32]> = written
-                            .iter()
-                            .map(|&node| {
-                                let part = if kept(node) {
-                                    kept_parts.next()
-                                } else {
-                                    free_parts.next().map(|buf| &mut buf[..model.nodes[node].shape.len()])
-                                };
-                                part.unwrap_or_default()
-                            })
-                            .collect();
-                        let t = run_image(b, &mut outs, p);
-                        drop(outs);
-                        if let Ok(mut s) = scratch.lock() {
-                            s.push(set);
-                        }
-                        t
-                    })
-                    .collect::<Result<Vec<_>>>();
-                // The stage's values are kept (or returned) whatever happened.
-                for (&node, v) in kept_nodes.iter().zip(outs) {
-                    values[node] = Some(v);
-                }
-                for [q, n, i] in per_image_times? {
-                    times.quantize += q;
-                    times.nonlinear += n;
-                    times.integer += i;
-                }
-                let start = Instant::now();
-                if let Some((_, layer, _, _)) = sending {
-                    let q = if bits8 { QuantInput::Bits8(&cur.q8) } else { QuantInput::Bits16(&cur.q16) };
-                    exec.run(layer, q, sent)?;
-                }
-                if let Some((_, layer)) = received {
-                    exec.finish(layer);
-                }
-                times.integer += start.elapsed();
-                // Free what no later stage reads.
-                for (i, v) in values.iter_mut().enumerate() {
-                    if last[i] == stage
-                        && i + 1 < model.nodes.len()
-                        && let Some(v) = v.take()
-                    {
-                        pool.give(v);
                     }
-                }
-                if input_last == stage
-                    && let Some(v) = x.take()
+                    let (mut kept_parts, mut free_parts) = (std::mem::take(&mut p.outs).into_iter(), set.iter_mut());
+                    let mut outs: Vec<&mut [f32]> = written
+                        .iter()
+                        .map(|&node| {
+                            let part = if kept(node) {
+                                kept_parts.next()
+                            } else {
+                                free_parts.next().map(|buf| &mut buf[..model.nodes[node].shape.len()])
+                            };
+                            part.unwrap_or_default()
+                        })
+                        .collect();
+                    let t = run_image(b, &mut outs, p);
+                    drop(outs);
+                    if let Ok(mut s) = scratch.lock() {
+                        s.push(set);
+                    }
+                    t
+                })
+                .collect::<Result<Vec<_>>>();
+            // The stage's values are kept (or returned) whatever happened.
+            for (&node, v) in kept_nodes.iter().zip(outs) {
+                values[node] = Some(v);
+            }
+            for [q, n, i] in per_image_times? {
+                times.quantize += q;
+                times.nonlinear += n;
+                times.integer += i;
+            }
+            let start = Instant::now();
+            if let Some((_, layer, _, _)) = sending {
+                let q = if bits8 { QuantInput::Bits8(&cur.q8) } else { QuantInput::Bits16(&cur.q16) };
+                exec.run(layer, q, sent)?;
+            }
+            if let Some((_, layer)) = received {
+                exec.finish(layer);
+            }
+            times.integer += start.elapsed();
+            // Free what no later stage reads.
+            for (i, v) in values.iter_mut().enumerate() {
+                if last[i] == stage
+                    && i + 1 < model.nodes.len()
+                    && let Some(v) = v.take()
                 {
                     pool.give(v);
                 }
             }
-            values
-                .last()
-                .and_then(Option::as_ref)
-                .map(|v| v.data().to_vec())
-                .ok_or_else(|| Error::Parse { what: format!("model `{}`", model.name), message: "no layers".into() })
-        })();
-        for v in values.into_iter().flatten().chain(x) {
-            pool.give(v);
+            if input_last == stage
+                && let Some(v) = x.take()
+            {
+                pool.give(v);
+            }
         }
-        Ok((result?, times))
+        values
+            .last()
+            .and_then(Option::as_ref)
+            .map(|v| v.data().to_vec())
+            .ok_or_else(|| Error::Parse { what: format!("model `{}`", model.name), message: "no layers".into() })
+    })();
+    for v in values.into_iter().flatten().chain(x) {
+        pool.give(v);
     }
+    Ok((result?, times))
 }
 
 /// Image `b`'s quantized input of the layer received in this stage.

@@ -337,9 +337,9 @@ impl QuantModel {
     /// As [`Model::forward_float`].
     pub fn calibrate(&mut self, images: &[f32]) -> Result<()> {
         let mut ws = Workspace::new();
-        let (x, batch) = self.model.normalize_into(images, &mut ws.values)?;
+        let (x, batch) = crate::exec::normalize_into(&self.model, images, &mut ws.values)?;
         let mut max = vec![0f32; self.layers.len()];
-        self.model.execute(x, batch, &mut ws.values, |idx, node, a, tail, out| {
+        crate::exec::execute(&self.model, x, batch, &mut ws.values, |idx, node, a, tail, out| {
             max[idx] = a.iter().fold(max[idx], |m, &v| m.max(v.abs()));
             float_linear_op(node, batch, a, tail, out);
             Ok(())
@@ -380,6 +380,26 @@ impl QuantModel {
     /// As [`Model::forward_float`], and whatever `exec` returns.
     pub fn forward(&self, images: &[f32], exec: &mut dyn IntegerExecutor) -> Result<(Vec<f32>, ForwardTimes)> {
         self.forward_with(images, exec, &mut Workspace::new())
+    }
+
+    /// [`QuantModel::forward`] with the caller's buffers, reused across passes: a stream of
+    /// batches allocates nothing after its first pass.
+    ///
+    /// Between two cloud calls, all the client does for an image (decrypting the layer just
+    /// computed, the nodes up to the next `Conv` or `Linear`, quantizing and encrypting that
+    /// layer's input) runs image by image, images in parallel, so that each image's
+    /// activations are still in cache for the next step. The times in [`ForwardTimes`] are
+    /// summed over images (so over threads, when images run in parallel).
+    ///
+    /// # Errors
+    /// As [`QuantModel::forward`].
+    pub fn forward_with(
+        &self,
+        images: &[f32],
+        exec: &mut dyn IntegerExecutor,
+        ws: &mut Workspace,
+    ) -> Result<(Vec<f32>, ForwardTimes)> {
+        crate::pipeline::forward_with(self, images, exec, ws)
     }
 }
 
