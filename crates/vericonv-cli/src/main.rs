@@ -64,8 +64,42 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            report(cli.command.name(), &e);
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a failed command's error with its context: the command, the error, then each cause
+/// in its source chain that the message before it does not already say.
+fn report(command: &str, e: &vericonv::Error) {
+    eprintln!("error: vericonv {command}: {e}");
+    let mut said = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !said.contains(&text) {
+            eprintln!("  caused by: {text}");
+        }
+        said = text;
+        cause = c.source();
+    }
+}
+
+impl Command {
+    /// The subcommand's name, as typed.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Demo(_) => "demo",
+            Command::ConvDemo(_) => "conv-demo",
+            Command::Eval(_) => "eval",
+            Command::Bench(_) => "bench",
+            Command::Attack(_) => "attack",
+            Command::Adapters => "adapters",
+            Command::Serve(_) => "serve",
+            Command::Convert(_) => "convert",
+            #[cfg(feature = "tract")]
+            Command::Run(_) => "run",
         }
     }
 }

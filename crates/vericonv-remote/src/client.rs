@@ -532,8 +532,19 @@ fn lost_connection(s: &Status) -> bool {
     s.code() == Code::Unavailable || (s.code() == Code::Unknown && std::error::Error::source(s).is_some())
 }
 
+/// A status as this crate's error: the server's message, and for a transport failure the chain of
+/// its causes (`tcp connect error: Connection refused (os error 111)`), which say what to fix.
 fn remote_error(url: &str, s: &Status) -> Error {
-    Error::from(RemoteError { endpoint: url.into(), code: format!("{:?}", s.code()), message: s.message().to_string() })
+    let mut message = s.message().to_string();
+    let mut cause = std::error::Error::source(s);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = c.source();
+    }
+    Error::from(RemoteError { endpoint: url.into(), code: format!("{:?}", s.code()), message })
 }
 
 impl CloudBackend for RemoteBackend {
