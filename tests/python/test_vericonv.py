@@ -41,6 +41,22 @@ def test_private_logits_equal_the_quantized_model_bit_for_bit(privacy):
         assert all(s["offline_s"] > 0 for s in stats), "pads were drawn, their time reported"
 
 
+def test_pads_prepared_ahead_leave_the_calls_only_online_work():
+    pm = vericonv.load(LENET).private(privacy="pad", seed=3)
+    assert pm.prepare(4) > 0
+    x = np.random.default_rng(9).random((4, 1, 28, 28), dtype=np.float32)
+    print("seed = 9")
+    assert np.array_equal(pm(x).view(np.uint32), pm.quantized(x).view(np.uint32))
+    assert all(s["offline_s"] == 0 for s in pm.stats()), "every pad was drawn by prepare"
+    pm(x)  # the next call draws its own again
+    assert all(s["offline_s"] > 0 for s in pm.stats())
+    for bad in (-1, 2.5, True):
+        with pytest.raises(vericonv.ConfigError):
+            pm.prepare(bad)
+    with pytest.raises(vericonv.ConfigError, match="GiB"):
+        pm.prepare(10**12)
+
+
 def test_outsourced_linear_layers_are_private_too():
     model = vericonv.load(LENET, outsource_linear=True)
     assert model.private_layers == 5, "2 convolutions and 3 linear layers"

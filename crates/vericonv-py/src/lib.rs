@@ -311,6 +311,9 @@ struct Remote {
     plaintext: Vec<String>,
 }
 
+/// The most memory [`NativePrivate::prepare`] fills with pads at once.
+const MAX_PREPARED_BYTES: usize = 8 << 30;
+
 /// A private model: its plan on the clouds and the quantized plaintext twin.
 #[pyclass(frozen, module = "vericonv._vericonv")]
 struct NativePrivate {
@@ -362,6 +365,32 @@ impl NativePrivate {
         x: PyReadonlyArrayDyn<'py, f32>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         run_plan(py, &self.model, &self.reference, &self.input, x)
+    }
+
+    /// Draws ahead, on the client's own CPU, the pads of the next `images` images (modes pad and
+    /// split-model; the other modes only make their sessions), with the GIL released, so that
+    /// the calls that use them do only online work. Returns the seconds it took. Refused beyond
+    /// [`MAX_PREPARED_BYTES`] of pads.
+    fn prepare(&self, py: Python<'_>, images: usize) -> PyResult<f64> {
+        // R and U of every private layer, 4 bytes an element.
+        let per_image = self.model.private_layers().try_fold(0usize, |n, l| {
+            let g = &l.quant.geom;
+            g.image_len()
+                .checked_add(g.output_image_len())
+                .and_then(|e| e.checked_mul(4))
+                .and_then(|b| n.checked_add(b))
+        });
+        match per_image.and_then(|b| b.checked_mul(images)) {
+            Some(bytes) if bytes <= MAX_PREPARED_BYTES => {}
+            _ => {
+                return Err(ConfigError::new_err(format!(
+                    "pads for {images} images exceed {} GiB: prepare fewer at a time",
+                    MAX_PREPARED_BYTES >> 30
+                )));
+            }
+        }
+        let took = py.detach(|| self.exec.prepare(&self.model, images, &CpuBackend::new())).map_err(py_err)?;
+        Ok(took.as_secs_f64())
     }
 
     /// Per private layer so far: calls, verified, rejected, and the client's, the cloud's and

@@ -85,6 +85,15 @@ class PrivateModel:
         call must equal bit for bit."""
         return self._native.quantized(_as_input(x, self.input_shape))
 
+    def prepare(self, images: int) -> float:
+        """Draws the pads of the next ``images`` images now, on this machine's CPU (modes
+        ``pad`` and ``split-model``), so that the calls using them do only online work; returns
+        the seconds it took. Without it, each call draws its missing pads itself and reports
+        that time as ``offline_s``."""
+        if isinstance(images, bool) or not isinstance(images, int) or images < 0:
+            raise ConfigError(f"images must be a non-negative integer, got {images!r}")
+        return self._native.prepare(images)
+
     def stats(self) -> List[Dict[str, Any]]:
         """Per private layer so far: ``calls``, ``verified``, ``rejected``, and ``client_s``,
         ``cloud_s`` and ``offline_s`` (pads) in seconds."""
