@@ -514,6 +514,22 @@ impl PrivateConv {
         self.add_pads(pool)
     }
 
+    /// Modes `pad` and `split-model`: draws on `own`, the client's own backend, the pads that
+    /// `images` more images lack ([`PrivateConv::refill_pads`]); nothing in the other modes or
+    /// when the pool holds enough. Returns the time it took (offline work).
+    ///
+    /// # Errors
+    /// As [`PrivateConv::generate_pads`].
+    pub fn draw_missing_pads(&mut self, images: usize, own: &dyn CloudBackend, rng: &mut KeyRng) -> Result<Duration> {
+        let missing = images.saturating_sub(self.pads_available());
+        if !self.cfg.privacy.uses_pads() || missing == 0 {
+            return Ok(Duration::ZERO);
+        }
+        let start = Instant::now();
+        self.refill_pads(missing, own, rng)?;
+        Ok(start.elapsed())
+    }
+
     /// Takes back a decrypted answer: its buffers go to `buffers` for the next call, and in mode
     /// `pad` its used pads are kept for [`PrivateConv::refill_pads`] to overwrite (if it was
     /// called; otherwise they are zeroized now). The other secrets are zeroized.
@@ -679,11 +695,8 @@ impl PrivateConv {
         } else if self.images_in_session == 0 {
             timings.keygen = self.setup_time;
         }
-        let missing = batch.saturating_sub(self.pads_available());
-        if let Some(own) = own.filter(|_| self.cfg.privacy.uses_pads() && missing > 0) {
-            let start = Instant::now();
-            self.refill_pads(missing, own, rng)?;
-            timings.offline = start.elapsed();
+        if let Some(own) = own {
+            timings.offline = self.draw_missing_pads(batch, own, rng)?;
         }
         let start = Instant::now();
         let secrets = match &self.masking {

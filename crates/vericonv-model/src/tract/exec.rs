@@ -162,19 +162,13 @@ impl PrivateConvs {
     /// (offline work: the calls then only send, verify and unmask).
     ///
     /// # Errors
-    /// The errors of [`PrivateConv::new`] and [`PrivateConv::refill_pads`].
+    /// The errors of [`PrivateConv::new`] and [`PrivateConv::draw_missing_pads`].
     pub fn prepare(&self, model: &TractModel, images: usize, own: &dyn CloudBackend) -> Result<Duration> {
         let start = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let State { rng, layers, .. } = &mut *state;
         for layer in model.private_layers() {
-            let conv = self.session(layers, layer, rng)?;
-            if self.cfg.privacy.uses_pads() {
-                let missing = images.saturating_sub(conv.pads_available());
-                if missing > 0 {
-                    conv.refill_pads(missing, own, rng)?;
-                }
-            }
+            self.session(layers, layer, rng)?.draw_missing_pads(images, own, rng)?;
         }
         Ok(start.elapsed())
     }

@@ -48,9 +48,6 @@ pub struct PrivateLayer {
     pub spread: Option<(usize, usize)>,
     /// The bits its input is quantized to.
     pub act_bits: u32,
-    /// For a linear layer, which input of the node is the activation (the other is the
-    /// weights).
-    pub linear_input: usize,
 }
 
 /// What a private layer was in the graph.
@@ -63,7 +60,17 @@ pub enum LayerKind {
     /// A matrix product of a `batch × K` activation and constant `K × M` weights (`Gemm`,
     /// `MatMul`), run as the 1×1 convolution of a `K × 1 × 1` input; private only when the
     /// model outsources its linear layers ([`TractModel::outsource_linear`]).
-    Linear,
+    Linear {
+        /// Which input of the node is the activation (the other is the weights).
+        input: usize,
+    },
+}
+
+impl LayerKind {
+    /// Whether the layer is a linear one.
+    pub fn is_linear(self) -> bool {
+        matches!(self, LayerKind::Linear { .. })
+    }
 }
 
 /// An ONNX model loaded by tract, with the convolutions it can run privately. Its batch
@@ -202,7 +209,7 @@ impl TractModel {
     }
 
     fn private(&self) -> impl Iterator<Item = &(usize, Arc<PrivateLayer>)> {
-        self.layers.iter().filter(|(_, l)| self.outsource_linear || l.kind != LayerKind::Linear)
+        self.layers.iter().filter(|(_, l)| self.outsource_linear || !l.kind.is_linear())
     }
 
     /// The layers that run privately: the convolutions, and the linear layers when outsourced.
@@ -250,22 +257,24 @@ impl TractModel {
         if let Some(exec) = &exec {
             for (id, layer) in self.private() {
                 let node = model.node(*id).clone();
-                let replaced = match (node.op_as::<Conv>(), node.op_as::<Deconv>()) {
-                    _ if layer.kind == LayerKind::Linear => op::Replaced::Linear { outputs: layer.quant.geom.cout() },
-                    (Some(c), _) => op::Replaced::Conv(c.clone()),
-                    (_, Some(d)) => op::Replaced::Deconv(d.clone()),
-                    _ => return Err(Error::Internal("a private node moved".into())),
+                // A convolution's output facts come from its weights' facts (inputs 1 and 2).
+                let facts = || -> Result<[TypedFact; 2]> {
+                    let fact = |i: usize| model.outlet_fact(node.inputs[i]).map(|f| f.without_value()).map_err(err);
+                    Ok([fact(1)?, fact(2)?])
                 };
-                let input = if layer.kind == LayerKind::Linear { layer.linear_input } else { 0 };
-                let fact = |i: usize| match node.inputs.get(i) {
-                    Some(o) => model.outlet_fact(*o).map(|f| f.without_value()).map_err(err),
-                    None => Ok(f32::fact([0usize; 0])),
+                let (replaced, input) = match (layer.kind, node.op_as::<Conv>(), node.op_as::<Deconv>()) {
+                    (LayerKind::Linear { input }, ..) => {
+                        (op::Replaced::Linear { outputs: layer.quant.geom.cout() }, input)
+                    }
+                    (_, Some(c), _) => (op::Replaced::Conv(c.clone(), facts()?), 0),
+                    (_, _, Some(d)) => (op::Replaced::Deconv(d.clone(), facts()?), 0),
+                    _ => return Err(Error::Internal("a private node moved".into())),
                 };
                 let (fused, residual, last) =
                     if fuse { fusable(&model, node.id) } else { (op::Fused::default(), None, node.id) };
                 counts.0 += usize::from(fused.residual);
                 counts.1 += usize::from(fused.relu);
-                let op = op::PrivateConvOp::new(layer.clone(), exec.clone(), replaced, (fact(1)?, fact(2)?), fused);
+                let op = op::PrivateConvOp::new(layer.clone(), exec.clone(), replaced, fused);
                 let mut patch = TypedModelPatch::default();
                 let mut taps = vec![patch.tap_model(&model, node.inputs[input]).map_err(err)?];
                 if let Some(r) = residual {
@@ -496,8 +505,8 @@ fn finish_layer(
         n => return Ok(Err(format!("a bias of {n} values for {} channels", geom.cout()))),
     };
     let LayerShape { index, kind, spread } = shape;
-    let quant = QuantLayer::quantize(index, &node.name, geom, &weight, &bias, kind == LayerKind::Linear, cfg)?;
-    Ok(Ok(PrivateLayer { index, quant, kind, act_bits: cfg.act_bits, spread, linear_input: 0 }))
+    let quant = QuantLayer::quantize(index, &node.name, geom, &weight, &bias, false, cfg)?;
+    Ok(Ok(PrivateLayer { index, quant, kind, act_bits: cfg.act_bits, spread }))
 }
 
 /// The values of a constant tensor as floats.
@@ -587,7 +596,7 @@ fn private_linear(
     };
     let quant = QuantLayer::quantize(index, &node.name, geom, &weight, &vec![0.0; mm], true, cfg)?;
     let layer =
-        PrivateLayer { index, quant, kind: LayerKind::Linear, act_bits: cfg.act_bits, spread: None, linear_input: a };
+        PrivateLayer { index, quant, kind: LayerKind::Linear { input: a }, act_bits: cfg.act_bits, spread: None };
     Ok(Some(Ok(layer)))
 }
 

@@ -11,11 +11,12 @@ use super::{ConvExecutor, LayerKind, PrivateLayer};
 use crate::exec::{Act, Tail};
 use crate::quant::{Epilogue, QuantInput, Quantized, qmax, quantize_image};
 
-/// The tract operator a private one replaces: its output facts are the private one's.
+/// The tract operator a private one replaces: its output facts are the private one's (for a
+/// convolution, computed from the facts of its constant weights and bias).
 #[derive(Clone, Debug)]
 pub(crate) enum Replaced {
-    Conv(Conv),
-    Deconv(Deconv),
+    Conv(Conv, [TypedFact; 2]),
+    Deconv(Deconv, [TypedFact; 2]),
     /// A matrix product into `batch × outputs`.
     Linear {
         outputs: usize,
@@ -38,22 +39,14 @@ pub(crate) struct Fused {
 pub(crate) struct PrivateConvOp {
     layer: Arc<PrivateLayer>,
     exec: Arc<dyn ConvExecutor>,
-    /// The operator it replaces, and the facts of its constant weights and bias.
+    /// The operator it replaces.
     replaced: Replaced,
-    kernel: TypedFact,
-    bias: TypedFact,
     fused: Fused,
 }
 
 impl PrivateConvOp {
-    pub(crate) fn new(
-        layer: Arc<PrivateLayer>,
-        exec: Arc<dyn ConvExecutor>,
-        replaced: Replaced,
-        (kernel, bias): (TypedFact, TypedFact),
-        fused: Fused,
-    ) -> Self {
-        Self { layer, exec, replaced, kernel, bias, fused }
+    pub(crate) fn new(layer: Arc<PrivateLayer>, exec: Arc<dyn ConvExecutor>, replaced: Replaced, fused: Fused) -> Self {
+        Self { layer, exec, replaced, fused }
     }
 }
 
@@ -125,7 +118,7 @@ impl EvalOp for PrivateConvOp {
         let batch = x.len() / per;
         let mut shape = vec![batch, g.cout()];
         match self.layer.kind {
-            LayerKind::Linear => {}
+            LayerKind::Linear { .. } => {}
             LayerKind::Conv1d => shape.push(g.wo()),
             LayerKind::Conv2d => shape.extend([g.ho(), g.wo()]),
         }
@@ -182,10 +175,9 @@ impl TypedOp for PrivateConvOp {
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(!inputs.is_empty(), "PrivateConv without an input");
-        let facts = [inputs[0], &self.kernel, &self.bias];
         match &self.replaced {
-            Replaced::Conv(c) => c.output_facts(&facts),
-            Replaced::Deconv(d) => d.output_facts(&facts),
+            Replaced::Conv(c, [kernel, bias]) => c.output_facts(&[inputs[0], kernel, bias]),
+            Replaced::Deconv(d, [kernel, bias]) => d.output_facts(&[inputs[0], kernel, bias]),
             Replaced::Linear { outputs } => Ok(tvec!(f32::fact([inputs[0].shape[0].clone(), (*outputs).into()]))),
         }
     }
