@@ -13,7 +13,7 @@ use vericonv::keys::seeded_rng;
 use vericonv::privacy::Privacy;
 use vericonv::{Error, Result};
 use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};
-use vericonv_model::{Model, PrivateConfig, PrivateExecutor, Workspace};
+use vericonv_model::{LayerStats, Model, PrivateConfig, PrivateExecutor, Workspace};
 
 /// One configuration of [`run_whole`].
 #[derive(Clone, Debug)]
@@ -105,6 +105,33 @@ fn pool_and_inputs(opts: &WholeOptions, image_len: usize) -> Result<(rayon::Thre
     Ok((pool, (0..opts.batch * image_len).map(|_| rng.random_range(0.0..1.0)).collect()))
 }
 
+impl std::ops::Sub for ClientPhases {
+    type Output = Self;
+
+    fn sub(self, before: Self) -> Self {
+        ClientPhases {
+            encrypt: self.encrypt - before.encrypt,
+            verify: self.verify - before.verify,
+            decrypt: self.decrypt - before.decrypt,
+            local: self.local - before.local,
+        }
+    }
+}
+
+/// The client's work per phase and the clouds' time, summed over the layers' statistics so
+/// far (a pass's are the difference of the totals after and before it).
+fn totals<'a>(stats: impl IntoIterator<Item = &'a LayerStats>) -> (ClientPhases, Duration) {
+    stats.into_iter().fold((ClientPhases::default(), Duration::ZERO), |(p, cloud), l| {
+        let phases = ClientPhases {
+            encrypt: p.encrypt + l.timings.encrypt.as_secs_f64(),
+            verify: p.verify + l.timings.verify.as_secs_f64(),
+            decrypt: p.decrypt + l.timings.decrypt.as_secs_f64(),
+            local: p.local + l.client_compute.as_secs_f64(),
+        };
+        (phases, cloud + l.timings.cloud)
+    })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -137,7 +164,6 @@ pub fn run_whole(
     let t = Instant::now();
     let mut exec = pool.install(|| PrivateExecutor::new(&qm, clouds, &cfg, seeded_rng(opts.seed ^ 0x5e55)))?;
     let session = t.elapsed();
-    let cloud_total = |exec: &PrivateExecutor<'_>| exec.stats().map(|l| l.timings.cloud).sum::<Duration>();
     let (reference, _) = pool.install(|| qm.forward(&x, &mut PlainExecutor))?;
     // Modes pad and split-model: each pass first draws its batch's pads offline, on the
     // client's own backend.
@@ -158,33 +184,19 @@ pub fn run_whole(
     let exact = first.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
     let (mut client, mut cloud, mut quantize, mut nonlinear) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut phases = Vec::new();
-    let phase_total = |exec: &PrivateExecutor<'_>| {
-        exec.stats().fold(ClientPhases::default(), |p, l| ClientPhases {
-            encrypt: p.encrypt + l.timings.encrypt.as_secs_f64(),
-            verify: p.verify + l.timings.verify.as_secs_f64(),
-            decrypt: p.decrypt + l.timings.decrypt.as_secs_f64(),
-            local: p.local + l.client_compute.as_secs_f64(),
-        })
-    };
     for _ in 0..opts.reps.max(1) {
         prepare(&mut exec)?;
-        let before = cloud_total(&exec);
-        let phases_before = phase_total(&exec);
+        let (phases_before, cloud_before) = totals(exec.stats());
         let t = Instant::now();
         let (_, times) = pool.install(|| qm.forward_with(&x, &mut exec, &mut ws))?;
         let wall = t.elapsed();
-        let c = cloud_total(&exec) - before;
+        let (phases_after, cloud_after) = totals(exec.stats());
+        let c = cloud_after - cloud_before;
         client.push(wall.saturating_sub(c).as_secs_f64());
         cloud.push(c.as_secs_f64());
         quantize.push(times.quantize.as_secs_f64());
         nonlinear.push(times.nonlinear.as_secs_f64());
-        let after = phase_total(&exec);
-        phases.push(ClientPhases {
-            encrypt: after.encrypt - phases_before.encrypt,
-            verify: after.verify - phases_before.verify,
-            decrypt: after.decrypt - phases_before.decrypt,
-            local: after.local - phases_before.local,
-        });
+        phases.push(phases_after - phases_before);
     }
     let mut ws = Workspace::new();
     pool.install(|| model.forward_float_with(&x, &mut ws))?;
@@ -308,23 +320,13 @@ pub fn run_whole_tract(
         if pad {
             offline.push(drawn.as_secs_f64());
         }
-        let before = exec.stats();
+        let (phases_before, cloud_before) = totals(&exec.stats());
         let t = Instant::now();
         let (logits, _) = pool.install(|| private.run(&x))?;
         let wall = t.elapsed();
-        let after = exec.stats();
-        let total = |f: fn(&vericonv::client::Timings) -> Duration, s: &[vericonv_model::LayerStats]| {
-            s.iter().map(|l| f(&l.timings)).sum::<Duration>().as_secs_f64()
-        };
-        let delta = |f: fn(&vericonv::client::Timings) -> Duration| total(f, &after) - total(f, &before);
-        let cloud = delta(|t| t.cloud);
-        let phases = ClientPhases {
-            encrypt: delta(|t| t.encrypt),
-            verify: delta(|t| t.verify),
-            decrypt: delta(|t| t.decrypt),
-            local: 0.0,
-        };
-        Ok((logits, (wall.as_secs_f64() - cloud).max(0.0), cloud, phases))
+        let (phases_after, cloud_after) = totals(&exec.stats());
+        let cloud = cloud_after - cloud_before;
+        Ok((logits, wall.saturating_sub(cloud).as_secs_f64(), cloud.as_secs_f64(), phases_after - phases_before))
     };
     let (first, ..) = pass(&mut Vec::new())?;
     let exact = first.len() == want.len() && first.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
