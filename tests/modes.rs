@@ -263,7 +263,8 @@ fn split_model_clouds_see_kernel_shares_that_sum_to_the_kernel_and_the_same_padd
 
 #[test]
 fn split_model_names_the_cheating_cloud_for_every_strategy() {
-    use vericonv::cloud::{Cheater, Tamper, TamperingBackend};
+    use vericonv::Cheater;
+    use vericonv::cloud::{Tamper, TamperingBackend};
     let seed = 0x5b3;
     let g = Conv2d::builder(3, 4, (6, 6), (3, 3)).padding(Padding::new(1, 1, 1, 1)).build().expect("valid");
     let k = ints(&mut rng(seed), g.kernel_len(), 127);

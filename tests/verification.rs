@@ -4,9 +4,10 @@
 
 use common::{ints, rng};
 use rand::RngExt;
+use vericonv::Cheater;
 use vericonv::Error;
 use vericonv::client::{CallBuffers, LayerConfig, PrivateConv};
-use vericonv::cloud::{Cheater, Clouds, CpuBackend, Tamper, TamperingBackend};
+use vericonv::cloud::{Clouds, CpuBackend, Tamper, TamperingBackend};
 use vericonv::field::{PrimeField, SmallPrime};
 use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::seeded_rng;

@@ -7,16 +7,16 @@ use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
 use vericonv::Result;
-use vericonv::cloud::{CallKernel, CloudBackend, ConvCall, SessionKernel, check_conv_args, replace_zeroized};
+use vericonv::cloud::{SessionKernel, check_conv_args};
 use vericonv::geometry::Conv2d;
 
-use crate::device::{GpuBackend, scoped};
+use crate::device::{Device, scoped};
 use crate::plan::{Band, ConvPlan, Params, u};
 use crate::shaders::{Arithmetic, ConvKernel, WORKGROUP_X};
 
-/// See [`GpuBackend::conv_f32`].
+/// See [`crate::GpuBackend::conv_f32`].
 pub(crate) fn conv_f32(
-    gpu: &GpuBackend,
+    gpu: &Device,
     kernel: ConvKernel,
     geom: &Conv2d,
     batch: usize,
@@ -28,9 +28,9 @@ pub(crate) fn conv_f32(
     run_conv(gpu, Arithmetic::F32, kernel, geom, batch, weights, input, None)
 }
 
-/// See [`GpuBackend::conv_field`].
+/// See [`crate::GpuBackend::conv_field`].
 pub(crate) fn conv_field(
-    gpu: &GpuBackend,
+    gpu: &Device,
     kernel: ConvKernel,
     geom: &Conv2d,
     batch: usize,
@@ -43,7 +43,7 @@ pub(crate) fn conv_field(
 
 /// The pipeline for `arith` and `kernel`; grouped layers always get the simple kernel.
 pub(crate) fn conv_pipeline<'g>(
-    gpu: &'g GpuBackend,
+    gpu: &'g Device,
     arith: Arithmetic,
     kernel: ConvKernel,
     g: &Conv2d,
@@ -56,7 +56,7 @@ pub(crate) fn conv_pipeline<'g>(
 /// Uploads the uniform and the input, creates an output buffer of `out_elems` elements and
 /// binds them with `kbuf` for a convolution pipeline.
 pub(crate) fn conv_bindings<T: Pod>(
-    gpu: &GpuBackend,
+    gpu: &Device,
     pipeline: &wgpu::ComputePipeline,
     params: &Params,
     kbuf: &wgpu::Buffer,
@@ -92,12 +92,7 @@ pub(crate) fn conv_bindings<T: Pod>(
 
 /// The kernel buffer a pipeline reads: rows of `K` as they are for the simple kernel,
 /// zero-padded to a multiple of 4 for the vec4 loads of the tiled one.
-pub(crate) fn kernel_buffer<T: Pod + Default>(
-    gpu: &GpuBackend,
-    kernel: ConvKernel,
-    m: usize,
-    rows: &[T],
-) -> wgpu::Buffer {
+pub(crate) fn kernel_buffer<T: Pod + Default>(gpu: &Device, kernel: ConvKernel, m: usize, rows: &[T]) -> wgpu::Buffer {
     match kernel {
         ConvKernel::Simple => storage_buffer(gpu, "kernel", rows, false),
         ConvKernel::Tiled => {
@@ -111,7 +106,7 @@ pub(crate) fn kernel_buffer<T: Pod + Default>(
     }
 }
 
-pub(crate) fn storage_buffer<T: Pod>(gpu: &GpuBackend, label: &str, data: &[T], writable: bool) -> wgpu::Buffer {
+pub(crate) fn storage_buffer<T: Pod>(gpu: &Device, label: &str, data: &[T], writable: bool) -> wgpu::Buffer {
     let usage =
         if writable { wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC } else { wgpu::BufferUsages::STORAGE };
     gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -124,7 +119,7 @@ pub(crate) fn storage_buffer<T: Pod>(gpu: &GpuBackend, label: &str, data: &[T], 
 /// Records `record` into one submission, copies `outputs` to staging buffers and reads them
 /// back, all inside error scopes.
 pub(crate) fn submit_and_read<T: Pod>(
-    gpu: &GpuBackend,
+    gpu: &Device,
     stage: &'static str,
     outputs: &[&wgpu::Buffer],
     record: impl FnOnce(&mut wgpu::CommandEncoder),
@@ -177,7 +172,7 @@ pub(crate) fn submit_and_read<T: Pod>(
 
 /// Dispatch geometry for a 1-D range of `invocations`, folded into 2-D when it exceeds the
 /// per-dimension limit.
-pub(crate) fn grid_1d(gpu: &GpuBackend, invocations: usize) -> Result<(u32, u32)> {
+pub(crate) fn grid_1d(gpu: &Device, invocations: usize) -> Result<(u32, u32)> {
     let groups = invocations.div_ceil(WORKGROUP_X);
     let max = gpu.info.max_workgroups_per_dimension as usize;
     let (x, y) = if groups <= max { (groups, 1) } else { (max, groups.div_ceil(max)) };
@@ -194,7 +189,7 @@ pub(crate) fn grid_1d(gpu: &GpuBackend, invocations: usize) -> Result<(u32, u32)
 /// `session` kernel, its buffers are taken from (or put in) the device's kernel cache.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_conv<T: Pod + Default>(
-    gpu: &GpuBackend,
+    gpu: &Device,
     arith: Arithmetic,
     kernel_choice: ConvKernel,
     g: &Conv2d,
@@ -284,26 +279,4 @@ pub(crate) fn run_conv<T: Pod + Default>(
         }
     }
     Ok(out)
-}
-
-impl CloudBackend for GpuBackend {
-    fn name(&self) -> String {
-        format!("gpu: {} [{:?} shaders]", self.info, self.variant)
-    }
-
-    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> Result<()> {
-        let input = call.input_tensor()?;
-        let y = match call.kernel {
-            CallKernel::Raw(geom, kernel) => conv_field(self, self.kernel, geom, call.batch, kernel, &input)?,
-            // A kernel of the session stays on the device from one call to the next.
-            CallKernel::Session(kernel) => {
-                let g = kernel.geometry();
-                check_conv_args(g, call.batch, kernel.data(), &input)?;
-                let arith = Arithmetic::Field(self.variant);
-                run_conv(self, arith, self.kernel, g, call.batch, kernel.data(), &input, Some(kernel))?
-            }
-        };
-        replace_zeroized(out, y);
-        Ok(())
-    }
 }

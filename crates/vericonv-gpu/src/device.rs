@@ -4,17 +4,12 @@
 use crate::GpuError;
 use std::sync::Arc;
 
-use bytemuck::Pod;
-use vericonv::geometry::Conv2d;
-use vericonv::verify::{Claim, StrictProducts};
 use vericonv::{Error, Result};
-
-use crate::KernelTiming;
 
 use crate::kernel_cache::KernelCache;
 use crate::shaders::{Arithmetic, ConvKernel, ShaderProgram, ShaderVariant};
 
-/// Options for [`GpuBackend::new`]. The defaults pick everything automatically.
+/// Options for [`crate::GpuBackend::new`]. The defaults pick everything automatically.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
     /// Force a shader variant; `None` uses `U64` when the adapter has `SHADER_INT64`.
@@ -65,8 +60,8 @@ impl std::fmt::Display for GpuInfo {
     }
 }
 
-/// The GPU cloud backend. Build it once and reuse it.
-pub struct GpuBackend {
+/// The device, its queue and the pipelines built once, which every GPU operation uses.
+pub(crate) struct Device {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     pub(crate) info: GpuInfo,
@@ -80,12 +75,6 @@ pub struct GpuBackend {
     pub(crate) kernels: std::sync::Mutex<KernelCache>,
     /// Kernel uploads so far (for tests and reports).
     pub(crate) kernel_uploads: std::sync::atomic::AtomicU64,
-}
-
-impl std::fmt::Debug for GpuBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuBackend").field("info", &self.info).field("variant", &self.variant).finish()
-    }
 }
 
 /// Ranks device types: a real GPU first, a software adapter last.
@@ -137,7 +126,7 @@ pub(crate) fn scoped<T>(device: &wgpu::Device, stage: &'static str, f: impl FnOn
     }
 }
 
-impl GpuBackend {
+impl Device {
     /// Selects an adapter, creates the device with the adapter's own limits, and compiles every
     /// pipeline.
     ///
@@ -149,7 +138,7 @@ impl GpuBackend {
     /// [`GpuError::NoAdapter`] when nothing matches, [`GpuError::UnsupportedFeature`] when `U64` is
     /// forced on an adapter without `SHADER_INT64`, [`GpuError::Wgpu`] when device creation or shader
     /// compilation fails (the message carries the WGSL diagnostics).
-    pub fn new(opts: &GpuOptions) -> Result<Self> {
+    pub(crate) fn open(opts: &GpuOptions) -> Result<Self> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
         let adapters = pollster::block_on(instance.enumerate_adapters(backends));
@@ -306,86 +295,5 @@ impl GpuBackend {
             kernels: std::sync::Mutex::new(KernelCache::new(opts.kernel_cache_bytes.unwrap_or(256 << 20))),
             kernel_uploads: std::sync::atomic::AtomicU64::new(0),
         })
-    }
-
-    /// How many times a kernel was uploaded to the device. A session kernel
-    /// ([`vericonv::cloud::CloudBackend::conv_session`]) is uploaded once per chunk of output
-    /// channels, then kept.
-    pub fn kernel_uploads(&self) -> u64 {
-        self.kernel_uploads.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The adapter in use.
-    pub fn info(&self) -> &GpuInfo {
-        &self.info
-    }
-
-    /// The F_p shader variant in use.
-    pub fn variant(&self) -> ShaderVariant {
-        self.variant
-    }
-
-    /// The plaintext f32 convolution on the GPU with the given kernel: the cloud-side baseline.
-    ///
-    /// # Errors
-    /// As [`vericonv::cloud::CloudBackend::conv`].
-    pub fn conv_f32(
-        &self,
-        kernel: ConvKernel,
-        geom: &Conv2d,
-        batch: usize,
-        weights: &[f32],
-        input: &[f32],
-    ) -> Result<Vec<f32>> {
-        crate::conv::conv_f32(self, kernel, geom, batch, weights, input)
-    }
-
-    /// The F_p convolution with an explicit kernel choice (the tests compare the tiled kernel
-    /// with the simple one, its oracle).
-    ///
-    /// # Errors
-    /// As [`vericonv::cloud::CloudBackend::conv`].
-    pub fn conv_field(
-        &self,
-        kernel: ConvKernel,
-        geom: &Conv2d,
-        batch: usize,
-        weights: &[u32],
-        input: &[u32],
-    ) -> Result<Vec<u32>> {
-        crate::conv::conv_field(self, kernel, geom, batch, weights, input)
-    }
-
-    /// The batched Strict-mode products on this GPU (`Y'_b·r`, `im2col(X'_b)·r`, `K'·T_b`),
-    /// bit-identical to [`vericonv::verify::strict_products`]. Verifying on a GPU proves something
-    /// only when the GPU is the client's own, never the cloud's.
-    ///
-    /// # Errors
-    /// [`vericonv::Error::LengthMismatch`] for a bad `r`, [`GpuError::DeviceLimit`] when one image does not fit a binding,
-    /// [`GpuError::Wgpu`].
-    pub fn strict_products(&self, claim: &Claim<'_>, r: &[u32]) -> Result<StrictProducts> {
-        crate::strict::strict_products(self, claim, r)
-    }
-
-    /// Times one convolution kernel on this adapter: one warm-up run, then the median of `reps`
-    /// runs, on the GPU clock (timestamp queries) when the adapter offers it, else wall clock
-    /// around submit-and-wait. The output is not read back; check it with
-    /// [`GpuBackend::conv_field`] or [`GpuBackend::conv_f32`] first.
-    ///
-    /// # Errors
-    /// [`Error::LengthMismatch`], [`Error::Unsupported`] for a field variant other than the
-    /// backend's, [`GpuError::DeviceLimit`] when the layer needs several dispatches, [`GpuError::Wgpu`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn time_conv<T: Pod + Default>(
-        &self,
-        arith: Arithmetic,
-        kernel: ConvKernel,
-        g: &Conv2d,
-        batch: usize,
-        weights: &[T],
-        input: &[T],
-        reps: usize,
-    ) -> Result<KernelTiming> {
-        crate::timing::time_conv(self, arith, kernel, g, batch, weights, input, reps)
     }
 }

@@ -10,6 +10,7 @@
 //!   [`GpuError::Wgpu`] (through [`vericonv::Error::Backend`]) instead of the default
 //!   handler's panic.
 
+mod backend;
 mod conv;
 mod device;
 mod error;
@@ -19,7 +20,8 @@ mod shaders;
 mod strict;
 mod timing;
 
-pub use device::{GpuBackend, GpuInfo, GpuOptions, list_adapters};
+pub use backend::GpuBackend;
+pub use device::{GpuInfo, GpuOptions, list_adapters};
 pub use error::GpuError;
 pub use shaders::{Arithmetic, ConvKernel, ShaderProgram, ShaderVariant};
 pub use timing::KernelTiming;

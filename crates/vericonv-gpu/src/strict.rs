@@ -9,11 +9,11 @@ use vericonv::geometry::Conv2d;
 use vericonv::verify::{Claim, StrictProducts};
 
 use crate::conv::{grid_1d, storage_buffer, submit_and_read};
-use crate::device::{GpuBackend, scoped};
+use crate::device::{Device, scoped};
 use crate::plan::Params;
 
-/// See [`GpuBackend::strict_products`].
-pub(crate) fn strict_products(gpu: &GpuBackend, claim: &Claim<'_>, r: &[u32]) -> Result<StrictProducts> {
+/// See [`crate::GpuBackend::strict_products`].
+pub(crate) fn strict_products(gpu: &Device, claim: &Claim<'_>, r: &[u32]) -> Result<StrictProducts> {
     let (g, batch) = (claim.geometry(), claim.batch());
     let (kp, xp) = (claim.kernel(), claim.input());
     // A claim in two parts (mode two-server) is checked against their sum.

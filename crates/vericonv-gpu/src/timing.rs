@@ -7,11 +7,11 @@ use vericonv::geometry::Conv2d;
 use vericonv::{Error, Result};
 
 use crate::conv::{conv_bindings, conv_pipeline, kernel_buffer, submit_and_read};
-use crate::device::{GpuBackend, scoped};
+use crate::device::{Device, scoped};
 use crate::plan::{ConvPlan, Params, u};
 use crate::shaders::{Arithmetic, ConvKernel};
 
-/// The result of [`GpuBackend::time_conv`].
+/// The result of [`crate::GpuBackend::time_conv`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct KernelTiming {
     /// Median seconds per run.
@@ -23,15 +23,15 @@ pub struct KernelTiming {
 /// Times one convolution kernel on this adapter: one warm-up run, then the median of `reps`
 /// runs, on the GPU clock (timestamp queries) when the adapter offers it, else wall clock
 /// around submit-and-wait. The output is not read back; check it with
-/// [`GpuBackend::conv_field`] or [`GpuBackend::conv_f32`] first.
+/// [`crate::GpuBackend::conv_field`] or [`crate::GpuBackend::conv_f32`] first.
 ///
 /// # Errors
 /// [`Error::LengthMismatch`], [`Error::Unsupported`] for a field variant other than the
 /// backend's, [`GpuError::DeviceLimit`] when the layer needs several dispatches, [`GpuError::Wgpu`].
 #[allow(clippy::too_many_arguments)]
-/// See [`GpuBackend::time_conv`].
+/// See [`crate::GpuBackend::time_conv`].
 pub(crate) fn time_conv<T: Pod + Default>(
-    gpu: &GpuBackend,
+    gpu: &Device,
     arith: Arithmetic,
     kernel: ConvKernel,
     g: &Conv2d,

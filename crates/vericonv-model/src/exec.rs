@@ -246,7 +246,7 @@ pub(crate) fn plan(model: &Model) -> (Vec<Step>, Vec<usize>, usize) {
 /// [`Error::LengthMismatch`] when `images` is not a positive multiple of the image size,
 /// [`Error::NonFinite`] for NaN or infinite pixels.
 pub(crate) fn normalize_into(model: &Model, images: &[f32], pool: &mut BufferPool) -> Result<(Value, usize)> {
-    let per = model.image_len();
+    let per = model.input.image_len();
     if images.is_empty() || !images.len().is_multiple_of(per) {
         return Err(Error::LengthMismatch {
             what: "images (not a positive multiple of the model's C·H·W)",

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::floats::{self, FloatType};
-use crate::graph::{BatchNorm, ConvAttrs, GraphBuilder, InputSpec, Model, Op, Source, layer_err};
+use crate::graph::{BatchNorm, ConvAttrs, GraphBuilder, InputSpec, Model, Op, Source, layer_err, output_len};
 use crate::ops::Pool;
 use vericonv::geometry::Padding;
 use vericonv::{Error, Result};
@@ -300,10 +300,10 @@ pub(crate) fn from_bytes(json: &[u8], weights: &[u8]) -> Result<Model> {
         }
     }
     let model = b.finish(&file.name)?;
-    if let Some(n) = file.num_classes.filter(|&n| n != model.num_classes()) {
+    if let Some(n) = file.num_classes.filter(|&n| n != output_len(&model.nodes)) {
         return Err(Error::Parse {
             what: "model JSON".into(),
-            message: format!("num_classes is {n}, but the last layer outputs {}", model.num_classes()),
+            message: format!("num_classes is {n}, but the last layer outputs {}", output_len(&model.nodes)),
         });
     }
     Ok(model)
@@ -370,7 +370,7 @@ pub(crate) fn save(model: &Model, path: impl AsRef<Path>, training: Option<serde
         format: FORMAT.into(),
         name: model.name.clone(),
         input: model.input.clone(),
-        num_classes: Some(model.num_classes()),
+        num_classes: Some(output_len(&model.nodes)),
         layers,
         training,
     };

@@ -13,9 +13,9 @@ mod exec;
 mod floats;
 mod format;
 mod graph;
+mod model;
 pub mod onnx;
 pub mod ops;
-mod pipeline;
 mod private;
 pub mod quant;
 #[cfg(feature = "tract")]

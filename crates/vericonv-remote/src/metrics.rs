@@ -137,7 +137,7 @@ pub async fn serve_http(
             let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let authorized = token.as_ref().is_none_or(|t| {
                     let given = req.headers().get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
-                    crate::server::bearer_matches(given, t)
+                    crate::token::bearer_matches(given, t)
                 });
                 let (status, body) = if !authorized {
                     metrics.unauthenticated();

@@ -14,7 +14,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use vericonv::Error;
@@ -161,19 +160,13 @@ impl tonic::service::Interceptor for TokenCheck {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let Some(token) = &self.token else { return Ok(req) };
         let given = req.metadata().get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
-        if bearer_matches(given, token) {
+        if crate::token::bearer_matches(given, token) {
             Ok(req)
         } else {
             self.metrics.unauthenticated();
             Err(Status::unauthenticated("a valid bearer token is required"))
         }
     }
-}
-
-/// Whether an `authorization` header value is `Bearer <token>`, compared in constant time.
-pub(crate) fn bearer_matches(given: &[u8], token: &str) -> bool {
-    let expected = format!("Bearer {token}");
-    given.len() == expected.len() && bool::from(given.ct_eq(expected.as_bytes()))
 }
 
 /// The gRPC status for an error of the backend or of a decoder.

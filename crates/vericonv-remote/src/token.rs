@@ -1,4 +1,7 @@
-//! Bearer tokens read from files, for the client and the server alike.
+//! Bearer tokens read from files, for the client and the server alike, and the server's
+//! constant-time check of the header a call carries.
+
+use subtle::ConstantTimeEq;
 
 /// A bearer token from the file `path`: its contents, trimmed, refused when empty or not
 /// printable ASCII (the server compares it in constant time; it travels in an HTTP header).
@@ -28,4 +31,10 @@ pub fn read_token(path: &std::path::Path) -> vericonv::Result<String> {
         });
     }
     Ok(token)
+}
+
+/// Whether an `authorization` header value is `Bearer <token>`, compared in constant time.
+pub(crate) fn bearer_matches(given: &[u8], token: &str) -> bool {
+    let expected = format!("Bearer {token}");
+    given.len() == expected.len() && bool::from(given.ct_eq(expected.as_bytes()))
 }

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cloud::{Cheater, CloudBackend, Clouds, CpuBackend, SessionKernel};
+use crate::Cheater;
+use crate::cloud::{CloudBackend, Clouds, CpuBackend, SessionKernel};
 use rayon::prelude::*;
 
 use crate::decrypt::{ImageTables, MaskKernel, Unmask, decrypt_image_into, image_tables};

@@ -119,7 +119,7 @@ pub enum Error {
         /// The failing round, from 1.
         round: usize,
         /// Which cloud's answer was wrong (in mode `two-server`, from a re-check of each share).
-        cheater: crate::cloud::Cheater,
+        cheater: Cheater,
     },
     /// Over a run of many calls, clouds returned answers that failed verification on their own
     /// (not injected by the client's own `--tamper-rate`): every one was discarded.
@@ -255,3 +255,31 @@ impl Error {
 
 /// The result type of vericonv.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which cloud returned a wrong answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cheater {
+    /// The one cloud of modes `lowrank` and `pad`.
+    TheCloud,
+    /// Cloud A of mode `two-server` (cloud B's share checked out).
+    CloudA,
+    /// Cloud B of mode `two-server` (cloud A's share checked out).
+    CloudB,
+    /// Both clouds of mode `two-server`.
+    BothClouds,
+    /// The sum of the two shares failed, but each share passed its own re-check (probability at
+    /// most 4/p per round in Fast mode).
+    Unidentified,
+}
+
+impl std::fmt::Display for Cheater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cheater::TheCloud => "the cloud's answer",
+            Cheater::CloudA => "cloud A's answer",
+            Cheater::CloudB => "cloud B's answer",
+            Cheater::BothClouds => "both clouds' answers",
+            Cheater::Unidentified => "the sum of the clouds' answers (each share passed a re-check)",
+        })
+    }
+}

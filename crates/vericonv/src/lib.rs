@@ -29,4 +29,4 @@ pub mod reference;
 pub mod share;
 pub mod verify;
 
-pub use error::{Error, Result};
+pub use error::{Cheater, Error, Result};

@@ -16,6 +16,7 @@ use super::proto::{
     TensorProto, TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto,
 };
 use super::{Tensor, TensorData, attribute, conv_geometry, read_model};
+use crate::graph::output_len;
 use crate::ops::Pool;
 use crate::{BatchNorm, ConvAttrs, GraphBuilder, InputSpec, Model, Op, Source};
 use vericonv::geometry::Padding;
@@ -529,9 +530,9 @@ pub fn export_model(model: &Model) -> ModelProto {
     let mut inits = Vec::new();
     let name_of = |s: &Source| match s {
         Source::Input => "input".to_string(),
-        Source::Node(i) => model.nodes()[*i].name.clone(),
+        Source::Node(i) => model.nodes[*i].name.clone(),
     };
-    for n in model.nodes() {
+    for n in &model.nodes {
         let inputs: Vec<String> = n.inputs.iter().map(name_of).collect();
         let mk = |op: &str, inputs: Vec<String>, attribute: Vec<AttributeProto>| NodeProto {
             input: inputs,
@@ -640,8 +641,8 @@ pub fn export_model(model: &Model) -> ModelProto {
         ],
     );
     let output = value_info(
-        &model.nodes().last().map_or_else(String::new, |n| n.name.clone()),
-        vec![Dimension { dim_value: None, dim_param: Some("N".into()) }, fixed(model.num_classes())],
+        &model.nodes.last().map_or_else(String::new, |n| n.name.clone()),
+        vec![Dimension { dim_value: None, dim_param: Some("N".into()) }, fixed(output_len(&model.nodes))],
     );
     let json = |v: &[f32]| serde_json::to_string(v).unwrap_or_default();
     ModelProto {

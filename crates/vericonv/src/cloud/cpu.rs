@@ -6,14 +6,11 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::int8::Int8Kernel;
+use super::int8::{Int8Kernel, TILE_N};
 use super::{CloudBackend, ConvCall};
 use crate::Result;
 use crate::field::{M31, PrimeField};
 use crate::geometry::Conv2d;
-
-/// Output pixels per task: the im2col tile gathered on the fly is `M × TILE_N`.
-pub(super) const TILE_N: usize = 64;
 
 /// Exact F_p convolution on the CPU, multi-threaded with rayon (the global pool unless
 /// [`CpuBackend::with_threads`] sets one).

@@ -334,34 +334,6 @@ impl Clouds<'_> {
     }
 }
 
-/// Which cloud returned a wrong answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Cheater {
-    /// The one cloud of modes `lowrank` and `pad`.
-    TheCloud,
-    /// Cloud A of mode `two-server` (cloud B's share checked out).
-    CloudA,
-    /// Cloud B of mode `two-server` (cloud A's share checked out).
-    CloudB,
-    /// Both clouds of mode `two-server`.
-    BothClouds,
-    /// The sum of the two shares failed, but each share passed its own re-check (probability at
-    /// most 4/p per round in Fast mode).
-    Unidentified,
-}
-
-impl std::fmt::Display for Cheater {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Cheater::TheCloud => "the cloud's answer",
-            Cheater::CloudA => "cloud A's answer",
-            Cheater::CloudB => "cloud B's answer",
-            Cheater::BothClouds => "both clouds' answers",
-            Cheater::Unidentified => "the sum of the clouds' answers (each share passed a re-check)",
-        })
-    }
-}
-
 /// The length of a batch's share of mode `two-server` (the batch's input), checked.
 pub(crate) fn share_len(geom: &Conv2d, batch: usize) -> Result<usize> {
     batch.checked_mul(geom.image_len()).ok_or(crate::Error::TooLarge { what: "share length", value: batch })

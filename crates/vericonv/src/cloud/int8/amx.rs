@@ -10,8 +10,7 @@ use core::arch::asm;
 use core::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::{COLS, LANES, LIMBS, recombine};
-use crate::cloud::cpu::TILE_N;
+use super::{COLS, LANES, LIMBS, TILE_N, recombine};
 
 /// Rows of a tile, and quads of `m` per tile of kernel or limb bytes.
 const ROWS: usize = 16;

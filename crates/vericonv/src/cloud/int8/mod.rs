@@ -16,7 +16,6 @@ mod vnni;
 
 use core::arch::x86_64::*;
 
-use super::cpu::TILE_N;
 use crate::field::P;
 use crate::geometry::Conv2d;
 
@@ -24,6 +23,10 @@ use crate::geometry::Conv2d;
 const LIMBS: usize = 4;
 /// `i32` lanes per vector.
 const LANES: usize = 16;
+/// Output pixels per task of the CPU backend: the im2col tile gathered on the fly is
+/// `M × TILE_N`, the width these kernels are laid out for.
+pub(in crate::cloud) const TILE_N: usize = 64;
+
 /// Vectors across a tile's `TILE_N` pixels.
 const COLS: usize = TILE_N / LANES;
 

@@ -4,8 +4,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{LANES, LIMBS, recombine};
-use crate::cloud::cpu::TILE_N;
+use super::{LANES, LIMBS, TILE_N, recombine};
 
 /// Output channels computed together by the micro-kernel.
 const MR: usize = 6;

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
+use super::layer::{Epilogue, ForwardTimes, IntegerExecutor, QuantInput, QuantLayer, QuantModel, qmax, quantize_image};
 use crate::exec::{QuantBuffers, Step, Tail, Value, Workspace};
 use crate::graph::{Op, Source};
-use crate::quant::{Epilogue, ForwardTimes, IntegerExecutor, QuantInput, QuantLayer, QuantModel, quantize_image};
 use vericonv::{Error, Result};
 
 /// The mutable parts of one image in one stage.
@@ -83,7 +83,7 @@ pub(crate) fn forward_with(
         Source::Node(i) => model.nodes[i].shape.len(),
     };
     let bits8 = qm.cfg.act_bits <= 8;
-    let qmax = crate::quant::qmax(qm.cfg.act_bits);
+    let qmax = qmax(qm.cfg.act_bits);
     let mut values: Vec<Option<Value>> = (0..model.nodes.len()).map(|_| None).collect();
     let mut x = Some(x);
     let mut times = ForwardTimes::default();
