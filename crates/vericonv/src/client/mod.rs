@@ -2,24 +2,26 @@
 //! and runs keygen → encrypt → (cloud) → verify → decrypt for each batch, in any of the three
 //! privacy modes ([`Privacy`]).
 
+mod buffers;
+mod modes;
+
 use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+pub use buffers::{AnswerBuffers, CallBuffers};
+use modes::{AnySecrets, Layer, Masking, MaskingMode, mode_mismatch, recycle, secrets_of, with_masking};
 
 use crate::Cheater;
 use crate::cloud::{CloudBackend, Clouds, CpuBackend, SessionKernel};
-use rayon::prelude::*;
-
-use crate::decrypt::{ImageTables, MaskKernel, Unmask, decrypt_image_into, image_tables};
-use crate::encrypt::{
-    encrypt_image_lowrank, encrypt_image_padded, encrypt_kernel, split_share_image, split_share_small_into,
-};
+use crate::decrypt::{ImageTables, decrypt_image_into};
+use crate::encrypt::encrypt_kernel;
 use crate::field::{M31, PrimeField, SmallInt, slices};
 use crate::geometry::Conv2d;
-use crate::keys::{ImageMask, KeyRng, SessionKey};
-use crate::pad::Pad;
+use crate::keys::{KeyRng, SessionKey};
 use crate::pad::{PadPool, SpentPads};
 use crate::privacy::Privacy;
-use crate::share::ShareSeed;
-use crate::verify::{Claim, FastRounds, KernelTerm, Mode, Verdict, verify};
+use crate::verify::{KernelTerm, Mode};
 use crate::{Error, Result};
 
 /// Settings of one private layer.
@@ -96,131 +98,6 @@ impl std::ops::AddAssign for Timings {
     }
 }
 
-/// The per-session secrets that depend on the privacy mode.
-enum Masking {
-    /// `KG_t` for the separable mask correction.
-    LowRank(MaskKernel),
-    /// Nothing beyond the key.
-    TwoServer,
-    /// The precomputed pads of the current session key; in mode `split-model` also the two
-    /// clouds' shares of the kernel.
-    Pad { pads: Option<PadPool>, shares: Option<Box<KernelShares>> },
-}
-
-/// Mode `split-model`'s kernel shares (docs/scheme.md §14): `K_A = G(seed)` for cloud A and
-/// `K_B = K - K_A` for cloud B, each uniform alone. Zeroized when dropped (with their
-/// sessions).
-struct KernelShares {
-    a: SessionKernel,
-    b: SessionKernel,
-}
-
-impl KernelShares {
-    /// Splits the plain kernel `kernel` (field elements) into two fresh shares.
-    fn split(geom: &Conv2d, kernel: &[u32], rng: &mut KeyRng) -> Result<Self> {
-        let seed = ShareSeed::generate(rng);
-        let a = seed.expand(kernel.len());
-        let b = kernel.iter().zip(&a).map(|(&k, &ka)| M31::sub(k, ka)).collect();
-        Ok(Self {
-            a: SessionKernel::new(rand::RngExt::random(rng), *geom, a)?,
-            b: SessionKernel::new(rand::RngExt::random(rng), *geom, b)?,
-        })
-    }
-
-    /// Both clouds, concurrently, on the same padded input `e`: A with its share, B with its
-    /// own; their answers land in `ya` and `yb`.
-    fn call(
-        &self,
-        (a, b): (&dyn CloudBackend, &dyn CloudBackend),
-        batch: usize,
-        e: &[u32],
-        ya: &mut Vec<u32>,
-        yb: &mut Vec<u32>,
-    ) -> Result<()> {
-        concurrently(|| a.conv_session_into(&self.a, batch, e, ya), || b.conv_session_into(&self.b, batch, e, yb))
-    }
-}
-
-/// Runs cloud A's call on a scoped thread while cloud B's runs on this one; cloud A's error
-/// first, if both fail (a panic in A's call is resumed here).
-fn concurrently(a: impl FnOnce() -> Result<()> + Send, b: impl FnOnce() -> Result<()>) -> Result<()> {
-    let (from_a, from_b) = std::thread::scope(|s| {
-        let from_a = s.spawn(a);
-        let from_b = b();
-        (from_a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), from_b)
-    });
-    from_a.and(from_b)
-}
-
-/// Working memory of [`PrivateConv::run_into`], kept by the caller across calls and layers so
-/// that a stream of batches allocates (and page-faults) nothing: the tensor sent to the cloud
-/// and the buffers of the answers.
-#[derive(Default)]
-pub struct CallBuffers {
-    sent: Vec<u32>,
-    answers: AnswerBuffers,
-}
-
-/// Buffers for the clouds' answers, kept across calls and layers: [`PrivateConv::send`] has
-/// the clouds write into them ([`CloudBackend::conv_session_into`]) and
-/// [`PrivateConv::recycle`] takes them back from a decrypted [`Answer`]. Freeing a tensor of
-/// tens of megabytes per call (and page-faulting a fresh one in) costs about a tenth of a
-/// whole network's client time otherwise. An answer is what the cloud sent: nothing secret is
-/// kept here.
-#[derive(Default)]
-pub struct AnswerBuffers {
-    free: Vec<Vec<u32>>,
-}
-
-impl std::fmt::Debug for CallBuffers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CallBuffers").field("sent", &self.sent.len()).field("answers", &self.answers).finish()
-    }
-}
-
-impl std::fmt::Debug for AnswerBuffers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let capacities: Vec<usize> = self.free.iter().map(Vec::capacity).collect();
-        f.debug_struct("AnswerBuffers").field("capacities", &capacities).finish()
-    }
-}
-
-/// Buffers an [`AnswerBuffers`] keeps at most (a network has at most two answers in flight, of
-/// two clouds each).
-const MAX_FREE_ANSWERS: usize = 8;
-
-impl AnswerBuffers {
-    /// A buffer for an answer of `len` elements: the smallest kept one that holds it, else the
-    /// largest kept one (the cloud grows it), else a new one.
-    fn take(&mut self, len: usize) -> Vec<u32> {
-        let fits =
-            (0..self.free.len()).filter(|&i| self.free[i].capacity() >= len).min_by_key(|&i| self.free[i].capacity());
-        let pick = fits.or_else(|| (0..self.free.len()).max_by_key(|&i| self.free[i].capacity()));
-        pick.map(|i| self.free.swap_remove(i)).unwrap_or_default()
-    }
-
-    /// Keeps `buf` for a later answer, dropping the smallest buffer beyond
-    /// [`MAX_FREE_ANSWERS`].
-    fn give(&mut self, buf: Vec<u32>) {
-        self.free.push(buf);
-        if self.free.len() > MAX_FREE_ANSWERS
-            && let Some(i) = (0..self.free.len()).min_by_key(|&i| self.free[i].capacity())
-        {
-            self.free.swap_remove(i);
-        }
-    }
-}
-
-/// The secrets of one batch in flight, per privacy mode.
-enum BatchSecrets {
-    /// Mode `lowrank`: one fresh mask per image.
-    Masks(Vec<ImageMask>),
-    /// Mode `pad`: one pad per image, taken from the pool.
-    Pads(Vec<Pad>),
-    /// Mode `two-server`: the seed of cloud A's share.
-    Seed(ShareSeed),
-}
-
 /// One batch of a layer between [`PrivateConv::start`] and [`PrivateConv::send`]: its images
 /// are encrypted one by one, in any order and in parallel, with
 /// [`PrivateConv::encrypt_image`]. It holds the batch's secrets (masks, pads or seed), which it
@@ -228,10 +105,7 @@ enum BatchSecrets {
 pub struct Pending {
     batch: usize,
     session: u64,
-    secrets: BatchSecrets,
-    /// Mode `two-server`: a word of the key stream was rejected while an image was split (the
-    /// whole share is then made again, exactly, before it is sent).
-    rejected_word: std::sync::atomic::AtomicBool,
+    secrets: AnySecrets,
     timings: Timings,
 }
 
@@ -253,7 +127,7 @@ impl std::fmt::Debug for Pending {
 pub struct Answer {
     batch: usize,
     session: u64,
-    secrets: BatchSecrets,
+    secrets: AnySecrets,
     tables: Vec<ImageTables>,
     y: Vec<u32>,
     yb: Option<Vec<u32>>,
@@ -370,15 +244,6 @@ fn embed(v: i32) -> u32 {
     if v < 0 { (i64::from(v) + i64::from(M31::P)) as u32 } else { v as u32 }
 }
 
-/// Runs `rounds` of `mode` on `claim` only to learn whether it holds (the per-share re-checks
-/// of mode two-server): `Ok(None)` when accepted, `Ok(Some(round))` when rejected.
-fn check_claim(claim: &Claim<'_>, mode: Mode, rounds: usize, rng: &mut KeyRng) -> Result<Option<usize>> {
-    Ok(match verify::<M31, _>(claim, mode, rounds, rng)? {
-        Verdict::Accepted(_) => None,
-        Verdict::Rejected { round } => Some(round),
-    })
-}
-
 impl PrivateConv {
     /// Builds the layer: checks the exactness bound `M·Bx·Bw + Bb <= (p-1)/2` (docs/scheme.md §2),
     /// draws the first session key and encrypts the kernel.
@@ -430,14 +295,7 @@ impl PrivateConv {
         let key = SessionKey::generate_for(geom, privacy, rng)?;
         // The id lets a backend that keeps kernels recognise K' for the rest of the session.
         let kernel_enc = SessionKernel::new(rand::RngExt::random(rng), *geom, encrypt_kernel(&key, kernel)?)?;
-        let masking = match privacy {
-            Privacy::LowRank { .. } => Masking::LowRank(MaskKernel::new(&key, kernel)?),
-            Privacy::TwoServer => Masking::TwoServer,
-            Privacy::Pad => Masking::Pad { pads: None, shares: None },
-            Privacy::SplitModel => {
-                Masking::Pad { pads: None, shares: Some(Box::new(KernelShares::split(geom, kernel, rng)?)) }
-            }
-        };
+        let masking = Masking::session(privacy, geom, &key, kernel, rng)?;
         Ok((key, kernel_enc, masking))
     }
 
@@ -489,13 +347,15 @@ impl PrivateConv {
     pub fn add_pads(&mut self, pool: PadPool) -> Result<()> {
         self.require_pad_mode("adding pads")?;
         pool.check_binding(&self.cfg.name, &self.key)?;
-        if let Masking::Pad { pads: slot, .. } = &mut self.masking {
-            match slot {
-                Some(existing) => existing.append(pool)?,
-                None => *slot = Some(pool),
+        let slot = with_masking!(&mut self.masking, m => m.pads());
+        match slot {
+            Some(Some(existing)) => existing.append(pool),
+            Some(slot) => {
+                *slot = Some(pool);
+                Ok(())
             }
+            None => Err(mode_mismatch(&self.cfg.name)),
         }
-        Ok(())
     }
 
     /// Mode `pad`: generates `count` pads for the current key on `backend` (the client's own,
@@ -540,17 +400,12 @@ impl PrivateConv {
         if let Some(yb) = yb {
             buffers.give(yb);
         }
-        if let BatchSecrets::Pads(pads) = secrets {
-            self.spent_pads.put(pads);
-        }
+        with_masking!(&self.masking, m => recycle(m, secrets, &mut self.spent_pads));
     }
 
     /// Pads left (mode `pad`; 0 in the other modes).
     pub fn pads_available(&self) -> usize {
-        match &self.masking {
-            Masking::Pad { pads: Some(pool), .. } => pool.len(),
-            _ => 0,
-        }
+        with_masking!(&self.masking, m => m.pads_left())
     }
 
     fn require_pad_mode(&self, what: &'static str) -> Result<()> {
@@ -700,20 +555,11 @@ impl PrivateConv {
             timings.offline = self.draw_missing_pads(batch, own, rng)?;
         }
         let start = Instant::now();
-        let secrets = match &self.masking {
-            Masking::LowRank(_) => BatchSecrets::Masks(ImageMask::generate_batch(&self.key, batch, rng)),
-            Masking::Pad { .. } => BatchSecrets::Pads(self.take_pads(batch)?),
-            Masking::TwoServer => BatchSecrets::Seed(ShareSeed::generate(rng)),
-        };
+        let (layer, key) = (&self.cfg.name, &self.key);
+        let secrets: AnySecrets = with_masking!(&mut self.masking, m => Box::new(m.draw(layer, key, batch, rng)?));
         timings.encrypt = start.elapsed();
         self.images_in_session += batch as u64;
-        Ok(Pending {
-            batch,
-            session: self.key.id(),
-            secrets,
-            rejected_word: std::sync::atomic::AtomicBool::new(false),
-            timings,
-        })
+        Ok(Pending { batch, session: self.key.id(), secrets, timings })
     }
 
     /// Encrypts image `b` of a pending batch, `x` (`Cin × H × W` small integers with
@@ -730,16 +576,10 @@ impl PrivateConv {
         let img = self.geom.image_len();
         Conv2d::check_len("image", img, x.len())?;
         self.check_input(x, b * img)?;
-        match &pending.secrets {
-            BatchSecrets::Masks(masks) => encrypt_image_lowrank(&self.key, &masks[b], x, sent),
-            BatchSecrets::Pads(pads) => encrypt_image_padded(&self.key, &pads[b], x, sent),
-            BatchSecrets::Seed(seed) => {
-                if split_share_image(&self.key, seed, b, x, sent)? {
-                    pending.rejected_word.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                Ok(())
-            }
-        }
+        with_masking!(&self.masking, m => {
+            let secrets = secrets_of(m, &pending.secrets, &self.cfg.name)?;
+            encrypt_image(m, &self.key, secrets, b, x, sent)
+        })
     }
 
     /// Sends a pending batch to `clouds` and verifies the whole answer, before anything is
@@ -763,60 +603,10 @@ impl PrivateConv {
     ) -> Result<Answer> {
         let clouds = clouds.into();
         self.check_clouds(clouds)?;
-        let Pending { batch, session, secrets, rejected_word, mut timings } = pending;
-        self.check_session(session, batch, 0)?;
-        Conv2d::check_len("encrypted input", batch * self.geom.image_len(), sent.len())?;
+        self.check_session(pending.session, pending.batch, 0)?;
+        Conv2d::check_len("encrypted input", pending.batch * self.geom.image_len(), sent.len())?;
         Conv2d::check_len("input", sent.len(), x.len())?;
-        let mut share_b = Vec::new();
-        let sent = match &secrets {
-            BatchSecrets::Seed(seed) if rejected_word.into_inner() => {
-                let start = Instant::now();
-                share_b.resize(sent.len(), 0);
-                split_share_small_into(&self.key, seed, x, &mut share_b)?;
-                timings.encrypt += start.elapsed();
-                &share_b[..]
-            }
-            _ => sent,
-        };
-        let start = Instant::now();
-        let len = batch * self.geom.output_image_len();
-        let mut y = answers.take(len);
-        let (called, yb) = match (&secrets, clouds, &self.masking) {
-            (BatchSecrets::Seed(seed), Clouds::Two(a, b), _) => {
-                let mut yb = answers.take(len);
-                let called = self.both_clouds(a, b, batch, seed, sent, &mut y, &mut yb);
-                (called, Some(yb))
-            }
-            (BatchSecrets::Pads(_), Clouds::Two(a, b), Masking::Pad { shares: Some(shares), .. }) => {
-                let mut yb = answers.take(len);
-                let called = shares.call((a, b), batch, sent, &mut y, &mut yb);
-                (called, Some(yb))
-            }
-            (_, Clouds::One(cloud), _) => (cloud.conv_session_into(&self.kernel_enc, batch, sent, &mut y), None),
-            _ => return Err(mode_mismatch(&self.cfg.name)),
-        };
-        timings.cloud = start.elapsed();
-        let start = Instant::now();
-        let checked = called.and_then(|()| {
-            self.check_answer_len(batch, &y, yb.as_ref().map(|_| "cloud A"))?;
-            if let Some(yb) = &yb {
-                self.check_answer_len(batch, yb, Some("cloud B"))?;
-            }
-            self.verify_answer(batch, &secrets, sent, x, &y, yb.as_deref(), rng)
-        });
-        if let Err(e) = checked {
-            answers.give(y);
-            if let Some(yb) = yb {
-                answers.give(yb);
-            }
-            return Err(e);
-        }
-        let tables = match &secrets {
-            BatchSecrets::Masks(masks) => image_tables(&self.key, masks),
-            _ => Vec::new(),
-        };
-        timings.verify = start.elapsed();
-        Ok(Answer { batch, session, secrets, tables, y, yb, timings })
+        with_masking!(&self.masking, m => self.send_with(m, pending, clouds, sent, x, rng, answers))
     }
 
     /// Decrypts image `b` of a verified answer into `out` (`Cout × Ho × Wo`), a piece of an
@@ -832,14 +622,11 @@ impl PrivateConv {
         E: Fn(usize, std::ops::Range<usize>, &[i32], &mut [O]) + Sync,
     {
         self.check_session(answer.session, answer.batch, b)?;
-        let unmask = match (&self.masking, &answer.secrets, &answer.yb) {
-            (Masking::LowRank(mk), BatchSecrets::Masks(_), _) => Unmask::LowRank { mk, tables: &answer.tables },
-            (_, BatchSecrets::Pads(pads), Some(yb)) => Unmask::PadSum(pads, yb),
-            (_, BatchSecrets::Pads(pads), None) => Unmask::Pad(pads),
-            (_, BatchSecrets::Seed(_), Some(yb)) => Unmask::Sum(yb),
-            _ => return Err(mode_mismatch(&self.cfg.name)),
-        };
-        decrypt_image_into(&self.key, &unmask, &answer.y, b, self.bias.as_deref(), out, epilogue)
+        with_masking!(&self.masking, m => {
+            let secrets = secrets_of(m, &answer.secrets, &self.cfg.name)?;
+            let unmask = m.unmask(secrets, &answer.tables, answer.yb.as_deref()).ok_or_else(|| mode_mismatch(&self.cfg.name))?;
+            decrypt_image_into(&self.key, &unmask, &answer.y, b, self.bias.as_deref(), out, epilogue)
+        })
     }
 
     /// Checks `|x| <= Bx` (and `<= (p-1)/2`, which embedding needs whatever the configured
@@ -870,119 +657,101 @@ impl PrivateConv {
         Ok(())
     }
 
-    /// Verifies a whole answer in the configured mode and rounds: Fast mode's input side from
-    /// the plain input `x` (from `X'`, `sent`, in mode `pad`), its output side in one pass over
-    /// the answer; Strict mode from `X'` (in mode `two-server` rebuilt as the sum of the
-    /// shares). A non-canonical entry is [`Error::MalformedAnswer`]; a failed round is
-    /// [`Error::VerificationFailed`], naming the cheating cloud in mode `two-server`.
+    /// The layer as a mode reads it while it sends a batch and verifies the answer.
+    fn layer(&self) -> Layer<'_> {
+        Layer {
+            name: &self.cfg.name,
+            geom: &self.geom,
+            key: &self.key,
+            kernel_enc: &self.kernel_enc,
+            term: self.small_kernel.term(self.kernel_enc.data()),
+            mode: self.cfg.mode,
+            rounds: self.cfg.rounds,
+            bound: self.cfg.input_bound.min(M31::HALF),
+        }
+    }
+
+    /// [`PrivateConv::send`] in mode `M`, once the batch and buffers are checked: the tensor
+    /// that goes out, the clouds, then verification of the whole answer (a rejected answer's
+    /// buffers go back to `answers`).
     #[allow(clippy::too_many_arguments)]
-    fn verify_answer<T: SmallInt>(
+    fn send_with<M: MaskingMode, T: SmallInt>(
         &self,
-        batch: usize,
-        secrets: &BatchSecrets,
+        m: &M,
+        pending: Pending,
+        clouds: Clouds<'_>,
         sent: &[u32],
         x: &[T],
-        y: &[u32],
-        yb: Option<&[u32]>,
+        rng: &mut KeyRng,
+        answers: &mut AnswerBuffers,
+    ) -> Result<Answer> {
+        let Pending { batch, session, secrets: any, mut timings } = pending;
+        let secrets = secrets_of(m, &any, &self.cfg.name)?;
+        let layer = self.layer();
+        let start = Instant::now();
+        let mut remade = Vec::new();
+        let sent = M::outgoing(&self.key, secrets, x, sent, &mut remade)?;
+        timings.encrypt += start.elapsed();
+        let start = Instant::now();
+        let len = batch * self.geom.output_image_len();
+        let mut y = answers.take(len);
+        let mut yb = (clouds.count() == 2).then(|| answers.take(len));
+        let called = m.call(&layer, secrets, clouds, batch, sent, &mut y, yb.as_mut());
+        timings.cloud = start.elapsed();
+        let start = Instant::now();
+        let checked = called.and_then(|()| {
+            self.check_answer_len(batch, &y, yb.as_ref().map(|_| "cloud A"))?;
+            if let Some(yb) = &yb {
+                self.check_answer_len(batch, yb, Some("cloud B"))?;
+            }
+            self.verify_answer(m, &layer, secrets, batch, sent, x, (&y, yb.as_deref()), rng)
+        });
+        if let Err(e) = checked {
+            answers.give(y);
+            if let Some(yb) = yb {
+                answers.give(yb);
+            }
+            return Err(e);
+        }
+        let tables = M::tables(&self.key, secrets);
+        timings.verify = start.elapsed();
+        Ok(Answer { batch, session, secrets: any, tables, y, yb, timings })
+    }
+
+    /// Verifies a whole answer (`y`, and cloud B's `yb` in the two-cloud modes) in the
+    /// configured mode and rounds: Fast mode's input side as mode `M` draws it, its output side
+    /// in one pass over the answer; Strict mode on the mode's claim. A non-canonical entry is
+    /// [`Error::MalformedAnswer`]; a failed round is [`Error::VerificationFailed`], naming the
+    /// cloud the mode blames.
+    #[allow(clippy::too_many_arguments)]
+    fn verify_answer<M: MaskingMode, T: SmallInt>(
+        &self,
+        m: &M,
+        layer: &Layer<'_>,
+        secrets: &M::Secrets,
+        batch: usize,
+        sent: &[u32],
+        x: &[T],
+        (y, yb): (&[u32], Option<&[u32]>),
         rng: &mut KeyRng,
     ) -> Result<()> {
-        let (geom, kp, rounds) = (&self.geom, self.kernel_enc.data(), self.cfg.rounds);
-        let bound = self.cfg.input_bound.min(M31::HALF);
         let answers = [(y, yb.map(|_| "cloud A")), (yb.unwrap_or_default(), Some("cloud B"))];
+        let answers = &answers[..1 + usize::from(yb.is_some())];
         let rejected = if self.cfg.mode == Mode::Fast {
-            let term = self.small_kernel.term(kp);
-            let checks = match secrets {
-                BatchSecrets::Masks(masks) => FastRounds::draw_plain(&self.key, term, x, bound, masks, rounds, rng)?,
-                BatchSecrets::Seed(_) => FastRounds::draw_plain(&self.key, term, x, bound, &[], rounds, rng)?,
-                BatchSecrets::Pads(_) => {
-                    FastRounds::draw::<M31, _>(&Claim::new(geom, batch, kp, sent, y)?, rounds, rng)?
-                }
-            };
-            let (rejected, max) = checks.check_output(geom, y, yb);
+            let checks = M::fast_rounds(layer, secrets, batch, sent, x, y, rng)?;
+            let (rejected, max) = checks.check_output(&self.geom, y, yb);
             if max >= M31::P {
-                return Err(self.malformed(batch, &answers[..1 + usize::from(yb.is_some())]));
+                return Err(self.malformed(batch, answers));
             }
             rejected
         } else {
-            for &(answer, cloud) in &answers[..1 + usize::from(yb.is_some())] {
+            for &(answer, cloud) in answers {
                 self.check_answer(batch, answer, cloud)?;
             }
-            match (secrets, yb) {
-                (BatchSecrets::Seed(seed), Some(yb)) => {
-                    // X' = X'_A + X'_B, for the claim.
-                    let xa = seed.expand(sent.len());
-                    let xp: Vec<u32> = xa.iter().zip(sent).map(|(&a, &b)| M31::add(a, b)).collect();
-                    check_claim(&Claim::with_parts(geom, batch, kp, &xp, y, yb)?, Mode::Strict, rounds, rng)?
-                }
-                (_, Some(yb)) => {
-                    check_claim(&Claim::with_parts(geom, batch, kp, sent, y, yb)?, Mode::Strict, rounds, rng)?
-                }
-                _ => check_claim(&Claim::new(geom, batch, kp, sent, y)?, Mode::Strict, rounds, rng)?,
-            }
+            M::strict(layer, secrets, batch, sent, (y, yb), rng)?
         };
         let Some(round) = rejected else { return Ok(()) };
-        Err(match (secrets, yb, &self.masking) {
-            (BatchSecrets::Seed(seed), Some(yb), _) => {
-                let xa = seed.expand(sent.len());
-                self.name_cheater(round, batch, (kp, &xa, y), (kp, sent, yb), rng)?
-            }
-            (BatchSecrets::Pads(_), Some(yb), Masking::Pad { shares: Some(shares), .. }) => {
-                self.name_cheater(round, batch, (shares.a.data(), sent, y), (shares.b.data(), sent, yb), rng)?
-            }
-            _ => self.rejected(round, Cheater::TheCloud),
-        })
-    }
-
-    /// Both clouds of mode `two-server`, concurrently: A gets the seed, B its share; their
-    /// answers land in `ya` and `yb`.
-    #[allow(clippy::too_many_arguments)]
-    fn both_clouds(
-        &self,
-        a: &dyn CloudBackend,
-        b: &dyn CloudBackend,
-        batch: usize,
-        seed: &ShareSeed,
-        xb: &[u32],
-        ya: &mut Vec<u32>,
-        yb: &mut Vec<u32>,
-    ) -> Result<()> {
-        let session = &self.kernel_enc;
-        concurrently(
-            || a.conv_share_session_into(session, batch, seed, ya),
-            || b.conv_session_into(session, batch, xb, yb),
-        )
-    }
-
-    /// After the sum of the two answers was rejected in round `round`: re-checks each cloud's
-    /// claim `(kernel, input, answer)` with fresh vectors (at least one is wrong) and returns
-    /// the error naming the cheater. Mode `two-server`: `K'` with each input share; mode
-    /// `split-model`: each kernel share with the padded input.
-    fn name_cheater(
-        &self,
-        round: usize,
-        batch: usize,
-        (ka, xa, ya): (&[u32], &[u32], &[u32]),
-        (kb, xb, yb): (&[u32], &[u32], &[u32]),
-        rng: &mut KeyRng,
-    ) -> Result<Error> {
-        let geom = &self.geom;
-        let bad_a = check_claim(&Claim::new(geom, batch, ka, xa, ya)?, self.cfg.mode, self.cfg.rounds, rng)?;
-        let bad_b = check_claim(&Claim::new(geom, batch, kb, xb, yb)?, self.cfg.mode, self.cfg.rounds, rng)?;
-        let cheater = match (bad_a.is_some(), bad_b.is_some()) {
-            (true, true) => Cheater::BothClouds,
-            (true, false) => Cheater::CloudA,
-            (false, true) => Cheater::CloudB,
-            (false, false) => Cheater::Unidentified,
-        };
-        Ok(self.rejected(round, cheater))
-    }
-
-    /// Takes `batch` pads of mode `pad` (gone even if the call fails).
-    fn take_pads(&mut self, batch: usize) -> Result<Vec<Pad>> {
-        match &mut self.masking {
-            Masking::Pad { pads: Some(pool), .. } => pool.take(batch),
-            _ => Err(Error::PadPoolExhausted { layer: self.cfg.name.clone(), needed: batch, available: 0 }),
-        }
+        Err(self.rejected(round, m.blame(layer, secrets, batch, sent, (y, yb), rng)?))
     }
 
     fn rejected(&self, round: usize, cheater: Cheater) -> Error {
@@ -1020,31 +789,14 @@ impl PrivateConv {
     }
 }
 
-/// The clouds, the secrets and the masking of a layer always agree ([`PrivateConv::send`]
-/// checks the cloud count first); should they not, this error is returned rather than a panic.
-fn mode_mismatch(layer: &str) -> Error {
-    Error::Internal(format!("layer `{layer}`: privacy mode mismatch"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{AnswerBuffers, MAX_FREE_ANSWERS};
-
-    #[test]
-    fn answer_buffers_take_the_smallest_that_fits_else_the_largest_and_keep_a_bounded_number() {
-        let mut bufs = AnswerBuffers::default();
-        for cap in [10, 1000, 100] {
-            bufs.give(Vec::with_capacity(cap));
-        }
-        assert_eq!(bufs.take(50).capacity(), 100);
-        assert_eq!(bufs.take(5000).capacity(), 1000);
-        assert_eq!(bufs.take(1).capacity(), 10);
-        assert_eq!(bufs.take(1).capacity(), 0, "a new buffer when none is kept");
-        for cap in 1..=MAX_FREE_ANSWERS + 3 {
-            bufs.give(Vec::with_capacity(cap * 10));
-        }
-        let mut kept: Vec<usize> = bufs.free.iter().map(Vec::capacity).collect();
-        kept.sort_unstable();
-        assert_eq!(kept, (4..=MAX_FREE_ANSWERS + 3).map(|c| c * 10).collect::<Vec<_>>(), "the smallest are dropped");
-    }
+/// Encrypts image `b` of a batch of mode `M` (the mode's state picks its type).
+fn encrypt_image<M: MaskingMode, T: SmallInt>(
+    _mode: &M,
+    key: &SessionKey,
+    secrets: &M::Secrets,
+    b: usize,
+    x: &[T],
+    sent: &mut [u32],
+) -> Result<()> {
+    M::encrypt_image(key, secrets, b, x, sent)
 }
