@@ -2,9 +2,9 @@
 //! folder of PNG/JPEG images, the digits CSV; malformed files get typed errors.
 
 use std::io::Write;
+use vericonv_model::ModelError;
 
 use rand::{Rng, RngExt};
-use vericonv::Error;
 use vericonv_model::data::Dataset;
 
 fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
@@ -38,12 +38,12 @@ fn idx_raw_and_gzip_load_the_same_images() {
     assert_eq!((by_name.images(), by_name.labels()), (raw.images(), raw.labels()));
     // Mismatched counts, truncated data, wrong magic.
     std::fs::write(dir.join("lbl2"), idx(&[2], &labels[..2])).expect("write");
-    assert!(matches!(Dataset::from_idx("t", &dir.join("img"), &dir.join("lbl2")), Err(Error::Parse { .. })));
+    assert!(matches!(Dataset::from_idx("t", &dir.join("img"), &dir.join("lbl2")), Err(ModelError::Parse { .. })));
     std::fs::write(dir.join("short"), &idx(&[3, 4, 5], &pixels)[..30]).expect("write");
-    assert!(matches!(Dataset::from_idx("t", &dir.join("short"), &dir.join("lbl")), Err(Error::Parse { .. })));
+    assert!(matches!(Dataset::from_idx("t", &dir.join("short"), &dir.join("lbl")), Err(ModelError::Parse { .. })));
     std::fs::write(dir.join("magic"), [1, 2, 3, 4, 5]).expect("write");
-    assert!(matches!(Dataset::from_idx("t", &dir.join("magic"), &dir.join("lbl")), Err(Error::Parse { .. })));
-    assert!(matches!(Dataset::from_idx("t", &dir.join("missing"), &dir.join("lbl")), Err(Error::Io { .. })));
+    assert!(matches!(Dataset::from_idx("t", &dir.join("magic"), &dir.join("lbl")), Err(ModelError::Parse { .. })));
+    assert!(matches!(Dataset::from_idx("t", &dir.join("missing"), &dir.join("lbl")), Err(ModelError::Io { .. })));
 }
 
 #[test]
@@ -77,7 +77,10 @@ fn cifar10_and_cifar100_records_load_with_their_labels() {
         assert_eq!((d.channels(), d.height(), d.width()), (3, 32, 32));
         assert_eq!(d.images()[1024 + 5], f32::from(first_pixels[1024 + 5]) / 255.0, "channel-major like CIFAR");
         std::fs::write(&file, &bytes[..bytes.len() - 1]).expect("write");
-        assert!(matches!(Dataset::from_cifar("c", std::slice::from_ref(&file), hundred), Err(Error::Parse { .. })));
+        assert!(matches!(
+            Dataset::from_cifar("c", std::slice::from_ref(&file), hundred),
+            Err(ModelError::Parse { .. })
+        ));
     }
 }
 
@@ -102,10 +105,10 @@ fn image_folders_load_classes_in_name_order_and_resize() {
     let rgb = Dataset::from_folder(dir, 3, 6, 6).expect("rgb");
     assert_eq!(rgb.images().len(), 4 * 3 * 36);
     std::fs::write(dir.join("a_zero").join("bad.png"), b"not a png").expect("write");
-    assert!(matches!(Dataset::from_folder(dir, 1, 6, 6), Err(Error::Parse { .. })));
+    assert!(matches!(Dataset::from_folder(dir, 1, 6, 6), Err(ModelError::Parse { .. })));
     assert!(matches!(
         Dataset::from_folder(tempfile::tempdir().expect("temporary directory").path(), 1, 6, 6),
-        Err(Error::Parse { .. })
+        Err(ModelError::Parse { .. })
     ));
 }
 
@@ -128,7 +131,7 @@ fn digits_csv_splits_the_last_360_rows_for_test() {
     assert_eq!((test.len(), train.len()), (360, 40));
     assert_eq!(test.labels()[0], 40 % 10);
     assert_eq!(train.images()[1], 1.0 / 16.0);
-    assert!(matches!(Dataset::open("nope", dir, false, 1, 8, 8), Err(Error::Unsupported(_))));
+    assert!(matches!(Dataset::open("nope", dir, false, 1, 8, 8), Err(ModelError::Unsupported(_))));
     let err = Dataset::open("mnist", dir, false, 1, 28, 28).expect_err("not fetched");
     assert!(err.to_string().contains("fetch-data.sh"), "{err}");
 }

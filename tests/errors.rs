@@ -11,6 +11,7 @@ use vericonv::geometry::{Conv2d, Padding};
 use vericonv::keys::{ImageMask, SessionKey, seeded_rng};
 use vericonv::verify::{Claim, Mode, Verdict, strict_products, verify};
 use vericonv::{Error, Result};
+use vericonv_model::ModelError;
 
 fn geom() -> Conv2d {
     Conv2d::builder(2, 3, (5, 5), (3, 3)).padding(Padding::uniform(1)).build().expect("valid")
@@ -193,14 +194,14 @@ fn low_level_functions_check_lengths_masks_and_field_elements() {
 fn corrupt_onnx_files_give_typed_errors() {
     let tmp = tempfile::tempdir().expect("temporary directory");
     let dir = tmp.path();
-    assert!(matches!(vericonv_model::onnx::read_tensor(dir.join("missing.pb")), Err(Error::Io { .. })));
+    assert!(matches!(vericonv_model::onnx::read_tensor(dir.join("missing.pb")), Err(ModelError::Io { .. })));
     // A valid FLOAT tensor of shape [2, 2] with only 3 values.
     let short = [0x08, 0x02, 0x08, 0x02, 0x10, 0x01, 0x4a, 0x0c, 0, 0, 0x80, 0x3f, 0, 0, 0, 0x40, 0, 0, 0x40, 0x40];
     std::fs::write(dir.join("short.pb"), short).expect("write");
-    assert!(matches!(vericonv_model::onnx::read_tensor(dir.join("short.pb")), Err(Error::Parse { .. })));
+    assert!(matches!(vericonv_model::onnx::read_tensor(dir.join("short.pb")), Err(ModelError::Parse { .. })));
     // Truncated in the middle of a field, then random garbage: errors or tensors, never panics.
     std::fs::write(dir.join("trunc.pb"), &short[..9]).expect("write");
-    assert!(matches!(vericonv_model::onnx::read_tensor(dir.join("trunc.pb")), Err(Error::Parse { .. })));
+    assert!(matches!(vericonv_model::onnx::read_tensor(dir.join("trunc.pb")), Err(ModelError::Parse { .. })));
     let mut r = rng(5);
     for i in 0..2000 {
         let mut junk = vec![0u8; (r.next_u32() % 64) as usize];
@@ -214,7 +215,7 @@ fn corrupt_onnx_files_give_typed_errors() {
     }
     std::fs::write(dir.join("empty.onnx"), []).expect("write");
     assert!(
-        matches!(vericonv_model::onnx::read_model(dir.join("empty.onnx")), Err(Error::Parse { .. })),
+        matches!(vericonv_model::onnx::read_model(dir.join("empty.onnx")), Err(ModelError::Parse { .. })),
         "a model without a graph"
     );
 }
@@ -235,16 +236,19 @@ fn unsupported_onnx_conv_attributes_are_named() {
     assert!(err.to_string().contains("foo"), "{err}");
     assert!(matches!(
         vericonv_model::onnx::conv_geometry(&node(vec![attr("strides", vec![1, 1, 1])]), &x, &w),
-        Err(Error::Unsupported(_))
+        Err(ModelError::Unsupported(_))
     ));
-    assert!(matches!(vericonv_model::onnx::conv_geometry(&node(vec![]), &[1, 2, 5], &w), Err(Error::Unsupported(_))));
+    assert!(matches!(
+        vericonv_model::onnx::conv_geometry(&node(vec![]), &[1, 2, 5], &w),
+        Err(ModelError::Unsupported(_))
+    ));
     assert!(matches!(
         vericonv_model::onnx::conv_geometry(&node(vec![attr("pads", vec![-1, 0, 0, 0])]), &x, &w),
-        Err(Error::Unsupported(_))
+        Err(ModelError::Unsupported(_))
     ));
     assert!(matches!(
         vericonv_model::onnx::conv_geometry(&node(vec![]), &[1, 2, 2, 2], &w),
-        Err(Error::KernelLargerThanInput { .. })
+        Err(ModelError::Scheme(Error::KernelLargerThanInput { .. }))
     ));
     let (g, n) = vericonv_model::onnx::conv_geometry(
         &node(vec![attr("strides", vec![2, 2]), attr("pads", vec![1, 0, 1, 0])]),

@@ -14,6 +14,7 @@
 
 use std::io::Write;
 use std::sync::OnceLock;
+use vericonv_model::ModelError;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
@@ -105,17 +106,19 @@ fn fuzz<S: Strategy>(target: &str, strategy: S, check: impl Fn(S::Value) -> &'st
 }
 
 /// The outcome of one case: `loaded`, or the kind of the typed error.
-fn outcome<T>(r: &vericonv::Result<T>) -> &'static str {
+fn outcome<T>(r: &vericonv_model::Result<T>) -> &'static str {
     use vericonv::Error;
     match r {
         Ok(_) => "loaded",
-        Err(Error::Parse { what, message }) if what.contains("layer") || message.contains("layer") => "Parse (a layer)",
-        Err(Error::Parse { .. }) => "Parse",
-        Err(Error::Unsupported(_)) => "Unsupported",
-        Err(Error::NonFinite { .. }) => "NonFinite",
-        Err(Error::LengthMismatch { .. }) => "LengthMismatch",
-        Err(Error::Io { .. }) => "Io",
-        Err(Error::Internal(_)) => "Internal",
+        Err(ModelError::Parse { what, message }) if what.contains("layer") || message.contains("layer") => {
+            "Parse (a layer)"
+        }
+        Err(ModelError::Parse { .. }) => "Parse",
+        Err(ModelError::Unsupported(_)) => "Unsupported",
+        Err(ModelError::NonFinite { .. }) => "NonFinite",
+        Err(ModelError::Scheme(Error::LengthMismatch { .. })) => "LengthMismatch",
+        Err(ModelError::Io { .. }) => "Io",
+        Err(ModelError::Internal(_) | ModelError::Scheme(Error::Internal(_))) => "Internal",
         Err(_) => "other",
     }
 }
@@ -567,7 +570,10 @@ fn network_decoders_survive_hostile_messages() {
         // The path of RegisterKernel: geometry, then a kernel of exactly its length.
         let r = geometry_from_proto(&geometry_message(&d));
         let kind = match &r {
-            Ok(geom) => outcome(&decode_elements(&bytes, geom.kernel_len(), "kernel")),
+            Ok(geom) => match decode_elements(&bytes, geom.kernel_len(), "kernel") {
+                Ok(_) => "kernel decoded",
+                Err(_) => "kernel refused",
+            },
             Err(_) => "geometry refused",
         };
         // Raw bytes into both request messages, then their fields.

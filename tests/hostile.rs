@@ -2,8 +2,8 @@
 //! panic, an abort, an unbounded allocation or an out-of-bounds read.
 
 use std::io::Write;
+use vericonv_model::ModelError;
 
-use vericonv::Error;
 use vericonv_model::Model;
 use vericonv_model::data::Dataset;
 use vericonv_model::onnx::import::{export_model, import_proto};
@@ -41,7 +41,7 @@ fn shape_products_that_would_wrap_are_refused_at_load() {
         r#"{"name": "flat", "op": "flatten"}, {"name": "fc", "op": "linear", "out_features": 2, "bias": false}"#,
     );
     let weights = safetensors(&[("fc.weight", vec![2, 4], vec![0.5; 8])]);
-    assert!(matches!(Model::from_bytes(&json, &weights), Err(Error::Parse { .. })));
+    assert!(matches!(Model::from_bytes(&json, &weights), Err(ModelError::Parse { .. })));
     // A linear layer of 2^63 + 1 outputs: its weight count overflows.
     let json = model_json(
         (1, 2, 2),
@@ -52,7 +52,7 @@ fn shape_products_that_would_wrap_are_refused_at_load() {
     // An input of 60000×60000 pixels: far above the element limit, refused before any
     // allocation.
     let json = model_json((1, 60_000, 60_000), r#"{"name": "r", "op": "relu"}"#);
-    assert!(matches!(Model::from_bytes(&json, &safetensors(&[])), Err(Error::Parse { .. })));
+    assert!(matches!(Model::from_bytes(&json, &safetensors(&[])), Err(ModelError::Parse { .. })));
 }
 
 #[test]
@@ -67,9 +67,9 @@ fn unknown_fields_and_a_wrong_class_count_are_refused() {
     let err = Model::from_bytes(wrong.as_bytes(), &weights).expect_err("class count");
     assert!(err.to_string().contains("num_classes"), "{err}");
     let unknown = json.replace("\"num_classes\": 2", "\"num_classes\": 2, \"classes\": 2");
-    assert!(matches!(Model::from_bytes(unknown.as_bytes(), &weights), Err(Error::Parse { .. })));
+    assert!(matches!(Model::from_bytes(unknown.as_bytes(), &weights), Err(ModelError::Parse { .. })));
     let unknown = json.replace("\"std\": [1.0]", "\"std\": [1.0], \"sdt\": [1.0]");
-    assert!(matches!(Model::from_bytes(unknown.as_bytes(), &weights), Err(Error::Parse { .. })));
+    assert!(matches!(Model::from_bytes(unknown.as_bytes(), &weights), Err(ModelError::Parse { .. })));
 }
 
 #[test]
@@ -165,8 +165,8 @@ fn digits_rows_with_nan_or_out_of_range_values_are_refused() {
     assert!(Dataset::from_digits_csv(&path, true).is_ok());
     for bad in ["nan", "10", "2.5", "-1"] {
         std::fs::write(&path, format!("{good}{}", row(bad))).expect("write");
-        assert!(matches!(Dataset::from_digits_csv(&path, true), Err(Error::Parse { .. })), "label {bad}");
+        assert!(matches!(Dataset::from_digits_csv(&path, true), Err(ModelError::Parse { .. })), "label {bad}");
     }
     std::fs::write(&path, format!("{good}nan,{}", row("1").split_once(',').expect("row").1)).expect("write");
-    assert!(matches!(Dataset::from_digits_csv(&path, true), Err(Error::Parse { .. })), "NaN pixel");
+    assert!(matches!(Dataset::from_digits_csv(&path, true), Err(ModelError::Parse { .. })), "NaN pixel");
 }

@@ -12,6 +12,7 @@ use vericonv::keys::seeded_rng;
 use vericonv::privacy::Privacy;
 use vericonv_cli::eval::{EvalOptions, evaluate};
 use vericonv_model::Model;
+use vericonv_model::ModelError;
 use vericonv_model::PrivateConfig;
 use vericonv_model::data::Dataset;
 use vericonv_model::onnx::import::{export_model, import_proto};
@@ -277,9 +278,9 @@ fn corrupt_model_files_and_bad_inputs_get_typed_errors() {
     let weights = std::fs::read(src.with_extension("safetensors")).expect("weights");
     assert!(Model::from_bytes(&json, &weights).is_ok());
     // Truncated weights, truncated JSON, garbage.
-    assert!(matches!(Model::from_bytes(&json, &weights[..weights.len() / 2]), Err(Error::Parse { .. })));
-    assert!(matches!(Model::from_bytes(&json[..json.len() / 2], &weights), Err(Error::Parse { .. })));
-    assert!(matches!(Model::from_bytes(b"{}", &weights), Err(Error::Parse { .. })));
+    assert!(matches!(Model::from_bytes(&json, &weights[..weights.len() / 2]), Err(ModelError::Parse { .. })));
+    assert!(matches!(Model::from_bytes(&json[..json.len() / 2], &weights), Err(ModelError::Parse { .. })));
+    assert!(matches!(Model::from_bytes(b"{}", &weights), Err(ModelError::Parse { .. })));
     // An unknown operator, a missing weight, a layer that does not fit.
     let text = String::from_utf8(json.clone()).expect("utf8");
     let err = Model::from_bytes(text.replacen("\"relu\"", "\"gelu\"", 1).as_bytes(), &weights).expect_err("unknown op");
@@ -291,25 +292,28 @@ fn corrupt_model_files_and_bad_inputs_get_typed_errors() {
         .expect_err("weight size");
     assert!(err.to_string().contains("conv2"), "{err}");
     // Missing files.
-    assert!(matches!(Model::load(dir.join("nope.json")), Err(Error::Io { .. })));
+    assert!(matches!(Model::load(dir.join("nope.json")), Err(ModelError::Io { .. })));
     // NaN and infinite inputs, wrong input sizes.
     let model = Model::from_bytes(&json, &weights).expect("model");
     let mut x = vec![0.5f32; 784];
     x[100] = f32::NAN;
-    assert!(matches!(model.forward_float(&x), Err(Error::NonFinite { index: 100, .. })));
+    assert!(matches!(model.forward_float(&x), Err(ModelError::NonFinite { index: 100, .. })));
     x[100] = f32::INFINITY;
     let qm = QuantModel::new(&model, QuantConfig::default()).expect("q");
-    assert!(matches!(qm.forward(&x, &mut PlainExecutor), Err(Error::NonFinite { .. })));
-    assert!(matches!(model.forward_float(&[0.5; 700]), Err(Error::LengthMismatch { .. })));
+    assert!(matches!(qm.forward(&x, &mut PlainExecutor), Err(ModelError::NonFinite { .. })));
+    assert!(matches!(model.forward_float(&[0.5; 700]), Err(ModelError::Scheme(Error::LengthMismatch { .. }))));
     // A data set whose images do not fit the model.
     let digits = Dataset::new("wrong", (1, 8, 8), vec![0.0; 64], vec![0]).expect("a consistent data set");
     let err = evaluate(&qm, &digits, (&CpuBackend::new()).into(), &EvalOptions::default(), seeded_rng(1), |_| {})
         .expect_err("shape mismatch");
-    assert!(matches!(err, Error::LengthMismatch { .. }), "{err}");
+    assert!(matches!(err.downcast_ref::<Error>(), Some(Error::LengthMismatch { .. })), "{err}");
     // 16-bit weights and activations break the exactness bound; the error names the layer.
     let err = QuantModel::new(&model, QuantConfig { weight_bits: 16, act_bits: 16 }).expect_err("bound");
-    assert!(matches!(&err, Error::ExactnessBound { layer, .. } if layer == "conv1"), "{err}");
-    assert!(matches!(QuantModel::new(&model, QuantConfig { weight_bits: 1, act_bits: 8 }), Err(Error::Unsupported(_))));
+    assert!(matches!(&err, ModelError::Scheme(Error::ExactnessBound { layer, .. }) if layer == "conv1"), "{err}");
+    assert!(matches!(
+        QuantModel::new(&model, QuantConfig { weight_bits: 1, act_bits: 8 }),
+        Err(ModelError::Unsupported(_))
+    ));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! outputs exactly, on the CPU backend and, when an adapter exists, on the GPU backend.
 
 use std::path::{Path, PathBuf};
+use vericonv_model::ModelError;
 
 use vericonv::client::{LayerConfig, PrivateConv};
 use vericonv::cloud::{CloudBackend, CpuBackend};
@@ -166,6 +167,6 @@ fn unsupported_onnx_operators_are_named() {
     {
         let proto = read_model(root.join(case).join("model.onnx")).expect("model parses");
         let err = vericonv_model::onnx::import::import_proto(&proto, case).expect_err("unsupported");
-        assert!(matches!(err, vericonv::Error::Unsupported(ref m) if m.contains(op)), "{case}: {err}");
+        assert!(matches!(err, ModelError::Unsupported(ref m) if m.contains(op)), "{case}: {err}");
     }
 }

@@ -26,7 +26,7 @@ use vericonv_remote::{Listen, RemoteBackend, RemoteError, RemoteOptions, ServerC
 
 /// The gRPC code of a remote cloud's error (`None` for any other error).
 fn code(e: &Error) -> Option<&str> {
-    e.backend_error::<RemoteError>().map(|r| r.code.as_str())
+    e.backend_error::<RemoteError>().and_then(RemoteError::code)
 }
 
 /// A server on an ephemeral loopback port, stopped (gracefully) when dropped.

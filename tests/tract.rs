@@ -3,6 +3,7 @@
 //! the native model's, and a lying cloud caught through tract's graph.
 
 use std::sync::Arc;
+use vericonv_model::ModelError;
 
 use vericonv::Error;
 use vericonv::cloud::{CloudBackend, CpuBackend, Tamper, TamperingBackend};
@@ -185,7 +186,10 @@ fn a_lying_cloud_is_caught_through_the_tract_graph() {
         let exec = Arc::new(PrivateConvs::new((liar, None), cfg, seeded_rng(8)).expect("executor"));
         let plan = tm.plan(Some(exec.clone() as Arc<dyn ConvExecutor>)).expect("plan");
         let err = plan.run(&x).expect_err("a lie is caught");
-        assert!(matches!(err, Error::VerificationFailed { .. } | Error::MalformedAnswer { .. }), "{strategy:?}: {err}");
+        assert!(
+            matches!(err, ModelError::Scheme(Error::VerificationFailed { .. } | Error::MalformedAnswer { .. })),
+            "{strategy:?}: {err}"
+        );
         assert_eq!(exec.stats()[0].rejected, 1);
     }
 }
@@ -196,9 +200,9 @@ fn models_tract_cannot_load_get_a_typed_error() {
     let junk = dir.path().join("junk.onnx");
     std::fs::write(&junk, b"\x08\x07not a model at all").expect("write");
     let err = TractModel::open(&junk, None, &QuantConfig::default()).expect_err("junk");
-    assert!(matches!(err, Error::Parse { .. }), "{err}");
+    assert!(matches!(err, ModelError::Parse { .. }), "{err}");
     let missing = TractModel::open(&dir.path().join("missing.onnx"), None, &QuantConfig::default());
-    assert!(matches!(missing, Err(Error::Io { .. })), "{missing:?}");
+    assert!(matches!(missing, Err(ModelError::Io { .. })), "{missing:?}");
     // A NaN among a convolution's weights: refused, naming the node.
     let root = common::repo_root();
     let model = Model::load(root.join("models/lenet5-mnist.json")).expect("model");
@@ -213,7 +217,7 @@ fn models_tract_cannot_load_get_a_typed_error() {
     let nan = dir.path().join("nan.onnx");
     std::fs::write(&nan, prost::Message::encode_to_vec(&proto)).expect("write");
     let err = TractModel::open(&nan, None, &QuantConfig::default()).expect_err("a NaN weight");
-    assert!(matches!(&err, Error::Parse { what, .. } if what.contains("conv1")), "{err}");
+    assert!(matches!(&err, ModelError::Parse { what, .. } if what.contains("conv1")), "{err}");
 }
 
 fn f32s(path: &std::path::Path) -> Vec<f32> {

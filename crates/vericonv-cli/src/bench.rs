@@ -14,10 +14,12 @@
 //! integer convolution, and the baselines agree with each other.
 
 use std::time::{Duration, Instant};
+use vericonv_model::ModelError;
 
 use rand::RngExt;
 use serde::Serialize;
 
+use anyhow::Result;
 use vericonv::cloud::{CloudBackend, CpuBackend};
 use vericonv::decrypt::{MaskKernel, decrypt_into, decrypt_padded_into, decrypt_sum_verified_into};
 use vericonv::encrypt::{encrypt_input_into, encrypt_kernel, encrypt_padded_into, encrypt_shares_into};
@@ -29,7 +31,6 @@ use vericonv::privacy::Privacy;
 use vericonv::reference;
 use vericonv::share::ShareSeed;
 use vericonv::verify::{Claim, FastRounds, Mode, Verdict, Verified, kernel_fold, verify};
-use vericonv::{Error, Result};
 use vericonv_model::ops;
 
 /// One layer of a suite.
@@ -269,12 +270,12 @@ mod tract_baseline {
     use prost::Message;
     use tract_onnx::prelude::*;
 
+    use anyhow::Result;
     use vericonv::geometry::Conv2d;
-    use vericonv::{Error, Result};
     use vericonv_model::onnx::proto::*;
 
-    fn err(e: impl std::fmt::Display) -> Error {
-        Error::Internal(format!("tract: {e}"))
+    fn err(e: impl std::fmt::Display) -> anyhow::Error {
+        anyhow::anyhow!("tract: {e}")
     }
 
     /// A runnable, optimized tract plan of an ONNX graph with a fixed input shape.
@@ -285,7 +286,7 @@ mod tract_baseline {
         /// becomes `shape[0]`).
         ///
         /// # Errors
-        /// [`Error::Internal`] when tract cannot load or optimize the model.
+        /// an error when tract cannot load or optimize the model.
         pub fn from_onnx(bytes: &[u8], shape: &[usize]) -> Result<Self> {
             let plan = tract_onnx::onnx()
                 .model_for_read(&mut &bytes[..])
@@ -302,7 +303,7 @@ mod tract_baseline {
         /// Runs the plan on `x` with `threads` threads; returns the first output.
         ///
         /// # Errors
-        /// [`Error::Internal`] when tract fails.
+        /// an error when tract fails.
         pub fn run(&self, shape: &[usize], x: &[f32], threads: usize) -> Result<Vec<f32>> {
             let input = Tensor::from_shape(shape, x).map_err(err)?;
             let exec = if threads > 1 {
@@ -436,14 +437,14 @@ fn dequantize_into(y: &[i32], scale: f32, out: &mut [f32]) {
 /// in each privacy mode of `opts.privacy` (one row per mode).
 ///
 /// # Errors
-/// [`Error::Internal`] when a self-check fails (a bug) or tract cannot run the layer.
+/// an error when a self-check fails (a bug) or tract cannot run the layer.
 pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Vec<BenchRow>> {
     let g = &l.geom;
     let b = opts.batch;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads)
         .build()
-        .map_err(|e| Error::Internal(format!("thread pool: {e}")))?;
+        .map_err(|e| anyhow::anyhow!("thread pool: {e}"))?;
     let mut rng = seeded_rng(seed);
     let wq: Vec<i32> = (0..g.kernel_len()).map(|_| rng.random_range(-127..=127)).collect();
     let wf: Vec<f32> = wq.iter().map(|&v| v as f32 / 127.0).collect();
@@ -456,10 +457,7 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Vec<B
     let naive_s = if macs <= opts.naive_max_macs {
         let naive = reference::conv_f32(g, b, &wf, &xf)?;
         if !close(&naive, &gemm_out) {
-            return Err(Error::Internal(format!(
-                "{} {}: im2col+gemm disagrees with the naive convolution",
-                l.network, l.layer
-            )));
+            return Err(anyhow::anyhow!("{} {}: im2col+gemm disagrees with the naive convolution", l.network, l.layer));
         }
         // One timed run: the naive convolution is slow and steady.
         let t = Instant::now();
@@ -473,7 +471,7 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Vec<B
         let t = tract_baseline::TractConv::new(g, b, &wf)?;
         let shape = [b, g.cin(), g.h(), g.w()];
         if !close(&t.run(&shape, &xf, opts.threads)?, &gemm_out) {
-            return Err(Error::Internal(format!("{} {}: tract disagrees with im2col+gemm", l.network, l.layer)));
+            return Err(anyhow::anyhow!("{} {}: tract disagrees with im2col+gemm", l.network, l.layer));
         }
         let mut err = None;
         let s = time(opts.min_time, || t.run(&shape, &xf, opts.threads).map_err(|e| err = Some(e)));
@@ -502,7 +500,7 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Vec<B
     for &privacy in &opts.privacy {
         let cost = pool
             .install(|| client_cost(g, b, privacy, &k_field, &xq, &exact, &cloud, opts, seed))
-            .map_err(|e| Error::Internal(format!("{} {} ({}): {e}", l.network, l.layer, privacy.name())))?;
+            .map_err(|e| anyhow::anyhow!("{} {} ({}): {e}", l.network, l.layer, privacy.name()))?;
         // Quantizing X and de-quantizing Y, the same in every mode.
         let (mut x_buf, mut yf_buf) = (vec![0u32; xq.len()], vec![0f32; exact.len()]);
         let quant_s = pool.install(|| {
@@ -600,12 +598,12 @@ fn client_cost(
     let (mut xp, mut xb) = (vec![0u32; xq.len()], vec![0u32; xq.len()]);
     let mut y = vec![0i32; exact.len()];
     let check = |y: &[i32]| {
-        if y == exact { Ok(()) } else { Err(Error::Internal("decryption differs from the integer convolution".into())) }
+        if y == exact { Ok(()) } else { Err(anyhow::anyhow!("decryption differs from the integer convolution")) }
     };
     fn accepted<'a>(claim: &Claim<'a>, rng: &mut vericonv::keys::KeyRng) -> Result<Verified<'a>> {
         match verify::<M31, _>(claim, Mode::Fast, 1, rng)? {
             Verdict::Accepted(answer) => Ok(answer),
-            Verdict::Rejected { .. } => Err(Error::Internal("an honest answer failed verification".into())),
+            Verdict::Rejected { .. } => Err(anyhow::anyhow!("an honest answer failed verification")),
         }
     }
     let s: Vec<u32> = (0..g.cout()).map(|_| M31::random(&mut rng)).collect();
@@ -644,7 +642,7 @@ fn client_cost(
             accepted(&claim, &mut rng)?;
             let checks = FastRounds::draw::<M31, _>(&claim, 1, &mut rng)?;
             if !decrypt_sum_verified_into(&key, &checks, &ya, &yb, &mut y)?.is_accepted() {
-                return Err(Error::Internal("an honest answer failed the fused verification".into()));
+                anyhow::bail!("an honest answer failed the fused verification");
             }
             check(&y)?;
             let cloud_s = timed_conv(&xp).max(timed_conv(&xb));
@@ -687,13 +685,13 @@ fn client_cost(
             }
         }
         Privacy::SplitModel => {
-            return Err(Error::Unsupported(
-                "the per-layer bench times lowrank, two-server and pad; time split-model on a whole model with `vericonv bench --model`".into(),
-            ));
+            anyhow::bail!(
+                "unsupported: the per-layer bench times lowrank, two-server and pad; time split-model on a whole model with `vericonv bench --model`"
+            );
         }
     })
     .and_then(|c| match cloud_err {
-        Some(e) => Err(e),
+        Some(e) => Err(e.into()),
         None => Ok(c),
     })
 }
@@ -701,17 +699,17 @@ fn client_cost(
 /// Writes the rows as CSV, one column per field of [`BenchRow`] (empty where a value is absent).
 ///
 /// # Errors
-/// [`Error::Io`].
+/// [`ModelError::Io`].
 pub fn write_csv(rows: &[BenchRow], path: &std::path::Path) -> Result<()> {
     let csv_err = |e: csv::Error| match e.into_kind() {
-        csv::ErrorKind::Io(e) => Error::io(path, e),
-        other => Error::Internal(format!("writing {}: {other:?}", path.display())),
+        csv::ErrorKind::Io(e) => ModelError::io(path, e).into(),
+        other => anyhow::anyhow!("writing {}: {other:?}", path.display()),
     };
     let mut out = csv::Writer::from_path(path).map_err(csv_err)?;
     for r in rows {
         out.serialize(r).map_err(csv_err)?;
     }
-    out.flush().map_err(|e| Error::io(path, e))
+    out.flush().map_err(|e| ModelError::io(path, e)).map_err(anyhow::Error::from)
 }
 
 /// Plots the client speedup over the best plaintext baseline per layer (one bar per batch
@@ -719,7 +717,7 @@ pub fn write_csv(rows: &[BenchRow], path: &std::path::Path) -> Result<()> {
 /// 26× and 87× marked, as SVG.
 ///
 /// # Errors
-/// [`Error::Io`] when the file cannot be written.
+/// [`ModelError::Io`] when the file cannot be written.
 pub fn plot_speedups(rows: &[BenchRow], threads: usize, privacy: &str, path: &std::path::Path) -> Result<()> {
     use plotters::prelude::*;
     let rows: Vec<&BenchRow> = rows.iter().filter(|r| r.threads == threads && r.privacy == privacy).collect();
@@ -733,7 +731,7 @@ pub fn plot_speedups(rows: &[BenchRow], threads: usize, privacy: &str, path: &st
     let mut batches: Vec<usize> = rows.iter().map(|r| r.batch).collect();
     batches.sort_unstable();
     batches.dedup();
-    let io = |e: &dyn std::fmt::Display| Error::Internal(format!("plotting {}: {e}", path.display()));
+    let io = |e: &dyn std::fmt::Display| anyhow::anyhow!("plotting {}: {e}", path.display());
     let ymax = rows.iter().map(|r| r.speedup).fold(100f64, f64::max) * 1.5;
     let ymin = rows.iter().map(|r| r.speedup).fold(1f64, f64::min).max(1e-2) / 1.5;
     let root = SVGBackend::new(path, (1200, 640)).into_drawing_area();
@@ -836,7 +834,7 @@ pub struct GpuBenchRow {
 /// im2col + GEMM exactly on small-integer data (every partial sum is exact in f32).
 ///
 /// # Errors
-/// [`Error::Internal`] when a check fails, and the errors of [`GpuBackend::time_conv`].
+/// an error when a check fails, and the errors of [`GpuBackend::time_conv`].
 ///
 /// [`GpuBackend::time_conv`]: vericonv_gpu::GpuBackend::time_conv
 #[cfg(feature = "gpu")]
@@ -859,8 +857,7 @@ pub fn run_gpu_layer(
     let want_f32 = conv_gemm(g, batch, &kf, &xf, cores);
     let kernels = [ConvKernel::Tiled, ConvKernel::Simple];
     for kernel in kernels {
-        let fails =
-            |what: &str| Error::Internal(format!("{} {}: the {kernel:?} {what} kernel is wrong", l.network, l.layer));
+        let fails = |what: &str| anyhow::anyhow!("{} {}: the {kernel:?} {what} kernel is wrong", l.network, l.layer);
         if gpu.conv_field(kernel, g, batch, &k, &x)? != want {
             return Err(fails("F_p"));
         }

@@ -5,9 +5,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use anyhow::Result;
+use vericonv::Error;
 use vericonv::cloud::{Clouds, CpuBackend};
 use vericonv::keys::KeyRng;
-use vericonv::{Error, Result};
+use vericonv_model::ModelError;
 use vericonv_model::argmax;
 use vericonv_model::data::Dataset;
 use vericonv_model::quant::{ForwardTimes, PlainExecutor, QuantModel};
@@ -162,7 +164,7 @@ impl Tally {
         &mut self,
         start: usize,
         labels: &[usize],
-        private: Result<Vec<f32>>,
+        private: vericonv_model::Result<Vec<f32>>,
         quant_logits: &[f32],
         classes: usize,
     ) -> Result<()> {
@@ -179,12 +181,12 @@ impl Tally {
                     .count();
                 Ok(())
             }
-            Err(e @ (Error::VerificationFailed { .. } | Error::MalformedAnswer { .. })) => {
+            Err(ModelError::Scheme(e @ (Error::VerificationFailed { .. } | Error::MalformedAnswer { .. }))) => {
                 self.rejected += labels.len();
                 self.errors.push(format!("images {start}..{}: {e}", start + labels.len()));
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -210,7 +212,7 @@ impl Default for EvalOptions {
 /// time is reported apart as offline time.
 ///
 /// # Errors
-/// [`Error::LengthMismatch`] when the data does not fit the model, and any non-verification
+/// [`vericonv::Error::LengthMismatch`] when the data does not fit the model, and any non-verification
 /// error of the private run. Verification failures do not stop the run: the batch's images are
 /// counted as rejected and the message is kept.
 pub fn evaluate(
@@ -225,11 +227,12 @@ pub fn evaluate(
     if (data.channels(), data.height(), data.width())
         != (model.input().channels, model.input().height, model.input().width)
     {
-        return Err(Error::LengthMismatch {
+        return Err((Error::LengthMismatch {
             what: "data set images (model expects another C×H×W)",
             expected: model.image_len(),
             got: data.image_len(),
-        });
+        })
+        .into());
     }
     let classes = model.num_classes();
     let mut exec = PrivateExecutor::new(qm, clouds, &opts.private, rng)?;
@@ -297,11 +300,12 @@ pub fn evaluate_tract(
     use vericonv_model::tract::{ConvExecutor, PrivateConvs, Reference};
     let image_len: usize = model.image_shape().iter().product();
     if data.image_len() != image_len {
-        return Err(Error::LengthMismatch {
+        return Err((Error::LengthMismatch {
             what: "data set images (model expects another shape)",
             expected: image_len,
             got: data.image_len(),
-        });
+        })
+        .into());
     }
     let backend = match &clouds {
         (a, Some(b)) => format!("A: {}; B: {}", a.name(), b.name()),

@@ -7,14 +7,15 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use anyhow::Result;
 use rand::RngExt;
 use serde::Serialize;
+use vericonv::Error;
 use vericonv::client::{LayerConfig, PrivateConv};
 use vericonv::cloud::{CloudBackend, Clouds};
 use vericonv::keys::seeded_rng;
 use vericonv::privacy::Privacy;
 use vericonv::reference::conv_i64;
-use vericonv::{Error, Result};
 
 use crate::bench::BenchLayer;
 
@@ -82,7 +83,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// `connect` gives it.
 ///
 /// # Errors
-/// The first error of `connect` or of a layer's setup; [`Error::Internal`] when a verified
+/// The first error of `connect` or of a layer's setup; an error when a verified
 /// answer differs from the plaintext convolution.
 pub fn run_load(
     l: &BenchLayer,
@@ -116,7 +117,7 @@ pub fn run_load(
                     match layer.run(clouds, x, &mut rng) {
                         Ok((y, timings)) => {
                             if y.iter().zip(exact).any(|(&a, &b)| i64::from(a) != b) {
-                                return Err(Error::Internal("a verified answer differs from the plaintext".into()));
+                                anyhow::bail!("a verified answer differs from the plaintext");
                             }
                             // Online latency: the pads drawn just before the call are offline work.
                             let online = t.elapsed().saturating_sub(timings.offline);
@@ -132,7 +133,7 @@ pub fn run_load(
             }));
         }
         for w in workers {
-            w.join().map_err(|_| Error::Internal("a load client panicked".into()))??;
+            w.join().map_err(|_| anyhow::anyhow!("a load client panicked"))??;
         }
         Ok(())
     })?;

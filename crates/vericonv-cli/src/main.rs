@@ -72,17 +72,15 @@ fn main() -> ExitCode {
 
 /// Prints a failed command's error with its context: the command, the error, then each cause
 /// in its source chain that the message before it does not already say.
-fn report(command: &str, e: &vericonv::Error) {
+fn report(command: &str, e: &anyhow::Error) {
     eprintln!("error: vericonv {command}: {e}");
     let mut said = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let text = c.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
         if !said.contains(&text) {
             eprintln!("  caused by: {text}");
         }
         said = text;
-        cause = c.source();
     }
 }
 

@@ -2,9 +2,10 @@
 //! a `.npy` array), the top classes, and the logits as `.npy`.
 
 use std::path::Path;
+use vericonv_model::ModelError;
 
+use anyhow::Result;
 use npyz::WriterBuilder;
-use vericonv::{Error, Result};
 
 /// The largest input file read, in bytes (a 4K RGB image is 50 MB as floats).
 const MAX_INPUT_BYTES: u64 = 256 << 20;
@@ -14,16 +15,16 @@ const MAX_INPUT_BYTES: u64 = 256 << 20;
 /// scaled to [0, 1] and normalized with `mean`/`std` per channel. Returns the batch.
 ///
 /// # Errors
-/// [`Error::Io`] for a file that cannot be read; [`Error::Parse`] for one that is not a valid
+/// [`ModelError::Io`] for a file that cannot be read; [`ModelError::Parse`] for one that is not a valid
 /// array or image, or whose shape does not fit the model, and for a `mean`/`std` that does not
 /// fit its channels.
-pub fn read_input(path: &Path, shape: &[usize], mean: &[f32], std: &[f32]) -> Result<Vec<f32>> {
-    let parse = |message: String| Error::Parse { what: path.display().to_string(), message };
-    let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+pub fn read_input(path: &Path, shape: &[usize], mean: &[f32], std: &[f32]) -> vericonv_model::Result<Vec<f32>> {
+    let parse = |message: String| ModelError::Parse { what: path.display().to_string(), message };
+    let size = std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?.len();
     if size > MAX_INPUT_BYTES {
         return Err(parse(format!("{size} bytes; inputs of at most {MAX_INPUT_BYTES} bytes are read")));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
     let per: usize = shape.iter().product();
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
         let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| parse(format!("not a .npy array: {e}")))?;
@@ -65,9 +66,9 @@ pub fn read_input(path: &Path, shape: &[usize], mean: &[f32], std: &[f32]) -> Re
 /// Writes `values` (`shape`) as a float32 `.npy` array.
 ///
 /// # Errors
-/// [`Error::Io`] when the file cannot be written.
+/// [`ModelError::Io`] when the file cannot be written.
 pub fn write_npy(path: &Path, values: &[f32], shape: &[usize]) -> Result<()> {
-    let io = |e: std::io::Error| Error::io(path, e);
+    let io = |e: std::io::Error| ModelError::io(path, e);
     let file = std::fs::File::create(path).map_err(io)?;
     let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
     let mut writer = npyz::WriteOptions::<f32>::new()
@@ -77,7 +78,7 @@ pub fn write_npy(path: &Path, values: &[f32], shape: &[usize]) -> Result<()> {
         .begin_nd()
         .map_err(io)?;
     writer.extend(values.iter().copied()).map_err(io)?;
-    writer.finish().map_err(io)
+    writer.finish().map_err(io).map_err(anyhow::Error::from)
 }
 
 /// The `k` largest of `logits` as `(class, logit, softmax probability)`, largest first.
@@ -113,6 +114,6 @@ mod tests {
         let err = read_input(&path, &[4, 3], &[], &[]).expect_err("wrong shape");
         assert!(err.to_string().contains("[2, 3, 4]"), "{err}");
         std::fs::write(&path, b"\x93NUMPY garbage").expect("write");
-        assert!(matches!(read_input(&path, &[3, 4], &[], &[]), Err(Error::Parse { .. })));
+        assert!(matches!(read_input(&path, &[3, 4], &[], &[]), Err(ModelError::Parse { .. })));
     }
 }

@@ -6,12 +6,12 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Result;
 use rand::RngExt;
 use serde::Serialize;
 use vericonv::cloud::{CloudBackend, Clouds, CpuBackend};
 use vericonv::keys::seeded_rng;
 use vericonv::privacy::Privacy;
-use vericonv::{Error, Result};
 use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};
 use vericonv_model::{LayerStats, Model, PrivateConfig, PrivateExecutor, Workspace};
 
@@ -100,7 +100,7 @@ fn pool_and_inputs(opts: &WholeOptions, image_len: usize) -> Result<(rayon::Thre
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads)
         .build()
-        .map_err(|e| Error::Internal(format!("thread pool: {e}")))?;
+        .map_err(|e| anyhow::anyhow!("thread pool: {e}"))?;
     let mut rng = seeded_rng(opts.seed);
     Ok((pool, (0..opts.batch * image_len).map(|_| rng.random_range(0.0..1.0)).collect()))
 }
@@ -144,7 +144,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// ran.
 ///
 /// # Errors
-/// The model's and the protocol's errors; [`Error::Internal`] when tract fails or the private
+/// The model's and the protocol's errors; an error when tract fails or the private
 /// logits differ from the quantized model's.
 pub fn run_whole(
     model: &Model,
@@ -206,7 +206,7 @@ pub fn run_whole(
                 let t = Instant::now();
                 pool.install(|| model.forward_float_with(&x, &mut ws)).map(|_| t.elapsed().as_secs_f64())
             })
-            .collect::<Result<Vec<_>>>()?,
+            .collect::<vericonv_model::Result<Vec<_>>>()?,
     );
     let i = model.input();
     let tract_s = tract_time(onnx, &[opts.batch, i.channels, i.height, i.width], opts, &x)?;
@@ -240,7 +240,7 @@ impl Passes {
         onnxruntime: Option<f64>,
     ) -> Result<WholeRow> {
         if !exact {
-            return Err(Error::Internal(format!("{model}: private logits differ from the quantized model's")));
+            anyhow::bail!("{model}: private logits differ from the quantized model's");
         }
         let mut engines: Vec<(&str, f64)> = Vec::new();
         engines.extend(float_s.map(|t| ("vericonv float", t)));

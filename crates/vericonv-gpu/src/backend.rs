@@ -55,6 +55,7 @@ impl GpuBackend {
     pub fn variant(&self) -> ShaderVariant {
         self.device.variant
     }
+
     /// The plaintext f32 convolution on the GPU with the given kernel: the cloud-side baseline.
     ///
     /// # Errors
@@ -91,8 +92,8 @@ impl GpuBackend {
     /// only when the GPU is the client's own, never the cloud's.
     ///
     /// # Errors
-    /// [`vericonv::Error::LengthMismatch`] for a bad `r`, [`crate::GpuError::DeviceLimit`] when one image does not fit a binding,
-    /// [`crate::GpuError::Wgpu`].
+    /// [`vericonv::Error::LengthMismatch`] for a bad `r`, [`crate::GpuError::DeviceLimit`] when
+    /// one image does not fit a binding, [`crate::GpuError::Wgpu`].
     pub fn strict_products(&self, claim: &Claim<'_>, r: &[u32]) -> Result<StrictProducts> {
         strict::strict_products(&self.device, claim, r)
     }
@@ -103,8 +104,9 @@ impl GpuBackend {
     /// [`GpuBackend::conv_field`] or [`GpuBackend::conv_f32`] first.
     ///
     /// # Errors
-    /// [`vericonv::Error::LengthMismatch`], [`vericonv::Error::Unsupported`] for a field variant other than the
-    /// backend's, [`crate::GpuError::DeviceLimit`] when the layer needs several dispatches, [`crate::GpuError::Wgpu`].
+    /// [`vericonv::Error::LengthMismatch`], [`crate::GpuError::OtherVariant`] for a field
+    /// variant other than the backend's, [`crate::GpuError::DeviceLimit`] when the layer needs
+    /// several dispatches, [`crate::GpuError::Wgpu`].
     #[allow(clippy::too_many_arguments)]
     pub fn time_conv<T: Pod + Default>(
         &self,

@@ -17,6 +17,14 @@ pub enum GpuError {
     /// A requested shader variant needs a feature the adapter does not offer.
     #[error("the adapter does not support {0}")]
     UnsupportedFeature(&'static str),
+    /// A timing asked for an F_p shader variant other than the one the backend compiled.
+    #[error("this backend runs {running:?} shaders, not {asked:?}")]
+    OtherVariant {
+        /// The backend's variant.
+        running: crate::ShaderVariant,
+        /// The variant asked for.
+        asked: crate::ShaderVariant,
+    },
     /// wgpu reported an error (validation, out of memory or internal); the message is wgpu's.
     #[error("wgpu error during {stage}: {message}")]
     Wgpu {

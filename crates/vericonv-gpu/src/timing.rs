@@ -3,8 +3,8 @@
 use crate::GpuError;
 use bytemuck::Pod;
 
+use vericonv::Result;
 use vericonv::geometry::Conv2d;
-use vericonv::{Error, Result};
 
 use crate::conv::{conv_bindings, conv_pipeline, kernel_buffer, submit_and_read};
 use crate::device::{Device, scoped};
@@ -26,7 +26,7 @@ pub struct KernelTiming {
 /// [`crate::GpuBackend::conv_field`] or [`crate::GpuBackend::conv_f32`] first.
 ///
 /// # Errors
-/// [`Error::LengthMismatch`], [`Error::Unsupported`] for a field variant other than the
+/// [`vericonv::Error::LengthMismatch`], [`GpuError::OtherVariant`] for a field variant other than the
 /// backend's, [`GpuError::DeviceLimit`] when the layer needs several dispatches, [`GpuError::Wgpu`].
 #[allow(clippy::too_many_arguments)]
 /// See [`crate::GpuBackend::time_conv`].
@@ -45,7 +45,7 @@ pub(crate) fn time_conv<T: Pod + Default>(
     if let Arithmetic::Field(v) = arith
         && v != gpu.variant
     {
-        return Err(Error::Unsupported(format!("this backend runs {:?} shaders, not {v:?}", gpu.variant)));
+        return Err(GpuError::OtherVariant { running: gpu.variant, asked: v }.into());
     }
     let (pipeline, kernel) = conv_pipeline(gpu, arith, kernel, g);
     let max_groups = gpu.info.max_workgroups_per_dimension as usize;

@@ -13,7 +13,7 @@ use vericonv_model::data::Dataset;
 use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};
 use vericonv_model::{Model, PrivateConfig, PrivateExecutor, argmax};
 
-fn main() -> Result<(), vericonv::Error> {
+fn main() -> vericonv_model::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let model = Model::load(root.join("models/lenet5-mnist.json"))?;
     let data = Dataset::from_idx(
@@ -44,7 +44,7 @@ fn main() -> Result<(), vericonv::Error> {
     }
     println!("  non-linear layers on the client: {:.3} ms", times.nonlinear.as_secs_f64() * 1e3);
     if logits.iter().map(|v| v.to_bits()).ne(plain_logits.iter().map(|v| v.to_bits())) {
-        return Err(vericonv::Error::Internal("private logits differ from the quantized model's".into()));
+        return Err(vericonv_model::ModelError::Internal("private logits differ from the quantized model's".into()));
     }
     println!("  logits bit-identical to the quantized plaintext model");
     Ok(())

@@ -14,10 +14,12 @@ use vericonv_model::PrivateConfig;
 use vericonv_model::quant::QuantConfig;
 use vericonv_model::tract::{ConvExecutor, PrivateConvs, TractModel};
 
-fn main() -> Result<(), vericonv::Error> {
+fn main() -> vericonv_model::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let usage = || {
-        vericonv::Error::Unsupported("usage: tract_private MODEL.onnx BATCH REPS [pad|two-server|split-model]".into())
+        vericonv_model::ModelError::Unsupported(
+            "usage: tract_private MODEL.onnx BATCH REPS [pad|two-server|split-model]".into(),
+        )
     };
     let (path, batch, reps) = match &args[1..] {
         [p, b, r, ..] => (p, b.parse::<usize>().map_err(|_| usage())?, r.parse::<usize>().map_err(|_| usage())?),

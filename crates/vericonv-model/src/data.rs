@@ -5,7 +5,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use vericonv::{Error, Result};
+use crate::{ModelError, Result};
+use vericonv::Error;
 
 /// A labelled image set. Its invariant (`images.len() = len · channels · height · width`, every
 /// dimension positive, every pixel finite) is checked by every constructor.
@@ -25,8 +26,8 @@ pub struct Dataset {
     labels: Vec<usize>,
 }
 
-fn parse_err(path: &Path, message: impl Into<String>) -> Error {
-    Error::Parse { what: path.display().to_string(), message: message.into() }
+fn parse_err(path: &Path, message: impl Into<String>) -> ModelError {
+    ModelError::Parse { what: path.display().to_string(), message: message.into() }
 }
 
 /// The most bytes a data file may decompress to (4 GiB): a gzip bomb stops there.
@@ -39,7 +40,7 @@ fn is_gzip(raw: &[u8]) -> bool {
 /// Reads a file, transparently un-gzipping it when it starts with the gzip magic, and refuses
 /// to decompress more than `limit` bytes.
 fn read_maybe_gz(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let raw = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
     if !is_gzip(&raw) {
         return Ok(raw);
     }
@@ -58,7 +59,7 @@ fn read_maybe_gz(path: &Path, limit: u64) -> Result<Vec<u8>> {
 /// header is read first, and no more is decompressed than the header announces (plus one byte,
 /// to notice trailing data).
 fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let raw = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
     if !is_gzip(&raw) {
         return parse_idx(path, &raw);
     }
@@ -121,8 +122,8 @@ impl Dataset {
     /// values each, in NCHW order.
     ///
     /// # Errors
-    /// [`Error::Parse`] for a zero or too large dimension, [`Error::LengthMismatch`] when
-    /// `images` does not hold exactly one image per label, [`Error::NonFinite`] for a NaN or
+    /// [`crate::ModelError::Parse`] for a zero or too large dimension, [`Error::LengthMismatch`] when
+    /// `images` does not hold exactly one image per label, [`crate::ModelError::NonFinite`] for a NaN or
     /// infinite pixel.
     pub fn new(
         name: impl Into<String>,
@@ -135,19 +136,19 @@ impl Dataset {
             .checked_mul(height)
             .and_then(|n| n.checked_mul(width))
             .filter(|&n| n > 0 && n <= crate::MAX_ELEMENTS)
-            .ok_or_else(|| Error::Parse {
+            .ok_or_else(|| ModelError::Parse {
                 what: format!("data set `{name}`"),
                 message: format!("image shape {channels}×{height}×{width} is empty or too large"),
             })?;
-        let expected = labels.len().checked_mul(per).ok_or_else(|| Error::Parse {
+        let expected = labels.len().checked_mul(per).ok_or_else(|| ModelError::Parse {
             what: format!("data set `{name}`"),
             message: format!("{} images of {per} values overflow", labels.len()),
         })?;
         if images.len() != expected {
-            return Err(Error::LengthMismatch { what: "data set images", expected, got: images.len() });
+            return Err(Error::LengthMismatch { what: "data set images", expected, got: images.len() }.into());
         }
         if let Some(index) = images.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite {
+            return Err(ModelError::NonFinite {
                 what: format!("data set `{name}` images"),
                 index,
                 value: images[index].to_string(),
@@ -216,7 +217,7 @@ impl Dataset {
     /// An IDX pair: `N × H × W` images and `N` labels (raw or gzip).
     ///
     /// # Errors
-    /// [`Error::Io`], or [`Error::Parse`] for a malformed file or mismatched counts.
+    /// [`crate::ModelError::Io`], or [`crate::ModelError::Parse`] for a malformed file or mismatched counts.
     pub fn from_idx(name: &str, images: &Path, labels: &Path) -> Result<Self> {
         Self::from_idx_parts(name, images, read_idx(images)?, labels, read_idx(labels)?)
     }
@@ -224,7 +225,7 @@ impl Dataset {
     /// An IDX pair already in memory (uncompressed).
     ///
     /// # Errors
-    /// [`Error::Parse`] for malformed data or mismatched counts.
+    /// [`crate::ModelError::Parse`] for malformed data or mismatched counts.
     pub fn from_idx_bytes(name: &str, images: &[u8], labels: &[u8]) -> Result<Self> {
         let (ip, lp) = (Path::new("images (IDX)"), Path::new("labels (IDX)"));
         Self::from_idx_parts(name, ip, parse_idx(ip, images)?, lp, parse_idx(lp, labels)?)
@@ -256,7 +257,7 @@ impl Dataset {
     /// split is the last 360 rows, the train split the rest.
     ///
     /// # Errors
-    /// [`Error::Io`], or [`Error::Parse`] for a malformed row.
+    /// [`crate::ModelError::Io`], or [`crate::ModelError::Parse`] for a malformed row.
     pub fn from_digits_csv(path: &Path, test: bool) -> Result<Self> {
         let text =
             String::from_utf8(read_maybe_gz(path, MAX_DECOMPRESSED)?).map_err(|e| parse_err(path, e.to_string()))?;
@@ -293,14 +294,14 @@ impl Dataset {
     /// label byte (CIFAR-100, whose fine label is used), then 3×32×32 pixel bytes.
     ///
     /// # Errors
-    /// [`Error::Io`], or [`Error::Parse`] when a file is not a whole number of records.
+    /// [`crate::ModelError::Io`], or [`crate::ModelError::Parse`] when a file is not a whole number of records.
     pub fn from_cifar(name: &str, files: &[PathBuf], hundred: bool) -> Result<Self> {
         let label_bytes = if hundred { 2 } else { 1 };
         let record = label_bytes + 3 * 32 * 32;
         let mut images = Vec::new();
         let mut labels = Vec::new();
         for f in files {
-            let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+            let bytes = std::fs::read(f).map_err(|e| ModelError::io(f, e))?;
             if bytes.is_empty() || bytes.len() % record != 0 {
                 return Err(parse_err(
                     f,
@@ -324,11 +325,11 @@ impl Dataset {
     /// PNG or JPEG images, converted to `channels` (1 or 3) and resized to `height × width`.
     ///
     /// # Errors
-    /// [`Error::Io`], [`Error::Parse`] for an undecodable image or an empty folder.
+    /// [`crate::ModelError::Io`], [`crate::ModelError::Parse`] for an undecodable image or an empty folder.
     pub fn from_folder(root: &Path, channels: usize, height: usize, width: usize) -> Result<Self> {
         let list = |dir: &Path| -> Result<Vec<PathBuf>> {
             let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(|e| Error::io(dir, e))?
+                .map_err(|e| ModelError::io(dir, e))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .collect();
             v.sort();
@@ -357,7 +358,9 @@ impl Dataset {
                             images.extend(rgb.pixels().map(|p| f32::from(p.0[c]) / 255.0));
                         }
                     }
-                    other => return Err(Error::Unsupported(format!("image folders with {other} channels (1 or 3)"))),
+                    other => {
+                        return Err(ModelError::Unsupported(format!("image folders with {other} channels (1 or 3)")));
+                    }
                 }
                 labels.push(label);
             }
@@ -375,7 +378,7 @@ impl Dataset {
     /// `channels × height × width`.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] for an unknown name, and the errors of each loader. A missing
+    /// [`crate::ModelError::Unsupported`] for an unknown name, and the errors of each loader. A missing
     /// built-in set says how to fetch it.
     pub fn open(
         spec: &str,
@@ -385,9 +388,9 @@ impl Dataset {
         height: usize,
         width: usize,
     ) -> Result<Self> {
-        let hint = |e: Error| match e {
-            Error::Io { path, source, .. } => {
-                Error::Io { path, source, hint: " (run scripts/fetch-data.sh first)".into() }
+        let hint = |e: ModelError| match e {
+            ModelError::Io { path, source, .. } => {
+                ModelError::Io { path, source, hint: " (run scripts/fetch-data.sh first)".into() }
             }
             other => other,
         };
@@ -410,11 +413,11 @@ impl Dataset {
             "digits" => Self::from_digits_csv(&data_dir.join("digits/digits.csv.gz"), !train).map_err(hint),
             "idx" => match files().as_slice() {
                 [images, labels] => Self::from_idx(spec, images, labels),
-                _ => Err(Error::Unsupported(format!("`{spec}`: use idx:IMAGES,LABELS"))),
+                _ => Err(ModelError::Unsupported(format!("`{spec}`: use idx:IMAGES,LABELS"))),
             },
             "cifar10" | "cifar100" => Self::from_cifar(spec, &files(), kind == "cifar100"),
             "folder" => Self::from_folder(Path::new(arg), channels, height, width),
-            _ => Err(Error::Unsupported(format!(
+            _ => Err(ModelError::Unsupported(format!(
                 "data set `{spec}` (mnist, fashion-mnist, digits, idx:…, cifar10:…, cifar100:…, folder:…)"
             ))),
         }

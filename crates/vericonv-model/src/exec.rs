@@ -17,7 +17,8 @@ use rayon::prelude::*;
 
 use crate::graph::{Model, Node, Op, Source};
 use crate::ops;
-use vericonv::{Error, Result};
+use crate::{ModelError, Result};
+use vericonv::Error;
 
 /// Elements below which a parallel task is not worth its scheduling.
 pub(crate) const MIN_TASK: usize = 1 << 14;
@@ -244,7 +245,7 @@ pub(crate) fn plan(model: &Model) -> (Vec<Step>, Vec<usize>, usize) {
 ///
 /// # Errors
 /// [`Error::LengthMismatch`] when `images` is not a positive multiple of the image size,
-/// [`Error::NonFinite`] for NaN or infinite pixels.
+/// [`crate::ModelError::NonFinite`] for NaN or infinite pixels.
 pub(crate) fn normalize_into(model: &Model, images: &[f32], pool: &mut BufferPool) -> Result<(Value, usize)> {
     let per = model.input.image_len();
     if images.is_empty() || !images.len().is_multiple_of(per) {
@@ -252,10 +253,11 @@ pub(crate) fn normalize_into(model: &Model, images: &[f32], pool: &mut BufferPoo
             what: "images (not a positive multiple of the model's C·H·W)",
             expected: per,
             got: images.len(),
-        });
+        }
+        .into());
     }
     if let Some(i) = images.iter().position(|v| !v.is_finite()) {
-        return Err(Error::NonFinite { what: "input images".into(), index: i, value: images[i].to_string() });
+        return Err(ModelError::NonFinite { what: "input images".into(), index: i, value: images[i].to_string() });
     }
     let hw = model.input.height * model.input.width;
     let mut x = pool.take(images.len());
@@ -288,7 +290,7 @@ where
     let mut other = Duration::ZERO;
     let mut values: Vec<Option<Value>> = (0..model.nodes.len()).map(|_| None).collect();
     let mut x = Some(x);
-    let result = (|| {
+    let result = (|| -> Result<Vec<f32>> {
         for step in &steps {
             let node = &model.nodes[step.node];
             let get = |s: &Source| -> Result<&[f32]> {
@@ -297,7 +299,7 @@ where
                     Source::Node(i) => values[*i].as_ref(),
                 }
                 .map(Value::data)
-                .ok_or_else(|| Error::Internal(format!("node `{}` reads a value already freed", node.name)))
+                .ok_or_else(|| ModelError::Internal(format!("node `{}` reads a value already freed", node.name)))
             };
             let mut out = pool.take(batch * model.nodes[step.end].shape.len());
             let a = get(&node.inputs[0])?;
@@ -337,11 +339,9 @@ where
                 }
             }
         }
-        let logits = values
-            .last()
-            .and_then(Option::as_ref)
-            .map(|v| v.data().to_vec())
-            .ok_or_else(|| Error::Parse { what: format!("model `{}`", model.name), message: "no layers".into() })?;
+        let logits = values.last().and_then(Option::as_ref).map(|v| v.data().to_vec()).ok_or_else(|| {
+            ModelError::Parse { what: format!("model `{}`", model.name), message: "no layers".into() }
+        })?;
         Ok(logits)
     })();
     // Every buffer goes back to the pool, whatever happened.

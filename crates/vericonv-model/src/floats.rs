@@ -1,8 +1,8 @@
 //! Little-endian float tensors as stored by ONNX and safetensors, decoded with `bytemuck` (no
 //! alignment needed) and `half`.
 
+use crate::{ModelError, Result};
 use half::{bf16, f16};
-use vericonv::{Error, Result};
 
 /// The float encodings the model formats store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,10 +28,10 @@ impl FloatType {
 /// `bytes` as `f32` values.
 ///
 /// # Errors
-/// [`Error::Parse`] naming `what` when `bytes` is not a whole number of elements.
+/// [`crate::ModelError::Parse`] naming `what` when `bytes` is not a whole number of elements.
 pub(crate) fn from_le_bytes(bytes: &[u8], kind: FloatType, what: &str) -> Result<Vec<f32>> {
     if !bytes.len().is_multiple_of(kind.size()) {
-        return Err(Error::Parse {
+        return Err(ModelError::Parse {
             what: what.to_string(),
             message: format!("{} bytes are not a whole number of {kind:?} values", bytes.len()),
         });
@@ -69,6 +69,6 @@ mod tests {
         let mut shifted = vec![0u8];
         shifted.extend(&f32_bytes);
         assert_eq!(from_le_bytes(&shifted[1..], FloatType::F32, "t").expect("unaligned"), values);
-        assert!(matches!(from_le_bytes(&f32_bytes[1..], FloatType::F32, "t"), Err(Error::Parse { .. })));
+        assert!(matches!(from_le_bytes(&f32_bytes[1..], FloatType::F32, "t"), Err(ModelError::Parse { .. })));
     }
 }

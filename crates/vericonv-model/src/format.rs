@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::floats::{self, FloatType};
 use crate::graph::{BatchNorm, ConvAttrs, GraphBuilder, InputSpec, Model, Op, Source, layer_err, output_len};
 use crate::ops::Pool;
+use crate::{ModelError, Result};
 use vericonv::geometry::Padding;
-use vericonv::{Error, Result};
 
 /// One layer of the native JSON format.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -210,7 +210,7 @@ fn tensor_f32(st: &safetensors::SafeTensors<'_>, name: &str, layer: &str) -> Res
     };
     let values = floats::from_le_bytes(data, kind, &format!("layer `{layer}`: weight `{name}`"))?;
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(Error::NonFinite { what: format!("weight `{name}`"), index: i, value: values[i].to_string() });
+        return Err(ModelError::NonFinite { what: format!("weight `{name}`"), index: i, value: values[i].to_string() });
     }
     Ok(values)
 }
@@ -228,7 +228,7 @@ pub(crate) fn open(path: impl AsRef<Path>) -> Result<(Model, bool)> {
 /// See [`Model::load`].
 pub(crate) fn load(path: impl AsRef<Path>) -> Result<Model> {
     let path = path.as_ref();
-    let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(p, e));
+    let read = |p: &Path| std::fs::read(p).map_err(|e| ModelError::io(p, e));
     let json = read(path)?;
     let weights = read(&path.with_extension("safetensors"))?;
     from_bytes(&json, &weights)
@@ -236,16 +236,16 @@ pub(crate) fn load(path: impl AsRef<Path>) -> Result<Model> {
 
 /// See [`Model::from_bytes`].
 pub(crate) fn from_bytes(json: &[u8], weights: &[u8]) -> Result<Model> {
-    let file: ModelFile =
-        serde_json::from_slice(json).map_err(|e| Error::Parse { what: "model JSON".into(), message: e.to_string() })?;
+    let file: ModelFile = serde_json::from_slice(json)
+        .map_err(|e| ModelError::Parse { what: "model JSON".into(), message: e.to_string() })?;
     if file.format != FORMAT {
-        return Err(Error::Parse {
+        return Err(ModelError::Parse {
             what: "model JSON".into(),
             message: format!("format `{}`, expected `{FORMAT}`", file.format),
         });
     }
     let st = safetensors::SafeTensors::deserialize(weights)
-        .map_err(|e| Error::Parse { what: "model weights (safetensors)".into(), message: e.to_string() })?;
+        .map_err(|e| ModelError::Parse { what: "model weights (safetensors)".into(), message: e.to_string() })?;
     let mut b = GraphBuilder::new(file.input)?;
     for layer in &file.layers {
         let n = layer.name.as_str();
@@ -301,7 +301,7 @@ pub(crate) fn from_bytes(json: &[u8], weights: &[u8]) -> Result<Model> {
     }
     let model = b.finish(&file.name)?;
     if let Some(n) = file.num_classes.filter(|&n| n != output_len(&model.nodes)) {
-        return Err(Error::Parse {
+        return Err(ModelError::Parse {
             what: "model JSON".into(),
             message: format!("num_classes is {n}, but the last layer outputs {}", output_len(&model.nodes)),
         });
@@ -374,17 +374,17 @@ pub(crate) fn save(model: &Model, path: impl AsRef<Path>, training: Option<serde
         layers,
         training,
     };
-    let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(format!("model JSON: {e}")))?;
+    let json = serde_json::to_vec_pretty(&file).map_err(|e| ModelError::Internal(format!("model JSON: {e}")))?;
     let views = tensors
         .iter()
         .map(|(n, shape, b)| {
             safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
                 .map(|v| (n.clone(), v))
-                .map_err(|e| Error::Internal(format!("tensor `{n}`: {e}")))
+                .map_err(|e| ModelError::Internal(format!("tensor `{n}`: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let weights = safetensors::serialize(views, None).map_err(|e| Error::Internal(format!("safetensors: {e}")))?;
-    std::fs::write(path, json).map_err(|e| Error::io(path, e))?;
+    let weights = safetensors::serialize(views, None).map_err(|e| ModelError::Internal(format!("safetensors: {e}")))?;
+    std::fs::write(path, json).map_err(|e| ModelError::io(path, e))?;
     let wpath = path.with_extension("safetensors");
-    std::fs::write(&wpath, weights).map_err(|e| Error::io(&wpath, e))
+    std::fs::write(&wpath, weights).map_err(|e| ModelError::io(&wpath, e))
 }

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ops::Pool;
+use crate::{ModelError, Result};
 use vericonv::geometry::{Conv2d, Padding};
-use vericonv::{Error, Result};
 
 /// A `channels × height × width` activation shape (a vector is `n × 1 × 1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,8 +29,8 @@ fn bounded_len(c: usize, h: usize, w: usize) -> Option<usize> {
     c.checked_mul(h)?.checked_mul(w).filter(|&n| n <= MAX_ELEMENTS)
 }
 
-fn too_large(what: &str, value: usize) -> Error {
-    Error::Parse {
+fn too_large(what: &str, value: usize) -> ModelError {
+    ModelError::Parse {
         what: what.to_string(),
         message: format!("{value} elements (or a product that overflows) exceed the limit of {MAX_ELEMENTS}"),
     }
@@ -109,10 +109,10 @@ impl InputSpec {
     /// non-zero standard deviation for every channel (or one for all).
     ///
     /// # Errors
-    /// [`Error::Parse`] naming what is wrong.
+    /// [`crate::ModelError::Parse`] naming what is wrong.
     pub fn check(&self) -> Result<()> {
         let per_channel = |v: &[f32]| v.len() == 1 || v.len() == self.channels;
-        let bad = |message: String| Err(Error::Parse { what: "model input".into(), message });
+        let bad = |message: String| Err(ModelError::Parse { what: "model input".into(), message });
         if self.channels.saturating_mul(self.height).saturating_mul(self.width) == 0 {
             return bad(format!("an empty image {}×{}×{}", self.channels, self.height, self.width));
         }
@@ -297,15 +297,15 @@ pub struct GraphBuilder {
     folded: HashMap<String, String>,
 }
 
-pub(crate) fn layer_err(layer: &str, message: impl std::fmt::Display) -> Error {
-    Error::Parse { what: format!("layer `{layer}`"), message: message.to_string() }
+pub(crate) fn layer_err(layer: &str, message: impl std::fmt::Display) -> ModelError {
+    ModelError::Parse { what: format!("layer `{layer}`"), message: message.to_string() }
 }
 
 impl GraphBuilder {
     /// Starts a graph whose input is `input`.
     ///
     /// # Errors
-    /// [`Error::Parse`] for an empty input or a normalisation that does not fit the channels.
+    /// [`crate::ModelError::Parse`] for an empty input or a normalisation that does not fit the channels.
     pub fn new(input: InputSpec) -> Result<Self> {
         if bounded_len(input.channels, input.height, input.width).is_none() {
             return Err(too_large("model input", input.channels));
@@ -323,10 +323,10 @@ impl GraphBuilder {
     /// The source called `name` (a node or `input`).
     ///
     /// # Errors
-    /// [`Error::Parse`] for an unknown name, or the pre-BatchNorm output of a folded convolution.
+    /// [`crate::ModelError::Parse`] for an unknown name, or the pre-BatchNorm output of a folded convolution.
     pub fn source(&self, layer: &str, name: &str) -> Result<Source> {
         if let Some(bn) = self.folded.get(name) {
-            return Err(Error::Unsupported(format!(
+            return Err(ModelError::Unsupported(format!(
                 "layer `{layer}` reads `{name}` before BatchNorm `{bn}`, which is folded into it"
             )));
         }
@@ -386,7 +386,7 @@ impl GraphBuilder {
     /// Adds a convolution reading `input` (`bias` empty for none).
     ///
     /// # Errors
-    /// Geometry errors, or [`Error::Parse`] for weights of the wrong size.
+    /// Geometry errors, or [`crate::ModelError::Parse`] for weights of the wrong size.
     pub fn conv(
         &mut self,
         name: &str,
@@ -414,7 +414,7 @@ impl GraphBuilder {
     /// Adds a fully connected layer reading a vector (`bias` empty for none).
     ///
     /// # Errors
-    /// [`Error::Parse`] for a non-vector input or weights of the wrong size.
+    /// [`crate::ModelError::Parse`] for a non-vector input or weights of the wrong size.
     pub fn linear(
         &mut self,
         name: &str,
@@ -449,7 +449,7 @@ impl GraphBuilder {
     /// Makes `name` another name for `src` (ONNX `Identity`, inference-time `Dropout`).
     ///
     /// # Errors
-    /// [`Error::Parse`] for a duplicate name.
+    /// [`crate::ModelError::Parse`] for a duplicate name.
     pub fn alias(&mut self, name: &str, src: Source) -> Result<()> {
         if self.names.contains_key(name) {
             return Err(layer_err(name, "duplicate layer name"));
@@ -462,13 +462,13 @@ impl GraphBuilder {
     /// `src`, as ONNX exporters write `MatMul` + `Add`; `name` becomes another name for it.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] when `src` is not a convolution or linear layer used only here,
-    /// [`Error::Parse`] for a bias of the wrong size.
+    /// [`crate::ModelError::Unsupported`] when `src` is not a convolution or linear layer used only here,
+    /// [`crate::ModelError::Parse`] for a bias of the wrong size.
     pub fn add_bias(&mut self, name: &str, src: Source, extra: &[f32]) -> Result<()> {
         let idx = match src {
             Source::Node(i) if self.consumers[i] == 0 => i,
             _ => {
-                return Err(Error::Unsupported(format!(
+                return Err(ModelError::Unsupported(format!(
                     "`{name}` adds a constant to something other than a freshly computed conv or linear layer"
                 )));
             }
@@ -478,7 +478,7 @@ impl GraphBuilder {
                 bias.iter_mut().zip(extra).for_each(|(b, e)| *b += e);
             }
             _ => {
-                return Err(Error::Unsupported(format!(
+                return Err(ModelError::Unsupported(format!(
                     "`{name}` adds a constant of {} values to `{}`",
                     extra.len(),
                     self.nodes[idx].name
@@ -492,24 +492,24 @@ impl GraphBuilder {
     /// `w' = w·γ/√(σ²+ε)`, `b' = (b - μ)·γ/√(σ²+ε) + β`.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] when `input` is not a convolution used only by this BatchNorm,
-    /// [`Error::Parse`] for statistics of the wrong size.
+    /// [`crate::ModelError::Unsupported`] when `input` is not a convolution used only by this BatchNorm,
+    /// [`crate::ModelError::Parse`] for statistics of the wrong size.
     pub fn batchnorm(&mut self, name: &str, input: Source, bn: &BatchNorm) -> Result<()> {
         let BatchNorm { gamma, beta, mean, var, eps } = bn;
         let Source::Node(i) = input else {
-            return Err(Error::Unsupported(format!(
+            return Err(ModelError::Unsupported(format!(
                 "BatchNorm `{name}` must follow a convolution, not the model input"
             )));
         };
         if self.consumers[i] != 0 {
-            return Err(Error::Unsupported(format!(
+            return Err(ModelError::Unsupported(format!(
                 "BatchNorm `{name}`: the output of `{}` is also used elsewhere, so it cannot be folded",
                 self.nodes[i].name
             )));
         }
         let conv_name = self.nodes[i].name.clone();
         let Op::Conv { geom, weight, bias } = &mut self.nodes[i].op else {
-            return Err(Error::Unsupported(format!(
+            return Err(ModelError::Unsupported(format!(
                 "BatchNorm `{name}` follows `{conv_name}`, which is not a convolution; only Conv+BatchNorm is supported"
             )));
         };
@@ -541,7 +541,7 @@ impl GraphBuilder {
     /// add.
     ///
     /// # Errors
-    /// [`Error::Parse`] for shapes that do not fit the operator.
+    /// [`crate::ModelError::Parse`] for shapes that do not fit the operator.
     pub fn simple(&mut self, name: &str, op: Op, inputs: Vec<Source>) -> Result<()> {
         let s = inputs.first().map(|&i| self.shape_of(i)).ok_or_else(|| layer_err(name, "no input"))?;
         let shape = match &op {
@@ -604,10 +604,10 @@ impl GraphBuilder {
     /// Finishes the graph: its last node is the output.
     ///
     /// # Errors
-    /// [`Error::Parse`] for an empty graph.
+    /// [`crate::ModelError::Parse`] for an empty graph.
     pub fn finish(self, name: &str) -> Result<Model> {
         if self.nodes.is_empty() {
-            return Err(Error::Parse { what: format!("model `{name}`"), message: "no layers".into() });
+            return Err(ModelError::Parse { what: format!("model `{name}`"), message: "no layers".into() });
         }
         Ok(Model { name: name.to_string(), input: self.input, nodes: self.nodes })
     }

@@ -9,6 +9,7 @@
 //! convolutions are exact.
 
 pub mod data;
+mod error;
 mod exec;
 mod floats;
 mod format;
@@ -21,6 +22,7 @@ pub mod quant;
 #[cfg(feature = "tract")]
 pub mod tract;
 
+pub use error::{ModelError, Result};
 pub use exec::{Workspace, argmax};
 pub use format::{FORMAT, LayerSpec, ModelFile, OpSpec, PoolSpec};
 pub use graph::{BatchNorm, ConvAttrs, GraphBuilder, InputSpec, MAX_ELEMENTS, Model, Node, Op, Shape, Source};

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::Result;
 use crate::exec::Workspace;
 use crate::graph::{InputSpec, Model, Node, Op, output_len};
-use vericonv::Result;
 
 impl Model {
     /// Model name.
@@ -84,8 +84,8 @@ impl Model {
     /// file with the same stem.
     ///
     /// # Errors
-    /// [`vericonv::Error::Io`], [`vericonv::Error::Parse`] for a corrupt or inconsistent file (naming the layer),
-    /// [`vericonv::Error::Unsupported`], [`vericonv::Error::NonFinite`] for NaN or infinite weights.
+    /// [`crate::ModelError::Io`], [`crate::ModelError::Parse`] for a corrupt or inconsistent file (naming the layer),
+    /// [`crate::ModelError::Unsupported`], [`crate::ModelError::NonFinite`] for NaN or infinite weights.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         crate::format::load(path.as_ref())
     }
@@ -102,7 +102,7 @@ impl Model {
     /// BatchNorm stays folded into its convolution; `training` records the provenance.
     ///
     /// # Errors
-    /// [`vericonv::Error::Io`]; [`vericonv::Error::Internal`] if serialisation fails.
+    /// [`crate::ModelError::Io`]; [`crate::ModelError::Internal`] if serialisation fails.
     pub fn save(&self, path: impl AsRef<Path>, training: Option<serde_json::Value>) -> Result<()> {
         crate::format::save(self, path.as_ref(), training)
     }
@@ -111,7 +111,7 @@ impl Model {
     ///
     /// # Errors
     /// [`vericonv::Error::LengthMismatch`] when `images` is not a positive multiple of the image size,
-    /// [`vericonv::Error::NonFinite`] for NaN or infinite pixels.
+    /// [`crate::ModelError::NonFinite`] for NaN or infinite pixels.
     pub fn forward_float(&self, images: &[f32]) -> Result<Vec<f32>> {
         self.forward_float_with(images, &mut Workspace::new())
     }

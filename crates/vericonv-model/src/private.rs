@@ -2,14 +2,15 @@
 //! through [`vericonv::client::PrivateConv`] on untrusted clouds, with keys per layer and session.
 
 use crate::quant::{Epilogue, IntegerExecutor, QuantInput, QuantLayer, QuantModel, qmax};
+use crate::{ModelError, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use vericonv::Error;
 use vericonv::client::{Answer, AnswerBuffers, LayerConfig, Pending, PrivateConv, Timings};
 use vericonv::cloud::{CloudBackend, Clouds, CpuBackend};
 use vericonv::keys::KeyRng;
 use vericonv::privacy::Privacy;
 use vericonv::verify::Mode;
-use vericonv::{Error, Result};
 
 /// Settings of a private forward pass.
 #[derive(Clone, Debug)]
@@ -89,12 +90,13 @@ impl<'a> PrivateExecutor<'a> {
                 mode: cfg.privacy.name(),
                 needed: cfg.privacy.clouds(),
                 got: clouds.count(),
-            });
+            }
+            .into());
         }
         if let Clouds::Two(a, b) = clouds
             && std::ptr::addr_eq(a, b)
         {
-            return Err(Error::SameCloudTwice(a.name()));
+            return Err(Error::SameCloudTwice(a.name()).into());
         }
         let mut layers: Vec<Option<PrivateConv>> = (0..qm.layers.len()).map(|_| None).collect();
         let mut stats: Vec<LayerStats> = qm
@@ -172,8 +174,8 @@ fn nanos(d: Duration) -> u64 {
 
 impl PrivateExecutor<'_> {
     /// The missing state of a batch: a stage was skipped (a bug of the caller).
-    fn out_of_order(layer: &QuantLayer) -> Error {
-        Error::Internal(format!("layer `{}`: the batch's stages ran out of order", layer.name))
+    fn out_of_order(layer: &QuantLayer) -> ModelError {
+        ModelError::Internal(format!("layer `{}`: the batch's stages ran out of order", layer.name))
     }
 }
 
@@ -235,9 +237,9 @@ impl IntegerExecutor for PrivateExecutor<'_> {
             }
             Err(e @ (Error::VerificationFailed { .. } | Error::MalformedAnswer { .. })) => {
                 stats.rejected += 1;
-                Err(e)
+                Err(e.into())
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 

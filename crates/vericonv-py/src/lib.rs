@@ -31,8 +31,19 @@ create_exception!(_vericonv, ModelError, Error, "The model cannot be loaded or r
 create_exception!(_vericonv, RemoteError, Error, "A remote cloud could not be reached or refused the call.");
 create_exception!(_vericonv, ConfigError, Error, "Settings that do not fit together (mode, clouds, backend).");
 
-/// The Python exception for a vericonv error.
-fn py_err(e: vericonv::Error) -> PyErr {
+/// The Python exception for an error of the model crate: the scheme's errors as
+/// [`scheme_err`] maps them, the rest a `ModelError` (an internal error the base class).
+fn py_err(e: vericonv_model::ModelError) -> PyErr {
+    use vericonv_model::ModelError as M;
+    match e {
+        M::Scheme(e) => scheme_err(e),
+        M::Internal(_) => Error::new_err(e.to_string()),
+        _ => ModelError::new_err(e.to_string()),
+    }
+}
+
+/// The Python exception for an error of the scheme.
+fn scheme_err(e: vericonv::Error) -> PyErr {
     use vericonv::Error as E;
     let message = e.to_string();
     match e {
@@ -55,9 +66,7 @@ fn py_err(e: vericonv::Error) -> PyErr {
             RemoteError::new_err(message)
         }
         E::Backend { .. } if is_setup_error(&e) => ConfigError::new_err(message),
-        E::Parse { .. } | E::Io { .. } | E::Unsupported(_) | E::NonFinite { .. } | E::ExactnessBound { .. } => {
-            ModelError::new_err(message)
-        }
+        E::ExactnessBound { .. } => ModelError::new_err(message),
         E::CloudCount { .. }
         | E::SameCloudTwice(_)
         | E::InvalidRank
@@ -115,14 +124,14 @@ impl NativeModel {
         }
         let quant = QuantConfig { weight_bits, act_bits };
         let native = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
-        let opened = py.detach(|| -> vericonv::Result<(TractModel, Option<Normalisation>)> {
+        let opened = py.detach(|| -> vericonv_model::Result<(TractModel, Option<Normalisation>)> {
             if !native {
                 return Ok((TractModel::open(&path, input_shape.as_deref(), &quant)?, None));
             }
             // tract runs the native model's ONNX export, written to a private temporary file.
             let model = vericonv_model::Model::load(&path)?;
             let dir = std::env::temp_dir().join(format!("vericonv-py-{}-{}", std::process::id(), model.name()));
-            std::fs::create_dir_all(&dir).map_err(|e| vericonv::Error::io(&dir, e))?;
+            std::fs::create_dir_all(&dir).map_err(|e| vericonv_model::ModelError::io(&dir, e))?;
             let onnx = dir.join(format!("{}.onnx", model.name()));
             let opened = vericonv_model::onnx::import::write_model(&model, &onnx)
                 .and_then(|()| TractModel::open(&onnx, input_shape.as_deref(), &quant));
@@ -197,7 +206,7 @@ impl NativeModel {
             "two-server" => Privacy::TwoServer,
             "split-model" => Privacy::SplitModel,
             "lowrank" if rank >= 1 => Privacy::LowRank { rank },
-            "lowrank" => return Err(py_err(vericonv::Error::InvalidRank)),
+            "lowrank" => return Err(scheme_err(vericonv::Error::InvalidRank)),
             other => {
                 return Err(ConfigError::new_err(format!(
                     "unknown privacy mode {other:?}: pad, two-server, split-model or lowrank"
@@ -210,22 +219,28 @@ impl NativeModel {
             other => return Err(ConfigError::new_err(format!("unknown verification mode {other:?}: fast or strict"))),
         };
         if rounds == 0 {
-            return Err(py_err(vericonv::Error::InvalidRounds));
+            return Err(scheme_err(vericonv::Error::InvalidRounds));
         }
         if matches!(privacy, Privacy::LowRank { .. }) {
             let warnings = py.import("warnings")?;
             warnings.call_method1("warn", (vericonv::privacy::LOWRANK_WARNING,))?;
         }
+        let gpu = match backend {
+            "cpu" => false,
+            "gpu" if cfg!(feature = "gpu") => true,
+            "gpu" => return Err(ConfigError::new_err("this build has no GPU backend")),
+            other => return Err(ConfigError::new_err(format!("unknown backend {other:?}: cpu or gpu"))),
+        };
         let built = py.detach(|| -> vericonv::Result<Remote> {
             if clouds.is_empty() {
-                let one = || local_backend(backend);
+                let one = || local_backend(gpu);
                 let b = if privacy.clouds() == 2 { Some(one()?) } else { None };
                 Ok(Remote { clouds: (one()?, b), name: format!("in-process {backend}"), plaintext: Vec::new() })
             } else {
                 remote_clouds(&clouds, privacy, token_file.as_deref(), tls_ca.as_deref(), insecure_plaintext)
             }
         });
-        let Remote { clouds: owned, name: where_, plaintext } = built.map_err(py_err)?;
+        let Remote { clouds: owned, name: where_, plaintext } = built.map_err(scheme_err)?;
         for url in plaintext {
             py.import("warnings")?.call_method1(
                 "warn",
@@ -240,7 +255,7 @@ impl NativeModel {
         };
         let cfg = PrivateConfig { privacy, mode, rounds, ..PrivateConfig::default() };
         let exec = Arc::new(PrivateConvs::new(owned, cfg, rng).map_err(py_err)?);
-        let plans = py.detach(|| -> vericonv::Result<(Plan, Plan)> {
+        let plans = py.detach(|| -> vericonv_model::Result<(Plan, Plan)> {
             Ok((
                 self.model.plan(Some(exec.clone() as Arc<dyn ConvExecutor>))?,
                 self.model.plan(Some(Arc::new(Reference) as Arc<dyn ConvExecutor>))?,
@@ -264,16 +279,15 @@ type Normalisation = (Vec<f32>, Vec<f32>);
 /// One or two clouds, owned.
 type OwnedPair = (Arc<dyn CloudBackend>, Option<Arc<dyn CloudBackend>>);
 
-/// A cloud in this process: the CPU backend, or the GPU one.
-fn local_backend(backend: &str) -> vericonv::Result<Arc<dyn CloudBackend>> {
-    match backend {
-        "cpu" => Ok(Arc::new(CpuBackend::new())),
-        #[cfg(feature = "gpu")]
-        "gpu" => Ok(Arc::new(vericonv_gpu::GpuBackend::new(&vericonv_gpu::GpuOptions::default())?)),
-        #[cfg(not(feature = "gpu"))]
-        "gpu" => Err(vericonv::Error::Unsupported("this build has no GPU backend".into())),
-        other => Err(vericonv::Error::Unsupported(format!("unknown backend {other:?}: cpu or gpu"))),
+/// A cloud in this process: the GPU backend, or else the CPU one.
+fn local_backend(gpu: bool) -> vericonv::Result<Arc<dyn CloudBackend>> {
+    #[cfg(feature = "gpu")]
+    if gpu {
+        return Ok(Arc::new(vericonv_gpu::GpuBackend::new(&vericonv_gpu::GpuOptions::default())?));
     }
+    #[cfg(not(feature = "gpu"))]
+    let _ = gpu;
+    Ok(Arc::new(CpuBackend::new()))
 }
 
 /// Remote clouds: one URL per cloud (`grpcs://` to any host but loopback).
@@ -346,7 +360,7 @@ fn run_plan<'py>(
             input.normalize(&mut images);
             // A panic inside the graph engine becomes an error, never a Python panic.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan.run(&images)))
-                .unwrap_or_else(|_| Err(vericonv::Error::Internal("the graph engine panicked".into())))
+                .unwrap_or_else(|_| Err(vericonv_model::ModelError::Internal("the graph engine panicked".into())))
         })
         .map_err(py_err)?;
     numpy::PyArray1::from_vec(py, logits).reshape(out_shape)

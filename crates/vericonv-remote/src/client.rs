@@ -81,8 +81,8 @@ impl RemoteOptions {
     /// ([`crate::read_token`]) and the PEM CA certificate from `tls_ca`, and `allow_plaintext`.
     ///
     /// # Errors
-    /// [`vericonv::Error::Io`] for a file that cannot be read; the errors of
-    /// [`crate::read_token`] for a bad token.
+    /// [`RemoteError::File`] for a file that cannot be read or a bad token
+    /// ([`crate::read_token`]).
     pub fn from_files(
         token_file: Option<&std::path::Path>,
         tls_ca: Option<&std::path::Path>,
@@ -90,7 +90,9 @@ impl RemoteOptions {
     ) -> Result<Self> {
         Ok(Self {
             token: token_file.map(crate::read_token).transpose()?,
-            tls_ca: tls_ca.map(|p| std::fs::read(p).map_err(|e| vericonv::Error::io(p, e))).transpose()?,
+            tls_ca: tls_ca
+                .map(|p| std::fs::read(p).map_err(|e| RemoteError::file(p, "cannot read the CA certificate", Some(e))))
+                .transpose()?,
             allow_plaintext,
             ..Self::default()
         })
@@ -174,7 +176,7 @@ impl Target {
     /// that does not resolve.
     pub fn resolve(url: &str) -> Result<Self> {
         let bad = |code: &str, why: String| {
-            Error::from(RemoteError { endpoint: url.into(), code: code.into(), message: why })
+            Error::from(RemoteError::Call { endpoint: url.into(), code: code.into(), message: why })
         };
         let (rest, tls) = match url.split_once("://") {
             Some(("grpc", rest)) => (rest, false),
@@ -211,7 +213,7 @@ impl Target {
             return Ok(format!("http://{}", self.addrs[0]));
         }
         if !allow_plaintext {
-            return Err(Error::from(RemoteError {
+            return Err(Error::from(RemoteError::Call {
                 endpoint: format!("grpc://{}", self.authority),
                 code: "FailedPrecondition".into(),
                 message: format!(
@@ -254,7 +256,7 @@ impl RemoteBackend {
     /// [`RemoteError`] for a malformed URL, no URL at all, or a TLS setup that fails.
     pub fn connect(urls: &[String], opts: RemoteOptions) -> Result<Self> {
         if urls.is_empty() {
-            return Err(Error::from(RemoteError {
+            return Err(Error::from(RemoteError::Call {
                 endpoint: String::new(),
                 code: "InvalidArgument".into(),
                 message: "no server given".into(),
@@ -271,7 +273,7 @@ impl RemoteBackend {
             let target = Target::resolve(url)?;
             let connect_to = target.connect_url(opts.allow_plaintext)?;
             let err = |e: &dyn std::fmt::Display| {
-                Error::from(RemoteError {
+                Error::from(RemoteError::Call {
                     endpoint: url.clone(),
                     code: "InvalidArgument".into(),
                     message: e.to_string(),
@@ -408,7 +410,7 @@ impl RemoteBackend {
                         self.registered().insert((replica, handle));
                     }
                     Ok(_) => {
-                        return Err(Error::from(RemoteError {
+                        return Err(Error::from(RemoteError::Call {
                             endpoint: r.url.clone(),
                             code: "DataLoss".into(),
                             message: "the server returned another handle than the kernel's".into(),
@@ -516,7 +518,7 @@ impl RemoteBackend {
 /// count is reported by the client as a malformed answer, like any other lie.
 fn decode_answer(url: &str, bytes: &[u8]) -> Result<Vec<u32>> {
     if !bytes.len().is_multiple_of(4) {
-        return Err(Error::from(RemoteError {
+        return Err(Error::from(RemoteError::Call {
             endpoint: url.into(),
             code: "DataLoss".into(),
             message: format!("an answer of {} bytes is not a whole number of field elements", bytes.len()),
@@ -544,7 +546,7 @@ fn remote_error(url: &str, s: &Status) -> Error {
         }
         cause = c.source();
     }
-    Error::from(RemoteError { endpoint: url.into(), code: format!("{:?}", s.code()), message })
+    Error::from(RemoteError::Call { endpoint: url.into(), code: format!("{:?}", s.code()), message })
 }
 
 impl CloudBackend for RemoteBackend {
@@ -575,7 +577,7 @@ mod tests {
 
     /// The gRPC code of a remote cloud's error.
     fn code(e: &Error) -> Option<&str> {
-        e.backend_error::<RemoteError>().map(|r| r.code.as_str())
+        e.backend_error::<RemoteError>().and_then(RemoteError::code)
     }
 
     #[test]

@@ -20,6 +20,7 @@ use vericonv::Error;
 use vericonv::cloud::{CloudBackend, SessionKernel};
 use vericonv::share::ShareSeed;
 
+use crate::RemoteError;
 use crate::metrics::Metrics;
 use crate::proto;
 use crate::proto::cloud_server::{Cloud, CloudServer};
@@ -177,11 +178,15 @@ pub fn status_of(e: &Error) -> Status {
         | Error::ZeroDimension { .. }
         | Error::GroupsMismatch { .. }
         | Error::KernelLargerThanInput { .. }
-        | Error::TooLarge { .. }
-        | Error::Parse { .. } => Status::invalid_argument(e.to_string()),
+        | Error::TooLarge { .. } => Status::invalid_argument(e.to_string()),
         Error::Backend { exhausted: true, .. } => Status::resource_exhausted(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
+}
+
+/// `INVALID_ARGUMENT` for a request that does not decode.
+fn malformed(e: RemoteError) -> Status {
+    Status::invalid_argument(e.to_string())
 }
 
 /// `RESOURCE_EXHAUSTED` for an allocation of `bytes` that failed.
@@ -241,8 +246,8 @@ impl Cloud for CloudService {
         self.metrics.kernel_bytes_in(req.kernel.len());
         let result = (|| {
             let geom = req.geometry.as_ref().ok_or_else(|| Status::invalid_argument("no geometry"))?;
-            let geom = geometry_from_proto(geom).map_err(|e| status_of(&e))?;
-            let kernel = decode_elements(&req.kernel, geom.kernel_len(), "kernel").map_err(|e| status_of(&e))?;
+            let geom = geometry_from_proto(geom).map_err(malformed)?;
+            let kernel = decode_elements(&req.kernel, geom.kernel_len(), "kernel").map_err(malformed)?;
             let handle = KernelHandle::of(&geom, &kernel);
             // The backend keeps kernels by the id: the first 128 bits of the content hash.
             let id = u128::from_le_bytes(handle.as_bytes()[..16].try_into().unwrap_or_default());
@@ -297,7 +302,7 @@ impl CloudService {
     /// what the kernel's geometry and the batch announce, nor `max_tensor_bytes`.
     async fn read_stream(&self, mut chunks: tonic::Streaming<proto::ConvChunk>) -> Result<proto::ConvRequest, Status> {
         let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("an empty stream"))?;
-        let handle = KernelHandle::from_bytes(&first.handle).map_err(|e| status_of(&e))?;
+        let handle = KernelHandle::from_bytes(&first.handle).map_err(malformed)?;
         let kernel = self.cache().get(&handle).ok_or_else(|| {
             self.metrics.cache_miss();
             Status::not_found(format!("unknown kernel {handle:?}: register it first"))
@@ -357,7 +362,7 @@ impl CloudService {
         limit: usize,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<proto::ConvReply, Status> {
-        let handle = KernelHandle::from_bytes(&req.handle).map_err(|e| status_of(&e))?;
+        let handle = KernelHandle::from_bytes(&req.handle).map_err(malformed)?;
         let Some(kernel) = self.cache().get(&handle) else {
             self.metrics.cache_miss();
             return Err(Status::not_found(format!("unknown kernel {handle:?}: register it first")));
@@ -390,7 +395,7 @@ impl CloudService {
         let job = match req.input {
             Some(Input::Tensor(bytes)) => {
                 self.metrics.input_bytes_in(bytes.len());
-                Job::Tensor(decode_elements(&bytes, in_len, "input").map_err(|e| status_of(&e))?)
+                Job::Tensor(decode_elements(&bytes, in_len, "input").map_err(malformed)?)
             }
             Some(Input::ShareSeed(bytes)) => {
                 self.metrics.input_bytes_in(bytes.len());

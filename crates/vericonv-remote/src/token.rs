@@ -3,32 +3,33 @@
 
 use subtle::ConstantTimeEq;
 
+use crate::RemoteError;
+
 /// A bearer token from the file `path`: its contents, trimmed, refused when empty or not
 /// printable ASCII (the server compares it in constant time; it travels in an HTTP header).
 ///
 /// # Errors
-/// [`vericonv::Error::Io`] when the file cannot be read; [`vericonv::Error::Parse`] when the
-/// token is not UTF-8, is empty, or is not printable ASCII without spaces.
-pub fn read_token(path: &std::path::Path) -> vericonv::Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| vericonv::Error::io(path, e))?;
+/// [`RemoteError::File`] when the file cannot be read, or the token is not UTF-8, is empty, or
+/// is not printable ASCII without spaces.
+pub fn read_token(path: &std::path::Path) -> Result<String, RemoteError> {
+    let bytes = std::fs::read(path).map_err(|e| RemoteError::file(path, "cannot read the token", Some(e)))?;
     let token = String::from_utf8(bytes)
-        .map_err(|_| vericonv::Error::Parse {
-            what: path.display().to_string(),
-            message: "the token is not UTF-8".into(),
-        })?
+        .map_err(|_| RemoteError::file(path, "the token is not UTF-8", None))?
         .trim()
         .to_string();
     if token.is_empty() {
-        return Err(vericonv::Error::Parse {
-            what: path.display().to_string(),
-            message: "the token file is empty: a server with an empty token would accept anyone".into(),
-        });
+        return Err(RemoteError::file(
+            path,
+            "the token file is empty: a server with an empty token would accept anyone",
+            None,
+        ));
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(vericonv::Error::Parse {
-            what: path.display().to_string(),
-            message: "the token must be printable ASCII without spaces (it travels in an HTTP header)".into(),
-        });
+        return Err(RemoteError::file(
+            path,
+            "the token must be printable ASCII without spaces (it travels in an HTTP header)",
+            None,
+        ));
     }
     Ok(token)
 }

@@ -4,9 +4,11 @@
 
 use vericonv::field::P;
 use vericonv::geometry::{Conv2d, Padding};
-use vericonv::{Error, Result};
 
-use crate::proto;
+use crate::{RemoteError, proto};
+
+/// The result of a decoder.
+type Result<T> = std::result::Result<T, RemoteError>;
 
 /// A registered kernel: the BLAKE3 hash of its geometry and `K'`. Every replica computes the
 /// same handle for the same kernel, so replicas are interchangeable, and a client can check
@@ -30,12 +32,11 @@ impl KernelHandle {
     /// A handle received from the network.
     ///
     /// # Errors
-    /// [`Error::Parse`] unless `bytes` is 32 bytes long.
+    /// [`RemoteError::Wire`] unless `bytes` is 32 bytes long.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let arr: [u8; 32] = bytes.try_into().map_err(|_| Error::Parse {
-            what: "kernel handle".into(),
-            message: format!("{} bytes, 32 expected", bytes.len()),
-        })?;
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| RemoteError::wire("kernel handle", format!("{} bytes, 32 expected", bytes.len())))?;
         Ok(Self(arr))
     }
 
@@ -77,11 +78,12 @@ pub fn geometry_to_proto(g: &Conv2d) -> proto::Geometry {
 /// A geometry received from the network, validated as [`Conv2d::builder`] validates any.
 ///
 /// # Errors
-/// [`Error::TooLarge`] for a value that does not fit this machine's `usize`, and every error of
-/// [`Conv2d`]'s builder.
+/// [`RemoteError::Wire`] for a value that does not fit this machine's `usize`, or that
+/// [`Conv2d`]'s builder refuses (the message is the builder's).
 pub fn geometry_from_proto(p: &proto::Geometry) -> Result<Conv2d> {
     let u = |value: u64, what: &'static str| {
-        usize::try_from(value).map_err(|_| Error::TooLarge { what, value: usize::MAX })
+        usize::try_from(value)
+            .map_err(|_| RemoteError::wire("geometry", format!("{what} = {value} does not fit this machine")))
     };
     Conv2d::builder(
         u(p.in_channels, "in_channels")?,
@@ -99,6 +101,7 @@ pub fn geometry_from_proto(p: &proto::Geometry) -> Result<Conv2d> {
     .dilation(u(p.dilation_h, "dilation_h")?, u(p.dilation_w, "dilation_w")?)
     .groups(u(p.groups, "groups")?)
     .build()
+    .map_err(|e| RemoteError::wire("geometry", e))
 }
 
 /// Field elements as little-endian bytes.
@@ -109,28 +112,28 @@ pub fn encode_elements(v: &[u32]) -> Vec<u8> {
 /// `expected` field elements from little-endian bytes.
 ///
 /// # Errors
-/// [`Error::Parse`] when `bytes` is not a whole number of 4-byte elements,
-/// [`Error::LengthMismatch`] when it does not hold exactly `expected` elements (the length is
-/// checked before anything is allocated), [`Error::TooLarge`] when the memory cannot be had,
-/// [`Error::NotAFieldElement`] for a value `>= p`.
+/// [`RemoteError::Wire`] when `bytes` is not a whole number of 4-byte elements, does not hold
+/// exactly `expected` elements (the length is checked before anything is allocated), or holds a
+/// value `>= p`, or when the memory cannot be had.
 pub fn decode_elements(bytes: &[u8], expected: usize, what: &'static str) -> Result<Vec<u32>> {
     if !bytes.len().is_multiple_of(4) {
-        return Err(Error::Parse {
-            what: what.into(),
-            message: format!(
+        return Err(RemoteError::wire(
+            what,
+            format!(
                 "{} bytes are not a whole number of 4-byte field elements ({expected} elements expected)",
                 bytes.len()
             ),
-        });
+        ));
     }
     if expected.checked_mul(4) != Some(bytes.len()) {
-        return Err(Error::LengthMismatch { what, expected, got: bytes.len() / 4 });
+        return Err(RemoteError::wire(what, format!("{} elements, expected {expected}", bytes.len() / 4)));
     }
     let mut v: Vec<u32> = Vec::new();
-    v.try_reserve_exact(expected).map_err(|_| Error::TooLarge { what, value: expected })?;
+    v.try_reserve_exact(expected)
+        .map_err(|_| RemoteError::wire(what, format!("{expected} elements do not fit in memory now")))?;
     v.extend(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
     if let Some(index) = v.iter().position(|&x| x >= P) {
-        return Err(Error::NotAFieldElement { what, index, value: v[index], p: P });
+        return Err(RemoteError::wire(what, format!("entry {index} = {} is not a field element (p = {P})", v[index])));
     }
     Ok(v)
 }
@@ -164,11 +167,14 @@ mod tests {
     fn tensors_are_checked_for_length_and_canonical_elements() {
         let v = vec![0, 1, P - 1];
         assert_eq!(decode_elements(&encode_elements(&v), 3, "t").expect("decodes"), v);
-        assert!(matches!(decode_elements(&encode_elements(&v), 4, "t"), Err(Error::LengthMismatch { .. })));
-        let err = decode_elements(&[0; 5], 1, "t").expect_err("5 bytes");
-        assert!(matches!(&err, Error::Parse { .. }), "{err}");
-        assert!(err.to_string().contains("5 bytes"), "the message says what is wrong: {err}");
-        assert!(matches!(decode_elements(&encode_elements(&[P]), 1, "t"), Err(Error::NotAFieldElement { .. })));
-        assert!(matches!(decode_elements(&[], usize::MAX, "t"), Err(Error::LengthMismatch { .. })));
+        let refused = |bytes: &[u8], expected: usize, says: &str| {
+            let err = decode_elements(bytes, expected, "t").expect_err(says);
+            assert!(matches!(&err, RemoteError::Wire { .. }), "{err}");
+            assert!(err.to_string().contains(says), "the message says what is wrong: {err}");
+        };
+        refused(&encode_elements(&v), 4, "3 elements, expected 4");
+        refused(&[0; 5], 1, "5 bytes");
+        refused(&encode_elements(&[P]), 1, "not a field element");
+        refused(&[], usize::MAX, "0 elements");
     }
 }

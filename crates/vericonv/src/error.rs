@@ -195,38 +195,6 @@ pub enum Error {
         /// The backend's error.
         source: Arc<dyn std::error::Error + Send + Sync>,
     },
-    /// A tensor or model file could not be parsed.
-    #[error("parse error in {what}: {message}")]
-    Parse {
-        /// What was being parsed.
-        what: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// An I/O error, with the path involved.
-    #[error("I/O error on {path}: {source}{hint}")]
-    Io {
-        /// The file.
-        path: String,
-        /// What to do about it, if anything (empty, or starting with a separator).
-        hint: String,
-        /// The operating system's error.
-        #[source]
-        source: Arc<std::io::Error>,
-    },
-    /// An input tensor contains NaN or an infinity.
-    #[error("{what}[{index}] is {value}: inputs must be finite")]
-    NonFinite {
-        /// Which tensor.
-        what: String,
-        /// Flat index of the entry.
-        index: usize,
-        /// The value, as text (`NaN`, `inf`, `-inf`).
-        value: String,
-    },
-    /// An operator or attribute outside what vericonv supports.
-    #[error("unsupported: {0}")]
-    Unsupported(String),
     /// A bug in vericonv or in a library it runs (a self-check that failed, a thread pool that
     /// could not start, a serializer that refused our own data): please report it.
     #[error("internal error: {0}")]
@@ -245,11 +213,6 @@ impl Error {
             Error::Backend { source, .. } => source.downcast_ref::<E>(),
             _ => None,
         }
-    }
-
-    /// An [`Error::Io`] on `path`, keeping `source` as the error's source.
-    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().display().to_string(), hint: String::new(), source: Arc::new(source) }
     }
 }
 

@@ -18,17 +18,18 @@ pub mod stats;
 
 use std::sync::Mutex;
 use std::time::Instant;
+use vericonv_model::ModelError;
 
 use rand::SeedableRng;
 use serde::Serialize;
 
+use anyhow::Result;
 use stats::ViewStats;
 use vericonv::client::{LayerConfig, PrivateConv};
 use vericonv::cloud::{CloudBackend, Clouds, ConvCall, CpuBackend};
 use vericonv::geometry::Conv2d;
 use vericonv::keys::{KeyRng, seeded_rng};
 use vericonv::privacy::Privacy;
-use vericonv::{Error, Result};
 use vericonv_model::data::Dataset;
 use vericonv_model::quant::{Epilogue, IntegerExecutor, PlainExecutor, QuantInput, QuantLayer, QuantModel};
 
@@ -178,7 +179,7 @@ impl CloudBackend for Recorder<'_> {
     }
 
     // What the cloud sees: its input (cloud A can expand its seed itself) and its kernel.
-    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> Result<()> {
+    fn call(&self, call: ConvCall<'_>, out: &mut Vec<u32>) -> vericonv::Result<()> {
         self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(&call.input_tensor()?);
         *self.kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = call.kernel_data().to_vec();
         self.inner.call(call, out)
@@ -191,7 +192,7 @@ struct Capture {
 }
 
 impl IntegerExecutor for Capture {
-    fn run(&mut self, layer: &QuantLayer, x: QuantInput<'_>, _: &[u32]) -> Result<()> {
+    fn run(&mut self, layer: &QuantLayer, x: QuantInput<'_>, _: &[u32]) -> vericonv_model::Result<()> {
         if !layer.is_linear {
             self.inputs[layer.node].extend(x.to_i32());
         }
@@ -205,7 +206,7 @@ impl IntegerExecutor for Capture {
         x: QuantInput<'_>,
         epilogue: &Epilogue<'_>,
         out: &mut [f32],
-    ) -> Result<()> {
+    ) -> vericonv_model::Result<()> {
         PlainExecutor.output(layer, b, x, epilogue, out)
     }
 }
@@ -223,7 +224,7 @@ pub type AttackClouds<'a> = (Option<&'a dyn CloudBackend>, Option<&'a dyn CloudB
 /// is the attacker's view). `progress(layer, done, total)` is called as images are attacked.
 ///
 /// # Errors
-/// [`Error::LengthMismatch`] when the data does not fit the model; the private run's errors.
+/// [`vericonv::Error::LengthMismatch`] when the data does not fit the model; the private run's errors.
 pub fn attack_model(
     qm: &QuantModel,
     data: &Dataset,
@@ -267,7 +268,7 @@ pub fn attack_model(
             let clouds = if opts.privacy.clouds() == 2 { Clouds::Two(&a, &b) } else { Clouds::One(&a) };
             let (y, _) = private.run(clouds, chunk, &mut client_rng)?;
             if y != layer.compute(chunk, images) {
-                return Err(Error::Internal(format!("layer `{}`: the private run is not exact", layer.name)));
+                return Err(anyhow::anyhow!("layer `{}`: the private run is not exact", layer.name));
             }
         }
         // The plaintext in cloud channel order: what each received element hides.
@@ -452,7 +453,7 @@ pub fn format_table(rows: &[LayerAttack]) -> String {
 /// attack did not recover are red.
 ///
 /// # Errors
-/// [`Error::Io`] when the file cannot be written.
+/// [`ModelError::Io`] when the file cannot be written.
 pub fn write_examples_png(ex: &Examples, bound: u32, path: &std::path::Path) -> Result<()> {
     const SCALE: usize = 3;
     const GAP: usize = 4;
@@ -489,7 +490,7 @@ pub fn write_examples_png(ex: &Examples, bound: u32, path: &std::path::Path) -> 
         }
     }
     img.save(path).map_err(|e| match e {
-        image::ImageError::IoError(e) => Error::io(path, e),
-        other => Error::Internal(format!("encoding {}: {other}", path.display())),
+        image::ImageError::IoError(e) => ModelError::io(path, e).into(),
+        other => anyhow::anyhow!("encoding {}: {other}", path.display()),
     })
 }

@@ -1,6 +1,7 @@
 //! `vericonv attack`: what a curious cloud recovers of a model's inputs and kernels.
 
 use std::path::PathBuf;
+use vericonv_model::ModelError;
 
 use clap::builder::TypedValueParser;
 
@@ -43,7 +44,7 @@ pub(crate) struct AttackArgs {
     pub(crate) remote: RemoteArgs,
 }
 
-pub(crate) fn attack(args: &AttackArgs) -> Result<(), vericonv::Error> {
+pub(crate) fn attack(args: &AttackArgs) -> Result<(), anyhow::Error> {
     use vericonv_cli::attack::{AttackOptions, attack_model, format_table, write_examples_png};
     let model = load_model(&args.input.model, &args.input.norm)?;
     let i = &model.input();
@@ -88,10 +89,7 @@ pub(crate) fn attack(args: &AttackArgs) -> Result<(), vericonv::Error> {
     })?;
     bar.finish_and_clear();
     if results.is_empty() {
-        return Err(vericonv::Error::Unsupported(format!(
-            "model {} has no convolution matching the --layer filter",
-            model.name()
-        )));
+        anyhow::bail!("unsupported: model {} has no convolution matching the --layer filter", model.name());
     }
     let rows: Vec<_> = results.iter().map(|(r, _)| r.clone()).collect();
     print!("{}", format_table(&rows));
@@ -100,7 +98,7 @@ pub(crate) fn attack(args: &AttackArgs) -> Result<(), vericonv::Error> {
          kernel%: slices of K' recovered exactly up to sign; certain%: the only candidate; \
          χ² p: uniformity of the received elements (pooled high bits, and per position); full rank: channel planes of full rank"
     );
-    std::fs::create_dir_all(&args.out).map_err(|e| vericonv::Error::io(&args.out, e))?;
+    std::fs::create_dir_all(&args.out).map_err(|e| ModelError::io(&args.out, e))?;
     let stem = file_safe(&format!("{}-{}-{}", model.name(), data.name(), privacy.label().replace(' ', "")));
     write_json(&rows, &args.out.join(format!("{stem}.json")))?;
     for (_, ex) in &results {

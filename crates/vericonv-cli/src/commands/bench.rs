@@ -1,6 +1,7 @@
 //! `vericonv bench`: layers, whole models (`--model`), GPU kernels (`--backend gpu`) and a remote cloud under load (`--cloud`).
 
 use std::path::{Path, PathBuf};
+use vericonv_model::ModelError;
 
 use clap::ValueEnum;
 use clap::builder::TypedValueParser;
@@ -107,7 +108,7 @@ pub(crate) enum BenchBackend {
 
 impl BenchArgs {
     /// The selected layers of the suite (`default` when --suite is not given).
-    pub(crate) fn layers(&self, default: SuiteChoice) -> Result<Vec<vericonv_cli::bench::BenchLayer>, vericonv::Error> {
+    pub(crate) fn layers(&self, default: SuiteChoice) -> Result<Vec<vericonv_cli::bench::BenchLayer>, anyhow::Error> {
         let suite = match self.suite.unwrap_or(default) {
             SuiteChoice::Full => vericonv_cli::bench::full_suite()?,
             SuiteChoice::Quick => vericonv_cli::bench::quick_suite()?,
@@ -129,13 +130,13 @@ impl BenchArgs {
     }
 
     /// Creates the output directory.
-    pub(crate) fn out_dir(&self) -> Result<&Path, vericonv::Error> {
-        std::fs::create_dir_all(&self.out).map_err(|e| vericonv::Error::io(&self.out, e))?;
+    pub(crate) fn out_dir(&self) -> Result<&Path, anyhow::Error> {
+        std::fs::create_dir_all(&self.out).map_err(|e| ModelError::io(&self.out, e))?;
         Ok(&self.out)
     }
 }
 
-pub(crate) fn bench(args: &BenchArgs) -> Result<(), vericonv::Error> {
+pub(crate) fn bench(args: &BenchArgs) -> Result<(), anyhow::Error> {
     use vericonv_cli::bench::{BenchOptions, plot_speedups, run_layer, write_csv};
     if let Some(model) = &args.model {
         return bench_model(args, model);
@@ -281,7 +282,7 @@ pub(crate) fn print_modes_side_by_side(rows: &[vericonv_cli::bench::BenchRow], p
 
 /// `vericonv bench --backend gpu`: every kernel checked, then timed, on the selected adapter.
 #[cfg(feature = "gpu")]
-pub(crate) fn bench_gpu(args: &BenchArgs) -> Result<(), vericonv::Error> {
+pub(crate) fn bench_gpu(args: &BenchArgs) -> Result<(), anyhow::Error> {
     use vericonv_gpu::ShaderVariant;
     let variant = args.variant.map(|v| match v {
         VariantChoice::U64 => ShaderVariant::U64,
@@ -339,8 +340,8 @@ pub(crate) fn bench_gpu(args: &BenchArgs) -> Result<(), vericonv::Error> {
 
 /// Without the `gpu` feature there is nothing to time on a GPU.
 #[cfg(not(feature = "gpu"))]
-pub(crate) fn bench_gpu(_args: &BenchArgs) -> Result<(), vericonv::Error> {
-    Err(vericonv::Error::Unsupported("built without the `gpu` feature".into()))
+pub(crate) fn bench_gpu(_args: &BenchArgs) -> Result<(), anyhow::Error> {
+    Err(anyhow::anyhow!("unsupported: built without the `gpu` feature"))
 }
 
 /// onnxruntime's median time on `onnx` through `scripts/ort-baseline.py`, or why it did not run.
@@ -365,7 +366,7 @@ pub(crate) fn onnxruntime_time(onnx: &Path, batch: usize, threads: usize, reps: 
 }
 
 /// `vericonv bench --model`: a whole network end to end.
-pub(crate) fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv::Error> {
+pub(crate) fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), anyhow::Error> {
     use vericonv_cli::whole::{WholeOptions, run_whole};
     let is_onnx = path.extension().is_some_and(|e| e == "onnx");
     let native = if args.tract && is_onnx {
@@ -374,11 +375,11 @@ pub(crate) fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv:
         match load_model(path, &NormArgs { mean: None, std: None }) {
             Ok(model) => Some(model),
             // A graph whose operators the native importer does not know runs on tract.
-            Err(e @ vericonv::Error::Unsupported(_)) if is_onnx && cfg!(feature = "tract") => {
+            Err(e @ ModelError::Unsupported(_)) if is_onnx && cfg!(feature = "tract") => {
                 eprintln!("the native importer refuses {} ({e}); running it on tract", path.display());
                 None
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     };
     let out = args.out_dir()?;
@@ -391,15 +392,13 @@ pub(crate) fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), vericonv:
         }
         _ => path.to_path_buf(),
     };
-    let onnx = std::fs::read(&onnx_path).map_err(|e| vericonv::Error::io(&onnx_path, e))?;
+    let onnx = std::fs::read(&onnx_path).map_err(|e| ModelError::io(&onnx_path, e))?;
     let on_tract = open_tract(args, path, native.is_none())?;
     let (name, shape) = match (&native, &on_tract) {
         (Some(m), _) => (m.name().to_string(), vec![m.input().channels, m.input().height, m.input().width]),
         (None, Some(t)) => name_and_shape(t),
         (None, None) => {
-            return Err(vericonv::Error::Unsupported(
-                "a model the native importer refuses, without the tract feature".into(),
-            ));
+            anyhow::bail!("unsupported: a model the native importer refuses, without the tract feature");
         }
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -523,18 +522,20 @@ fn open_tract(
     args: &BenchArgs,
     path: &Path,
     refused: bool,
-) -> Result<Option<vericonv_model::tract::TractModel>, vericonv::Error> {
+) -> Result<Option<vericonv_model::tract::TractModel>, anyhow::Error> {
     if !(refused || args.tract) {
         return Ok(None);
     }
     let cfg = vericonv_model::quant::QuantConfig::default();
-    vericonv_model::tract::TractModel::open(path, args.input_shape.as_deref(), &cfg).map(Some)
+    vericonv_model::tract::TractModel::open(path, args.input_shape.as_deref(), &cfg)
+        .map(Some)
+        .map_err(anyhow::Error::from)
 }
 
 #[cfg(not(feature = "tract"))]
-fn open_tract(args: &BenchArgs, _: &Path, _: bool) -> Result<Option<std::convert::Infallible>, vericonv::Error> {
+fn open_tract(args: &BenchArgs, _: &Path, _: bool) -> Result<Option<std::convert::Infallible>, anyhow::Error> {
     if args.tract {
-        return Err(vericonv::Error::Unsupported("--tract without the tract feature".into()));
+        anyhow::bail!("unsupported: --tract without the tract feature");
     }
     Ok(None)
 }
@@ -562,7 +563,7 @@ fn whole_on_tract(
     clouds: Option<OwnedClouds>,
     pads_on: Option<&dyn CloudBackend>,
     ort: Option<f64>,
-) -> Result<vericonv_cli::whole::WholeRow, vericonv::Error> {
+) -> Result<vericonv_cli::whole::WholeRow, anyhow::Error> {
     vericonv_cli::whole::run_whole_tract(model, onnx, opts, clouds, pads_on, ort)
 }
 
@@ -574,12 +575,12 @@ fn whole_on_tract(
     _: Option<OwnedClouds>,
     _: Option<&dyn CloudBackend>,
     _: Option<f64>,
-) -> Result<vericonv_cli::whole::WholeRow, vericonv::Error> {
+) -> Result<vericonv_cli::whole::WholeRow, anyhow::Error> {
     match *model {}
 }
 
 /// `vericonv bench --cloud`: the remote cloud under load.
-pub(crate) fn bench_cloud(args: &BenchArgs) -> Result<(), vericonv::Error> {
+pub(crate) fn bench_cloud(args: &BenchArgs) -> Result<(), anyhow::Error> {
     use vericonv_cli::load::{LoadOptions, run_load};
     let privacy = match args.privacy.first() {
         Some(&p) => PrivacyArgs { privacy: p, rank: args.rank }.privacy(),
@@ -588,19 +589,24 @@ pub(crate) fn bench_cloud(args: &BenchArgs) -> Result<(), vericonv::Error> {
     let two = privacy.clouds() == 2;
     let remote = &args.remote;
     if two == remote.cloud_b.is_empty() {
-        return Err(vericonv::Error::CloudCount {
+        return Err((vericonv::Error::CloudCount {
             mode: privacy.name(),
             needed: privacy.clouds(),
             got: 1 + usize::from(!remote.cloud_b.is_empty()),
-        });
+        })
+        .into());
     }
     remote.check_distinct()?;
     warn_if_lowrank(privacy);
     // Cloud A's client (there is one: --cloud was given) and cloud B's, in two-server.
-    let cloud_a = || {
-        remote.connect(&remote.cloud)?.ok_or(vericonv::Error::CloudCount { mode: privacy.name(), needed: 1, got: 0 })
+    let cloud_a = || -> anyhow::Result<_> {
+        Ok(remote.connect(&remote.cloud)?.ok_or(vericonv::Error::CloudCount {
+            mode: privacy.name(),
+            needed: 1,
+            got: 0,
+        })?)
     };
-    let connect = || -> Result<vericonv_cli::load::ClientClouds, vericonv::Error> {
+    let connect = || -> Result<vericonv_cli::load::ClientClouds, anyhow::Error> {
         let b = remote.connect(&remote.cloud_b)?.map(|c| Box::new(c) as Box<dyn CloudBackend>);
         Ok((Box::new(cloud_a()?), b))
     };
@@ -644,7 +650,7 @@ pub(crate) fn bench_cloud(args: &BenchArgs) -> Result<(), vericonv::Error> {
     write_json(&rows, &out.join("bench-cloud.json"))?;
     println!("every verified answer equals the plaintext convolution; wrote {}/bench-cloud.json", out.display());
     if rows.iter().any(|r| r.failed > 0) {
-        return Err(vericonv::Error::Internal("some calls failed (neither verified nor refused as busy)".into()));
+        anyhow::bail!("some calls failed (neither verified nor refused as busy)");
     }
     Ok(())
 }

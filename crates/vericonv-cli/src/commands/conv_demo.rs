@@ -25,7 +25,7 @@ pub(crate) struct ConvDemoArgs {
     pub(crate) tamper_cloud: TamperChoice,
 }
 
-pub(crate) fn conv_demo(args: &ConvDemoArgs) -> Result<(), vericonv::Error> {
+pub(crate) fn conv_demo(args: &ConvDemoArgs) -> Result<(), anyhow::Error> {
     // LeNet-5's second convolution on a batch of 4 images of 8-bit activations.
     let geom = Conv2d::builder(6, 16, (14, 14), (5, 5)).padding(Padding::uniform(0)).build()?;
     let batch = 4;
@@ -95,7 +95,7 @@ pub(crate) fn conv_demo(args: &ConvDemoArgs) -> Result<(), vericonv::Error> {
         Ok(v) => v,
         Err(e) => {
             println!("  verdict : REJECTED: {e}");
-            return Err(e);
+            return Err(e.into());
         }
     };
     let (encrypt, cloud, decrypt) = match p.privacy() {
@@ -128,6 +128,6 @@ pub(crate) fn conv_demo(args: &ConvDemoArgs) -> Result<(), vericonv::Error> {
         println!("  result  : all {} outputs equal the plaintext integer convolution, bit for bit", y.len());
         Ok(())
     } else {
-        Err(vericonv::Error::Internal("the decrypted result differs from the plaintext convolution".into()))
+        Err(anyhow::anyhow!("the decrypted result differs from the plaintext convolution"))
     }
 }

@@ -1,6 +1,7 @@
 //! `vericonv convert`: any loadable model to the native format.
 
 use std::path::PathBuf;
+use vericonv_model::ModelError;
 
 use vericonv_model::Model;
 
@@ -19,7 +20,7 @@ pub(crate) struct ConvertArgs {
 }
 
 /// `vericonv convert`: any model to the native format, checked by loading it back.
-pub(crate) fn convert(args: &ConvertArgs) -> Result<(), vericonv::Error> {
+pub(crate) fn convert(args: &ConvertArgs) -> Result<(), anyhow::Error> {
     let model = load_model(&args.input.model, &args.input.norm)?;
     let name = args.name.clone().unwrap_or_else(|| {
         args.out.file_stem().map_or_else(|| model.name().to_string(), |s| s.to_string_lossy().into_owned())
@@ -30,14 +31,14 @@ pub(crate) fn convert(args: &ConvertArgs) -> Result<(), vericonv::Error> {
         "source": args.input.model.display().to_string(),
     });
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| vericonv::Error::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     }
     model.save(&args.out, Some(provenance))?;
     let back = Model::load(&args.out)?;
     let x = vec![0.5; model.image_len()];
     let same = back.forward_float(&x)? == model.forward_float(&x)?;
     if !same {
-        return Err(vericonv::Error::Internal("the written model computes other logits".into()));
+        anyhow::bail!("the written model computes other logits");
     }
     println!(
         "wrote {} and {} ({} layers); it loads back with identical logits",

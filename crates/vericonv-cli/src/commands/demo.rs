@@ -7,7 +7,7 @@ use vericonv::verify::Mode;
 use vericonv_model::PrivateExecutor;
 use vericonv_model::data::Dataset;
 use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};
-use vericonv_model::{Model, argmax};
+use vericonv_model::{Model, ModelError, argmax};
 
 use super::options::*;
 
@@ -32,7 +32,7 @@ pub(crate) const DEMO_IMAGES: &[u8] = include_bytes!("../../../../models/demo/mn
 
 pub(crate) const DEMO_LABELS: &[u8] = include_bytes!("../../../../models/demo/mnist-t10k-16-labels.idx");
 
-pub(crate) fn demo(args: &DemoArgs) -> Result<(), vericonv::Error> {
+pub(crate) fn demo(args: &DemoArgs) -> Result<(), anyhow::Error> {
     let p = &args.protocol;
     let model = Model::from_bytes(DEMO_MODEL, DEMO_WEIGHTS)?;
     let data = Dataset::from_idx_bytes("mnist (first 16 test images)", DEMO_IMAGES, DEMO_LABELS)?;
@@ -97,13 +97,15 @@ pub(crate) fn demo(args: &DemoArgs) -> Result<(), vericonv::Error> {
     }
     let (logits, times) = match private {
         Ok(v) => v,
-        Err(e @ (vericonv::Error::VerificationFailed { .. } | vericonv::Error::MalformedAnswer { .. })) => {
+        Err(ModelError::Scheme(
+            e @ (vericonv::Error::VerificationFailed { .. } | vericonv::Error::MalformedAnswer { .. }),
+        )) => {
             println!("  verdict : the cloud cheated and was caught ({e}); no prediction is reported");
-            return Err(e);
+            return Err(e.into());
         }
         Err(e) => {
             println!("  verdict : the private run failed ({e}); no prediction is reported");
-            return Err(e);
+            return Err(e.into());
         }
     };
     let pred = argmax(&logits, classes);
@@ -135,9 +137,5 @@ pub(crate) fn demo(args: &DemoArgs) -> Result<(), vericonv::Error> {
         "  agreement with the quantized plaintext model: logits {}",
         if bit_equal { "bit-identical for every image" } else { "DIFFER (a bug: please report it)" }
     );
-    if bit_equal {
-        Ok(())
-    } else {
-        Err(vericonv::Error::Internal("private logits differ from the quantized plaintext model".into()))
-    }
+    if bit_equal { Ok(()) } else { Err(anyhow::anyhow!("private logits differ from the quantized plaintext model")) }
 }

@@ -1,6 +1,7 @@
 //! `vericonv eval`: float, quantized and private accuracy of a model on a data set.
 
 use std::path::PathBuf;
+use vericonv_model::ModelError;
 
 use clap::builder::TypedValueParser;
 
@@ -60,7 +61,7 @@ pub(crate) struct EvalArgs {
     pub(crate) report: Option<PathBuf>,
 }
 
-pub(crate) fn eval(args: &EvalArgs) -> Result<(), vericonv::Error> {
+pub(crate) fn eval(args: &EvalArgs) -> Result<(), anyhow::Error> {
     let p = &args.protocol;
     let model = match load_model(&args.input.model, &args.input.norm) {
         Ok(model) => model,
@@ -68,10 +69,10 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<(), vericonv::Error> {
         // convolutions private. A file it refuses as invalid (non-finite weights, a negative
         // variance…) stays refused.
         #[cfg(feature = "tract")]
-        Err(e @ vericonv::Error::Unsupported(_)) if args.input.model.extension().is_some_and(|x| x == "onnx") => {
+        Err(e @ ModelError::Unsupported(_)) if args.input.model.extension().is_some_and(|x| x == "onnx") => {
             return eval_tract(args, &e);
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     let i = &model.input();
     let mut data = Dataset::open(&args.dataset, &args.data_dir, false, i.channels, i.height, i.width)?;
@@ -110,22 +111,22 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<(), vericonv::Error> {
 
 /// `vericonv eval` on tract, for an ONNX graph the native importer refused with `refused`.
 #[cfg(feature = "tract")]
-pub(crate) fn eval_tract(args: &EvalArgs, refused: &vericonv::Error) -> Result<(), vericonv::Error> {
+pub(crate) fn eval_tract(args: &EvalArgs, refused: &ModelError) -> Result<(), anyhow::Error> {
     use std::sync::Arc;
     use vericonv_model::tract::TractModel;
     let p = &args.protocol;
     eprintln!("the native importer refuses {} ({refused}); running it on tract", args.input.model.display());
     if args.calibrate.is_some() {
-        return Err(vericonv::Error::Unsupported("--calibrate on a model that runs on tract".into()));
+        anyhow::bail!("unsupported: --calibrate on a model that runs on tract");
     }
     let qc = QuantConfig { weight_bits: args.weight_bits, act_bits: args.act_bits };
     let mut model = TractModel::open(&args.input.model, args.input_shape.as_deref(), &qc)?;
     model.outsource_linear(args.outsource_linear);
     let &[c, h, w] = model.image_shape() else {
-        return Err(vericonv::Error::Unsupported(format!(
-            "eval on images of a model whose input is {:?} (use vericonv run with .npy inputs)",
+        anyhow::bail!(
+            "unsupported: eval on images of a model whose input is {:?} (use vericonv run with .npy inputs)",
             model.image_shape()
-        )));
+        );
     };
     let mut data = Dataset::open(&args.dataset, &args.data_dir, false, c, h, w)?;
     if let Some(n) = args.limit {
@@ -171,7 +172,7 @@ pub(crate) fn eval_tract(args: &EvalArgs, refused: &vericonv::Error) -> Result<(
 
 /// Prints an evaluation's report, writes its JSON, and says whether it went as it must: private
 /// logits equal to the quantized model's and every corrupted answer caught.
-pub(crate) fn finish_eval(args: &EvalArgs, report: EvalReport, scales: &str) -> Result<(), vericonv::Error> {
+pub(crate) fn finish_eval(args: &EvalArgs, report: EvalReport, scales: &str) -> Result<(), anyhow::Error> {
     let p = &args.protocol;
     let pct = |x: f64| format!("{:6.2}%", 100.0 * x);
     println!(
@@ -222,20 +223,17 @@ pub(crate) fn finish_eval(args: &EvalArgs, report: EvalReport, scales: &str) -> 
         ))
     });
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| vericonv::Error::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     }
-    let json = serde_json::to_string_pretty(&report)
-        .map_err(|e| vericonv::Error::Internal(format!("serializing the report: {e}")))?;
-    std::fs::write(&path, json).map_err(|e| vericonv::Error::io(&path, e))?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| anyhow::anyhow!("serializing the report: {e}"))?;
+    std::fs::write(&path, json).map_err(|e| ModelError::io(&path, e))?;
     println!("  report     {}", path.display());
     let rejected: u64 = report.layers.iter().map(|l| l.rejected).sum();
     // In mode two-server with both clouds cheating, one rejected call may hold two corrupted
     // answers.
     let cheats_per_call = if p.privacy().clouds() == 2 && args.tamper_cloud == TamperChoice::Both { 2 } else { 1 };
     if rejected * cheats_per_call < report.corrupted_calls || report.logits_bit_identical != report.private_answered {
-        return Err(vericonv::Error::Internal(
-            "private inference disagreed with the quantized model or missed a corrupted answer".into(),
-        ));
+        anyhow::bail!("private inference disagreed with the quantized model or missed a corrupted answer");
     }
     // Rejections beyond the answers corrupted here on purpose: a cloud (a remote server) lied.
     if rejected > report.corrupted_calls {
@@ -244,7 +242,7 @@ pub(crate) fn finish_eval(args: &EvalArgs, report: EvalReport, scales: &str) -> 
             images: report.private_rejected,
         };
         println!("  verdict    {caught}");
-        return Err(caught);
+        return Err(caught.into());
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use vericonv_model::ModelError;
 
 use clap::ValueEnum;
 use clap::builder::TypedValueParser;
@@ -131,15 +132,15 @@ pub(crate) struct RemoteArgs {
 
 impl RemoteArgs {
     /// Refuses one cloud for both shares: URLs that resolve to a common socket address.
-    pub(crate) fn check_distinct(&self) -> Result<(), vericonv::Error> {
+    pub(crate) fn check_distinct(&self) -> Result<(), anyhow::Error> {
         match vericonv_remote::same_cloud(&self.cloud, &self.cloud_b)? {
-            Some(url) => Err(vericonv::Error::SameCloudTwice(url)),
+            Some(url) => Err(vericonv::Error::SameCloudTwice(url).into()),
             None => Ok(()),
         }
     }
 
     /// A client of the replicas `urls` with these options, or `None` when there are none.
-    pub(crate) fn connect(&self, urls: &[String]) -> Result<Option<vericonv_remote::RemoteBackend>, vericonv::Error> {
+    pub(crate) fn connect(&self, urls: &[String]) -> Result<Option<vericonv_remote::RemoteBackend>, anyhow::Error> {
         if urls.is_empty() {
             return Ok(None);
         }
@@ -175,7 +176,7 @@ impl ProtocolArgs {
         &self,
         choice: BackendChoice,
         urls: &[String],
-    ) -> Result<(Box<dyn CloudBackend>, String), vericonv::Error> {
+    ) -> Result<(Box<dyn CloudBackend>, String), anyhow::Error> {
         let Some(remote) = self.remote.connect(urls)? else { return select_backend(choice) };
         let info = remote.info()?;
         Ok((Box::new(remote), format!("remote, serving with {} (vericonv {})", info.backend, info.version)))
@@ -195,10 +196,10 @@ impl ProtocolArgs {
     /// The cloud(s) of the selected privacy mode, each wrapped in a [`TamperingBackend`] that
     /// corrupts `tamper_rate` of its answers (cloud A, B or both in mode two-server), and the
     /// reason for the backend choice.
-    pub(crate) fn clouds(&self, tamper_rate: f64, tamper: TamperChoice) -> Result<CloudSetup, vericonv::Error> {
+    pub(crate) fn clouds(&self, tamper_rate: f64, tamper: TamperChoice) -> Result<CloudSetup, anyhow::Error> {
         let two = self.privacy().clouds() == 2;
         if !self.remote.cloud_b.is_empty() && !two {
-            return Err(vericonv::Error::CloudCount { mode: self.privacy().name(), needed: 1, got: 2 });
+            return Err(vericonv::Error::CloudCount { mode: self.privacy().name(), needed: 1, got: 2 }.into());
         }
         self.remote.check_distinct()?;
         let (a, why) = self.backend_or_remote(self.backend, &self.remote.cloud)?;
@@ -288,7 +289,7 @@ pub(crate) struct NormArgs {
 
 /// Picks the cloud backend and explains the choice.
 #[cfg(feature = "gpu")]
-pub(crate) fn select_backend(choice: BackendChoice) -> Result<(Box<dyn CloudBackend>, String), vericonv::Error> {
+pub(crate) fn select_backend(choice: BackendChoice) -> Result<(Box<dyn CloudBackend>, String), anyhow::Error> {
     match choice {
         BackendChoice::Cpu => Ok((Box::new(CpuBackend::new()), "requested".into())),
         BackendChoice::Gpu => Ok((Box::new(GpuBackend::new(&GpuOptions::default())?), "requested".into())),
@@ -308,10 +309,10 @@ pub(crate) fn select_backend(choice: BackendChoice) -> Result<(Box<dyn CloudBack
 
 /// Without the `gpu` feature only the CPU backend exists.
 #[cfg(not(feature = "gpu"))]
-pub(crate) fn select_backend(choice: BackendChoice) -> Result<(Box<dyn CloudBackend>, String), vericonv::Error> {
+pub(crate) fn select_backend(choice: BackendChoice) -> Result<(Box<dyn CloudBackend>, String), anyhow::Error> {
     match choice {
         BackendChoice::Gpu => {
-            Err(vericonv::Error::Unsupported("this build has no GPU backend (rebuild with the `gpu` feature)".into()))
+            Err(anyhow::anyhow!("unsupported: this build has no GPU backend (rebuild with the `gpu` feature)"))
         }
         _ => Ok((Box::new(CpuBackend::new()), "this build has no GPU backend".into())),
     }
@@ -322,15 +323,14 @@ pub(crate) fn ms(d: Duration) -> String {
 }
 
 /// Writes `rows` as pretty JSON.
-pub(crate) fn write_json<T: serde::Serialize>(rows: &[T], path: &Path) -> Result<(), vericonv::Error> {
-    let json = serde_json::to_string_pretty(rows)
-        .map_err(|e| vericonv::Error::Internal(format!("serializing the bench report: {e}")))?;
-    std::fs::write(path, json).map_err(|e| vericonv::Error::io(path, e))
+pub(crate) fn write_json<T: serde::Serialize>(rows: &[T], path: &Path) -> Result<(), anyhow::Error> {
+    let json = serde_json::to_string_pretty(rows).map_err(|e| anyhow::anyhow!("serializing the bench report: {e}"))?;
+    std::fs::write(path, json).map_err(|e| ModelError::io(path, e)).map_err(anyhow::Error::from)
 }
 
 /// Loads a native or ONNX model, applies `--mean/--std`, and says which normalisation is in
 /// use (and warns when an ONNX model has none: PyTorch exports never do).
-pub(crate) fn load_model(path: &Path, norm: &NormArgs) -> Result<Model, vericonv::Error> {
+pub(crate) fn load_model(path: &Path, norm: &NormArgs) -> vericonv_model::Result<Model> {
     let (model, recorded) = Model::open(path)?;
     let (model, source) = match (&norm.mean, &norm.std) {
         (Some(mean), Some(std)) => (model.with_normalization(mean.clone(), std.clone())?, "from --mean/--std"),

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+use vericonv_model::ModelError;
 
 use clap::builder::TypedValueParser;
 
@@ -49,7 +50,7 @@ pub(crate) struct RunArgs {
 
 /// `vericonv run`: one input through an ONNX model on tract, every convolution private.
 #[cfg(feature = "tract")]
-pub(crate) fn run(args: &RunArgs) -> Result<(), vericonv::Error> {
+pub(crate) fn run(args: &RunArgs) -> Result<(), anyhow::Error> {
     use std::sync::Arc;
     use vericonv_cli::run::{read_input, top_k, write_npy};
     use vericonv_model::tract::{ConvExecutor, PrivateConvs, TractModel};
@@ -60,11 +61,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), vericonv::Error> {
     let (mean, std) = (args.mean.clone().unwrap_or_default(), args.std.clone().unwrap_or_default());
     let x = read_input(&args.input, model.image_shape(), &mean, &std)?;
     let labels = match &args.labels {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| vericonv::Error::io(path, e))?
-            .lines()
-            .map(str::to_string)
-            .collect(),
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?.lines().map(str::to_string).collect()
+        }
         None => Vec::new(),
     };
     warn_if_lowrank(p.privacy());

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use vericonv_model::ModelError;
 
 use clap::builder::TypedValueParser;
 use rand::RngExt;
@@ -70,13 +71,13 @@ pub(crate) struct ServeArgs {
 }
 
 /// `vericonv serve`: the cloud as a gRPC server, until SIGINT or SIGTERM.
-pub(crate) fn serve(args: &ServeArgs) -> Result<(), vericonv::Error> {
+pub(crate) fn serve(args: &ServeArgs) -> Result<(), anyhow::Error> {
     use std::io::Write;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
-    let read = |p: &Path| std::fs::read(p).map_err(|e| vericonv::Error::io(p, e));
+    let read = |p: &Path| std::fs::read(p).map_err(|e| ModelError::io(p, e));
     let (backend, why) = select_backend(args.backend)?;
     let backend: std::sync::Arc<dyn CloudBackend> = if args.tamper_rate > 0.0 {
         eprintln!("warning: --tamper-rate {}: this server lies on purpose", args.tamper_rate);
@@ -102,8 +103,7 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), vericonv::Error> {
         _ => None,
     };
     let scheme = if tls.is_some() { "grpcs" } else { "grpc" };
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| vericonv::Error::Internal(format!("tokio runtime: {e}")))?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| anyhow::anyhow!("tokio runtime: {e}"))?;
     let served = runtime.block_on(async {
         let bind = |addr: std::net::SocketAddr| async move {
             tokio::net::TcpListener::bind(addr).await.map_err(|e| {

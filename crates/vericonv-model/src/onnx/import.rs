@@ -19,11 +19,11 @@ use super::{Tensor, TensorData, attribute, conv_geometry, read_model};
 use crate::graph::output_len;
 use crate::ops::Pool;
 use crate::{BatchNorm, ConvAttrs, GraphBuilder, InputSpec, Model, Op, Source};
+use crate::{ModelError, Result};
 use vericonv::geometry::Padding;
-use vericonv::{Error, Result};
 
-fn unsupported(node: &NodeProto, what: impl std::fmt::Display) -> Error {
-    Error::Unsupported(format!("ONNX node `{}` ({}): {what}", node_name(node), node.op_type))
+fn unsupported(node: &NodeProto, what: impl std::fmt::Display) -> ModelError {
+    ModelError::Unsupported(format!("ONNX node `{}` ({}): {what}", node_name(node), node.op_type))
 }
 
 fn node_name(node: &NodeProto) -> &str {
@@ -103,7 +103,7 @@ fn pool_of(node: &NodeProto) -> Result<Pool> {
 /// Imports an ONNX classifier with one image input `N × C × H × W`.
 ///
 /// # Errors
-/// [`Error::Io`], [`Error::Parse`] for a corrupt file, [`Error::Unsupported`] naming the first
+/// [`crate::ModelError::Io`], [`crate::ModelError::Parse`] for a corrupt file, [`crate::ModelError::Unsupported`] naming the first
 /// unsupported operator or attribute.
 pub fn import_model(path: impl AsRef<Path>) -> Result<Model> {
     import_model_recorded(path.as_ref()).map(|(model, _)| model)
@@ -219,15 +219,17 @@ fn scalar(node: &NodeProto, input: Option<&Tensor>, attr: &str, default: f32) ->
 /// # Errors
 /// As [`import_model`].
 pub fn import_proto(model: &ModelProto, name: &str) -> Result<Model> {
-    let graph =
-        model.graph.as_ref().ok_or_else(|| Error::Parse { what: "ONNX model".into(), message: "no graph".into() })?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| ModelError::Parse { what: "ONNX model".into(), message: "no graph".into() })?;
     let mut consts: HashMap<String, Tensor> = HashMap::new();
     for t in &graph.initializer {
         consts.insert(t.name.clone(), Tensor::from_proto(t)?);
     }
     let inputs: Vec<&ValueInfoProto> = graph.input.iter().filter(|i| !consts.contains_key(&i.name)).collect();
     let [input] = inputs.as_slice() else {
-        return Err(Error::Unsupported(format!(
+        return Err(ModelError::Unsupported(format!(
             "ONNX graphs with {} data inputs (one image input is supported)",
             inputs.len()
         )));
@@ -242,7 +244,7 @@ pub fn import_proto(model: &ModelProto, name: &str) -> Result<Model> {
     let (c, h, w) = match dims.as_slice() {
         [_, Some(c), Some(h), Some(w)] if *c > 0 && *h > 0 && *w > 0 => (*c as usize, *h as usize, *w as usize),
         other => {
-            return Err(Error::Unsupported(format!(
+            return Err(ModelError::Unsupported(format!(
                 "ONNX input `{}` has shape {other:?}; N×C×H×W with fixed C, H, W is supported",
                 input.name
             )));
@@ -484,7 +486,7 @@ pub fn import_proto(model: &ModelProto, name: &str) -> Result<Model> {
     let last = b.last();
     match b.source("output", output)? {
         Source::Node(_) if b.source("output", &last)? == b.source("output", output)? => b.finish(name),
-        _ => Err(Error::Unsupported(format!("the ONNX output `{output}` is not the last operator's result"))),
+        _ => Err(ModelError::Unsupported(format!("the ONNX output `{output}` is not the last operator's result"))),
     }
 }
 
@@ -666,8 +668,8 @@ pub fn export_model(model: &Model) -> ModelProto {
 /// Writes [`export_model`]'s result to `path`.
 ///
 /// # Errors
-/// [`Error::Io`].
+/// [`crate::ModelError::Io`].
 pub fn write_model(model: &Model, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    std::fs::write(path, export_model(model).encode_to_vec()).map_err(|e| Error::io(path, e))
+    std::fs::write(path, export_model(model).encode_to_vec()).map_err(|e| ModelError::io(path, e))
 }

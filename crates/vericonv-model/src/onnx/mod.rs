@@ -7,9 +7,9 @@ pub mod proto;
 use crate::floats::{self, FloatType};
 use prost::Message;
 
+use crate::{ModelError, Result};
 use proto::{ModelProto, NodeProto, TensorProto};
 use vericonv::geometry::{Conv2d, Padding};
-use vericonv::{Error, Result};
 
 /// Tensor element values, widened: floating types to `f32`, integer types to `i64`.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,18 +31,18 @@ pub struct Tensor {
     pub data: TensorData,
 }
 
-fn parse_err(what: &str, message: impl Into<String>) -> Error {
-    Error::Parse { what: what.into(), message: message.into() }
+fn parse_err(what: &str, message: impl Into<String>) -> ModelError {
+    ModelError::Parse { what: what.into(), message: message.into() }
 }
 
 fn read_bytes(path: &std::path::Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    std::fs::read(path).map_err(|e| ModelError::io(path, e))
 }
 
 /// Reads a serialized `TensorProto` (`.pb`) file.
 ///
 /// # Errors
-/// [`Error::Io`], or [`Error::Parse`] for a corrupt file, [`Error::Unsupported`] for an element
+/// [`crate::ModelError::Io`], or [`crate::ModelError::Parse`] for a corrupt file, [`crate::ModelError::Unsupported`] for an element
 /// type other than numbers.
 pub fn read_tensor(path: impl AsRef<std::path::Path>) -> Result<Tensor> {
     let path = path.as_ref();
@@ -55,7 +55,7 @@ pub fn read_tensor(path: impl AsRef<std::path::Path>) -> Result<Tensor> {
 /// Reads a `ModelProto` (`.onnx`) file.
 ///
 /// # Errors
-/// [`Error::Io`], or [`Error::Parse`] for a corrupt file or a model without a graph.
+/// [`crate::ModelError::Io`], or [`crate::ModelError::Parse`] for a corrupt file or a model without a graph.
 pub fn read_model(path: impl AsRef<std::path::Path>) -> Result<ModelProto> {
     let path = path.as_ref();
     let bytes = read_bytes(path)?;
@@ -71,7 +71,7 @@ impl Tensor {
     /// Decodes a `TensorProto`, from its typed fields or its `raw_data`.
     ///
     /// # Errors
-    /// [`Error::Parse`] when the element count does not match the shape, [`Error::Unsupported`]
+    /// [`crate::ModelError::Parse`] when the element count does not match the shape, [`crate::ModelError::Unsupported`]
     /// for non-numeric element types.
     pub fn from_proto(t: &TensorProto) -> Result<Self> {
         let what = format!("tensor `{}`", t.name);
@@ -122,7 +122,7 @@ impl Tensor {
             9 if use_raw => TensorData::Int(from_raw(1)?.map(|c| i64::from(c[0] != 0)).collect()),
             2..=6 | 9 => TensorData::Int(t.int32_data.iter().map(|&v| i64::from(v)).collect()),
             7 => TensorData::Int(t.int64_data.clone()),
-            other => return Err(Error::Unsupported(format!("{what}: element type {other}"))),
+            other => return Err(ModelError::Unsupported(format!("{what}: element type {other}"))),
         };
         let len = match &data {
             TensorData::Float(v) => v.len(),
@@ -138,7 +138,7 @@ impl Tensor {
     /// value is an integer.
     ///
     /// # Errors
-    /// [`Error::Parse`] when a float value is not integral or out of `i64` range.
+    /// [`crate::ModelError::Parse`] when a float value is not integral or out of `i64` range.
     pub fn to_integers(&self) -> Result<Vec<i64>> {
         match &self.data {
             TensorData::Int(v) => Ok(v.clone()),
@@ -166,7 +166,7 @@ fn usize_pair(node: &NodeProto, name: &str, default: usize) -> Result<(usize, us
         None => Ok((default, default)),
         Some(a) => match a.ints.as_slice() {
             &[x, y] if x >= 0 && y >= 0 => Ok((x as usize, y as usize)),
-            other => Err(Error::Unsupported(format!(
+            other => Err(ModelError::Unsupported(format!(
                 "node `{}` ({}): attribute {name} = {other:?} (2-D only)",
                 node.name, node.op_type
             ))),
@@ -180,10 +180,10 @@ fn usize_pair(node: &NodeProto, name: &str, default: usize) -> Result<(usize, us
 /// Handles `pads`, `strides`, `dilations`, `group`, `kernel_shape` and every `auto_pad` mode.
 ///
 /// # Errors
-/// [`Error::Unsupported`] for an unknown attribute or a non-2-D convolution, and the geometry
+/// [`crate::ModelError::Unsupported`] for an unknown attribute or a non-2-D convolution, and the geometry
 /// errors of [`Conv2d`].
 pub fn conv_geometry(node: &NodeProto, x_dims: &[usize], w_dims: &[usize]) -> Result<(Conv2d, usize)> {
-    let unsupported = |msg: String| Error::Unsupported(format!("node `{}` ({}): {msg}", node.name, node.op_type));
+    let unsupported = |msg: String| ModelError::Unsupported(format!("node `{}` ({}): {msg}", node.name, node.op_type));
     for a in &node.attribute {
         if !["auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"].contains(&a.name.as_str()) {
             return Err(unsupported(format!("attribute `{}`", a.name)));

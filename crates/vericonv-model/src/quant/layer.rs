@@ -9,10 +9,10 @@ use rayon::prelude::*;
 use crate::exec::{MIN_TASK, Tail};
 use crate::ops::ExactWeights;
 use crate::{Model, ops};
+use crate::{ModelError, Result};
 use vericonv::client::check_exactness;
 use vericonv::field::SmallInt;
 use vericonv::geometry::Conv2d;
-use vericonv::{Error, Result};
 
 /// How a model is quantized.
 #[derive(Clone, Debug, PartialEq)]
@@ -292,7 +292,7 @@ pub(super) fn bits_ok(bits: u32) -> Result<()> {
     if (2..=16).contains(&bits) {
         Ok(())
     } else {
-        Err(Error::Unsupported(format!("{bits}-bit quantization (2 to 16 bits are supported)")))
+        Err(ModelError::Unsupported(format!("{bits}-bit quantization (2 to 16 bits are supported)")))
     }
 }
 

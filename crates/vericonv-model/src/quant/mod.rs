@@ -11,6 +11,7 @@
 mod layer;
 mod pipeline;
 
+use crate::Result;
 use crate::exec::{Workspace, float_linear_op};
 use crate::{Model, Op};
 use layer::bits_ok;
@@ -20,7 +21,6 @@ pub use layer::{
 };
 #[cfg(feature = "tract")]
 pub(crate) use layer::{Quantized, quantize_image};
-use vericonv::Result;
 use vericonv::geometry::Conv2d;
 
 impl QuantModel {
@@ -28,7 +28,7 @@ impl QuantModel {
     /// exactness bound with `Bx = 2^(b_x-1) - 1`. Activation scales start dynamic.
     ///
     /// # Errors
-    /// [`vericonv::Error::Unsupported`] for bit widths outside 2..=16, [`vericonv::Error::ExactnessBound`] naming the
+    /// [`crate::ModelError::Unsupported`] for bit widths outside 2..=16, [`vericonv::Error::ExactnessBound`] naming the
     /// first layer that could overflow F_p.
     pub fn new(model: &Model, cfg: QuantConfig) -> Result<Self> {
         bits_ok(cfg.weight_bits)?;

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::layer::{Epilogue, ForwardTimes, IntegerExecutor, QuantInput, QuantLayer, QuantModel, qmax, quantize_image};
 use crate::exec::{QuantBuffers, Step, Tail, Value, Workspace};
 use crate::graph::{Op, Source};
-use vericonv::{Error, Result};
+use crate::{ModelError, Result};
 
 /// The mutable parts of one image in one stage.
 struct ImageParts<'a> {
@@ -61,7 +61,7 @@ fn last_stages(model: &crate::Model, steps: &[Step], linear: &[usize]) -> (Vec<u
 fn layer_of(qm: &QuantModel, node: usize) -> Result<&QuantLayer> {
     qm.layers[node]
         .as_ref()
-        .ok_or_else(|| Error::Unsupported(format!("layer `{}` is not quantized", qm.model.nodes[node].name)))
+        .ok_or_else(|| ModelError::Unsupported(format!("layer `{}` is not quantized", qm.model.nodes[node].name)))
 }
 
 /// See [`QuantModel::forward_with`].
@@ -245,7 +245,7 @@ pub(crate) fn forward_with(
             .last()
             .and_then(Option::as_ref)
             .map(|v| v.data().to_vec())
-            .ok_or_else(|| Error::Parse { what: format!("model `{}`", model.name), message: "no layers".into() })
+            .ok_or_else(|| ModelError::Parse { what: format!("model `{}`", model.name), message: "no layers".into() })
     })();
     for v in values.into_iter().flatten().chain(x) {
         pool.give(v);
@@ -288,7 +288,7 @@ impl Sources<'_> {
         };
         value
             .map(|v| &v.data()[b * len..][..len])
-            .ok_or_else(|| Error::Internal("a node reads a value already freed".into()))
+            .ok_or_else(|| ModelError::Internal("a node reads a value already freed".into()))
     }
 }
 

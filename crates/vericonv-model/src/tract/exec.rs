@@ -6,11 +6,12 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::Result;
 use rayon::prelude::*;
+use vericonv::Error;
 use vericonv::client::{CallBuffers, LayerConfig, PrivateConv};
 use vericonv::cloud::{CloudBackend, Clouds};
 use vericonv::keys::KeyRng;
-use vericonv::{Error, Result};
 
 use super::{PrivateLayer, TractModel};
 use crate::exec::MIN_TASK;
@@ -111,12 +112,12 @@ impl PrivateConvs {
     pub fn new(clouds: OwnedClouds, cfg: PrivateConfig, rng: KeyRng) -> Result<Self> {
         let count = 1 + usize::from(clouds.1.is_some());
         if count != cfg.privacy.clouds() {
-            return Err(Error::CloudCount { mode: cfg.privacy.name(), needed: cfg.privacy.clouds(), got: count });
+            return Err(Error::CloudCount { mode: cfg.privacy.name(), needed: cfg.privacy.clouds(), got: count }.into());
         }
         if let (a, Some(b)) = &clouds
             && Arc::ptr_eq(a, b)
         {
-            return Err(Error::SameCloudTwice(a.name()));
+            return Err(Error::SameCloudTwice(a.name()).into());
         }
         let state = State { rng, layers: HashMap::new(), stats: HashMap::new(), bufs: CallBuffers::default() };
         Ok(Self { clouds, cfg, state: Mutex::new(state) })
@@ -211,7 +212,7 @@ impl ConvExecutor for PrivateConvs {
                 if matches!(e, Error::VerificationFailed { .. } | Error::MalformedAnswer { .. }) {
                     st.rejected += 1;
                 }
-                Err(e)
+                Err(e.into())
             }
         }
     }

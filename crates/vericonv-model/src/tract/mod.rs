@@ -19,6 +19,7 @@ mod op;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::{ModelError, Result};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, PoolSpec};
@@ -26,8 +27,8 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
+use vericonv::Error;
 use vericonv::geometry::{Conv2d, Padding};
-use vericonv::{Error, Result};
 
 pub use exec::{ConvExecutor, OwnedClouds, PrivateConvs, Reference};
 
@@ -102,12 +103,12 @@ impl std::fmt::Debug for TractModel {
 }
 
 /// A tract error as this crate's error, naming what was being done.
-fn tract_error(what: &str, e: &TractError) -> Error {
-    Error::Parse { what: what.to_string(), message: format!("{e:#}") }
+fn tract_error(what: &str, e: &TractError) -> ModelError {
+    ModelError::Parse { what: what.to_string(), message: format!("{e:#}") }
 }
 
 /// `f()`, with a panic inside tract (a large parser and optimizer of untrusted graphs) turned
-/// into an [`Error::Parse`] about `what`: the caller always gets a typed error.
+/// into an [`crate::ModelError::Parse`] about `what`: the caller always gets a typed error.
 fn guarded<T>(what: String, f: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
         let why = panic
@@ -115,7 +116,7 @@ fn guarded<T>(what: String, f: impl FnOnce() -> Result<T>) -> Result<T> {
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "tract panicked".into());
-        Err(Error::Parse { what, message: format!("tract failed on this model: {why}") })
+        Err(ModelError::Parse { what, message: format!("tract failed on this model: {why}") })
     })
 }
 
@@ -128,12 +129,12 @@ impl TractModel {
     /// takes the model's own, which must then be fixed apart from the batch.
     ///
     /// # Errors
-    /// [`Error::Io`] for a file that cannot be read; [`Error::Parse`] with tract's reason (and
+    /// [`crate::ModelError::Io`] for a file that cannot be read; [`crate::ModelError::Parse`] with tract's reason (and
     /// the node it names) for a model tract cannot load or type; [`Error::ExactnessBound`] for
     /// a convolution that could overflow F_p.
     pub fn open(path: &Path, image_shape: Option<&[usize]>, cfg: &QuantConfig) -> Result<Self> {
         let what = format!("ONNX model {}", path.display());
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
         guarded(what, || Self::load(path, &bytes, image_shape, cfg))
     }
 
@@ -142,13 +143,13 @@ impl TractModel {
         let model = tract_onnx::onnx().model_for_read(&mut &bytes[..]).map_err(|e| tract_error(&what, &e))?;
         let image_shape = match image_shape {
             Some(s) => s.to_vec(),
-            None => declared_image_shape(&model).map_err(|m| Error::Parse { what: what.clone(), message: m })?,
+            None => declared_image_shape(&model).map_err(|m| ModelError::Parse { what: what.clone(), message: m })?,
         };
         // One image must be a tensor that can exist: every dimension at least 1, at most
         // MAX_IMAGE_ELEMENTS in all (checked before tract plans anything for it).
         let elements = image_shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d).filter(|_| d > 0));
         if elements.is_none_or(|n| n > MAX_IMAGE_ELEMENTS) {
-            return Err(Error::Parse {
+            return Err(ModelError::Parse {
                 what,
                 message: format!(
                     "an input of shape {image_shape:?} per image; each dimension must be at least 1 and an image at most {MAX_IMAGE_ELEMENTS} elements"
@@ -234,7 +235,7 @@ impl TractModel {
     /// with [`Reference`], the private one with [`PrivateConvs`].
     ///
     /// # Errors
-    /// [`Error::Parse`] with tract's reason when it cannot optimize the graph.
+    /// [`crate::ModelError::Parse`] with tract's reason when it cannot optimize the graph.
     pub fn plan(&self, exec: Option<Arc<dyn ConvExecutor>>) -> Result<Plan> {
         self.plan_with(exec, true)
     }
@@ -268,7 +269,7 @@ impl TractModel {
                     }
                     (_, Some(c), _) => (op::Replaced::Conv(c.clone(), facts()?), 0),
                     (_, _, Some(d)) => (op::Replaced::Deconv(d.clone(), facts()?), 0),
-                    _ => return Err(Error::Internal("a private node moved".into())),
+                    _ => return Err(ModelError::Internal("a private node moved".into())),
                 };
                 let (fused, residual, last) =
                     if fuse { fusable(&model, node.id) } else { (op::Fused::default(), None, node.id) };
@@ -374,20 +375,22 @@ impl Plan {
     /// # Errors
     /// [`Error::LengthMismatch`] for an input that is not whole images; the executor's errors
     /// (for the private one: the clouds' errors and verification failures, which decrypt
-    /// nothing); [`Error::Parse`] with tract's reason when tract fails.
+    /// nothing); [`crate::ModelError::Parse`] with tract's reason when tract fails.
     pub fn run(&self, images: &[f32]) -> Result<(Vec<f32>, Vec<usize>)> {
         let per: usize = self.image_shape.iter().product();
         if per == 0 || images.is_empty() || !images.len().is_multiple_of(per) {
-            return Err(Error::LengthMismatch { what: "model input", expected: per, got: images.len() });
+            return Err(Error::LengthMismatch { what: "model input", expected: per, got: images.len() }.into());
         }
         let mut shape = vec![images.len() / per];
         shape.extend(&self.image_shape);
         let input = Tensor::from_shape(&shape, images).map_err(|e| tract_error(&self.name, &e))?;
         // An executor's own error (a cheating cloud) comes back through tract: recover it.
         let out = self.plan.run(tvec!(input.into())).map_err(|e| {
-            e.downcast_ref::<Error>().cloned().unwrap_or_else(|| tract_error(&format!("running {}", self.name), &e))
+            e.downcast_ref::<ModelError>()
+                .cloned()
+                .unwrap_or_else(|| tract_error(&format!("running {}", self.name), &e))
         })?;
-        let first = out.first().ok_or_else(|| Error::Internal("the model has no output".into()))?;
+        let first = out.first().ok_or_else(|| ModelError::Internal("the model has no output".into()))?;
         let view = first.to_plain_array_view::<f32>().map_err(|e| tract_error(&self.name, &e))?;
         Ok((view.iter().copied().collect(), first.shape().to_vec()))
     }
@@ -480,7 +483,7 @@ struct LayerShape {
 fn finish_layer(
     model: &TypedModel,
     node: &TypedNode,
-    geom: Result<Conv2d>,
+    geom: vericonv::Result<Conv2d>,
     shape: LayerShape,
     cfg: &QuantConfig,
     weights: impl FnOnce(Vec<f32>) -> Vec<f32>,
@@ -537,7 +540,7 @@ fn weights_of(model: &TypedModel, node: &TypedNode) -> Result<Found<(Vec<f32>, V
 /// A non-finite weight or bias is an error naming the node.
 fn check_finite(node: &TypedNode, weight: &[f32], bias: &[f32]) -> Result<()> {
     if let Some(i) = weight.iter().chain(bias).position(|v| !v.is_finite()) {
-        return Err(Error::Parse {
+        return Err(ModelError::Parse {
             what: format!("ONNX node `{}`", node.name),
             message: format!("weight or bias {i} is not finite"),
         });
