@@ -565,7 +565,7 @@ fn geometry_message(d: &[u64]) -> vericonv_remote::proto::Geometry {
 #[test]
 fn network_decoders_survive_hostile_messages() {
     use vericonv_remote::proto::{ConvRequest, RegisterKernelRequest};
-    use vericonv_remote::wire::{KernelHandle, decode_elements, geometry_from_proto};
+    use vericonv_remote::{KernelHandle, decode_elements, geometry_from_proto};
     fuzz("wire", (wire_geometry(), prop::collection::vec(any::<u8>(), 0..256)), |(d, bytes)| {
         // The path of RegisterKernel: geometry, then a kernel of exactly its length.
         let r = geometry_from_proto(&geometry_message(&d));
@@ -595,10 +595,10 @@ fn network_decoders_survive_hostile_messages() {
 
 #[test]
 fn a_live_server_answers_hostile_requests_with_statuses_and_stays_up() {
+    use vericonv_remote::KernelHandle;
     use vericonv_remote::proto::cloud_client::CloudClient;
     use vericonv_remote::proto::conv_request::Input;
     use vericonv_remote::proto::{ConvRequest, RegisterKernelRequest};
-    use vericonv_remote::wire::KernelHandle;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
     let addr = listener.local_addr().expect("addr");
@@ -619,7 +619,7 @@ fn a_live_server_answers_hostile_requests_with_statuses_and_stays_up() {
         let mut c = client.clone();
         let geometry = Some(geometry_message(&d));
         // A kernel of about the right length, sometimes off by one element or holding p.
-        let geom = vericonv_remote::wire::geometry_from_proto(geometry.as_ref().expect("some")).ok();
+        let geom = vericonv_remote::geometry_from_proto(geometry.as_ref().expect("some")).ok();
         let len = geom.map_or(rng.random_range(0..64), |g| g.kernel_len()).min(1 << 16);
         let image = geom.map_or(0, |g| g.image_len()).min(1 << 16);
         let mut kernel: Vec<u8> =

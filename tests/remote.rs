@@ -21,7 +21,7 @@ use vericonv_model::{Model, PrivateConfig, PrivateExecutor};
 use vericonv_remote::proto::cloud_client::CloudClient;
 use vericonv_remote::proto::conv_request::Input;
 use vericonv_remote::proto::{self, ConvRequest, RegisterKernelRequest};
-use vericonv_remote::wire::{KernelHandle, encode_elements, geometry_to_proto};
+use vericonv_remote::{KernelHandle, encode_elements, geometry_to_proto};
 use vericonv_remote::{Listen, RemoteBackend, RemoteError, RemoteOptions, ServerConfig};
 
 /// The gRPC code of a remote cloud's error (`None` for any other error).

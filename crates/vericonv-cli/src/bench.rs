@@ -31,7 +31,6 @@ use vericonv::privacy::Privacy;
 use vericonv::reference;
 use vericonv::share::ShareSeed;
 use vericonv::verify::{Claim, FastRounds, Mode, Verdict, Verified, kernel_fold, verify};
-use vericonv_model::ops;
 
 /// One layer of a suite.
 #[derive(Clone, Debug)]
@@ -229,7 +228,7 @@ fn conv_gemm(g: &Conv2d, batch: usize, w: &[f32], x: &[f32], threads: usize) -> 
     for b in 0..batch {
         let img = &x[b * g.image_len()..][..g.image_len()];
         for grp in 0..g.groups() {
-            let col = ops::im2col(g, img, grp);
+            let col = vericonv_model::im2col(g, img, grp);
             let a = &w[grp * cpo * m..][..cpo * m];
             let out = &mut y[(b * g.cout() + grp * cpo) * n..][..cpo * n];
             // SAFETY: a is cpo×m, col is m×n, out is cpo×n, all row-major with the strides given.
@@ -493,7 +492,7 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Vec<B
     quantize_into(&xf, &mut xq);
     let xi: Vec<i32> = xq.iter().map(|&v| M31::lift(v) as i32).collect();
     let mut exact = vec![0i32; b * g.output_image_len()];
-    ops::conv_int_into(g, b, &ops::ExactWeights::new(g, &wq, 127, 127), &xi, &mut exact);
+    vericonv_model::conv_int_into(g, b, &vericonv_model::ExactWeights::new(g, &wq, 127, 127), &xi, &mut exact);
     let cloud = CpuBackend::with_threads(opts.threads)?;
     let wscale = 1.0f32 / 127.0;
     let mut costs = Vec::new();

@@ -307,10 +307,10 @@ fn hostile_clients_get_bounded_answers_and_the_server_keeps_serving() {
 
 #[test]
 fn one_32_byte_seed_call_neither_kills_nor_grows_the_server() {
+    use vericonv_remote::geometry_to_proto;
     use vericonv_remote::proto::cloud_client::CloudClient;
     use vericonv_remote::proto::conv_request::Input;
     use vericonv_remote::proto::{ConvChunk, ConvRequest, RegisterKernelRequest};
-    use vericonv_remote::wire::geometry_to_proto;
 
     let server = Server::start(&["--max-message-mb", "1", "--max-tensor-mb", "1"]);
     let before = server.peak_rss_mib();

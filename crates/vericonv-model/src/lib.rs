@@ -16,7 +16,7 @@ mod format;
 mod graph;
 mod model;
 pub mod onnx;
-pub mod ops;
+mod ops;
 mod private;
 pub mod quant;
 #[cfg(feature = "tract")]
@@ -26,4 +26,5 @@ pub use error::{ModelError, Result};
 pub use exec::{Workspace, argmax};
 pub use format::{FORMAT, LayerSpec, ModelFile, OpSpec, PoolSpec};
 pub use graph::{BatchNorm, ConvAttrs, GraphBuilder, InputSpec, MAX_ELEMENTS, Model, Node, Op, Shape, Source};
+pub use ops::{ExactWeights, Pool, conv_int_into, im2col};
 pub use private::{LayerStats, PrivateConfig, PrivateExecutor};

@@ -15,10 +15,10 @@
 mod client;
 mod conn;
 mod error;
-pub mod metrics;
-pub mod server;
+mod metrics;
+mod server;
 mod token;
-pub mod wire;
+mod wire;
 
 /// The generated protobuf messages and gRPC stubs of `proto/vericonv.proto`.
 #[allow(missing_docs, clippy::all)]
@@ -32,11 +32,13 @@ use std::sync::Arc;
 pub use client::{RemoteBackend, RemoteOptions, Target, same_cloud};
 pub use error::RemoteError;
 use metrics::Metrics;
-pub use server::{CloudService, ServerConfig};
+use server::CloudService;
+pub use server::ServerConfig;
 pub use token::read_token;
 use tonic::codegen::http;
 use vericonv::cloud::CloudBackend;
 use vericonv::{Error, Result};
+pub use wire::{KernelHandle, decode_elements, encode_elements, geometry_from_proto, geometry_to_proto};
 
 /// A PEM certificate chain and private key for TLS.
 #[derive(Clone)]
