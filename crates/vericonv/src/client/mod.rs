@@ -1,6 +1,8 @@
 //! The client side of one private convolution layer: it owns the plain kernel and every secret,
-//! and runs keygen → encrypt → (cloud) → verify → decrypt for each batch, in any of the three
-//! privacy modes ([`Privacy`]).
+//! and runs keygen → encrypt → (cloud) → verify → decrypt for each batch, in any of the four
+//! privacy modes ([`Privacy`]). What differs between the modes (what the client draws, sends to
+//! which clouds, verifies and unmasks) lives in one module per mode under `modes/`, behind one
+//! trait; [`PrivateConv`] runs the steps they share.
 
 mod buffers;
 mod modes;

@@ -2,9 +2,8 @@
 //! `β·(X + R)[π]`, `R` of rank ρ drawn fresh per image; the client unmasks with the separable
 //! correction `KG_t` and per-image tables.
 
-use super::{Layer, MaskingMode, one_cloud};
+use super::{Layer, MaskingMode};
 use crate::Result;
-use crate::cloud::Clouds;
 use crate::decrypt::{ImageTables, MaskKernel, Unmask, image_tables};
 use crate::encrypt::encrypt_image_lowrank;
 use crate::field::SmallInt;
@@ -39,19 +38,6 @@ impl MaskingMode for LowRank {
         encrypt_image_lowrank(key, &masks[b], x, sent)
     }
 
-    fn call(
-        &self,
-        layer: &Layer<'_>,
-        _masks: &Self::Secrets,
-        clouds: Clouds<'_>,
-        batch: usize,
-        sent: &[u32],
-        y: &mut Vec<u32>,
-        _yb: Option<&mut Vec<u32>>,
-    ) -> Result<()> {
-        one_cloud(clouds, layer.name)?.conv_session_into(layer.kernel_enc, batch, sent, y)
-    }
-
     fn fast_rounds<T: SmallInt>(
         layer: &Layer<'_>,
         masks: &Self::Secrets,
@@ -62,17 +48,6 @@ impl MaskingMode for LowRank {
         rng: &mut KeyRng,
     ) -> Result<FastRounds> {
         FastRounds::draw_plain(layer.key, layer.term, x, layer.bound, masks, layer.rounds, rng)
-    }
-
-    fn strict(
-        layer: &Layer<'_>,
-        _masks: &Self::Secrets,
-        batch: usize,
-        sent: &[u32],
-        (y, _): (&[u32], Option<&[u32]>),
-        rng: &mut KeyRng,
-    ) -> Result<Option<usize>> {
-        layer.strict(&layer.claim(batch, sent, y)?, rng)
     }
 
     fn tables(key: &SessionKey, masks: &Self::Secrets) -> Vec<ImageTables> {

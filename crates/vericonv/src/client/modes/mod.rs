@@ -132,18 +132,20 @@ pub(super) trait MaskingMode: Send + Sync + Sized {
     }
 
     /// Calls the mode's clouds on `sent`; the answer lands in `y` (cloud A's in `y`, cloud B's
-    /// in `yb`, in the two-cloud modes).
+    /// in `yb`, in the two-cloud modes). By default, the one cloud convolves `sent` with `K'`.
     #[allow(clippy::too_many_arguments)]
     fn call(
         &self,
         layer: &Layer<'_>,
-        secrets: &Self::Secrets,
+        _secrets: &Self::Secrets,
         clouds: Clouds<'_>,
         batch: usize,
         sent: &[u32],
         y: &mut Vec<u32>,
-        yb: Option<&mut Vec<u32>>,
-    ) -> Result<()>;
+        _yb: Option<&mut Vec<u32>>,
+    ) -> Result<()> {
+        one_cloud(clouds, layer.name)?.conv_session_into(layer.kernel_enc, batch, sent, y)
+    }
 
     /// Fast verification's rounds, drawn now that the answer is in: the input side from the
     /// plain input `x` where the mode allows it, else from `sent`.
@@ -158,15 +160,18 @@ pub(super) trait MaskingMode: Send + Sync + Sized {
         rng: &mut KeyRng,
     ) -> Result<FastRounds>;
 
-    /// Strict verification of the whole answer: the first rejecting round, if any.
+    /// Strict verification of the whole answer: the first rejecting round, if any. By default,
+    /// the one cloud's claim `y = K' * sent`.
     fn strict(
         layer: &Layer<'_>,
-        secrets: &Self::Secrets,
+        _secrets: &Self::Secrets,
         batch: usize,
         sent: &[u32],
-        answers: (&[u32], Option<&[u32]>),
+        (y, _): (&[u32], Option<&[u32]>),
         rng: &mut KeyRng,
-    ) -> Result<Option<usize>>;
+    ) -> Result<Option<usize>> {
+        layer.strict(&layer.claim(batch, sent, y)?, rng)
+    }
 
     /// Which cloud a rejected answer blames.
     fn blame(

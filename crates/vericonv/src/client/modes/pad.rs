@@ -1,8 +1,7 @@
 //! Mode `pad` (docs/scheme.md §12): one cloud receives `K'` and `β·(X + R)[π]`, `R` a uniform
 //! one-time pad drawn offline with `U = Conv(K, R)`; the client unmasks with `U`.
 
-use super::{Layer, MaskingMode, one_cloud};
-use crate::cloud::Clouds;
+use super::{Layer, MaskingMode};
 use crate::decrypt::{ImageTables, Unmask};
 use crate::encrypt::encrypt_image_padded;
 use crate::field::SmallInt;
@@ -51,19 +50,6 @@ impl MaskingMode for PadMasking {
         encrypt_image_padded(key, &pads[b], x, sent)
     }
 
-    fn call(
-        &self,
-        layer: &Layer<'_>,
-        _pads: &Self::Secrets,
-        clouds: Clouds<'_>,
-        batch: usize,
-        sent: &[u32],
-        y: &mut Vec<u32>,
-        _yb: Option<&mut Vec<u32>>,
-    ) -> Result<()> {
-        one_cloud(clouds, layer.name)?.conv_session_into(layer.kernel_enc, batch, sent, y)
-    }
-
     /// The input side comes from `X'`: the pad hides nothing the client must recompute.
     fn fast_rounds<T: SmallInt>(
         layer: &Layer<'_>,
@@ -75,17 +61,6 @@ impl MaskingMode for PadMasking {
         rng: &mut KeyRng,
     ) -> Result<FastRounds> {
         layer.fast_rounds_of_claim(batch, sent, y, rng)
-    }
-
-    fn strict(
-        layer: &Layer<'_>,
-        _pads: &Self::Secrets,
-        batch: usize,
-        sent: &[u32],
-        (y, _): (&[u32], Option<&[u32]>),
-        rng: &mut KeyRng,
-    ) -> Result<Option<usize>> {
-        layer.strict(&layer.claim(batch, sent, y)?, rng)
     }
 
     fn unmask<'a>(
