@@ -13,8 +13,8 @@
 //! Every configuration first checks its own outputs: the decrypted result equals the exact
 //! integer convolution, and the baselines agree with each other.
 
+use anyhow::Context;
 use std::time::{Duration, Instant};
-use vericonv_model::ModelError;
 
 use rand::RngExt;
 use serde::Serialize;
@@ -701,14 +701,14 @@ fn client_cost(
 /// [`ModelError::Io`].
 pub fn write_csv(rows: &[BenchRow], path: &std::path::Path) -> Result<()> {
     let csv_err = |e: csv::Error| match e.into_kind() {
-        csv::ErrorKind::Io(e) => ModelError::io(path, e).into(),
+        csv::ErrorKind::Io(e) => anyhow::Error::new(e).context(format!("writing {}", path.display())),
         other => anyhow::anyhow!("writing {}: {other:?}", path.display()),
     };
     let mut out = csv::Writer::from_path(path).map_err(csv_err)?;
     for r in rows {
         out.serialize(r).map_err(csv_err)?;
     }
-    out.flush().map_err(|e| ModelError::io(path, e)).map_err(anyhow::Error::from)
+    out.flush().with_context(|| format!("writing {}", path.display()))
 }
 
 /// Plots the client speedup over the best plaintext baseline per layer (one bar per batch

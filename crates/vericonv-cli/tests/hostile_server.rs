@@ -181,7 +181,7 @@ fn hostile_clients_get_bounded_answers_and_the_server_keeps_serving() {
         format!("closed after {:.1} s (keepalive 1 s); sent {}", started.elapsed().as_secs_f64(), frame_names(&kinds)),
     );
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let base = server.open_files();
+    let base = server.settled_open_files();
     let clients: Vec<_> = rt.block_on(async {
         let mut clients = Vec::new();
         for _ in 0..5 {

@@ -18,7 +18,6 @@ pub mod stats;
 
 use std::sync::Mutex;
 use std::time::Instant;
-use vericonv_model::ModelError;
 
 use rand::SeedableRng;
 use serde::Serialize;
@@ -490,7 +489,7 @@ pub fn write_examples_png(ex: &Examples, bound: u32, path: &std::path::Path) -> 
         }
     }
     img.save(path).map_err(|e| match e {
-        image::ImageError::IoError(e) => ModelError::io(path, e).into(),
+        image::ImageError::IoError(e) => anyhow::Error::new(e).context(format!("writing {}", path.display())),
         other => anyhow::anyhow!("encoding {}: {other}", path.display()),
     })
 }

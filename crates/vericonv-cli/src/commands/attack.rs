@@ -1,7 +1,7 @@
 //! `vericonv attack`: what a curious cloud recovers of a model's inputs and kernels.
 
+use anyhow::Context;
 use std::path::PathBuf;
-use vericonv_model::ModelError;
 
 use clap::builder::TypedValueParser;
 
@@ -98,7 +98,7 @@ pub(crate) fn attack(args: &AttackArgs) -> Result<(), anyhow::Error> {
          kernel%: slices of K' recovered exactly up to sign; certain%: the only candidate; \
          χ² p: uniformity of the received elements (pooled high bits, and per position); full rank: channel planes of full rank"
     );
-    std::fs::create_dir_all(&args.out).map_err(|e| ModelError::io(&args.out, e))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let stem = file_safe(&format!("{}-{}-{}", model.name(), data.name(), privacy.label().replace(' ', "")));
     write_json(&rows, &args.out.join(format!("{stem}.json")))?;
     for (_, ex) in &results {

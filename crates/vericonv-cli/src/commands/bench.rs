@@ -1,5 +1,6 @@
 //! `vericonv bench`: layers, whole models (`--model`), GPU kernels (`--backend gpu`) and a remote cloud under load (`--cloud`).
 
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 use vericonv_model::ModelError;
 
@@ -131,7 +132,7 @@ impl BenchArgs {
 
     /// Creates the output directory.
     pub(crate) fn out_dir(&self) -> Result<&Path, anyhow::Error> {
-        std::fs::create_dir_all(&self.out).map_err(|e| ModelError::io(&self.out, e))?;
+        std::fs::create_dir_all(&self.out).with_context(|| format!("creating {}", self.out.display()))?;
         Ok(&self.out)
     }
 }
@@ -392,7 +393,7 @@ pub(crate) fn bench_model(args: &BenchArgs, path: &Path) -> Result<(), anyhow::E
         }
         _ => path.to_path_buf(),
     };
-    let onnx = std::fs::read(&onnx_path).map_err(|e| ModelError::io(&onnx_path, e))?;
+    let onnx = std::fs::read(&onnx_path).with_context(|| format!("reading {}", onnx_path.display()))?;
     let on_tract = open_tract(args, path, native.is_none())?;
     let (name, shape) = match (&native, &on_tract) {
         (Some(m), _) => (m.name().to_string(), vec![m.input().channels, m.input().height, m.input().width]),

@@ -1,7 +1,7 @@
 //! `vericonv convert`: any loadable model to the native format.
 
+use anyhow::Context;
 use std::path::PathBuf;
-use vericonv_model::ModelError;
 
 use vericonv_model::Model;
 
@@ -31,7 +31,7 @@ pub(crate) fn convert(args: &ConvertArgs) -> Result<(), anyhow::Error> {
         "source": args.input.model.display().to_string(),
     });
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     model.save(&args.out, Some(provenance))?;
     let back = Model::load(&args.out)?;

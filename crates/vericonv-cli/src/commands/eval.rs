@@ -1,6 +1,8 @@
 //! `vericonv eval`: float, quantized and private accuracy of a model on a data set.
 
+use anyhow::Context;
 use std::path::PathBuf;
+#[cfg(feature = "tract")]
 use vericonv_model::ModelError;
 
 use clap::builder::TypedValueParser;
@@ -223,10 +225,10 @@ pub(crate) fn finish_eval(args: &EvalArgs, report: EvalReport, scales: &str) -> 
         ))
     });
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let json = serde_json::to_string_pretty(&report).map_err(|e| anyhow::anyhow!("serializing the report: {e}"))?;
-    std::fs::write(&path, json).map_err(|e| ModelError::io(&path, e))?;
+    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
     println!("  report     {}", path.display());
     let rejected: u64 = report.layers.iter().map(|l| l.rejected).sum();
     // In mode two-server with both clouds cheating, one rejected call may hold two corrupted

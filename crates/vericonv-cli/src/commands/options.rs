@@ -1,8 +1,8 @@
 //! The flags and helpers the commands share: privacy, protocol and remote options, the clouds of a run, backend selection, model loading and output helpers.
 
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use vericonv_model::ModelError;
 
 use clap::ValueEnum;
 use clap::builder::TypedValueParser;
@@ -325,7 +325,7 @@ pub(crate) fn ms(d: Duration) -> String {
 /// Writes `rows` as pretty JSON.
 pub(crate) fn write_json<T: serde::Serialize>(rows: &[T], path: &Path) -> Result<(), anyhow::Error> {
     let json = serde_json::to_string_pretty(rows).map_err(|e| anyhow::anyhow!("serializing the bench report: {e}"))?;
-    std::fs::write(path, json).map_err(|e| ModelError::io(path, e)).map_err(anyhow::Error::from)
+    std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Loads a native or ONNX model, applies `--mean/--std`, and says which normalisation is in

@@ -1,8 +1,8 @@
 //! `vericonv run`: one input through any ONNX model on tract, its convolutions private.
 
+use anyhow::Context;
 use std::path::PathBuf;
 use std::time::Duration;
-use vericonv_model::ModelError;
 
 use clap::builder::TypedValueParser;
 
@@ -61,9 +61,11 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), anyhow::Error> {
     let (mean, std) = (args.mean.clone().unwrap_or_default(), args.std.clone().unwrap_or_default());
     let x = read_input(&args.input, model.image_shape(), &mean, &std)?;
     let labels = match &args.labels {
-        Some(path) => {
-            std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?.lines().map(str::to_string).collect()
-        }
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .lines()
+            .map(str::to_string)
+            .collect(),
         None => Vec::new(),
     };
     warn_if_lowrank(p.privacy());

@@ -1,8 +1,8 @@
 //! `vericonv serve`: the untrusted cloud as a gRPC server.
 
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use vericonv_model::ModelError;
 
 use clap::builder::TypedValueParser;
 use rand::RngExt;
@@ -77,7 +77,7 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), anyhow::Error> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
-    let read = |p: &Path| std::fs::read(p).map_err(|e| ModelError::io(p, e));
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let (backend, why) = select_backend(args.backend)?;
     let backend: std::sync::Arc<dyn CloudBackend> = if args.tamper_rate > 0.0 {
         eprintln!("warning: --tamper-rate {}: this server lies on purpose", args.tamper_rate);

@@ -84,6 +84,23 @@ impl Server {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, Iterator::count)
     }
 
+    /// Open file descriptors once the count stops changing (the same for 300 ms, at most 5 s
+    /// of waiting): a connection its peer saw closed may still hold its descriptor a moment.
+    pub fn settled_open_files(&self) -> usize {
+        let started = std::time::Instant::now();
+        let (mut last, mut same_since) = (self.open_files(), std::time::Instant::now());
+        while same_since.elapsed() < std::time::Duration::from_millis(300)
+            && started.elapsed() < std::time::Duration::from_secs(5)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let now = self.open_files();
+            if now != last {
+                (last, same_since) = (now, std::time::Instant::now());
+            }
+        }
+        last
+    }
+
     /// CPU seconds the server process has used (user + system).
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("proc stat");
