@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use vericonv::privacy::Privacy;
+use vericonv::Privacy;
 use vericonv_cli::bench::{
     BenchLayer, BenchOptions, BenchRow, full_suite, plot_speedups, quick_suite, run_layer, write_csv,
 };
@@ -140,7 +140,7 @@ fn the_whole_model_bench_runs_the_tract_path_too() {
         assert_eq!(r.best_plaintext, "tract");
     }
     // The clouds may be given: the same model on one cloud the caller made.
-    let cloud: Arc<dyn vericonv::cloud::CloudBackend> = Arc::new(vericonv::cloud::CpuBackend::new());
+    let cloud: Arc<dyn vericonv::CloudBackend> = Arc::new(vericonv::CpuBackend::new());
     let opts = WholeOptions { batch: 2, threads: 1, privacy: Privacy::Pad, reps: 1, seed: 6 };
     let r = run_whole_tract(&model, &onnx, &opts, Some((cloud, None)), None, None).expect("measured");
     assert!(r.exact, "{r:?}");

@@ -2,15 +2,15 @@
 
 use common::{ints, rng};
 use rand::Rng;
-use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, ConvCall, CpuBackend};
-use vericonv::decrypt::{MaskKernel, decrypt};
-use vericonv::encrypt::{encrypt_input, encrypt_kernel};
-use vericonv::field::{M31, P};
-use vericonv::geometry::{Conv2d, Padding};
-use vericonv::keys::{ImageMask, SessionKey, seeded_rng};
-use vericonv::verify::{Claim, Mode, Verdict, strict_products, verify};
+use vericonv::{Claim, Mode, Verdict, strict_products, verify};
+use vericonv::{CloudBackend, ConvCall, CpuBackend};
+use vericonv::{Conv2d, Padding};
 use vericonv::{Error, Result};
+use vericonv::{ImageMask, SessionKey, seeded_rng};
+use vericonv::{LayerConfig, PrivateConv};
+use vericonv::{M31, P};
+use vericonv::{MaskKernel, decrypt};
+use vericonv::{encrypt_input, encrypt_kernel};
 use vericonv_model::ModelError;
 
 fn geom() -> Conv2d {
@@ -35,7 +35,7 @@ fn layer_construction_rejects_bad_kernels_bounds_and_settings() {
             g,
             &k,
             None,
-            LayerConfig { privacy: vericonv::privacy::Privacy::LowRank { rank: 0 }, ..LayerConfig::default() },
+            LayerConfig { privacy: vericonv::Privacy::LowRank { rank: 0 }, ..LayerConfig::default() },
             &mut r
         )
         .err(),

@@ -605,7 +605,7 @@ fn a_live_server_answers_hostile_requests_with_statuses_and_stays_up() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let cfg = vericonv_remote::ServerConfig { max_message_bytes: 1 << 20, ..Default::default() };
     let server = rt.spawn(vericonv_remote::serve(
-        std::sync::Arc::new(vericonv::cloud::CpuBackend::new()),
+        std::sync::Arc::new(vericonv::CpuBackend::new()),
         cfg,
         vericonv_remote::Listen { listener, tls: None, metrics: None },
         async move {
@@ -622,8 +622,7 @@ fn a_live_server_answers_hostile_requests_with_statuses_and_stays_up() {
         let geom = vericonv_remote::geometry_from_proto(geometry.as_ref().expect("some")).ok();
         let len = geom.map_or(rng.random_range(0..64), |g| g.kernel_len()).min(1 << 16);
         let image = geom.map_or(0, |g| g.image_len()).min(1 << 16);
-        let mut kernel: Vec<u8> =
-            (0..len).flat_map(|_| rng.random_range(0..vericonv::field::P).to_le_bytes()).collect();
+        let mut kernel: Vec<u8> = (0..len).flat_map(|_| rng.random_range(0..vericonv::P).to_le_bytes()).collect();
         match rng.random_range(0..6) {
             0 => kernel.truncate(kernel.len().saturating_sub(4)),
             1 => kernel.extend([0xff; 4]),
@@ -638,8 +637,7 @@ fn a_live_server_answers_hostile_requests_with_statuses_and_stays_up() {
         } else {
             // Mostly the right length of canonical elements; sometimes any bytes at all.
             let elements = if rng.random_bool(0.7) { batch as usize * image } else { rng.random_range(0..1024) };
-            let mut x: Vec<u8> =
-                (0..elements).flat_map(|_| rng.random_range(0..vericonv::field::P).to_le_bytes()).collect();
+            let mut x: Vec<u8> = (0..elements).flat_map(|_| rng.random_range(0..vericonv::P).to_le_bytes()).collect();
             if rng.random_bool(0.2) && !x.is_empty() {
                 let j = rng.random_range(0..x.len());
                 x[j] = 0xff;

@@ -2,13 +2,13 @@
 //! adapter these tests print why and skip, unless VERICONV_REQUIRE_GPU=1 makes that a failure.
 
 use common::{conv_shapes, exact_on_every_shape, gpu_or_skip, ints, rng};
-use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, CpuBackend};
-use vericonv::field::{M31, PrimeField};
-use vericonv::keys::seeded_rng;
-use vericonv::privacy::Privacy;
-use vericonv::reference::{conv_f32, conv_i64};
-use vericonv::verify::{Claim, strict_products};
+use vericonv::Privacy;
+use vericonv::seeded_rng;
+use vericonv::{Claim, strict_products};
+use vericonv::{CloudBackend, CpuBackend};
+use vericonv::{LayerConfig, PrivateConv};
+use vericonv::{M31, PrimeField};
+use vericonv::{conv_f32, conv_i64};
 use vericonv_gpu::{ConvKernel, GpuOptions, ShaderVariant};
 
 fn variants() -> Vec<ShaderVariant> {
@@ -43,17 +43,13 @@ fn gpu_matches_cpu_bit_for_bit_on_every_shape_in_both_variants_and_kernels() {
 fn tiled_kernel_equals_the_simple_oracle_across_tile_edges_and_at_the_largest_elements() {
     let seed = 0x69_0006;
     println!("seed = {seed:#x}");
-    let p = vericonv::geometry::Padding::new;
+    let p = vericonv::Padding::new;
     // Several 32×32 output tiles and 16-deep reduction steps, with partial tiles everywhere:
     // Cout 40 (32 + 8), 11×13 = 143 pixels (4×32 + 15), m = 5·9 = 45 (not a multiple of 4).
     let shapes = [
-        vericonv::geometry::Conv2d::builder(5, 40, (11, 13), (3, 3)).padding(p(1, 1, 1, 1)).build().expect("valid"),
-        vericonv::geometry::Conv2d::builder(33, 65, (9, 9), (1, 1)).build().expect("valid"),
-        vericonv::geometry::Conv2d::builder(3, 8, (20, 18), (7, 7))
-            .stride(2, 2)
-            .padding(p(3, 3, 3, 3))
-            .build()
-            .expect("valid"),
+        vericonv::Conv2d::builder(5, 40, (11, 13), (3, 3)).padding(p(1, 1, 1, 1)).build().expect("valid"),
+        vericonv::Conv2d::builder(33, 65, (9, 9), (1, 1)).build().expect("valid"),
+        vericonv::Conv2d::builder(3, 8, (20, 18), (7, 7)).stride(2, 2).padding(p(3, 3, 3, 3)).build().expect("valid"),
     ];
     for variant in variants() {
         let Some(gpu) = gpu_or_skip(&GpuOptions { variant: Some(variant), ..GpuOptions::default() }) else { return };
@@ -66,7 +62,7 @@ fn tiled_kernel_equals_the_simple_oracle_across_tile_edges_and_at_the_largest_el
                 let oracle = gpu.conv_field(ConvKernel::Simple, g, 2, k, x).expect("simple");
                 let tiled = gpu.conv_field(ConvKernel::Tiled, g, 2, k, x).expect("tiled");
                 assert_eq!(tiled, oracle, "{variant:?} {g:?}");
-                assert_eq!(tiled, vericonv::reference::conv_field::<M31>(g, 2, k, x).expect("reference"));
+                assert_eq!(tiled, vericonv::conv_field::<M31>(g, 2, k, x).expect("reference"));
             }
         }
     }
@@ -128,7 +124,7 @@ fn gpu_splits_work_that_exceeds_binding_and_dispatch_limits() {
         );
     }
     // A kernel row larger than a binding cannot be split: a typed error, not a panic.
-    let g = vericonv::geometry::Conv2d::builder(64, 2, (4, 4), (3, 3)).build().expect("valid");
+    let g = vericonv::Conv2d::builder(64, 2, (4, 4), (3, 3)).build().expect("valid");
     let err = gpu.conv(&g, 1, &vec![0; g.kernel_len()], &vec![0; g.image_len()]).expect_err("too large");
     assert!(
         matches!(err.backend_error::<vericonv_gpu::GpuError>(), Some(vericonv_gpu::GpuError::DeviceLimit(_))),
@@ -176,7 +172,7 @@ fn gpu_f32_baseline_matches_the_reference_on_integer_data() {
 #[test]
 fn gpu_rejects_mismatched_lengths_with_typed_errors() {
     let Some(gpu) = gpu_or_skip(&GpuOptions::default()) else { return };
-    let g = vericonv::geometry::Conv2d::builder(2, 2, (4, 4), (3, 3)).build().expect("valid");
+    let g = vericonv::Conv2d::builder(2, 2, (4, 4), (3, 3)).build().expect("valid");
     assert!(matches!(gpu.conv(&g, 1, &[0; 3], &vec![0; g.image_len()]), Err(vericonv::Error::LengthMismatch { .. })));
     assert!(matches!(
         gpu.conv(&g, 2, &vec![0; g.kernel_len()], &vec![0; g.image_len()]),
@@ -192,8 +188,8 @@ fn a_session_kernel_stays_on_the_device_until_the_key_rotates() {
     // Tiny bindings split the layer into several channel chunks, each cached.
     let opts = GpuOptions { max_binding_size: Some(2048), ..GpuOptions::default() };
     let Some(gpu) = gpu_or_skip(&opts) else { return };
-    let g = vericonv::geometry::Conv2d::builder(4, 12, (9, 9), (3, 3))
-        .padding(vericonv::geometry::Padding::uniform(1))
+    let g = vericonv::Conv2d::builder(4, 12, (9, 9), (3, 3))
+        .padding(vericonv::Padding::uniform(1))
         .build()
         .expect("geometry");
     let seed = 77;
@@ -224,7 +220,7 @@ fn sessions_seeded_alike_never_share_a_device_kernel() {
     // Two layers of one geometry whose key streams start from the same seed draw the same
     // session id: the device cache must still tell their kernels apart.
     let Some(gpu) = gpu_or_skip(&GpuOptions::default()) else { return };
-    let g = vericonv::geometry::Conv2d::builder(3, 5, (8, 8), (3, 3)).build().expect("geometry");
+    let g = vericonv::Conv2d::builder(3, 5, (8, 8), (3, 3)).build().expect("geometry");
     let mut r = rng(88);
     println!("seed 88");
     let x = ints(&mut r, g.image_len(), 127);

@@ -7,9 +7,9 @@
 use common::{committed_models, data_dir_or_skip};
 use prost::Message;
 use vericonv::Error;
-use vericonv::cloud::{Clouds, CpuBackend};
-use vericonv::keys::seeded_rng;
-use vericonv::privacy::Privacy;
+use vericonv::Privacy;
+use vericonv::seeded_rng;
+use vericonv::{Clouds, CpuBackend};
 use vericonv_cli::eval::{EvalOptions, evaluate};
 use vericonv_model::Model;
 use vericonv_model::ModelError;

@@ -4,13 +4,13 @@
 
 use common::{exact_on_every_shape, expected, ints, rng};
 use vericonv::Error;
-use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, Clouds, ConvCall, CpuBackend};
-use vericonv::field::{M31, PrimeField};
-use vericonv::geometry::{Conv2d, Padding};
-use vericonv::keys::seeded_rng;
-use vericonv::privacy::Privacy;
-use vericonv::share::{ShareSeed, expand_reference};
+use vericonv::Privacy;
+use vericonv::seeded_rng;
+use vericonv::{CloudBackend, Clouds, ConvCall, CpuBackend};
+use vericonv::{Conv2d, Padding};
+use vericonv::{LayerConfig, PrivateConv};
+use vericonv::{M31, PrimeField};
+use vericonv::{ShareSeed, expand_reference};
 
 #[test]
 fn two_server_decrypts_exactly_on_every_shape() {
@@ -48,12 +48,12 @@ fn share_generator_is_pinned_for_a_fixed_seed() {
 fn the_shares_add_up_to_the_scaled_input_and_the_seeded_cloud_equals_the_expanded_one() {
     let mut r = rng(0x5a5e);
     let g = Conv2d::builder(3, 4, (6, 5), (3, 3)).padding(Padding::uniform(1)).build().expect("valid");
-    let key = vericonv::keys::SessionKey::generate_for(&g, Privacy::TwoServer, &mut seeded_rng(1)).expect("key");
+    let key = vericonv::SessionKey::generate_for(&g, Privacy::TwoServer, &mut seeded_rng(1)).expect("key");
     let x: Vec<u32> =
         ints(&mut r, 2 * g.image_len(), 127).iter().map(|&v| M31::embed(i64::from(v)).expect("small")).collect();
     let seed = ShareSeed::generate(&mut seeded_rng(2));
     let (mut xp, mut xb) = (vec![0; x.len()], vec![0; x.len()]);
-    vericonv::encrypt::encrypt_shares_into(&key, &seed, &x, &mut xp, &mut xb).expect("encrypts");
+    vericonv::encrypt_shares_into(&key, &seed, &x, &mut xp, &mut xb).expect("encrypts");
     let xa = seed.expand(x.len());
     let hw = g.h() * g.w();
     for (idx, ((&s, &a), &b)) in xp.iter().zip(&xa).zip(&xb).enumerate() {
@@ -71,30 +71,30 @@ fn the_shares_add_up_to_the_scaled_input_and_the_seeded_cloud_equals_the_expande
 fn the_fused_two_server_pass_decrypts_an_honest_answer_and_withholds_a_wrong_one() {
     let mut r = rng(0xf05e);
     let g = Conv2d::builder(4, 6, (9, 7), (3, 3)).padding(Padding::uniform(1)).build().expect("valid");
-    let key = vericonv::keys::SessionKey::generate_for(&g, Privacy::TwoServer, &mut seeded_rng(1)).expect("key");
+    let key = vericonv::SessionKey::generate_for(&g, Privacy::TwoServer, &mut seeded_rng(1)).expect("key");
     let k = ints(&mut r, g.kernel_len(), 127);
     let x = ints(&mut r, 2 * g.image_len(), 127);
     let embed = |v: &[i32]| -> Vec<u32> { v.iter().map(|&a| M31::embed(i64::from(a)).expect("small")).collect() };
-    let kp = vericonv::encrypt::encrypt_kernel(&key, &embed(&k)).expect("K'");
+    let kp = vericonv::encrypt_kernel(&key, &embed(&k)).expect("K'");
     let seed = ShareSeed::generate(&mut r);
     let (mut xp, mut xb) = (vec![0; x.len()], vec![0; x.len()]);
-    vericonv::encrypt::encrypt_shares_into(&key, &seed, &embed(&x), &mut xp, &mut xb).expect("shares");
+    vericonv::encrypt_shares_into(&key, &seed, &embed(&x), &mut xp, &mut xb).expect("shares");
     let cpu = CpuBackend::new();
     let ya = cpu.conv_share(&g, 2, &kp, &seed).expect("A");
     let mut yb = cpu.conv(&g, 2, &kp, &xb).expect("B");
     let mut y = vec![0i32; ya.len()];
     for rounds in [1, 3] {
-        let claim = vericonv::verify::Claim::with_parts(&g, 2, &kp, &xp, &ya, &yb).expect("claim");
-        let checks = vericonv::verify::FastRounds::draw::<M31, _>(&claim, rounds, &mut r).expect("rounds");
-        let verdict = vericonv::decrypt::decrypt_sum_verified_into(&key, &checks, &ya, &yb, &mut y).expect("pass");
+        let claim = vericonv::Claim::with_parts(&g, 2, &kp, &xp, &ya, &yb).expect("claim");
+        let checks = vericonv::FastRounds::draw::<M31, _>(&claim, rounds, &mut r).expect("rounds");
+        let verdict = vericonv::decrypt_sum_verified_into(&key, &checks, &ya, &yb, &mut y).expect("pass");
         assert!(verdict.is_accepted());
         assert_eq!(y, expected(&g, 2, &k, &x, &[0]), "{rounds} round(s)");
     }
     yb[17] = M31::add(yb[17], 1);
-    let claim = vericonv::verify::Claim::with_parts(&g, 2, &kp, &xp, &ya, &yb).expect("claim");
-    let checks = vericonv::verify::FastRounds::draw::<M31, _>(&claim, 2, &mut r).expect("rounds");
-    let verdict = vericonv::decrypt::decrypt_sum_verified_into(&key, &checks, &ya, &yb, &mut y).expect("pass");
-    assert!(matches!(verdict, vericonv::verify::Verdict::Rejected { round: 1 }));
+    let claim = vericonv::Claim::with_parts(&g, 2, &kp, &xp, &ya, &yb).expect("claim");
+    let checks = vericonv::FastRounds::draw::<M31, _>(&claim, 2, &mut r).expect("rounds");
+    let verdict = vericonv::decrypt_sum_verified_into(&key, &checks, &ya, &yb, &mut y).expect("pass");
+    assert!(matches!(verdict, vericonv::Verdict::Rejected { round: 1 }));
     assert!(y.iter().all(|&v| v == 0), "a rejected answer is not left decrypted");
 }
 
@@ -152,8 +152,7 @@ fn misuse_of_the_modes_gives_typed_errors() {
     let too_big = vec![1000; x.len()];
     assert!(matches!(pad.run(&cpu, &too_big, &mut r), Err(Error::ValueOutOfRange { .. })));
     assert_eq!(pad.pads_available(), 1, "input checks run before a pad is taken");
-    let broken =
-        vericonv::cloud::TamperingBackend::new(CpuBackend::new(), &[vericonv::cloud::Tamper::AllZeros], 1.0, 7);
+    let broken = vericonv::TamperingBackend::new(CpuBackend::new(), &[vericonv::Tamper::AllZeros], 1.0, 7);
     assert!(matches!(pad.run(&broken, &x, &mut r), Err(Error::VerificationFailed { .. })));
     assert_eq!(pad.pads_available(), 0, "the failed call consumed its pad");
 
@@ -264,12 +263,12 @@ fn split_model_clouds_see_kernel_shares_that_sum_to_the_kernel_and_the_same_padd
 #[test]
 fn split_model_names_the_cheating_cloud_for_every_strategy() {
     use vericonv::Cheater;
-    use vericonv::cloud::{Tamper, TamperingBackend};
+    use vericonv::{Tamper, TamperingBackend};
     let seed = 0x5b3;
     let g = Conv2d::builder(3, 4, (6, 6), (3, 3)).padding(Padding::new(1, 1, 1, 1)).build().expect("valid");
     let k = ints(&mut rng(seed), g.kernel_len(), 127);
     let x = ints(&mut rng(seed + 1), 2 * g.image_len(), 127);
-    for mode in [vericonv::verify::Mode::Fast, vericonv::verify::Mode::Strict] {
+    for mode in [vericonv::Mode::Fast, vericonv::Mode::Strict] {
         for strategy in Tamper::ALL {
             for (who, expected) in [("A", Cheater::CloudA), ("B", Cheater::CloudB), ("both", Cheater::BothClouds)] {
                 let mut key_rng = seeded_rng(seed);
@@ -298,9 +297,9 @@ fn answer_buffers_reused_across_layers_batches_and_rejections_keep_results_exact
     let shapes = [Conv2d::builder(3, 8, (9, 9), (3, 3)).build(), Conv2d::builder(2, 3, (4, 5), (3, 3)).build()];
     let shapes: Vec<Conv2d> = shapes.into_iter().map(|g| g.expect("valid")).collect();
     let (a, b, own) = (CpuBackend::new(), CpuBackend::new(), CpuBackend::new());
-    let bad = vericonv::cloud::TamperingBackend::new(CpuBackend::new(), &[vericonv::cloud::Tamper::ALL[0]], 1.0, seed);
+    let bad = vericonv::TamperingBackend::new(CpuBackend::new(), &[vericonv::Tamper::ALL[0]], 1.0, seed);
     for privacy in [Privacy::LowRank { rank: 2 }, Privacy::TwoServer, Privacy::Pad, Privacy::SplitModel] {
-        let mut bufs = vericonv::client::CallBuffers::default();
+        let mut bufs = vericonv::CallBuffers::default();
         let mut key_rng = seeded_rng(seed);
         let mut layers: Vec<(PrivateConv, Conv2d, Vec<i32>)> = shapes
             .iter()
@@ -352,7 +351,7 @@ fn refilled_pads_overwrite_the_used_ones_and_are_fresh_every_pass() {
     let mut layer = PrivateConv::new(g, &k, None, cfg, &mut key_rng).expect("layer");
     let (cloud, own) = (Recording::new(), CpuBackend::new());
     let x = ints(&mut r, 2 * g.image_len(), 127);
-    let mut bufs = vericonv::client::CallBuffers::default();
+    let mut bufs = vericonv::CallBuffers::default();
     for pass in 0..4 {
         layer.refill_pads(2, &own, &mut key_rng).expect("pads");
         assert_eq!(layer.pads_available(), 2);

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use vericonv_model::ModelError;
 
-use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, CpuBackend};
-use vericonv::keys::seeded_rng;
+use vericonv::seeded_rng;
+use vericonv::{CloudBackend, CpuBackend};
+use vericonv::{LayerConfig, PrivateConv};
 use vericonv_model::onnx::{TensorData, conv_geometry, read_model, read_tensor};
 
 const ROOT: &str = "/usr/share/libonnx-testdata/data/node";

@@ -5,11 +5,11 @@
 
 use common::{data_dir_or_skip, rng};
 use rand::{Rng, RngExt};
-use vericonv::encrypt::encrypt_input;
-use vericonv::field::{M31, PrimeField};
-use vericonv::geometry::{Conv2d, Padding};
-use vericonv::keys::{ImageMask, SessionKey, seeded_rng};
-use vericonv::privacy::Privacy;
+use vericonv::Privacy;
+use vericonv::encrypt_input;
+use vericonv::{Conv2d, Padding};
+use vericonv::{ImageMask, SessionKey, seeded_rng};
+use vericonv::{M31, PrimeField};
 use vericonv_cli::attack::{AttackOptions, LayerAttack, attack_model, lowrank::recover_image};
 use vericonv_model::Model;
 use vericonv_model::data::Dataset;

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use rand::RngExt;
 use vericonv::Error;
-use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CallInput, CloudBackend, Clouds, ConvCall, CpuBackend, Tamper, TamperingBackend};
-use vericonv::geometry::{Conv2d, Padding};
-use vericonv::keys::seeded_rng;
-use vericonv::privacy::Privacy;
-use vericonv::reference::conv_i64;
-use vericonv::share::ShareSeed;
+use vericonv::Privacy;
+use vericonv::ShareSeed;
+use vericonv::conv_i64;
+use vericonv::seeded_rng;
+use vericonv::{CallInput, CloudBackend, Clouds, ConvCall, CpuBackend, Tamper, TamperingBackend};
+use vericonv::{Conv2d, Padding};
+use vericonv::{LayerConfig, PrivateConv};
 use vericonv_model::data::Dataset;
 use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};
 use vericonv_model::{Model, PrivateConfig, PrivateExecutor};
@@ -195,7 +195,7 @@ fn bad_requests_get_their_status_and_the_server_stays_up() {
         assert_eq!(status(c.conv(conv(&handle, 0, Some(Input::Tensor(vec![])))).await), tonic::Code::InvalidArgument);
         assert_eq!(status(c.conv(conv(&handle, u64::MAX, None)).await), tonic::Code::InvalidArgument);
         let mut nc = x.clone();
-        nc[8..12].copy_from_slice(&vericonv::field::P.to_le_bytes());
+        nc[8..12].copy_from_slice(&vericonv::P.to_le_bytes());
         assert_eq!(status(c.conv(conv(&handle, 1, Some(Input::Tensor(nc)))).await), tonic::Code::InvalidArgument);
         assert_eq!(
             status(c.conv(conv(&handle, 1, Some(Input::ShareSeed(vec![1; 31])))).await),

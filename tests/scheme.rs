@@ -3,15 +3,15 @@
 
 use common::{conv_shapes, ints, rng};
 use rand::RngExt;
-use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, CpuBackend};
-use vericonv::decrypt::{MaskKernel, mask_conv};
-use vericonv::encrypt::{encrypt_input, encrypt_kernel, mask_tensor};
-use vericonv::field::{M31, PrimeField};
-use vericonv::keys::{ImageMask, SessionKey, seeded_rng};
-use vericonv::privacy::Privacy;
-use vericonv::reference::{conv_field, conv_i64};
-use vericonv::verify::Mode;
+use vericonv::Mode;
+use vericonv::Privacy;
+use vericonv::{CloudBackend, CpuBackend};
+use vericonv::{ImageMask, SessionKey, seeded_rng};
+use vericonv::{LayerConfig, PrivateConv};
+use vericonv::{M31, PrimeField};
+use vericonv::{MaskKernel, mask_conv};
+use vericonv::{conv_field, conv_i64};
+use vericonv::{encrypt_input, encrypt_kernel, mask_tensor};
 
 fn embed(v: &[i32]) -> Vec<u32> {
     v.iter().map(|&x| M31::embed(i64::from(x)).expect("small")).collect()
@@ -48,14 +48,7 @@ fn decrypt_inverts_encrypt_for_every_shape_on_cpu() {
 }
 
 /// The CPU backend's answer equals the F_p reference convolution.
-fn assert_matches_reference(
-    cpu: &CpuBackend,
-    g: &vericonv::geometry::Conv2d,
-    batch: usize,
-    k: &[u32],
-    x: &[u32],
-    what: &str,
-) {
+fn assert_matches_reference(cpu: &CpuBackend, g: &vericonv::Conv2d, batch: usize, k: &[u32], x: &[u32], what: &str) {
     assert_eq!(cpu.conv(g, batch, k, x).expect("conv"), conv_field::<M31>(g, batch, k, x).expect("conv"), "{what}");
 }
 
@@ -75,8 +68,8 @@ fn cpu_backend_equals_reference_field_convolution() {
 fn cpu_backend_is_exact_at_the_largest_elements_and_long_sums() {
     // Every product is (p-1)^2, the largest there is, summed over m = 603 terms: the lazy
     // reduction must not overflow. Cout = 7 leaves a partial row block, 11×13 a partial tile.
-    let g = vericonv::geometry::Conv2d::builder(67, 7, (11, 13), (3, 3))
-        .padding(vericonv::geometry::Padding::new(1, 1, 1, 1))
+    let g = vericonv::Conv2d::builder(67, 7, (11, 13), (3, 3))
+        .padding(vericonv::Padding::new(1, 1, 1, 1))
         .build()
         .expect("geometry");
     let cpu = CpuBackend::with_threads(2).expect("pool");
@@ -88,7 +81,7 @@ fn cpu_backend_is_exact_at_the_largest_elements_and_long_sums() {
 /// Whether this CPU runs the int8 path at all (it needs AVX-512 VNNI); printed, so that a run
 /// on a CPU without it shows that only the F_p path was compared.
 fn int8_path_here() -> bool {
-    let g = vericonv::geometry::Conv2d::builder(1, 1, (1, 1), (1, 1)).build().expect("geometry");
+    let g = vericonv::Conv2d::builder(1, 1, (1, 1), (1, 1)).build().expect("geometry");
     let here = CpuBackend::takes_int8_path(&g, &[1]);
     println!("int8 path on this CPU: {here}");
     here
@@ -124,8 +117,8 @@ fn int8_path_is_exact_at_its_bound_and_gives_way_beyond_it() {
     // Every product is -128·(p-1), the largest there is, with every byte of the input at its
     // largest, summed over m = 65,792 terms (rounded to quads, m·255·128 < 2^31): the i32 limb
     // sums are at their limit. Cout = 7 leaves a partial row block, 9×9 a partial tile.
-    let at_bound = vericonv::geometry::Conv2d::builder(7310, 7, (9, 9), (3, 3))
-        .padding(vericonv::geometry::Padding::new(1, 1, 1, 1))
+    let at_bound = vericonv::Conv2d::builder(7310, 7, (9, 9), (3, 3))
+        .padding(vericonv::Padding::new(1, 1, 1, 1))
         .build()
         .expect("geometry");
     let k = vec![M31::P - 128; at_bound.kernel_len()];
@@ -133,13 +126,13 @@ fn int8_path_is_exact_at_its_bound_and_gives_way_beyond_it() {
     assert_eq!(CpuBackend::takes_int8_path(&at_bound, &k), here);
     assert_matches_reference(&cpu, &at_bound, 1, &k, &x, "at the bound");
     // One more quad of the reduction and the i32 sums could wrap: the F_p path takes over.
-    let beyond = vericonv::geometry::Conv2d::builder(7311, 1, (3, 3), (3, 3)).build().expect("geometry");
+    let beyond = vericonv::Conv2d::builder(7311, 1, (3, 3), (3, 3)).build().expect("geometry");
     let k = vec![M31::P - 128; beyond.kernel_len()];
     assert!(!CpuBackend::takes_int8_path(&beyond, &k));
     let x = vec![M31::P - 1; beyond.image_len()];
     assert_matches_reference(&cpu, &beyond, 1, &k, &x, "beyond the bound");
     // A kernel entry outside a signed byte: the F_p path.
-    let small = vericonv::geometry::Conv2d::builder(2, 2, (4, 4), (3, 3)).build().expect("geometry");
+    let small = vericonv::Conv2d::builder(2, 2, (4, 4), (3, 3)).build().expect("geometry");
     let mut k = embed(&vec![5; small.kernel_len()]);
     assert_eq!(CpuBackend::takes_int8_path(&small, &k), here);
     k[3] = M31::P - 129;
@@ -188,7 +181,7 @@ fn cloud_output_is_alpha_times_plain_plus_mask_conv_in_sigma_order() {
 fn kernel_and_input_encryption_follow_the_formulas() {
     let seed = 0xe5c;
     let mut r = rng(seed);
-    let g = vericonv::geometry::Conv2d::builder(6, 9, (5, 4), (2, 3)).groups(3).build().expect("valid");
+    let g = vericonv::Conv2d::builder(6, 9, (5, 4), (2, 3)).groups(3).build().expect("valid");
     let mut key_rng = seeded_rng(seed);
     let key = SessionKey::generate(&g, 3, &mut key_rng).expect("rank");
     let k = embed(&ints(&mut r, g.kernel_len(), 127));
@@ -238,7 +231,7 @@ fn kernel_and_input_encryption_follow_the_formulas() {
 fn session_keys_rotate_after_the_policy_and_still_decrypt() {
     let seed = 0x707;
     let mut r = rng(seed);
-    let g = vericonv::geometry::Conv2d::builder(2, 3, (6, 6), (3, 3)).build().expect("valid");
+    let g = vericonv::Conv2d::builder(2, 3, (6, 6), (3, 3)).build().expect("valid");
     let k = ints(&mut r, g.kernel_len(), 127);
     let cfg = LayerConfig { rotate_after_images: Some(2), ..LayerConfig::default() };
     let mut key_rng = seeded_rng(seed);
@@ -258,7 +251,7 @@ fn session_keys_rotate_after_the_policy_and_still_decrypt() {
 
 #[test]
 fn secrets_are_not_printed_by_debug() {
-    let g = vericonv::geometry::Conv2d::builder(3, 4, (6, 6), (3, 3)).build().expect("valid");
+    let g = vericonv::Conv2d::builder(3, 4, (6, 6), (3, 3)).build().expect("valid");
     let mut r = seeded_rng(0xdeb);
     let key = SessionKey::generate(&g, 2, &mut r).expect("key");
     let masks = ImageMask::generate_batch(&key, 1, &mut r);

@@ -6,9 +6,9 @@
 
 use std::path::PathBuf;
 
-use vericonv::cloud::CpuBackend;
-use vericonv::keys::seeded_rng;
-use vericonv::privacy::Privacy;
+use vericonv::CpuBackend;
+use vericonv::Privacy;
+use vericonv::seeded_rng;
 use vericonv_model::data::Dataset;
 use vericonv_model::onnx::import::import_model;
 use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};
@@ -51,11 +51,8 @@ fn check(name: &str, images: usize, privacy: Privacy) {
     let x = &x[..images * model.image_len()];
     let (plain, _) = qm.forward(x, &mut PlainExecutor).expect("quantized");
     let (cloud_a, cloud_b) = (CpuBackend::new(), CpuBackend::new());
-    let clouds = if privacy.clouds() == 2 {
-        vericonv::cloud::Clouds::Two(&cloud_a, &cloud_b)
-    } else {
-        vericonv::cloud::Clouds::One(&cloud_a)
-    };
+    let clouds =
+        if privacy.clouds() == 2 { vericonv::Clouds::Two(&cloud_a, &cloud_b) } else { vericonv::Clouds::One(&cloud_a) };
     let cfg = PrivateConfig { privacy, ..PrivateConfig::default() };
     let mut exec = PrivateExecutor::new(&qm, clouds, &cfg, seeded_rng(5)).expect("executor");
     let (private, _) = qm.forward(x, &mut exec).expect("private");

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use vericonv_model::ModelError;
 
 use vericonv::Error;
-use vericonv::cloud::{CloudBackend, CpuBackend, Tamper, TamperingBackend};
-use vericonv::keys::seeded_rng;
-use vericonv::privacy::Privacy;
+use vericonv::Privacy;
+use vericonv::seeded_rng;
+use vericonv::{CloudBackend, CpuBackend, Tamper, TamperingBackend};
 use vericonv_model::data::Dataset;
 use vericonv_model::quant::QuantConfig;
 use vericonv_model::tract::{ConvExecutor, LayerKind, PrivateConvs, Reference, TractModel};

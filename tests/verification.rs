@@ -6,14 +6,14 @@ use common::{ints, rng};
 use rand::RngExt;
 use vericonv::Cheater;
 use vericonv::Error;
-use vericonv::client::{CallBuffers, LayerConfig, PrivateConv};
-use vericonv::cloud::{Clouds, CpuBackend, Tamper, TamperingBackend};
-use vericonv::field::{PrimeField, SmallPrime};
-use vericonv::geometry::{Conv2d, Padding};
-use vericonv::keys::seeded_rng;
-use vericonv::privacy::Privacy;
-use vericonv::reference::conv_field;
-use vericonv::verify::{Claim, Mode, verify};
+use vericonv::Privacy;
+use vericonv::conv_field;
+use vericonv::seeded_rng;
+use vericonv::{CallBuffers, LayerConfig, PrivateConv};
+use vericonv::{Claim, Mode, verify};
+use vericonv::{Clouds, CpuBackend, Tamper, TamperingBackend};
+use vericonv::{Conv2d, Padding};
+use vericonv::{PrimeField, SmallPrime};
 
 const TRIALS: usize = 1000;
 

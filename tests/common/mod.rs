@@ -7,13 +7,13 @@ pub fn repo_root() -> std::path::PathBuf {
 
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, Clouds};
-use vericonv::geometry::{Conv2d, Padding};
-use vericonv::keys::seeded_rng;
-use vericonv::privacy::Privacy;
-use vericonv::reference::conv_i64;
-use vericonv::verify::Mode;
+use vericonv::Mode;
+use vericonv::Privacy;
+use vericonv::conv_i64;
+use vericonv::seeded_rng;
+use vericonv::{CloudBackend, Clouds};
+use vericonv::{Conv2d, Padding};
+use vericonv::{LayerConfig, PrivateConv};
 #[cfg(feature = "gpu")]
 use vericonv_gpu::{GpuBackend, GpuOptions};
 

@@ -20,17 +20,17 @@ use rand::RngExt;
 use serde::Serialize;
 
 use anyhow::Result;
-use vericonv::cloud::{CloudBackend, CpuBackend};
-use vericonv::decrypt::{MaskKernel, decrypt_into, decrypt_padded_into, decrypt_sum_verified_into};
-use vericonv::encrypt::{encrypt_input_into, encrypt_kernel, encrypt_padded_into, encrypt_shares_into};
-use vericonv::field::{M31, PrimeField};
-use vericonv::geometry::{Conv2d, Padding};
-use vericonv::keys::{ImageMask, SessionKey, seeded_rng};
-use vericonv::pad::PadPool;
-use vericonv::privacy::Privacy;
-use vericonv::reference;
-use vericonv::share::ShareSeed;
-use vericonv::verify::{Claim, FastRounds, Mode, Verdict, Verified, kernel_fold, verify};
+use vericonv::PadPool;
+use vericonv::Privacy;
+use vericonv::{CloudBackend, CpuBackend};
+use vericonv::{Conv2d, Padding};
+use vericonv::{ImageMask, SessionKey, seeded_rng};
+use vericonv::{M31, PrimeField};
+use vericonv::{MaskKernel, decrypt_into, decrypt_padded_into, decrypt_sum_verified_into};
+use vericonv::{encrypt_input_into, encrypt_kernel, encrypt_padded_into, encrypt_shares_into};
+
+use vericonv::ShareSeed;
+use vericonv::{Claim, FastRounds, Mode, Verdict, Verified, kernel_fold, verify};
 
 /// One layer of a suite.
 #[derive(Clone, Debug)]
@@ -270,7 +270,7 @@ mod tract_baseline {
     use tract_onnx::prelude::*;
 
     use anyhow::Result;
-    use vericonv::geometry::Conv2d;
+    use vericonv::Conv2d;
     use vericonv_model::onnx::proto::*;
 
     fn err(e: impl std::fmt::Display) -> anyhow::Error {
@@ -454,13 +454,13 @@ pub fn run_layer(l: &BenchLayer, opts: &BenchOptions, seed: u64) -> Result<Vec<B
     let gemm_out = pool.install(|| conv_gemm(g, b, &wf, &xf, opts.threads));
     let im2col_gemm_s = pool.install(|| time(opts.min_time, || conv_gemm(g, b, &wf, &xf, opts.threads)));
     let naive_s = if macs <= opts.naive_max_macs {
-        let naive = reference::conv_f32(g, b, &wf, &xf)?;
+        let naive = vericonv::conv_f32(g, b, &wf, &xf)?;
         if !close(&naive, &gemm_out) {
             return Err(anyhow::anyhow!("{} {}: im2col+gemm disagrees with the naive convolution", l.network, l.layer));
         }
         // One timed run: the naive convolution is slow and steady.
         let t = Instant::now();
-        std::hint::black_box(reference::conv_f32(g, b, &wf, &xf)?);
+        std::hint::black_box(vericonv::conv_f32(g, b, &wf, &xf)?);
         Some(t.elapsed().as_secs_f64())
     } else {
         None
@@ -599,7 +599,7 @@ fn client_cost(
     let check = |y: &[i32]| {
         if y == exact { Ok(()) } else { Err(anyhow::anyhow!("decryption differs from the integer convolution")) }
     };
-    fn accepted<'a>(claim: &Claim<'a>, rng: &mut vericonv::keys::KeyRng) -> Result<Verified<'a>> {
+    fn accepted<'a>(claim: &Claim<'a>, rng: &mut vericonv::KeyRng) -> Result<Verified<'a>> {
         match verify::<M31, _>(claim, Mode::Fast, 1, rng)? {
             Verdict::Accepted(answer) => Ok(answer),
             Verdict::Rejected { .. } => Err(anyhow::anyhow!("an honest answer failed verification")),
@@ -698,7 +698,7 @@ fn client_cost(
 /// Writes the rows as CSV, one column per field of [`BenchRow`] (empty where a value is absent).
 ///
 /// # Errors
-/// [`ModelError::Io`].
+/// An error naming the file when it cannot be written.
 pub fn write_csv(rows: &[BenchRow], path: &std::path::Path) -> Result<()> {
     let csv_err = |e: csv::Error| match e.into_kind() {
         csv::ErrorKind::Io(e) => anyhow::Error::new(e).context(format!("writing {}", path.display())),
@@ -716,7 +716,7 @@ pub fn write_csv(rows: &[BenchRow], path: &std::path::Path) -> Result<()> {
 /// 26× and 87× marked, as SVG.
 ///
 /// # Errors
-/// [`ModelError::Io`] when the file cannot be written.
+/// An error naming the file when it cannot be written.
 pub fn plot_speedups(rows: &[BenchRow], threads: usize, privacy: &str, path: &std::path::Path) -> Result<()> {
     use plotters::prelude::*;
     let rows: Vec<&BenchRow> = rows.iter().filter(|r| r.threads == threads && r.privacy == privacy).collect();

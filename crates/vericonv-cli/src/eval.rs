@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use anyhow::Result;
 use vericonv::Error;
-use vericonv::cloud::{Clouds, CpuBackend};
-use vericonv::keys::KeyRng;
+use vericonv::KeyRng;
+use vericonv::{Clouds, CpuBackend};
 use vericonv_model::ModelError;
 use vericonv_model::argmax;
 use vericonv_model::data::Dataset;

@@ -11,11 +11,11 @@ use anyhow::Result;
 use rand::RngExt;
 use serde::Serialize;
 use vericonv::Error;
-use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, Clouds};
-use vericonv::keys::seeded_rng;
-use vericonv::privacy::Privacy;
-use vericonv::reference::conv_i64;
+use vericonv::Privacy;
+use vericonv::conv_i64;
+use vericonv::seeded_rng;
+use vericonv::{CloudBackend, Clouds};
+use vericonv::{LayerConfig, PrivateConv};
 
 use crate::bench::BenchLayer;
 

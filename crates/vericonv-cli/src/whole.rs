@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use rand::RngExt;
 use serde::Serialize;
-use vericonv::cloud::{CloudBackend, Clouds, CpuBackend};
-use vericonv::keys::seeded_rng;
-use vericonv::privacy::Privacy;
+use vericonv::Privacy;
+use vericonv::seeded_rng;
+use vericonv::{CloudBackend, Clouds, CpuBackend};
 use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};
 use vericonv_model::{LayerStats, Model, PrivateConfig, PrivateExecutor, Workspace};
 

@@ -316,10 +316,7 @@ fn one_32_byte_seed_call_neither_kills_nor_grows_the_server() {
     let before = server.peak_rss_mib();
     // A 1×1 kernel on a 46340×46340 input with stride 46340, and 2^20 images in the seed form:
     // 9 PB once expanded, from 32 bytes.
-    let g = vericonv::geometry::Conv2d::builder(1, 1, (46340, 46340), (1, 1))
-        .stride(46340, 46340)
-        .build()
-        .expect("geometry");
+    let g = vericonv::Conv2d::builder(1, 1, (46340, 46340), (1, 1)).stride(46340, 46340).build().expect("geometry");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let codes = rt.block_on(async {
         let mut c = CloudClient::connect(server.grpc.replace("grpc://", "http://")).await.expect("connect");

@@ -6,11 +6,11 @@ use std::io::Write;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use vericonv::cloud::{CloudBackend, CpuBackend};
-use vericonv::field::{M31, PrimeField};
-use vericonv::geometry::{Conv2d, Padding};
-use vericonv::keys::seeded_rng;
-use vericonv::reference::{conv_f32, conv_field};
+use vericonv::seeded_rng;
+use vericonv::{CloudBackend, CpuBackend};
+use vericonv::{Conv2d, Padding};
+use vericonv::{M31, PrimeField};
+use vericonv::{conv_f32, conv_field};
 use vericonv_gpu::{ConvKernel, GpuBackend, GpuOptions, ShaderVariant};
 
 fn lenet() -> Vec<(&'static str, Conv2d)> {

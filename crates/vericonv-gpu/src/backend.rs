@@ -2,10 +2,10 @@
 //! products and the kernel timer.
 
 use bytemuck::Pod;
+use vericonv::Conv2d;
 use vericonv::Result;
-use vericonv::cloud::{CallKernel, CloudBackend, ConvCall, check_conv_args, replace_zeroized};
-use vericonv::geometry::Conv2d;
-use vericonv::verify::{Claim, StrictProducts};
+use vericonv::{CallKernel, CloudBackend, ConvCall, check_conv_args, replace_zeroized};
+use vericonv::{Claim, StrictProducts};
 
 use crate::device::{Device, GpuInfo, GpuOptions};
 use crate::shaders::{Arithmetic, ConvKernel, ShaderVariant};
@@ -40,7 +40,7 @@ impl GpuBackend {
     }
 
     /// How many times a kernel was uploaded to the device. A session kernel
-    /// ([`vericonv::cloud::CloudBackend::conv_session`]) is uploaded once per chunk of output
+    /// ([`vericonv::CloudBackend::conv_session`]) is uploaded once per chunk of output
     /// channels, then kept.
     pub fn kernel_uploads(&self) -> u64 {
         self.device.kernel_uploads.load(std::sync::atomic::Ordering::Relaxed)
@@ -59,7 +59,7 @@ impl GpuBackend {
     /// The plaintext f32 convolution on the GPU with the given kernel: the cloud-side baseline.
     ///
     /// # Errors
-    /// As [`vericonv::cloud::CloudBackend::conv`].
+    /// As [`vericonv::CloudBackend::conv`].
     pub fn conv_f32(
         &self,
         kernel: ConvKernel,
@@ -75,7 +75,7 @@ impl GpuBackend {
     /// with the simple one, its oracle).
     ///
     /// # Errors
-    /// As [`vericonv::cloud::CloudBackend::conv`].
+    /// As [`vericonv::CloudBackend::conv`].
     pub fn conv_field(
         &self,
         kernel: ConvKernel,
@@ -88,7 +88,7 @@ impl GpuBackend {
     }
 
     /// The batched Strict-mode products on this GPU (`Y'_b·r`, `im2col(X'_b)·r`, `K'·T_b`),
-    /// bit-identical to [`vericonv::verify::strict_products`]. Verifying on a GPU proves something
+    /// bit-identical to [`vericonv::strict_products`]. Verifying on a GPU proves something
     /// only when the GPU is the client's own, never the cloud's.
     ///
     /// # Errors

@@ -6,9 +6,9 @@ use std::sync::mpsc;
 use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
+use vericonv::Conv2d;
 use vericonv::Result;
-use vericonv::cloud::{SessionKernel, check_conv_args};
-use vericonv::geometry::Conv2d;
+use vericonv::{SessionKernel, check_conv_args};
 
 use crate::device::{Device, scoped};
 use crate::plan::{Band, ConvPlan, Params, u};

@@ -19,7 +19,7 @@ pub struct GpuOptions {
     pub max_binding_size: Option<u64>,
     /// Use at most this many workgroups per dispatch dimension (below the device limit).
     pub max_workgroups_per_dimension: Option<u32>,
-    /// The convolution kernel of [`vericonv::cloud::CloudBackend::conv`] (default: tiled). Grouped and depthwise
+    /// The convolution kernel of [`vericonv::CloudBackend::conv`] (default: tiled). Grouped and depthwise
     /// layers always use the simple kernel.
     pub kernel: ConvKernel,
     /// Bytes of session kernels kept on the device (default 256 MiB); least recently used first out.

@@ -1,4 +1,4 @@
-//! The GPU backend's own errors. Calls through [`vericonv::cloud::CloudBackend`] return them as
+//! The GPU backend's own errors. Calls through [`vericonv::CloudBackend`] return them as
 //! [`vericonv::Error::Backend`] (the `From` conversion below), from which
 //! `err.backend_error::<GpuError>()` recovers them.
 

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use vericonv::cloud::{KernelRef, SessionKernel};
+use vericonv::{KernelRef, SessionKernel};
 
 use crate::shaders::ConvKernel;
 

@@ -4,8 +4,8 @@
 use crate::GpuError;
 use bytemuck::{Pod, Zeroable};
 
+use vericonv::Conv2d;
 use vericonv::Result;
-use vericonv::geometry::Conv2d;
 
 use crate::shaders::{ConvKernel, TILE, WORKGROUP_X};
 
@@ -150,7 +150,7 @@ impl Band {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vericonv::geometry::Padding;
+    use vericonv::Padding;
 
     #[test]
     fn plan_splits_channels_rows_and_images_to_fit_limits() {

@@ -3,10 +3,10 @@
 use crate::GpuError;
 use wgpu::util::DeviceExt;
 
+use vericonv::Conv2d;
 use vericonv::Result;
-use vericonv::field::{M31, PrimeField};
-use vericonv::geometry::Conv2d;
-use vericonv::verify::{Claim, StrictProducts};
+use vericonv::{Claim, StrictProducts};
+use vericonv::{M31, PrimeField};
 
 use crate::conv::{grid_1d, storage_buffer, submit_and_read};
 use crate::device::{Device, scoped};

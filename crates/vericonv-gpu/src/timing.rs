@@ -3,8 +3,8 @@
 use crate::GpuError;
 use bytemuck::Pod;
 
+use vericonv::Conv2d;
 use vericonv::Result;
-use vericonv::geometry::Conv2d;
 
 use crate::conv::{conv_bindings, conv_pipeline, kernel_buffer, submit_and_read};
 use crate::device::{Device, scoped};

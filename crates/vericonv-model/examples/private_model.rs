@@ -6,9 +6,9 @@
 
 use std::path::Path;
 
-use vericonv::cloud::{Clouds, CpuBackend};
-use vericonv::keys::os_rng;
-use vericonv::privacy::Privacy;
+use vericonv::Privacy;
+use vericonv::os_rng;
+use vericonv::{Clouds, CpuBackend};
 use vericonv_model::data::Dataset;
 use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};
 use vericonv_model::{Model, PrivateConfig, PrivateExecutor, argmax};

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use vericonv::cloud::{CloudBackend, CpuBackend};
-use vericonv::keys::seeded_rng;
-use vericonv::privacy::Privacy;
+use vericonv::Privacy;
+use vericonv::seeded_rng;
+use vericonv::{CloudBackend, CpuBackend};
 use vericonv_model::PrivateConfig;
 use vericonv_model::quant::QuantConfig;
 use vericonv_model::tract::{ConvExecutor, PrivateConvs, TractModel};

@@ -8,7 +8,7 @@ use crate::floats::{self, FloatType};
 use crate::graph::{BatchNorm, ConvAttrs, GraphBuilder, InputSpec, Model, Op, Source, layer_err, output_len};
 use crate::ops::Pool;
 use crate::{ModelError, Result};
-use vericonv::geometry::Padding;
+use vericonv::Padding;
 
 /// One layer of the native JSON format.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

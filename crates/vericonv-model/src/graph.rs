@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ops::Pool;
 use crate::{ModelError, Result};
-use vericonv::geometry::{Conv2d, Padding};
+use vericonv::{Conv2d, Padding};
 
 /// A `channels × height × width` activation shape (a vector is `n × 1 × 1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,8 +2,8 @@
 //! convolutions through chunked f32 or f64 GEMMs), linear layers, pooling. Everything is NCHW.
 
 use rayon::prelude::*;
-use vericonv::field::SmallInt;
-use vericonv::geometry::{Conv2d, Padding};
+use vericonv::SmallInt;
+use vericonv::{Conv2d, Padding};
 
 /// The im2col matrix (`M × N`, row-major) of image `img` (`Cin × H × W`) for group `grp`.
 pub fn im2col<T: Copy + Default>(g: &Conv2d, img: &[T], grp: usize) -> Vec<T> {

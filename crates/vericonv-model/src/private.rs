@@ -1,16 +1,16 @@
 //! The private executor: every `Conv` (and, on request, `Linear`) node of a quantized model runs
-//! through [`vericonv::client::PrivateConv`] on untrusted clouds, with keys per layer and session.
+//! through [`vericonv::PrivateConv`] on untrusted clouds, with keys per layer and session.
 
 use crate::quant::{Epilogue, IntegerExecutor, QuantInput, QuantLayer, QuantModel, qmax};
 use crate::{ModelError, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use vericonv::Error;
-use vericonv::client::{Answer, AnswerBuffers, LayerConfig, Pending, PrivateConv, Timings};
-use vericonv::cloud::{CloudBackend, Clouds, CpuBackend};
-use vericonv::keys::KeyRng;
-use vericonv::privacy::Privacy;
-use vericonv::verify::Mode;
+use vericonv::KeyRng;
+use vericonv::Mode;
+use vericonv::Privacy;
+use vericonv::{Answer, AnswerBuffers, LayerConfig, Pending, PrivateConv, Timings};
+use vericonv::{CloudBackend, Clouds, CpuBackend};
 
 /// Settings of a private forward pass.
 #[derive(Clone, Debug)]

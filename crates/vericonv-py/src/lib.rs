@@ -12,10 +12,10 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use vericonv::Cheater;
-use vericonv::cloud::{CloudBackend, CpuBackend};
-use vericonv::keys::{os_rng, seeded_rng};
-use vericonv::privacy::Privacy;
-use vericonv::verify::Mode;
+use vericonv::Mode;
+use vericonv::Privacy;
+use vericonv::{CloudBackend, CpuBackend};
+use vericonv::{os_rng, seeded_rng};
 use vericonv_model::quant::QuantConfig;
 use vericonv_model::tract::{ConvExecutor, Plan, PrivateConvs, Reference, TractModel};
 use vericonv_model::{InputSpec, PrivateConfig};
@@ -223,7 +223,7 @@ impl NativeModel {
         }
         if matches!(privacy, Privacy::LowRank { .. }) {
             let warnings = py.import("warnings")?;
-            warnings.call_method1("warn", (vericonv::privacy::LOWRANK_WARNING,))?;
+            warnings.call_method1("warn", (vericonv::LOWRANK_WARNING,))?;
         }
         let gpu = match backend {
             "cpu" => false,

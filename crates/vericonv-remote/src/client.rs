@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use crate::RemoteError;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
-use vericonv::cloud::{CallInput, CallKernel, CloudBackend, ConvCall, KernelRef, SessionKernel, replace_zeroized};
-use vericonv::geometry::Conv2d;
+use vericonv::Conv2d;
+use vericonv::{CallInput, CallKernel, CloudBackend, ConvCall, KernelRef, SessionKernel, replace_zeroized};
 use vericonv::{Error, Result};
 
 use crate::proto;

@@ -1,4 +1,4 @@
-//! The remote cloud's own errors. Calls through [`vericonv::cloud::CloudBackend`] return them as
+//! The remote cloud's own errors. Calls through [`vericonv::CloudBackend`] return them as
 //! [`vericonv::Error::Backend`] (the `From` conversion below), from which
 //! `err.backend_error::<RemoteError>()` recovers them.
 

@@ -36,7 +36,7 @@ use server::CloudService;
 pub use server::ServerConfig;
 pub use token::read_token;
 use tonic::codegen::http;
-use vericonv::cloud::CloudBackend;
+use vericonv::CloudBackend;
 use vericonv::{Error, Result};
 pub use wire::{KernelHandle, decode_elements, encode_elements, geometry_from_proto, geometry_to_proto};
 

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use vericonv::Error;
-use vericonv::cloud::{CloudBackend, SessionKernel};
-use vericonv::share::ShareSeed;
+use vericonv::ShareSeed;
+use vericonv::{CloudBackend, SessionKernel};
 
 use crate::RemoteError;
 use crate::metrics::Metrics;

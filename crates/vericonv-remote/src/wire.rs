@@ -2,8 +2,8 @@
 //! handles. Every decoder here takes bytes the other side controls and returns a typed error,
 //! never a panic, for anything malformed.
 
-use vericonv::field::P;
-use vericonv::geometry::{Conv2d, Padding};
+use vericonv::P;
+use vericonv::{Conv2d, Padding};
 
 use crate::{RemoteError, proto};
 

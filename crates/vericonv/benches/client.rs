@@ -7,15 +7,16 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rand::RngExt;
 use rayon::prelude::*;
-use vericonv::cloud::{CloudBackend, CpuBackend};
-use vericonv::decrypt::{MaskKernel, decrypt, decrypt_into};
-use vericonv::encrypt::{encrypt_input, encrypt_input_into, encrypt_kernel};
-use vericonv::field::{M31, PrimeField, reference, slices};
-use vericonv::geometry::{Conv2d, Padding};
-use vericonv::keys::{ImageMask, SessionKey, seeded_rng};
-use vericonv::reference::conv_i64;
-use vericonv::share::{expand_into, expand_reference};
-use vericonv::verify::{Claim, Mode, Verdict, verify};
+use vericonv::conv_i64;
+use vericonv::field::{reference, slices};
+use vericonv::{Claim, Mode, Verdict, verify};
+use vericonv::{CloudBackend, CpuBackend};
+use vericonv::{Conv2d, Padding};
+use vericonv::{ImageMask, SessionKey, seeded_rng};
+use vericonv::{M31, PrimeField};
+use vericonv::{MaskKernel, decrypt, decrypt_into};
+use vericonv::{encrypt_input, encrypt_input_into, encrypt_kernel};
+use vericonv::{expand_into, expand_reference};
 
 fn shapes() -> Vec<(&'static str, Conv2d)> {
     let p = Padding::uniform;

@@ -7,13 +7,13 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rand::RngExt;
-use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, ConvCall};
-use vericonv::field::M31;
-use vericonv::geometry::{Conv2d, Padding};
-use vericonv::keys::os_rng;
-use vericonv::reference::conv_field;
+use vericonv::M31;
+use vericonv::conv_field;
+use vericonv::os_rng;
+use vericonv::{CloudBackend, ConvCall};
+use vericonv::{Conv2d, Padding};
 use vericonv::{Error, Result};
+use vericonv::{LayerConfig, PrivateConv};
 
 /// The direct convolution of `vericonv::reference`, counting what it receives.
 struct NaiveCloud {
@@ -35,7 +35,7 @@ impl CloudBackend for NaiveCloud {
         self.elements_received.fetch_add(kernel.len() + input.len(), Ordering::Relaxed);
         let mut y = conv_field::<M31>(geom, call.batch, kernel, &input)?;
         if self.lie.load(Ordering::Relaxed) {
-            y[0] = (y[0] + 1) % vericonv::field::P;
+            y[0] = (y[0] + 1) % vericonv::P;
         }
         *out = y;
         Ok(())

@@ -4,12 +4,12 @@
 //! `cargo run --release --example private_layer`
 
 use rand::RngExt;
-use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{Clouds, CpuBackend};
-use vericonv::geometry::{Conv2d, Padding};
-use vericonv::keys::os_rng;
-use vericonv::privacy::Privacy;
-use vericonv::reference::conv_i64;
+use vericonv::Privacy;
+use vericonv::conv_i64;
+use vericonv::os_rng;
+use vericonv::{Clouds, CpuBackend};
+use vericonv::{Conv2d, Padding};
+use vericonv::{LayerConfig, PrivateConv};
 
 fn main() -> Result<(), vericonv::Error> {
     let geom = Conv2d::builder(3, 8, (32, 32), (3, 3)).stride(1, 1).padding(Padding::uniform(1)).build()?;

@@ -65,13 +65,13 @@ impl Verdict<'_> {
 /// Neither a proof nor decryption without one compiles outside this crate:
 ///
 /// ```compile_fail
-/// let forged = vericonv::verify::Verified::new(&[0u32; 4], None); // private constructor
+/// let forged = vericonv::Verified::new(&[0u32; 4], None); // private constructor
 /// ```
 ///
 /// ```compile_fail
-/// # use vericonv::{decrypt::MaskKernel, keys::{ImageMask, SessionKey}};
+/// # use vericonv::{ImageMask, MaskKernel, SessionKey};
 /// # fn f(key: &SessionKey, mk: &MaskKernel, masks: &[ImageMask], y: &[u32]) {
-/// let _ = vericonv::decrypt::decrypt(key, mk, masks, y); // an unverified answer
+/// let _ = vericonv::decrypt(key, mk, masks, y); // an unverified answer
 /// # }
 /// ```
 #[derive(PartialEq, Eq)]

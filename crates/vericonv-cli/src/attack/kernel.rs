@@ -6,8 +6,8 @@
 //! without the sign rule): the slice is then known up to sign. It is *unique* when exactly one
 //! scalar (and its negative) maps the slice into the bound at all.
 
-use vericonv::field::{M31, PrimeField};
-use vericonv::geometry::Conv2d;
+use vericonv::Conv2d;
+use vericonv::{M31, PrimeField};
 
 /// The attack's guess for one slice.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Exact linear algebra over F_p (p = 2^31 - 1) for the attacks: reduced row echelon form, rank,
 //! left null spaces, subspaces with membership tests, and small dense solves.
 
-use vericonv::field::{M31, PrimeField};
+use vericonv::{M31, PrimeField};
 
 /// A dense row-major matrix over F_p.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -235,7 +235,7 @@ pub fn inverse(a: &Matrix) -> Option<Matrix> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vericonv::keys::seeded_rng;
+    use vericonv::seeded_rng;
 
     #[test]
     fn left_null_space_vectors_annihilate_the_matrix() {

@@ -33,7 +33,7 @@ use rand::Rng;
 use rand::seq::index::sample_weighted;
 
 use super::linalg::{Matrix, Subspace, inverse, solve_left};
-use vericonv::field::{M31, PrimeField};
+use vericonv::{M31, PrimeField};
 
 /// Random square blocks of lines drawn across channels, per orientation.
 const MIXED_TRIALS: usize = 48;

@@ -24,11 +24,11 @@ use serde::Serialize;
 
 use anyhow::Result;
 use stats::ViewStats;
-use vericonv::client::{LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, Clouds, ConvCall, CpuBackend};
-use vericonv::geometry::Conv2d;
-use vericonv::keys::{KeyRng, seeded_rng};
-use vericonv::privacy::Privacy;
+use vericonv::Conv2d;
+use vericonv::Privacy;
+use vericonv::{CloudBackend, Clouds, ConvCall, CpuBackend};
+use vericonv::{KeyRng, seeded_rng};
+use vericonv::{LayerConfig, PrivateConv};
 use vericonv_model::data::Dataset;
 use vericonv_model::quant::{Epilogue, IntegerExecutor, PlainExecutor, QuantInput, QuantLayer, QuantModel};
 
@@ -379,7 +379,7 @@ fn score_kernel(
     slices: &[kernel::SliceRecovery],
     weight: &[i32],
     g: &Conv2d,
-    key: &vericonv::keys::SessionKey,
+    key: &vericonv::SessionKey,
 ) -> (usize, usize) {
     let (cpg, cpo, taps) = (g.cin_per_group(), g.cout_per_group(), g.kh() * g.kw());
     let (mut exact, mut unique) = (0, 0);
@@ -452,7 +452,7 @@ pub fn format_table(rows: &[LayerAttack]) -> String {
 /// attack did not recover are red.
 ///
 /// # Errors
-/// [`ModelError::Io`] when the file cannot be written.
+/// An error naming the file when it cannot be written.
 pub fn write_examples_png(ex: &Examples, bound: u32, path: &std::path::Path) -> Result<()> {
     const SCALE: usize = 3;
     const GAP: usize = 4;

@@ -14,7 +14,7 @@
 use serde::Serialize;
 
 use super::linalg::Matrix;
-use vericonv::field::P;
+use vericonv::P;
 
 /// The results of the tests on one cloud's view of one layer.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::builder::TypedValueParser;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use vericonv::cloud::CloudBackend;
+use vericonv::CloudBackend;
 use vericonv_model::data::Dataset;
 use vericonv_model::quant::{QuantConfig, QuantModel};
 

@@ -8,8 +8,8 @@ use clap::ValueEnum;
 use clap::builder::TypedValueParser;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use vericonv::cloud::CloudBackend;
-use vericonv::privacy::{LOWRANK_WARNING, Privacy};
+use vericonv::CloudBackend;
+use vericonv::{LOWRANK_WARNING, Privacy};
 #[cfg(feature = "gpu")]
 use vericonv_gpu::{GpuBackend, GpuOptions};
 
@@ -62,7 +62,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "pad")]
     pub(crate) privacy: Vec<PrivacyChoice>,
     /// Mask rank ρ of mode lowrank.
-    #[arg(long, default_value_t = vericonv::keys::DEFAULT_RANK, value_parser = clap::value_parser!(u16).range(1..=64).map(usize::from))]
+    #[arg(long, default_value_t = vericonv::DEFAULT_RANK, value_parser = clap::value_parser!(u16).range(1..=64).map(usize::from))]
     pub(crate) rank: usize,
     /// The F_p shader variant for --backend gpu [default: u64 when the adapter has SHADER_INT64].
     #[arg(long, value_enum)]

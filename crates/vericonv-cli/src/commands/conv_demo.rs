@@ -4,12 +4,12 @@ use std::time::Instant;
 
 use rand::RngExt;
 
-use vericonv::client::{LayerConfig, PrivateConv, Timings};
-use vericonv::cloud::CpuBackend;
-use vericonv::geometry::{Conv2d, Padding};
-use vericonv::privacy::Privacy;
-use vericonv::reference::conv_i64;
-use vericonv::verify::Mode;
+use vericonv::CpuBackend;
+use vericonv::Mode;
+use vericonv::Privacy;
+use vericonv::conv_i64;
+use vericonv::{Conv2d, Padding};
+use vericonv::{LayerConfig, PrivateConv, Timings};
 
 use super::options::*;
 

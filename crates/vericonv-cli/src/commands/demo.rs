@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use vericonv::cloud::CpuBackend;
-use vericonv::verify::Mode;
+use vericonv::CpuBackend;
+use vericonv::Mode;
 use vericonv_model::PrivateExecutor;
 use vericonv_model::data::Dataset;
 use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};

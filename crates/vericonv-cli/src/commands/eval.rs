@@ -9,7 +9,7 @@ use clap::builder::TypedValueParser;
 
 use indicatif::{ProgressBar, ProgressStyle};
 #[cfg(feature = "tract")]
-use vericonv::cloud::CloudBackend;
+use vericonv::CloudBackend;
 use vericonv_cli::eval::{EvalOptions, EvalReport, evaluate};
 use vericonv_model::data::Dataset;
 use vericonv_model::quant::{QuantConfig, QuantModel};

@@ -8,10 +8,10 @@ use clap::ValueEnum;
 use clap::builder::TypedValueParser;
 use rand::RngExt;
 
-use vericonv::cloud::{CloudBackend, Clouds, CpuBackend, Tamper, TamperingBackend};
-use vericonv::keys::{KeyRng, os_rng, seeded_rng};
-use vericonv::privacy::{LOWRANK_WARNING, Privacy};
-use vericonv::verify::Mode;
+use vericonv::Mode;
+use vericonv::{CloudBackend, Clouds, CpuBackend, Tamper, TamperingBackend};
+use vericonv::{KeyRng, os_rng, seeded_rng};
+use vericonv::{LOWRANK_WARNING, Privacy};
 #[cfg(feature = "gpu")]
 use vericonv_gpu::{GpuBackend, GpuOptions};
 use vericonv_model::Model;
@@ -65,7 +65,7 @@ pub(crate) struct PrivacyArgs {
     #[arg(long, value_enum, default_value_t = PrivacyChoice::Pad)]
     pub(crate) privacy: PrivacyChoice,
     /// Mask rank ρ of mode lowrank.
-    #[arg(long, default_value_t = vericonv::keys::DEFAULT_RANK, value_parser = clap::value_parser!(u16).range(1..=64).map(usize::from))]
+    #[arg(long, default_value_t = vericonv::DEFAULT_RANK, value_parser = clap::value_parser!(u16).range(1..=64).map(usize::from))]
     pub(crate) rank: usize,
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::builder::TypedValueParser;
 
-use vericonv::cloud::CloudBackend;
+use vericonv::CloudBackend;
 use vericonv_model::quant::QuantConfig;
 
 use super::options::*;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::builder::TypedValueParser;
 use rand::RngExt;
 
-use vericonv::cloud::{CloudBackend, Tamper, TamperingBackend};
-use vericonv::keys::os_rng;
+use vericonv::os_rng;
+use vericonv::{CloudBackend, Tamper, TamperingBackend};
 
 use super::options::*;
 

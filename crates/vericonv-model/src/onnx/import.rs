@@ -20,7 +20,7 @@ use crate::graph::output_len;
 use crate::ops::Pool;
 use crate::{BatchNorm, ConvAttrs, GraphBuilder, InputSpec, Model, Op, Source};
 use crate::{ModelError, Result};
-use vericonv::geometry::Padding;
+use vericonv::Padding;
 
 fn unsupported(node: &NodeProto, what: impl std::fmt::Display) -> ModelError {
     ModelError::Unsupported(format!("ONNX node `{}` ({}): {what}", node_name(node), node.op_type))

@@ -9,7 +9,7 @@ use prost::Message;
 
 use crate::{ModelError, Result};
 use proto::{ModelProto, NodeProto, TensorProto};
-use vericonv::geometry::{Conv2d, Padding};
+use vericonv::{Conv2d, Padding};
 
 /// Tensor element values, widened: floating types to `f32`, integer types to `i64`.
 #[derive(Clone, Debug, PartialEq)]

@@ -10,9 +10,9 @@ use crate::exec::{MIN_TASK, Tail};
 use crate::ops::ExactWeights;
 use crate::{Model, ops};
 use crate::{ModelError, Result};
-use vericonv::client::check_exactness;
-use vericonv::field::SmallInt;
-use vericonv::geometry::Conv2d;
+use vericonv::Conv2d;
+use vericonv::SmallInt;
+use vericonv::check_exactness;
 
 /// How a model is quantized.
 #[derive(Clone, Debug, PartialEq)]

@@ -21,7 +21,7 @@ pub use layer::{
 };
 #[cfg(feature = "tract")]
 pub(crate) use layer::{Quantized, quantize_image};
-use vericonv::geometry::Conv2d;
+use vericonv::Conv2d;
 
 impl QuantModel {
     /// Quantizes the weights of every `Conv` and `Linear` node and checks each layer's

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use crate::Result;
 use rayon::prelude::*;
 use vericonv::Error;
-use vericonv::client::{CallBuffers, LayerConfig, PrivateConv};
-use vericonv::cloud::{CloudBackend, Clouds};
-use vericonv::keys::KeyRng;
+use vericonv::KeyRng;
+use vericonv::{CallBuffers, LayerConfig, PrivateConv};
+use vericonv::{CloudBackend, Clouds};
 
 use super::{PrivateLayer, TractModel};
 use crate::exec::MIN_TASK;
@@ -62,7 +62,7 @@ impl ConvExecutor for Reference {
             QuantInput::Bits8(x) => layer.quant.compute(x, batch),
             QuantInput::Bits16(x) => layer.quant.compute(x, batch),
         };
-        vericonv::geometry::Conv2d::check_len("output", acc.len(), out.len())?;
+        vericonv::Conv2d::check_len("output", acc.len(), out.len())?;
         let n = layer.quant.geom.n();
         out.par_chunks_mut(n)
             .zip(acc.par_chunks(n))

@@ -28,7 +28,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 use vericonv::Error;
-use vericonv::geometry::{Conv2d, Padding};
+use vericonv::{Conv2d, Padding};
 
 pub use exec::{ConvExecutor, OwnedClouds, PrivateConvs, Reference};
 

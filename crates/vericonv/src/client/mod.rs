@@ -123,7 +123,7 @@ impl std::fmt::Debug for Pending {
 ///
 /// ```compile_fail
 /// # fn f(y: Vec<u32>) {
-/// let forged = vericonv::client::Answer { batch: 1, y }; // private fields
+/// let forged = vericonv::Answer { batch: 1, y }; // private fields
 /// # }
 /// ```
 pub struct Answer {
