@@ -120,13 +120,13 @@ fn the_whole_model_bench_checks_the_private_logits_and_times_every_engine() {
 fn the_whole_model_bench_runs_the_tract_path_too() {
     use std::sync::Arc;
     use vericonv_cli::whole::{WholeOptions, run_whole_tract};
-    use vericonv_model::tract::TractModel;
+    use vericonv_model::TractModel;
     let path = common::repo_root().join("data/zoo/silu_se.onnx");
     if !path.is_file() {
         common::skip_unless_required("VERICONV_REQUIRE_DATA", "data/zoo is missing: run scripts/export-zoo.py");
         return;
     }
-    let model = TractModel::open(&path, None, &vericonv_model::quant::QuantConfig::default()).expect("loads");
+    let model = TractModel::open(&path, None, &vericonv_model::QuantConfig::default()).expect("loads");
     let onnx = std::fs::read(&path).expect("model");
     for privacy in [Privacy::LowRank { rank: 2 }, Privacy::TwoServer, Privacy::Pad, Privacy::SplitModel] {
         let opts = WholeOptions { batch: 3, threads: 1, privacy, reps: 2, seed: 5 };

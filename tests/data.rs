@@ -5,7 +5,7 @@ use std::io::Write;
 use vericonv_model::ModelError;
 
 use rand::{Rng, RngExt};
-use vericonv_model::data::Dataset;
+use vericonv_model::Dataset;
 
 fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
     let mut v = vec![0, 0, 0x08, dims.len() as u8];

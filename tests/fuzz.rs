@@ -22,8 +22,8 @@ use prost::Message;
 use rand::seq::{IndexedMutRandom, IndexedRandom};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use vericonv_model::Dataset;
 use vericonv_model::Model;
-use vericonv_model::data::Dataset;
 use vericonv_model::onnx::import::{export_model, import_proto};
 use vericonv_model::onnx::proto::{AttributeProto, ModelProto};
 
@@ -308,8 +308,8 @@ fn onnx_importer_survives_mutated_models() {
 #[test]
 fn tract_loader_survives_mutated_models() {
     use std::sync::Arc;
-    use vericonv_model::quant::QuantConfig;
-    use vericonv_model::tract::{Reference, TractModel};
+    use vericonv_model::QuantConfig;
+    use vericonv_model::{Reference, TractModel};
     let seeds = onnx_seeds();
     let dir = tempfile::tempdir().expect("temporary directory");
     fuzz("tract", (0..seeds.len(), any::<u64>(), 1..6usize), |(i, s, n)| {

@@ -4,8 +4,8 @@
 use std::io::Write;
 use vericonv_model::ModelError;
 
+use vericonv_model::Dataset;
 use vericonv_model::Model;
-use vericonv_model::data::Dataset;
 use vericonv_model::onnx::import::{export_model, import_proto};
 
 /// Safetensors bytes holding the given f32 tensors.

@@ -11,12 +11,12 @@ use vericonv::Privacy;
 use vericonv::seeded_rng;
 use vericonv::{Clouds, CpuBackend};
 use vericonv_cli::eval::{EvalOptions, evaluate};
+use vericonv_model::Dataset;
 use vericonv_model::Model;
 use vericonv_model::ModelError;
 use vericonv_model::PrivateConfig;
-use vericonv_model::data::Dataset;
 use vericonv_model::onnx::import::{export_model, import_proto};
-use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};
+use vericonv_model::{PlainExecutor, QuantConfig, QuantModel};
 
 fn check_private_run(
     path: &std::path::Path,

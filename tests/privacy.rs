@@ -11,9 +11,9 @@ use vericonv::{Conv2d, Padding};
 use vericonv::{ImageMask, SessionKey, seeded_rng};
 use vericonv::{M31, PrimeField};
 use vericonv_cli::attack::{AttackOptions, LayerAttack, attack_model, lowrank::recover_image};
+use vericonv_model::Dataset;
 use vericonv_model::Model;
-use vericonv_model::data::Dataset;
-use vericonv_model::quant::{QuantConfig, QuantModel};
+use vericonv_model::{QuantConfig, QuantModel};
 
 const IMAGES: usize = 30;
 

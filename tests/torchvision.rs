@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use vericonv::CpuBackend;
 use vericonv::Privacy;
 use vericonv::seeded_rng;
-use vericonv_model::data::Dataset;
+use vericonv_model::Dataset;
 use vericonv_model::onnx::import::import_model;
-use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};
 use vericonv_model::{Model, PrivateConfig, PrivateExecutor, argmax};
+use vericonv_model::{PlainExecutor, QuantConfig, QuantModel};
 
 /// `data/torchvision/NAME.onnx`, or `None` (skipped, or failed under VERICONV_REQUIRE_DATA).
 fn export(name: &str) -> Option<PathBuf> {

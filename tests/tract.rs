@@ -1,4 +1,4 @@
-//! Any ONNX model on tract with its convolutions private (`vericonv_model::tract`): private
+//! Any ONNX model on tract with its convolutions private (`vericonv_model::TractModel`): private
 //! logits bit-identical to the quantized plaintext model in every mode, float logits equal to
 //! the native model's, and a lying cloud caught through tract's graph.
 
@@ -9,9 +9,9 @@ use vericonv::Error;
 use vericonv::Privacy;
 use vericonv::seeded_rng;
 use vericonv::{CloudBackend, CpuBackend, Tamper, TamperingBackend};
-use vericonv_model::data::Dataset;
-use vericonv_model::quant::QuantConfig;
-use vericonv_model::tract::{ConvExecutor, LayerKind, PrivateConvs, Reference, TractModel};
+use vericonv_model::Dataset;
+use vericonv_model::QuantConfig;
+use vericonv_model::{ConvExecutor, LayerKind, PrivateConvs, Reference, TractModel};
 use vericonv_model::{Model, PrivateConfig, argmax};
 
 /// The committed MNIST model `name` as an ONNX file in `dir`, and the 16 demo images normalized

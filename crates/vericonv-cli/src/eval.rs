@@ -9,10 +9,10 @@ use anyhow::Result;
 use vericonv::Error;
 use vericonv::KeyRng;
 use vericonv::{Clouds, CpuBackend};
+use vericonv_model::Dataset;
 use vericonv_model::ModelError;
 use vericonv_model::argmax;
-use vericonv_model::data::Dataset;
-use vericonv_model::quant::{ForwardTimes, PlainExecutor, QuantModel};
+use vericonv_model::{ForwardTimes, PlainExecutor, QuantModel};
 use vericonv_model::{PrivateConfig, PrivateExecutor, Workspace};
 
 /// Per-layer outcome of the private run.
@@ -277,8 +277,8 @@ pub fn evaluate(
     })
 }
 
-/// [`evaluate`] for a model on tract ([`vericonv_model::tract`]), whose graph the native
-/// importer refuses: the float plan, the quantized plan ([`vericonv_model::tract::Reference`])
+/// [`evaluate`] for a model on tract ([`vericonv_model::TractModel`]), whose graph the native
+/// importer refuses: the float plan, the quantized plan ([`vericonv_model::Reference`])
 /// and the private one on `clouds`, batch by batch. `normalize` turns each image (pixels in
 /// [0, 1]) into the model's input. The client's time is reported as masking, verification and
 /// cloud per layer; tract's float nodes are not timed apart (`client_nonlinear_s` holds the rest
@@ -288,16 +288,16 @@ pub fn evaluate(
 /// As [`evaluate`].
 #[cfg(feature = "tract")]
 pub fn evaluate_tract(
-    model: &vericonv_model::tract::TractModel,
+    model: &vericonv_model::TractModel,
     data: &Dataset,
-    clouds: vericonv_model::tract::OwnedClouds,
+    clouds: vericonv_model::OwnedClouds,
     opts: &EvalOptions,
     rng: KeyRng,
     normalize: impl Fn(&[f32]) -> Vec<f32>,
     mut progress: impl FnMut(usize),
 ) -> Result<EvalReport> {
     use std::sync::Arc;
-    use vericonv_model::tract::{ConvExecutor, PrivateConvs, Reference};
+    use vericonv_model::{ConvExecutor, PrivateConvs, Reference};
     let image_len: usize = model.image_shape().iter().product();
     if data.image_len() != image_len {
         return Err((Error::LengthMismatch {

@@ -12,8 +12,8 @@ use serde::Serialize;
 use vericonv::Privacy;
 use vericonv::seeded_rng;
 use vericonv::{CloudBackend, Clouds, CpuBackend};
-use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};
 use vericonv_model::{LayerStats, Model, PrivateConfig, PrivateExecutor, Workspace};
+use vericonv_model::{PlainExecutor, QuantConfig, QuantModel};
 
 /// One configuration of [`run_whole`].
 #[derive(Clone, Debug)]
@@ -278,7 +278,7 @@ impl Passes {
     }
 }
 
-/// [`run_whole`] for a model on the tract path (`vericonv_model::tract`): tract runs the graph
+/// [`run_whole`] for a model on the tract path (`vericonv_model::TractModel`): tract runs the graph
 /// on the client, each convolution is private on `clouds` (`None`: CPU backends with the same
 /// threads). The client's time is the private pass minus the clouds' time; the plaintext
 /// engines are tract on the same graph and onnxruntime (`onnxruntime`, if it ran).
@@ -287,15 +287,15 @@ impl Passes {
 /// As [`run_whole`].
 #[cfg(feature = "tract")]
 pub fn run_whole_tract(
-    model: &vericonv_model::tract::TractModel,
+    model: &vericonv_model::TractModel,
     onnx: &[u8],
     opts: &WholeOptions,
-    clouds: Option<vericonv_model::tract::OwnedClouds>,
+    clouds: Option<vericonv_model::OwnedClouds>,
     pads_on: Option<&dyn CloudBackend>,
     onnxruntime: Option<f64>,
 ) -> Result<WholeRow> {
     use std::sync::Arc;
-    use vericonv_model::tract::{ConvExecutor, PrivateConvs, Reference};
+    use vericonv_model::{ConvExecutor, PrivateConvs, Reference};
     let (pool, x) = pool_and_inputs(opts, model.image_shape().iter().product())?;
     let cpu = || CpuBackend::with_threads(opts.threads).map(|c| Arc::new(c) as Arc<dyn CloudBackend>);
     let clouds = match clouds {

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use vericonv_model::Model;
-use vericonv_model::quant::QuantConfig;
-use vericonv_model::tract::{Reference, TractModel};
+use vericonv_model::QuantConfig;
+use vericonv_model::{Reference, TractModel};
 
 /// The repository root (the committed models live there).
 fn repo() -> PathBuf {

@@ -9,9 +9,9 @@ use std::path::Path;
 use vericonv::Privacy;
 use vericonv::os_rng;
 use vericonv::{Clouds, CpuBackend};
-use vericonv_model::data::Dataset;
-use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};
+use vericonv_model::Dataset;
 use vericonv_model::{Model, PrivateConfig, PrivateExecutor, argmax};
+use vericonv_model::{PlainExecutor, QuantConfig, QuantModel};
 
 fn main() -> vericonv_model::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");

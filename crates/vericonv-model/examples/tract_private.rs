@@ -11,8 +11,8 @@ use vericonv::Privacy;
 use vericonv::seeded_rng;
 use vericonv::{CloudBackend, CpuBackend};
 use vericonv_model::PrivateConfig;
-use vericonv_model::quant::QuantConfig;
-use vericonv_model::tract::{ConvExecutor, PrivateConvs, TractModel};
+use vericonv_model::QuantConfig;
+use vericonv_model::{ConvExecutor, PrivateConvs, TractModel};
 
 fn main() -> vericonv_model::Result<()> {
     let args: Vec<String> = std::env::args().collect();

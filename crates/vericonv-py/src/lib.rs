@@ -16,8 +16,8 @@ use vericonv::Mode;
 use vericonv::Privacy;
 use vericonv::{CloudBackend, CpuBackend};
 use vericonv::{os_rng, seeded_rng};
-use vericonv_model::quant::QuantConfig;
-use vericonv_model::tract::{ConvExecutor, Plan, PrivateConvs, Reference, TractModel};
+use vericonv_model::QuantConfig;
+use vericonv_model::{ConvExecutor, Plan, PrivateConvs, Reference, TractModel};
 use vericonv_model::{InputSpec, PrivateConfig};
 
 create_exception!(_vericonv, Error, PyException, "The base class of every vericonv error.");

@@ -29,8 +29,8 @@ use vericonv::Privacy;
 use vericonv::{CloudBackend, Clouds, ConvCall, CpuBackend};
 use vericonv::{KeyRng, seeded_rng};
 use vericonv::{LayerConfig, PrivateConv};
-use vericonv_model::data::Dataset;
-use vericonv_model::quant::{Epilogue, IntegerExecutor, PlainExecutor, QuantInput, QuantLayer, QuantModel};
+use vericonv_model::Dataset;
+use vericonv_model::{Epilogue, IntegerExecutor, PlainExecutor, QuantInput, QuantLayer, QuantModel};
 
 /// Settings of [`attack_model`].
 #[derive(Clone, Debug)]

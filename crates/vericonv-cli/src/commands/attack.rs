@@ -7,8 +7,8 @@ use clap::builder::TypedValueParser;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use vericonv::CloudBackend;
-use vericonv_model::data::Dataset;
-use vericonv_model::quant::{QuantConfig, QuantModel};
+use vericonv_model::Dataset;
+use vericonv_model::{QuantConfig, QuantModel};
 
 use super::options::*;
 

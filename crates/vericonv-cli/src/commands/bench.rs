@@ -523,14 +523,12 @@ fn open_tract(
     args: &BenchArgs,
     path: &Path,
     refused: bool,
-) -> Result<Option<vericonv_model::tract::TractModel>, anyhow::Error> {
+) -> Result<Option<vericonv_model::TractModel>, anyhow::Error> {
     if !(refused || args.tract) {
         return Ok(None);
     }
-    let cfg = vericonv_model::quant::QuantConfig::default();
-    vericonv_model::tract::TractModel::open(path, args.input_shape.as_deref(), &cfg)
-        .map(Some)
-        .map_err(anyhow::Error::from)
+    let cfg = vericonv_model::QuantConfig::default();
+    vericonv_model::TractModel::open(path, args.input_shape.as_deref(), &cfg).map(Some).map_err(anyhow::Error::from)
 }
 
 #[cfg(not(feature = "tract"))]
@@ -546,7 +544,7 @@ type OwnedClouds = (std::sync::Arc<dyn CloudBackend>, Option<std::sync::Arc<dyn 
 
 /// A model's name and one input's shape, on the tract path.
 #[cfg(feature = "tract")]
-fn name_and_shape(model: &vericonv_model::tract::TractModel) -> (String, Vec<usize>) {
+fn name_and_shape(model: &vericonv_model::TractModel) -> (String, Vec<usize>) {
     (model.name().to_string(), model.image_shape().to_vec())
 }
 
@@ -558,7 +556,7 @@ fn name_and_shape(model: &std::convert::Infallible) -> (String, Vec<usize>) {
 /// One configuration of a model on the tract path (`clouds`: `None` for CPU clouds).
 #[cfg(feature = "tract")]
 fn whole_on_tract(
-    model: &vericonv_model::tract::TractModel,
+    model: &vericonv_model::TractModel,
     onnx: &[u8],
     opts: &vericonv_cli::whole::WholeOptions,
     clouds: Option<OwnedClouds>,

@@ -4,10 +4,10 @@ use std::time::{Duration, Instant};
 
 use vericonv::CpuBackend;
 use vericonv::Mode;
+use vericonv_model::Dataset;
 use vericonv_model::PrivateExecutor;
-use vericonv_model::data::Dataset;
-use vericonv_model::quant::{PlainExecutor, QuantConfig, QuantModel};
 use vericonv_model::{Model, ModelError, argmax};
+use vericonv_model::{PlainExecutor, QuantConfig, QuantModel};
 
 use super::options::*;
 

@@ -11,8 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[cfg(feature = "tract")]
 use vericonv::CloudBackend;
 use vericonv_cli::eval::{EvalOptions, EvalReport, evaluate};
-use vericonv_model::data::Dataset;
-use vericonv_model::quant::{QuantConfig, QuantModel};
+use vericonv_model::Dataset;
+use vericonv_model::{QuantConfig, QuantModel};
 
 use super::options::*;
 
@@ -115,7 +115,7 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<(), anyhow::Error> {
 #[cfg(feature = "tract")]
 pub(crate) fn eval_tract(args: &EvalArgs, refused: &ModelError) -> Result<(), anyhow::Error> {
     use std::sync::Arc;
-    use vericonv_model::tract::TractModel;
+    use vericonv_model::TractModel;
     let p = &args.protocol;
     eprintln!("the native importer refuses {} ({refused}); running it on tract", args.input.model.display());
     if args.calibrate.is_some() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::builder::TypedValueParser;
 
 use vericonv::CloudBackend;
-use vericonv_model::quant::QuantConfig;
+use vericonv_model::QuantConfig;
 
 use super::options::*;
 
@@ -53,7 +53,7 @@ pub(crate) struct RunArgs {
 pub(crate) fn run(args: &RunArgs) -> Result<(), anyhow::Error> {
     use std::sync::Arc;
     use vericonv_cli::run::{read_input, top_k, write_npy};
-    use vericonv_model::tract::{ConvExecutor, PrivateConvs, TractModel};
+    use vericonv_model::{ConvExecutor, PrivateConvs, TractModel};
     let p = &args.protocol;
     let started = std::time::Instant::now();
     let mut model = TractModel::open(&args.model, args.input_shape.as_deref(), &QuantConfig::default())?;
