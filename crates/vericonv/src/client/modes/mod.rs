@@ -67,6 +67,18 @@ impl Layer<'_> {
         check_claim(claim, Mode::Strict, self.rounds, rng)
     }
 
+    /// Strict verification of the two clouds' answers as one: `y + yb = K' * input`.
+    fn strict_sum(
+        &self,
+        batch: usize,
+        input: &[u32],
+        (y, yb): (&[u32], Option<&[u32]>),
+        rng: &mut KeyRng,
+    ) -> Result<Option<usize>> {
+        let claim = Claim::with_parts(self.geom, batch, self.kernel_enc.data(), input, y, yb.unwrap_or_default())?;
+        self.strict(&claim, rng)
+    }
+
     /// After the sum of two clouds' answers was rejected: re-checks each cloud's claim
     /// `(kernel, input, answer)` with fresh vectors in the layer's mode (at least one is wrong)
     /// and names the cheater.

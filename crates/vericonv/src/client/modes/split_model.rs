@@ -13,7 +13,7 @@ use crate::geometry::Conv2d;
 use crate::keys::{KeyRng, SessionKey};
 use crate::pad::{PadPool, SpentPads};
 use crate::share::ShareSeed;
-use crate::verify::{Claim, FastRounds};
+use crate::verify::FastRounds;
 
 /// Mode `pad`'s pads, and the clouds' shares of the kernel (zeroized when dropped, with their
 /// sessions).
@@ -100,11 +100,10 @@ impl MaskingMode for SplitModel {
         _pads: &Self::Secrets,
         batch: usize,
         sent: &[u32],
-        (y, yb): (&[u32], Option<&[u32]>),
+        answers: (&[u32], Option<&[u32]>),
         rng: &mut KeyRng,
     ) -> Result<Option<usize>> {
-        let claim = Claim::with_parts(layer.geom, batch, layer.kernel_enc.data(), sent, y, yb.unwrap_or_default())?;
-        layer.strict(&claim, rng)
+        layer.strict_sum(batch, sent, answers, rng)
     }
 
     /// Each kernel share with the padded input.

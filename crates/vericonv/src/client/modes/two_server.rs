@@ -14,7 +14,7 @@ use crate::field::{M31, PrimeField, SmallInt};
 use crate::geometry::Conv2d;
 use crate::keys::{KeyRng, SessionKey};
 use crate::share::ShareSeed;
-use crate::verify::{Claim, FastRounds};
+use crate::verify::FastRounds;
 
 /// Nothing beyond the session key.
 pub(in crate::client) struct TwoServer;
@@ -101,14 +101,13 @@ impl MaskingMode for TwoServer {
         s: &Self::Secrets,
         batch: usize,
         sent: &[u32],
-        (y, yb): (&[u32], Option<&[u32]>),
+        answers: (&[u32], Option<&[u32]>),
         rng: &mut KeyRng,
     ) -> Result<Option<usize>> {
         // X' = X'_A + X'_B, for the claim.
         let xa = s.seed.expand(sent.len());
         let xp: Vec<u32> = xa.iter().zip(sent).map(|(&a, &b)| M31::add(a, b)).collect();
-        let claim = Claim::with_parts(layer.geom, batch, layer.kernel_enc.data(), &xp, y, yb.unwrap_or_default())?;
-        layer.strict(&claim, rng)
+        layer.strict_sum(batch, &xp, answers, rng)
     }
 
     fn blame(
