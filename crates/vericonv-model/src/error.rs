@@ -57,14 +57,6 @@ impl ModelError {
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         ModelError::Io { path: path.as_ref().display().to_string(), hint: String::new(), source: Arc::new(source) }
     }
-
-    /// The scheme's error inside, if this is one (e.g. `VerificationFailed`).
-    pub fn scheme(&self) -> Option<&vericonv::Error> {
-        match self {
-            ModelError::Scheme(e) => Some(e),
-            _ => None,
-        }
-    }
 }
 
 /// The result type of the model crate.

@@ -580,7 +580,7 @@ impl PrivateConv {
         self.check_input(x, b * img)?;
         with_masking!(&self.masking, m => {
             let secrets = secrets_of(m, &pending.secrets, &self.cfg.name)?;
-            encrypt_image(m, &self.key, secrets, b, x, sent)
+            m.encrypt_image(&self.key, secrets, b, x, sent)
         })
     }
 
@@ -789,16 +789,4 @@ impl PrivateConv {
         };
         Err(Error::MalformedAnswer { layer: self.cfg.name.clone(), reason })
     }
-}
-
-/// Encrypts image `b` of a batch of mode `M` (the mode's state picks its type).
-fn encrypt_image<M: MaskingMode, T: SmallInt>(
-    _mode: &M,
-    key: &SessionKey,
-    secrets: &M::Secrets,
-    b: usize,
-    x: &[T],
-    sent: &mut [u32],
-) -> Result<()> {
-    M::encrypt_image(key, secrets, b, x, sent)
 }

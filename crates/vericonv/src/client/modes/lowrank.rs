@@ -29,6 +29,7 @@ impl MaskingMode for LowRank {
     }
 
     fn encrypt_image<T: SmallInt>(
+        &self,
         key: &SessionKey,
         masks: &Self::Secrets,
         b: usize,

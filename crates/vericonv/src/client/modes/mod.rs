@@ -124,6 +124,7 @@ pub(super) trait MaskingMode: Send + Sync + Sized {
 
     /// Encrypts image `b`, `x`, into `sent`, its part of what the cloud (or cloud B) receives.
     fn encrypt_image<T: SmallInt>(
+        &self,
         key: &SessionKey,
         secrets: &Self::Secrets,
         b: usize,

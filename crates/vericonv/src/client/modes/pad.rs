@@ -41,6 +41,7 @@ impl MaskingMode for PadMasking {
     }
 
     fn encrypt_image<T: SmallInt>(
+        &self,
         key: &SessionKey,
         pads: &Self::Secrets,
         b: usize,

@@ -58,13 +58,14 @@ impl MaskingMode for SplitModel {
     }
 
     fn encrypt_image<T: SmallInt>(
+        &self,
         key: &SessionKey,
         pads: &Self::Secrets,
         b: usize,
         x: &[T],
         sent: &mut [u32],
     ) -> Result<()> {
-        PadMasking::encrypt_image(key, pads, b, x, sent)
+        self.pads.encrypt_image(key, pads, b, x, sent)
     }
 
     /// Both clouds, concurrently, on the same padded input: A with its share, B with its own.

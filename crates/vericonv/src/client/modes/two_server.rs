@@ -39,6 +39,7 @@ impl MaskingMode for TwoServer {
     }
 
     fn encrypt_image<T: SmallInt>(
+        &self,
         key: &SessionKey,
         s: &Self::Secrets,
         b: usize,
